@@ -1,0 +1,49 @@
+// Pairs and triplets ("clusters") around each atom. The model's energy is a sum of a pair
+// function over pairs within the 2-body cutoff and a triplet function over triangles whose
+// three sides are all within the 3-body cutoff; every label (energy, force, stress, local
+// energy) is a linear functional of those cluster energies.
+#pragma once
+#include <vector>
+
+#include "neighbors.h"
+#include "structure.h"
+
+namespace otfgp {
+
+struct Cluster {
+  int nv = 0;              // vertices: 2 (pair) or 3 (triplet)
+  int centre = 0;          // atom whose environment produced this copy
+  int atoms[3] = {0, 0, 0};  // atom index of each vertex, vertices sorted by species
+  double pos[3][3] = {};   // vertex positions relative to the centre atom
+  double edge[3][3] = {};  // edge vectors: pair (0,1); triplet (0,1), (0,2), (1,2)
+  double d[3] = {};        // edge lengths = the kernel's descriptor
+  int type = 0;            // species combination, see pair_type / triplet_type
+  // A physical cluster appears once per vertex that can be its centre. Sums over the
+  // structure use only "canonical" copies (centre = smallest vertex atom index) with this
+  // weight, 1 / (number of such copies), so each physical cluster counts exactly once.
+  double canonical_weight = 0.0;
+  int n_edges() const { return nv == 2 ? 1 : 3; }
+  // Number of vertices that are atom `a` (> 1 only for self-images in small cells).
+  int multiplicity(int a) const;
+  // d(edge length m)/d(position of atom a), summed over the vertices that are atom a.
+  void edge_gradient(int m, int a, double out[3]) const;
+};
+
+// Pair type: index of the unordered species pair; triplet type: of the sorted triple.
+int pair_type(int a, int b, int n_species);
+int triplet_type(int a, int b, int c, int n_species);
+
+struct ClusterSet {
+  std::vector<Cluster> pairs, triplets;
+  // Copies centred at atom i: pairs[pair_offsets[i] .. pair_offsets[i+1]), same for triplets.
+  std::vector<int> pair_offsets, triplet_offsets;
+};
+
+// Clusters of every atom. cutoff2 / cutoff3 <= 0 disable that body order.
+ClusterSet build_clusters(const Structure& s, const NeighborList& nl, double cutoff2,
+                          double cutoff3, int n_species);
+
+// Smallest interatomic distance accepted anywhere (Angstrom).
+constexpr double kMinDistance = 0.5;
+
+}  // namespace otfgp

@@ -1,0 +1,79 @@
+#include "kernel_block.h"
+
+#include <algorithm>
+#include <numeric>
+
+namespace otfgp {
+
+void cutoff_function(int dim, double rc, const double* d, double& f, double* grad) {
+  double fc[3], dfc[3];
+  for (int m = 0; m < dim; ++m) {
+    const double x = rc - d[m];
+    fc[m] = x * x;
+    dfc[m] = -2.0 * x;
+  }
+  f = 1.0;
+  for (int m = 0; m < dim; ++m) f *= fc[m];
+  for (int m = 0; m < dim; ++m) {
+    double g = dfc[m];
+    for (int k = 0; k < dim; ++k)
+      if (k != m) g *= fc[k];
+    grad[m] = g;
+  }
+}
+
+double* KernelBlock::add(int type_, const double* d) {
+  type.push_back(type_);
+  desc.insert(desc.end(), d, d + dim);
+  const std::size_t stride = static_cast<std::size_t>(rows) * (1 + dim);
+  coef.resize(coef.size() + stride, 0.0);
+  return coef.data() + coef.size() - stride;
+}
+
+void KernelBlock::finalize() {
+  const int n = size();
+  std::vector<int> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return type[a] < type[b]; });
+  const std::size_t stride = static_cast<std::size_t>(rows) * (1 + dim);
+  std::vector<int> t2(n);
+  std::vector<double> d2(desc.size()), c2(coef.size());
+  for (int k = 0; k < n; ++k) {
+    const int o = order[k];
+    t2[k] = type[o];
+    std::copy_n(desc.begin() + static_cast<std::size_t>(o) * dim, dim, d2.begin() + static_cast<std::size_t>(k) * dim);
+    std::copy_n(coef.begin() + o * stride, stride, c2.begin() + k * stride);
+  }
+  type.swap(t2);
+  desc.swap(d2);
+  coef.swap(c2);
+  ranges.clear();
+  for (int k = 0; k < n; ++k) {
+    if (ranges.empty() || ranges.back().type != type[k]) ranges.push_back({type[k], k, k});
+    ranges.back().end = k + 1;
+  }
+}
+
+const KernelBlock::Range* KernelBlock::find(int type_) const {
+  for (const auto& r : ranges)
+    if (r.type == type_) return &r;
+  return nullptr;
+}
+
+void fold_cutoff(int dim, double rc, const double* d, int rows, const double* w0,
+                 const double* w, double* coef) {
+  double f, grad[3];
+  cutoff_function(dim, rc, d, f, grad);
+  for (int r = 0; r < rows; ++r) {
+    double* c = coef + r * (1 + dim);
+    const double* wr = w + r * dim;
+    double a0 = w0[r] * f;
+    for (int m = 0; m < dim; ++m) {
+      a0 += wr[m] * grad[m];
+      c[1 + m] += wr[m] * f;
+    }
+    c[0] += a0;
+  }
+}
+
+}  // namespace otfgp

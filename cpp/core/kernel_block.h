@@ -1,0 +1,43 @@
+// Clusters of one body order packed for the kernel engine, sorted by species type.
+//
+// Each cluster carries its descriptor d (edge lengths) and, for every output row r, a
+// coefficient vector (a0, a_1..a_D) that already includes the smooth cutoff: a row is the
+// linear functional  L[phi] = sum_c a0 * S(c) + sum_m a_m * dS/dd_m(c)  of the cutoff-free
+// squared-exponential sum S, which is how energies, forces and stresses all enter the GP.
+#pragma once
+#include <vector>
+
+#include "clusters.h"
+
+namespace otfgp {
+
+// Smooth quadratic cutoff of one body order: f = prod_m (rc - d_m)^2 and its gradient.
+void cutoff_function(int dim, double rc, const double* d, double& f, double* grad);
+
+struct KernelBlock {
+  int dim = 1;   // descriptor length: 1 (pairs) or 3 (triplets)
+  int rows = 0;  // output rows per cluster
+  std::vector<int> type;
+  std::vector<double> desc;  // size() * dim
+  std::vector<double> coef;  // size() * rows * (1 + dim)
+  struct Range {
+    int type, begin, end;
+  };
+  std::vector<Range> ranges;  // contiguous runs of one type, after finalize()
+
+  KernelBlock() = default;
+  KernelBlock(int dim_, int rows_) : dim(dim_), rows(rows_) {}
+  int size() const { return static_cast<int>(type.size()); }
+  // Appends a cluster; returns a pointer to its rows*(1+dim) zeroed coefficients.
+  double* add(int type_, const double* d);
+  // Sorts clusters by type (stable) and builds `ranges`.
+  void finalize();
+  const Range* find(int type_) const;
+};
+
+// Coefficients of a functional given per-row weights on the cluster energy (w0) and on its
+// edge-length derivatives (w[m]), with the cutoff folded in (product rule).
+void fold_cutoff(int dim, double rc, const double* d, int rows, const double* w0,
+                 const double* w, double* coef);
+
+}  // namespace otfgp

@@ -1,0 +1,82 @@
+#include "label_groups.h"
+
+#include <algorithm>
+#include <vector>
+
+namespace otfgp {
+namespace {
+
+void add_cluster(KernelBlock& blk, const Cluster& c, double rc, const std::vector<double>& w0,
+                 const std::vector<double>& w) {
+  double* coef = blk.add(c.type, c.d);
+  fold_cutoff(blk.dim, rc, c.d, blk.rows, w0.data(), w.data(), coef);
+}
+
+// Calls fn(cluster, block, rc) for the pair and triplet copies in the given ranges.
+template <class Fn>
+void for_clusters(const ClusterSet& cs, int pb, int pe, int tb, int te, LabelGroup& g,
+                  double rc2, double rc3, Fn fn) {
+  for (int k = pb; k < pe; ++k) fn(cs.pairs[k], g.two, rc2);
+  for (int k = tb; k < te; ++k) fn(cs.triplets[k], g.three, rc3);
+}
+
+}  // namespace
+
+LabelGroup atom_group(const ClusterSet& cs, int s, double rc2, double rc3, bool local_energy) {
+  LabelGroup g;
+  g.rows = local_energy ? 4 : 3;
+  g.two = KernelBlock(1, g.rows);
+  g.three = KernelBlock(3, g.rows);
+  std::vector<double> w0(g.rows), w;
+  auto fn = [&](const Cluster& c, KernelBlock& blk, double rc) {
+    const int ne = c.n_edges();
+    w.assign(static_cast<std::size_t>(g.rows) * ne, 0.0);
+    std::fill(w0.begin(), w0.end(), 0.0);
+    const double inv_mult = 1.0 / c.multiplicity(s);
+    for (int m = 0; m < ne; ++m) {
+      double grad[3];
+      c.edge_gradient(m, s, grad);
+      for (int r = 0; r < 3; ++r) w[r * ne + m] = -grad[r] * inv_mult;
+    }
+    if (local_energy) w0[3] = 1.0 / c.nv;
+    add_cluster(blk, c, rc, w0, w);
+  };
+  for_clusters(cs, cs.pair_offsets[s], cs.pair_offsets[s + 1], cs.triplet_offsets[s],
+               cs.triplet_offsets[s + 1], g, rc2, rc3, fn);
+  g.two.finalize();
+  g.three.finalize();
+  return g;
+}
+
+LabelGroup structure_group(const ClusterSet& cs, double volume, double rc2, double rc3,
+                           bool energy, bool stress) {
+  LabelGroup g;
+  g.rows = (energy ? 1 : 0) + (stress ? 6 : 0);
+  g.two = KernelBlock(1, g.rows);
+  g.three = KernelBlock(3, g.rows);
+  static constexpr int kVoigt[6][2] = {{0, 0}, {1, 1}, {2, 2}, {1, 2}, {0, 2}, {0, 1}};
+  std::vector<double> w0(g.rows), w;
+  auto fn = [&](const Cluster& c, KernelBlock& blk, double rc) {
+    if (c.canonical_weight == 0.0) return;
+    const int ne = c.n_edges();
+    const double cw = c.canonical_weight;
+    w.assign(static_cast<std::size_t>(g.rows) * ne, 0.0);
+    std::fill(w0.begin(), w0.end(), 0.0);
+    int r = 0;
+    if (energy) w0[r++] = cw;
+    if (stress)
+      for (const auto& ab : kVoigt) {
+        for (int m = 0; m < ne; ++m)
+          w[r * ne + m] = cw * c.edge[m][ab[0]] * c.edge[m][ab[1]] / (c.d[m] * volume);
+        ++r;
+      }
+    add_cluster(blk, c, rc, w0, w);
+  };
+  for_clusters(cs, 0, static_cast<int>(cs.pairs.size()), 0, static_cast<int>(cs.triplets.size()),
+               g, rc2, rc3, fn);
+  g.two.finalize();
+  g.three.finalize();
+  return g;
+}
+
+}  // namespace otfgp

@@ -1,0 +1,126 @@
+// The Gaussian-process model: training data, covariance assembly and prediction.
+//
+// Linear algebra on the training covariance (Cholesky, likelihood, optimisation) lives in
+// the caller (Python/scipy); the model assembles covariance blocks and, once given the
+// solution (alpha = K^-1 y and the Cholesky factor L), predicts means and variances.
+#pragma once
+#include <array>
+#include <string>
+#include <vector>
+
+#include "clusters.h"
+#include "kernel_block.h"
+#include "structure.h"
+
+namespace otfgp {
+
+struct Hyperparameters {
+  double sigma2 = 1.0;       // 2-body signal std (eV)
+  double ell2 = 1.0;         // 2-body length scale (Angstrom)
+  double sigma3 = 0.1;       // 3-body signal std (eV)
+  double ell3 = 1.0;         // 3-body length scale (Angstrom)
+  double noise_force = 0.05;   // eV/Angstrom
+  double noise_energy = 0.05;  // eV per structure
+  double noise_stress = 0.005; // eV/Angstrom^3
+  std::array<double, 7> as_array() const;
+  static Hyperparameters from_array(const std::array<double, 7>& a);
+};
+
+// One labelled structure in the training set.
+struct TrainingStructure {
+  Structure structure;
+  std::vector<int> force_atoms;   // atoms whose force components are labels
+  std::vector<double> forces;     // 3 per force atom, eV/Angstrom
+  bool has_energy = false;
+  double energy = 0.0;            // eV
+  bool has_stress = false;
+  std::array<double, 6> stress{}; // Voigt xx yy zz yz xz xy, eV/Angstrom^3 (ASE sign)
+};
+
+enum RowKind : int { kForceRow = 0, kEnergyRow = 1, kStressRow = 2 };
+
+// The clusters behind a set of label rows that share them (one atom's force components,
+// or one structure's energy and stress).
+struct LabelGroup {
+  int rows = 0;
+  KernelBlock two{1, 0}, three{3, 0};
+};
+
+struct Prediction {
+  double energy = 0.0;
+  std::vector<double> forces;          // n_atoms * 3
+  std::vector<double> local_energies;  // n_atoms
+  std::array<double, 6> stress{};      // NaN when the cell has no volume
+  bool has_variance = false;
+  double energy_variance = 0.0;
+  std::vector<double> force_variances;         // n_atoms * 3
+  std::vector<double> local_energy_variances;  // n_atoms
+  std::array<double, 6> stress_variances{};
+};
+
+class Model {
+ public:
+  Model(std::vector<int> atomic_numbers, double cutoff2, double cutoff3);
+
+  const std::vector<int>& atomic_numbers() const { return atomic_numbers_; }
+  int n_species() const { return static_cast<int>(atomic_numbers_.size()); }
+  // Index of an atomic number in the species list; InputError naming it if unknown.
+  int species_index(int atomic_number) const;
+  double cutoff2() const { return cutoff2_; }
+  double cutoff3() const { return cutoff3_; }
+
+  const Hyperparameters& hyperparameters() const { return hyper_; }
+  // Validates (all positive and finite). Invalidates the solution.
+  void set_hyperparameters(const Hyperparameters& h);
+  const std::vector<double>& energy_offsets() const { return energy_offsets_; }
+  void set_energy_offsets(const std::vector<double>& e);
+
+  // Validates and appends; the solution stays valid for the old rows only, so the model
+  // is untrained until set_solution() is called again.
+  void add_training_structure(TrainingStructure ts);
+  const std::vector<TrainingStructure>& training_structures() const { return training_; }
+  int n_groups() const { return static_cast<int>(groups_.size()); }
+  int n_labels() const { return static_cast<int>(labels_.size()); }
+  int n_force_environments() const;
+  int group_row_offset(int g) const { return group_offsets_.at(g); }
+  const std::vector<double>& labels() const { return labels_; }
+  const std::vector<int>& row_kinds() const { return row_kinds_; }
+  const std::vector<int>& row_structures() const { return row_structures_; }
+
+  // Unscaled covariance blocks between label groups [g0, g1) and [h0, h1): K2 and K3
+  // (row-major, rows of g by rows of h) and, if non-null, their derivatives with respect
+  // to ell2 and ell3. The signal is sigma2^2 K2 + sigma3^2 K3. OpenMP over block pairs.
+  void covariance(int g0, int g1, int h0, int h1, double* K2, double* K3, double* dK2,
+                  double* dK3) const;
+
+  // alpha = K^-1 (y - offsets), L lower Cholesky factor of K (row-major n x n).
+  void set_solution(std::vector<double> alpha, std::vector<double> cholesky);
+  bool trained() const { return trained_; }
+  const std::vector<double>& alpha() const { return alpha_; }
+  const std::vector<double>& cholesky() const { return cholesky_; }
+
+  // Mean (always) and variances (if requested) of energy, forces, stress, local energies.
+  Prediction predict(const Structure& s, bool variance) const;
+
+  // Label groups and clusters of a structure, exposed for tests and diagnostics.
+  ClusterSet clusters_of(const Structure& s) const;
+
+ private:
+  std::vector<LabelGroup> groups_of(const TrainingStructure& ts) const;
+  void append_groups(int structure_index);
+
+  std::vector<int> atomic_numbers_;
+  double cutoff2_, cutoff3_;
+  Hyperparameters hyper_;
+  std::vector<double> energy_offsets_;
+  std::vector<TrainingStructure> training_;
+  std::vector<LabelGroup> groups_;
+  std::vector<int> group_offsets_{0};
+  std::vector<double> labels_;
+  std::vector<int> row_kinds_, row_structures_;
+  bool trained_ = false;
+  std::vector<double> alpha_, cholesky_;
+  KernelBlock contracted2_{1, 1}, contracted3_{3, 1};
+};
+
+}  // namespace otfgp

@@ -1,0 +1,197 @@
+#include "model_io.h"
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "errors.h"
+
+namespace otfgp {
+namespace {
+
+constexpr char kMagic[8] = {'O', 'T', 'F', 'G', 'P', 'M', 'D', 'L'};
+
+std::uint64_t fnv1a(const char* p, std::size_t n) {
+  std::uint64_t h = 1469598103934665603ULL;
+  for (std::size_t i = 0; i < n; ++i) {
+    h ^= static_cast<unsigned char>(p[i]);
+    h *= 1099511628211ULL;
+  }
+  return h;
+}
+
+// The format is little-endian; so are all machines this builds on (checked at compile time).
+static_assert(sizeof(double) == 8, "IEEE double required");
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the model format is little-endian");
+
+class Writer {
+ public:
+  template <class T>
+  void put(T v) {
+    buf_.append(reinterpret_cast<const char*>(&v), sizeof(T));
+  }
+  template <class T>
+  void put_vec(const std::vector<T>& v) {
+    put<std::uint64_t>(v.size());
+    if (!v.empty()) buf_.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+  }
+  std::string& str() { return buf_; }
+
+ private:
+  std::string buf_;
+};
+
+class Reader {
+ public:
+  Reader(const char* p, std::size_t n) : p_(p), n_(n) {}
+  template <class T>
+  T get() {
+    need(sizeof(T));
+    T v;
+    std::memcpy(&v, p_ + pos_, sizeof(T));
+    pos_ += sizeof(T);
+    return v;
+  }
+  template <class T>
+  std::vector<T> get_vec(std::uint64_t max_count) {
+    const auto n = get<std::uint64_t>();
+    if (n > max_count) throw ModelFileError("model file is corrupt: implausible array length");
+    need(n * sizeof(T));
+    std::vector<T> v(n);
+    if (n) std::memcpy(v.data(), p_ + pos_, n * sizeof(T));
+    pos_ += n * sizeof(T);
+    return v;
+  }
+  bool done() const { return pos_ == n_; }
+
+ private:
+  void need(std::size_t k) const {
+    if (k > n_ - pos_) throw ModelFileError("model file is truncated");
+  }
+  const char* p_;
+  std::size_t n_, pos_ = 0;
+};
+
+}  // namespace
+
+std::string serialize_model(const Model& m) {
+  Writer w;
+  w.put_vec(m.atomic_numbers());
+  w.put(m.cutoff2());
+  w.put(m.cutoff3());
+  for (double h : m.hyperparameters().as_array()) w.put(h);
+  w.put_vec(m.energy_offsets());
+  w.put<std::uint64_t>(m.training_structures().size());
+  for (const auto& ts : m.training_structures()) {
+    for (double c : ts.structure.cell) w.put(c);
+    for (bool b : ts.structure.pbc) w.put<std::uint8_t>(b ? 1 : 0);
+    w.put_vec(ts.structure.species);
+    w.put_vec(ts.structure.positions);
+    w.put_vec(ts.force_atoms);
+    w.put_vec(ts.forces);
+    w.put<std::uint8_t>(ts.has_energy ? 1 : 0);
+    w.put(ts.energy);
+    w.put<std::uint8_t>(ts.has_stress ? 1 : 0);
+    for (double v : ts.stress) w.put(v);
+  }
+  w.put<std::uint8_t>(m.trained() ? 1 : 0);
+  w.put_vec(m.alpha());
+  w.put_vec(m.cholesky());
+
+  const std::string& payload = w.str();
+  Writer out;
+  out.str().append(kMagic, 8);
+  out.put<std::uint32_t>(kModelFormatVersion);
+  out.put<std::uint64_t>(payload.size());
+  out.str().append(payload);
+  out.put<std::uint64_t>(fnv1a(payload.data(), payload.size()));
+  return std::move(out.str());
+}
+
+Model deserialize_model(const std::string& bytes) {
+  if (bytes.size() < 8 || std::memcmp(bytes.data(), kMagic, 8) != 0)
+    throw ModelFileError("not an otfgp model file (bad magic bytes)");
+  Reader head(bytes.data() + 8, bytes.size() - 8);
+  const auto version = head.get<std::uint32_t>();
+  if (version > kModelFormatVersion)
+    throw ModelFileError("model file format version " + std::to_string(version) +
+                         " is newer than this otfgp supports (" +
+                         std::to_string(kModelFormatVersion) + "); upgrade otfgp");
+  if (version < 1) throw ModelFileError("unknown model file format version " + std::to_string(version));
+  const auto size = head.get<std::uint64_t>();
+  const std::size_t start = 8 + 4 + 8;
+  if (bytes.size() < start + 8 || size != bytes.size() - start - 8)
+    throw ModelFileError("model file is truncated or has trailing data");
+  const char* payload = bytes.data() + start;
+  std::uint64_t stored;
+  std::memcpy(&stored, payload + size, 8);
+  if (stored != fnv1a(payload, size))
+    throw ModelFileError("model file is corrupt (checksum mismatch)");
+
+  const std::uint64_t limit = size;  // no array can hold more elements than the file has bytes
+  Reader r(payload, size);
+  try {
+    auto species = r.get_vec<int>(limit);
+    const double c2 = r.get<double>(), c3 = r.get<double>();
+    std::array<double, 7> h;
+    for (double& v : h) v = r.get<double>();
+    auto offsets = r.get_vec<double>(limit);
+    Model m(species, c2, c3);
+    m.set_hyperparameters(Hyperparameters::from_array(h));
+    m.set_energy_offsets(offsets);
+    const auto ns = r.get<std::uint64_t>();
+    if (ns > limit) throw ModelFileError("model file is corrupt: implausible structure count");
+    for (std::uint64_t k = 0; k < ns; ++k) {
+      TrainingStructure ts;
+      for (double& c : ts.structure.cell) c = r.get<double>();
+      for (int d = 0; d < 3; ++d) ts.structure.pbc[d] = r.get<std::uint8_t>() != 0;
+      ts.structure.species = r.get_vec<int>(limit);
+      ts.structure.positions = r.get_vec<double>(limit);
+      ts.force_atoms = r.get_vec<int>(limit);
+      ts.forces = r.get_vec<double>(limit);
+      ts.has_energy = r.get<std::uint8_t>() != 0;
+      ts.energy = r.get<double>();
+      ts.has_stress = r.get<std::uint8_t>() != 0;
+      for (double& v : ts.stress) v = r.get<double>();
+      m.add_training_structure(std::move(ts));
+    }
+    const bool trained = r.get<std::uint8_t>() != 0;
+    auto alpha = r.get_vec<double>(limit);
+    auto chol = r.get_vec<double>(limit);
+    if (!r.done()) throw ModelFileError("model file is corrupt: unexpected trailing data");
+    if (trained) m.set_solution(std::move(alpha), std::move(chol));
+    return m;
+  } catch (const InputError& e) {
+    throw ModelFileError(std::string("model file is corrupt: ") + e.what());
+  }
+}
+
+void save_model(const Model& m, const std::string& path) {
+  const std::string bytes = serialize_model(m);
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    if (!f) throw ModelFileError("cannot write model file " + tmp);
+    f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    f.flush();
+    if (!f) throw ModelFileError("error writing model file " + tmp);
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0)
+    throw ModelFileError("cannot move model file into place: " + path);
+}
+
+Model load_model(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw ModelFileError("cannot open model file " + path);
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  try {
+    return deserialize_model(ss.str());
+  } catch (const ModelFileError& e) {
+    throw ModelFileError(path + ": " + e.what());
+  }
+}
+
+}  // namespace otfgp

@@ -1,0 +1,20 @@
+// Model file: versioned, little-endian binary, readable without Python. Layout in
+// docs/model_format.md. Doubles are stored bit-exactly, so a save/load round trip
+// reproduces predictions bit for bit.
+#pragma once
+#include <string>
+
+#include "model.h"
+
+namespace otfgp {
+
+constexpr unsigned kModelFormatVersion = 1;
+
+std::string serialize_model(const Model& m);
+Model deserialize_model(const std::string& bytes);  // throws ModelFileError
+
+// Writes atomically (temporary file + rename), so a crash never leaves a half-written model.
+void save_model(const Model& m, const std::string& path);
+Model load_model(const std::string& path);
+
+}  // namespace otfgp

@@ -1,0 +1,200 @@
+// pybind11 module otfgp._core: a thin layer that moves numpy arrays in and out of the core.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include <optional>
+
+#include "errors.h"
+#include "model.h"
+#include "model_io.h"
+
+namespace py = pybind11;
+using otfgp::Model;
+
+namespace {
+
+using DoubleArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
+using IntArray = py::array_t<int, py::array::c_style | py::array::forcecast>;
+
+otfgp::Structure make_structure(const DoubleArray& cell, const std::array<bool, 3>& pbc,
+                                const DoubleArray& positions, const IntArray& species) {
+  if (cell.ndim() != 2 || cell.shape(0) != 3 || cell.shape(1) != 3)
+    throw otfgp::InputError("cell must have shape (3, 3)");
+  if (positions.ndim() != 2 || positions.shape(1) != 3)
+    throw otfgp::InputError("positions must have shape (n_atoms, 3)");
+  if (species.ndim() != 1 || species.shape(0) != positions.shape(0))
+    throw otfgp::InputError("species must have shape (n_atoms,) matching positions");
+  otfgp::Structure s;
+  std::copy_n(cell.data(), 9, s.cell.begin());
+  s.pbc = pbc;
+  s.positions.assign(positions.data(), positions.data() + positions.size());
+  s.species.assign(species.data(), species.data() + species.size());
+  return s;
+}
+
+py::array_t<double> to_array(const std::vector<double>& v, std::vector<py::ssize_t> shape) {
+  py::array_t<double> a(shape);
+  std::copy(v.begin(), v.end(), a.mutable_data());
+  return a;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "otfgp C++ core: 2+3-body Gaussian-process force field";
+  auto input_error = py::register_exception<otfgp::InputError>(m, "InputError", PyExc_ValueError);
+  py::register_exception<otfgp::ModelFileError>(m, "ModelFileError", PyExc_ValueError);
+  py::register_exception<otfgp::NotTrainedError>(m, "NotTrainedError", PyExc_RuntimeError);
+  (void)input_error;
+  m.attr("MODEL_FORMAT_VERSION") = otfgp::kModelFormatVersion;
+
+  m.def("set_num_threads", [](int n) {
+#ifdef _OPENMP
+    if (n < 1) throw otfgp::InputError("number of threads must be >= 1");
+    omp_set_num_threads(n);
+#else
+    (void)n;
+#endif
+  }, "Set the number of OpenMP threads used by the core.");
+  m.def("get_max_threads", []() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+  });
+
+  py::class_<Model>(m, "Model")
+      .def(py::init<std::vector<int>, double, double>(), py::arg("atomic_numbers"),
+           py::arg("cutoff2"), py::arg("cutoff3"))
+      .def_property_readonly("atomic_numbers", &Model::atomic_numbers)
+      .def_property_readonly("cutoff2", &Model::cutoff2)
+      .def_property_readonly("cutoff3", &Model::cutoff3)
+      .def("species_index", &Model::species_index)
+      .def_property(
+          "hyperparameters", [](const Model& mdl) { return mdl.hyperparameters().as_array(); },
+          [](Model& mdl, const std::array<double, 7>& a) {
+            mdl.set_hyperparameters(otfgp::Hyperparameters::from_array(a));
+          })
+      .def_property("energy_offsets", &Model::energy_offsets, &Model::set_energy_offsets)
+      .def(
+          "add_training_structure",
+          [](Model& mdl, const DoubleArray& cell, const std::array<bool, 3>& pbc,
+             const DoubleArray& positions, const IntArray& species, const IntArray& force_atoms,
+             const DoubleArray& forces, std::optional<double> energy,
+             std::optional<DoubleArray> stress) {
+            otfgp::TrainingStructure ts;
+            ts.structure = make_structure(cell, pbc, positions, species);
+            ts.force_atoms.assign(force_atoms.data(), force_atoms.data() + force_atoms.size());
+            ts.forces.assign(forces.data(), forces.data() + forces.size());
+            if (energy) {
+              ts.has_energy = true;
+              ts.energy = *energy;
+            }
+            if (stress) {
+              if (stress->size() != 6) throw otfgp::InputError("stress label must have 6 Voigt components");
+              ts.has_stress = true;
+              std::copy_n(stress->data(), 6, ts.stress.begin());
+            }
+            mdl.add_training_structure(std::move(ts));
+          },
+          py::arg("cell"), py::arg("pbc"), py::arg("positions"), py::arg("species"),
+          py::arg("force_atoms"), py::arg("forces"), py::arg("energy") = py::none(),
+          py::arg("stress") = py::none())
+      .def_property_readonly("n_groups", &Model::n_groups)
+      .def_property_readonly("n_labels", &Model::n_labels)
+      .def_property_readonly("n_structures",
+                             [](const Model& mdl) { return mdl.training_structures().size(); })
+      .def_property_readonly("n_force_environments", &Model::n_force_environments)
+      .def("group_row_offset", &Model::group_row_offset)
+      .def_property_readonly("labels", [](const Model& mdl) {
+        return to_array(mdl.labels(), {static_cast<py::ssize_t>(mdl.labels().size())});
+      })
+      .def_property_readonly("row_kinds", &Model::row_kinds)
+      .def_property_readonly("row_structures", &Model::row_structures)
+      .def_property_readonly("structure_species", [](const Model& mdl) {
+        std::vector<std::vector<int>> out;
+        for (const auto& ts : mdl.training_structures()) out.push_back(ts.structure.species);
+        return out;
+      })
+      .def(
+          "covariance",
+          [](const Model& mdl, int g0, int g1, int h0, int h1, bool grad) {
+            const int nr = mdl.group_row_offset(g1) - mdl.group_row_offset(g0);
+            const int nc = mdl.group_row_offset(h1) - mdl.group_row_offset(h0);
+            py::array_t<double> K2({nr, nc}), K3({nr, nc});
+            py::array_t<double> d2(grad ? std::vector<py::ssize_t>{nr, nc} : std::vector<py::ssize_t>{0});
+            py::array_t<double> d3(grad ? std::vector<py::ssize_t>{nr, nc} : std::vector<py::ssize_t>{0});
+            double *k2 = K2.mutable_data(), *k3 = K3.mutable_data();
+            double *p2 = grad ? d2.mutable_data() : nullptr, *p3 = grad ? d3.mutable_data() : nullptr;
+            {
+              py::gil_scoped_release release;
+              mdl.covariance(g0, g1, h0, h1, k2, k3, p2, p3);
+            }
+            return py::make_tuple(K2, K3, d2, d3);
+          },
+          py::arg("g0"), py::arg("g1"), py::arg("h0"), py::arg("h1"), py::arg("grad") = false,
+          "Unscaled covariance blocks K2, K3 (and d/d ell2, d/d ell3 if grad).")
+      .def(
+          "set_solution",
+          [](Model& mdl, const DoubleArray& alpha, const DoubleArray& chol) {
+            const auto n = static_cast<py::ssize_t>(mdl.n_labels());
+            if (chol.ndim() != 2 || chol.shape(0) != n || chol.shape(1) != n)
+              throw otfgp::InputError("Cholesky factor must have shape (n_labels, n_labels)");
+            mdl.set_solution(std::vector<double>(alpha.data(), alpha.data() + alpha.size()),
+                             std::vector<double>(chol.data(), chol.data() + chol.size()));
+          })
+      .def_property_readonly("trained", &Model::trained)
+      .def_property_readonly("alpha", [](const Model& mdl) {
+        return to_array(mdl.alpha(), {static_cast<py::ssize_t>(mdl.alpha().size())});
+      })
+      .def_property_readonly("cholesky", [](const Model& mdl) {
+        const auto n = static_cast<py::ssize_t>(mdl.alpha().size());
+        return to_array(mdl.cholesky(), {n, n});
+      })
+      .def(
+          "predict",
+          [](const Model& mdl, const DoubleArray& cell, const std::array<bool, 3>& pbc,
+             const DoubleArray& positions, const IntArray& species, bool variance) {
+            otfgp::Structure s = make_structure(cell, pbc, positions, species);
+            otfgp::Prediction p;
+            {
+              py::gil_scoped_release release;
+              p = mdl.predict(s, variance);
+            }
+            const auto n = static_cast<py::ssize_t>(s.size());
+            py::dict d;
+            d["energy"] = p.energy;
+            d["forces"] = to_array(p.forces, {n, 3});
+            d["local_energies"] = to_array(p.local_energies, {n});
+            d["stress"] = to_array({p.stress.begin(), p.stress.end()}, {6});
+            if (p.has_variance) {
+              d["energy_variance"] = p.energy_variance;
+              d["force_variances"] = to_array(p.force_variances, {n, 3});
+              d["local_energy_variances"] = to_array(p.local_energy_variances, {n});
+              d["stress_variances"] =
+                  to_array({p.stress_variances.begin(), p.stress_variances.end()}, {6});
+            }
+            return d;
+          },
+          py::arg("cell"), py::arg("pbc"), py::arg("positions"), py::arg("species"),
+          py::arg("variance") = true)
+      .def(
+          "cluster_counts",
+          [](const Model& mdl, const DoubleArray& cell, const std::array<bool, 3>& pbc,
+             const DoubleArray& positions, const IntArray& species) {
+            const auto cs = mdl.clusters_of(make_structure(cell, pbc, positions, species));
+            return py::make_tuple(cs.pair_offsets, cs.triplet_offsets);
+          },
+          "Per-atom offsets of pair and triplet copies (for diagnostics and tests).")
+      .def("save", [](const Model& mdl, const std::string& path) { otfgp::save_model(mdl, path); })
+      .def_static("load", [](const std::string& path) { return otfgp::load_model(path); })
+      .def("to_bytes", [](const Model& mdl) { return py::bytes(otfgp::serialize_model(mdl)); })
+      .def_static("from_bytes",
+                  [](const py::bytes& b) { return otfgp::deserialize_model(std::string(b)); });
+}

@@ -1,0 +1,14 @@
+"""otfgp: on-the-fly Gaussian-process force fields with trustworthy uncertainty."""
+from ._core import InputError, ModelFileError, NotTrainedError, set_num_threads, get_max_threads
+from .gp import GaussianProcess, Prediction
+
+__all__ = [
+    "GaussianProcess",
+    "Prediction",
+    "InputError",
+    "ModelFileError",
+    "NotTrainedError",
+    "set_num_threads",
+    "get_max_threads",
+]
+__version__ = "0.1.0"

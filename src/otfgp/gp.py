@@ -1,0 +1,561 @@
+"""The Gaussian-process force field as Python users meet it.
+
+The C++ core assembles covariance blocks and predicts; this module owns the training
+linear algebra (scipy Cholesky, log marginal likelihood, L-BFGS-B) and the ASE glue.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import scipy.linalg
+import scipy.optimize
+from ase import Atoms
+from ase.data import atomic_numbers as _atomic_numbers
+from ase.data import chemical_symbols
+
+from . import _core
+
+log = logging.getLogger(__name__)
+
+HYPERPARAMETER_NAMES: tuple[str, ...] = (
+    "sigma2",
+    "ell2",
+    "sigma3",
+    "ell3",
+    "noise_force",
+    "noise_energy",
+    "noise_stress",
+)
+"""Order of the hyperparameter vector: 2-body signal std (eV) and length scale (A), 3-body
+signal std and length scale, label noise of forces (eV/A), energies (eV per structure) and
+stresses (eV/A^3)."""
+
+DEFAULT_HYPERPARAMETERS: dict[str, float] = {
+    "sigma2": 0.1,
+    "ell2": 1.0,
+    "sigma3": 0.5,
+    "ell3": 1.0,
+    "noise_force": 0.05,
+    "noise_energy": 0.05,
+    "noise_stress": 0.005,
+}
+
+DEFAULT_BOUNDS: dict[str, tuple[float, float]] = {
+    "sigma2": (1e-5, 1e3),
+    "ell2": (0.05, 20.0),
+    "sigma3": (1e-5, 1e3),
+    "ell3": (0.05, 20.0),
+    "noise_force": (1e-3, 10.0),
+    "noise_energy": (1e-4, 100.0),
+    "noise_stress": (1e-6, 1.0),
+}
+"""Bounds used by :meth:`GaussianProcess.train`. The force-noise floor of 1 meV/A keeps the
+kernel matrix well conditioned when labels are noise free (EMT)."""
+
+_ROW_FORCE, _ROW_ENERGY, _ROW_STRESS = 0, 1, 2
+
+
+class KernelMatrixError(RuntimeError):
+    """The training covariance matrix is not numerically positive definite."""
+
+
+@dataclass
+class Prediction:
+    """Mean and (optionally) variance of everything the model predicts for one structure.
+
+    Units: eV, eV/A, eV/A^3 (stress in ASE's Voigt order xx, yy, zz, yz, xz, xy and sign).
+    Variances are those of the latent function, without label noise; ``None`` when the
+    prediction was made with ``variance=False``.
+    """
+
+    energy: float
+    forces: np.ndarray
+    local_energies: np.ndarray
+    stress: np.ndarray
+    energy_variance: float | None = None
+    force_variances: np.ndarray | None = None
+    local_energy_variances: np.ndarray | None = None
+    stress_variance: np.ndarray | None = None
+
+    @property
+    def force_stds(self) -> np.ndarray | None:
+        """Standard deviations of the force components (N x 3)."""
+        return None if self.force_variances is None else np.sqrt(self.force_variances)
+
+    @property
+    def stress_variances(self) -> np.ndarray | None:
+        """Alias of :attr:`stress_variance`."""
+        return self.stress_variance
+
+
+def _as_atomic_number(s: str | int) -> int:
+    if isinstance(s, (int, np.integer)):
+        return int(s)
+    if s not in _atomic_numbers:
+        raise ValueError(f"unknown chemical symbol {s!r}")
+    return _atomic_numbers[s]
+
+
+class GaussianProcess:
+    """Bayesian 2+3-body force field (FLARE model) with analytic mean and variance.
+
+    Args:
+        species: chemical symbols or atomic numbers the model knows.
+        cutoffs: ``{"twobody": r2, "threebody": r3}`` in Angstrom; leave out a key to
+            disable that body order.
+        hyperparameters: any subset of :data:`HYPERPARAMETER_NAMES`; others default.
+        bounds: optimisation bounds overriding :data:`DEFAULT_BOUNDS`.
+
+    The energy is a sum of pair energies over pairs closer than r2 and triplet energies
+    over triangles whose three sides are shorter than r3, each a Gaussian process with a
+    squared-exponential kernel over the distances (summed over species-preserving
+    permutations) times the quadratic cutoff (r_c - r)^2. Forces and stresses are exact
+    derivatives of that energy, so the mean force field is conservative.
+    """
+
+    def __init__(
+        self,
+        species: Sequence[str | int],
+        cutoffs: Mapping[str, float],
+        hyperparameters: Mapping[str, float] | None = None,
+        bounds: Mapping[str, tuple[float, float]] | None = None,
+    ) -> None:
+        numbers = [_as_atomic_number(s) for s in species]
+        if not numbers:
+            raise ValueError("species must list at least one element")
+        unknown = set(cutoffs) - {"twobody", "threebody"}
+        if unknown:
+            raise ValueError(f"unknown cutoff keys {sorted(unknown)}; use 'twobody', 'threebody'")
+        for key, value in cutoffs.items():
+            if not (isinstance(value, (int, float, np.floating)) and math.isfinite(value)) or value <= 0:
+                raise ValueError(f"cutoff {key!r} must be a positive number of Angstrom, got {value!r}")
+        if not cutoffs:
+            raise ValueError("give at least one cutoff: {'twobody': r2, 'threebody': r3}")
+        r2 = float(cutoffs.get("twobody", 0.0))
+        r3 = float(cutoffs.get("threebody", 0.0))
+        self._model = _core.Model(numbers, r2, r3)
+        self.bounds: dict[str, tuple[float, float]] = dict(DEFAULT_BOUNDS)
+        if bounds:
+            self._check_names(bounds)
+            self.bounds.update({k: (float(v[0]), float(v[1])) for k, v in bounds.items()})
+        hyp = dict(DEFAULT_HYPERPARAMETERS)
+        if hyperparameters:
+            self._check_names(hyperparameters)
+            hyp.update({k: float(v) for k, v in hyperparameters.items()})
+        self._model.hyperparameters = [hyp[k] for k in HYPERPARAMETER_NAMES]
+        self._reset_cache()
+
+    # ----------------------------------------------------------------- properties
+    @staticmethod
+    def _check_names(d: Mapping[str, Any]) -> None:
+        bad = set(d) - set(HYPERPARAMETER_NAMES)
+        if bad:
+            raise ValueError(f"unknown hyperparameters {sorted(bad)}; known: {list(HYPERPARAMETER_NAMES)}")
+
+    @property
+    def species(self) -> list[str]:
+        """Chemical symbols of the species the model knows."""
+        return [chemical_symbols[z] for z in self._model.atomic_numbers]
+
+    @property
+    def cutoffs(self) -> dict[str, float]:
+        """The 2- and 3-body cutoffs in Angstrom (absent keys: body order disabled)."""
+        out = {}
+        if self._model.cutoff2 > 0:
+            out["twobody"] = self._model.cutoff2
+        if self._model.cutoff3 > 0:
+            out["threebody"] = self._model.cutoff3
+        return out
+
+    @property
+    def hyperparameters(self) -> dict[str, float]:
+        """Current hyperparameters by name (see :data:`HYPERPARAMETER_NAMES`)."""
+        return dict(zip(HYPERPARAMETER_NAMES, self._model.hyperparameters))
+
+    @hyperparameters.setter
+    def hyperparameters(self, values: Mapping[str, float]) -> None:
+        self._check_names(values)
+        hyp = self.hyperparameters
+        hyp.update({k: float(v) for k, v in values.items()})
+        self._model.hyperparameters = [hyp[k] for k in HYPERPARAMETER_NAMES]
+        self._chol = None  # the solution no longer matches
+
+    @property
+    def energy_offsets(self) -> dict[str, float]:
+        """Per-species energy offsets fitted to the energy labels (0 without them)."""
+        return dict(zip(self.species, self._model.energy_offsets))
+
+    @property
+    def n_labels(self) -> int:
+        """Number of scalar training labels (force components, energies, stresses)."""
+        return self._model.n_labels
+
+    @property
+    def n_training_environments(self) -> int:
+        """Number of atomic environments whose forces are training labels."""
+        return self._model.n_force_environments
+
+    @property
+    def n_training_structures(self) -> int:
+        """Number of labelled structures in the training set."""
+        return self._model.n_structures
+
+    @property
+    def trained(self) -> bool:
+        """True when the model can predict (training data and a current solution)."""
+        return self._model.trained
+
+    @property
+    def core(self) -> _core.Model:
+        """The underlying C++ model (advanced use and tests)."""
+        return self._model
+
+    # ------------------------------------------------------------------ data
+    def _structure_arrays(self, atoms: Atoms) -> tuple[np.ndarray, list[bool], np.ndarray, np.ndarray]:
+        if not isinstance(atoms, Atoms):
+            raise TypeError(f"expected an ase.Atoms, got {type(atoms).__name__}")
+        known = {z: i for i, z in enumerate(self._model.atomic_numbers)}
+        numbers = atoms.get_atomic_numbers()
+        missing = sorted({int(z) for z in numbers} - set(known))
+        if missing:
+            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in missing)
+            raise _core.InputError(f"unknown species {names}; the model knows {', '.join(self.species)}")
+        species = np.array([known[int(z)] for z in numbers], dtype=np.int32)
+        positions = np.asarray(atoms.positions, dtype=float)
+        cell = np.asarray(atoms.cell.array, dtype=float)
+        if not np.all(np.isfinite(positions)):
+            bad = int(np.argwhere(~np.isfinite(positions))[0][0])
+            raise _core.InputError(f"position of atom {bad} is not finite (NaN or inf)")
+        if not np.all(np.isfinite(cell)):
+            raise _core.InputError("cell contains NaN or inf")
+        return cell, [bool(p) for p in atoms.pbc], positions, species
+
+    def add_training_data(
+        self,
+        atoms: Atoms,
+        forces: bool | np.ndarray = True,
+        energy: bool | float = False,
+        stress: bool | np.ndarray = False,
+        atom_indices: Sequence[int] | None = None,
+    ) -> None:
+        """Add a labelled structure to the training set (the model then needs :meth:`train`).
+
+        Args:
+            atoms: the structure. With ``True`` flags the labels come from its attached
+                calculator (``get_forces``, ``get_potential_energy``, ``get_stress``).
+            forces: ``True``, ``False`` or an explicit array, either (n_atoms, 3) or
+                (len(atom_indices), 3).
+            energy: ``True``, ``False`` or the energy in eV.
+            stress: ``True``, ``False`` or the stress (6 Voigt components or 3 x 3), ASE sign.
+            atom_indices: atoms whose forces become labels (default: all).
+        """
+        cell, pbc, positions, species = self._structure_arrays(atoms)
+        n = len(atoms)
+        idx = np.arange(n) if atom_indices is None else np.asarray(atom_indices, dtype=np.int64).ravel()
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise _core.InputError(f"atom_indices out of range for {n} atoms")
+        force_atoms = np.zeros(0, dtype=np.int32)
+        force_values = np.zeros((0, 3))
+        if forces is not False and forces is not None:
+            if forces is True:
+                f = np.asarray(atoms.get_forces(), dtype=float)
+            else:
+                f = np.asarray(forces, dtype=float)
+            if f.shape == (n, 3):
+                f = f[idx]
+            elif f.shape != (len(idx), 3):
+                raise _core.InputError(
+                    f"forces must have shape ({n}, 3) or ({len(idx)}, 3), got {f.shape}")
+            force_atoms, force_values = idx.astype(np.int32), f
+        e = None
+        if energy is not False and energy is not None:
+            e = float(atoms.get_potential_energy()) if energy is True else float(energy)
+        s = None
+        if stress is not False and stress is not None:
+            raw = np.asarray(atoms.get_stress(voigt=True) if stress is True else stress, dtype=float)
+            if raw.shape == (3, 3):
+                raw = raw[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+            if raw.shape != (6,):
+                raise _core.InputError(f"stress must have 6 Voigt components or shape (3, 3), got {raw.shape}")
+            s = raw
+        self._model.add_training_structure(cell, pbc, positions, species, force_atoms, force_values, e, s)
+
+    # ------------------------------------------------------------- likelihood
+    def _reset_cache(self) -> None:
+        self._K2 = self._K3 = self._dK2 = self._dK3 = None
+        self._cache_ells: tuple[float, float] | None = None
+        self._chol: np.ndarray | None = None
+        self._chol_key: tuple | None = None
+
+    def _kernel_parts(self, ell2: float, ell3: float, grad: bool) -> tuple[np.ndarray, ...]:
+        """Unscaled K2, K3 (and d/d ell) for all labels, cached by length scales."""
+        n = self.n_labels
+        fresh = (
+            self._cache_ells == (ell2, ell3)
+            and self._K2 is not None
+            and self._K2.shape[0] == n
+            and (not grad or self._dK2 is not None)
+        )
+        if not fresh:
+            hyp = self.hyperparameters
+            hyp.update(ell2=ell2, ell3=ell3)
+            saved = self._model.hyperparameters
+            self._model.hyperparameters = [hyp[k] for k in HYPERPARAMETER_NAMES]
+            try:
+                g = self._model.n_groups
+                K2, K3, dK2, dK3 = self._model.covariance(0, g, 0, g, grad)
+            finally:
+                self._model.hyperparameters = saved
+            self._K2, self._K3 = K2, K3
+            self._dK2, self._dK3 = (dK2, dK3) if grad else (None, None)
+            self._cache_ells = (ell2, ell3)
+        return self._K2, self._K3, self._dK2, self._dK3
+
+    def _noise_diagonal(self, hyp: Mapping[str, float]) -> np.ndarray:
+        kinds = np.asarray(self._model.row_kinds)
+        noise = np.choose(kinds, [hyp["noise_force"], hyp["noise_energy"], hyp["noise_stress"]])
+        return noise**2
+
+    def _fit_energy_offsets(self) -> np.ndarray:
+        """Per-species energies from a least-squares fit of energy labels to composition."""
+        kinds = np.asarray(self._model.row_kinds)
+        rows = np.flatnonzero(kinds == _ROW_ENERGY)
+        ns = len(self._model.atomic_numbers)
+        if rows.size == 0:
+            return np.zeros(ns)
+        struct_of_row = np.asarray(self._model.row_structures)[rows]
+        species = self._model.structure_species
+        A = np.array([np.bincount(species[s], minlength=ns) for s in struct_of_row], dtype=float)
+        y = self._model.labels[rows]
+        return scipy.linalg.lstsq(A, y)[0]
+
+    def _targets(self, offsets: np.ndarray) -> np.ndarray:
+        y = np.array(self._model.labels, dtype=float)
+        kinds = np.asarray(self._model.row_kinds)
+        if np.any(kinds == _ROW_ENERGY):
+            species = self._model.structure_species
+            rows = np.flatnonzero(kinds == _ROW_ENERGY)
+            for r, s in zip(rows, np.asarray(self._model.row_structures)[rows]):
+                y[r] -= float(np.sum(offsets[species[s]]))
+        return y
+
+    def _factor(self, K: np.ndarray) -> np.ndarray:
+        try:
+            return scipy.linalg.cholesky(K, lower=True, check_finite=True)
+        except (np.linalg.LinAlgError, ValueError) as exc:
+            raise KernelMatrixError(
+                "the training kernel matrix is not positive definite "
+                f"({exc}); increase the noise hyperparameters (noise_force is "
+                f"{self.hyperparameters['noise_force']:.3g} eV/A) or remove duplicate data"
+            ) from None
+
+    def _active(self) -> list[str]:
+        """Hyperparameters the data can inform (the others stay fixed)."""
+        kinds = set(self._model.row_kinds)
+        names = []
+        if self._model.cutoff2 > 0:
+            names += ["sigma2", "ell2"]
+        if self._model.cutoff3 > 0:
+            names += ["sigma3", "ell3"]
+        for kind, name in ((_ROW_FORCE, "noise_force"), (_ROW_ENERGY, "noise_energy"), (_ROW_STRESS, "noise_stress")):
+            if kind in kinds:
+                names.append(name)
+        return names
+
+    def _likelihood(self, hyp: Mapping[str, float], grad: bool) -> tuple[float, dict[str, float]]:
+        if self.n_labels == 0:
+            raise _core.NotTrainedError("no training data: call add_training_data() first")
+        K2, K3, dK2, dK3 = self._kernel_parts(hyp["ell2"], hyp["ell3"], grad)
+        y = self._targets(self._fit_energy_offsets())
+        K = hyp["sigma2"] ** 2 * K2 + hyp["sigma3"] ** 2 * K3
+        K[np.diag_indices_from(K)] += self._noise_diagonal(hyp)
+        L = self._factor(K)
+        alpha = scipy.linalg.cho_solve((L, True), y)
+        n = len(y)
+        value = -0.5 * float(y @ alpha) - float(np.sum(np.log(np.diag(L)))) - 0.5 * n * math.log(2 * math.pi)
+        if not grad:
+            return value, {}
+        Kinv = scipy.linalg.cho_solve((L, True), np.eye(n))
+        W = np.outer(alpha, alpha) - Kinv
+        kinds = np.asarray(self._model.row_kinds)
+        g = {
+            "sigma2": 0.5 * float(np.sum(W * K2)) * 2 * hyp["sigma2"],
+            "ell2": 0.5 * float(np.sum(W * dK2)) * hyp["sigma2"] ** 2,
+            "sigma3": 0.5 * float(np.sum(W * K3)) * 2 * hyp["sigma3"],
+            "ell3": 0.5 * float(np.sum(W * dK3)) * hyp["sigma3"] ** 2,
+        }
+        diagW = np.diag(W)
+        for kind, name in ((_ROW_FORCE, "noise_force"), (_ROW_ENERGY, "noise_energy"), (_ROW_STRESS, "noise_stress")):
+            g[name] = 0.5 * float(np.sum(diagW[kinds == kind])) * 2 * hyp[name]
+        return value, g
+
+    def log_likelihood(self, hyperparameters: Mapping[str, float] | None = None) -> float:
+        """Log marginal likelihood of the training labels at the given (or current) hyperparameters."""
+        hyp = self.hyperparameters
+        if hyperparameters:
+            self._check_names(hyperparameters)
+            hyp.update(hyperparameters)
+        return self._likelihood(hyp, grad=False)[0]
+
+    def log_likelihood_gradient(
+        self, hyperparameters: Mapping[str, float] | None = None
+    ) -> tuple[float, dict[str, float]]:
+        """Log marginal likelihood and its analytic gradient with respect to every hyperparameter."""
+        hyp = self.hyperparameters
+        if hyperparameters:
+            self._check_names(hyperparameters)
+            hyp.update(hyperparameters)
+        return self._likelihood(hyp, grad=True)
+
+    # ----------------------------------------------------------------- training
+    def train(
+        self,
+        optimize: bool = True,
+        restarts: int = 0,
+        max_iterations: int = 100,
+        seed: int = 0,
+    ) -> None:
+        """Fit the model to its training data.
+
+        Args:
+            optimize: maximise the log marginal likelihood over the hyperparameters
+                (L-BFGS-B in log space within :attr:`bounds`); otherwise keep them and only
+                solve, extending the previous Cholesky factor when data were merely added.
+            restarts: extra optimisations from random starting points within the bounds;
+                the best optimum wins.
+            max_iterations: L-BFGS-B iteration limit per start.
+            seed: random seed for the restarts.
+        """
+        if self.n_labels == 0:
+            raise _core.NotTrainedError("no training data: call add_training_data() first")
+        if optimize:
+            self._optimize(restarts, max_iterations, seed)
+        self._solve()
+
+    def _optimize(self, restarts: int, max_iterations: int, seed: int) -> None:
+        names = self._active()
+        base = self.hyperparameters
+        lo = np.log([self.bounds[k][0] for k in names])
+        hi = np.log([self.bounds[k][1] for k in names])
+
+        def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
+            hyp = dict(base)
+            hyp.update(zip(names, np.exp(x)))
+            try:
+                value, g = self._likelihood(hyp, grad=True)
+            except KernelMatrixError:
+                return 1e30, np.zeros_like(x)
+            return -value, -np.array([g[k] * hyp[k] for k in names])
+
+        starts = [np.clip(np.log([base[k] for k in names]), lo, hi)]
+        rng = np.random.default_rng(seed)
+        starts += [rng.uniform(lo, hi) for _ in range(restarts)]
+        best = None
+        for x0 in starts:
+            res = scipy.optimize.minimize(
+                objective, x0, jac=True, method="L-BFGS-B", bounds=list(zip(lo, hi)),
+                options={"maxiter": max_iterations},
+            )
+            log.info("hyperparameter optimisation: -log L = %.6g after %d iterations (%s)", res.fun, res.nit, res.message)
+            if best is None or res.fun < best.fun:
+                best = res
+        assert best is not None
+        if best.fun >= 1e30:
+            raise KernelMatrixError("no hyperparameters within the bounds give a positive definite kernel matrix; raise the noise bounds")
+        hyp = dict(base)
+        hyp.update(zip(names, np.exp(best.x)))
+        self.hyperparameters = hyp
+
+    def _solve(self) -> None:
+        hyp = self.hyperparameters
+        offsets = self._fit_energy_offsets()
+        key = (tuple(hyp.values()), tuple(offsets))
+        n = self.n_labels
+        noise = self._noise_diagonal(hyp)
+        L_old = self._chol
+        n_old = 0 if L_old is None else L_old.shape[0]
+        if L_old is not None and self._chol_key == key and 0 < n_old < n:
+            L = self._extend_cholesky(L_old, hyp, noise)
+        else:
+            K2, K3, _, _ = self._kernel_parts(hyp["ell2"], hyp["ell3"], grad=False)
+            K = hyp["sigma2"] ** 2 * K2 + hyp["sigma3"] ** 2 * K3
+            K[np.diag_indices_from(K)] += noise
+            L = self._factor(K)
+        y = self._targets(offsets)
+        alpha = scipy.linalg.cho_solve((L, True), y)
+        self._model.energy_offsets = list(offsets)
+        self._model.hyperparameters = [hyp[k] for k in HYPERPARAMETER_NAMES]
+        self._model.set_solution(alpha, L)
+        self._chol, self._chol_key = L, key
+
+    def _extend_cholesky(self, L11: np.ndarray, hyp: Mapping[str, float], noise: np.ndarray) -> np.ndarray:
+        """Block update of the Cholesky factor for appended labels (no hyperparameter change)."""
+        n_old = L11.shape[0]
+        groups = self._model.n_groups
+        g_old = next(g for g in range(groups + 1) if self._model.group_row_offset(g) == n_old)
+        A2, A3, _, _ = self._model.covariance(g_old, groups, 0, g_old, False)
+        B2, B3, _, _ = self._model.covariance(g_old, groups, g_old, groups, False)
+        s2, s3 = hyp["sigma2"] ** 2, hyp["sigma3"] ** 2
+        K21 = s2 * A2 + s3 * A3
+        K22 = s2 * B2 + s3 * B3
+        K22[np.diag_indices_from(K22)] += noise[n_old:]
+        L21 = scipy.linalg.solve_triangular(L11, K21.T, lower=True).T
+        L22 = self._factor(K22 - L21 @ L21.T)
+        n = self.n_labels
+        L = np.zeros((n, n))
+        L[:n_old, :n_old] = L11
+        L[n_old:, :n_old] = L21
+        L[n_old:, n_old:] = L22
+        # Keep the unscaled kernel cache consistent if it is at these length scales.
+        if self._cache_ells == (hyp["ell2"], hyp["ell3"]) and self._K2 is not None and self._K2.shape[0] == n_old:
+            self._K2 = np.block([[self._K2, A2.T], [A2, B2]])
+            self._K3 = np.block([[self._K3, A3.T], [A3, B3]])
+            self._dK2 = self._dK3 = None
+        return L
+
+    # ---------------------------------------------------------------- prediction
+    def predict(self, atoms: Atoms, variance: bool = True) -> Prediction:
+        """Predict energy, forces, stress and local energies (with variances if asked) of ``atoms``."""
+        cell, pbc, positions, species = self._structure_arrays(atoms)
+        d = self._model.predict(cell, pbc, positions, species, variance)
+        return Prediction(
+            energy=d["energy"],
+            forces=d["forces"],
+            local_energies=d["local_energies"],
+            stress=d["stress"],
+            energy_variance=d.get("energy_variance"),
+            force_variances=d.get("force_variances"),
+            local_energy_variances=d.get("local_energy_variances"),
+            stress_variance=d.get("stress_variances"),
+        )
+
+    # ---------------------------------------------------------------- persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model (training data, hyperparameters, solution) to ``path`` atomically."""
+        self._model.save(os.fspath(path))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "GaussianProcess":
+        """Read a model written by :meth:`save` (or by the C++ core)."""
+        core = _core.Model.load(os.fspath(path))
+        return cls._from_core(core)
+
+    @classmethod
+    def _from_core(cls, core: _core.Model) -> "GaussianProcess":
+        gp = cls.__new__(cls)
+        gp._model = core
+        gp.bounds = dict(DEFAULT_BOUNDS)
+        gp._reset_cache()
+        if core.trained:
+            gp._chol = np.array(core.cholesky)
+            gp._chol_key = (tuple(gp.hyperparameters.values()), tuple(core.energy_offsets))
+        return gp
+
+    def __repr__(self) -> str:
+        return (f"GaussianProcess(species={self.species}, cutoffs={self.cutoffs}, "
+                f"environments={self.n_training_environments}, labels={self.n_labels}, trained={self.trained})")
