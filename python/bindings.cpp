@@ -106,6 +106,27 @@ PYBIND11_MODULE(_core, m) {
           py::arg("cell"), py::arg("pbc"), py::arg("positions"), py::arg("species"),
           py::arg("force_atoms"), py::arg("forces"), py::arg("energy") = py::none(),
           py::arg("stress") = py::none())
+      .def(
+          "training_structure",
+          [](const Model& mdl, int k) {
+            const auto& all = mdl.training_structures();
+            if (k < 0 || k >= static_cast<int>(all.size()))
+              throw otfgp::InputError("training structure index out of range");
+            const auto& ts = all[k];
+            const auto n = static_cast<py::ssize_t>(ts.structure.size());
+            py::dict d;
+            d["cell"] = to_array({ts.structure.cell.begin(), ts.structure.cell.end()}, {3, 3});
+            d["pbc"] = ts.structure.pbc;
+            d["positions"] = to_array(ts.structure.positions, {n, 3});
+            d["species"] = ts.structure.species;
+            d["force_atoms"] = ts.force_atoms;
+            d["forces"] = to_array(ts.forces, {static_cast<py::ssize_t>(ts.force_atoms.size()), 3});
+            d["energy"] = ts.has_energy ? py::object(py::float_(ts.energy)) : py::object(py::none());
+            d["stress"] = ts.has_stress ? py::object(to_array({ts.stress.begin(), ts.stress.end()}, {6}))
+                                        : py::object(py::none());
+            return d;
+          },
+          "The k-th training structure and its labels.")
       .def_property_readonly("n_groups", &Model::n_groups)
       .def_property_readonly("n_labels", &Model::n_labels)
       .def_property_readonly("n_structures",

@@ -193,6 +193,18 @@ void Model::covariance(int g0, int g1, int h0, int h1, double* K2, double* K3, d
       e3.assign(grad ? bs : 0, 0.0);
       group_pair(G, H, hyper_, n_species(), b2.data(), b3.data(), grad ? e2.data() : nullptr,
                  grad ? e3.data() : nullptr);
+      if (g == h) {
+        // A diagonal block is symmetric in exact arithmetic; make it so in floating point.
+        for (auto* buf : {&b2, &b3, &e2, &e3}) {
+          if (buf->empty()) continue;
+          for (int r = 0; r < G.rows; ++r)
+            for (int c = r + 1; c < G.rows; ++c) {
+              double& x = (*buf)[static_cast<std::size_t>(r) * G.rows + c];
+              double& y = (*buf)[static_cast<std::size_t>(c) * G.rows + r];
+              x = y = 0.5 * (x + y);
+            }
+        }
+      }
       const int r0 = group_offsets_[g] - group_offsets_[g0];
       const int c0 = group_offsets_[h] - group_offsets_[h0];
       for (int r = 0; r < G.rows; ++r)

@@ -1,10 +1,11 @@
 """otfgp: on-the-fly Gaussian-process force fields with trustworthy uncertainty."""
 from ._core import InputError, ModelFileError, NotTrainedError, set_num_threads, get_max_threads
-from .gp import GaussianProcess, Prediction
+from .gp import GaussianProcess, KernelMatrixError, Prediction
 
 __all__ = [
     "GaussianProcess",
     "Prediction",
+    "KernelMatrixError",
     "InputError",
     "ModelFileError",
     "NotTrainedError",

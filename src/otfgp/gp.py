@@ -38,8 +38,8 @@ stresses (eV/A^3)."""
 DEFAULT_HYPERPARAMETERS: dict[str, float] = {
     "sigma2": 0.1,
     "ell2": 1.0,
-    "sigma3": 0.5,
-    "ell3": 1.0,
+    "sigma3": 0.01,
+    "ell3": 0.5,
     "noise_force": 0.05,
     "noise_energy": 0.05,
     "noise_stress": 0.005,
@@ -285,6 +285,27 @@ class GaussianProcess:
             s = raw
         self._model.add_training_structure(cell, pbc, positions, species, force_atoms, force_values, e, s)
 
+    def training_structure(self, index: int) -> dict[str, Any]:
+        """The ``index``-th labelled structure: ``atoms`` (with its labels attached as a
+        single-point calculator), ``force_atoms``, ``forces``, ``energy``, ``stress``."""
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        d = self._model.training_structure(index)
+        numbers = np.asarray(self._model.atomic_numbers)[np.asarray(d["species"], dtype=int)]
+        atoms = Atoms(numbers=numbers, positions=d["positions"], cell=d["cell"], pbc=d["pbc"])
+        results: dict[str, Any] = {}
+        if d["energy"] is not None:
+            results["energy"] = d["energy"]
+        if d["stress"] is not None:
+            results["stress"] = d["stress"]
+        if len(d["force_atoms"]) == len(atoms):
+            forces = np.zeros((len(atoms), 3))
+            forces[np.asarray(d["force_atoms"])] = d["forces"]
+            results["forces"] = forces
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        return {"atoms": atoms, "force_atoms": np.asarray(d["force_atoms"], dtype=int),
+                "forces": d["forces"], "energy": d["energy"], "stress": d["stress"]}
+
     # ------------------------------------------------------------- likelihood
     def _reset_cache(self) -> None:
         self._K2 = self._K3 = self._dK2 = self._dK3 = None
@@ -442,33 +463,46 @@ class GaussianProcess:
         base = self.hyperparameters
         lo = np.log([self.bounds[k][0] for k in names])
         hi = np.log([self.bounds[k][1] for k in names])
+        span = hi - lo
 
-        def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
+        # Optimise unconstrained u with log(theta) = lo + span * sigmoid(u). Without box
+        # constraints L-BFGS-B normalises its first step; with them it takes a full
+        # gradient step, which here jumps straight to absurd hyperparameters.
+        def to_theta(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            sig = 0.5 * (1.0 + np.tanh(0.5 * u))  # overflow-free logistic
+            return np.exp(lo + span * sig), span * sig * (1.0 - sig)
+
+        def objective(u: np.ndarray) -> tuple[float, np.ndarray]:
+            theta, dlog_du = to_theta(u)
             hyp = dict(base)
-            hyp.update(zip(names, np.exp(x)))
+            hyp.update(zip(names, theta))
             try:
                 value, g = self._likelihood(hyp, grad=True)
             except KernelMatrixError:
-                return 1e30, np.zeros_like(x)
-            return -value, -np.array([g[k] * hyp[k] for k in names])
+                # Not positive definite this far out: report a much worse value so the
+                # line search steps back.
+                return 1e10, np.zeros_like(u)
+            return -value, -np.array([g[k] * hyp[k] for k in names]) * dlog_du
 
-        starts = [np.clip(np.log([base[k] for k in names]), lo, hi)]
+        def to_u(log_theta: np.ndarray) -> np.ndarray:
+            frac = np.clip((log_theta - lo) / span, 1e-6, 1 - 1e-6)
+            return np.log(frac / (1 - frac))
+
+        starts = [to_u(np.log([base[k] for k in names]))]
         rng = np.random.default_rng(seed)
-        starts += [rng.uniform(lo, hi) for _ in range(restarts)]
+        starts += [to_u(rng.uniform(lo, hi)) for _ in range(restarts)]
         best = None
-        for x0 in starts:
-            res = scipy.optimize.minimize(
-                objective, x0, jac=True, method="L-BFGS-B", bounds=list(zip(lo, hi)),
-                options={"maxiter": max_iterations},
-            )
+        for u0 in starts:
+            res = scipy.optimize.minimize(objective, u0, jac=True, method="L-BFGS-B",
+                                          options={"maxiter": max_iterations})
             log.info("hyperparameter optimisation: -log L = %.6g after %d iterations (%s)", res.fun, res.nit, res.message)
             if best is None or res.fun < best.fun:
                 best = res
         assert best is not None
-        if best.fun >= 1e30:
+        if best.fun >= 1e10:
             raise KernelMatrixError("no hyperparameters within the bounds give a positive definite kernel matrix; raise the noise bounds")
         hyp = dict(base)
-        hyp.update(zip(names, np.exp(best.x)))
+        hyp.update(zip(names, to_theta(best.x)[0]))
         self.hyperparameters = hyp
 
     def _solve(self) -> None:

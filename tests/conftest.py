@@ -1,0 +1,74 @@
+"""Shared structures and models for the tests."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.emt import EMT
+
+import otfgp
+
+A_AL = 4.05
+
+
+def displaced_al(rng: np.random.Generator, amplitude: float = 0.05, repeat=(2, 2, 2)) -> Atoms:
+    """fcc Al (a = 4.05 A) with every coordinate displaced uniformly within +-amplitude*a, EMT attached."""
+    atoms = bulk("Al", "fcc", a=A_AL, cubic=True).repeat(repeat)
+    atoms.positions += rng.uniform(-amplitude * A_AL, amplitude * A_AL, atoms.positions.shape)
+    atoms.calc = EMT()
+    return atoms
+
+
+def random_alloy(rng: np.random.Generator, amplitude: float = 0.05, a: float = 3.8) -> Atoms:
+    """Random Cu-Au fcc alloy (32 atoms) with displacements, EMT attached."""
+    atoms = bulk("Cu", "fcc", a=a, cubic=True).repeat((2, 2, 2))
+    symbols = np.where(rng.random(len(atoms)) < 0.5, "Cu", "Au")
+    atoms.set_chemical_symbols(list(symbols))
+    atoms.positions += rng.uniform(-amplitude * a, amplitude * a, atoms.positions.shape)
+    atoms.calc = EMT()
+    return atoms
+
+
+def random_triclinic(rng: np.random.Generator, n: int = 6, species=("Al", "Cu"), pbc=True) -> Atoms:
+    """Small random triclinic cell, several species, atoms kept >= 1.8 A apart.
+
+    The cell is small enough that cutoffs exceed half of it (several images per neighbour).
+    """
+    cell = np.array([[4.2, 0.0, 0.0], [0.9, 3.9, 0.0], [-0.6, 0.7, 4.4]])
+    cell += rng.uniform(-0.2, 0.2, (3, 3))
+    pos: list[np.ndarray] = []
+    probe = Atoms(cell=cell, pbc=pbc)
+    while len(pos) < n:
+        x = rng.random(3) @ cell
+        trial = Atoms("H" * (len(pos) + 1), positions=pos + [x], cell=cell, pbc=pbc)
+        if len(pos) == 0 or np.min(trial.get_distances(len(pos), range(len(pos)), mic=True)) > 1.8:
+            pos.append(x)
+    del probe
+    symbols = [species[i % len(species)] for i in range(n)]
+    return Atoms(symbols, positions=pos, cell=cell, pbc=pbc)
+
+
+def trained_toy_model(rng: np.random.Generator, species=("Al", "Cu"), energy=True, stress=True,
+                      cutoffs=None) -> otfgp.GaussianProcess:
+    """A quickly trained multi-species model on EMT labels of random triclinic cells."""
+    cutoffs = cutoffs or {"twobody": 4.5, "threebody": 3.6}
+    gp = otfgp.GaussianProcess(list(species), cutoffs,
+                               hyperparameters={"sigma2": 0.5, "ell2": 0.8, "sigma3": 0.2, "ell3": 0.7,
+                                                "noise_force": 0.05})
+    for _ in range(2):
+        atoms = random_triclinic(rng, species=species)
+        atoms.calc = EMT()
+        gp.add_training_data(atoms, energy=energy, stress=stress)
+    gp.train(optimize=False)
+    return gp
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(12345)
+
+
+@pytest.fixture
+def toy_model(rng) -> otfgp.GaussianProcess:
+    return trained_toy_model(rng)

@@ -1,0 +1,120 @@
+"""Bad input raises a clear error naming the problem."""
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+
+import otfgp
+from otfgp import KernelMatrixError
+from conftest import displaced_al
+
+
+@pytest.fixture
+def al_gp():
+    gp = otfgp.GaussianProcess(["Al"], {"twobody": 5.0, "threebody": 3.5})
+    gp.add_training_data(displaced_al(np.random.default_rng(0)), atom_indices=range(4))
+    gp.train(optimize=False)
+    return gp
+
+
+def test_unknown_species(al_gp):
+    atoms = bulk("Cu", "fcc", a=3.6)
+    with pytest.raises(ValueError, match="unknown species Cu"):
+        al_gp.predict(atoms)
+
+
+@pytest.mark.parametrize("what", ["nan", "inf"])
+def test_non_finite_positions(al_gp, what):
+    atoms = bulk("Al", "fcc", a=4.05, cubic=True)
+    atoms.positions[2, 1] = np.nan if what == "nan" else np.inf
+    with pytest.raises(ValueError, match="atom 2 is not finite"):
+        al_gp.predict(atoms)
+
+
+def test_non_finite_cell(al_gp):
+    atoms = bulk("Al", "fcc", a=4.05, cubic=True)
+    atoms.cell[0, 0] = np.nan
+    with pytest.raises(ValueError, match="cell contains NaN"):
+        al_gp.predict(atoms)
+
+
+def test_overlapping_atoms(al_gp):
+    atoms = Atoms("Al2", positions=[[0, 0, 0], [0.3, 0, 0]])
+    with pytest.raises(ValueError, match="closer than the minimum"):
+        al_gp.predict(atoms)
+
+
+def test_overlapping_periodic_image(al_gp):
+    atoms = Atoms("Al", cell=[0.4, 5, 5], pbc=True)
+    with pytest.raises(ValueError, match="closer than the minimum"):
+        al_gp.predict(atoms)
+
+
+@pytest.mark.parametrize("cutoffs", [{"twobody": 0.0}, {"twobody": -1.0}, {"twobody": 5.0, "threebody": 0},
+                                     {"twobody": float("nan")}, {}, {"fourbody": 3.0}])
+def test_bad_cutoffs(cutoffs):
+    with pytest.raises(ValueError, match="cutoff"):
+        otfgp.GaussianProcess(["Al"], cutoffs)
+
+
+def test_threebody_cutoff_larger_than_twobody_is_supported():
+    gp = otfgp.GaussianProcess(["Al"], {"twobody": 3.0, "threebody": 4.0})
+    gp.add_training_data(displaced_al(np.random.default_rng(0)), atom_indices=[0])
+    gp.train(optimize=False)
+    assert np.isfinite(gp.predict(bulk("Al", "fcc", a=4.05, cubic=True)).energy)
+
+
+def test_bad_hyperparameters():
+    with pytest.raises(ValueError, match="sigma2 must be positive"):
+        otfgp.GaussianProcess(["Al"], {"twobody": 5.0}, hyperparameters={"sigma2": -1.0})
+    with pytest.raises(ValueError, match="unknown hyperparameters"):
+        otfgp.GaussianProcess(["Al"], {"twobody": 5.0}, hyperparameters={"sigma_x": 1.0})
+
+
+def test_unknown_species_name():
+    with pytest.raises(ValueError, match="unknown chemical symbol"):
+        otfgp.GaussianProcess(["Xx"], {"twobody": 5.0})
+
+
+def test_predict_on_untrained_model():
+    gp = otfgp.GaussianProcess(["Al"], {"twobody": 5.0})
+    with pytest.raises(otfgp.NotTrainedError, match="not trained"):
+        gp.predict(bulk("Al"))
+    with pytest.raises(otfgp.NotTrainedError, match="no training data"):
+        gp.train()
+
+
+def test_predict_after_adding_data_needs_training(al_gp):
+    al_gp.add_training_data(displaced_al(np.random.default_rng(3)), atom_indices=[1])
+    with pytest.raises(otfgp.NotTrainedError):
+        al_gp.predict(bulk("Al"))
+
+
+def test_labels_of_wrong_shape():
+    gp = otfgp.GaussianProcess(["Al"], {"twobody": 5.0})
+    atoms = bulk("Al", "fcc", a=4.05, cubic=True)
+    with pytest.raises(ValueError, match=r"forces must have shape \(4, 3\)"):
+        gp.add_training_data(atoms, forces=np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="stress must have 6"):
+        gp.add_training_data(atoms, forces=False, energy=1.0, stress=np.zeros(5))
+    with pytest.raises(ValueError, match="force labels contain NaN"):
+        gp.add_training_data(atoms, forces=np.full((4, 3), np.nan))
+    with pytest.raises(ValueError, match="out of range"):
+        gp.add_training_data(atoms, forces=np.zeros((1, 3)), atom_indices=[7])
+    assert gp.n_labels == 0  # failed additions leave nothing behind
+
+
+def test_non_positive_definite_kernel_reports_noise():
+    gp = otfgp.GaussianProcess(["Al"], {"twobody": 5.0, "threebody": 3.5},
+                               hyperparameters={"sigma2": 1e3, "sigma3": 1e3, "noise_force": 1e-9},
+                               bounds={"noise_force": (1e-9, 1.0)})
+    atoms = displaced_al(np.random.default_rng(0))
+    for _ in range(3):  # the same environments three times: a singular kernel matrix
+        gp.add_training_data(atoms)
+    with pytest.raises(KernelMatrixError, match="increase the noise"):
+        gp.train(optimize=False)
+
+
+def test_wrong_atoms_type(al_gp):
+    with pytest.raises(TypeError, match="ase.Atoms"):
+        al_gp.predict(np.zeros((3, 3)))

@@ -1,0 +1,89 @@
+"""Kernel matrices and the log marginal likelihood."""
+import numpy as np
+import pytest
+
+import otfgp
+from conftest import displaced_al, random_alloy
+
+
+def _mixed_model(rng):
+    gp = otfgp.GaussianProcess(["Cu", "Au"], {"twobody": 4.5, "threebody": 3.3})
+    for _ in range(2):
+        atoms = random_alloy(rng)
+        gp.add_training_data(atoms, atom_indices=rng.choice(len(atoms), 4, replace=False),
+                             energy=True, stress=True)
+    return gp
+
+
+def test_kernel_matrix_symmetric_positive_semidefinite(rng):
+    gp = _mixed_model(rng)
+    g = gp.core.n_groups
+    K2, K3, dK2, dK3 = gp.core.covariance(0, g, 0, g, True)
+    for K in (K2, K3):
+        assert np.array_equal(K, K.T)
+        eig = np.linalg.eigvalsh(K)
+        assert eig.min() > -1e-9 * eig.max()
+        assert eig.max() > 0
+    # Off-diagonal blocks computed on their own agree with the full matrix.
+    A2, A3, _, _ = gp.core.covariance(2, g, 0, 2, False)
+    r = gp.core.group_row_offset(2)
+    np.testing.assert_allclose(A2, K2[r:, :r], rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(A3, K3[r:, :r], rtol=1e-13, atol=1e-13)
+
+
+def test_length_scale_derivatives_match_finite_differences(rng):
+    gp = _mixed_model(rng)
+    g = gp.core.n_groups
+    base = gp.hyperparameters
+    h = 1e-6
+    _, _, dK2, dK3 = gp.core.covariance(0, g, 0, g, True)
+    for name, idx, dK in (("ell2", 0, dK2), ("ell3", 1, dK3)):
+        mats = []
+        for sign in (1, -1):
+            gp.hyperparameters = {name: base[name] + sign * h}
+            mats.append(gp.core.covariance(0, g, 0, g, False)[idx])
+        gp.hyperparameters = base
+        fd = (mats[0] - mats[1]) / (2 * h)
+        np.testing.assert_allclose(dK, fd, rtol=1e-5, atol=1e-7 * np.abs(fd).max())
+
+
+def test_likelihood_gradient_matches_finite_differences(rng):
+    gp = _mixed_model(rng)
+    hyp = {"sigma2": 0.3, "ell2": 0.9, "sigma3": 0.05, "ell3": 0.6,
+           "noise_force": 0.05, "noise_energy": 0.2, "noise_stress": 0.01}
+    value, grad = gp.log_likelihood_gradient(hyp)
+    assert value == pytest.approx(gp.log_likelihood(hyp), rel=1e-12)
+    for name in hyp:
+        h = 1e-5 * hyp[name]
+        plus, minus = dict(hyp), dict(hyp)
+        plus[name] += h
+        minus[name] -= h
+        fd = (gp.log_likelihood(plus) - gp.log_likelihood(minus)) / (2 * h)
+        assert grad[name] == pytest.approx(fd, rel=1e-4, abs=1e-6), name
+
+
+def test_optimisation_improves_likelihood(rng):
+    gp = otfgp.GaussianProcess(["Al"], {"twobody": 5.0, "threebody": 3.5})
+    for _ in range(2):
+        gp.add_training_data(displaced_al(rng), atom_indices=range(8))
+    before = gp.log_likelihood()
+    gp.train(optimize=True, max_iterations=30)
+    assert gp.log_likelihood() > before + 1.0
+
+
+def test_incremental_update_equals_full_solve(rng):
+    gp = otfgp.GaussianProcess(["Al"], {"twobody": 5.0, "threebody": 3.5})
+    gp.add_training_data(displaced_al(rng), atom_indices=range(6))
+    gp.train(optimize=False)
+    extra = displaced_al(rng)
+    gp.add_training_data(extra, atom_indices=range(5), energy=True)
+    gp.train(optimize=False)  # block update of the Cholesky factor
+    incremental = gp.predict(extra)
+    full = otfgp.GaussianProcess(["Al"], gp.cutoffs, hyperparameters=gp.hyperparameters)
+    full._model = otfgp._core.Model.from_bytes(gp.core.to_bytes())
+    full._reset_cache()
+    full.train(optimize=False)  # from scratch
+    reference = full.predict(extra)
+    np.testing.assert_allclose(incremental.forces, reference.forces, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(incremental.force_variances, reference.force_variances, rtol=1e-6, atol=1e-12)
+    assert incremental.energy == pytest.approx(reference.energy, rel=1e-10)
