@@ -11,6 +11,14 @@
 
 namespace otfgp {
 
+// Edge permutations induced by the vertex permutations that keep species in place: all 6
+// for three equal species, 2 for two, 1 otherwise; pairs only have the identity.
+struct PermSet {
+  int n = 1;
+  int map[6][3] = {{0, 1, 2}};
+};
+PermSet allowed_permutations(int dim, int type, int n_species);
+
 // Smooth quadratic cutoff of one body order: f = prod_m (rc - d_m)^2 and its gradient.
 void cutoff_function(int dim, double rc, const double* d, double& f, double* grad);
 
@@ -22,16 +30,23 @@ struct KernelBlock {
   std::vector<double> coef;  // size() * rows * (1 + dim)
   struct Range {
     int type, begin, end;
+    PermSet perms;
+    std::size_t packed;  // offset of this range in `packed`
   };
   std::vector<Range> ranges;  // contiguous runs of one type, after finalize()
+  // Structure-of-arrays copy for the kernel's inner loop, per range and permutation p:
+  // dim arrays of permuted descriptors, then per row the arrays b0 and permuted b_1..b_dim,
+  // each of length (end - begin). Contiguous, so the loop over clusters vectorises.
+  std::vector<double> packed;
+  std::size_t packed_stride() const { return static_cast<std::size_t>(dim + rows * (1 + dim)); }
 
   KernelBlock() = default;
   KernelBlock(int dim_, int rows_) : dim(dim_), rows(rows_) {}
   int size() const { return static_cast<int>(type.size()); }
   // Appends a cluster; returns a pointer to its rows*(1+dim) zeroed coefficients.
   double* add(int type_, const double* d);
-  // Sorts clusters by type (stable) and builds `ranges`.
-  void finalize();
+  // Sorts clusters by type (stable), builds `ranges` and the packed copy.
+  void finalize(int n_species);
   const Range* find(int type_) const;
 };
 

@@ -22,7 +22,8 @@ void for_clusters(const ClusterSet& cs, int pb, int pe, int tb, int te, LabelGro
 
 }  // namespace
 
-LabelGroup atom_group(const ClusterSet& cs, int s, double rc2, double rc3, bool local_energy) {
+LabelGroup atom_group(const ClusterSet& cs, int s, double rc2, double rc3, bool local_energy,
+                      int n_species) {
   LabelGroup g;
   g.rows = local_energy ? 4 : 3;
   g.two = KernelBlock(1, g.rows);
@@ -43,13 +44,13 @@ LabelGroup atom_group(const ClusterSet& cs, int s, double rc2, double rc3, bool 
   };
   for_clusters(cs, cs.pair_offsets[s], cs.pair_offsets[s + 1], cs.triplet_offsets[s],
                cs.triplet_offsets[s + 1], g, rc2, rc3, fn);
-  g.two.finalize();
-  g.three.finalize();
+  g.two.finalize(n_species);
+  g.three.finalize(n_species);
   return g;
 }
 
 LabelGroup structure_group(const ClusterSet& cs, double volume, double rc2, double rc3,
-                           bool energy, bool stress) {
+                           bool energy, bool stress, int n_species) {
   LabelGroup g;
   g.rows = (energy ? 1 : 0) + (stress ? 6 : 0);
   g.two = KernelBlock(1, g.rows);
@@ -74,8 +75,8 @@ LabelGroup structure_group(const ClusterSet& cs, double volume, double rc2, doub
   };
   for_clusters(cs, 0, static_cast<int>(cs.pairs.size()), 0, static_cast<int>(cs.triplets.size()),
                g, rc2, rc3, fn);
-  g.two.finalize();
-  g.three.finalize();
+  g.two.finalize(n_species);
+  g.three.finalize(n_species);
   return g;
 }
 

@@ -81,10 +81,10 @@ ClusterSet Model::clusters_of(const Structure& s) const {
 std::vector<LabelGroup> Model::groups_of(const TrainingStructure& ts) const {
   const ClusterSet cs = clusters_of(ts.structure);
   std::vector<LabelGroup> out;
-  for (int a : ts.force_atoms) out.push_back(atom_group(cs, a, cutoff2_, cutoff3_, false));
+  for (int a : ts.force_atoms) out.push_back(atom_group(cs, a, cutoff2_, cutoff3_, false, n_species()));
   if (ts.has_energy || ts.has_stress)
     out.push_back(structure_group(cs, ts.structure.volume(), cutoff2_, cutoff3_,
-                                  ts.has_energy, ts.has_stress));
+                                  ts.has_energy, ts.has_stress, n_species()));
   return out;
 }
 
@@ -150,10 +150,10 @@ void Model::add_training_structure(TrainingStructure ts) {
 namespace {
 
 // Both body orders of one block pair, unscaled, into buffers of rows(G) x rows(H).
-void group_pair(const LabelGroup& G, const LabelGroup& H, const Hyperparameters& hp, int ns,
+void group_pair(const LabelGroup& G, const LabelGroup& H, const Hyperparameters& hp,
                 double* k2, double* k3, double* d2, double* d3) {
-  block_kernel(G.two, H.two, hp.ell2, ns, k2, d2);
-  block_kernel(G.three, H.three, hp.ell3, ns, k3, d3);
+  block_kernel(G.two, H.two, hp.ell2, k2, d2);
+  block_kernel(G.three, H.three, hp.ell3, k3, d3);
 }
 
 }  // namespace
@@ -191,7 +191,7 @@ void Model::covariance(int g0, int g1, int h0, int h1, double* K2, double* K3, d
       b3.assign(bs, 0.0);
       e2.assign(grad ? bs : 0, 0.0);
       e3.assign(grad ? bs : 0, 0.0);
-      group_pair(G, H, hyper_, n_species(), b2.data(), b3.data(), grad ? e2.data() : nullptr,
+      group_pair(G, H, hyper_, b2.data(), b3.data(), grad ? e2.data() : nullptr,
                  grad ? e3.data() : nullptr);
       if (g == h) {
         // A diagonal block is symmetric in exact arithmetic; make it so in floating point.
@@ -259,8 +259,8 @@ void Model::set_solution(std::vector<double> alpha, std::vector<double> cholesky
       }
     }
   }
-  contracted2_.finalize();
-  contracted3_.finalize();
+  contracted2_.finalize(n_species());
+  contracted3_.finalize(n_species());
   trained_ = true;
 }
 
@@ -294,7 +294,7 @@ Prediction Model::predict(const Structure& s, bool variance) const {
     double f, fg[3], val, g[3];
     cutoff_function(D, rc, c.d, f, fg);
     contracted_value(D, c.d, c.type, two ? contracted2_ : contracted3_,
-                     two ? hyper_.ell2 : hyper_.ell3, ns, val, g);
+                     two ? hyper_.ell2 : hyper_.ell3, val, g);
     phi[k] = s2 * f * val;
     for (int m = 0; m < D; ++m) dphi[3 * k + m] = s2 * (fg[m] * val + f * g[m]);
   }
@@ -341,8 +341,8 @@ Prediction Model::predict(const Structure& s, bool variance) const {
     std::vector<double> kstar, b2, b3, self2, self3, v;
 #pragma omp for schedule(dynamic, 1)
     for (int t = 0; t <= n; ++t) {
-      const LabelGroup G = t < n ? atom_group(cs, t, cutoff2_, cutoff3_, true)
-                                 : structure_group(cs, volume, cutoff2_, cutoff3_, true, has_volume);
+      const LabelGroup G = t < n ? atom_group(cs, t, cutoff2_, cutoff3_, true, ns)
+                                 : structure_group(cs, volume, cutoff2_, cutoff3_, true, has_volume, ns);
       const int R = G.rows;
       kstar.assign(static_cast<std::size_t>(R) * ntrain, 0.0);
       for (int h = 0; h < n_groups(); ++h) {
@@ -350,7 +350,7 @@ Prediction Model::predict(const Structure& s, bool variance) const {
         const std::size_t bs = static_cast<std::size_t>(R) * H.rows;
         b2.assign(bs, 0.0);
         b3.assign(bs, 0.0);
-        group_pair(G, H, hyper_, ns, b2.data(), b3.data(), nullptr, nullptr);
+        group_pair(G, H, hyper_, b2.data(), b3.data(), nullptr, nullptr);
         for (int r = 0; r < R; ++r)
           for (int c = 0; c < H.rows; ++c)
             kstar[static_cast<std::size_t>(r) * ntrain + group_offsets_[h] + c] =
@@ -358,7 +358,7 @@ Prediction Model::predict(const Structure& s, bool variance) const {
       }
       self2.assign(static_cast<std::size_t>(R) * R, 0.0);
       self3.assign(static_cast<std::size_t>(R) * R, 0.0);
-      group_pair(G, G, hyper_, ns, self2.data(), self3.data(), nullptr, nullptr);
+      group_pair(G, G, hyper_, self2.data(), self3.data(), nullptr, nullptr);
       v.resize(ntrain);
       for (int r = 0; r < R; ++r) {
         // Forward substitution L v = k.
