@@ -1,9 +1,15 @@
 """otfgp: on-the-fly Gaussian-process force fields with trustworthy uncertainty."""
 from ._core import InputError, ModelFileError, NotTrainedError, set_num_threads, get_max_threads
+from .calculator import GPCalculator
 from .gp import GaussianProcess, KernelMatrixError, Prediction
+from .otf import OTF, LabellerError, OTFOptions
 
 __all__ = [
     "GaussianProcess",
+    "GPCalculator",
+    "OTF",
+    "OTFOptions",
+    "LabellerError",
     "Prediction",
     "KernelMatrixError",
     "InputError",

