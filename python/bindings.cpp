@@ -9,7 +9,9 @@
 
 #include <optional>
 
+#include "clusters.h"
 #include "errors.h"
+#include "neighbors.h"
 #include "model.h"
 #include "model_io.h"
 
@@ -205,6 +207,34 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("cell"), py::arg("pbc"), py::arg("positions"), py::arg("species"),
           py::arg("variance") = true)
+      .def(
+          "predict_local",
+          [](const Model& mdl, const DoubleArray& cell, const std::array<bool, 3>& pbc,
+             const DoubleArray& positions, const IntArray& species, bool variance) {
+            // The MD-code path (per-centre environments), driven from a whole structure.
+            otfgp::Structure s = make_structure(cell, pbc, positions, species);
+            otfgp::validate_structure(s, mdl.n_species());
+            otfgp::LocalEnvironments env;
+            env.key_species = s.species;
+            for (std::size_t i = 0; i < s.size(); ++i) env.centre_keys.push_back(static_cast<int>(i));
+            otfgp::LocalPrediction p;
+            {
+              py::gil_scoped_release release;
+              env.neighbors = otfgp::build_neighbor_list(
+                  s, std::max(mdl.cutoff2(), mdl.cutoff3()), otfgp::kMinDistance);
+              p = mdl.predict_local(env, true, variance);
+            }
+            const auto n = static_cast<py::ssize_t>(s.size());
+            py::dict d;
+            d["energies"] = to_array(p.energies, {n});
+            d["forces"] = to_array(p.forces, {n, 3});
+            d["virials"] = to_array(p.virials, {n, 6});
+            if (variance) d["force_variances"] = to_array(p.force_variances, {n, 3});
+            return d;
+          },
+          py::arg("cell"), py::arg("pbc"), py::arg("positions"), py::arg("species"),
+          py::arg("variance") = false,
+          "Per-atom energies, forces, virials (LAMMPS order) via the MD-code path.")
       .def(
           "cluster_counts",
           [](const Model& mdl, const DoubleArray& cell, const std::array<bool, 3>& pbc,

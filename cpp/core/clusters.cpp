@@ -46,14 +46,22 @@ void Cluster::edge_gradient(int m, int a, double out[3]) const {
 
 ClusterSet build_clusters(const Structure& s, const NeighborList& nl, double cutoff2,
                           double cutoff3, int n_species) {
-  const int n = static_cast<int>(s.size());
+  std::vector<int> keys(s.size());
+  for (std::size_t i = 0; i < keys.size(); ++i) keys[i] = static_cast<int>(i);
+  return build_clusters(keys, s.species, nl, cutoff2, cutoff3, n_species);
+}
+
+ClusterSet build_clusters(const std::vector<int>& centre_keys, const std::vector<int>& key_species,
+                          const NeighborList& nl, double cutoff2, double cutoff3, int n_species) {
+  const int n = static_cast<int>(centre_keys.size());
   ClusterSet cs;
   cs.pair_offsets.assign(n + 1, 0);
   cs.triplet_offsets.assign(n + 1, 0);
   std::vector<int> near3;  // neighbours of i inside the 3-body cutoff
-  for (int i = 0; i < n; ++i) {
-    const int si = s.species[i];
-    const int begin = nl.offsets[i], end = nl.offsets[i + 1];
+  for (int row = 0; row < n; ++row) {
+    const int i = centre_keys[row];
+    const int si = key_species[i];
+    const int begin = nl.offsets[row], end = nl.offsets[row + 1];
     near3.clear();
     for (int q = begin; q < end; ++q) {
       const Neighbor& nb = nl.items[q];
@@ -61,7 +69,7 @@ ClusterSet build_clusters(const Structure& s, const NeighborList& nl, double cut
         Cluster c;
         c.nv = 2;
         c.centre = i;
-        const int sj = s.species[nb.j];
+        const int sj = key_species[nb.j];
         // Vertex order by species (stable: centre first when equal).
         const bool swap = sj < si;
         const int v0 = swap ? 1 : 0, v1 = swap ? 0 : 1;
@@ -78,7 +86,7 @@ ClusterSet build_clusters(const Structure& s, const NeighborList& nl, double cut
       }
       if (cutoff3 > 0 && nb.d < cutoff3) near3.push_back(q);
     }
-    cs.pair_offsets[i + 1] = static_cast<int>(cs.pairs.size());
+    cs.pair_offsets[row + 1] = static_cast<int>(cs.pairs.size());
 
     for (std::size_t x = 0; x < near3.size(); ++x)
       for (std::size_t y = x + 1; y < near3.size(); ++y) {
@@ -91,7 +99,7 @@ ClusterSet build_clusters(const Structure& s, const NeighborList& nl, double cut
           const double* r;
         };
         const double zero[3] = {0, 0, 0};
-        V v[3] = {{i, si, zero}, {a.j, s.species[a.j], a.r}, {b.j, s.species[b.j], b.r}};
+        V v[3] = {{i, si, zero}, {a.j, key_species[a.j], a.r}, {b.j, key_species[b.j], b.r}};
         std::stable_sort(v, v + 3, [](const V& p, const V& q) { return p.sp < q.sp; });
         Cluster c;
         c.nv = 3;
@@ -106,7 +114,7 @@ ClusterSet build_clusters(const Structure& s, const NeighborList& nl, double cut
         c.canonical_weight = i == lowest ? 1.0 / c.multiplicity(i) : 0.0;
         cs.triplets.push_back(c);
       }
-    cs.triplet_offsets[i + 1] = static_cast<int>(cs.triplets.size());
+    cs.triplet_offsets[row + 1] = static_cast<int>(cs.triplets.size());
   }
   return cs;
 }

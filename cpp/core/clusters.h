@@ -35,13 +35,21 @@ int triplet_type(int a, int b, int c, int n_species);
 
 struct ClusterSet {
   std::vector<Cluster> pairs, triplets;
-  // Copies centred at atom i: pairs[pair_offsets[i] .. pair_offsets[i+1]), same for triplets.
+  // Copies centred at atom (row) i: pairs[pair_offsets[i] .. pair_offsets[i+1]), same for
+  // triplets.
   std::vector<int> pair_offsets, triplet_offsets;
 };
 
 // Clusters of every atom. cutoff2 / cutoff3 <= 0 disable that body order.
 ClusterSet build_clusters(const Structure& s, const NeighborList& nl, double cutoff2,
                           double cutoff3, int n_species);
+
+// The same for a set of centres given by an MD code: row r of `nl` holds the neighbours of
+// the centre with identity key centre_keys[r]; neighbour items carry identity keys in `j`
+// (the same key for every periodic image of one atom), key_species maps keys to species.
+// Offsets in the result are per row.
+ClusterSet build_clusters(const std::vector<int>& centre_keys, const std::vector<int>& key_species,
+                          const NeighborList& nl, double cutoff2, double cutoff3, int n_species);
 
 // Smallest interatomic distance accepted anywhere (Angstrom).
 constexpr double kMinDistance = 0.5;

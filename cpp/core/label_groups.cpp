@@ -22,8 +22,8 @@ void for_clusters(const ClusterSet& cs, int pb, int pe, int tb, int te, LabelGro
 
 }  // namespace
 
-LabelGroup atom_group(const ClusterSet& cs, int s, double rc2, double rc3, bool local_energy,
-                      int n_species) {
+LabelGroup atom_group(const ClusterSet& cs, int row, int s, double rc2, double rc3,
+                      bool local_energy, int n_species) {
   LabelGroup g;
   g.rows = local_energy ? 4 : 3;
   g.two = KernelBlock(1, g.rows);
@@ -42,8 +42,8 @@ LabelGroup atom_group(const ClusterSet& cs, int s, double rc2, double rc3, bool 
     if (local_energy) w0[3] = 1.0 / c.nv;
     add_cluster(blk, c, rc, w0, w);
   };
-  for_clusters(cs, cs.pair_offsets[s], cs.pair_offsets[s + 1], cs.triplet_offsets[s],
-               cs.triplet_offsets[s + 1], g, rc2, rc3, fn);
+  for_clusters(cs, cs.pair_offsets[row], cs.pair_offsets[row + 1], cs.triplet_offsets[row],
+               cs.triplet_offsets[row + 1], g, rc2, rc3, fn);
   g.two.finalize(n_species);
   g.three.finalize(n_species);
   return g;

@@ -7,8 +7,9 @@ namespace otfgp {
 // Force components of atom s (3 rows: -dE/dx_s), optionally followed by its local energy.
 // Uses the copies centred at s; a copy that contains s at several vertices (a self-image
 // in a small periodic cell) is counted once, hence the 1/multiplicity.
-LabelGroup atom_group(const ClusterSet& cs, int s, double rc2, double rc3, bool local_energy,
-                      int n_species);
+// `row` is the centre's row in the cluster set, `key` its identity (equal for structures).
+LabelGroup atom_group(const ClusterSet& cs, int row, int key, double rc2, double rc3,
+                      bool local_energy, int n_species);
 
 // Whole-structure rows: total energy (if energy) then Voigt stress (if stress), from the
 // canonical copies of every cluster.

@@ -81,7 +81,7 @@ ClusterSet Model::clusters_of(const Structure& s) const {
 std::vector<LabelGroup> Model::groups_of(const TrainingStructure& ts) const {
   const ClusterSet cs = clusters_of(ts.structure);
   std::vector<LabelGroup> out;
-  for (int a : ts.force_atoms) out.push_back(atom_group(cs, a, cutoff2_, cutoff3_, false, n_species()));
+  for (int a : ts.force_atoms) out.push_back(atom_group(cs, a, a, cutoff2_, cutoff3_, false, n_species()));
   if (ts.has_energy || ts.has_stress)
     out.push_back(structure_group(cs, ts.structure.volume(), cutoff2_, cutoff3_,
                                   ts.has_energy, ts.has_stress, n_species()));
@@ -285,19 +285,7 @@ Prediction Model::predict(const Structure& s, bool variance) const {
   const long nc = static_cast<long>(canon.size());
   std::vector<double> phi(nc), dphi(3 * static_cast<std::size_t>(nc), 0.0);
 #pragma omp parallel for schedule(dynamic, 16)
-  for (long k = 0; k < nc; ++k) {
-    const Cluster& c = *canon[k];
-    const int D = c.n_edges();
-    const bool two = c.nv == 2;
-    const double rc = two ? cutoff2_ : cutoff3_;
-    const double s2 = two ? hyper_.sigma2 * hyper_.sigma2 : hyper_.sigma3 * hyper_.sigma3;
-    double f, fg[3], val, g[3];
-    cutoff_function(D, rc, c.d, f, fg);
-    contracted_value(D, c.d, c.type, two ? contracted2_ : contracted3_,
-                     two ? hyper_.ell2 : hyper_.ell3, val, g);
-    phi[k] = s2 * f * val;
-    for (int m = 0; m < D; ++m) dphi[3 * k + m] = s2 * (fg[m] * val + f * g[m]);
-  }
+  for (long k = 0; k < nc; ++k) cluster_mean(*canon[k], phi[k], &dphi[3 * k]);
   // Scatter serially so the sums do not depend on the thread count.
   for (int i = 0; i < n; ++i) {
     const double e0 = energy_offsets_[s.species[i]];
@@ -329,62 +317,122 @@ Prediction Model::predict(const Structure& s, bool variance) const {
   if (!variance) return p;
 
   // Variances: one group per atom (3 force rows + local energy) and one for the structure
-  // (energy + stress). var = k(x,x) - |L^-1 k(X,x)|^2.
+  // (energy + stress).
   p.has_variance = true;
   p.force_variances.assign(3 * static_cast<std::size_t>(n), 0.0);
   p.local_energy_variances.assign(n, 0.0);
   p.stress_variances.fill(std::numeric_limits<double>::quiet_NaN());
-  const int ntrain = n_labels();
-  const double s22 = hyper_.sigma2 * hyper_.sigma2, s33 = hyper_.sigma3 * hyper_.sigma3;
-#pragma omp parallel
-  {
-    std::vector<double> kstar, b2, b3, self2, self3, v;
-#pragma omp for schedule(dynamic, 1)
-    for (int t = 0; t <= n; ++t) {
-      const LabelGroup G = t < n ? atom_group(cs, t, cutoff2_, cutoff3_, true, ns)
-                                 : structure_group(cs, volume, cutoff2_, cutoff3_, true, has_volume, ns);
-      const int R = G.rows;
-      kstar.assign(static_cast<std::size_t>(R) * ntrain, 0.0);
-      for (int h = 0; h < n_groups(); ++h) {
-        const LabelGroup& H = groups_[h];
-        const std::size_t bs = static_cast<std::size_t>(R) * H.rows;
-        b2.assign(bs, 0.0);
-        b3.assign(bs, 0.0);
-        group_pair(G, H, hyper_, b2.data(), b3.data(), nullptr, nullptr);
-        for (int r = 0; r < R; ++r)
-          for (int c = 0; c < H.rows; ++c)
-            kstar[static_cast<std::size_t>(r) * ntrain + group_offsets_[h] + c] =
-                s22 * b2[r * H.rows + c] + s33 * b3[r * H.rows + c];
-      }
-      self2.assign(static_cast<std::size_t>(R) * R, 0.0);
-      self3.assign(static_cast<std::size_t>(R) * R, 0.0);
-      group_pair(G, G, hyper_, self2.data(), self3.data(), nullptr, nullptr);
-      v.resize(ntrain);
-      for (int r = 0; r < R; ++r) {
-        // Forward substitution L v = k.
-        const double* kr = kstar.data() + static_cast<std::size_t>(r) * ntrain;
-        double explained = 0.0;
-        for (int i = 0; i < ntrain; ++i) {
-          const double* Li = cholesky_.data() + static_cast<std::size_t>(i) * ntrain;
-          double acc = kr[i];
-          for (int j = 0; j < i; ++j) acc -= Li[j] * v[j];
-          v[i] = acc / Li[i];
-          explained += v[i] * v[i];
-        }
-        const double var =
-            std::max(0.0, s22 * self2[r * R + r] + s33 * self3[r * R + r] - explained);
-        if (t < n) {
-          if (r < 3) p.force_variances[3 * t + r] = var;
-          else p.local_energy_variances[t] = var;
-        } else if (r == 0) {
-          p.energy_variance = var;
-        } else {
-          p.stress_variances[r - 1] = var;
-        }
-      }
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int t = 0; t <= n; ++t) {
+    double var[7];
+    if (t < n) {
+      group_variances(atom_group(cs, t, t, cutoff2_, cutoff3_, true, ns), var);
+      for (int r = 0; r < 3; ++r) p.force_variances[3 * t + r] = var[r];
+      p.local_energy_variances[t] = var[3];
+    } else {
+      group_variances(structure_group(cs, volume, cutoff2_, cutoff3_, true, has_volume, ns), var);
+      p.energy_variance = var[0];
+      if (has_volume) std::copy(var + 1, var + 7, p.stress_variances.begin());
     }
   }
   return p;
+}
+
+void Model::cluster_mean(const Cluster& c, double& phi, double* dphi) const {
+  const int D = c.n_edges();
+  const bool two = c.nv == 2;
+  const double s2 = two ? hyper_.sigma2 * hyper_.sigma2 : hyper_.sigma3 * hyper_.sigma3;
+  double f, fg[3], val, g[3];
+  cutoff_function(D, two ? cutoff2_ : cutoff3_, c.d, f, fg);
+  contracted_value(D, c.d, c.type, two ? contracted2_ : contracted3_,
+                   two ? hyper_.ell2 : hyper_.ell3, val, g);
+  phi = s2 * f * val;
+  for (int m = 0; m < D; ++m) dphi[m] = s2 * (fg[m] * val + f * g[m]);
+}
+
+void Model::group_variances(const LabelGroup& G, double* out) const {
+  // var = k(x,x) - |L^-1 k(X,x)|^2, row by row.
+  const int R = G.rows;
+  const int ntrain = n_labels();
+  const double s22 = hyper_.sigma2 * hyper_.sigma2, s33 = hyper_.sigma3 * hyper_.sigma3;
+  std::vector<double> kstar(static_cast<std::size_t>(R) * ntrain, 0.0), b2, b3, v(ntrain);
+  for (int h = 0; h < n_groups(); ++h) {
+    const LabelGroup& H = groups_[h];
+    const std::size_t bs = static_cast<std::size_t>(R) * H.rows;
+    b2.assign(bs, 0.0);
+    b3.assign(bs, 0.0);
+    group_pair(G, H, hyper_, b2.data(), b3.data(), nullptr, nullptr);
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < H.rows; ++c)
+        kstar[static_cast<std::size_t>(r) * ntrain + group_offsets_[h] + c] =
+            s22 * b2[r * H.rows + c] + s33 * b3[r * H.rows + c];
+  }
+  std::vector<double> self2(static_cast<std::size_t>(R) * R, 0.0), self3(self2.size(), 0.0);
+  group_pair(G, G, hyper_, self2.data(), self3.data(), nullptr, nullptr);
+  for (int r = 0; r < R; ++r) {
+    const double* kr = kstar.data() + static_cast<std::size_t>(r) * ntrain;
+    double explained = 0.0;
+    for (int i = 0; i < ntrain; ++i) {  // forward substitution L v = k
+      const double* Li = cholesky_.data() + static_cast<std::size_t>(i) * ntrain;
+      double acc = kr[i];
+      for (int j = 0; j < i; ++j) acc -= Li[j] * v[j];
+      v[i] = acc / Li[i];
+      explained += v[i] * v[i];
+    }
+    out[r] = std::max(0.0, s22 * self2[r * R + r] + s33 * self3[r * R + r] - explained);
+  }
+}
+
+LocalPrediction Model::predict_local(const LocalEnvironments& env, bool mean, bool variance) const {
+  if (!trained_)
+    throw NotTrainedError("the model is not trained: add training data and call train() first");
+  const int n = static_cast<int>(env.centre_keys.size());
+  if (static_cast<int>(env.neighbors.offsets.size()) != n + 1)
+    throw InputError("neighbour list rows do not match the centres");
+  for (int sp : env.key_species)
+    if (sp < 0 || sp >= n_species()) throw InputError("species index out of range");
+  const ClusterSet cs =
+      build_clusters(env.centre_keys, env.key_species, env.neighbors, cutoff2_, cutoff3_, n_species());
+  LocalPrediction out;
+  const int ns = n_species();
+  if (mean) {
+    out.energies.assign(n, 0.0);
+    out.forces.assign(3 * static_cast<std::size_t>(n), 0.0);
+    out.virials.assign(6 * static_cast<std::size_t>(n), 0.0);
+    static constexpr int kVirial[6][2] = {{0, 0}, {1, 1}, {2, 2}, {0, 1}, {0, 2}, {1, 2}};
+#pragma omp parallel for schedule(dynamic, 8)
+    for (int row = 0; row < n; ++row) {
+      const int key = env.centre_keys[row];
+      double e = energy_offsets_[env.key_species[key]];
+      double f[3] = {0, 0, 0}, w[6] = {0, 0, 0, 0, 0, 0};
+      auto visit = [&](const Cluster& c) {
+        double phi, dphi[3];
+        cluster_mean(c, phi, dphi);
+        e += phi / c.nv;
+        const double inv_mult = 1.0 / c.multiplicity(key);
+        for (int m = 0; m < c.n_edges(); ++m) {
+          double g[3];
+          c.edge_gradient(m, key, g);
+          for (int t = 0; t < 3; ++t) f[t] -= inv_mult * dphi[m] * g[t];
+          for (int v = 0; v < 6; ++v)
+            w[v] -= dphi[m] * c.edge[m][kVirial[v][0]] * c.edge[m][kVirial[v][1]] / (c.d[m] * c.nv);
+        }
+      };
+      for (int k = cs.pair_offsets[row]; k < cs.pair_offsets[row + 1]; ++k) visit(cs.pairs[k]);
+      for (int k = cs.triplet_offsets[row]; k < cs.triplet_offsets[row + 1]; ++k) visit(cs.triplets[k]);
+      out.energies[row] = e;
+      std::copy(f, f + 3, out.forces.begin() + 3 * row);
+      std::copy(w, w + 6, out.virials.begin() + 6 * row);
+    }
+  }
+  if (variance) {
+    out.force_variances.assign(3 * static_cast<std::size_t>(n), 0.0);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int row = 0; row < n; ++row)
+      group_variances(atom_group(cs, row, env.centre_keys[row], cutoff2_, cutoff3_, false, ns),
+                      &out.force_variances[3 * row]);
+  }
+  return out;
 }
 
 }  // namespace otfgp

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "clusters.h"
+#include "neighbors.h"
 #include "kernel_block.h"
 #include "structure.h"
 
@@ -58,6 +59,22 @@ struct Prediction {
   std::array<double, 6> stress_variances{};
 };
 
+// Atomic environments handed over by an MD code (LAMMPS): one neighbour-list row per centre.
+struct LocalEnvironments {
+  std::vector<int> centre_keys;  // identity key of each centre atom
+  std::vector<int> key_species;  // species index of every key
+  NeighborList neighbors;        // items' j are identity keys (all images of an atom share one)
+};
+
+// Per-centre results; summing energies, forces and virials over all atoms of a system gives
+// the same totals as Model::predict.
+struct LocalPrediction {
+  std::vector<double> energies;         // local energy of each centre (eV)
+  std::vector<double> forces;           // 3 per centre: the total force on that atom
+  std::vector<double> virials;          // 6 per centre, LAMMPS order xx yy zz xy xz yz (eV)
+  std::vector<double> force_variances;  // 3 per centre when requested
+};
+
 class Model {
  public:
   Model(std::vector<int> atomic_numbers, double cutoff2, double cutoff3);
@@ -102,11 +119,20 @@ class Model {
   // Mean (always) and variances (if requested) of energy, forces, stress, local energies.
   Prediction predict(const Structure& s, bool variance) const;
 
+  // Mean (if mean) and force variances (if variance) for MD-code environments. Each atom's
+  // force comes from the clusters centred at it alone, so no forces on ghost atoms are
+  // produced and the result does not depend on Newton's-third-law bookkeeping.
+  LocalPrediction predict_local(const LocalEnvironments& env, bool mean, bool variance) const;
+
   // Label groups and clusters of a structure, exposed for tests and diagnostics.
   ClusterSet clusters_of(const Structure& s) const;
 
  private:
   std::vector<LabelGroup> groups_of(const TrainingStructure& ts) const;
+  // Diagonal of the posterior covariance of a group's rows (latent, without noise).
+  void group_variances(const LabelGroup& G, double* out) const;
+  // Mean cluster energy and its gradient with respect to the edge lengths.
+  void cluster_mean(const Cluster& c, double& phi, double* dphi) const;
   void append_groups(int structure_index);
 
   std::vector<int> atomic_numbers_;
