@@ -391,6 +391,10 @@ LocalPrediction Model::predict_local(const LocalEnvironments& env, bool mean, bo
     throw InputError("neighbour list rows do not match the centres");
   for (int sp : env.key_species)
     if (sp < 0 || sp >= n_species()) throw InputError("species index out of range");
+  for (const Neighbor& nb : env.neighbors.items)
+    if (!(nb.d >= kMinDistance))
+      throw InputError("two atoms are " + std::to_string(nb.d) + " Angstrom apart, closer than " +
+                       std::to_string(kMinDistance) + " Angstrom (overlapping atoms or NaN positions)");
   const ClusterSet cs =
       build_clusters(env.centre_keys, env.key_species, env.neighbors, cutoff2_, cutoff3_, n_species());
   LocalPrediction out;

@@ -1,0 +1,47 @@
+#include "compute_otfgp_std_atom.h"
+
+#include <cmath>
+
+#include "atom.h"
+#include "error.h"
+#include "force.h"
+#include "memory.h"
+#include "pair_otfgp.h"
+#include "update.h"
+
+using namespace LAMMPS_NS;
+
+ComputeOTFGPStdAtom::ComputeOTFGPStdAtom(LAMMPS *lmp, int narg, char **arg) : Compute(lmp, narg, arg) {
+  if (narg != 3) error->all(FLERR, "compute otfgp/std/atom takes no arguments");
+  peratom_flag = 1;
+  size_peratom_cols = 4;
+}
+
+ComputeOTFGPStdAtom::~ComputeOTFGPStdAtom() { memory->destroy(stds_); }
+
+void ComputeOTFGPStdAtom::init() {
+  pair_ = dynamic_cast<PairOTFGP *>(force->pair_match("^otfgp", 0));
+  if (!pair_) error->all(FLERR, "compute otfgp/std/atom requires pair_style otfgp");
+}
+
+void ComputeOTFGPStdAtom::compute_peratom() {
+  invoked_peratom = update->ntimestep;
+  if (atom->nmax > nmax_) {
+    memory->destroy(stds_);
+    nmax_ = atom->nmax;
+    memory->create(stds_, nmax_, 4, "otfgp/std/atom:stds");
+    array_atom = stds_;
+  }
+  const std::vector<double> var = pair_->force_variances();
+  const int *mask = atom->mask;
+  for (int i = 0; i < atom->nlocal; ++i) {
+    double mx = 0.0;
+    for (int t = 0; t < 3; ++t) {
+      stds_[i][t] = (mask[i] & groupbit) ? std::sqrt(var[3 * i + t]) : 0.0;
+      mx = std::max(mx, stds_[i][t]);
+    }
+    stds_[i][3] = mx;
+  }
+}
+
+double ComputeOTFGPStdAtom::memory_usage() { return 4.0 * nmax_ * sizeof(double); }

@@ -1,0 +1,25 @@
+// compute ID group otfgp/std/atom: per-atom predicted force standard deviations of the
+// otfgp pair style, columns std_x std_y std_z std_max (eV/Angstrom in metal units).
+// Evaluated only when something asks for it (thermo, dump, variable), so steps where
+// nobody does cost nothing.
+#pragma once
+
+#include "compute.h"
+
+namespace LAMMPS_NS {
+
+class ComputeOTFGPStdAtom : public Compute {
+ public:
+  ComputeOTFGPStdAtom(class LAMMPS *, int, char **);
+  ~ComputeOTFGPStdAtom() override;
+  void init() override;
+  void compute_peratom() override;
+  double memory_usage() override;
+
+ private:
+  int nmax_ = 0;
+  double **stds_ = nullptr;
+  class PairOTFGP *pair_ = nullptr;
+};
+
+}  // namespace LAMMPS_NS

@@ -1,0 +1,170 @@
+#include "pair_otfgp.h"
+
+#include <cmath>
+#include <exception>
+#include <unordered_map>
+
+#include "atom.h"
+#include "comm.h"
+#include "elements.h"
+#include "error.h"
+#include "force.h"
+#include "memory.h"
+#include "model_io.h"
+#include "neigh_list.h"
+#include "neighbor.h"
+
+using namespace LAMMPS_NS;
+
+PairOTFGP::PairOTFGP(LAMMPS *lmp) : Pair(lmp) {
+  single_enable = 0;
+  restartinfo = 0;
+  one_coeff = 1;
+  manybody_flag = 1;
+  no_virial_fdotr_compute = 1;  // the virial is summed explicitly; ghosts carry no forces
+  centroidstressflag = CENTROID_NOTAVAIL;
+}
+
+PairOTFGP::~PairOTFGP() {
+  if (copymode) return;
+  if (allocated) {
+    memory->destroy(setflag);
+    memory->destroy(cutsq);
+  }
+}
+
+void PairOTFGP::settings(int narg, char **) {
+  if (narg != 0) error->all(FLERR, "Illegal pair_style otfgp command: it takes no arguments");
+}
+
+void PairOTFGP::coeff(int narg, char **arg) {
+  const int ntypes = atom->ntypes;
+  if (narg != 3 + ntypes)
+    error->all(FLERR, "pair_coeff otfgp needs: * * model-file followed by {} species symbols "
+               "(one per atom type), got {} arguments", ntypes, narg);
+  if (std::string(arg[0]) != "*" || std::string(arg[1]) != "*")
+    error->all(FLERR, "pair_coeff otfgp must be 'pair_coeff * * model-file symbols...'");
+  if (!allocated) {
+    allocated = 1;
+    memory->create(setflag, ntypes + 1, ntypes + 1, "pair:setflag");
+    memory->create(cutsq, ntypes + 1, ntypes + 1, "pair:cutsq");
+  }
+  try {
+    model_ = std::make_unique<otfgp::Model>(otfgp::load_model(arg[2]));
+  } catch (const std::exception &e) {
+    error->all(FLERR, "pair otfgp cannot load model file {}: {}", arg[2], e.what());
+  }
+  if (!model_->trained())
+    error->all(FLERR, "pair otfgp: model file {} holds an untrained model", arg[2]);
+  model_file_ = arg[2];
+  type_symbols_.assign(ntypes + 1, "");
+  for (int t = 1; t <= ntypes; ++t) type_symbols_[t] = arg[2 + t];
+  map_types();
+  for (int i = 1; i <= ntypes; ++i)
+    for (int j = 1; j <= ntypes; ++j) setflag[i][j] = 1;
+}
+
+void PairOTFGP::map_types() {
+  const int ntypes = atom->ntypes;
+  type_species_.assign(ntypes + 1, -1);
+  std::string known;
+  for (int z : model_->atomic_numbers()) known += " " + std::to_string(z);
+  for (int t = 1; t <= ntypes; ++t) {
+    const int z = otfgp_lammps::atomic_number(type_symbols_[t]);
+    if (z == 0)
+      error->all(FLERR, "pair otfgp: '{}' (atom type {}) is not a chemical symbol",
+                 type_symbols_[t], t);
+    try {
+      type_species_[t] = model_->species_index(z);
+    } catch (const std::exception &e) {
+      error->all(FLERR, "pair otfgp: species {} of atom type {} is not in model {}: {}",
+                 type_symbols_[t], t, model_file_, e.what());
+    }
+  }
+  cutmax_ = std::max(model_->cutoff2(), model_->cutoff3());
+}
+
+void PairOTFGP::init_style() {
+  if (atom->tag_enable == 0) error->all(FLERR, "pair otfgp requires atom IDs");
+  if (!model_) error->all(FLERR, "pair otfgp: pair_coeff has not been given");
+  neighbor->add_request(this, NeighConst::REQ_FULL);
+}
+
+double PairOTFGP::init_one(int, int) { return cutmax_; }
+
+void PairOTFGP::set_model(std::unique_ptr<otfgp::Model> model) {
+  model_ = std::move(model);
+  map_types();
+}
+
+otfgp::LocalEnvironments PairOTFGP::environments() const {
+  // Identity keys by atom ID, so every periodic image of an atom shares one key (needed to
+  // count an atom once when a small cell makes it its own neighbour).
+  const double *const *x = atom->x;
+  const int *type = atom->type;
+  const tagint *tag = atom->tag;
+  const int nall = atom->nlocal + atom->nghost;
+  otfgp::LocalEnvironments env;
+  std::unordered_map<tagint, int> key_of_tag;
+  key_of_tag.reserve(nall);
+  std::vector<int> key(nall);
+  for (int j = 0; j < nall; ++j) {
+    auto [it, inserted] = key_of_tag.emplace(tag[j], static_cast<int>(env.key_species.size()));
+    if (inserted) env.key_species.push_back(type_species_[type[j]]);
+    key[j] = it->second;
+  }
+  const int inum = list->inum;
+  const double cut2 = cutmax_ * cutmax_;
+  env.neighbors.offsets.assign(inum + 1, 0);
+  env.centre_keys.resize(inum);
+  for (int ii = 0; ii < inum; ++ii) {
+    const int i = list->ilist[ii];
+    env.centre_keys[ii] = key[i];
+    const int *jlist = list->firstneigh[i];
+    for (int jj = 0; jj < list->numneigh[i]; ++jj) {
+      const int j = jlist[jj] & NEIGHMASK;
+      const double r0 = x[j][0] - x[i][0], r1 = x[j][1] - x[i][1], r2 = x[j][2] - x[i][2];
+      const double d2 = r0 * r0 + r1 * r1 + r2 * r2;
+      if (d2 >= cut2) continue;
+      env.neighbors.items.push_back({key[j], {r0, r1, r2}, std::sqrt(d2)});
+    }
+    env.neighbors.offsets[ii + 1] = static_cast<int>(env.neighbors.items.size());
+  }
+  return env;
+}
+
+void PairOTFGP::compute(int eflag, int vflag) {
+  ev_init(eflag, vflag);
+  otfgp::LocalPrediction p;
+  try {
+    p = model_->predict_local(environments(), true, false);
+  } catch (const std::exception &e) {
+    error->one(FLERR, "pair otfgp: {}", e.what());
+  }
+  double **f = atom->f;
+  for (int ii = 0; ii < list->inum; ++ii) {
+    const int i = list->ilist[ii];
+    for (int t = 0; t < 3; ++t) f[i][t] += p.forces[3 * ii + t];
+    if (eflag_global) eng_vdwl += p.energies[ii];
+    if (eflag_atom) eatom[i] += p.energies[ii];
+    for (int v = 0; v < 6; ++v) {
+      if (vflag_global) virial[v] += p.virials[6 * ii + v];
+      if (vflag_atom) vatom[i][v] += p.virials[6 * ii + v];
+    }
+  }
+}
+
+std::vector<double> PairOTFGP::force_variances() {
+  std::vector<double> out(3 * static_cast<std::size_t>(atom->nlocal), 0.0);
+  otfgp::LocalPrediction p;
+  try {
+    p = model_->predict_local(environments(), false, true);
+  } catch (const std::exception &e) {
+    error->one(FLERR, "otfgp uncertainty: {}", e.what());
+  }
+  for (int ii = 0; ii < list->inum; ++ii) {
+    const int i = list->ilist[ii];
+    for (int t = 0; t < 3; ++t) out[3 * i + t] = p.force_variances[3 * ii + t];
+  }
+  return out;
+}

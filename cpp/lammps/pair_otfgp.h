@@ -1,0 +1,51 @@
+// pair_style otfgp: the otfgp Gaussian-process force field in LAMMPS.
+//
+//   pair_style otfgp
+//   pair_coeff * * model.otfgp Al Cu      (one species symbol per LAMMPS atom type)
+//
+// Each owned atom's energy, force and virial share come from the pairs and triplets centred
+// at it (the core's predict_local), so no forces land on ghost atoms and newton on/off give
+// identical results.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model.h"
+#include "pair.h"
+
+namespace LAMMPS_NS {
+
+class PairOTFGP : public Pair {
+ public:
+  explicit PairOTFGP(class LAMMPS *);
+  ~PairOTFGP() override;
+
+  void compute(int, int) override;
+  void settings(int, char **) override;
+  void coeff(int, char **) override;
+  void init_style() override;
+  double init_one(int, int) override;
+
+  // Per-atom force variances (nlocal x 3) at the current positions, from the pair's current
+  // neighbour list. Used by compute otfgp/std/atom and fix otfgp/learn.
+  std::vector<double> force_variances();
+  // Replace the model (e.g. after retraining); species must map like the old one.
+  void set_model(std::unique_ptr<otfgp::Model> model);
+  const otfgp::Model *model() const { return model_.get(); }
+  const std::string &model_file() const { return model_file_; }
+  const std::vector<std::string> &type_symbols() const { return type_symbols_; }
+
+ private:
+  otfgp::LocalEnvironments environments() const;
+  void map_types();
+
+  std::unique_ptr<otfgp::Model> model_;
+  std::string model_file_;
+  std::vector<std::string> type_symbols_;  // per LAMMPS type (index 1..ntypes)
+  std::vector<int> type_species_;          // per LAMMPS type: model species index
+  double cutmax_ = 0.0;
+};
+
+}  // namespace LAMMPS_NS
