@@ -94,6 +94,8 @@ class OTFOptions:
         bad = set(d) - known
         if bad:
             raise ValueError(f"unknown OTF options {sorted(bad)}; known: {sorted(known)}")
+        if d.get("relative_threshold") is not None and "threshold" not in d:
+            d = {**d, "threshold": None}  # relative mode: the absolute default does not apply
         return cls(**d)
 
 
@@ -124,7 +126,7 @@ class _TimedGPCalculator(GPCalculator):
 
 
 def _write_atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name("." + path.name + ".tmp")
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
@@ -133,7 +135,7 @@ def _write_atomic_text(path: Path, text: str) -> None:
 
 
 def _write_atomic_atoms(path: Path, atoms: Atoms | list[Atoms]) -> None:
-    tmp = path.with_name(path.name + ".tmp.extxyz")
+    tmp = path.with_name("." + path.name + ".tmp")  # hidden: never matches frame_*.extxyz
     write(tmp, atoms, format="extxyz")
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
@@ -195,6 +197,8 @@ class OTF:
         self._rng = np.random.default_rng(self.options.seed)
         self._checkpoint_index = 0
         self._learned_at = -1  # step whose uncertainty check already happened (resume)
+        self._program_output = ""  # what a failed labeller program printed last
+        self._logged_at = -1  # step already checked and logged by an earlier run() call
 
     # ----------------------------------------------------------------- helpers
     def threshold_value(self) -> float:
@@ -235,6 +239,7 @@ class OTF:
                 stress = np.asarray(labelled.get_stress(voigt=True), dtype=float) if self.options.add_stress else None
             except Exception as exc:  # any failure of the external program
                 last = exc
+                self._program_output = _program_output(calc)
                 log.warning("step %d: labeller failed (attempt %d/%d): %s", self.step, attempt + 1, attempts, exc)
                 continue
             finally:
@@ -252,10 +257,11 @@ class OTF:
             out.info["otf_step"] = self.step
             _write_atomic_atoms(path, out)
             return out
+        detail = getattr(self, "_program_output", "")
         raise LabellerError(
             f"DFT labeller failed on the frame at step {self.step} ({len(frame)} atoms, "
             f"{frame.get_chemical_formula()}) after {attempts} attempt(s): "
-            f"{type(last).__name__}: {_describe(last)}")
+            f"{type(last).__name__}: {_describe(last)}" + (f"; program output ends: {detail}" if detail else ""))
 
     def _train(self) -> None:
         o = self.options
@@ -296,7 +302,7 @@ class OTF:
             if self.options.on_dft_failure == "skip" and not initial:
                 log.error("%s; skipping this frame (on_dft_failure='skip')", exc)
                 return False, max_std
-            self._write_checkpoint()  # everything learnt so far stays on disk
+            self._write_checkpoint(learned=False)  # all learnt so far stays; resume retries this step
             raise
         if initial:
             n = min(self.options.init_atoms or len(frame), len(frame))
@@ -310,7 +316,7 @@ class OTF:
                                      stress=self.options.add_stress, atom_indices=chosen)
         self.dft_calls.append(self.step)
         self._train()
-        self.calc.reset()  # re-predict this step with the updated model
+        self._uncertainty()  # re-predict this step with the updated model (stds for the trajectory)
         log.info("step %d: DFT call %d (max std %.4g eV/A, threshold %.4g eV/A), added atoms %s, "
                  "training environments %d", self.step, len(self.dft_calls), max_std,
                  self.threshold_value(), chosen.tolist(), self.model.n_training_environments)
@@ -344,7 +350,7 @@ class OTF:
             write(self.out / "trajectory.extxyz", frame, format="extxyz", append=True)
 
     # ----------------------------------------------------------------- checkpoint
-    def _write_checkpoint(self) -> None:
+    def _write_checkpoint(self, learned: bool = True) -> None:
         ck = self.out / "checkpoint"
         self._checkpoint_index += 1
         model_name = f"model_{self._checkpoint_index:05d}.otfgp"
@@ -365,6 +371,7 @@ class OTF:
             "options": asdict(self.options),
             "model": model_name,
             "checkpoint_index": self._checkpoint_index,
+            "learned": learned,  # False: the labeller failed at this step; resume retries it
         }
         _write_atomic_text(ck / "state.json", json.dumps(state))
         for old in ck.glob("model_*.otfgp"):
@@ -405,7 +412,7 @@ class OTF:
         otf.calc.timers = otf.timers
         otf._rng.bit_generator.state = state["otf_rng"]
         otf._checkpoint_index = state["checkpoint_index"]
-        otf._learned_at = state["step"]
+        otf._learned_at = state["step"] if state.get("learned", True) else -1
         otf._truncate_outputs(state["step"])
         log.info("resumed at step %d with %d DFT calls and %d training environments",
                  otf.step, len(otf.dft_calls), model.n_training_environments)
@@ -441,10 +448,12 @@ class OTF:
                 self._learn(initial=True)
                 self._learned_at = 0
             while True:
-                dft, max_std = self.step in self.dft_calls, math.nan
-                if self.step % self.options.every == 0 and self.step != self._learned_at:
-                    dft, max_std = self._learn(initial=False)
-                self._log_step(dft, max_std)
+                if self.step != self._logged_at:  # not the last step of a previous run()
+                    dft, max_std = self.step in self.dft_calls, math.nan
+                    if self.step % self.options.every == 0 and self.step != self._learned_at:
+                        dft, max_std = self._learn(initial=False)
+                    self._log_step(dft, max_std)
+                    self._logged_at = self.step
                 if self.step >= end:
                     break
                 t = time.perf_counter()
@@ -474,13 +483,31 @@ class OTF:
         return {
             "steps": self.step,
             "dft_calls": len(self.dft_calls),
-            "dft_call_steps": self.dft_calls,
-            "failed_dft_steps": self.failed_calls,
+            "dft_call_steps": list(self.dft_calls),
+            "failed_dft_steps": list(self.failed_calls),
             "training_environments": self.model.n_training_environments,
             "training_labels": self.model.n_labels,
             "hyperparameters": self.model.hyperparameters,
             "wall_time_s": asdict(self.timers),
         }
+
+
+def _program_output(calc: Any) -> str:
+    """The telling lines of a file-based calculator's output (e.g. pw.x's espresso.pwo):
+    error banners and the convergence verdict, else the last lines."""
+    directory = getattr(calc, "directory", None)
+    if not directory:
+        return ""
+    files = sorted(Path(directory).glob("*.pwo")) + sorted(Path(directory).glob("*.out"))
+    for f in files:
+        try:
+            lines = [ln.strip() for ln in f.read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            continue
+        telling = [ln for ln in lines if "NOT achieved" in ln or "Error" in ln or "%%%%" not in ln and "error" in ln.lower()]
+        picked = telling[-3:] if telling else lines[-3:]
+        return f"{f.name}: " + " | ".join(picked)
+    return ""
 
 
 def _describe(exc: BaseException | None) -> str:
