@@ -253,3 +253,37 @@ def test_resume_matches_uninterrupted_run(killed_and_resumed):
     ref_model = otfgp.GaussianProcess.load(ref_dir / "model.otfgp")
     res_model = otfgp.GaussianProcess.load(run_dir / "model.otfgp")
     assert res_model.n_training_environments == ref_model.n_training_environments
+
+
+def test_failed_frame_is_retried_on_resume(tmp_path):
+    """A labeller failure stops the run with a checkpoint; resuming labels that very step."""
+    from ase import units
+    from ase.calculators.emt import EMT
+    from ase.md.verlet import VelocityVerlet
+
+    from otf_helpers import jittered_al, thermalize
+
+    def dynamics():
+        rng = np.random.default_rng(8)
+        atoms = jittered_al(rng)
+        thermalize(atoms, 300, rng)
+        return VelocityVerlet(atoms, timestep=5 * units.fs)
+
+    calls = []
+
+    def failing_after_first(atoms):
+        calls.append(len(calls))
+        if len(calls) > 1:
+            raise RuntimeError("node crashed (simulated)")
+        return EMT()
+
+    out = tmp_path / "run"
+    otf = otfgp.OTF(dynamics(), otfgp.GaussianProcess(["Al"], {"twobody": 5.0, "threebody": 3.5}),
+                    failing_after_first, threshold=1e-6, output_dir=str(out), progress=False)
+    with pytest.raises(otfgp.LabellerError, match="step 1 .*node crashed"):
+        otf.run(3)
+    resumed = otfgp.OTF.resume(out, dynamics(), lambda atoms: EMT())
+    summary = resumed.run(2)
+    assert summary["dft_call_steps"][:2] == [0, 1]  # step 1 labelled after the resume
+    assert summary["failed_dft_steps"] == [1]
+    assert resumed.model.n_training_structures == len(summary["dft_call_steps"])

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import Calculator
+from ase.calculators.calculator import BaseCalculator
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
@@ -53,7 +53,7 @@ def label(atoms: Atoms, labeller: Callable[[Atoms], Any], stress: bool) -> Atoms
     """Run the labeller on a copy of ``atoms``; returns the copy with a single-point calculator."""
     frame = atoms.copy()
     result = labeller(frame)
-    if isinstance(result, Calculator):
+    if isinstance(result, BaseCalculator):  # Calculator and file-IO ones (Espresso)
         frame.calc = result
         results = {"energy": frame.get_potential_energy(), "forces": frame.get_forces()}
         if stress:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 from ase import Atoms, units
-from ase.calculators.calculator import Calculator
+from ase.calculators.calculator import BaseCalculator, Calculator
 from ase.io import read, write
 
 from .calculator import GPCalculator
@@ -179,7 +179,7 @@ class OTF:
     """
 
     def __init__(self, dynamics: Any, model: GaussianProcess,
-                 labeller: Calculator | Callable[[Atoms], Calculator], **options: Any) -> None:
+                 labeller: BaseCalculator | Callable[[Atoms], BaseCalculator], **options: Any) -> None:
         self.options = options if isinstance(options, OTFOptions) else OTFOptions.from_dict(options)
         self.dyn = dynamics
         self.atoms: Atoms = dynamics.atoms
@@ -226,14 +226,16 @@ class OTF:
             if len(old) == len(frame) and np.allclose(old.positions, frame.positions, atol=1e-8):
                 log.info("step %d: reusing stored DFT labels from %s", self.step, path)
                 return old
-        calc = self.labeller(frame) if not isinstance(self.labeller, Calculator) and callable(self.labeller) else self.labeller
-        labelled = frame.copy()
-        labelled.calc = calc
         attempts = 1 + max(0, self.options.dft_retries)
         last: Exception | None = None
         for attempt in range(attempts):
             t = time.perf_counter()
+            calc = None
             try:
+                # A factory (callable) builds a fresh calculator per frame; it may fail too.
+                calc = self.labeller if isinstance(self.labeller, BaseCalculator) else self.labeller(frame)
+                labelled = frame.copy()
+                labelled.calc = calc
                 forces = np.asarray(labelled.get_forces(), dtype=float)
                 energy = float(labelled.get_potential_energy())
                 stress = np.asarray(labelled.get_stress(voigt=True), dtype=float) if self.options.add_stress else None
@@ -380,7 +382,7 @@ class OTF:
 
     @classmethod
     def resume(cls, output_dir: str | os.PathLike, dynamics: Any,
-               labeller: Calculator | Callable[[Atoms], Calculator], **overrides: Any) -> "OTF":
+               labeller: BaseCalculator | Callable[[Atoms], BaseCalculator], **overrides: Any) -> "OTF":
         """Continue a run from its last checkpoint in ``output_dir``.
 
         ``dynamics`` must be built like the original one (same integrator, time step and
