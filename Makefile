@@ -1,6 +1,6 @@
 # otfgp entry points for a fresh Debian/Ubuntu machine.
 #
-#   make demo    set everything up, then train the Al force field (examples/train_al.py)
+#   make demo    set everything up, then learn melting Al on the fly with DFT (examples/otf_al.py)
 #   make test    set everything up, then run the test suite
 #   make bench   set everything up, then time training and prediction (bench/gp_speed.py)
 #   make setup   system packages (only what is missing), .venv, and otfgp installed into it
@@ -25,7 +25,7 @@ APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 .PHONY: help setup system-packages venv test demo bench
 
 help:
-	@echo "make demo   - set up and run examples/train_al.py"
+	@echo "make demo   - set up and run examples/otf_al.py (on-the-fly Al with Quantum ESPRESSO)"
 	echo "make test   - set up and run the tests"
 	echo "make bench  - set up and run bench/gp_speed.py (BENCH_ARGS='--quick' for a short run)"
 	echo "make setup  - system packages, $(VENV), pip install .[test]"
@@ -76,7 +76,7 @@ test: setup
 	$(VENV)/bin/python -m pytest -q tests
 
 demo: setup
-	$(VENV)/bin/python examples/train_al.py
+	$(VENV)/bin/python examples/otf_al.py --overwrite
 
 bench: setup
 	$(VENV)/bin/python bench/gp_speed.py $(BENCH_ARGS)

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 from ase import Atoms, units
-from ase.calculators.calculator import BaseCalculator, Calculator
+from ase.calculators.calculator import BaseCalculator
 from ase.io import read, write
 
 from .calculator import GPCalculator
