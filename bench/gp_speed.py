@@ -197,7 +197,7 @@ def _run_size(n_env, threads, repeats, skip_train, seed, wait_idle):
         gp._likelihood = counted  # instance attribute: counts evaluations only
         try:
             row["train_10_iterations"], _, row["train_10_iterations_other_cores"] = _timed(
-                lambda: gp.train(optimize=True, max_iterations=LBFGS_ITERATIONS))
+                lambda: gp.train(optimize=True, max_iterations=LBFGS_ITERATIONS, from_defaults=False))
         finally:
             del gp._likelihood
         row["train_likelihood_evaluations"] = calls["n"]

@@ -447,6 +447,7 @@ class GaussianProcess:
         restarts: int = 0,
         max_iterations: int = 100,
         seed: int = 0,
+        from_defaults: bool = True,
     ) -> None:
         """Fit the model to its training data.
 
@@ -458,14 +459,16 @@ class GaussianProcess:
                 the best optimum wins.
             max_iterations: L-BFGS-B iteration limit per start.
             seed: random seed for the restarts.
+            from_defaults: besides the current hyperparameters, also start from
+                :data:`DEFAULT_HYPERPARAMETERS` and keep the better optimum.
         """
         if self.n_labels == 0:
             raise _core.NotTrainedError("no training data: call add_training_data() first")
         if optimize:
-            self._optimize(restarts, max_iterations, seed)
+            self._optimize(restarts, max_iterations, seed, from_defaults)
         self._solve()
 
-    def _optimize(self, restarts: int, max_iterations: int, seed: int) -> None:
+    def _optimize(self, restarts: int, max_iterations: int, seed: int, from_defaults: bool = True) -> None:
         names = self._active()
         base = self.hyperparameters
         lo = np.log([self.bounds[k][0] for k in names])
@@ -495,7 +498,17 @@ class GaussianProcess:
             frac = np.clip((log_theta - lo) / span, 1e-6, 1 - 1e-6)
             return np.log(frac / (1 - frac))
 
-        starts = [to_u(np.log([base[k] for k in names]))]
+        # A warm start sitting on a bound would stay there (the logistic map is flat there),
+        # so pull it inside; and also start from the defaults, keeping the better optimum:
+        # warm starts alone were seen to stay stuck at sigma3 ~ 1e-5 with a log likelihood
+        # hundreds of units below that of a cold start on the same data.
+        margin = 0.05 * span
+        warm = np.clip(np.log([base[k] for k in names]), lo + margin, hi - margin)
+        starts = [to_u(warm)]
+        if from_defaults:
+            cold = np.clip(np.log([DEFAULT_HYPERPARAMETERS[k] for k in names]), lo + margin, hi - margin)
+            if not np.allclose(cold, warm):
+                starts.append(to_u(cold))
         rng = np.random.default_rng(seed)
         starts += [to_u(rng.uniform(lo, hi)) for _ in range(restarts)]
         best = None

@@ -380,6 +380,10 @@ class OTF:
             if old.name != model_name:
                 old.unlink(missing_ok=True)
 
+    def write_checkpoint(self) -> None:
+        """Write model and MD state now (done automatically after every DFT call)."""
+        self._write_checkpoint()
+
     @classmethod
     def resume(cls, output_dir: str | os.PathLike, dynamics: Any,
                labeller: BaseCalculator | Callable[[Atoms], BaseCalculator], **overrides: Any) -> "OTF":
