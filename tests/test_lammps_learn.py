@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -137,3 +138,48 @@ def test_bad_fix_arguments(workdir, fix_args, expected):
     out = run_lmp(["-in", "in.bad", "-log", "none"], workdir, timeout=120)
     assert out.returncode != 0
     assert "ERROR" in out.stdout + out.stderr and expected in out.stdout + out.stderr
+
+
+QE_LABELLER = '''
+from otfgp.labellers import espresso_calculator
+
+
+def qe_two_ranks(atoms):
+    return espresso_calculator("qe_run", kpts=(2, 4, 4), mpi_ranks=2)
+'''
+
+
+@pytest.mark.skipif(shutil.which("pw.x") is None,
+                    reason="Quantum ESPRESSO pw.x not on PATH (apt-get install quantum-espresso)")
+def test_mpi_dft_labeller_inside_mpi_job(tmp_path):
+    """mpirun -np 2 lmp whose labeller itself runs pw.x on 2 MPI ranks (OpenMPI) from rank 0:
+    the child must not inherit the parent job's MPICH/PMI environment."""
+    from ase.build import bulk
+
+    rng = np.random.default_rng(5)
+    gp = otfgp.GaussianProcess(["Al"], {"twobody": 5.0, "threebody": 3.5},
+                               hyperparameters={"sigma2": 0.3, "ell2": 0.9, "sigma3": 0.05, "ell3": 0.7,
+                                                "noise_force": 0.01})
+    seed = bulk("Al", "fcc", a=4.05, cubic=True)
+    seed.positions += rng.uniform(-0.1, 0.1, seed.positions.shape)
+    from ase.calculators.emt import EMT
+
+    seed.calc = EMT()
+    gp.add_training_data(seed, atom_indices=[0])
+    gp.train(optimize=False)
+    gp.save(tmp_path / "model.otfgp")
+    cell = bulk("Al", "fcc", a=4.05, cubic=True).repeat((2, 1, 1))  # 8 atoms: ~3 s per pw.x call
+    cell.positions += rng.uniform(-0.05, 0.05, cell.positions.shape)
+    write_data(cell, tmp_path / "al.data", ["Al"])
+    (tmp_path / "qelab.py").write_text(QE_LABELLER)
+    (tmp_path / "in.qe").write_text(INPUT.format(threshold=0.001, labeller="qelab:qe_two_ranks")
+                                    .replace("run 60", "run 5"))
+    out = run_lmp(["-in", "in.qe", "-log", "none"], tmp_path, nprocs=2, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "otfgp/learn: step 5" in out.stdout
+    pwo = (tmp_path / "qe_run" / "espresso.pwo").read_text()
+    assert re.search(r"Parallel version \(MPI\), running on\s+2 processors", pwo)
+    model = otfgp.GaussianProcess.load(tmp_path / "model.otfgp")
+    assert model.n_training_environments == 2
+    frame = sorted((tmp_path / "learn_out" / "dft").glob("frame_*.extxyz"))
+    assert len(frame) == 1
