@@ -20,6 +20,10 @@ class GPCalculator(Calculator):
       that ``ase.io.write`` (extxyz) stores it with the frame;
     - ``energy_std`` (eV), ``energies_stds`` (N, eV) and ``stress_stds`` (6, eV/A^3).
 
+    ``stresses`` (per-atom, N x 6 Voigt, summing to ``stress``) are the clusters' virials
+    shared among their centre atoms; they cost an extra pass and are computed only when
+    asked for.
+
     Args:
         model: a trained GaussianProcess.
         uncertainty: compute uncertainties at all (costs about 10x the mean).
@@ -27,7 +31,7 @@ class GPCalculator(Calculator):
             no ``force_stds``), e.g. to monitor a long MD run cheaply.
     """
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "stresses"]
     default_parameters: dict[str, Any] = {}
 
     def __init__(self, model: GaussianProcess, uncertainty: bool = True, uncertainty_every: int = 1,
@@ -57,6 +61,8 @@ class GPCalculator(Calculator):
         }
         if self.atoms.pbc.all() and self.atoms.cell.volume > 1e-8:
             self.results["stress"] = pred.stress.copy()
+            if "stresses" in properties:
+                self.results["stresses"] = self.model.per_atom_stresses(self.atoms)
         if want_var:
             force_stds = np.sqrt(pred.force_variances)
             self.results["force_stds"] = force_stds

@@ -588,6 +588,16 @@ class GaussianProcess:
             stress_variance=d.get("stress_variances"),
         )
 
+    def per_atom_stresses(self, atoms: Atoms) -> np.ndarray:
+        """Per-atom stresses (N x 6, Voigt xx yy zz yz xz xy, eV/A^3) that sum to the stress:
+        each cluster's virial is shared equally among the copies centred at its atoms (the
+        same split as LAMMPS's per-atom virial)."""
+        cell, pbc, positions, species = self._structure_arrays(atoms)
+        if not all(pbc) or atoms.cell.volume <= 1e-8:
+            raise ValueError("per-atom stresses need a fully periodic cell with a volume")
+        virials = self._model.predict_local(cell, pbc, positions, species, False)["virials"]
+        return -virials[:, [0, 1, 2, 5, 4, 3]] / atoms.get_volume()
+
     # ---------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> None:
         """Write the model (training data, hyperparameters, solution) to ``path`` atomically."""
