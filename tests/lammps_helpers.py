@@ -28,6 +28,21 @@ def lammps_cell(rng: np.random.Generator, n: int, species=("Al", "Cu"), tilt: fl
     return Atoms([species[i % len(species)] for i in range(n)], positions=pos, cell=cell, pbc=True)
 
 
+FIXED_AL_HYPERPARAMETERS = {"sigma2": 0.3, "ell2": 0.9, "sigma3": 0.05, "ell3": 0.7, "noise_force": 0.01}
+
+
+def fixed_al_model(training: Atoms, atom_indices, path: Path):
+    """An Al model with fixed hyperparameters trained on `training`'s labelled atoms, saved to `path`."""
+    import otfgp
+
+    gp = otfgp.GaussianProcess(["Al"], {"twobody": 5.0, "threebody": 3.5},
+                               hyperparameters=FIXED_AL_HYPERPARAMETERS)
+    gp.add_training_data(training, atom_indices=atom_indices)
+    gp.train(optimize=False)
+    gp.save(path)
+    return gp
+
+
 def write_data(atoms: Atoms, path: Path, species: list[str]) -> None:
     """LAMMPS data file with atom types in the order of `species`."""
     write(path, atoms, format="lammps-data", atom_style="atomic", specorder=species, masses=True)

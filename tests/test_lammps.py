@@ -6,7 +6,7 @@ import pytest
 
 import otfgp
 from conftest import displaced_al
-from lammps_helpers import lammps_cell, run_lmp, thermo_rows, write_data
+from lammps_helpers import fixed_al_model, lammps_cell, run_lmp, thermo_rows, write_data
 
 SPECIES = ["Al", "Cu"]
 
@@ -164,12 +164,7 @@ def test_al_model_in_lammps_matches_calculator(tmp_path):
     """Single-species, orthorhombic, via the lmp executable's dump (independent of the
     Python module)."""
     rng = np.random.default_rng(3)
-    gp = otfgp.GaussianProcess(["Al"], {"twobody": 5.0, "threebody": 3.5},
-                               hyperparameters={"sigma2": 0.3, "ell2": 0.9, "sigma3": 0.05, "ell3": 0.7,
-                                                "noise_force": 0.01})
-    gp.add_training_data(displaced_al(rng), atom_indices=range(8))
-    gp.train(optimize=False)
-    gp.save(tmp_path / "al.otfgp")
+    gp = fixed_al_model(displaced_al(rng), range(8), tmp_path / "al.otfgp")
     atoms = displaced_al(rng)
     write_data(atoms, tmp_path / "al.data", ["Al"])
     (tmp_path / "in.al").write_text("""

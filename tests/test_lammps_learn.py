@@ -10,7 +10,7 @@ import pytest
 
 import otfgp
 from conftest import displaced_al
-from lammps_helpers import run_lmp, thermo_rows, write_data
+from lammps_helpers import fixed_al_model, run_lmp, thermo_rows, write_data
 
 LABELLERS = '''
 from ase.calculators.emt import EMT
@@ -49,12 +49,7 @@ run 60
 @pytest.fixture
 def workdir(tmp_path):
     rng = np.random.default_rng(21)
-    gp = otfgp.GaussianProcess(["Al"], {"twobody": 5.0, "threebody": 3.5},
-                               hyperparameters={"sigma2": 0.3, "ell2": 0.9, "sigma3": 0.05, "ell3": 0.7,
-                                                "noise_force": 0.01})
-    gp.add_training_data(displaced_al(rng), atom_indices=range(6))
-    gp.train(optimize=False)
-    gp.save(tmp_path / "model.otfgp")
+    fixed_al_model(displaced_al(rng), range(6), tmp_path / "model.otfgp")
     atoms = displaced_al(rng, amplitude=0.01)
     write_data(atoms, tmp_path / "al.data", ["Al"])
     (tmp_path / "mylabels.py").write_text(LABELLERS)
@@ -159,18 +154,13 @@ def test_mpi_dft_labeller_inside_mpi_job(tmp_path):
     the child must not inherit the parent job's MPICH/PMI environment."""
     from ase.build import bulk
 
-    rng = np.random.default_rng(5)
-    gp = otfgp.GaussianProcess(["Al"], {"twobody": 5.0, "threebody": 3.5},
-                               hyperparameters={"sigma2": 0.3, "ell2": 0.9, "sigma3": 0.05, "ell3": 0.7,
-                                                "noise_force": 0.01})
-    seed = bulk("Al", "fcc", a=4.05, cubic=True)
-    seed.positions += rng.uniform(-0.1, 0.1, seed.positions.shape)
     from ase.calculators.emt import EMT
 
+    rng = np.random.default_rng(5)
+    seed = bulk("Al", "fcc", a=4.05, cubic=True)
+    seed.positions += rng.uniform(-0.1, 0.1, seed.positions.shape)
     seed.calc = EMT()
-    gp.add_training_data(seed, atom_indices=[0])
-    gp.train(optimize=False)
-    gp.save(tmp_path / "model.otfgp")
+    fixed_al_model(seed, [0], tmp_path / "model.otfgp")
     cell = bulk("Al", "fcc", a=4.05, cubic=True).repeat((2, 1, 1))  # 8 atoms: ~3 s per pw.x call
     cell.positions += rng.uniform(-0.05, 0.05, cell.positions.shape)
     write_data(cell, tmp_path / "al.data", ["Al"])

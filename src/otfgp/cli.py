@@ -60,9 +60,14 @@ import shutil
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:  # imported lazily at run time: the CLI starts fast and reports config errors first
+    from ase import Atoms
+
+    from .gp import GaussianProcess
 
 CONFIG_SECTIONS = ("structure", "md", "model", "labeller", "otf")
 STRUCTURE_KEYS = ("lattice", "element", "a", "c", "cubic", "orthorhombic", "repeat", "jitter",
