@@ -216,7 +216,7 @@ def print_emt_table(results: dict) -> None:
          f"{100 * r['wall_training_s'] / r['wall_total_s']:.0f}%", "-"),
     ]
     print(f"\nMean of {n} seed(s); EMT oracle; 100 + 100 steps")
-    print(f"| quantity | otfgp, 10 meV/A | otfgp, 1.0 x sigma_n (floor 5 meV/A) | FLARE 1.4 |")
+    print("| quantity | otfgp, 10 meV/A | otfgp, 1.0 x sigma_n (floor 5 meV/A) | FLARE 1.4 |")
     print("|---|---:|---:|---:|")
     for row in rows:
         print("| " + " | ".join(row) + " |")

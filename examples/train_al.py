@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from tqdm.auto import tqdm
@@ -24,7 +25,7 @@ import otfgp
 from otfgp.labellers import espresso_al_calculator
 
 
-def jittered_cell(rng: np.random.Generator, amplitude: float) -> "ase.Atoms":  # noqa: F821
+def jittered_cell(rng: np.random.Generator, amplitude: float) -> Atoms:
     atoms = bulk("Al", "fcc", a=4.05, cubic=True)
     atoms.positions += rng.uniform(-amplitude, amplitude, atoms.positions.shape)
     return atoms
