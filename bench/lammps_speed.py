@@ -59,6 +59,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from benchinfo import cpu_model  # bench/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "lammps_speed.json"
@@ -177,14 +178,7 @@ def _plugin_file():
 
 
 def _machine(lmp, mpirun, lammps_version):
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     mpich = None
     if mpirun:
         try:
