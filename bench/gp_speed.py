@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from benchinfo import cpu_model  # bench/ is on sys.path when run as a script
+from benchinfo import busy_seconds, cpu_model  # bench/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "gp_speed.json"
@@ -111,21 +111,13 @@ def _wait_for_idle(max_wait, threshold=CONTENTION_LIMIT):
     return busy
 
 
-def _busy_seconds():
-    """CPU seconds spent busy by the whole machine since boot (None off Linux)."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
 
 def _timed(fn):
     """Wall time of ``fn()``, its result, and the cores used meanwhile by other processes."""
-    b0, c0, t0 = _busy_seconds(), time.process_time(), time.perf_counter()
+    b0, c0, t0 = busy_seconds(), time.process_time(), time.perf_counter()
     out = fn()
     wall = time.perf_counter() - t0
-    b1, c1 = _busy_seconds(), time.process_time()
+    b1, c1 = busy_seconds(), time.process_time()
     others = None if b0 is None or b1 is None else max(0.0, (b1 - b0) - (c1 - c0))
     return wall, out, None if others is None else others / wall
 

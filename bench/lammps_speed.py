@@ -59,7 +59,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from benchinfo import cpu_model  # bench/ is on sys.path when run as a script
+from benchinfo import busy_seconds, cpu_model  # bench/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "lammps_speed.json"
@@ -119,14 +119,6 @@ def _find_tools(args):
     return lmp, mpirun, python, potentials
 
 
-def _busy_seconds():
-    """CPU seconds the whole machine has been busy since boot (None off Linux)."""
-    try:
-        f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        return (sum(f) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
 
 def _own_cpu_seconds():
     """CPU seconds of this process plus its waited-for descendants."""
@@ -142,9 +134,9 @@ def _children_cpu_seconds():
 
 def _other_cores(interval=1.0):
     """Cores used by other processes over the next `interval` seconds."""
-    b0, c0, t0 = _busy_seconds(), _own_cpu_seconds(), time.perf_counter()
+    b0, c0, t0 = busy_seconds(), _own_cpu_seconds(), time.perf_counter()
     time.sleep(interval)
-    b1, c1, t1 = _busy_seconds(), _own_cpu_seconds(), time.perf_counter()
+    b1, c1, t1 = busy_seconds(), _own_cpu_seconds(), time.perf_counter()
     if b0 is None or b1 is None:
         return None
     return max(0.0, (b1 - b0) - (c1 - c0)) / (t1 - t0)
@@ -369,12 +361,12 @@ def _run_lammps(lmp, mpirun, procs, threads, extra_args, text, workdir, tag):
     cmd = ([mpirun, "-np", str(procs)] if procs > 1 else []) + [
         lmp, "-in", path.name, "-log", "none", "-nocite", *extra_args]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_PROC_BIND="false")
-    b0, c0, t0 = _busy_seconds(), _own_cpu_seconds(), time.perf_counter()
+    b0, c0, t0 = busy_seconds(), _own_cpu_seconds(), time.perf_counter()
     ch0 = _children_cpu_seconds()
     res = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env,
                          timeout=1800)
     wall = time.perf_counter() - t0
-    b1, c1, ch1 = _busy_seconds(), _own_cpu_seconds(), _children_cpu_seconds()
+    b1, c1, ch1 = busy_seconds(), _own_cpu_seconds(), _children_cpu_seconds()
     (Path(workdir) / f"out.{tag}").write_text(res.stdout + res.stderr)
     if res.returncode != 0 or "ERROR" in res.stdout:
         sys.exit(f"LAMMPS failed ({' '.join(cmd)}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")

@@ -23,8 +23,6 @@ int Cluster::multiplicity(int a) const {
 }
 
 namespace {
-constexpr int kEdgeVertices[3][2] = {{0, 1}, {0, 2}, {1, 2}};
-
 void finish_geometry(Cluster& c) {
   for (int m = 0; m < c.n_edges(); ++m) {
     const int a = kEdgeVertices[m][0], b = kEdgeVertices[m][1];

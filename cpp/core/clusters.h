@@ -10,6 +10,11 @@
 
 namespace otfgp {
 
+// Vertices of each edge (pair: edge 0 only; triplet: (0,1), (0,2), (1,2)).
+inline constexpr int kEdgeVertices[3][2] = {{0, 1}, {0, 2}, {1, 2}};
+// Cartesian index pairs of the Voigt components xx yy zz yz xz xy (ASE order).
+inline constexpr int kVoigt[6][2] = {{0, 0}, {1, 1}, {2, 2}, {1, 2}, {0, 2}, {0, 1}};
+
 struct Cluster {
   int nv = 0;              // vertices: 2 (pair) or 3 (triplet)
   int centre = 0;          // atom whose environment produced this copy

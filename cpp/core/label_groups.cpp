@@ -55,7 +55,6 @@ LabelGroup structure_group(const ClusterSet& cs, double volume, double rc2, doub
   g.rows = (energy ? 1 : 0) + (stress ? 6 : 0);
   g.two = KernelBlock(1, g.rows);
   g.three = KernelBlock(3, g.rows);
-  static constexpr int kVoigt[6][2] = {{0, 0}, {1, 1}, {2, 2}, {1, 2}, {0, 2}, {0, 1}};
   std::vector<double> w0(g.rows), w;
   auto fn = [&](const Cluster& c, KernelBlock& blk, double rc) {
     if (c.canonical_weight == 0.0) return;

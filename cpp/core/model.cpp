@@ -299,14 +299,12 @@ Prediction Model::predict(const Structure& s, bool variance) const {
     for (int v = 0; v < c.nv; ++v) p.local_energies[c.atoms[v]] += w * phi[k] / c.nv;
     for (int m = 0; m < c.n_edges(); ++m) {
       const double dm = w * dphi[3 * k + m];
-      static constexpr int kEdgeVertices[3][2] = {{0, 1}, {0, 2}, {1, 2}};
       const int a = c.atoms[kEdgeVertices[m][0]], b = c.atoms[kEdgeVertices[m][1]];
       for (int t = 0; t < 3; ++t) {
         const double u = c.edge[m][t] / c.d[m];
         p.forces[3 * a + t] += dm * u;  // -dE/dx_a = +phi' * unit vector a->b
         p.forces[3 * b + t] -= dm * u;
       }
-      static constexpr int kVoigt[6][2] = {{0, 0}, {1, 1}, {2, 2}, {1, 2}, {0, 2}, {0, 1}};
       for (int r = 0; r < 6; ++r)
         p.stress[r] += dm * c.edge[m][kVoigt[r][0]] * c.edge[m][kVoigt[r][1]] / c.d[m];
     }
