@@ -45,6 +45,35 @@ py::array_t<double> to_array(const std::vector<double>& v, std::vector<py::ssize
   return a;
 }
 
+// Python's variance argument: False/None (none), True or "auto" (mapped if the model has
+// variance maps, else exact), "exact", "mapped".
+otfgp::VarianceMode variance_mode(const Model& mdl, const py::object& v) {
+  using otfgp::VarianceMode;
+  if (v.is_none()) return VarianceMode::kNone;
+  if (py::isinstance<py::bool_>(v)) {
+    if (!v.cast<bool>()) return VarianceMode::kNone;
+  } else if (py::isinstance<py::str>(v)) {
+    const auto s = v.cast<std::string>();
+    if (s == "exact") return VarianceMode::kExact;
+    if (s == "mapped") return VarianceMode::kMapped;
+    if (s != "auto")
+      throw otfgp::InputError("variance must be True, False, 'auto', 'exact' or 'mapped', got '" + s + "'");
+  } else {
+    throw otfgp::InputError("variance must be True, False, 'auto', 'exact' or 'mapped'");
+  }
+  const auto* maps = mdl.maps();
+  return maps && maps->has_variance() ? VarianceMode::kMapped : VarianceMode::kExact;
+}
+
+DoubleArray descriptors(const DoubleArray& d, int& dim) {
+  if (d.ndim() != 2 || (d.shape(1) != 1 && d.shape(1) != 3))
+    throw otfgp::InputError("descriptors must have shape (n, 1) for pairs or (n, 3) for triplets");
+  dim = static_cast<int>(d.shape(1));
+  return d;
+}
+
+std::vector<double> as_vector(const DoubleArray& a) { return {a.data(), a.data() + a.size()}; }
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -183,12 +212,13 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "predict",
           [](const Model& mdl, const DoubleArray& cell, const std::array<bool, 3>& pbc,
-             const DoubleArray& positions, const IntArray& species, bool variance) {
+             const DoubleArray& positions, const IntArray& species, const py::object& variance) {
             otfgp::Structure s = make_structure(cell, pbc, positions, species);
+            const auto mode = variance_mode(mdl, variance);
             otfgp::Prediction p;
             {
               py::gil_scoped_release release;
-              p = mdl.predict(s, variance);
+              p = mdl.predict(s, mode);
             }
             const auto n = static_cast<py::ssize_t>(s.size());
             py::dict d;
@@ -202,38 +232,41 @@ PYBIND11_MODULE(_core, m) {
               d["local_energy_variances"] = to_array(p.local_energy_variances, {n});
               d["stress_variances"] =
                   to_array({p.stress_variances.begin(), p.stress_variances.end()}, {6});
+              d["variance_mode"] = mode == otfgp::VarianceMode::kMapped ? "mapped" : "exact";
             }
             return d;
           },
           py::arg("cell"), py::arg("pbc"), py::arg("positions"), py::arg("species"),
-          py::arg("variance") = true)
+          py::arg("variance") = py::bool_(true))
       .def(
           "predict_local",
           [](const Model& mdl, const DoubleArray& cell, const std::array<bool, 3>& pbc,
-             const DoubleArray& positions, const IntArray& species, bool variance) {
+             const DoubleArray& positions, const IntArray& species, const py::object& variance) {
             // The MD-code path (per-centre environments), driven from a whole structure.
             otfgp::Structure s = make_structure(cell, pbc, positions, species);
             otfgp::validate_structure(s, mdl.n_species());
             otfgp::LocalEnvironments env;
             env.key_species = s.species;
             for (std::size_t i = 0; i < s.size(); ++i) env.centre_keys.push_back(static_cast<int>(i));
+            const auto mode = variance_mode(mdl, variance);
             otfgp::LocalPrediction p;
             {
               py::gil_scoped_release release;
               env.neighbors = otfgp::build_neighbor_list(
                   s, std::max(mdl.cutoff2(), mdl.cutoff3()), otfgp::kMinDistance);
-              p = mdl.predict_local(env, true, variance);
+              p = mdl.predict_local(env, true, mode);
             }
             const auto n = static_cast<py::ssize_t>(s.size());
             py::dict d;
             d["energies"] = to_array(p.energies, {n});
             d["forces"] = to_array(p.forces, {n, 3});
             d["virials"] = to_array(p.virials, {n, 6});
-            if (variance) d["force_variances"] = to_array(p.force_variances, {n, 3});
+            if (mode != otfgp::VarianceMode::kNone)
+              d["force_variances"] = to_array(p.force_variances, {n, 3});
             return d;
           },
           py::arg("cell"), py::arg("pbc"), py::arg("positions"), py::arg("species"),
-          py::arg("variance") = false,
+          py::arg("variance") = py::bool_(false),
           "Per-atom energies, forces, virials (LAMMPS order) via the MD-code path.")
       .def(
           "cluster_counts",
@@ -243,6 +276,100 @@ PYBIND11_MODULE(_core, m) {
             return py::make_tuple(cs.pair_offsets, cs.triplet_offsets);
           },
           "Per-atom offsets of pair and triplet copies (for diagnostics and tests).")
+      .def(
+          "cluster_means",
+          [](const Model& mdl, int type, const DoubleArray& d_in) {
+            int dim = 0;
+            const DoubleArray d = descriptors(d_in, dim);
+            const auto n = static_cast<py::ssize_t>(d.shape(0));
+            py::array_t<double> phi(n), dphi({n, static_cast<py::ssize_t>(dim)});
+            {
+              py::gil_scoped_release release;
+              mdl.cluster_means(dim, type, d.data(), static_cast<int>(n), phi.mutable_data(),
+                                dphi.mutable_data());
+            }
+            return py::make_tuple(phi, dphi);
+          },
+          py::arg("type"), py::arg("descriptors"),
+          "Exact GP mean phi and d(phi)/d(edges) of bare clusters (n, dim) of one type.")
+      .def(
+          "cluster_gradient_variances",
+          [](const Model& mdl, int type, const DoubleArray& d_in) {
+            int dim = 0;
+            const DoubleArray d = descriptors(d_in, dim);
+            const auto n = static_cast<py::ssize_t>(d.shape(0));
+            py::array_t<double> var({n, static_cast<py::ssize_t>(dim)});
+            {
+              py::gil_scoped_release release;
+              mdl.cluster_gradient_variances(dim, type, d.data(), static_cast<int>(n), var.mutable_data());
+            }
+            return var;
+          },
+          py::arg("type"), py::arg("descriptors"),
+          "Posterior variances of d(phi)/d(edge m) of bare clusters (n, dim) of one type.")
+      .def(
+          "triplet_permutations",
+          [](const Model& mdl, int type) {
+            const auto ps = otfgp::allowed_permutations(3, type, mdl.n_species());
+            std::vector<std::array<int, 3>> out;
+            for (int p = 0; p < ps.n; ++p) out.push_back({ps.map[p][0], ps.map[p][1], ps.map[p][2]});
+            return out;
+          },
+          "Edge permutations under which the triplet function of a type is symmetric.")
+      .def(
+          "set_maps",
+          [](Model& mdl, const py::list& tables, double variance_scale, double variance_exponent,
+             const std::string& info) {
+            otfgp::Maps maps;
+            for (const auto& item : tables) {
+              const auto t = item.cast<py::dict>();
+              otfgp::SplineTable st;
+              st.dim = t["dim"].cast<int>();
+              st.type = t["type"].cast<int>();
+              st.n = t["n"].cast<int>();
+              st.lo = t["lo"].cast<double>();
+              st.hi = t["hi"].cast<double>();
+              st.mean = as_vector(t["mean"].cast<DoubleArray>());
+              if (t.contains("variance") && !t["variance"].is_none())
+                st.variance = as_vector(t["variance"].cast<DoubleArray>());
+              maps.add(std::move(st), mdl.n_species());
+            }
+            maps.variance_scale = variance_scale;
+            maps.variance_exponent = variance_exponent;
+            maps.info = info;
+            mdl.set_maps(std::move(maps));
+          },
+          py::arg("tables"), py::arg("variance_scale") = 1.0, py::arg("variance_exponent") = 1.0,
+          py::arg("info") = "",
+          "Install spline tables: dicts with dim, type, n, lo, hi, mean and optional variance.")
+      .def("clear_maps", &Model::clear_maps)
+      .def_property_readonly(
+          "maps",
+          [](const Model& mdl) -> py::object {
+            const auto* maps = mdl.maps();
+            if (!maps) return py::none();
+            py::list tables;
+            for (const auto& t : maps->tables()) {
+              py::dict d;
+              d["dim"] = t.dim;
+              d["type"] = t.type;
+              d["n"] = t.n;
+              d["lo"] = t.lo;
+              d["hi"] = t.hi;
+              d["mean"] = to_array(t.mean, {static_cast<py::ssize_t>(t.mean.size())});
+              d["variance"] = t.variance.empty()
+                                  ? py::object(py::none())
+                                  : py::object(to_array(t.variance, {static_cast<py::ssize_t>(t.variance.size())}));
+              tables.append(d);
+            }
+            py::dict out;
+            out["tables"] = tables;
+            out["variance_scale"] = maps->variance_scale;
+            out["variance_exponent"] = maps->variance_exponent;
+            out["info"] = maps->info;
+            return out;
+          },
+          "The installed maps (tables, variance_scale, info) or None.")
       .def("save", [](const Model& mdl, const std::string& path) { otfgp::save_model(mdl, path); })
       .def_static("load", [](const std::string& path) { return otfgp::load_model(path); })
       .def("to_bytes", [](const Model& mdl) { return py::bytes(otfgp::serialize_model(mdl)); })

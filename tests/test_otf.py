@@ -156,10 +156,11 @@ def test_output_files(protocol):
     assert summary["dft_calls"] == len(calls) and summary["dft_call_steps"] == calls.tolist()
     assert summary["failed_dft_steps"] == []
     wall = summary["wall_time_s"]
-    assert set(wall) == {"dft", "training", "prediction", "md", "total"}
+    assert set(wall) == {"dft", "training", "mapping", "prediction", "md", "total"}
     assert all(v >= 0 for v in wall.values())
-    assert wall["dft"] > 0 and wall["training"] > 0 and wall["prediction"] > 0
-    parts = wall["dft"] + wall["training"] + wall["prediction"] + wall["md"]
+    assert wall["dft"] > 0 and wall["training"] > 0 and wall["prediction"] > 0 and wall["mapping"] > 0
+    assert model.mapped and loaded.mapped  # re-mapped after the last retrain; the file keeps the maps
+    parts = wall["dft"] + wall["training"] + wall["mapping"] + wall["prediction"] + wall["md"]
     assert parts <= wall["total"] * 1.001
     assert wall["total"] <= protocol["time"] * 1.01 + 0.1
     assert (out / "checkpoint" / "state.json").is_file()

@@ -242,6 +242,7 @@ void Model::set_solution(std::vector<double> alpha, std::vector<double> cholesky
     if (!(cholesky[i * n + i] > 0)) throw InputError("Cholesky factor has a non-positive diagonal");
   alpha_ = std::move(alpha);
   cholesky_ = std::move(cholesky);
+  maps_.reset();  // tabulated from the old solution
   // Contract the training side once: each training cluster gets the alpha-weighted sum of
   // its row coefficients, so the mean costs one kernel sweep per test cluster.
   contracted2_ = KernelBlock(1, 1);
@@ -264,7 +265,7 @@ void Model::set_solution(std::vector<double> alpha, std::vector<double> cholesky
   trained_ = true;
 }
 
-Prediction Model::predict(const Structure& s, bool variance) const {
+Prediction Model::predict(const Structure& s, VarianceMode variance) const {
   if (!trained_)
     throw NotTrainedError("the model is not trained: add training data and call train() first");
   const ClusterSet cs = clusters_of(s);
@@ -285,7 +286,7 @@ Prediction Model::predict(const Structure& s, bool variance) const {
   const long nc = static_cast<long>(canon.size());
   std::vector<double> phi(nc), dphi(3 * static_cast<std::size_t>(nc), 0.0);
 #pragma omp parallel for schedule(dynamic, 16)
-  for (long k = 0; k < nc; ++k) cluster_mean(*canon[k], phi[k], &dphi[3 * k]);
+  for (long k = 0; k < nc; ++k) cluster_energy(*canon[k], phi[k], &dphi[3 * k]);
   // Scatter serially so the sums do not depend on the thread count.
   for (int i = 0; i < n; ++i) {
     const double e0 = energy_offsets_[s.species[i]];
@@ -312,11 +313,23 @@ Prediction Model::predict(const Structure& s, bool variance) const {
   for (int r = 0; r < 6; ++r)
     p.stress[r] = has_volume ? p.stress[r] / volume : std::numeric_limits<double>::quiet_NaN();
 
-  if (!variance) return p;
+  if (variance == VarianceMode::kNone) return p;
+  p.has_variance = true;
+  if (variance == VarianceMode::kMapped) {
+    if (!maps_ || !maps_->has_variance())
+      throw InputError("the model has no variance maps: map it with variance, or ask for the exact variance");
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    p.force_variances.assign(3 * static_cast<std::size_t>(n), 0.0);
+    p.local_energy_variances.assign(n, nan);
+    p.energy_variance = nan;
+    p.stress_variances.fill(nan);
+#pragma omp parallel for schedule(dynamic, 8)
+    for (int t = 0; t < n; ++t) mapped_force_variance(cs, t, t, &p.force_variances[3 * t]);
+    return p;
+  }
 
   // Variances: one group per atom (3 force rows + local energy) and one for the structure
   // (energy + stress).
-  p.has_variance = true;
   p.force_variances.assign(3 * static_cast<std::size_t>(n), 0.0);
   p.local_energy_variances.assign(n, 0.0);
   p.stress_variances.fill(std::numeric_limits<double>::quiet_NaN());
@@ -346,6 +359,106 @@ void Model::cluster_mean(const Cluster& c, double& phi, double* dphi) const {
                    two ? hyper_.ell2 : hyper_.ell3, val, g);
   phi = s2 * f * val;
   for (int m = 0; m < D; ++m) dphi[m] = s2 * (fg[m] * val + f * g[m]);
+}
+
+void Model::cluster_energy(const Cluster& c, double& phi, double* dphi) const {
+  if (maps_ && maps_->mean(c, phi, dphi)) return;
+  cluster_mean(c, phi, dphi);
+}
+
+namespace {
+
+// A bare cluster of the given type and descriptor: all that the kernels look at.
+Cluster descriptor_cluster(int dim, int type, const double* d) {
+  Cluster c;
+  c.nv = dim == 1 ? 2 : 3;
+  c.type = type;
+  for (int m = 0; m < dim; ++m) c.d[m] = d[m];
+  return c;
+}
+
+void check_descriptors(int dim, int type, const double* d, int n, int n_species, double rc) {
+  if (dim != 1 && dim != 3) throw InputError("cluster descriptors have 1 (pair) or 3 (triplet) edges");
+  const int ntypes = dim == 1 ? n_species * n_species : n_species * n_species * n_species;
+  if (type < 0 || type >= ntypes) throw InputError("cluster type out of range");
+  if (!(rc > 0)) throw InputError("that body order is disabled in this model");
+  for (long k = 0; k < static_cast<long>(n) * dim; ++k)
+    if (!(d[k] > 0) || !(d[k] <= rc))
+      throw InputError("cluster edge lengths must lie in (0, cutoff]; got " + std::to_string(d[k]));
+}
+
+}  // namespace
+
+void Model::cluster_means(int dim, int type, const double* d, int n, double* phi, double* dphi) const {
+  if (!trained_) throw NotTrainedError("the model is not trained");
+  check_descriptors(dim, type, d, n, n_species(), dim == 1 ? cutoff2_ : cutoff3_);
+#pragma omp parallel for schedule(dynamic, 64)
+  for (int k = 0; k < n; ++k) {
+    double g[3];
+    cluster_mean(descriptor_cluster(dim, type, d + static_cast<std::size_t>(k) * dim), phi[k], g);
+    std::copy(g, g + dim, dphi + static_cast<std::size_t>(k) * dim);
+  }
+}
+
+void Model::cluster_gradient_variances(int dim, int type, const double* d, int n, double* var) const {
+  if (!trained_) throw NotTrainedError("the model is not trained");
+  check_descriptors(dim, type, d, n, n_species(), dim == 1 ? cutoff2_ : cutoff3_);
+  const double rc = dim == 1 ? cutoff2_ : cutoff3_;
+  const int ns = n_species();
+#pragma omp parallel for schedule(dynamic, 4)
+  for (int k = 0; k < n; ++k) {
+    // One group, one row per edge: row m is the functional d(phi)/d(edge m).
+    LabelGroup g;
+    g.rows = dim;
+    g.two = KernelBlock(1, dim);
+    g.three = KernelBlock(3, dim);
+    std::vector<double> w0(dim, 0.0), w(static_cast<std::size_t>(dim) * dim, 0.0);
+    for (int m = 0; m < dim; ++m) w[m * dim + m] = 1.0;
+    const double* dk = d + static_cast<std::size_t>(k) * dim;
+    KernelBlock& blk = dim == 1 ? g.two : g.three;
+    fold_cutoff(dim, rc, dk, dim, w0.data(), w.data(), blk.add(type, dk));
+    g.two.finalize(ns);
+    g.three.finalize(ns);
+    group_variances(g, var + static_cast<std::size_t>(k) * dim);
+  }
+}
+
+void Model::cluster_variance(const Cluster& c, double* var) const {
+  if (maps_ && maps_->gradient_variances(c, var)) return;
+  cluster_gradient_variances(c.n_edges(), c.type, c.d, 1, var);
+}
+
+void Model::mapped_force_variance(const ClusterSet& cs, int row, int key, double* out) const {
+  double acc[3] = {0.0, 0.0, 0.0};
+  auto visit = [&](const Cluster& c) {
+    double var[3];
+    cluster_variance(c, var);
+    for (int m = 0; m < c.n_edges(); ++m) {
+      double g[3];
+      c.edge_gradient(m, key, g);
+      for (int t = 0; t < 3; ++t) acc[t] += var[m] * g[t] * g[t];
+    }
+  };
+  for (int k = cs.pair_offsets[row]; k < cs.pair_offsets[row + 1]; ++k) visit(cs.pairs[k]);
+  for (int k = cs.triplet_offsets[row]; k < cs.triplet_offsets[row + 1]; ++k) visit(cs.triplets[k]);
+  for (int t = 0; t < 3; ++t)
+    out[t] = acc[t] > 0 ? maps_->variance_scale * std::pow(acc[t], maps_->variance_exponent) : 0.0;
+}
+
+void Model::set_maps(Maps maps) {
+  if (!trained_) throw NotTrainedError("maps tabulate a trained model: train it first");
+  for (const auto& t : maps.tables()) {
+    t.validate(n_species());
+    const double rc = t.dim == 1 ? cutoff2_ : cutoff3_;
+    if (!(rc > 0)) throw InputError("a spline table for a body order the model does not use");
+    if (std::abs(t.hi - rc) > 1e-9 * rc)
+      throw InputError("a spline table must end at the cutoff " + std::to_string(rc) + ", not " +
+                       std::to_string(t.hi));
+  }
+  if (!std::isfinite(maps.variance_scale) || !(maps.variance_scale > 0) ||
+      !std::isfinite(maps.variance_exponent) || !(maps.variance_exponent > 0))
+    throw InputError("the variance calibration factor and exponent must be positive and finite");
+  maps_ = std::move(maps);
 }
 
 void Model::group_variances(const LabelGroup& G, double* out) const {
@@ -381,7 +494,7 @@ void Model::group_variances(const LabelGroup& G, double* out) const {
   }
 }
 
-LocalPrediction Model::predict_local(const LocalEnvironments& env, bool mean, bool variance) const {
+LocalPrediction Model::predict_local(const LocalEnvironments& env, bool mean, VarianceMode variance) const {
   if (!trained_)
     throw NotTrainedError("the model is not trained: add training data and call train() first");
   const int n = static_cast<int>(env.centre_keys.size());
@@ -409,7 +522,7 @@ LocalPrediction Model::predict_local(const LocalEnvironments& env, bool mean, bo
       double f[3] = {0, 0, 0}, w[6] = {0, 0, 0, 0, 0, 0};
       auto visit = [&](const Cluster& c) {
         double phi, dphi[3];
-        cluster_mean(c, phi, dphi);
+        cluster_energy(c, phi, dphi);
         e += phi / c.nv;
         const double inv_mult = 1.0 / c.multiplicity(key);
         for (int m = 0; m < c.n_edges(); ++m) {
@@ -427,7 +540,14 @@ LocalPrediction Model::predict_local(const LocalEnvironments& env, bool mean, bo
       std::copy(w, w + 6, out.virials.begin() + 6 * row);
     }
   }
-  if (variance) {
+  if (variance == VarianceMode::kMapped) {
+    if (!maps_ || !maps_->has_variance())
+      throw InputError("the model has no variance maps: map it with variance, or ask for the exact variance");
+    out.force_variances.assign(3 * static_cast<std::size_t>(n), 0.0);
+#pragma omp parallel for schedule(dynamic, 8)
+    for (int row = 0; row < n; ++row)
+      mapped_force_variance(cs, row, env.centre_keys[row], &out.force_variances[3 * row]);
+  } else if (variance == VarianceMode::kExact) {
     out.force_variances.assign(3 * static_cast<std::size_t>(n), 0.0);
 #pragma omp parallel for schedule(dynamic, 1)
     for (int row = 0; row < n; ++row)

@@ -5,12 +5,14 @@
 // solution (alpha = K^-1 y and the Cholesky factor L), predicts means and variances.
 #pragma once
 #include <array>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "clusters.h"
 #include "neighbors.h"
 #include "kernel_block.h"
+#include "maps.h"
 #include "structure.h"
 
 namespace otfgp {
@@ -39,6 +41,11 @@ struct TrainingStructure {
 };
 
 enum RowKind : int { kForceRow = 0, kEnergyRow = 1, kStressRow = 2 };
+
+// Which predictive variance to compute: none, the exact GP variance (cost grows with the
+// training set), or the mapped force variance (needs maps with variance tables; per-atom
+// cost independent of the training set; force variances only).
+enum class VarianceMode : int { kNone = 0, kExact = 1, kMapped = 2 };
 
 // The clusters behind a set of label rows that share them (one atom's force components,
 // or one structure's energy and stress).
@@ -117,12 +124,27 @@ class Model {
   const std::vector<double>& cholesky() const { return cholesky_; }
 
   // Mean (always) and variances (if requested) of energy, forces, stress, local energies.
-  Prediction predict(const Structure& s, bool variance) const;
+  // The mean comes from the maps where they cover a cluster, else from the exact GP. With
+  // VarianceMode::kMapped only force variances are produced (the others are NaN).
+  Prediction predict(const Structure& s, VarianceMode variance) const;
 
-  // Mean (if mean) and force variances (if variance) for MD-code environments. Each atom's
-  // force comes from the clusters centred at it alone, so no forces on ghost atoms are
-  // produced and the result does not depend on Newton's-third-law bookkeeping.
-  LocalPrediction predict_local(const LocalEnvironments& env, bool mean, bool variance) const;
+  // Mean (if mean) and force variances (if variance != kNone) for MD-code environments.
+  // Each atom's force comes from the clusters centred at it alone, so no forces on ghost
+  // atoms are produced and the result does not depend on Newton's-third-law bookkeeping.
+  LocalPrediction predict_local(const LocalEnvironments& env, bool mean, VarianceMode variance) const;
+
+  // Exact GP quantities of single clusters given by their species type and descriptor
+  // (edge lengths, dim = 1 for pairs and 3 for triplets; any lengths in (0, cutoff], they
+  // need not form a triangle), n clusters, OpenMP-parallel. These are what maps tabulate.
+  void cluster_means(int dim, int type, const double* d, int n, double* phi, double* dphi) const;
+  // Posterior (latent) variance of d(phi)/d(edge m) for each cluster: n x dim.
+  void cluster_gradient_variances(int dim, int type, const double* d, int n, double* var) const;
+
+  // Tabulated mean and variance (see maps.h). set_maps checks that the tables fit the model
+  // (types, upper ends at the cutoffs); any new solution drops the maps, which would be stale.
+  void set_maps(Maps maps);
+  void clear_maps() { maps_.reset(); }
+  const Maps* maps() const { return maps_ ? &*maps_ : nullptr; }
 
   // Label groups and clusters of a structure, exposed for tests and diagnostics.
   ClusterSet clusters_of(const Structure& s) const;
@@ -131,8 +153,15 @@ class Model {
   std::vector<LabelGroup> groups_of(const TrainingStructure& ts) const;
   // Diagonal of the posterior covariance of a group's rows (latent, without noise).
   void group_variances(const LabelGroup& G, double* out) const;
-  // Mean cluster energy and its gradient with respect to the edge lengths.
+  // Mean cluster energy and its gradient with respect to the edge lengths (exact GP).
   void cluster_mean(const Cluster& c, double& phi, double* dphi) const;
+  // The same from the maps where they cover c, else exact.
+  void cluster_energy(const Cluster& c, double& phi, double* dphi) const;
+  // Posterior variances of d(phi)/d(edge) of c: from the maps where they cover c, else exact.
+  void cluster_variance(const Cluster& c, double* var) const;
+  // Mapped force variance of the centre of row `row` (key `key`): sum over its clusters of
+  // the edge-gradient variances times the squared edge-length derivatives, calibrated.
+  void mapped_force_variance(const ClusterSet& cs, int row, int key, double* out) const;
   void append_groups(int structure_index);
 
   std::vector<int> atomic_numbers_;
@@ -147,6 +176,7 @@ class Model {
   bool trained_ = false;
   std::vector<double> alpha_, cholesky_;
   KernelBlock contracted2_{1, 1}, contracted3_{3, 1};
+  std::optional<Maps> maps_;
 };
 
 }  // namespace otfgp

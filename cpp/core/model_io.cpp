@@ -99,6 +99,24 @@ std::string serialize_model(const Model& m) {
   w.put<std::uint8_t>(m.trained() ? 1 : 0);
   w.put_vec(m.alpha());
   w.put_vec(m.cholesky());
+  // Version 2: the maps.
+  const Maps* maps = m.maps();
+  w.put<std::uint8_t>(maps ? 1 : 0);
+  if (maps) {
+    w.put(maps->variance_scale);
+    w.put(maps->variance_exponent);
+    w.put_vec(std::vector<char>(maps->info.begin(), maps->info.end()));
+    w.put<std::uint64_t>(maps->tables().size());
+    for (const auto& t : maps->tables()) {
+      w.put<std::int32_t>(t.dim);
+      w.put<std::int32_t>(t.type);
+      w.put<std::int32_t>(t.n);
+      w.put(t.lo);
+      w.put(t.hi);
+      w.put_vec(t.mean);
+      w.put_vec(t.variance);
+    }
+  }
 
   const std::string& payload = w.str();
   Writer out;
@@ -160,10 +178,34 @@ Model deserialize_model(const std::string& bytes) {
     const bool trained = r.get<std::uint8_t>() != 0;
     auto alpha = r.get_vec<double>(limit);
     auto chol = r.get_vec<double>(limit);
-    if (!r.done()) throw ModelFileError("model file is corrupt: unexpected trailing data");
     if (trained) m.set_solution(std::move(alpha), std::move(chol));
+    if (version >= 2 && r.get<std::uint8_t>() != 0) {
+      if (!trained) throw ModelFileError("model file is corrupt: maps without a trained model");
+      Maps maps;
+      maps.variance_scale = r.get<double>();
+      maps.variance_exponent = r.get<double>();
+      const auto info = r.get_vec<char>(limit);
+      maps.info.assign(info.begin(), info.end());
+      const auto nt = r.get<std::uint64_t>();
+      if (nt > limit) throw ModelFileError("model file is corrupt: implausible table count");
+      for (std::uint64_t k = 0; k < nt; ++k) {
+        SplineTable t;
+        t.dim = r.get<std::int32_t>();
+        t.type = r.get<std::int32_t>();
+        t.n = r.get<std::int32_t>();
+        t.lo = r.get<double>();
+        t.hi = r.get<double>();
+        t.mean = r.get_vec<double>(limit);
+        t.variance = r.get_vec<double>(limit);
+        maps.add(std::move(t), m.n_species());
+      }
+      m.set_maps(std::move(maps));
+    }
+    if (!r.done()) throw ModelFileError("model file is corrupt: unexpected trailing data");
     return m;
   } catch (const InputError& e) {
+    throw ModelFileError(std::string("model file is corrupt: ") + e.what());
+  } catch (const NotTrainedError& e) {
     throw ModelFileError(std::string("model file is corrupt: ") + e.what());
   }
 }

@@ -8,7 +8,8 @@
 
 namespace otfgp {
 
-constexpr unsigned kModelFormatVersion = 1;
+// 1: exact GP; 2: adds the optional maps (version-1 files still load).
+constexpr unsigned kModelFormatVersion = 2;
 
 std::string serialize_model(const Model& m);
 Model deserialize_model(const std::string& bytes);  // throws ModelFileError

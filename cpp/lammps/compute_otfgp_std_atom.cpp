@@ -1,6 +1,7 @@
 #include "compute_otfgp_std_atom.h"
 
 #include <cmath>
+#include <string>
 
 #include "atom.h"
 #include "error.h"
@@ -12,7 +13,11 @@
 using namespace LAMMPS_NS;
 
 ComputeOTFGPStdAtom::ComputeOTFGPStdAtom(LAMMPS *lmp, int narg, char **arg) : Compute(lmp, narg, arg) {
-  if (narg != 3) error->all(FLERR, "compute otfgp/std/atom takes no arguments");
+  // Optional keyword "exact": the exact GP variance even when the model has variance maps.
+  if (narg == 4 && std::string(arg[3]) == "exact")
+    exact_ = true;
+  else if (narg != 3)
+    error->all(FLERR, "compute otfgp/std/atom takes no arguments or the keyword exact");
   peratom_flag = 1;
   size_peratom_cols = 4;
 }
@@ -32,7 +37,7 @@ void ComputeOTFGPStdAtom::compute_peratom() {
     memory->create(stds_, nmax_, 4, "otfgp/std/atom:stds");
     array_atom = stds_;
   }
-  const std::vector<double> var = pair_->force_variances();
+  const std::vector<double> var = pair_->force_variances(exact_);
   const int *mask = atom->mask;
   for (int i = 0; i < atom->nlocal; ++i) {
     double mx = 0.0;

@@ -52,6 +52,13 @@ FixOTFGPLearn::FixOTFGPLearn(LAMMPS *lmp, int narg, char **arg) : Fix(lmp, narg,
       stress_ = utils::logical(FLERR, value, false, lmp) == 1;
     } else if (key == "output") {
       output_dir_ = value;
+    } else if (key == "map") {
+      map_ = utils::logical(FLERR, value, false, lmp) == 1;
+    } else if (key == "uncertainty") {
+      const std::string v = value;
+      if (v != "exact" && v != "mapped")
+        error->all(FLERR, "fix otfgp/learn: uncertainty must be exact or mapped, got {}", v);
+      mapped_uncertainty_ = v == "mapped";
     } else {
       error->all(FLERR, "fix otfgp/learn: unknown keyword {}", key);
     }
@@ -61,6 +68,8 @@ FixOTFGPLearn::FixOTFGPLearn(LAMMPS *lmp, int narg, char **arg) : Fix(lmp, narg,
   if (labeller_.find(':') == std::string::npos)
     error->all(FLERR, "fix otfgp/learn: 'labeller' must be module:function, got '{}'", labeller_);
   if (max_atoms_ < 1) error->all(FLERR, "fix otfgp/learn: max_atoms must be >= 1");
+  if (mapped_uncertainty_ && !map_)
+    error->all(FLERR, "fix otfgp/learn: uncertainty mapped needs map yes");
   vector_flag = 1;
   size_vector = 3;
   global_freq = 1;
@@ -81,7 +90,8 @@ double FixOTFGPLearn::threshold_value() const {
 
 void FixOTFGPLearn::end_of_step() {
   const int nlocal = atom->nlocal;
-  const std::vector<double> var = pair_->force_variances();
+  // The decision uses the exact GP variance unless the mapped one is asked for.
+  const std::vector<double> var = pair_->force_variances(!mapped_uncertainty_);
   std::vector<double> per_atom(nlocal, 0.0);
   double local_max = 0.0;
   for (int i = 0; i < nlocal; ++i) {
@@ -145,6 +155,8 @@ void FixOTFGPLearn::learn(double max_std, const double *per_atom_max) {
                    {"energy", energy_ ? 1.0 : 0.0},
                    {"stress", stress_ ? 1.0 : 0.0},
                    {"optimize_until_calls", optimize_until_calls_},
+                   {"map", map_ ? 1.0 : 0.0},
+                   {"map_variance", mapped_uncertainty_ ? 1.0 : 0.0},
                    {"max_std", max_std},
                    {"threshold", threshold_value()}};
     try {

@@ -2,14 +2,17 @@
 //
 //   fix learn all otfgp/learn 10 threshold 0.05 labeller mylabels:emt
 //   fix learn all otfgp/learn 10 threshold 2.0 relative yes labeller mylabels:qe &
-//       max_atoms 4 add_threshold 0.03 energy yes output learn_out
+//       max_atoms 4 add_threshold 0.03 energy yes output learn_out map yes uncertainty exact
 //
 // Every N steps the largest predicted force std of the group is compared with the
 // threshold (eV/A, or x sigma_n with `relative yes`, never below `min_threshold`). Above it,
 // rank 0 gathers the system, calls the Python labeller (module:function, returning an ASE
 // calculator or a dict of energy/forces/stress) through otfgp.lammps_bridge, adds the most
 // uncertain environments, retrains, saves model and frame, and all ranks load the new
-// model. Global vector for thermo: [DFT calls, training environments, last max std].
+// model. With `map yes` (default) the retrained model is re-mapped (spline tables) before
+// it is broadcast, so the pair style runs at mapped speed between DFT calls. The decision
+// uses the exact GP variance (`uncertainty exact`, default) or the mapped one (`mapped`).
+// Global vector for thermo: [DFT calls, training environments, last max std].
 #pragma once
 
 #include <string>
@@ -32,7 +35,7 @@ class FixOTFGPLearn : public Fix {
 
   int every_ = 1;
   double threshold_ = 0.0, add_threshold_ = -1.0, min_threshold_ = 0.005;
-  bool relative_ = false, energy_ = false, stress_ = false;
+  bool relative_ = false, energy_ = false, stress_ = false, map_ = true, mapped_uncertainty_ = false;
   int max_atoms_ = 1, optimize_until_calls_ = 20;
   std::string labeller_, output_dir_ = "otfgp_learn";
   int calls_ = 0;

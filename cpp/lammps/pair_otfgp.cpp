@@ -137,7 +137,7 @@ void PairOTFGP::compute(int eflag, int vflag) {
   ev_init(eflag, vflag);
   otfgp::LocalPrediction p;
   try {
-    p = model_->predict_local(environments(), true, false);
+    p = model_->predict_local(environments(), true, otfgp::VarianceMode::kNone);
   } catch (const std::exception &e) {
     error->one(FLERR, "pair otfgp: {}", e.what());
   }
@@ -154,11 +154,14 @@ void PairOTFGP::compute(int eflag, int vflag) {
   }
 }
 
-std::vector<double> PairOTFGP::force_variances() {
+std::vector<double> PairOTFGP::force_variances(bool exact) {
   std::vector<double> out(3 * static_cast<std::size_t>(atom->nlocal), 0.0);
+  const otfgp::Maps *maps = model_->maps();
+  const auto mode = !exact && maps && maps->has_variance() ? otfgp::VarianceMode::kMapped
+                                                           : otfgp::VarianceMode::kExact;
   otfgp::LocalPrediction p;
   try {
-    p = model_->predict_local(environments(), false, true);
+    p = model_->predict_local(environments(), false, mode);
   } catch (const std::exception &e) {
     error->one(FLERR, "otfgp uncertainty: {}", e.what());
   }

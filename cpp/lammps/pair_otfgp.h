@@ -29,8 +29,9 @@ class PairOTFGP : public Pair {
   double init_one(int, int) override;
 
   // Per-atom force variances (nlocal x 3) at the current positions, from the pair's current
-  // neighbour list. Used by compute otfgp/std/atom and fix otfgp/learn.
-  std::vector<double> force_variances();
+  // neighbour list. Used by compute otfgp/std/atom and fix otfgp/learn. The mapped variance
+  // when the model file carries variance maps (unless exact is asked for), else exact.
+  std::vector<double> force_variances(bool exact = false);
   // Replace the model (e.g. after retraining); species must map like the old one.
   void set_model(std::unique_ptr<otfgp::Model> model);
   const otfgp::Model *model() const { return model_.get(); }

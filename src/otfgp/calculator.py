@@ -18,7 +18,11 @@ class GPCalculator(Calculator):
 
     - ``force_stds`` (N x 3, eV/A), also copied into ``atoms.arrays["force_stds"]`` so
       that ``ase.io.write`` (extxyz) stores it with the frame;
-    - ``energy_std`` (eV), ``energies_stds`` (N, eV) and ``stress_stds`` (6, eV/A^3).
+    - ``energy_std`` (eV), ``energies_stds`` (N, eV) and ``stress_stds`` (6, eV/A^3)
+      (exact variance only).
+
+    A mapped model (:meth:`GaussianProcess.map`) gives the mean from its spline tables and,
+    by default, the mapped force uncertainty, whose cost does not grow with the training set.
 
     ``stresses`` (per-atom, N x 6 Voigt, summing to ``stress``) are the clusters' virials
     shared among their centre atoms; they cost an extra pass and are computed only when
@@ -26,7 +30,9 @@ class GPCalculator(Calculator):
 
     Args:
         model: a trained GaussianProcess.
-        uncertainty: compute uncertainties at all (costs about 10x the mean).
+        uncertainty: ``True`` (the mapped force std if the model has variance maps, else
+            the exact variances, which cost about 10x the exact mean), ``"exact"``,
+            ``"mapped"`` or ``False``.
         uncertainty_every: compute them only on every n-th calculation (the others carry
             no ``force_stds``), e.g. to monitor a long MD run cheaply.
     """
@@ -34,7 +40,7 @@ class GPCalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "stresses"]
     default_parameters: dict[str, Any] = {}
 
-    def __init__(self, model: GaussianProcess, uncertainty: bool = True, uncertainty_every: int = 1,
+    def __init__(self, model: GaussianProcess, uncertainty: bool | str = True, uncertainty_every: int = 1,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not isinstance(model, GaussianProcess):
@@ -42,7 +48,9 @@ class GPCalculator(Calculator):
         if int(uncertainty_every) < 1:
             raise ValueError("uncertainty_every must be >= 1")
         self.model = model
-        self.uncertainty = bool(uncertainty)
+        if not isinstance(uncertainty, (bool, np.bool_)) and uncertainty not in ("auto", "exact", "mapped"):
+            raise ValueError(f"uncertainty must be True, False, 'auto', 'exact' or 'mapped', got {uncertainty!r}")
+        self.uncertainty: bool | str = uncertainty if isinstance(uncertainty, str) else bool(uncertainty)
         self.uncertainty_every = int(uncertainty_every)
         self.n_calculations = 0
 
@@ -50,9 +58,9 @@ class GPCalculator(Calculator):
                   system_changes: Sequence[str] = tuple(all_changes)) -> None:
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms if atoms is None else atoms
-        want_var = self.uncertainty and self.n_calculations % self.uncertainty_every == 0
+        want_var = bool(self.uncertainty) and self.n_calculations % self.uncertainty_every == 0
         self.n_calculations += 1
-        pred = self.model.predict(self.atoms, variance=want_var)
+        pred = self.model.predict(self.atoms, variance=self.uncertainty if want_var else False)
         self.results = {
             "energy": pred.energy,
             "free_energy": pred.energy,
@@ -66,10 +74,11 @@ class GPCalculator(Calculator):
         if want_var:
             force_stds = np.sqrt(pred.force_variances)
             self.results["force_stds"] = force_stds
-            self.results["energy_std"] = float(np.sqrt(pred.energy_variance))
-            self.results["energies_stds"] = np.sqrt(pred.local_energy_variances)
-            if "stress" in self.results:
-                self.results["stress_stds"] = np.sqrt(pred.stress_variance)
+            if np.isfinite(pred.energy_variance):  # NaN for the mapped (force-only) variance
+                self.results["energy_std"] = float(np.sqrt(pred.energy_variance))
+                self.results["energies_stds"] = np.sqrt(pred.local_energy_variances)
+                if "stress" in self.results:
+                    self.results["stress_stds"] = np.sqrt(pred.stress_variance)
             atoms.arrays["force_stds"] = force_stds.copy()
         elif "force_stds" in atoms.arrays:
             del atoms.arrays["force_stds"]  # stale values must not be written with this frame

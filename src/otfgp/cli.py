@@ -3,6 +3,7 @@
     otfgp otf config.toml [--output-dir DIR]   on-the-fly run described by a config file
     otfgp otf --resume RUN_DIR                 continue an interrupted run
     otfgp plot RUN_DIR [--test frames.extxyz]  PNG plots of a run (and of a test set)
+    otfgp map MODEL -o MAPPED [--tolerance T]  spline-tabulate a model (mapped GP)
 
 A config file (TOML, or YAML when PyYAML is installed) has five sections::
 
@@ -517,7 +518,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     if "noise_force" in hyp:
         lines.append(f"sigma_n (force noise): {1000 * hyp['noise_force']:.1f} meV/A")
     parts = []
-    for key in ("dft", "training", "prediction", "md"):
+    for key in ("dft", "training", "mapping", "prediction", "md"):
         if key in w:
             parts.append(f"{key} {w[key]:.1f} s ({100 * w[key] / total:.0f}%)")
     lines.append(f"wall time: {w.get('total', 0.0):.1f} s = " + ", ".join(parts))
@@ -609,6 +610,25 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_map(args: argparse.Namespace) -> int:
+    from .gp import GaussianProcess
+
+    src = Path(args.model)
+    if not src.is_file():
+        raise ConfigError(f"{src}: no such model file")
+    try:
+        gp = GaussianProcess.load(src)
+    except ValueError as exc:  # corrupt, truncated or foreign file
+        raise ConfigError(str(exc)) from exc
+    if not gp.trained:
+        raise ConfigError(f"{src}: the model is not trained")
+    grids = {k: v for k, v in (("grid2", args.grid2), ("grid3", args.grid3)) if v}
+    report = gp.map(tolerance=args.tolerance, variance=not args.no_variance, **grids)
+    gp.save(args.output)
+    print(f"otfgp: wrote {args.output}: {report.summary()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="otfgp", description="On-the-fly Gaussian-process force fields.",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -624,6 +644,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--test", help="extxyz frames with reference forces: parity.png and uncertainty.png")
     p.set_defaults(func=cmd_plot)
+    p = sub.add_parser("map", help="tabulate a trained model as splines (mapped GP), report its accuracy")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True, help="mapped model file to write")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="largest force deviation from the exact GP on held-out atoms, eV/A (default 5e-4)")
+    p.add_argument("--grid2", type=int, help="fixed pair grid (nodes) instead of the automatic choice")
+    p.add_argument("--grid3", type=int, help="fixed triplet grid (nodes per axis)")
+    p.add_argument("--no-variance", action="store_true", help="do not tabulate the reduced variance")
+    p.set_defaults(func=cmd_map)
     return ap
 
 

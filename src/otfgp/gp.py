@@ -9,7 +9,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import scipy.linalg
@@ -19,6 +19,9 @@ from ase.data import atomic_numbers as _atomic_numbers
 from ase.data import chemical_symbols
 
 from . import _core
+
+if TYPE_CHECKING:
+    from .mapping import MapReport
 
 log = logging.getLogger(__name__)
 
@@ -573,8 +576,14 @@ class GaussianProcess:
         return L
 
     # ---------------------------------------------------------------- prediction
-    def predict(self, atoms: Atoms, variance: bool = True) -> Prediction:
-        """Predict energy, forces, stress and local energies (with variances if asked) of ``atoms``."""
+    def predict(self, atoms: Atoms, variance: bool | str = True) -> Prediction:
+        """Predict energy, forces, stress and local energies (with variances if asked) of ``atoms``.
+
+        The mean comes from the maps when the model is mapped (:meth:`map`). ``variance``:
+        ``False`` (none), ``True`` / ``"auto"`` (mapped force variances if the model has
+        variance maps, else the exact variances), ``"exact"`` or ``"mapped"``. The mapped
+        variance gives force variances only; the other variances are then NaN.
+        """
         cell, pbc, positions, species = self._structure_arrays(atoms)
         d = self._model.predict(cell, pbc, positions, species, variance)
         return Prediction(
@@ -587,6 +596,30 @@ class GaussianProcess:
             local_energy_variances=d.get("local_energy_variances"),
             stress_variance=d.get("stress_variances"),
         )
+
+    # ---------------------------------------------------------------- mapping
+    def map(self, tolerance: float | None = None, variance: bool = True,
+            heldout: Sequence[Atoms] | None = None, **grids: int) -> "MapReport":
+        """Tabulate the trained model's mean (and reduced variance) as splines, so that
+        predictions cost the same whatever the training-set size. See :mod:`otfgp.mapping`.
+        Retraining drops the maps (call ``map`` again); ``save`` stores them."""
+        from .mapping import DEFAULT_TOLERANCE, build_maps
+
+        return build_maps(self, DEFAULT_TOLERANCE if tolerance is None else tolerance,
+                          variance=variance, heldout=heldout, **grids)
+
+    @property
+    def mapped(self) -> bool:
+        """True if the model carries maps of its current solution."""
+        return self._model.maps is not None
+
+    @property
+    def map_report(self) -> "MapReport | None":
+        """The report of the installed maps (None if the model is not mapped)."""
+        from .mapping import MapReport
+
+        maps = self._model.maps
+        return None if maps is None else MapReport.from_json(maps["info"])
 
     def per_atom_stresses(self, atoms: Atoms) -> np.ndarray:
         """Per-atom stresses (N x 6, Voigt xx yy zz yz xz xy, eV/A^3) that sum to the stress:

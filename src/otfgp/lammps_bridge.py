@@ -92,6 +92,9 @@ def learn(request: dict[str, Any]) -> bytes:
     calls = _calls.get(key, 0) + 1
     _calls[key] = calls
     gp.train(optimize=calls <= int(opts.get("optimize_until_calls", 20)))
+    if opts.get("map", 1):
+        report = gp.map(variance=bool(opts.get("map_variance", 0)))
+        log.info("re-mapped: %s", report.summary())
     gp.save(request["model_file"])
     out = Path(request["output_dir"])
     (out / "dft").mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,12 @@ class OTFOptions:
     step. ``add_threshold`` (same kind as the main threshold) selects which atoms of a
     labelled frame join the training set: up to ``max_atoms_added`` of those above it,
     most uncertain first (at least the most uncertain one).
+
+    With ``map`` the model is re-mapped (spline tables, :meth:`GaussianProcess.map`) after
+    every retrain, so the MD steps between DFT calls run at mapped speed. ``uncertainty``
+    says which variance the DFT decision uses: ``"exact"`` (default; the GP's own variance,
+    paid only on the steps that are checked) or ``"mapped"`` (the calibrated reduced
+    variance, whose cost does not grow with the training set).
     """
 
     threshold: float | None = 0.05
@@ -70,6 +76,9 @@ class OTFOptions:
     output_dir: str = "otf_run"
     seed: int = 0
     progress: bool | None = None
+    map: bool = True
+    map_tolerance: float = 5e-4
+    uncertainty: str = "exact"
 
     def __post_init__(self) -> None:
         if self.threshold is None and self.relative_threshold is None:
@@ -85,6 +94,12 @@ class OTFOptions:
                 raise ValueError(f"{name} must be >= 1")
         if self.init_atoms < 0:
             raise ValueError("init_atoms must be >= 0")
+        if self.uncertainty not in ("exact", "mapped"):
+            raise ValueError(f"uncertainty must be 'exact' or 'mapped', got {self.uncertainty!r}")
+        if self.uncertainty == "mapped" and not self.map:
+            raise ValueError("uncertainty = 'mapped' needs map = true")
+        if not (isinstance(self.map_tolerance, (int, float)) and self.map_tolerance > 0):
+            raise ValueError(f"map_tolerance must be a positive number, got {self.map_tolerance!r}")
         if self.on_dft_failure not in ("raise", "skip"):
             raise ValueError("on_dft_failure must be 'raise' or 'skip'")
 
@@ -105,6 +120,7 @@ class Timers:
 
     dft: float = 0.0
     training: float = 0.0
+    mapping: float = 0.0
     prediction: float = 0.0
     md: float = 0.0
     total: float = 0.0
@@ -273,10 +289,15 @@ class OTF:
         t = time.perf_counter()
         self.model.train(optimize=optimize, max_iterations=o.max_iterations)
         self.timers.training += time.perf_counter() - t
+        if o.map:
+            t = time.perf_counter()
+            report = self.model.map(tolerance=o.map_tolerance, variance=o.uncertainty == "mapped")
+            self.timers.mapping += time.perf_counter() - t
+            log.info("re-mapped: %s", report.summary())
 
     def _uncertainty(self) -> np.ndarray:
         """Per-atom max force-component std at the current positions (eV/A)."""
-        self.calc.uncertainty = True
+        self.calc.uncertainty = self.options.uncertainty
         self.calc.reset()
         try:
             self.atoms.get_forces()

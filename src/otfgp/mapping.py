@@ -1,0 +1,391 @@
+"""Mapped GP: spline tables of the mean and of a reduced force variance.
+
+The 2+3-body GP mean is exactly a sum of a pair function phi2(r) per species pair and a
+triplet function phi3(r_ij, r_ik, r_jk) per species triple. :func:`build_maps` tabulates
+them as uniform cubic B-splines (1-D for pairs, 3-D tensor products for triplets) so that
+predictions no longer sum over the training set. The C++ core evaluates the tables
+(``cpp/core/maps.cpp``); forces are the exact derivatives of the tabulated energy.
+
+Fitting. A cubic spline through n nodes has n + 2 coefficients per axis; the two extra
+conditions are the end slopes, which the GP gives exactly ("clamped" spline, O(h^4) error
+everywhere including the ends). For a 3-D tensor product the same construction needs the
+mixed derivatives on the lower faces' edges and corner (they vanish at the cutoff face,
+where every term carries (r_c - r)^2); those come from central differences of the exact
+gradient. Like species make phi3 symmetric under edge permutations, so only one grid node
+per symmetry orbit is evaluated (1/6 of them for a single element).
+
+Grid choice. Starting from a coarse grid, the pair and the triplet grid are refined
+(x1.5) until the largest force deviation from the exact GP on held-out environments
+(rattled copies of training structures unless given) is below the tolerance. Each body
+order is checked alone too -- the core falls back to the exact GP for clusters without a
+table -- so only the order that is off gets refined. Clusters shorter than a table's
+lower end (below the training data's shortest distance minus a margin) also fall back to
+the exact GP, so the mapped model is never wrong, only slower, there.
+
+Variance. The exact predictive variance of a force is a double sum over clusters of the
+posterior covariance and cannot be tabulated per cluster. The mapped variance keeps its
+per-cluster part: the posterior variance of d(phi)/d(edge) of every cluster (3-D tables of
+each edge derivative's variance, computed exactly on a coarser grid), summed with the
+squared edge-length derivatives, times one calibration factor fitted against the exact
+variance on the held-out environments. Its rank correlation and relative error against the
+exact variance are measured and reported; the exact variance stays available
+(``variance="exact"``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import scipy.stats
+
+if TYPE_CHECKING:
+    from ase import Atoms
+
+    from .gp import GaussianProcess
+
+log = logging.getLogger(__name__)
+
+#: Default largest force deviation of the map from the exact GP (eV/A) on held-out atoms.
+DEFAULT_TOLERANCE = 5e-4
+#: Tabulated range starts this far below the shortest training distance (Angstrom).
+LOWER_MARGIN = 0.5
+_FD_STEP = 1e-3  # Angstrom; central differences of the exact gradient (error ~1e-7 relative)
+
+
+@dataclass
+class MapReport:
+    """How a map was built and how far it is from the exact GP (eV, eV/A)."""
+
+    grid2: int = 0
+    grid3: int = 0
+    grid3_variance: int = 0
+    lower2: float = 0.0
+    lower3: float = 0.0
+    tolerance: float = DEFAULT_TOLERANCE
+    heldout_atoms: int = 0
+    force_error_mean: float = float("nan")
+    force_error_max: float = float("nan")
+    energy_error_max_per_atom: float = float("nan")
+    variance_scale: float = float("nan")
+    variance_exponent: float = float("nan")
+    variance_spearman: float = float("nan")
+    variance_relative_error_median: float = float("nan")
+    variance_relative_error_p90: float = float("nan")
+    build_seconds: float = 0.0
+    iterations: list[dict[str, float]] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "MapReport":
+        return cls(**json.loads(text)) if text else cls()
+
+    def summary(self) -> str:
+        """One line for logs and the CLI."""
+        s = (f"grids {self.grid2} (pairs) / {self.grid3}^3 (triplets); force deviation from the "
+             f"exact GP on {self.heldout_atoms} held-out atoms: mean {self.force_error_mean * 1e3:.3f}, "
+             f"max {self.force_error_max * 1e3:.3f} meV/A; built in {self.build_seconds:.2f} s")
+        if np.isfinite(self.variance_spearman):
+            s += (f"; mapped std vs exact: Spearman {self.variance_spearman:.3f}, median relative "
+                  f"error {self.variance_relative_error_median:.0%}")
+        return s
+
+
+# ------------------------------------------------------------------ spline algebra
+def _clamped_operator(n: int, h: float) -> np.ndarray:
+    """M with coefficients = M @ [f_0 .. f_{n-1}, f'(lo), f'(hi)] for a clamped uniform
+    cubic B-spline (coefficient k multiplies the B-spline centred at node k - 1)."""
+    A = np.zeros((n + 2, n + 2))
+    for i in range(n):
+        A[i, i:i + 3] = (1.0 / 6.0, 4.0 / 6.0, 1.0 / 6.0)
+    A[n, 0], A[n, 2] = -0.5 / h, 0.5 / h
+    A[n + 1, n - 1], A[n + 1, n + 1] = -0.5 / h, 0.5 / h
+    return np.linalg.inv(A)
+
+
+def _slope_estimator(n: int, h: float) -> np.ndarray:
+    """E with [f, f'(lo), f'(hi)] ~= E @ f from node values (second-order one-sided)."""
+    E = np.zeros((n + 2, n))
+    E[:n, :n] = np.eye(n)
+    E[n, :3] = np.array([-3.0, 4.0, -1.0]) / (2 * h)
+    E[n + 1, n - 3:] = np.array([1.0, -4.0, 3.0]) / (2 * h)
+    return E
+
+
+def _basis(n: int, lo: float, hi: float, x: np.ndarray) -> np.ndarray:
+    """Matrix B with spline values = B @ coefficients at points x (same convention as C++)."""
+    h = (hi - lo) / (n - 1)
+    u = (x - lo) / h
+    i = np.clip(np.floor(u).astype(int), 0, n - 2)
+    t = u - i
+    s = 1.0 - t
+    w = np.stack([s ** 3, 3 * t ** 3 - 6 * t ** 2 + 4, -3 * t ** 3 + 3 * t ** 2 + 3 * t + 1, t ** 3], axis=1) / 6
+    B = np.zeros((len(x), n + 2))
+    for k in range(4):
+        B[np.arange(len(x)), i + k] = w[:, k]
+    return B
+
+
+def _apply3(op: np.ndarray, data: np.ndarray) -> np.ndarray:
+    return np.einsum("ia,jb,kc,abc->ijk", op, op, op, data, optimize=True)
+
+
+# ------------------------------------------------------------------ grid values
+def _symmetric_grid(core: Any, type_: int, nodes: np.ndarray, fn: str) -> np.ndarray:
+    """Exact values of a triplet quantity on the full grid nodes^3, evaluating one node per
+    orbit of the type's edge permutations. fn = "mean" gives phi (n, n, n); "variance"
+    gives the three edge-derivative variances (n, n, n, 3), permuted back per node."""
+    n = len(nodes)
+    perms = np.asarray(core.triplet_permutations(type_), dtype=int)
+    idx = np.indices((n, n, n)).reshape(3, -1).T
+    codes = np.stack([(idx[:, p] * np.array([n * n, n, 1])).sum(axis=1) for p in perms])
+    which = np.argmin(codes, axis=0)
+    canon = codes[which, np.arange(len(idx))]
+    unique, inverse = np.unique(canon, return_inverse=True)
+    reps = np.stack([unique // (n * n), (unique // n) % n, unique % n], axis=1)
+    d = nodes[reps]
+    if fn == "mean":
+        phi, _ = core.cluster_means(type_, d)
+        return phi[inverse].reshape(n, n, n)
+    var = core.cluster_gradient_variances(type_, d)[inverse]
+    # Node x = rep permuted: rep_m = x_{p(m)}; channel m at x is channel p^-1(m) at rep.
+    p = perms[which]
+    pinv = np.argsort(p, axis=1)
+    out = np.take_along_axis(var, pinv, axis=1)
+    return out.reshape(n, n, n, 3)
+
+
+def _pair_table(core: Any, type_: int, n: int, lo: float, hi: float) -> dict[str, Any]:
+    nodes = np.linspace(lo, hi, n)
+    phi, dphi = core.cluster_means(type_, nodes[:, None])
+    data = np.concatenate([phi, [dphi[0, 0], dphi[-1, 0]]])
+    coef = _clamped_operator(n, nodes[1] - nodes[0]) @ data
+    return {"dim": 1, "type": type_, "n": n, "lo": lo, "hi": hi, "mean": coef}
+
+
+def _triplet_table(core: Any, type_: int, n: int, lo: float, hi: float) -> dict[str, Any]:
+    nodes = np.linspace(lo, hi, n)
+    h = nodes[1] - nodes[0]
+    data = np.zeros((n + 2, n + 2, n + 2))
+    data[:n, :n, :n] = _symmetric_grid(core, type_, nodes, "mean")
+    # Slopes on the lower faces (index n along that axis); at the upper faces, slopes and
+    # mixed derivatives vanish with the cutoff factor, so index n + 1 stays zero.
+    grid2 = np.stack(np.meshgrid(nodes, nodes, indexing="ij"), axis=-1).reshape(-1, 2)
+    for m in range(3):
+        d = np.insert(grid2, m, lo, axis=1)
+        _, g = core.cluster_means(type_, d)
+        face = g[:, m].reshape(n, n)
+        sl = [slice(0, n)] * 3
+        sl[m] = n
+        data[tuple(sl)] = face
+    # Mixed second derivatives on the lower-lower edges and the third at the lower corner.
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        c = 3 - a - b
+        pts = np.full((2, n, 3), lo)
+        pts[:, :, c] = nodes
+        pts[0, :, b] += _FD_STEP
+        pts[1, :, b] -= _FD_STEP
+        _, g = core.cluster_means(type_, pts.reshape(-1, 3))
+        g = g.reshape(2, n, 3)
+        mixed = (g[0, :, a] - g[1, :, a]) / (2 * _FD_STEP)
+        sl = [slice(0, n)] * 3
+        sl[a] = n
+        sl[b] = n
+        data[tuple(sl)] = mixed
+    pts = np.array([[lo, lo + s1 * _FD_STEP, lo + s2 * _FD_STEP] for s1 in (1, -1) for s2 in (1, -1)])
+    _, g = core.cluster_means(type_, pts)
+    data[n, n, n] = (g[0, 0] - g[1, 0] - g[2, 0] + g[3, 0]) / (4 * _FD_STEP ** 2)
+    coef = _apply3(_clamped_operator(n, h), data)
+    return {"dim": 3, "type": type_, "n": n, "lo": lo, "hi": hi, "mean": coef.ravel()}
+
+
+def _variance_coefficients(core: Any, dim: int, type_: int, n_fine: int, n_coarse: int,
+                           lo: float, hi: float) -> np.ndarray:
+    """Variance channels on the coarse grid, re-expressed on the fine grid's coefficients."""
+    coarse = np.linspace(lo, hi, n_coarse)
+    fine = np.linspace(lo, hi, n_fine)
+    hc, hf = coarse[1] - coarse[0], fine[1] - fine[0]
+    Qc = _clamped_operator(n_coarse, hc) @ _slope_estimator(n_coarse, hc)
+    Qf = _clamped_operator(n_fine, hf) @ _slope_estimator(n_fine, hf)
+    resample = Qf @ _basis(n_coarse, lo, hi, fine) @ Qc  # coarse node values -> fine coefficients
+    if dim == 1:
+        var = core.cluster_gradient_variances(type_, coarse[:, None])[:, 0]
+        return resample @ var
+    var = _symmetric_grid(core, type_, coarse, "variance")
+    return np.concatenate([_apply3(resample, var[..., m]).ravel() for m in range(3)])
+
+
+# ------------------------------------------------------------------ the build
+def _types(n_species: int) -> tuple[list[int], list[int]]:
+    ns = n_species
+    pairs = [a * ns + b for a in range(ns) for b in range(a, ns)]
+    triplets = [(a * ns + b) * ns + c for a in range(ns) for b in range(a, ns) for c in range(b, ns)]
+    return pairs, triplets
+
+
+def _shortest_training_distance(gp: "GaussianProcess") -> float:
+    from ase.neighborlist import neighbor_list
+
+    cut = max(gp.cutoffs.values())
+    shortest = cut
+    for i in range(gp.n_training_structures):
+        d = neighbor_list("d", gp.training_structure(i)["atoms"], cut)
+        if len(d):
+            shortest = min(shortest, float(d.min()))
+    return shortest
+
+
+#: Gaussian displacements (A) of the default held-out structures: near the training data,
+#: and far enough from it for the variance calibration to see novel environments.
+HELDOUT_RATTLES = (0.03, 0.1, 0.2, 0.3)
+
+
+def default_heldout(gp: "GaussianProcess", rattles: Sequence[float] = HELDOUT_RATTLES,
+                    seed: int = 0) -> list["Atoms"]:
+    """Rattled copies of training structures (spread over the training set), one per entry
+    of ``rattles`` (Gaussian displacement std in A)."""
+    ns = gp.n_training_structures
+    picks = [int(round(k)) for k in np.linspace(0, ns - 1, len(rattles))]
+    out = []
+    for k, (i, amp) in enumerate(zip(picks, rattles)):
+        atoms = gp.training_structure(i)["atoms"].copy()
+        atoms.calc = None
+        atoms.rattle(stdev=amp, seed=seed + k)
+        out.append(atoms)
+    return out
+
+
+def _force_deviation(gp: "GaussianProcess", structures: Sequence["Atoms"],
+                     exact: list[tuple[np.ndarray, float]]) -> tuple[float, float, float]:
+    errs, eerr = [], 0.0
+    for atoms, (f_exact, e_exact) in zip(structures, exact):
+        p = gp.predict(atoms, variance=False)
+        errs.append(np.abs(p.forces - f_exact).ravel())
+        eerr = max(eerr, abs(p.energy - e_exact) / len(atoms))
+    e = np.concatenate(errs)
+    return float(e.mean()), float(e.max()), eerr
+
+
+def build_maps(gp: "GaussianProcess", tolerance: float = DEFAULT_TOLERANCE, variance: bool = True,
+               heldout: Sequence["Atoms"] | None = None, grid2: int | None = None,
+               grid3: int | None = None, grid3_variance: int = 12, max_grid3: int = 64,
+               max_grid2: int = 2048) -> MapReport:
+    """Tabulate ``gp`` (see the module docstring) and install the maps in it.
+
+    Args:
+        tolerance: largest force-component deviation from the exact GP (eV/A) allowed on the
+            held-out environments; grids are refined until it holds (or hit their maxima).
+        variance: also tabulate the reduced variance (calibrated on the held-out atoms).
+        heldout: structures to measure on; default: rattled copies of training structures.
+        grid2, grid3: fixed grid sizes (nodes per axis) instead of the automatic choice.
+        grid3_variance: nodes per axis of the triplet variance tables.
+    Returns:
+        the :class:`MapReport`, also stored in the model (``gp.map_report``).
+    """
+    if not gp.trained:
+        raise RuntimeError("map a trained model: call train() first")
+    if not tolerance > 0:
+        raise ValueError(f"tolerance must be positive, got {tolerance}")
+    t0 = time.perf_counter()
+    core = gp.core
+    core.clear_maps()
+    cut = gp.cutoffs
+    rc2, rc3 = cut.get("twobody", 0.0), cut.get("threebody", 0.0)
+    shortest = _shortest_training_distance(gp)
+    lo = max(0.5, shortest - LOWER_MARGIN)
+    pair_types, triplet_types = _types(len(gp.species))
+    structures = list(heldout) if heldout is not None else default_heldout(gp)
+    exact = []
+    for atoms in structures:
+        p = gp.predict(atoms, variance=False)
+        exact.append((p.forces, p.energy))
+    report = MapReport(lower2=lo if rc2 else 0.0, lower3=lo if rc3 else 0.0, tolerance=tolerance,
+                       heldout_atoms=sum(len(a) for a in structures))
+
+    n2 = grid2 or 96
+    n3 = grid3 or 12
+    pairs: list[dict[str, Any]] = []
+    triplets: list[dict[str, Any]] = []
+    built2 = built3 = 0
+    auto = grid2 is None or grid3 is None
+    while True:
+        if rc2 and built2 != n2:
+            pairs = [_pair_table(core, t, n2, lo, rc2) for t in pair_types]
+            built2 = n2
+        if rc3 and built3 != n3:
+            triplets = [_triplet_table(core, t, n3, lo, rc3) for t in triplet_types]
+            built3 = n3
+        core.set_maps(pairs + triplets)
+        mean_err, max_err, e_err = _force_deviation(gp, structures, exact)
+        step = {"grid2": n2, "grid3": n3, "force_error_max": max_err, "force_error_mean": mean_err}
+        if not auto or max_err <= tolerance:
+            report.iterations.append(step)
+            break
+        # Which body order is off? Each alone (the other falls back to the exact GP).
+        errs = {}
+        for name, tables in (("pairs", pairs), ("triplets", triplets)):
+            if tables:
+                core.set_maps(tables)
+                errs[name] = _force_deviation(gp, structures, exact)[1]
+        step.update({f"{k}_only_error_max": v for k, v in errs.items()})
+        report.iterations.append(step)
+        log.info("map grids %d / %d^3: max force deviation %.3g eV/A (%s)", n2, n3, max_err, errs)
+        grew = False
+        if grid2 is None and errs.get("pairs", 0.0) > 0.5 * tolerance and n2 < max_grid2:
+            n2, grew = min(max_grid2, int(n2 * 1.5)), True
+        if grid3 is None and errs.get("triplets", 0.0) > 0.5 * tolerance and n3 < max_grid3:
+            n3, grew = min(max_grid3, int(np.ceil(n3 * 1.5))), True
+        if not grew:  # neither alone is off by much, or at the limits: refine the worse one
+            worse = max(errs, key=errs.get) if errs else "pairs"
+            if worse == "pairs" and grid2 is None and n2 < max_grid2:
+                n2 = min(max_grid2, int(n2 * 1.5))
+            elif worse == "triplets" and grid3 is None and n3 < max_grid3:
+                n3 = min(max_grid3, int(np.ceil(n3 * 1.5)))
+            else:
+                log.warning("map: grid limits reached with max force deviation %.3g eV/A", max_err)
+                core.set_maps(pairs + triplets)
+                break
+    report.grid2, report.grid3 = (n2 if rc2 else 0), (n3 if rc3 else 0)
+    report.force_error_mean, report.force_error_max, report.energy_error_max_per_atom = mean_err, max_err, e_err
+
+    scale = exponent = 1.0
+    if variance:
+        nv3 = min(grid3_variance, n3)
+        report.grid3_variance = nv3 if rc3 else 0
+        for t in pairs:
+            t["variance"] = _variance_coefficients(core, 1, t["type"], t["n"], min(64, t["n"]), t["lo"], t["hi"])
+        for t in triplets:
+            t["variance"] = _variance_coefficients(core, 3, t["type"], t["n"], nv3, t["lo"], t["hi"])
+        core.set_maps(pairs + triplets, 1.0, 1.0, "")
+        raw, exact_var = [], []
+        for atoms in structures:
+            raw.append(gp.predict(atoms, variance="mapped").force_variances.ravel())
+            exact_var.append(gp.predict(atoms, variance="exact").force_variances.ravel())
+        raw_v, ex_v = np.concatenate(raw), np.concatenate(exact_var)
+        ok = (raw_v > 0) & (ex_v > 0)
+        if ok.sum() >= 2:
+            # log(var_exact) ~ log(scale) + exponent * log(var_raw), least squares. The
+            # exponent absorbs that the per-cluster sum spans a narrower range than the
+            # exact variance (it misses the cross-cluster terms that data constrain).
+            x, y = np.log(raw_v[ok]), np.log(ex_v[ok])
+            exponent, log_scale = np.polyfit(x, y, 1) if np.ptp(x) > 0 else (1.0, float(np.mean(y - x)))
+            if not exponent > 0.2:  # degenerate fit (no spread): keep a plain scale
+                exponent, log_scale = 1.0, float(np.median(y - x))
+            scale, exponent = float(np.exp(log_scale)), float(exponent)
+            mapped_std = np.sqrt(scale * raw_v[ok] ** exponent)
+            exact_std = np.sqrt(ex_v[ok])
+            rel = np.abs(mapped_std - exact_std) / exact_std
+            report.variance_scale = scale
+            report.variance_exponent = exponent
+            report.variance_spearman = float(scipy.stats.spearmanr(mapped_std, exact_std)[0])
+            report.variance_relative_error_median = float(np.median(rel))
+            report.variance_relative_error_p90 = float(np.percentile(rel, 90))
+    report.build_seconds = time.perf_counter() - t0
+    core.set_maps(pairs + triplets, scale, exponent, report.to_json())
+    log.info("mapped GP: %s", report.summary())
+    return report
