@@ -293,20 +293,26 @@ PYBIND11_MODULE(_core, m) {
           py::arg("type"), py::arg("descriptors"),
           "Exact GP mean phi and d(phi)/d(edges) of bare clusters (n, dim) of one type.")
       .def(
-          "cluster_gradient_variances",
-          [](const Model& mdl, int type, const DoubleArray& d_in) {
-            int dim = 0;
-            const DoubleArray d = descriptors(d_in, dim);
-            const auto n = static_cast<py::ssize_t>(d.shape(0));
-            py::array_t<double> var({n, static_cast<py::ssize_t>(dim)});
-            {
-              py::gil_scoped_release release;
-              mdl.cluster_gradient_variances(dim, type, d.data(), static_cast<int>(n), var.mutable_data());
+          "group_blocks",
+          [](const Model& mdl, int g) {
+            if (g < 0 || g >= mdl.n_groups()) throw otfgp::InputError("group index out of range");
+            const otfgp::LabelGroup& G = mdl.group(g);
+            py::dict out;
+            for (const auto& [name, blk] : {std::pair<const char*, const otfgp::KernelBlock*>{"two", &G.two},
+                                            {"three", &G.three}}) {
+              const auto k = static_cast<py::ssize_t>(blk->size());
+              py::array_t<int> type(k);
+              std::copy(blk->type.begin(), blk->type.end(), type.mutable_data());
+              out[name] = py::make_tuple(
+                  type, to_array(blk->desc, {k, static_cast<py::ssize_t>(blk->dim)}),
+                  to_array(blk->coef, {k, static_cast<py::ssize_t>(blk->rows), static_cast<py::ssize_t>(1 + blk->dim)}));
             }
-            return var;
+            out["rows"] = G.rows;
+            return out;
           },
-          py::arg("type"), py::arg("descriptors"),
-          "Posterior variances of d(phi)/d(edge m) of bare clusters (n, dim) of one type.")
+          py::arg("group"),
+          "Clusters of a training label group per body order: (types, descriptors, coefficients "
+          "(clusters, rows, 1 + dim) of each row's functional of the cutoff-free cluster function).")
       .def(
           "triplet_permutations",
           [](const Model& mdl, int type) {
@@ -318,7 +324,7 @@ PYBIND11_MODULE(_core, m) {
           "Edge permutations under which the triplet function of a type is symmetric.")
       .def(
           "set_maps",
-          [](Model& mdl, const py::list& tables, double variance_scale, double variance_exponent,
+          [](Model& mdl, const py::list& tables, const std::optional<DoubleArray>& covariance,
              const std::string& info) {
             otfgp::Maps maps;
             for (const auto& item : tables) {
@@ -330,18 +336,16 @@ PYBIND11_MODULE(_core, m) {
               st.lo = t["lo"].cast<double>();
               st.hi = t["hi"].cast<double>();
               st.mean = as_vector(t["mean"].cast<DoubleArray>());
-              if (t.contains("variance") && !t["variance"].is_none())
-                st.variance = as_vector(t["variance"].cast<DoubleArray>());
+              if (t.contains("nv")) st.nv = t["nv"].cast<int>();
               maps.add(std::move(st), mdl.n_species());
             }
-            maps.variance_scale = variance_scale;
-            maps.variance_exponent = variance_exponent;
+            if (covariance) maps.set_covariance(as_vector(*covariance));
             maps.info = info;
             mdl.set_maps(std::move(maps));
           },
-          py::arg("tables"), py::arg("variance_scale") = 1.0, py::arg("variance_exponent") = 1.0,
-          py::arg("info") = "",
-          "Install spline tables: dicts with dim, type, n, lo, hi, mean and optional variance.")
+          py::arg("tables"), py::arg("covariance") = py::none(), py::arg("info") = "",
+          "Install spline tables (dicts with dim, type, n, lo, hi, mean and optional nv, the "
+          "variance-basis nodes) and optionally the joint covariance of the variance bases.")
       .def("clear_maps", &Model::clear_maps)
       .def_property_readonly(
           "maps",
@@ -357,19 +361,19 @@ PYBIND11_MODULE(_core, m) {
               d["lo"] = t.lo;
               d["hi"] = t.hi;
               d["mean"] = to_array(t.mean, {static_cast<py::ssize_t>(t.mean.size())});
-              d["variance"] = t.variance.empty()
-                                  ? py::object(py::none())
-                                  : py::object(to_array(t.variance, {static_cast<py::ssize_t>(t.variance.size())}));
+              d["nv"] = t.nv;
               tables.append(d);
             }
             py::dict out;
             out["tables"] = tables;
-            out["variance_scale"] = maps->variance_scale;
-            out["variance_exponent"] = maps->variance_exponent;
+            const auto size = static_cast<py::ssize_t>(maps->variance_size());
+            out["covariance"] = maps->has_variance()
+                                    ? py::object(to_array(maps->covariance(), {size, size}))
+                                    : py::object(py::none());
             out["info"] = maps->info;
             return out;
           },
-          "The installed maps (tables, variance_scale, info) or None.")
+          "The installed maps (tables, covariance, info) or None.")
       .def("save", [](const Model& mdl, const std::string& path) { otfgp::save_model(mdl, path); })
       .def_static("load", [](const std::string& path) { return otfgp::load_model(path); })
       .def("to_bytes", [](const Model& mdl) { return py::bytes(otfgp::serialize_model(mdl)); })

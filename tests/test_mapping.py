@@ -220,6 +220,40 @@ def test_bad_tables_are_rejected(al):
         model.map(tolerance=-1.0)
 
 
+def test_mapped_variance_matches_the_exact_variance(al):
+    gp, exact, report = al
+    assert report.variance_spearman > 0.95 and report.variance_relative_error_median < 0.1
+    rng = np.random.default_rng(21)
+    structures = [displaced_al(rng, amplitude=a) for a in (0.01, 0.03, 0.06, 0.09)] + _test_structures(22)
+    m = np.concatenate([gp.predict(s, variance="mapped").force_stds.ravel() for s in structures])
+    e = np.concatenate([exact.predict(s, variance="exact").force_stds.ravel() for s in structures])
+    assert np.all(m > 0)
+    rho = scipy.stats.spearmanr(m, e)[0]
+    rel = np.abs(m - e) / e
+    assert rho > 0.95, rho
+    assert np.median(rel) < 0.1 and np.percentile(rel, 90) < 0.3, (np.median(rel), np.percentile(rel, 90))
+    # Hotter structures: larger uncertainty.
+    per = [gp.predict(s, variance="mapped").force_stds.mean() for s in structures[:4]]
+    assert per == sorted(per)
+    # The exact variance stays available on a mapped model.
+    np.testing.assert_allclose(gp.predict(structures[0], variance="exact").force_variances,
+                               exact.predict(structures[0], variance="exact").force_variances, rtol=1e-10)
+
+
+def test_bad_variance_covariance_is_rejected(al):
+    gp, _, _ = al
+    maps = gp.core.maps
+    model = _al_model(n_cells=1, seed=4)
+    cov = np.array(maps["covariance"])
+    with pytest.raises(ValueError, match="entries"):
+        model.core.set_maps(maps["tables"], cov[:-1, :-1])
+    cov[0, 0] = np.inf
+    with pytest.raises(ValueError, match="NaN or inf"):
+        model.core.set_maps(maps["tables"], cov)
+    with pytest.raises(ValueError, match="variance basis"):
+        model.core.set_maps([{**t, "nv": 0} for t in maps["tables"]], np.array(maps["covariance"]))
+
+
 def test_calculator_uses_the_maps(al):
     gp, _, _ = al
     atoms = _test_structures(13)[0]

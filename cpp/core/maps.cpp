@@ -89,12 +89,6 @@ double evaluate(const SplineTable& t, const double* coef, const double* d, doubl
 
 }  // namespace
 
-std::size_t SplineTable::coefficients() const {
-  std::size_t c = 1;
-  for (int k = 0; k < dim; ++k) c *= static_cast<std::size_t>(n + 2);
-  return c;
-}
-
 bool SplineTable::contains(const double* d) const {
   for (int m = 0; m < dim; ++m)
     if (!(d[m] >= lo && d[m] <= hi)) return false;
@@ -113,34 +107,57 @@ void SplineTable::validate(int n_species) const {
   if (mean.size() != coefficients())
     throw InputError(what + ": expected " + std::to_string(coefficients()) + " mean coefficients, got " +
                      std::to_string(mean.size()));
-  if (!variance.empty() && variance.size() != coefficients() * dim)
-    throw InputError(what + ": variance coefficients have the wrong size");
-  for (const auto* v : {&mean, &variance})
-    for (double x : *v)
-      if (!std::isfinite(x)) throw InputError(what + ": coefficients contain NaN or inf");
+  if (nv != 0 && (nv < 4 || nv > 256)) throw InputError(what + ": the variance basis needs 4 to 256 nodes per axis");
+  for (double x : mean)
+    if (!std::isfinite(x)) throw InputError(what + ": coefficients contain NaN or inf");
 }
 
 void Maps::add(SplineTable t, int n_species) {
   t.validate(n_species);
+  covariance_.clear();  // its layout follows the tables
   for (auto& old : tables_)
     if (old.dim == t.dim && old.type == t.type) {
       old = std::move(t);
+      assign_offsets();
       return;
     }
   tables_.push_back(std::move(t));
+  assign_offsets();
+}
+
+void Maps::assign_offsets() {
+  std::size_t off = 0;
+  for (auto& t : tables_) {
+    t.offset = off;
+    off += t.variance_coefficients();
+  }
+}
+
+std::size_t Maps::variance_size() const {
+  std::size_t n = 0;
+  for (const auto& t : tables_) n += t.variance_coefficients();
+  return n;
+}
+
+void Maps::set_covariance(std::vector<double> c) {
+  const std::size_t n = variance_size();
+  if (n == 0) throw InputError("a variance covariance needs tables with a variance basis (nv > 0)");
+  for (const auto& t : tables_)
+    if (t.nv == 0) throw InputError("every table needs a variance basis when the covariance is set");
+  if (c.size() != n * n)
+    throw InputError("variance covariance must have " + std::to_string(n) + " x " + std::to_string(n) +
+                     " entries, got " + std::to_string(c.size()));
+  for (double x : c)
+    if (!std::isfinite(x)) throw InputError("variance covariance contains NaN or inf");
+  for (std::size_t i = 0; i < n; ++i)
+    if (c[i * n + i] < 0) throw InputError("variance covariance has a negative diagonal");
+  covariance_ = std::move(c);
 }
 
 const SplineTable* Maps::find(int dim, int type) const {
   for (const auto& t : tables_)
     if (t.dim == dim && t.type == type) return &t;
   return nullptr;
-}
-
-bool Maps::has_variance() const {
-  if (tables_.empty()) return false;
-  for (const auto& t : tables_)
-    if (t.variance.empty()) return false;
-  return true;
 }
 
 bool Maps::mean(const Cluster& c, double& phi, double* dphi) const {
@@ -150,12 +167,47 @@ bool Maps::mean(const Cluster& c, double& phi, double* dphi) const {
   return true;
 }
 
-bool Maps::gradient_variances(const Cluster& c, double* var) const {
+bool Maps::add_variance_functional(const Cluster& c, int rows, const double* coef, double* u,
+                                   std::vector<char>& mark, std::vector<int>& touched) const {
   const SplineTable* t = find(c.n_edges(), c.type);
-  if (!t || t->variance.empty() || !t->contains(c.d)) return false;
-  const std::size_t block = t->coefficients();
-  for (int m = 0; m < t->dim; ++m)
-    var[m] = std::max(0.0, evaluate(*t, t->variance.data() + m * block, c.d, nullptr));
+  if (!t || t->nv == 0 || !t->contains(c.d)) return false;
+  const int D = t->dim, N = t->nv + 2;
+  const double inv_h = (t->nv - 1) / (t->hi - t->lo);
+  const std::size_t size = variance_size();
+  AxisWeights ax[3];
+  for (int m = 0; m < D; ++m) ax[m] = axis_weights(c.d[m], t->lo, inv_h, t->nv);
+  auto touch = [&](std::size_t k) {
+    if (!mark[k]) {
+      mark[k] = 1;
+      touched.push_back(static_cast<int>(k));
+    }
+  };
+  if (D == 1) {
+    for (int a = 0; a < 4; ++a) {
+      const std::size_t k = t->offset + ax[0].first + a;
+      touch(k);
+      for (int r = 0; r < rows; ++r) {
+        const double* q = coef + r * 2;
+        u[r * size + k] += q[0] * ax[0].w[a] + q[1] * ax[0].dw[a];
+      }
+    }
+    return true;
+  }
+  for (int a = 0; a < 4; ++a)
+    for (int b = 0; b < 4; ++b)
+      for (int e = 0; e < 4; ++e) {
+        const std::size_t k = t->offset +
+            (static_cast<std::size_t>(ax[0].first + a) * N + (ax[1].first + b)) * N + (ax[2].first + e);
+        touch(k);
+        const double w = ax[0].w[a] * ax[1].w[b] * ax[2].w[e];
+        const double g0 = ax[0].dw[a] * ax[1].w[b] * ax[2].w[e];
+        const double g1 = ax[0].w[a] * ax[1].dw[b] * ax[2].w[e];
+        const double g2 = ax[0].w[a] * ax[1].w[b] * ax[2].dw[e];
+        for (int r = 0; r < rows; ++r) {
+          const double* q = coef + r * 4;
+          u[r * size + k] += q[0] * w + q[1] * g0 + q[2] * g1 + q[3] * g2;
+        }
+      }
   return true;
 }
 

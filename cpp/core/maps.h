@@ -1,10 +1,15 @@
 // Tabulated ("mapped") cluster functions: the GP mean phi of each species type as a uniform
-// cubic B-spline in the edge lengths (1-D for pairs, 3-D tensor product for triplets), plus
-// optional tables of the posterior variances of d(phi)/d(edge), the ingredients of the
-// mapped force uncertainty. Evaluating a table costs the same whatever the training-set size.
+// cubic B-spline in the edge lengths (1-D for pairs, 3-D tensor product for triplets).
+// Evaluating a table costs the same whatever the training-set size.
 //
-// The coefficients are fitted by the caller (Python); this file only stores and evaluates
-// them, so the energy is exactly the spline and the forces exactly its derivative.
+// Optionally also a reduced GP for the variance: the cutoff-free cluster function of every
+// type written in a coarser B-spline basis (nv nodes per axis over the same range), with
+// the joint posterior covariance of all those basis coefficients given the training data.
+// A force's variance is then u^T C u, where u is the force functional in that basis; the
+// cost depends on the basis size, not on the training set.
+//
+// Everything is fitted by the caller (Python); this file only stores and evaluates it, so
+// the energy is exactly the spline and the forces exactly its derivative.
 #pragma once
 #include <string>
 #include <vector>
@@ -21,15 +26,24 @@ struct SplineTable {
   // (n+2)^dim B-spline coefficients (axis-major, last axis fastest). A cubic spline through
   // n nodes has n+2 coefficients per axis; the two extra ones carry the end slopes.
   std::vector<double> mean;
-  // Empty, or dim blocks of (n+2)^dim coefficients: block m tabulates the posterior
-  // variance of d(phi)/d(edge m).
-  std::vector<double> variance;
+  // Nodes per axis of the variance basis (0: none); its coefficients start at `offset` in
+  // the joint covariance (set by Maps).
+  int nv = 0;
+  std::size_t offset = 0;
 
-  std::size_t coefficients() const;  // (n+2)^dim
+  std::size_t coefficients() const { return power(n); }   // (n+2)^dim
+  std::size_t variance_coefficients() const { return nv ? power(nv) : 0; }
   double step() const { return (hi - lo) / (n - 1); }
   bool contains(const double* d) const;
   // Throws InputError naming the problem (shape, range, non-finite values).
   void validate(int n_species) const;
+
+ private:
+  std::size_t power(int nodes) const {
+    std::size_t c = 1;
+    for (int k = 0; k < dim; ++k) c *= static_cast<std::size_t>(nodes + 2);
+    return c;
+  }
 };
 
 class Maps {
@@ -38,24 +52,31 @@ class Maps {
   void add(SplineTable t, int n_species);
   const std::vector<SplineTable>& tables() const { return tables_; }
   const SplineTable* find(int dim, int type) const;
-  // True if every table carries variance channels.
-  bool has_variance() const;
+  // True if every table has a variance basis and the covariance is set.
+  bool has_variance() const { return !covariance_.empty(); }
+  // Joint posterior covariance of all variance-basis coefficients (row-major, size^2, the
+  // tables' blocks in table order); validated against the tables.
+  void set_covariance(std::vector<double> c);
+  const std::vector<double>& covariance() const { return covariance_; }
+  std::size_t variance_size() const;
 
   // phi and d(phi)/d(edge) of c from its table; false (outputs untouched) if there is no
   // table for c's type or c lies outside the tabulated range.
   bool mean(const Cluster& c, double& phi, double* dphi) const;
-  // Posterior variances of d(phi)/d(edge m), clamped at zero; false as above.
-  bool gradient_variances(const Cluster& c, double* var) const;
+  // Adds the variance-basis representation of `rows` functionals of c's cutoff-free
+  // function, given per row the coefficients (a0, a_1..a_dim) of value and edge derivatives
+  // (as from fold_cutoff), into u[r * variance_size() + k]; appends newly touched k to
+  // `touched` (tracked by `mark`). False, adding nothing, if c lies outside its table.
+  bool add_variance_functional(const Cluster& c, int rows, const double* coef, double* u,
+                               std::vector<char>& mark, std::vector<int>& touched) const;
 
-  // Calibration of the mapped force variance, var = variance_scale * raw^variance_exponent
-  // (see Model::mapped_force_variance), and a free-form JSON report of how the maps were
-  // built; all stored in the model file.
-  double variance_scale = 1.0;
-  double variance_exponent = 1.0;
+  // Free-form JSON report of how the maps were built, stored in the model file.
   std::string info;
 
  private:
+  void assign_offsets();
   std::vector<SplineTable> tables_;
+  std::vector<double> covariance_;
 };
 
 }  // namespace otfgp

@@ -323,8 +323,12 @@ Prediction Model::predict(const Structure& s, VarianceMode variance) const {
     p.local_energy_variances.assign(n, nan);
     p.energy_variance = nan;
     p.stress_variances.fill(nan);
-#pragma omp parallel for schedule(dynamic, 8)
-    for (int t = 0; t < n; ++t) mapped_force_variance(cs, t, t, &p.force_variances[3 * t]);
+#pragma omp parallel
+    {
+      VarianceScratch scratch(maps_->variance_size());
+#pragma omp for schedule(dynamic, 8)
+      for (int t = 0; t < n; ++t) force_variance(cs, t, t, scratch, &p.force_variances[3 * t]);
+    }
     return p;
   }
 
@@ -400,49 +404,58 @@ void Model::cluster_means(int dim, int type, const double* d, int n, double* phi
   }
 }
 
-void Model::cluster_gradient_variances(int dim, int type, const double* d, int n, double* var) const {
-  if (!trained_) throw NotTrainedError("the model is not trained");
-  check_descriptors(dim, type, d, n, n_species(), dim == 1 ? cutoff2_ : cutoff3_);
-  const double rc = dim == 1 ? cutoff2_ : cutoff3_;
-  const int ns = n_species();
-#pragma omp parallel for schedule(dynamic, 4)
-  for (int k = 0; k < n; ++k) {
-    // One group, one row per edge: row m is the functional d(phi)/d(edge m).
-    LabelGroup g;
-    g.rows = dim;
-    g.two = KernelBlock(1, dim);
-    g.three = KernelBlock(3, dim);
-    std::vector<double> w0(dim, 0.0), w(static_cast<std::size_t>(dim) * dim, 0.0);
-    for (int m = 0; m < dim; ++m) w[m * dim + m] = 1.0;
-    const double* dk = d + static_cast<std::size_t>(k) * dim;
-    KernelBlock& blk = dim == 1 ? g.two : g.three;
-    fold_cutoff(dim, rc, dk, dim, w0.data(), w.data(), blk.add(type, dk));
-    g.two.finalize(ns);
-    g.three.finalize(ns);
-    group_variances(g, var + static_cast<std::size_t>(k) * dim);
-  }
-}
-
-void Model::cluster_variance(const Cluster& c, double* var) const {
-  if (maps_ && maps_->gradient_variances(c, var)) return;
-  cluster_gradient_variances(c.n_edges(), c.type, c.d, 1, var);
-}
-
-void Model::mapped_force_variance(const ClusterSet& cs, int row, int key, double* out) const {
-  double acc[3] = {0.0, 0.0, 0.0};
+void Model::force_variance(const ClusterSet& cs, int row, int key, VarianceScratch& sc,
+                           double* out) const {
+  const Maps& maps = *maps_;
+  const std::size_t size = maps.variance_size();
+  bool inside = true;
+  // Force rows: -d(cluster energy)/dx_key, folded with the cutoff onto the cutoff-free
+  // function that the variance basis represents (as atom_group does for the exact GP).
   auto visit = [&](const Cluster& c) {
-    double var[3];
-    cluster_variance(c, var);
-    for (int m = 0; m < c.n_edges(); ++m) {
+    if (!inside) return;
+    const int ne = c.n_edges();
+    double w0[3] = {0.0, 0.0, 0.0}, w[9] = {}, coef[12] = {};
+    const double inv_mult = 1.0 / c.multiplicity(key);
+    for (int m = 0; m < ne; ++m) {
       double g[3];
       c.edge_gradient(m, key, g);
-      for (int t = 0; t < 3; ++t) acc[t] += var[m] * g[t] * g[t];
+      for (int r = 0; r < 3; ++r) w[r * ne + m] = -g[r] * inv_mult;
     }
+    fold_cutoff(ne, ne == 1 ? cutoff2_ : cutoff3_, c.d, 3, w0, w, coef);
+    inside = maps.add_variance_functional(c, 3, coef, sc.u.data(), sc.mark, sc.touched);
   };
   for (int k = cs.pair_offsets[row]; k < cs.pair_offsets[row + 1]; ++k) visit(cs.pairs[k]);
   for (int k = cs.triplet_offsets[row]; k < cs.triplet_offsets[row + 1]; ++k) visit(cs.triplets[k]);
-  for (int t = 0; t < 3; ++t)
-    out[t] = acc[t] > 0 ? maps_->variance_scale * std::pow(acc[t], maps_->variance_exponent) : 0.0;
+  const double* u0 = sc.u.data();
+  const double* u1 = u0 + size;
+  const double* u2 = u1 + size;
+  if (inside) {
+    // u^T C u over the touched basis entries only, in index order so that the rows of C
+    // are read front to back (the matrix does not fit in cache).
+    std::sort(sc.touched.begin(), sc.touched.end());
+    const double* C = maps.covariance().data();
+    double acc[3] = {0.0, 0.0, 0.0};
+    for (int i : sc.touched) {
+      const double* Ci = C + static_cast<std::size_t>(i) * size;
+      double s0 = 0.0, s1 = 0.0, s2 = 0.0;
+      for (int j : sc.touched) {
+        s0 += Ci[j] * u0[j];
+        s1 += Ci[j] * u1[j];
+        s2 += Ci[j] * u2[j];
+      }
+      acc[0] += u0[i] * s0;
+      acc[1] += u1[i] * s1;
+      acc[2] += u2[i] * s2;
+    }
+    for (int t = 0; t < 3; ++t) out[t] = std::max(0.0, acc[t]);
+  }
+  for (int k : sc.touched) {
+    sc.mark[k] = 0;
+    for (int r = 0; r < 3; ++r) sc.u[r * size + k] = 0.0;
+  }
+  sc.touched.clear();
+  // A cluster outside the tables (shorter than any training distance): exact for this atom.
+  if (!inside) group_variances(atom_group(cs, row, key, cutoff2_, cutoff3_, false, n_species()), out);
 }
 
 void Model::set_maps(Maps maps) {
@@ -455,9 +468,6 @@ void Model::set_maps(Maps maps) {
       throw InputError("a spline table must end at the cutoff " + std::to_string(rc) + ", not " +
                        std::to_string(t.hi));
   }
-  if (!std::isfinite(maps.variance_scale) || !(maps.variance_scale > 0) ||
-      !std::isfinite(maps.variance_exponent) || !(maps.variance_exponent > 0))
-    throw InputError("the variance calibration factor and exponent must be positive and finite");
   maps_ = std::move(maps);
 }
 
@@ -544,9 +554,13 @@ LocalPrediction Model::predict_local(const LocalEnvironments& env, bool mean, Va
     if (!maps_ || !maps_->has_variance())
       throw InputError("the model has no variance maps: map it with variance, or ask for the exact variance");
     out.force_variances.assign(3 * static_cast<std::size_t>(n), 0.0);
-#pragma omp parallel for schedule(dynamic, 8)
-    for (int row = 0; row < n; ++row)
-      mapped_force_variance(cs, row, env.centre_keys[row], &out.force_variances[3 * row]);
+#pragma omp parallel
+    {
+      VarianceScratch scratch(maps_->variance_size());
+#pragma omp for schedule(dynamic, 8)
+      for (int row = 0; row < n; ++row)
+        force_variance(cs, row, env.centre_keys[row], scratch, &out.force_variances[3 * row]);
+    }
   } else if (variance == VarianceMode::kExact) {
     out.force_variances.assign(3 * static_cast<std::size_t>(n), 0.0);
 #pragma omp parallel for schedule(dynamic, 1)

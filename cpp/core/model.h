@@ -54,6 +54,14 @@ struct LabelGroup {
   KernelBlock two{1, 0}, three{3, 0};
 };
 
+// Per-thread work space of the mapped variance: force functionals in the variance basis.
+struct VarianceScratch {
+  std::vector<double> u;     // 3 x basis size
+  std::vector<char> mark;    // basis entries in use
+  std::vector<int> touched;  // their indices
+  explicit VarianceScratch(std::size_t size) : u(3 * size, 0.0), mark(size, 0) {}
+};
+
 struct Prediction {
   double energy = 0.0;
   std::vector<double> forces;          // n_atoms * 3
@@ -107,6 +115,7 @@ class Model {
   int n_labels() const { return static_cast<int>(labels_.size()); }
   int n_force_environments() const;
   int group_row_offset(int g) const { return group_offsets_.at(g); }
+  const LabelGroup& group(int g) const { return groups_.at(g); }
   const std::vector<double>& labels() const { return labels_; }
   const std::vector<int>& row_kinds() const { return row_kinds_; }
   const std::vector<int>& row_structures() const { return row_structures_; }
@@ -137,8 +146,6 @@ class Model {
   // (edge lengths, dim = 1 for pairs and 3 for triplets; any lengths in (0, cutoff], they
   // need not form a triangle), n clusters, OpenMP-parallel. These are what maps tabulate.
   void cluster_means(int dim, int type, const double* d, int n, double* phi, double* dphi) const;
-  // Posterior (latent) variance of d(phi)/d(edge m) for each cluster: n x dim.
-  void cluster_gradient_variances(int dim, int type, const double* d, int n, double* var) const;
 
   // Tabulated mean and variance (see maps.h). set_maps checks that the tables fit the model
   // (types, upper ends at the cutoffs); any new solution drops the maps, which would be stale.
@@ -157,11 +164,10 @@ class Model {
   void cluster_mean(const Cluster& c, double& phi, double* dphi) const;
   // The same from the maps where they cover c, else exact.
   void cluster_energy(const Cluster& c, double& phi, double* dphi) const;
-  // Posterior variances of d(phi)/d(edge) of c: from the maps where they cover c, else exact.
-  void cluster_variance(const Cluster& c, double* var) const;
-  // Mapped force variance of the centre of row `row` (key `key`): sum over its clusters of
-  // the edge-gradient variances times the squared edge-length derivatives, calibrated.
-  void mapped_force_variance(const ClusterSet& cs, int row, int key, double* out) const;
+  // Force variances of the centre of row `row` (identity `key`): from the maps' reduced GP
+  // when all its clusters lie in the tables, else exactly.
+  void force_variance(const ClusterSet& cs, int row, int key, VarianceScratch& scratch,
+                      double* out) const;
   void append_groups(int structure_index);
 
   std::vector<int> atomic_numbers_;

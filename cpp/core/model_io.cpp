@@ -103,8 +103,6 @@ std::string serialize_model(const Model& m) {
   const Maps* maps = m.maps();
   w.put<std::uint8_t>(maps ? 1 : 0);
   if (maps) {
-    w.put(maps->variance_scale);
-    w.put(maps->variance_exponent);
     w.put_vec(std::vector<char>(maps->info.begin(), maps->info.end()));
     w.put<std::uint64_t>(maps->tables().size());
     for (const auto& t : maps->tables()) {
@@ -114,8 +112,9 @@ std::string serialize_model(const Model& m) {
       w.put(t.lo);
       w.put(t.hi);
       w.put_vec(t.mean);
-      w.put_vec(t.variance);
+      w.put<std::int32_t>(t.nv);
     }
+    w.put_vec(maps->covariance());
   }
 
   const std::string& payload = w.str();
@@ -182,8 +181,6 @@ Model deserialize_model(const std::string& bytes) {
     if (version >= 2 && r.get<std::uint8_t>() != 0) {
       if (!trained) throw ModelFileError("model file is corrupt: maps without a trained model");
       Maps maps;
-      maps.variance_scale = r.get<double>();
-      maps.variance_exponent = r.get<double>();
       const auto info = r.get_vec<char>(limit);
       maps.info.assign(info.begin(), info.end());
       const auto nt = r.get<std::uint64_t>();
@@ -196,9 +193,11 @@ Model deserialize_model(const std::string& bytes) {
         t.lo = r.get<double>();
         t.hi = r.get<double>();
         t.mean = r.get_vec<double>(limit);
-        t.variance = r.get_vec<double>(limit);
+        t.nv = r.get<std::int32_t>();
         maps.add(std::move(t), m.n_species());
       }
+      auto covariance = r.get_vec<double>(limit);
+      if (!covariance.empty()) maps.set_covariance(std::move(covariance));
       m.set_maps(std::move(maps));
     }
     if (!r.done()) throw ModelFileError("model file is corrupt: unexpected trailing data");

@@ -23,12 +23,16 @@ lower end (below the training data's shortest distance minus a margin) also fall
 the exact GP, so the mapped model is never wrong, only slower, there.
 
 Variance. The exact predictive variance of a force is a double sum over clusters of the
-posterior covariance and cannot be tabulated per cluster. The mapped variance keeps its
-per-cluster part: the posterior variance of d(phi)/d(edge) of every cluster (3-D tables of
-each edge derivative's variance, computed exactly on a coarser grid), summed with the
-squared edge-length derivatives, times one calibration factor fitted against the exact
-variance on the held-out environments. Its rank correlation and relative error against the
-exact variance are measured and reported; the exact variance stays available
+posterior covariance and cannot be tabulated per cluster (per-cluster variances, summed,
+miss that the data pin down sums of cluster energies, not each one: a loose bound). Instead
+the GP itself is reduced: the cutoff-free cluster function of every species type is written
+in a coarser B-spline basis interpolating its values at grid nodes (a structured-kernel-
+interpolation GP: the node values get the exact SE prior, nodes spaced <= ell/3 apart), and
+that finite GP is conditioned on the same labels with the same noise. The joint posterior
+covariance C of all basis coefficients is stored; the variance of any force is u^T C u with
+u the force's functional in the basis, so its per-atom cost depends on the basis, not on
+the training set. Its rank correlation and relative error against the exact variance are
+measured on the held-out environments and reported; the exact variance stays available
 (``variance="exact"``).
 """
 from __future__ import annotations
@@ -53,6 +57,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TOLERANCE = 5e-4
 #: Tabulated range starts this far below the shortest training distance (Angstrom).
 LOWER_MARGIN = 0.5
+#: Largest number of variance-basis coefficients over all triplet tables.
+VARIANCE_BASIS_LIMIT = 3000
 _FD_STEP = 1e-3  # Angstrom; central differences of the exact gradient (error ~1e-7 relative)
 
 
@@ -62,6 +68,7 @@ class MapReport:
 
     grid2: int = 0
     grid3: int = 0
+    grid2_variance: int = 0
     grid3_variance: int = 0
     lower2: float = 0.0
     lower3: float = 0.0
@@ -70,8 +77,6 @@ class MapReport:
     force_error_mean: float = float("nan")
     force_error_max: float = float("nan")
     energy_error_max_per_atom: float = float("nan")
-    variance_scale: float = float("nan")
-    variance_exponent: float = float("nan")
     variance_spearman: float = float("nan")
     variance_relative_error_median: float = float("nan")
     variance_relative_error_p90: float = float("nan")
@@ -115,20 +120,6 @@ def _slope_estimator(n: int, h: float) -> np.ndarray:
     E[n, :3] = np.array([-3.0, 4.0, -1.0]) / (2 * h)
     E[n + 1, n - 3:] = np.array([1.0, -4.0, 3.0]) / (2 * h)
     return E
-
-
-def _basis(n: int, lo: float, hi: float, x: np.ndarray) -> np.ndarray:
-    """Matrix B with spline values = B @ coefficients at points x (same convention as C++)."""
-    h = (hi - lo) / (n - 1)
-    u = (x - lo) / h
-    i = np.clip(np.floor(u).astype(int), 0, n - 2)
-    t = u - i
-    s = 1.0 - t
-    w = np.stack([s ** 3, 3 * t ** 3 - 6 * t ** 2 + 4, -3 * t ** 3 + 3 * t ** 2 + 3 * t + 1, t ** 3], axis=1) / 6
-    B = np.zeros((len(x), n + 2))
-    for k in range(4):
-        B[np.arange(len(x)), i + k] = w[:, k]
-    return B
 
 
 def _apply3(op: np.ndarray, data: np.ndarray) -> np.ndarray:
@@ -204,20 +195,113 @@ def _triplet_table(core: Any, type_: int, n: int, lo: float, hi: float) -> dict[
     return {"dim": 3, "type": type_, "n": n, "lo": lo, "hi": hi, "mean": coef.ravel()}
 
 
-def _variance_coefficients(core: Any, dim: int, type_: int, n_fine: int, n_coarse: int,
-                           lo: float, hi: float) -> np.ndarray:
-    """Variance channels on the coarse grid, re-expressed on the fine grid's coefficients."""
-    coarse = np.linspace(lo, hi, n_coarse)
-    fine = np.linspace(lo, hi, n_fine)
-    hc, hf = coarse[1] - coarse[0], fine[1] - fine[0]
-    Qc = _clamped_operator(n_coarse, hc) @ _slope_estimator(n_coarse, hc)
-    Qf = _clamped_operator(n_fine, hf) @ _slope_estimator(n_fine, hf)
-    resample = Qf @ _basis(n_coarse, lo, hi, fine) @ Qc  # coarse node values -> fine coefficients
+def _node_covariance(nodes: np.ndarray, perms: np.ndarray | None, sigma: float, ell: float) -> np.ndarray:
+    """sigma^2 sum_p exp(-|x_u - P_p x_v|^2 / 2 ell^2) between grid nodes x (the cutoff-free
+    SE kernel of the exact GP, summed over the type's edge permutations)."""
+    x = nodes if nodes.ndim == 2 else nodes[:, None]
+    K = np.zeros((len(x), len(x)))
+    for p in (perms if perms is not None else [np.arange(x.shape[1])]):
+        diff = x[:, None, :] - x[None, :, p]
+        K += np.exp(-np.einsum("uvk,uvk->uv", diff, diff) / (2 * ell * ell))
+    return sigma * sigma * K
+
+
+def _axis_weights(x: np.ndarray, lo: float, hi: float, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """First coefficient index, B-spline weights and their x-derivatives (same as C++)."""
+    h = (hi - lo) / (n - 1)
+    u = (x - lo) / h
+    i = np.clip(np.floor(u).astype(int), 0, n - 2)
+    t = u - i
+    s = 1.0 - t
+    w = np.stack([s ** 3, 3 * t ** 3 - 6 * t ** 2 + 4, -3 * t ** 3 + 3 * t ** 2 + 3 * t + 1, t ** 3], axis=1) / 6
+    dw = np.stack([-0.5 * s * s, 1.5 * t * t - 2 * t, -1.5 * t * t + t + 0.5, 0.5 * t * t], axis=1) / h
+    return i, w, dw
+
+
+def _functional_matrix(rows: np.ndarray, d: np.ndarray, a: np.ndarray, lo: float, hi: float,
+                       nv: int, n_rows: int) -> "scipy.sparse.csr_matrix":
+    """Sparse matrix of the functionals sum a0 S(d) + sum_m a_m dS/dd_m over basis coefficients."""
+    import scipy.sparse
+
+    dim = d.shape[1]
+    N = nv + 2
+    axes = [_axis_weights(d[:, m], lo, hi, nv) for m in range(dim)]
     if dim == 1:
-        var = core.cluster_gradient_variances(type_, coarse[:, None])[:, 0]
-        return resample @ var
-    var = _symmetric_grid(core, type_, coarse, "variance")
-    return np.concatenate([_apply3(resample, var[..., m]).ravel() for m in range(3)])
+        i, w, dw = axes[0]
+        vals = a[:, :1] * w + a[:, 1:2] * dw
+        cols = i[:, None] + np.arange(4)
+        size = N
+    else:
+        (ix, wx, dx), (iy, wy, dy), (iz, wz, dz) = axes
+        vals = (np.einsum("e,ea,eb,ec->eabc", a[:, 0], wx, wy, wz) + np.einsum("e,ea,eb,ec->eabc", a[:, 1], dx, wy, wz)
+                + np.einsum("e,ea,eb,ec->eabc", a[:, 2], wx, dy, wz) + np.einsum("e,ea,eb,ec->eabc", a[:, 3], wx, wy, dz))
+        r4 = np.arange(4)
+        cols = (((ix[:, None, None, None] + r4[:, None, None]) * N + (iy[:, None, None, None] + r4[None, :, None])) * N
+                + (iz[:, None, None, None] + r4[None, None, :]))
+        size = N ** 3
+    vals = vals.reshape(len(d), -1)
+    cols = cols.reshape(len(d), -1)
+    rr = np.repeat(rows, vals.shape[1])
+    return scipy.sparse.csr_matrix((vals.ravel(), (rr, cols.ravel())), shape=(n_rows, size))
+
+
+def _variance_covariance(gp: "GaussianProcess", tables: list[dict[str, Any]]) -> np.ndarray:
+    """Joint posterior covariance of the variance-basis coefficients of all tables, given the
+    training labels (sets each table's "nv" beforehand)."""
+    import scipy.linalg
+    import scipy.sparse
+
+    core = gp.core
+    hyp = gp.hyperparameters
+    n_rows = gp.n_labels
+    # Training functionals per table: (label row, descriptor, coefficients a0, a_1..a_dim).
+    entries: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+    for g in range(core.n_groups):
+        blocks = core.group_blocks(g)
+        off = core.group_row_offset(g)
+        for name, dim in (("two", 1), ("three", 3)):
+            types, desc, coef = blocks[name]
+            for t in np.unique(types):
+                sel = types == t
+                k, rows = int(sel.sum()), coef.shape[1]
+                entries.setdefault((dim, int(t)), []).append((
+                    np.repeat(off + np.arange(rows)[None, :], k, axis=0).ravel(),
+                    np.repeat(desc[sel], rows, axis=0),
+                    coef[sel].reshape(k * rows, dim + 1)))
+    prior_blocks, phis = [], []
+    for t in tables:
+        dim, nv, lo, hi = t["dim"], t["nv"], t["lo"], t["hi"]
+        nodes1 = np.linspace(lo, hi, nv)
+        h = nodes1[1] - nodes1[0]
+        Q = _clamped_operator(nv, h) @ _slope_estimator(nv, h)  # node values -> coefficients
+        if dim == 1:
+            K = _node_covariance(nodes1, None, hyp["sigma2"], hyp["ell2"])
+        else:
+            nodes = np.stack(np.meshgrid(nodes1, nodes1, nodes1, indexing="ij"), axis=-1).reshape(-1, 3)
+            perms = np.asarray(core.triplet_permutations(t["type"]), dtype=int)
+            K = _node_covariance(nodes, perms, hyp["sigma3"], hyp["ell3"])
+            Q = np.kron(np.kron(Q, Q), Q)
+        prior_blocks.append(Q @ K @ Q.T)
+        parts = entries.get((dim, t["type"]), [])
+        if parts:
+            rows = np.concatenate([p[0] for p in parts])
+            d = np.concatenate([p[1] for p in parts])
+            a = np.concatenate([p[2] for p in parts])
+            phis.append(_functional_matrix(rows, d, a, lo, hi, nv, n_rows))
+        else:
+            phis.append(scipy.sparse.csr_matrix((n_rows, prior_blocks[-1].shape[0])))
+    prior = scipy.linalg.block_diag(*prior_blocks)
+    Phi = scipy.sparse.hstack(phis).tocsr()
+    A = np.asarray(Phi @ prior)  # label-coefficient prior covariance
+    C = np.asarray(Phi @ A.T) + np.diag(gp._noise_diagonal(hyp))
+    L = scipy.linalg.cholesky((C + C.T) / 2, lower=True)
+    W = scipy.linalg.solve_triangular(L, A, lower=True)
+    post = prior - W.T @ W
+    return (post + post.T) / 2
+
+
+def _variance_nodes(span: float, ell: float, per_ell: float, lowest: int, highest: int) -> int:
+    return int(min(highest, max(lowest, np.ceil(span * per_ell / ell) + 1)))
 
 
 # ------------------------------------------------------------------ the build
@@ -273,17 +357,16 @@ def _force_deviation(gp: "GaussianProcess", structures: Sequence["Atoms"],
 
 def build_maps(gp: "GaussianProcess", tolerance: float = DEFAULT_TOLERANCE, variance: bool = True,
                heldout: Sequence["Atoms"] | None = None, grid2: int | None = None,
-               grid3: int | None = None, grid3_variance: int = 12, max_grid3: int = 64,
+               grid3: int | None = None, max_grid3: int = 64,
                max_grid2: int = 2048) -> MapReport:
     """Tabulate ``gp`` (see the module docstring) and install the maps in it.
 
     Args:
         tolerance: largest force-component deviation from the exact GP (eV/A) allowed on the
             held-out environments; grids are refined until it holds (or hit their maxima).
-        variance: also tabulate the reduced variance (calibrated on the held-out atoms).
+        variance: also build the reduced-GP variance (see the module docstring).
         heldout: structures to measure on; default: rattled copies of training structures.
         grid2, grid3: fixed grid sizes (nodes per axis) instead of the automatic choice.
-        grid3_variance: nodes per axis of the triplet variance tables.
     Returns:
         the :class:`MapReport`, also stored in the model (``gp.map_report``).
     """
@@ -353,39 +436,31 @@ def build_maps(gp: "GaussianProcess", tolerance: float = DEFAULT_TOLERANCE, vari
     report.grid2, report.grid3 = (n2 if rc2 else 0), (n3 if rc3 else 0)
     report.force_error_mean, report.force_error_max, report.energy_error_max_per_atom = mean_err, max_err, e_err
 
-    scale = exponent = 1.0
+    covariance = None
     if variance:
-        nv3 = min(grid3_variance, n3)
-        report.grid3_variance = nv3 if rc3 else 0
+        hyp = gp.hyperparameters
+        # Basis nodes <= ell/3 apart; the triplet bases are capped so that the joint
+        # covariance stays below ~3000^2 entries (coarser for many species).
+        cap3 = max(5, int(np.floor((VARIANCE_BASIS_LIMIT / max(1, len(triplets))) ** (1 / 3))) - 2)
         for t in pairs:
-            t["variance"] = _variance_coefficients(core, 1, t["type"], t["n"], min(64, t["n"]), t["lo"], t["hi"])
+            t["nv"] = _variance_nodes(t["hi"] - t["lo"], hyp["ell2"], 3.0, 8, 64)
         for t in triplets:
-            t["variance"] = _variance_coefficients(core, 3, t["type"], t["n"], nv3, t["lo"], t["hi"])
-        core.set_maps(pairs + triplets, 1.0, 1.0, "")
-        raw, exact_var = [], []
+            t["nv"] = _variance_nodes(t["hi"] - t["lo"], hyp["ell3"], 3.0, 5, cap3)
+        report.grid2_variance = pairs[0]["nv"] if pairs else 0
+        report.grid3_variance = triplets[0]["nv"] if triplets else 0
+        covariance = _variance_covariance(gp, pairs + triplets)
+        core.set_maps(pairs + triplets, covariance, "")
+        mapped_v, exact_v = [], []
         for atoms in structures:
-            raw.append(gp.predict(atoms, variance="mapped").force_variances.ravel())
-            exact_var.append(gp.predict(atoms, variance="exact").force_variances.ravel())
-        raw_v, ex_v = np.concatenate(raw), np.concatenate(exact_var)
-        ok = (raw_v > 0) & (ex_v > 0)
-        if ok.sum() >= 2:
-            # log(var_exact) ~ log(scale) + exponent * log(var_raw), least squares. The
-            # exponent absorbs that the per-cluster sum spans a narrower range than the
-            # exact variance (it misses the cross-cluster terms that data constrain).
-            x, y = np.log(raw_v[ok]), np.log(ex_v[ok])
-            exponent, log_scale = np.polyfit(x, y, 1) if np.ptp(x) > 0 else (1.0, float(np.mean(y - x)))
-            if not exponent > 0.2:  # degenerate fit (no spread): keep a plain scale
-                exponent, log_scale = 1.0, float(np.median(y - x))
-            scale, exponent = float(np.exp(log_scale)), float(exponent)
-            mapped_std = np.sqrt(scale * raw_v[ok] ** exponent)
-            exact_std = np.sqrt(ex_v[ok])
-            rel = np.abs(mapped_std - exact_std) / exact_std
-            report.variance_scale = scale
-            report.variance_exponent = exponent
-            report.variance_spearman = float(scipy.stats.spearmanr(mapped_std, exact_std)[0])
-            report.variance_relative_error_median = float(np.median(rel))
-            report.variance_relative_error_p90 = float(np.percentile(rel, 90))
+            mapped_v.append(gp.predict(atoms, variance="mapped").force_variances.ravel())
+            exact_v.append(gp.predict(atoms, variance="exact").force_variances.ravel())
+        m_std, e_std = np.sqrt(np.concatenate(mapped_v)), np.sqrt(np.concatenate(exact_v))
+        ok = e_std > 0
+        rel = np.abs(m_std[ok] - e_std[ok]) / e_std[ok]
+        report.variance_spearman = float(scipy.stats.spearmanr(m_std, e_std)[0])
+        report.variance_relative_error_median = float(np.median(rel))
+        report.variance_relative_error_p90 = float(np.percentile(rel, 90))
     report.build_seconds = time.perf_counter() - t0
-    core.set_maps(pairs + triplets, scale, exponent, report.to_json())
+    core.set_maps(pairs + triplets, covariance, report.to_json())
     log.info("mapped GP: %s", report.summary())
     return report
