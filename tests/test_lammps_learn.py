@@ -63,6 +63,7 @@ def _check_learning(workdir, output, n_envs_before=6):
     assert rows[-1, 4] == n_envs_before + calls  # one environment per call
     model = otfgp.GaussianProcess.load(workdir / "model.otfgp")
     assert model.n_training_environments == n_envs_before + calls  # the model file grew
+    assert model.mapped  # re-mapped after every retrain (map yes is the default)
     frames = sorted((workdir / "learn_out" / "dft").glob("frame_*.extxyz"))
     assert len(frames) == calls
     log = [json.loads(line) for line in (workdir / "learn_out" / "learn_log.jsonl").read_text().splitlines()]
@@ -129,6 +130,8 @@ def test_labeller_errors_are_lammps_errors(workdir, labeller, expected, nprocs):
     ("5 labeller mylabels:emt", "threshold"),
     ("5 threshold 0.02 labeller nocolon", "module:function"),
     ("5 threshold 0.02 labeller mylabels:emt bogus 1", "unknown keyword bogus"),
+    ("5 threshold 0.02 labeller mylabels:emt uncertainty maybe", "exact or mapped"),
+    ("5 threshold 0.02 labeller mylabels:emt map no uncertainty mapped", "needs map yes"),
 ])
 def test_bad_fix_arguments(workdir, fix_args, expected):
     text = INPUT.replace("5 threshold {threshold} labeller {labeller} output learn_out", fix_args)
