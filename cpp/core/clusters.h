@@ -56,6 +56,13 @@ ClusterSet build_clusters(const Structure& s, const NeighborList& nl, double cut
 ClusterSet build_clusters(const std::vector<int>& centre_keys, const std::vector<int>& key_species,
                           const NeighborList& nl, double cutoff2, double cutoff3, int n_species);
 
+// The clusters of one centre (row `row` of `nl`, identity key `key`) appended to pairs and
+// triplets; `near3` is scratch. Lets an MD code build clusters centre by centre in reused
+// buffers instead of materialising those of every atom at once.
+void append_row_clusters(int row, int key, const std::vector<int>& key_species, const NeighborList& nl,
+                         double cutoff2, double cutoff3, int n_species, std::vector<Cluster>& pairs,
+                         std::vector<Cluster>& triplets, std::vector<int>& near3);
+
 // Smallest interatomic distance accepted anywhere (Angstrom).
 constexpr double kMinDistance = 0.5;
 

@@ -516,57 +516,64 @@ LocalPrediction Model::predict_local(const LocalEnvironments& env, bool mean, Va
     if (!(nb.d >= kMinDistance))
       throw InputError("two atoms are " + std::to_string(nb.d) + " Angstrom apart, closer than " +
                        std::to_string(kMinDistance) + " Angstrom (overlapping atoms or NaN positions)");
-  const ClusterSet cs =
-      build_clusters(env.centre_keys, env.key_species, env.neighbors, cutoff2_, cutoff3_, n_species());
+  if (variance == VarianceMode::kMapped && (!maps_ || !maps_->has_variance()))
+    throw InputError("the model has no variance maps: map it with variance, or ask for the exact variance");
   LocalPrediction out;
   const int ns = n_species();
   if (mean) {
     out.energies.assign(n, 0.0);
     out.forces.assign(3 * static_cast<std::size_t>(n), 0.0);
     out.virials.assign(6 * static_cast<std::size_t>(n), 0.0);
-    static constexpr int kVirial[6][2] = {{0, 0}, {1, 1}, {2, 2}, {0, 1}, {0, 2}, {1, 2}};
-#pragma omp parallel for schedule(dynamic, 8)
+  }
+  if (variance != VarianceMode::kNone) out.force_variances.assign(3 * static_cast<std::size_t>(n), 0.0);
+  static constexpr int kVirial[6][2] = {{0, 0}, {1, 1}, {2, 2}, {0, 1}, {0, 2}, {1, 2}};
+  // Clusters are built centre by centre into per-thread buffers that keep their capacity:
+  // materialising every atom's clusters at once cost a large allocation (and page faults)
+  // per MD step.
+#pragma omp parallel
+  {
+    ClusterSet cs;  // one centre at a time: row 0
+    cs.pair_offsets = {0, 0};
+    cs.triplet_offsets = {0, 0};
+    std::vector<int> near3;
+    std::optional<VarianceScratch> scratch;
+    if (variance == VarianceMode::kMapped) scratch.emplace(maps_->variance_size());
+#pragma omp for schedule(dynamic, 8)
     for (int row = 0; row < n; ++row) {
       const int key = env.centre_keys[row];
-      double e = energy_offsets_[env.key_species[key]];
-      double f[3] = {0, 0, 0}, w[6] = {0, 0, 0, 0, 0, 0};
-      auto visit = [&](const Cluster& c) {
-        double phi, dphi[3];
-        cluster_energy(c, phi, dphi);
-        e += phi / c.nv;
-        const double inv_mult = 1.0 / c.multiplicity(key);
-        for (int m = 0; m < c.n_edges(); ++m) {
-          double g[3];
-          c.edge_gradient(m, key, g);
-          for (int t = 0; t < 3; ++t) f[t] -= inv_mult * dphi[m] * g[t];
-          for (int v = 0; v < 6; ++v)
-            w[v] -= dphi[m] * c.edge[m][kVirial[v][0]] * c.edge[m][kVirial[v][1]] / (c.d[m] * c.nv);
-        }
-      };
-      for (int k = cs.pair_offsets[row]; k < cs.pair_offsets[row + 1]; ++k) visit(cs.pairs[k]);
-      for (int k = cs.triplet_offsets[row]; k < cs.triplet_offsets[row + 1]; ++k) visit(cs.triplets[k]);
-      out.energies[row] = e;
-      std::copy(f, f + 3, out.forces.begin() + 3 * row);
-      std::copy(w, w + 6, out.virials.begin() + 6 * row);
+      cs.pairs.clear();
+      cs.triplets.clear();
+      append_row_clusters(row, key, env.key_species, env.neighbors, cutoff2_, cutoff3_, ns, cs.pairs,
+                          cs.triplets, near3);
+      cs.pair_offsets[1] = static_cast<int>(cs.pairs.size());
+      cs.triplet_offsets[1] = static_cast<int>(cs.triplets.size());
+      if (mean) {
+        double e = energy_offsets_[env.key_species[key]];
+        double f[3] = {0, 0, 0}, w[6] = {0, 0, 0, 0, 0, 0};
+        auto visit = [&](const Cluster& c) {
+          double phi, dphi[3];
+          cluster_energy(c, phi, dphi);
+          e += phi / c.nv;
+          const double inv_mult = 1.0 / c.multiplicity(key);
+          for (int m = 0; m < c.n_edges(); ++m) {
+            double g[3];
+            c.edge_gradient(m, key, g);
+            for (int t = 0; t < 3; ++t) f[t] -= inv_mult * dphi[m] * g[t];
+            for (int v = 0; v < 6; ++v)
+              w[v] -= dphi[m] * c.edge[m][kVirial[v][0]] * c.edge[m][kVirial[v][1]] / (c.d[m] * c.nv);
+          }
+        };
+        for (const Cluster& c : cs.pairs) visit(c);
+        for (const Cluster& c : cs.triplets) visit(c);
+        out.energies[row] = e;
+        std::copy(f, f + 3, out.forces.begin() + 3 * row);
+        std::copy(w, w + 6, out.virials.begin() + 6 * row);
+      }
+      if (variance == VarianceMode::kMapped)
+        force_variance(cs, 0, key, *scratch, &out.force_variances[3 * row]);
+      else if (variance == VarianceMode::kExact)
+        group_variances(atom_group(cs, 0, key, cutoff2_, cutoff3_, false, ns), &out.force_variances[3 * row]);
     }
-  }
-  if (variance == VarianceMode::kMapped) {
-    if (!maps_ || !maps_->has_variance())
-      throw InputError("the model has no variance maps: map it with variance, or ask for the exact variance");
-    out.force_variances.assign(3 * static_cast<std::size_t>(n), 0.0);
-#pragma omp parallel
-    {
-      VarianceScratch scratch(maps_->variance_size());
-#pragma omp for schedule(dynamic, 8)
-      for (int row = 0; row < n; ++row)
-        force_variance(cs, row, env.centre_keys[row], scratch, &out.force_variances[3 * row]);
-    }
-  } else if (variance == VarianceMode::kExact) {
-    out.force_variances.assign(3 * static_cast<std::size_t>(n), 0.0);
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int row = 0; row < n; ++row)
-      group_variances(atom_group(cs, row, env.centre_keys[row], cutoff2_, cutoff3_, false, ns),
-                      &out.force_variances[3 * row]);
   }
   return out;
 }

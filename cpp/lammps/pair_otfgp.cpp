@@ -97,19 +97,22 @@ void PairOTFGP::set_model(std::unique_ptr<otfgp::Model> model) {
   map_types();
 }
 
-otfgp::LocalEnvironments PairOTFGP::environments() const {
+const otfgp::LocalEnvironments &PairOTFGP::environments() {
   // Identity keys by atom ID, so every periodic image of an atom shares one key (needed to
   // count an atom once when a small cell makes it its own neighbour).
   const double *const *x = atom->x;
   const int *type = atom->type;
   const tagint *tag = atom->tag;
   const int nall = atom->nlocal + atom->nghost;
-  otfgp::LocalEnvironments env;
-  std::unordered_map<tagint, int> key_of_tag;
-  key_of_tag.reserve(nall);
-  std::vector<int> key(nall);
+  otfgp::LocalEnvironments &env = env_;
+  env.key_species.clear();
+  env.neighbors.items.clear();
+  key_of_tag_.clear();
+  key_of_tag_.reserve(nall);
+  key_.resize(nall);
+  std::vector<int> &key = key_;
   for (int j = 0; j < nall; ++j) {
-    auto [it, inserted] = key_of_tag.emplace(tag[j], static_cast<int>(env.key_species.size()));
+    auto [it, inserted] = key_of_tag_.emplace(tag[j], static_cast<int>(env.key_species.size()));
     if (inserted) env.key_species.push_back(type_species_[type[j]]);
     key[j] = it->second;
   }

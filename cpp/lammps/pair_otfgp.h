@@ -9,6 +9,7 @@
 #pragma once
 
 #include <memory>
+#include <unordered_map>
 #include <string>
 #include <vector>
 
@@ -39,7 +40,9 @@ class PairOTFGP : public Pair {
   const std::vector<std::string> &type_symbols() const { return type_symbols_; }
 
  private:
-  otfgp::LocalEnvironments environments() const;
+  // The current neighbour list as the core's environments, in member buffers that keep
+  // their capacity from step to step (re-allocating them cost page faults every step).
+  const otfgp::LocalEnvironments &environments();
   void map_types();
 
   std::unique_ptr<otfgp::Model> model_;
@@ -47,6 +50,9 @@ class PairOTFGP : public Pair {
   std::vector<std::string> type_symbols_;  // per LAMMPS type (index 1..ntypes)
   std::vector<int> type_species_;          // per LAMMPS type: model species index
   double cutmax_ = 0.0;
+  otfgp::LocalEnvironments env_;
+  std::unordered_map<tagint, int> key_of_tag_;
+  std::vector<int> key_;
 };
 
 }  // namespace LAMMPS_NS
