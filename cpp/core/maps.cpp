@@ -5,6 +5,7 @@
 #include <string>
 
 #include "errors.h"
+#include "kernel_block.h"
 
 namespace otfgp {
 namespace {
@@ -118,18 +119,47 @@ void Maps::add(SplineTable t, int n_species) {
   for (auto& old : tables_)
     if (old.dim == t.dim && old.type == t.type) {
       old = std::move(t);
-      assign_offsets();
+      assign_offsets(n_species);
       return;
     }
   tables_.push_back(std::move(t));
-  assign_offsets();
+  assign_offsets(n_species);
 }
 
-void Maps::assign_offsets() {
+void Maps::assign_offsets(int n_species) {
   std::size_t off = 0;
   for (auto& t : tables_) {
     t.offset = off;
-    off += t.variance_coefficients();
+    t.reduced.clear();
+    t.n_reduced = 0;
+    if (t.nv == 0) continue;
+    const int N = t.nv + 2;
+    const std::size_t total = t.power(t.nv);
+    t.reduced.assign(total, -1);
+    if (t.dim == 1) {
+      for (std::size_t k = 0; k < total; ++k) t.reduced[k] = static_cast<int>(k);
+      t.n_reduced = total;
+    } else {
+      // Orbit representative = smallest flat index among the permuted index triples;
+      // orbits are numbered in the order of their representatives.
+      const PermSet ps = allowed_permutations(3, t.type, n_species);
+      std::vector<int> rep(total);
+      for (std::size_t k = 0; k < total; ++k) {
+        const int idx[3] = {static_cast<int>(k / (N * N)), static_cast<int>((k / N) % N), static_cast<int>(k % N)};
+        std::size_t best = k;
+        for (int p = 0; p < ps.n; ++p) {
+          const std::size_t q = (static_cast<std::size_t>(idx[ps.map[p][0]]) * N + idx[ps.map[p][1]]) * N + idx[ps.map[p][2]];
+          best = std::min(best, q);
+        }
+        rep[k] = static_cast<int>(best);
+      }
+      int next = 0;
+      for (std::size_t k = 0; k < total; ++k)
+        if (rep[k] == static_cast<int>(k)) t.reduced[k] = next++;
+      for (std::size_t k = 0; k < total; ++k) t.reduced[k] = t.reduced[rep[k]];
+      t.n_reduced = static_cast<std::size_t>(next);
+    }
+    off += t.n_reduced;
   }
 }
 
@@ -167,8 +197,7 @@ bool Maps::mean(const Cluster& c, double& phi, double* dphi) const {
   return true;
 }
 
-bool Maps::add_variance_functional(const Cluster& c, int rows, const double* coef, double* u,
-                                   std::vector<char>& mark, std::vector<int>& touched) const {
+bool Maps::add_variance_functional(const Cluster& c, int rows, const double* coef, double* u) const {
   const SplineTable* t = find(c.n_edges(), c.type);
   if (!t || t->nv == 0 || !t->contains(c.d)) return false;
   const int D = t->dim, N = t->nv + 2;
@@ -176,38 +205,33 @@ bool Maps::add_variance_functional(const Cluster& c, int rows, const double* coe
   const std::size_t size = variance_size();
   AxisWeights ax[3];
   for (int m = 0; m < D; ++m) ax[m] = axis_weights(c.d[m], t->lo, inv_h, t->nv);
-  auto touch = [&](std::size_t k) {
-    if (!mark[k]) {
-      mark[k] = 1;
-      touched.push_back(static_cast<int>(k));
-    }
-  };
+  const int* reduced = t->reduced.data();
+  double* u_rows[3] = {u, u + size, u + 2 * size};
   if (D == 1) {
     for (int a = 0; a < 4; ++a) {
-      const std::size_t k = t->offset + ax[0].first + a;
-      touch(k);
-      for (int r = 0; r < rows; ++r) {
-        const double* q = coef + r * 2;
-        u[r * size + k] += q[0] * ax[0].w[a] + q[1] * ax[0].dw[a];
-      }
+      const std::size_t k = t->offset + reduced[ax[0].first + a];
+      for (int r = 0; r < rows; ++r) u_rows[r][k] += coef[r * 2] * ax[0].w[a] + coef[r * 2 + 1] * ax[0].dw[a];
     }
     return true;
   }
   for (int a = 0; a < 4; ++a)
-    for (int b = 0; b < 4; ++b)
-      for (int e = 0; e < 4; ++e) {
-        const std::size_t k = t->offset +
-            (static_cast<std::size_t>(ax[0].first + a) * N + (ax[1].first + b)) * N + (ax[2].first + e);
-        touch(k);
-        const double w = ax[0].w[a] * ax[1].w[b] * ax[2].w[e];
-        const double g0 = ax[0].dw[a] * ax[1].w[b] * ax[2].w[e];
-        const double g1 = ax[0].w[a] * ax[1].dw[b] * ax[2].w[e];
-        const double g2 = ax[0].w[a] * ax[1].w[b] * ax[2].dw[e];
-        for (int r = 0; r < rows; ++r) {
-          const double* q = coef + r * 4;
-          u[r * size + k] += q[0] * w + q[1] * g0 + q[2] * g1 + q[3] * g2;
-        }
+    for (int b = 0; b < 4; ++b) {
+      // Per (a, b): the weights of value and the three derivatives, already contracted with
+      // each row's coefficients, so the last axis costs 2 products per row.
+      const double wab = ax[0].w[a] * ax[1].w[b];
+      const double gab0 = ax[0].dw[a] * ax[1].w[b], gab1 = ax[0].w[a] * ax[1].dw[b];
+      double pw[3], pd[3];
+      for (int r = 0; r < rows; ++r) {
+        const double* q = coef + r * 4;
+        pw[r] = q[0] * wab + q[1] * gab0 + q[2] * gab1;  // multiplies w_z
+        pd[r] = q[3] * wab;                               // multiplies dw_z
       }
+      const int* red = reduced + (static_cast<std::size_t>(ax[0].first + a) * N + (ax[1].first + b)) * N + ax[2].first;
+      for (int e = 0; e < 4; ++e) {
+        const std::size_t k = t->offset + red[e];
+        for (int r = 0; r < rows; ++r) u_rows[r][k] += pw[r] * ax[2].w[e] + pd[r] * ax[2].dw[e];
+      }
+    }
   return true;
 }
 

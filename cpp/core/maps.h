@@ -26,19 +26,24 @@ struct SplineTable {
   // (n+2)^dim B-spline coefficients (axis-major, last axis fastest). A cubic spline through
   // n nodes has n+2 coefficients per axis; the two extra ones carry the end slopes.
   std::vector<double> mean;
-  // Nodes per axis of the variance basis (0: none); its coefficients start at `offset` in
-  // the joint covariance (set by Maps).
+  // Nodes per axis of the variance basis (0: none). Like species make the function
+  // symmetric under edge permutations, so its coefficients are too: the covariance holds
+  // one entry per permutation orbit, `reduced` maps each basis coefficient to its orbit's
+  // index, and the table's orbits start at `offset` in the joint covariance (set by Maps).
   int nv = 0;
   std::size_t offset = 0;
+  std::vector<int> reduced;
 
   std::size_t coefficients() const { return power(n); }   // (n+2)^dim
-  std::size_t variance_coefficients() const { return nv ? power(nv) : 0; }
+  std::size_t variance_coefficients() const { return n_reduced; }
   double step() const { return (hi - lo) / (n - 1); }
   bool contains(const double* d) const;
   // Throws InputError naming the problem (shape, range, non-finite values).
   void validate(int n_species) const;
 
  private:
+  friend class Maps;
+  std::size_t n_reduced = 0;
   std::size_t power(int nodes) const {
     std::size_t c = 1;
     for (int k = 0; k < dim; ++k) c *= static_cast<std::size_t>(nodes + 2);
@@ -65,16 +70,15 @@ class Maps {
   bool mean(const Cluster& c, double& phi, double* dphi) const;
   // Adds the variance-basis representation of `rows` functionals of c's cutoff-free
   // function, given per row the coefficients (a0, a_1..a_dim) of value and edge derivatives
-  // (as from fold_cutoff), into u[r * variance_size() + k]; appends newly touched k to
-  // `touched` (tracked by `mark`). False, adding nothing, if c lies outside its table.
-  bool add_variance_functional(const Cluster& c, int rows, const double* coef, double* u,
-                               std::vector<char>& mark, std::vector<int>& touched) const;
+  // (as from fold_cutoff), into u[r * variance_size() + k]. False, adding nothing, if c
+  // lies outside its table.
+  bool add_variance_functional(const Cluster& c, int rows, const double* coef, double* u) const;
 
   // Free-form JSON report of how the maps were built, stored in the model file.
   std::string info;
 
  private:
-  void assign_offsets();
+  void assign_offsets(int n_species);
   std::vector<SplineTable> tables_;
   std::vector<double> covariance_;
 };

@@ -422,7 +422,7 @@ void Model::force_variance(const ClusterSet& cs, int row, int key, VarianceScrat
       for (int r = 0; r < 3; ++r) w[r * ne + m] = -g[r] * inv_mult;
     }
     fold_cutoff(ne, ne == 1 ? cutoff2_ : cutoff3_, c.d, 3, w0, w, coef);
-    inside = maps.add_variance_functional(c, 3, coef, sc.u.data(), sc.mark, sc.touched);
+    inside = maps.add_variance_functional(c, 3, coef, sc.u.data());
   };
   for (int k = cs.pair_offsets[row]; k < cs.pair_offsets[row + 1]; ++k) visit(cs.pairs[k]);
   for (int k = cs.triplet_offsets[row]; k < cs.triplet_offsets[row + 1]; ++k) visit(cs.triplets[k]);
@@ -430,30 +430,36 @@ void Model::force_variance(const ClusterSet& cs, int row, int key, VarianceScrat
   const double* u1 = u0 + size;
   const double* u2 = u1 + size;
   if (inside) {
-    // u^T C u over the touched basis entries only, in index order so that the rows of C
-    // are read front to back (the matrix does not fit in cache).
-    std::sort(sc.touched.begin(), sc.touched.end());
-    const double* C = maps.covariance().data();
-    double acc[3] = {0.0, 0.0, 0.0};
-    for (int i : sc.touched) {
-      const double* Ci = C + static_cast<std::size_t>(i) * size;
-      double s0 = 0.0, s1 = 0.0, s2 = 0.0;
-      for (int j : sc.touched) {
-        s0 += Ci[j] * u0[j];
-        s1 += Ci[j] * u1[j];
-        s2 += Ci[j] * u2[j];
-      }
-      acc[0] += u0[i] * s0;
-      acc[1] += u1[i] * s1;
-      acc[2] += u2[i] * s2;
+    // u^T C u over the basis entries the atom's clusters touch (gathered into compact
+    // arrays first); C is symmetric, so only j >= i is visited.
+    sc.index.clear();
+    sc.compact.clear();
+    for (std::size_t k = 0; k < size; ++k) {
+      if (u0[k] == 0.0 && u1[k] == 0.0 && u2[k] == 0.0) continue;
+      sc.index.push_back(static_cast<int>(k));
+      sc.compact.insert(sc.compact.end(), {u0[k], u1[k], u2[k]});
     }
-    for (int t = 0; t < 3; ++t) out[t] = std::max(0.0, acc[t]);
+    const double* C = maps.covariance().data();
+    const double* v = sc.compact.data();
+    const std::size_t nnz = sc.index.size();
+    double acc[3] = {0.0, 0.0, 0.0};
+    for (std::size_t a = 0; a < nnz; ++a) {
+      const double* Ci = C + static_cast<std::size_t>(sc.index[a]) * size;
+      const double cii = 0.5 * Ci[sc.index[a]];
+      double s0 = cii * v[3 * a], s1 = cii * v[3 * a + 1], s2 = cii * v[3 * a + 2];
+      for (std::size_t b = a + 1; b < nnz; ++b) {
+        const double cij = Ci[sc.index[b]];
+        s0 += cij * v[3 * b];
+        s1 += cij * v[3 * b + 1];
+        s2 += cij * v[3 * b + 2];
+      }
+      acc[0] += v[3 * a] * s0;
+      acc[1] += v[3 * a + 1] * s1;
+      acc[2] += v[3 * a + 2] * s2;
+    }
+    for (int t = 0; t < 3; ++t) out[t] = std::max(0.0, 2.0 * acc[t]);
   }
-  for (int k : sc.touched) {
-    sc.mark[k] = 0;
-    for (int r = 0; r < 3; ++r) sc.u[r * size + k] = 0.0;
-  }
-  sc.touched.clear();
+  std::fill(sc.u.begin(), sc.u.end(), 0.0);
   // A cluster outside the tables (shorter than any training distance): exact for this atom.
   if (!inside) group_variances(atom_group(cs, row, key, cutoff2_, cutoff3_, false, n_species()), out);
 }

@@ -7,6 +7,7 @@
 #include <array>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "clusters.h"
@@ -56,10 +57,10 @@ struct LabelGroup {
 
 // Per-thread work space of the mapped variance: force functionals in the variance basis.
 struct VarianceScratch {
-  std::vector<double> u;     // 3 x basis size
-  std::vector<char> mark;    // basis entries in use
-  std::vector<int> touched;  // their indices
-  explicit VarianceScratch(std::size_t size) : u(3 * size, 0.0), mark(size, 0) {}
+  std::vector<double> u;                  // 3 x basis size
+  std::vector<int> index;       // non-zero entries
+  std::vector<double> compact;  // their 3 values each
+  explicit VarianceScratch(std::size_t size) : u(3 * size, 0.0) {}
 };
 
 struct Prediction {

@@ -297,7 +297,27 @@ def _variance_covariance(gp: "GaussianProcess", tables: list[dict[str, Any]]) ->
     L = scipy.linalg.cholesky((C + C.T) / 2, lower=True)
     W = scipy.linalg.solve_triangular(L, A, lower=True)
     post = prior - W.T @ W
-    return (post + post.T) / 2
+    post = (post + post.T) / 2
+    # Symmetric functions have symmetric coefficients: keep one per permutation orbit (the
+    # core maps every coefficient to its orbit, cpp/core/maps.cpp).
+    keep, off = [], 0
+    for t, block in zip(tables, prior_blocks):
+        keep.append(off + _orbit_representatives(core, t))
+        off += block.shape[0]
+    keep = np.concatenate(keep)
+    return post[np.ix_(keep, keep)]
+
+
+def _orbit_representatives(core: Any, table: dict[str, Any]) -> np.ndarray:
+    """Sorted flat indices of the variance-basis coefficients that represent their orbit
+    under the type's edge permutations (all of them for pairs)."""
+    N = table["nv"] + 2
+    if table["dim"] == 1:
+        return np.arange(N)
+    idx = np.indices((N, N, N)).reshape(3, -1).T
+    perms = np.asarray(core.triplet_permutations(table["type"]), dtype=int)
+    codes = np.stack([(idx[:, p] * np.array([N * N, N, 1])).sum(axis=1) for p in perms]).min(axis=0)
+    return np.flatnonzero(codes == np.arange(len(idx)))
 
 
 def _variance_nodes(span: float, ell: float, per_ell: float, lowest: int, highest: int) -> int:
