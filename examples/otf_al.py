@@ -141,7 +141,7 @@ def main() -> None:
     print(f"  training environments: {summary['training_environments']}, "
           f"sigma_n {1000 * summary['hyperparameters']['noise_force']:.1f} meV/A")
     print(f"  wall time {w['total']:.0f} s: DFT {100 * f['dft']:.0f}%, training {100 * f['training']:.0f}%, "
-          f"prediction {100 * f['prediction']:.0f}%, MD {100 * f['md']:.1f}%")
+          f"mapping {100 * f.get('mapping', 0.0):.0f}%, prediction {100 * f['prediction']:.0f}%, MD {100 * f['md']:.1f}%")
     if test_result:
         print(f"  held-out liquid frames ({test_result['frames']} x 32 atoms, not in training): force MAE "
               f"{1000 * test_result['force_mae_eV_per_A']:.0f} meV/A, mean predicted std "

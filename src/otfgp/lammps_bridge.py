@@ -93,8 +93,7 @@ def learn(request: dict[str, Any]) -> bytes:
     _calls[key] = calls
     gp.train(optimize=calls <= int(opts.get("optimize_until_calls", 20)))
     if opts.get("map", 1):
-        report = gp.map(variance=bool(opts.get("map_variance", 0)))
-        log.info("re-mapped: %s", report.summary())
+        gp.map(variance=bool(opts.get("map_variance", 0)))  # logs its report
     gp.save(request["model_file"])
     out = Path(request["output_dir"])
     (out / "dft").mkdir(parents=True, exist_ok=True)

@@ -291,9 +291,8 @@ class OTF:
         self.timers.training += time.perf_counter() - t
         if o.map:
             t = time.perf_counter()
-            report = self.model.map(tolerance=o.map_tolerance, variance=o.uncertainty == "mapped")
+            self.model.map(tolerance=o.map_tolerance, variance=o.uncertainty == "mapped")  # logs its report
             self.timers.mapping += time.perf_counter() - t
-            log.info("re-mapped: %s", report.summary())
 
     def _uncertainty(self) -> np.ndarray:
         """Per-atom max force-component std at the current positions (eV/A)."""
