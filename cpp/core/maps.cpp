@@ -54,7 +54,9 @@ double evaluate(const SplineTable& t, const double* coef, const double* d, doubl
   const AxisWeights ay = axis_weights(d[1], t.lo, inv_h, t.n);
   const AxisWeights az = axis_weights(d[2], t.lo, inv_h, t.n);
   // Contract the last axis first (contiguous), then the middle, then the first.
-  double vx[4] = {}, gx[4] = {}, gy[4] = {}, gz[4] = {};
+  // Per first-axis index a: the value (vx), and the y- and z-derivatives (gy, gz); the
+  // x-derivative comes from vx with the derivative weights of the first axis.
+  double vx[4] = {}, gy[4] = {}, gz[4] = {};
   for (int a = 0; a < 4; ++a) {
     double vy = 0.0, vyz = 0.0, dy = 0.0;
     for (int b = 0; b < 4; ++b) {
@@ -71,12 +73,11 @@ double evaluate(const SplineTable& t, const double* coef, const double* d, doubl
     vx[a] = vy;
     gy[a] = dy;
     gz[a] = vyz;
-    gx[a] = vy;
   }
   double v = 0.0, g0 = 0.0, g1 = 0.0, g2 = 0.0;
   for (int a = 0; a < 4; ++a) {
     v += ax.w[a] * vx[a];
-    g0 += ax.dw[a] * gx[a];
+    g0 += ax.dw[a] * vx[a];
     g1 += ax.w[a] * gy[a];
     g2 += ax.w[a] * gz[a];
   }
