@@ -37,6 +37,10 @@ struct Cluster {
 // Pair type: index of the unordered species pair; triplet type: of the sorted triple.
 int pair_type(int a, int b, int n_species);
 int triplet_type(int a, int b, int c, int n_species);
+// Size of the type index space of one body order (dim 1: pairs, 3: triplets).
+inline int type_count(int dim, int n_species) {
+  return dim == 1 ? n_species * n_species : n_species * n_species * n_species;
+}
 
 struct ClusterSet {
   std::vector<Cluster> pairs, triplets;

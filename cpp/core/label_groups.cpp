@@ -22,6 +22,16 @@ void for_clusters(const ClusterSet& cs, int pb, int pe, int tb, int te, LabelGro
 
 }  // namespace
 
+void force_row_weights(const Cluster& c, int key, double* w) {
+  const int ne = c.n_edges();
+  const double inv_mult = 1.0 / c.multiplicity(key);
+  for (int m = 0; m < ne; ++m) {
+    double grad[3];
+    c.edge_gradient(m, key, grad);
+    for (int r = 0; r < 3; ++r) w[r * ne + m] = -grad[r] * inv_mult;
+  }
+}
+
 LabelGroup atom_group(const ClusterSet& cs, int row, int s, double rc2, double rc3,
                       bool local_energy, int n_species) {
   LabelGroup g;
@@ -33,12 +43,7 @@ LabelGroup atom_group(const ClusterSet& cs, int row, int s, double rc2, double r
     const int ne = c.n_edges();
     w.assign(static_cast<std::size_t>(g.rows) * ne, 0.0);
     std::fill(w0.begin(), w0.end(), 0.0);
-    const double inv_mult = 1.0 / c.multiplicity(s);
-    for (int m = 0; m < ne; ++m) {
-      double grad[3];
-      c.edge_gradient(m, s, grad);
-      for (int r = 0; r < 3; ++r) w[r * ne + m] = -grad[r] * inv_mult;
-    }
+    force_row_weights(c, s, w.data());
     if (local_energy) w0[3] = 1.0 / c.nv;
     add_cluster(blk, c, rc, w0, w);
   };

@@ -4,6 +4,10 @@
 
 namespace otfgp {
 
+// Weights of the 3 force rows of centre `key` on cluster c's edge derivatives:
+// w[r * n_edges + m] = -d(edge m)/dx_key[r] / multiplicity (a self-image counts once).
+void force_row_weights(const Cluster& c, int key, double* w);
+
 // Force components of atom s (3 rows: -dE/dx_s), optionally followed by its local energy.
 // Uses the copies centred at s; a copy that contains s at several vertices (a self-image
 // in a small periodic cell) is counted once, hence the 1/multiplicity.

@@ -101,8 +101,7 @@ void SplineTable::validate(int n_species) const {
   const std::string what = (dim == 1 ? "pair" : "triplet") + std::string(" table of type ") +
                            std::to_string(type);
   if (dim != 1 && dim != 3) throw InputError("spline table dimension must be 1 or 3");
-  const int ntypes = dim == 1 ? n_species * n_species : n_species * n_species * n_species;
-  if (type < 0 || type >= ntypes) throw InputError(what + ": species type out of range");
+  if (type < 0 || type >= type_count(dim, n_species)) throw InputError(what + ": species type out of range");
   if (n < 4 || n > 4096) throw InputError(what + ": needs 4 to 4096 grid nodes per axis");
   if (!std::isfinite(lo) || !std::isfinite(hi) || !(lo > 0) || !(hi > lo))
     throw InputError(what + ": invalid range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
@@ -162,12 +161,7 @@ void Maps::assign_offsets(int n_species) {
     }
     off += t.n_reduced;
   }
-}
-
-std::size_t Maps::variance_size() const {
-  std::size_t n = 0;
-  for (const auto& t : tables_) n += t.variance_coefficients();
-  return n;
+  variance_size_ = off;
 }
 
 void Maps::set_covariance(std::vector<double> c) {

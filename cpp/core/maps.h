@@ -63,7 +63,7 @@ class Maps {
   // tables' blocks in table order); validated against the tables.
   void set_covariance(std::vector<double> c);
   const std::vector<double>& covariance() const { return covariance_; }
-  std::size_t variance_size() const;
+  std::size_t variance_size() const { return variance_size_; }
 
   // phi and d(phi)/d(edge) of c from its table; false (outputs untouched) if there is no
   // table for c's type or c lies outside the tabulated range.
@@ -81,6 +81,7 @@ class Maps {
   void assign_offsets(int n_species);
   std::vector<SplineTable> tables_;
   std::vector<double> covariance_;
+  std::size_t variance_size_ = 0;  // sum of the tables' orbit counts (set by assign_offsets)
 };
 
 }  // namespace otfgp

@@ -316,8 +316,7 @@ Prediction Model::predict(const Structure& s, VarianceMode variance) const {
   if (variance == VarianceMode::kNone) return p;
   p.has_variance = true;
   if (variance == VarianceMode::kMapped) {
-    if (!maps_ || !maps_->has_variance())
-      throw InputError("the model has no variance maps: map it with variance, or ask for the exact variance");
+    require_variance_maps();
     const double nan = std::numeric_limits<double>::quiet_NaN();
     p.force_variances.assign(3 * static_cast<std::size_t>(n), 0.0);
     p.local_energy_variances.assign(n, nan);
@@ -383,8 +382,7 @@ Cluster descriptor_cluster(int dim, int type, const double* d) {
 
 void check_descriptors(int dim, int type, const double* d, int n, int n_species, double rc) {
   if (dim != 1 && dim != 3) throw InputError("cluster descriptors have 1 (pair) or 3 (triplet) edges");
-  const int ntypes = dim == 1 ? n_species * n_species : n_species * n_species * n_species;
-  if (type < 0 || type >= ntypes) throw InputError("cluster type out of range");
+  if (type < 0 || type >= type_count(dim, n_species)) throw InputError("cluster type out of range");
   if (!(rc > 0)) throw InputError("that body order is disabled in this model");
   for (long k = 0; k < static_cast<long>(n) * dim; ++k)
     if (!(d[k] > 0) || !(d[k] <= rc))
@@ -415,12 +413,7 @@ void Model::force_variance(const ClusterSet& cs, int row, int key, VarianceScrat
     if (!inside) return;
     const int ne = c.n_edges();
     double w0[3] = {0.0, 0.0, 0.0}, w[9] = {}, coef[12] = {};
-    const double inv_mult = 1.0 / c.multiplicity(key);
-    for (int m = 0; m < ne; ++m) {
-      double g[3];
-      c.edge_gradient(m, key, g);
-      for (int r = 0; r < 3; ++r) w[r * ne + m] = -g[r] * inv_mult;
-    }
+    force_row_weights(c, key, w);
     fold_cutoff(ne, ne == 1 ? cutoff2_ : cutoff3_, c.d, 3, w0, w, coef);
     inside = maps.add_variance_functional(c, 3, coef, sc.u.data());
   };
@@ -462,6 +455,11 @@ void Model::force_variance(const ClusterSet& cs, int row, int key, VarianceScrat
   std::fill(sc.u.begin(), sc.u.end(), 0.0);
   // A cluster outside the tables (shorter than any training distance): exact for this atom.
   if (!inside) group_variances(atom_group(cs, row, key, cutoff2_, cutoff3_, false, n_species()), out);
+}
+
+void Model::require_variance_maps() const {
+  if (!maps_ || !maps_->has_variance())
+    throw InputError("the model has no variance maps: map it with variance, or ask for the exact variance");
 }
 
 void Model::set_maps(Maps maps) {
@@ -522,8 +520,7 @@ LocalPrediction Model::predict_local(const LocalEnvironments& env, bool mean, Va
     if (!(nb.d >= kMinDistance))
       throw InputError("two atoms are " + std::to_string(nb.d) + " Angstrom apart, closer than " +
                        std::to_string(kMinDistance) + " Angstrom (overlapping atoms or NaN positions)");
-  if (variance == VarianceMode::kMapped && (!maps_ || !maps_->has_variance()))
-    throw InputError("the model has no variance maps: map it with variance, or ask for the exact variance");
+  if (variance == VarianceMode::kMapped) require_variance_maps();
   LocalPrediction out;
   const int ns = n_species();
   if (mean) {

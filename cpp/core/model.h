@@ -169,6 +169,8 @@ class Model {
   // when all its clusters lie in the tables, else exactly.
   void force_variance(const ClusterSet& cs, int row, int key, VarianceScratch& scratch,
                       double* out) const;
+  // InputError unless the model has maps with a variance basis.
+  void require_variance_maps() const;
   void append_groups(int structure_index);
 
   std::vector<int> atomic_numbers_;

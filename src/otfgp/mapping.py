@@ -127,28 +127,23 @@ def _apply3(op: np.ndarray, data: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ grid values
-def _symmetric_grid(core: Any, type_: int, nodes: np.ndarray, fn: str) -> np.ndarray:
-    """Exact values of a triplet quantity on the full grid nodes^3, evaluating one node per
-    orbit of the type's edge permutations. fn = "mean" gives phi (n, n, n); "variance"
-    gives the three edge-derivative variances (n, n, n, 3), permuted back per node."""
-    n = len(nodes)
+def _orbit_codes(core: Any, type_: int, n: int) -> np.ndarray:
+    """For every node of an n^3 grid (flat index, last axis fastest): the smallest flat index
+    among its images under the type's edge permutations, i.e. its orbit's representative.
+    The same rule as the core's (cpp/core/maps.cpp), so both number orbits alike."""
     perms = np.asarray(core.triplet_permutations(type_), dtype=int)
     idx = np.indices((n, n, n)).reshape(3, -1).T
-    codes = np.stack([(idx[:, p] * np.array([n * n, n, 1])).sum(axis=1) for p in perms])
-    which = np.argmin(codes, axis=0)
-    canon = codes[which, np.arange(len(idx))]
-    unique, inverse = np.unique(canon, return_inverse=True)
+    return np.stack([(idx[:, p] * np.array([n * n, n, 1])).sum(axis=1) for p in perms]).min(axis=0)
+
+
+def _symmetric_grid(core: Any, type_: int, nodes: np.ndarray) -> np.ndarray:
+    """Exact phi of a triplet type on the full grid nodes^3 (n, n, n), evaluating one node
+    per orbit of the type's edge permutations."""
+    n = len(nodes)
+    unique, inverse = np.unique(_orbit_codes(core, type_, n), return_inverse=True)
     reps = np.stack([unique // (n * n), (unique // n) % n, unique % n], axis=1)
-    d = nodes[reps]
-    if fn == "mean":
-        phi, _ = core.cluster_means(type_, d)
-        return phi[inverse].reshape(n, n, n)
-    var = core.cluster_gradient_variances(type_, d)[inverse]
-    # Node x = rep permuted: rep_m = x_{p(m)}; channel m at x is channel p^-1(m) at rep.
-    p = perms[which]
-    pinv = np.argsort(p, axis=1)
-    out = np.take_along_axis(var, pinv, axis=1)
-    return out.reshape(n, n, n, 3)
+    phi, _ = core.cluster_means(type_, nodes[reps])
+    return phi[inverse].reshape(n, n, n)
 
 
 def _pair_table(core: Any, type_: int, n: int, lo: float, hi: float) -> dict[str, Any]:
@@ -163,7 +158,7 @@ def _triplet_table(core: Any, type_: int, n: int, lo: float, hi: float) -> dict[
     nodes = np.linspace(lo, hi, n)
     h = nodes[1] - nodes[0]
     data = np.zeros((n + 2, n + 2, n + 2))
-    data[:n, :n, :n] = _symmetric_grid(core, type_, nodes, "mean")
+    data[:n, :n, :n] = _symmetric_grid(core, type_, nodes)
     # Slopes on the lower faces (index n along that axis); at the upper faces, slopes and
     # mixed derivatives vanish with the cutoff factor, so index n + 1 stays zero.
     grid2 = np.stack(np.meshgrid(nodes, nodes, indexing="ij"), axis=-1).reshape(-1, 2)
@@ -314,10 +309,7 @@ def _orbit_representatives(core: Any, table: dict[str, Any]) -> np.ndarray:
     N = table["nv"] + 2
     if table["dim"] == 1:
         return np.arange(N)
-    idx = np.indices((N, N, N)).reshape(3, -1).T
-    perms = np.asarray(core.triplet_permutations(table["type"]), dtype=int)
-    codes = np.stack([(idx[:, p] * np.array([N * N, N, 1])).sum(axis=1) for p in perms]).min(axis=0)
-    return np.flatnonzero(codes == np.arange(len(idx)))
+    return np.flatnonzero(_orbit_codes(core, table["type"], N) == np.arange(N ** 3))
 
 
 def _variance_nodes(span: float, ell: float, per_ell: float, lowest: int, highest: int) -> int:
