@@ -1,6 +1,7 @@
 #include "maps.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <string>
 
@@ -162,6 +163,9 @@ void Maps::assign_offsets(int n_species) {
     off += t.n_reduced;
   }
   variance_size_ = off;
+  for (int k = 0; k < 2; ++k) lookup_[k].assign(type_count(k == 0 ? 1 : 3, n_species), -1);
+  for (std::size_t i = 0; i < tables_.size(); ++i)
+    lookup_[tables_[i].dim == 1 ? 0 : 1][tables_[i].type] = static_cast<int>(i);
 }
 
 void Maps::set_covariance(std::vector<double> c) {
@@ -186,48 +190,149 @@ const SplineTable* Maps::find(int dim, int type) const {
 }
 
 bool Maps::mean(const Cluster& c, double& phi, double* dphi) const {
-  const SplineTable* t = find(c.n_edges(), c.type);
+  const SplineTable* t = table_of(c);
   if (!t || !t->contains(c.d)) return false;
   phi = evaluate(*t, t->mean.data(), c.d, dphi);
   return true;
 }
 
-bool Maps::add_variance_functional(const Cluster& c, int rows, const double* coef, double* u) const {
-  const SplineTable* t = find(c.n_edges(), c.type);
+const SplineTable* Maps::table_of(const Cluster& c) const {
+  const std::vector<int>& look = lookup_[c.nv == 2 ? 0 : 1];
+  if (c.type < 0 || c.type >= static_cast<int>(look.size()) || look[c.type] < 0) return nullptr;
+  return &tables_[look[c.type]];
+}
+
+namespace {
+// Full-grid coefficients of a table's variance basis: (nv + 2)^dim.
+std::size_t variance_grid_size(const SplineTable& t) {
+  std::size_t c = 1;
+  for (int k = 0; k < t.dim; ++k) c *= static_cast<std::size_t>(t.nv + 2);
+  return c;
+}
+constexpr int L = VarianceWorkspace::kLanes;
+// The three force rows (and a zero fourth lane) as one SIMD vector (GCC/Clang vector
+// extension); the unaligned variant reads and writes the work-space grid.
+typedef double Lanes __attribute__((vector_size(L * sizeof(double))));
+typedef double UnalignedLanes __attribute__((vector_size(L * sizeof(double)), aligned(sizeof(double))));
+inline void add_lanes(double* g, Lanes x) { *reinterpret_cast<UnalignedLanes*>(g) += x; }
+}  // namespace
+
+const VarianceWorkspace::Box VarianceWorkspace::kUntouched = {{INT_MAX, INT_MAX, INT_MAX}, {-1, -1, -1}};
+
+VarianceWorkspace::VarianceWorkspace(const Maps& maps) : maps_(&maps) {
+  std::size_t total = 0;
+  for (const auto& t : maps.tables()) {
+    grid_start_.push_back(total);
+    total += variance_grid_size(t);
+  }
+  grid_.assign(total * L, 0.0);
+  box_.assign(maps.tables().size(), kUntouched);
+  slot_.assign(maps.variance_size(), -1);
+}
+
+bool VarianceWorkspace::add(const Cluster& c, const double* coef) {
+  const SplineTable* t = maps_->table_of(c);
   if (!t || t->nv == 0 || !t->contains(c.d)) return false;
+  const std::size_t ti = static_cast<std::size_t>(t - maps_->tables().data());
   const int D = t->dim, N = t->nv + 2;
   const double inv_h = (t->nv - 1) / (t->hi - t->lo);
-  const std::size_t size = variance_size();
   AxisWeights ax[3];
-  for (int m = 0; m < D; ++m) ax[m] = axis_weights(c.d[m], t->lo, inv_h, t->nv);
-  const int* reduced = t->reduced.data();
-  double* u_rows[3] = {u, u + size, u + 2 * size};
+  Box& box = box_[ti];
+  for (int m = 0; m < D; ++m) {
+    ax[m] = axis_weights(c.d[m], t->lo, inv_h, t->nv);
+    box.lo[m] = std::min(box.lo[m], ax[m].first);
+    box.hi[m] = std::max(box.hi[m], ax[m].first + 3);
+  }
+  // q[m]: coefficient m of the three rows as the lanes of one vector (lane 3 stays zero).
+  Lanes q[4] = {};
+  for (int r = 0; r < 3; ++r)
+    for (int m = 0; m <= D; ++m) q[m][r] = coef[r * (D + 1) + m];
+  double* grid = grid_.data() + grid_start_[ti] * L;
   if (D == 1) {
-    for (int a = 0; a < 4; ++a) {
-      const std::size_t k = t->offset + reduced[ax[0].first + a];
-      for (int r = 0; r < rows; ++r) u_rows[r][k] += coef[r * 2] * ax[0].w[a] + coef[r * 2 + 1] * ax[0].dw[a];
-    }
+    double* g = grid + static_cast<std::size_t>(ax[0].first) * L;
+    for (int a = 0; a < 4; ++a) add_lanes(g + a * L, q[0] * ax[0].w[a] + q[1] * ax[0].dw[a]);
     return true;
   }
   for (int a = 0; a < 4; ++a)
     for (int b = 0; b < 4; ++b) {
-      // Per (a, b): the weights of value and the three derivatives, already contracted with
-      // each row's coefficients, so the last axis costs 2 products per row.
+      // Per (a, b): value and derivative weights contracted with each row's coefficients, so
+      // the last (contiguous) axis costs two vector products per entry.
       const double wab = ax[0].w[a] * ax[1].w[b];
       const double gab0 = ax[0].dw[a] * ax[1].w[b], gab1 = ax[0].w[a] * ax[1].dw[b];
-      double pw[3], pd[3];
-      for (int r = 0; r < rows; ++r) {
-        const double* q = coef + r * 4;
-        pw[r] = q[0] * wab + q[1] * gab0 + q[2] * gab1;  // multiplies w_z
-        pd[r] = q[3] * wab;                               // multiplies dw_z
-      }
-      const int* red = reduced + (static_cast<std::size_t>(ax[0].first + a) * N + (ax[1].first + b)) * N + ax[2].first;
-      for (int e = 0; e < 4; ++e) {
-        const std::size_t k = t->offset + red[e];
-        for (int r = 0; r < rows; ++r) u_rows[r][k] += pw[r] * ax[2].w[e] + pd[r] * ax[2].dw[e];
-      }
+      const Lanes pw = q[0] * wab + q[1] * gab0 + q[2] * gab1;  // multiplies w_z
+      const Lanes pd = q[3] * wab;                                // multiplies dw_z
+      double* g = grid + ((static_cast<std::size_t>(ax[0].first + a) * N + (ax[1].first + b)) * N + ax[2].first) * L;
+      for (int e = 0; e < 4; ++e) add_lanes(g + e * L, pw * ax[2].w[e] + pd * ax[2].dw[e]);
     }
   return true;
+}
+
+void VarianceWorkspace::fold(std::size_t ti) {
+  // Moves the touched box of table ti onto the orbits (summing permuted copies) and zeroes it.
+  const SplineTable& t = maps_->tables()[ti];
+  Box& box = box_[ti];
+  if (box.hi[0] < 0) return;
+  const int N = t.nv + 2;
+  int lo[3] = {0, 0, 0}, hi[3] = {0, 0, 0};
+  for (int m = 0; m < t.dim; ++m) {
+    lo[m] = box.lo[m];
+    hi[m] = box.hi[m];
+  }
+  double* grid = grid_.data() + grid_start_[ti] * L;
+  for (int a = lo[0]; a <= hi[0]; ++a)
+    for (int b = lo[1]; b <= hi[1]; ++b)
+      for (int e = lo[2]; e <= hi[2]; ++e) {
+        const std::size_t k = t.dim == 1 ? static_cast<std::size_t>(a)
+                                         : (static_cast<std::size_t>(a) * N + b) * N + e;
+        double* g = grid + k * L;
+        if (g[0] == 0.0 && g[1] == 0.0 && g[2] == 0.0) continue;
+        const int orbit = static_cast<int>(t.offset) + t.reduced[k];
+        int& s = slot_[orbit];
+        if (s < 0) {
+          s = static_cast<int>(index_.size());
+          index_.push_back(orbit);
+          compact_.insert(compact_.end(), L, 0.0);
+        }
+        for (int r = 0; r < L; ++r) {
+          compact_[static_cast<std::size_t>(s) * L + r] += g[r];
+          g[r] = 0.0;
+        }
+      }
+  box = kUntouched;
+}
+
+void VarianceWorkspace::finish(double out[3]) {
+  for (std::size_t ti = 0; ti < box_.size(); ++ti) fold(ti);
+  // u^T C u over the touched orbits; C is symmetric, so only pairs b >= a are visited.
+  const std::size_t size = maps_->variance_size();
+  const double* C = maps_->covariance().data();
+  const double* v = compact_.data();
+  const std::size_t nnz = index_.size();
+  alignas(32) double acc[L] = {};
+  for (std::size_t a = 0; a < nnz; ++a) {
+    const double* Ci = C + static_cast<std::size_t>(index_[a]) * size;
+    const double* va = v + a * L;
+    alignas(32) double s[L];
+    const double cii = 0.5 * Ci[index_[a]];
+    for (int r = 0; r < L; ++r) s[r] = cii * va[r];
+    for (std::size_t b = a + 1; b < nnz; ++b) {
+      const double cij = Ci[index_[b]];
+      const double* vb = v + b * L;
+      for (int r = 0; r < L; ++r) s[r] += cij * vb[r];
+    }
+    for (int r = 0; r < L; ++r) acc[r] += va[r] * s[r];
+  }
+  for (int r = 0; r < 3; ++r) out[r] = std::max(0.0, 2.0 * acc[r]);
+  for (int o : index_) slot_[o] = -1;
+  index_.clear();
+  compact_.clear();
+}
+
+void VarianceWorkspace::clear() {
+  for (std::size_t ti = 0; ti < box_.size(); ++ti) fold(ti);
+  for (int o : index_) slot_[o] = -1;
+  index_.clear();
+  compact_.clear();
 }
 
 }  // namespace otfgp

@@ -68,11 +68,8 @@ class Maps {
   // phi and d(phi)/d(edge) of c from its table; false (outputs untouched) if there is no
   // table for c's type or c lies outside the tabulated range.
   bool mean(const Cluster& c, double& phi, double* dphi) const;
-  // Adds the variance-basis representation of `rows` functionals of c's cutoff-free
-  // function, given per row the coefficients (a0, a_1..a_dim) of value and edge derivatives
-  // (as from fold_cutoff), into u[r * variance_size() + k]. False, adding nothing, if c
-  // lies outside its table.
-  bool add_variance_functional(const Cluster& c, int rows, const double* coef, double* u) const;
+  // The table of c's body order and type, or nullptr.
+  const SplineTable* table_of(const Cluster& c) const;
 
   // Free-form JSON report of how the maps were built, stored in the model file.
   std::string info;
@@ -80,8 +77,44 @@ class Maps {
  private:
   void assign_offsets(int n_species);
   std::vector<SplineTable> tables_;
+  std::vector<int> lookup_[2];  // table index by type, pairs and triplets (-1: none)
   std::vector<double> covariance_;
   std::size_t variance_size_ = 0;  // sum of the tables' orbit counts (set by assign_offsets)
+};
+
+// Per-thread work space of the mapped force variance of one atom: the three force-row
+// functionals u_r in the variance basis, accumulated cluster by cluster, then u_r^T C u_r.
+// Clusters are added on each table's full coefficient grid, with the three rows side by side
+// (padded to four lanes so the compiler vectorises over them) and without any index
+// indirection; only the box of grid entries the atom touched is then folded onto the
+// permutation orbits that C is written in. C is visited only at the touched orbits.
+class VarianceWorkspace {
+ public:
+  explicit VarianceWorkspace(const Maps& maps);
+  // Adds the three force-row functionals of c's cutoff-free function, given per row r the
+  // coefficients coef[r * (dim + 1) + m] of its value (m = 0) and edge derivatives (as from
+  // fold_cutoff). False, adding nothing, if c lies outside its table.
+  bool add(const Cluster& c, const double* coef);
+  // Writes u_r^T C u_r (r = 0, 1, 2) and clears the work space for the next atom.
+  void finish(double out[3]);
+  // Clears the work space without evaluating.
+  void clear();
+
+  static constexpr int kLanes = 4;
+
+ private:
+  struct Box {
+    int lo[3], hi[3];  // touched grid index range per axis; hi[0] < 0 when untouched
+  };
+  static const Box kUntouched;
+  void fold(std::size_t table);
+  const Maps* maps_;
+  std::vector<std::size_t> grid_start_;  // per table: its first entry in grid_ (coefficients)
+  std::vector<double> grid_;             // kLanes per full-grid coefficient of every table
+  std::vector<Box> box_;
+  std::vector<int> slot_;                // per orbit: its position among the touched, or -1
+  std::vector<int> index_;               // touched orbits
+  std::vector<double> compact_;          // kLanes per touched orbit (in index_ order)
 };
 
 }  // namespace otfgp

@@ -324,9 +324,9 @@ Prediction Model::predict(const Structure& s, VarianceMode variance) const {
     p.stress_variances.fill(nan);
 #pragma omp parallel
     {
-      VarianceScratch scratch(maps_->variance_size());
+      VarianceWorkspace work(*maps_);
 #pragma omp for schedule(dynamic, 8)
-      for (int t = 0; t < n; ++t) force_variance(cs, t, t, scratch, &p.force_variances[3 * t]);
+      for (int t = 0; t < n; ++t) force_variance(cs, t, t, work, &p.force_variances[3 * t]);
     }
     return p;
   }
@@ -402,59 +402,28 @@ void Model::cluster_means(int dim, int type, const double* d, int n, double* phi
   }
 }
 
-void Model::force_variance(const ClusterSet& cs, int row, int key, VarianceScratch& sc,
+void Model::force_variance(const ClusterSet& cs, int row, int key, VarianceWorkspace& work,
                            double* out) const {
-  const Maps& maps = *maps_;
-  const std::size_t size = maps.variance_size();
   bool inside = true;
   // Force rows: -d(cluster energy)/dx_key, folded with the cutoff onto the cutoff-free
   // function that the variance basis represents (as atom_group does for the exact GP).
   auto visit = [&](const Cluster& c) {
-    if (!inside) return;
     const int ne = c.n_edges();
     double w0[3] = {0.0, 0.0, 0.0}, w[9] = {}, coef[12] = {};
     force_row_weights(c, key, w);
     fold_cutoff(ne, ne == 1 ? cutoff2_ : cutoff3_, c.d, 3, w0, w, coef);
-    inside = maps.add_variance_functional(c, 3, coef, sc.u.data());
+    return work.add(c, coef);
   };
-  for (int k = cs.pair_offsets[row]; k < cs.pair_offsets[row + 1]; ++k) visit(cs.pairs[k]);
-  for (int k = cs.triplet_offsets[row]; k < cs.triplet_offsets[row + 1]; ++k) visit(cs.triplets[k]);
-  const double* u0 = sc.u.data();
-  const double* u1 = u0 + size;
-  const double* u2 = u1 + size;
+  for (int k = cs.pair_offsets[row]; inside && k < cs.pair_offsets[row + 1]; ++k) inside = visit(cs.pairs[k]);
+  for (int k = cs.triplet_offsets[row]; inside && k < cs.triplet_offsets[row + 1]; ++k)
+    inside = visit(cs.triplets[k]);
   if (inside) {
-    // u^T C u over the basis entries the atom's clusters touch (gathered into compact
-    // arrays first); C is symmetric, so only j >= i is visited.
-    sc.index.clear();
-    sc.compact.clear();
-    for (std::size_t k = 0; k < size; ++k) {
-      if (u0[k] == 0.0 && u1[k] == 0.0 && u2[k] == 0.0) continue;
-      sc.index.push_back(static_cast<int>(k));
-      sc.compact.insert(sc.compact.end(), {u0[k], u1[k], u2[k]});
-    }
-    const double* C = maps.covariance().data();
-    const double* v = sc.compact.data();
-    const std::size_t nnz = sc.index.size();
-    double acc[3] = {0.0, 0.0, 0.0};
-    for (std::size_t a = 0; a < nnz; ++a) {
-      const double* Ci = C + static_cast<std::size_t>(sc.index[a]) * size;
-      const double cii = 0.5 * Ci[sc.index[a]];
-      double s0 = cii * v[3 * a], s1 = cii * v[3 * a + 1], s2 = cii * v[3 * a + 2];
-      for (std::size_t b = a + 1; b < nnz; ++b) {
-        const double cij = Ci[sc.index[b]];
-        s0 += cij * v[3 * b];
-        s1 += cij * v[3 * b + 1];
-        s2 += cij * v[3 * b + 2];
-      }
-      acc[0] += v[3 * a] * s0;
-      acc[1] += v[3 * a + 1] * s1;
-      acc[2] += v[3 * a + 2] * s2;
-    }
-    for (int t = 0; t < 3; ++t) out[t] = std::max(0.0, 2.0 * acc[t]);
+    work.finish(out);
+    return;
   }
-  std::fill(sc.u.begin(), sc.u.end(), 0.0);
   // A cluster outside the tables (shorter than any training distance): exact for this atom.
-  if (!inside) group_variances(atom_group(cs, row, key, cutoff2_, cutoff3_, false, n_species()), out);
+  work.clear();
+  group_variances(atom_group(cs, row, key, cutoff2_, cutoff3_, false, n_species()), out);
 }
 
 void Model::require_variance_maps() const {
@@ -539,8 +508,8 @@ LocalPrediction Model::predict_local(const LocalEnvironments& env, bool mean, Va
     cs.pair_offsets = {0, 0};
     cs.triplet_offsets = {0, 0};
     std::vector<int> near3;
-    std::optional<VarianceScratch> scratch;
-    if (variance == VarianceMode::kMapped) scratch.emplace(maps_->variance_size());
+    std::optional<VarianceWorkspace> work;
+    if (variance == VarianceMode::kMapped) work.emplace(*maps_);
 #pragma omp for schedule(dynamic, 8)
     for (int row = 0; row < n; ++row) {
       const int key = env.centre_keys[row];
@@ -573,7 +542,7 @@ LocalPrediction Model::predict_local(const LocalEnvironments& env, bool mean, Va
         std::copy(w, w + 6, out.virials.begin() + 6 * row);
       }
       if (variance == VarianceMode::kMapped)
-        force_variance(cs, 0, key, *scratch, &out.force_variances[3 * row]);
+        force_variance(cs, 0, key, *work, &out.force_variances[3 * row]);
       else if (variance == VarianceMode::kExact)
         group_variances(atom_group(cs, 0, key, cutoff2_, cutoff3_, false, ns), &out.force_variances[3 * row]);
     }

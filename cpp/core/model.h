@@ -55,14 +55,6 @@ struct LabelGroup {
   KernelBlock two{1, 0}, three{3, 0};
 };
 
-// Per-thread work space of the mapped variance: force functionals in the variance basis.
-struct VarianceScratch {
-  std::vector<double> u;                  // 3 x basis size
-  std::vector<int> index;       // non-zero entries
-  std::vector<double> compact;  // their 3 values each
-  explicit VarianceScratch(std::size_t size) : u(3 * size, 0.0) {}
-};
-
 struct Prediction {
   double energy = 0.0;
   std::vector<double> forces;          // n_atoms * 3
@@ -167,7 +159,7 @@ class Model {
   void cluster_energy(const Cluster& c, double& phi, double* dphi) const;
   // Force variances of the centre of row `row` (identity `key`): from the maps' reduced GP
   // when all its clusters lie in the tables, else exactly.
-  void force_variance(const ClusterSet& cs, int row, int key, VarianceScratch& scratch,
+  void force_variance(const ClusterSet& cs, int row, int key, VarianceWorkspace& work,
                       double* out) const;
   // InputError unless the model has maps with a variance basis.
   void require_variance_maps() const;

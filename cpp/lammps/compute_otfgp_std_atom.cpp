@@ -20,6 +20,9 @@ ComputeOTFGPStdAtom::ComputeOTFGPStdAtom(LAMMPS *lmp, int narg, char **arg) : Co
     error->all(FLERR, "compute otfgp/std/atom takes no arguments or the keyword exact");
   peratom_flag = 1;
   size_peratom_cols = 4;
+  // LAMMPS then records the steps on which output will invoke this compute, so the pair
+  // style can compute the variances in its force pass on those steps (PairOTFGP::compute).
+  timeflag = 1;
 }
 
 ComputeOTFGPStdAtom::~ComputeOTFGPStdAtom() { memory->destroy(stds_); }

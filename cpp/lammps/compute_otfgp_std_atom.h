@@ -17,6 +17,7 @@ class ComputeOTFGPStdAtom : public Compute {
   void init() override;
   void compute_peratom() override;
   double memory_usage() override;
+  bool exact() const { return exact_; }
 
  private:
   int nmax_ = 0;

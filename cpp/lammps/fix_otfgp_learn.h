@@ -23,6 +23,8 @@ namespace LAMMPS_NS {
 
 class FixOTFGPLearn : public Fix {
  public:
+  // True if the learning decision uses the mapped variance (keyword uncertainty mapped).
+  bool mapped_uncertainty() const { return mapped_uncertainty_; }
   FixOTFGPLearn(class LAMMPS *, int, char **);
   int setmask() override;
   void init() override;

@@ -1,18 +1,23 @@
 #include "pair_otfgp.h"
 
+#include <algorithm>
 #include <cmath>
 #include <exception>
 #include <unordered_map>
 
 #include "atom.h"
 #include "comm.h"
+#include "compute_otfgp_std_atom.h"
 #include "elements.h"
 #include "error.h"
+#include "fix_otfgp_learn.h"
 #include "force.h"
 #include "memory.h"
+#include "modify.h"
 #include "model_io.h"
 #include "neigh_list.h"
 #include "neighbor.h"
+#include "update.h"
 
 using namespace LAMMPS_NS;
 
@@ -136,11 +141,31 @@ const otfgp::LocalEnvironments &PairOTFGP::environments() {
   return env;
 }
 
+otfgp::VarianceMode PairOTFGP::variance_mode(bool exact) const {
+  const otfgp::Maps *maps = model_->maps();
+  return !exact && maps && maps->has_variance() ? otfgp::VarianceMode::kMapped : otfgp::VarianceMode::kExact;
+}
+
+otfgp::VarianceMode PairOTFGP::variance_due() const {
+  // Output schedules the steps it invokes a compute on (timeflag), and fix otfgp/learn checks
+  // every nevery steps: on those steps the variance is computed in the force pass, which
+  // shares the clusters with the forces instead of building them a second time.
+  const bigint step = update->ntimestep;
+  for (Compute *c : modify->get_compute_by_style("^otfgp/std/atom$"))
+    if (auto *std_compute = dynamic_cast<ComputeOTFGPStdAtom *>(c); std_compute && c->matchstep(step))
+      return variance_mode(std_compute->exact());
+  for (Fix *f : modify->get_fix_by_style("^otfgp/learn$"))
+    if (auto *learn = dynamic_cast<FixOTFGPLearn *>(f); learn && f->nevery > 0 && step % f->nevery == 0)
+      return variance_mode(!learn->mapped_uncertainty());
+  return otfgp::VarianceMode::kNone;
+}
+
 void PairOTFGP::compute(int eflag, int vflag) {
   ev_init(eflag, vflag);
   otfgp::LocalPrediction p;
+  const otfgp::VarianceMode due = variance_due();
   try {
-    p = model_->predict_local(environments(), true, otfgp::VarianceMode::kNone);
+    p = model_->predict_local(environments(), true, due);
   } catch (const std::exception &e) {
     error->one(FLERR, "pair otfgp: {}", e.what());
   }
@@ -155,22 +180,37 @@ void PairOTFGP::compute(int eflag, int vflag) {
       if (vflag_atom) vatom[i][v] += p.virials[6 * ii + v];
     }
   }
+  pass_mode_ = due;
+  pass_step_ = update->ntimestep;
+  if (due == otfgp::VarianceMode::kNone) return;
+  pass_variances_ = local_order(p.force_variances);
+  const double *x = atom->x[0];
+  pass_x_.assign(x, x + 3 * static_cast<std::size_t>(atom->nlocal));
+}
+
+std::vector<double> PairOTFGP::local_order(const std::vector<double> &per_centre) const {
+  std::vector<double> out(3 * static_cast<std::size_t>(atom->nlocal), 0.0);
+  for (int ii = 0; ii < list->inum; ++ii) {
+    const int i = list->ilist[ii];
+    for (int t = 0; t < 3; ++t) out[3 * i + t] = per_centre[3 * ii + t];
+  }
+  return out;
 }
 
 std::vector<double> PairOTFGP::force_variances(bool exact) {
-  std::vector<double> out(3 * static_cast<std::size_t>(atom->nlocal), 0.0);
-  const otfgp::Maps *maps = model_->maps();
-  const auto mode = !exact && maps && maps->has_variance() ? otfgp::VarianceMode::kMapped
-                                                           : otfgp::VarianceMode::kExact;
+  const otfgp::VarianceMode mode = variance_mode(exact);
+  // The force pass's variances hold if they are of this step and mode and no atom has moved
+  // since (a fix could move atoms between the force pass and the output).
+  const double *x = atom->x[0];
+  const std::size_t n3 = 3 * static_cast<std::size_t>(atom->nlocal);
+  if (pass_mode_ == mode && pass_step_ == update->ntimestep && pass_x_.size() == n3 &&
+      std::equal(pass_x_.begin(), pass_x_.end(), x))
+    return pass_variances_;
   otfgp::LocalPrediction p;
   try {
     p = model_->predict_local(environments(), false, mode);
   } catch (const std::exception &e) {
     error->one(FLERR, "otfgp uncertainty: {}", e.what());
   }
-  for (int ii = 0; ii < list->inum; ++ii) {
-    const int i = list->ilist[ii];
-    for (int t = 0; t < 3; ++t) out[3 * i + t] = p.force_variances[3 * ii + t];
-  }
-  return out;
+  return local_order(p.force_variances);
 }

@@ -32,6 +32,7 @@ class PairOTFGP : public Pair {
   // Per-atom force variances (nlocal x 3) at the current positions, from the pair's current
   // neighbour list. Used by compute otfgp/std/atom and fix otfgp/learn. The mapped variance
   // when the model file carries variance maps (unless exact is asked for), else exact.
+  // Taken from the last force evaluation when that already computed them (see compute()).
   std::vector<double> force_variances(bool exact = false);
   // Replace the model (e.g. after retraining); species must map like the old one.
   void set_model(std::unique_ptr<otfgp::Model> model);
@@ -44,6 +45,11 @@ class PairOTFGP : public Pair {
   // their capacity from step to step (re-allocating them cost page faults every step).
   const otfgp::LocalEnvironments &environments();
   void map_types();
+  // The variance a compute otfgp/std/atom or fix otfgp/learn will ask for on this step, if any.
+  otfgp::VarianceMode variance_due() const;
+  otfgp::VarianceMode variance_mode(bool exact) const;
+  // Per-centre rows (3 values each, neighbour-list order) as per-local-atom rows.
+  std::vector<double> local_order(const std::vector<double> &per_centre) const;
 
   std::unique_ptr<otfgp::Model> model_;
   std::string model_file_;
@@ -53,6 +59,10 @@ class PairOTFGP : public Pair {
   otfgp::LocalEnvironments env_;
   std::unordered_map<tagint, int> key_of_tag_;
   std::vector<int> key_;
+  // Variances computed in the force pass: step, mode, and the positions they belong to.
+  std::vector<double> pass_variances_, pass_x_;
+  bigint pass_step_ = -1;
+  otfgp::VarianceMode pass_mode_ = otfgp::VarianceMode::kNone;
 };
 
 }  // namespace LAMMPS_NS
