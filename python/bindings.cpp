@@ -337,6 +337,7 @@ PYBIND11_MODULE(_core, m) {
               st.hi = t["hi"].cast<double>();
               st.mean = as_vector(t["mean"].cast<DoubleArray>());
               if (t.contains("nv")) st.nv = t["nv"].cast<int>();
+              if (t.contains("variance_degree")) st.vdeg = t["variance_degree"].cast<int>();
               maps.add(std::move(st), mdl.n_species());
             }
             if (covariance) maps.set_covariance(as_vector(*covariance));
@@ -345,7 +346,7 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("tables"), py::arg("covariance") = py::none(), py::arg("info") = "",
           "Install spline tables (dicts with dim, type, n, lo, hi, mean and optional nv, the "
-          "variance-basis nodes) and optionally the joint covariance of the variance bases.")
+          "variance-basis nodes, and variance_degree, 3 or 2) and optionally the joint covariance of the variance bases.")
       .def("clear_maps", &Model::clear_maps)
       .def_property_readonly(
           "maps",
@@ -362,6 +363,7 @@ PYBIND11_MODULE(_core, m) {
               d["hi"] = t.hi;
               d["mean"] = to_array(t.mean, {static_cast<py::ssize_t>(t.mean.size())});
               d["nv"] = t.nv;
+              d["variance_degree"] = t.vdeg;
               tables.append(d);
             }
             py::dict out;

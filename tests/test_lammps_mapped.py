@@ -102,3 +102,21 @@ def test_mapped_nve_drift_no_worse_than_exact(mapped_dir):
     assert excursion_m < 1e-3 and excursion_e < 1e-3
     assert drift_m <= 1.2 * drift_e + 2e-6
     assert excursion_m <= 1.2 * excursion_e + 2e-6
+
+
+def test_shipped_example_models_are_current(tmp_path):
+    """examples/lammps ships its models: they load in this version and the uncertainty example
+    runs (a model file left behind by a format change would fail here, not for a user)."""
+    import shutil
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "examples" / "lammps"
+    exact = otfgp.GaussianProcess.load(src / "al.otfgp")
+    mapped = otfgp.GaussianProcess.load(src / "al_mapped.otfgp")
+    assert not exact.mapped and mapped.mapped and mapped.core.maps["covariance"] is not None
+    for name in ("al.data", "al_mapped.otfgp", "in.uncertainty"):
+        shutil.copy(src / name, tmp_path / name)
+    out = run_lmp(["-in", "in.uncertainty", "-log", "none"], tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    stds = thermo_rows(out.stdout)[:, -1]  # c_maxstd
+    assert len(stds) == 11 and np.all(np.isfinite(stds)) and np.all(stds > 0)

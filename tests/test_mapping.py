@@ -168,9 +168,9 @@ def test_version_1_files_still_load(al):
     """A version-1 file (exact GP, no maps section) loads as an unmapped model."""
     _, exact, _ = al
     blob = exact.core.to_bytes()
-    assert struct.unpack_from("<I", blob, 8)[0] == _core.MODEL_FORMAT_VERSION == 2
+    assert struct.unpack_from("<I", blob, 8)[0] == _core.MODEL_FORMAT_VERSION == 3
     payload = blob[20:-8]
-    assert payload[-1] == 0  # "no maps" flag, the only version-2 addition when unmapped
+    assert payload[-1] == 0  # "no maps" flag, the only addition since version 1 when unmapped
     v1 = payload[:-1]
     old = b"OTFGPMDL" + struct.pack("<IQ", 1, len(v1)) + v1 + struct.pack("<Q", _fnv1a(v1))
     core = _core.Model.from_bytes(old)
@@ -179,6 +179,52 @@ def test_version_1_files_still_load(al):
     np.testing.assert_array_equal(
         otfgp.GaussianProcess._from_core(core).predict(atoms, variance=False).forces,
         exact.predict(atoms, variance=False).forces)
+
+
+def _as_version_2(blob: bytes, unmapped: bytes) -> bytes:
+    """A version-3 mapped model file rewritten as version 2: the maps section without the
+    per-table variance degree (version 2 tables are always cubic)."""
+    payload, plain = blob[20:-8], unmapped[20:-8]
+    head, maps = payload[:len(plain)], bytearray(payload[len(plain):])
+    assert head[:-1] == plain[:-1] and head[-1] == 1  # same model, "has maps" flag
+    out, pos = bytearray(), 0
+
+    def take(n: int) -> bytes:
+        nonlocal pos
+        pos += n
+        return bytes(maps[pos - n:pos])
+
+    def take_vec(item: int) -> bytes:
+        raw = take(8)
+        return raw + take(struct.unpack("<Q", raw)[0] * item)
+
+    out += take_vec(1)  # info
+    raw = take(8)
+    out += raw
+    for _ in range(struct.unpack("<Q", raw)[0]):
+        out += take(12) + take(16) + take_vec(8) + take(4)  # dim type n, lo hi, mean, nv
+        assert struct.unpack("<i", take(4))[0] == 3  # the dropped degree: cubic
+    out += take_vec(8)  # covariance
+    assert pos == len(maps)
+    v2 = head + bytes(out)
+    return b"OTFGPMDL" + struct.pack("<IQ", 2, len(v2)) + v2 + struct.pack("<Q", _fnv1a(v2))
+
+
+def test_version_2_mapped_files_still_load(monkeypatch):
+    """Version-2 files carry cubic variance bases; they load and predict as before."""
+    import otfgp.mapping
+
+    monkeypatch.setattr(otfgp.mapping, "TRIPLET_VARIANCE_DEGREE", 3)
+    gp = _al_model(n_cells=3, seed=4)
+    unmapped = gp.core.to_bytes()
+    gp.map()
+    assert {t["variance_degree"] for t in gp.core.maps["tables"]} == {3}
+    core = _core.Model.from_bytes(_as_version_2(gp.core.to_bytes(), unmapped))
+    back = otfgp.GaussianProcess._from_core(core)
+    assert back.mapped and back.map_report == gp.map_report
+    atoms = _test_structures(13)[1]
+    a, b = gp.predict(atoms, variance="mapped"), back.predict(atoms, variance="mapped")
+    assert np.array_equal(a.forces, b.forces) and np.array_equal(a.force_variances, b.force_variances)
 
 
 def test_retraining_drops_stale_maps():
@@ -252,6 +298,10 @@ def test_bad_variance_covariance_is_rejected(al):
         model.core.set_maps(maps["tables"], cov)
     with pytest.raises(ValueError, match="variance basis"):
         model.core.set_maps([{**t, "nv": 0} for t in maps["tables"]], np.array(maps["covariance"]))
+    with pytest.raises(ValueError, match="degree must be 2 or 3"):
+        model.core.set_maps([{**t, "variance_degree": 4} for t in maps["tables"]], np.array(maps["covariance"]))
+    # The default triplet variance basis is quadratic (the cheap one), pairs stay cubic.
+    assert sorted((t["dim"], t["variance_degree"]) for t in maps["tables"]) == [(1, 3), (3, 2)]
 
 
 def test_calculator_uses_the_maps(al):

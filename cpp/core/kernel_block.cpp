@@ -5,23 +5,6 @@
 
 namespace otfgp {
 
-void cutoff_function(int dim, double rc, const double* d, double& f, double* grad) {
-  double fc[3], dfc[3];
-  for (int m = 0; m < dim; ++m) {
-    const double x = rc - d[m];
-    fc[m] = x * x;
-    dfc[m] = -2.0 * x;
-  }
-  f = 1.0;
-  for (int m = 0; m < dim; ++m) f *= fc[m];
-  for (int m = 0; m < dim; ++m) {
-    double g = dfc[m];
-    for (int k = 0; k < dim; ++k)
-      if (k != m) g *= fc[k];
-    grad[m] = g;
-  }
-}
-
 double* KernelBlock::add(int type_, const double* d) {
   type.push_back(type_);
   desc.insert(desc.end(), d, d + dim);
@@ -104,22 +87,6 @@ const KernelBlock::Range* KernelBlock::find(int type_) const {
   for (const auto& r : ranges)
     if (r.type == type_) return &r;
   return nullptr;
-}
-
-void fold_cutoff(int dim, double rc, const double* d, int rows, const double* w0,
-                 const double* w, double* coef) {
-  double f, grad[3];
-  cutoff_function(dim, rc, d, f, grad);
-  for (int r = 0; r < rows; ++r) {
-    double* c = coef + r * (1 + dim);
-    const double* wr = w + r * dim;
-    double a0 = w0[r] * f;
-    for (int m = 0; m < dim; ++m) {
-      a0 += wr[m] * grad[m];
-      c[1 + m] += wr[m] * f;
-    }
-    c[0] += a0;
-  }
 }
 
 }  // namespace otfgp

@@ -20,7 +20,23 @@ struct PermSet {
 PermSet allowed_permutations(int dim, int type, int n_species);
 
 // Smooth quadratic cutoff of one body order: f = prod_m (rc - d_m)^2 and its gradient.
-void cutoff_function(int dim, double rc, const double* d, double& f, double* grad);
+// Inline: called for every cluster in the mapped-variance hot loop.
+inline void cutoff_function(int dim, double rc, const double* d, double& f, double* grad) {
+  double fc[3], dfc[3];
+  for (int m = 0; m < dim; ++m) {
+    const double x = rc - d[m];
+    fc[m] = x * x;
+    dfc[m] = -2.0 * x;
+  }
+  f = 1.0;
+  for (int m = 0; m < dim; ++m) f *= fc[m];
+  for (int m = 0; m < dim; ++m) {
+    double g = dfc[m];
+    for (int k = 0; k < dim; ++k)
+      if (k != m) g *= fc[k];
+    grad[m] = g;
+  }
+}
 
 struct KernelBlock {
   int dim = 1;   // descriptor length: 1 (pairs) or 3 (triplets)
@@ -52,7 +68,20 @@ struct KernelBlock {
 
 // Coefficients of a functional given per-row weights on the cluster energy (w0) and on its
 // edge-length derivatives (w[m]), with the cutoff folded in (product rule).
-void fold_cutoff(int dim, double rc, const double* d, int rows, const double* w0,
-                 const double* w, double* coef);
+inline void fold_cutoff(int dim, double rc, const double* d, int rows, const double* w0,
+                        const double* w, double* coef) {
+  double f, grad[3];
+  cutoff_function(dim, rc, d, f, grad);
+  for (int r = 0; r < rows; ++r) {
+    double* c = coef + r * (1 + dim);
+    const double* wr = w + r * dim;
+    double a0 = w0[r] * f;
+    for (int m = 0; m < dim; ++m) {
+      a0 += wr[m] * grad[m];
+      c[1 + m] += wr[m] * f;
+    }
+    c[0] += a0;
+  }
+}
 
 }  // namespace otfgp

@@ -36,9 +36,29 @@ inline AxisWeights axis_weights(double x, double lo, double inv_h, int n) {
   return a;
 }
 
+// Uniform quadratic B-spline weights of the three coefficients around x (coefficient j is
+// centred at lo + (j - 1/2) h), and their derivatives.
+inline AxisWeights axis_weights2(double x, double lo, double inv_h, int n) {
+  AxisWeights a;
+  const double u = (x - lo) * inv_h;
+  int i = static_cast<int>(u);
+  i = std::min(std::max(i, 0), n - 2);
+  const double t = u - i, s = 1.0 - t;
+  a.first = i;
+  a.w[0] = 0.5 * s * s;
+  a.w[1] = 0.5 + t - t * t;
+  a.w[2] = 0.5 * t * t;
+  a.w[3] = 0.0;
+  a.dw[0] = -s * inv_h;
+  a.dw[1] = (1.0 - 2.0 * t) * inv_h;
+  a.dw[2] = t * inv_h;
+  a.dw[3] = 0.0;
+  return a;
+}
+
 // Value and (if grad) gradient of one coefficient array at d.
 double evaluate(const SplineTable& t, const double* coef, const double* d, double* grad) {
-  const double inv_h = 1.0 / t.step();
+  const double inv_h = t.inv_h;
   const int N = t.n + 2;
   if (t.dim == 1) {
     const AxisWeights a = axis_weights(d[0], t.lo, inv_h, t.n);
@@ -92,12 +112,6 @@ double evaluate(const SplineTable& t, const double* coef, const double* d, doubl
 
 }  // namespace
 
-bool SplineTable::contains(const double* d) const {
-  for (int m = 0; m < dim; ++m)
-    if (!(d[m] >= lo && d[m] <= hi)) return false;
-  return true;
-}
-
 void SplineTable::validate(int n_species) const {
   const std::string what = (dim == 1 ? "pair" : "triplet") + std::string(" table of type ") +
                            std::to_string(type);
@@ -110,6 +124,7 @@ void SplineTable::validate(int n_species) const {
     throw InputError(what + ": expected " + std::to_string(coefficients()) + " mean coefficients, got " +
                      std::to_string(mean.size()));
   if (nv != 0 && (nv < 4 || nv > 256)) throw InputError(what + ": the variance basis needs 4 to 256 nodes per axis");
+  if (vdeg != 2 && vdeg != 3) throw InputError(what + ": the variance basis degree must be 2 or 3");
   for (double x : mean)
     if (!std::isfinite(x)) throw InputError(what + ": coefficients contain NaN or inf");
 }
@@ -131,11 +146,13 @@ void Maps::assign_offsets(int n_species) {
   std::size_t off = 0;
   for (auto& t : tables_) {
     t.offset = off;
+    t.inv_h = 1.0 / t.step();
+    t.inv_hv = t.nv > 1 ? (t.nv - 1) / (t.hi - t.lo) : 0.0;
     t.reduced.clear();
     t.n_reduced = 0;
     if (t.nv == 0) continue;
-    const int N = t.nv + 2;
-    const std::size_t total = t.power(t.nv);
+    const int N = t.variance_axis();
+    const std::size_t total = t.variance_grid();
     t.reduced.assign(total, -1);
     if (t.dim == 1) {
       for (std::size_t k = 0; k < total; ++k) t.reduced[k] = static_cast<int>(k);
@@ -196,19 +213,7 @@ bool Maps::mean(const Cluster& c, double& phi, double* dphi) const {
   return true;
 }
 
-const SplineTable* Maps::table_of(const Cluster& c) const {
-  const std::vector<int>& look = lookup_[c.nv == 2 ? 0 : 1];
-  if (c.type < 0 || c.type >= static_cast<int>(look.size()) || look[c.type] < 0) return nullptr;
-  return &tables_[look[c.type]];
-}
-
 namespace {
-// Full-grid coefficients of a table's variance basis: (nv + 2)^dim.
-std::size_t variance_grid_size(const SplineTable& t) {
-  std::size_t c = 1;
-  for (int k = 0; k < t.dim; ++k) c *= static_cast<std::size_t>(t.nv + 2);
-  return c;
-}
 constexpr int L = VarianceWorkspace::kLanes;
 // The three force rows (and a zero fourth lane) as one SIMD vector (GCC/Clang vector
 // extension); the unaligned variant reads and writes the work-space grid.
@@ -223,7 +228,7 @@ VarianceWorkspace::VarianceWorkspace(const Maps& maps) : maps_(&maps) {
   std::size_t total = 0;
   for (const auto& t : maps.tables()) {
     grid_start_.push_back(total);
-    total += variance_grid_size(t);
+    total += t.variance_grid();
   }
   grid_.assign(total * L, 0.0);
   box_.assign(maps.tables().size(), kUntouched);
@@ -234,14 +239,23 @@ bool VarianceWorkspace::add(const Cluster& c, const double* coef) {
   const SplineTable* t = maps_->table_of(c);
   if (!t || t->nv == 0 || !t->contains(c.d)) return false;
   const std::size_t ti = static_cast<std::size_t>(t - maps_->tables().data());
-  const int D = t->dim, N = t->nv + 2;
-  const double inv_h = (t->nv - 1) / (t->hi - t->lo);
+  if (t->vdeg == 2)
+    add_stencil<3>(*t, ti, c.d, coef);
+  else
+    add_stencil<4>(*t, ti, c.d, coef);
+  return true;
+}
+
+template <int S>
+void VarianceWorkspace::add_stencil(const SplineTable& t, std::size_t ti, const double* d, const double* coef) {
+  // S = degree + 1 coefficients per axis are non-zero at d.
+  const int D = t.dim, N = t.variance_axis();
   AxisWeights ax[3];
   Box& box = box_[ti];
   for (int m = 0; m < D; ++m) {
-    ax[m] = axis_weights(c.d[m], t->lo, inv_h, t->nv);
+    ax[m] = S == 4 ? axis_weights(d[m], t.lo, t.inv_hv, t.nv) : axis_weights2(d[m], t.lo, t.inv_hv, t.nv);
     box.lo[m] = std::min(box.lo[m], ax[m].first);
-    box.hi[m] = std::max(box.hi[m], ax[m].first + 3);
+    box.hi[m] = std::max(box.hi[m], ax[m].first + S - 1);
   }
   // q[m]: coefficient m of the three rows as the lanes of one vector (lane 3 stays zero).
   Lanes q[4] = {};
@@ -250,11 +264,11 @@ bool VarianceWorkspace::add(const Cluster& c, const double* coef) {
   double* grid = grid_.data() + grid_start_[ti] * L;
   if (D == 1) {
     double* g = grid + static_cast<std::size_t>(ax[0].first) * L;
-    for (int a = 0; a < 4; ++a) add_lanes(g + a * L, q[0] * ax[0].w[a] + q[1] * ax[0].dw[a]);
-    return true;
+    for (int a = 0; a < S; ++a) add_lanes(g + a * L, q[0] * ax[0].w[a] + q[1] * ax[0].dw[a]);
+    return;
   }
-  for (int a = 0; a < 4; ++a)
-    for (int b = 0; b < 4; ++b) {
+  for (int a = 0; a < S; ++a)
+    for (int b = 0; b < S; ++b) {
       // Per (a, b): value and derivative weights contracted with each row's coefficients, so
       // the last (contiguous) axis costs two vector products per entry.
       const double wab = ax[0].w[a] * ax[1].w[b];
@@ -262,9 +276,8 @@ bool VarianceWorkspace::add(const Cluster& c, const double* coef) {
       const Lanes pw = q[0] * wab + q[1] * gab0 + q[2] * gab1;  // multiplies w_z
       const Lanes pd = q[3] * wab;                                // multiplies dw_z
       double* g = grid + ((static_cast<std::size_t>(ax[0].first + a) * N + (ax[1].first + b)) * N + ax[2].first) * L;
-      for (int e = 0; e < 4; ++e) add_lanes(g + e * L, pw * ax[2].w[e] + pd * ax[2].dw[e]);
+      for (int e = 0; e < S; ++e) add_lanes(g + e * L, pw * ax[2].w[e] + pd * ax[2].dw[e]);
     }
-  return true;
 }
 
 void VarianceWorkspace::fold(std::size_t ti) {
@@ -272,7 +285,7 @@ void VarianceWorkspace::fold(std::size_t ti) {
   const SplineTable& t = maps_->tables()[ti];
   Box& box = box_[ti];
   if (box.hi[0] < 0) return;
-  const int N = t.nv + 2;
+  const int N = t.variance_axis();
   int lo[3] = {0, 0, 0}, hi[3] = {0, 0, 0};
   for (int m = 0; m < t.dim; ++m) {
     lo[m] = box.lo[m];

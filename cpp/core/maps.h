@@ -31,13 +31,30 @@ struct SplineTable {
   // one entry per permutation orbit, `reduced` maps each basis coefficient to its orbit's
   // index, and the table's orbits start at `offset` in the joint covariance (set by Maps).
   int nv = 0;
+  // Degree of the variance basis B-splines: 3 (cubic, nv + 2 coefficients per axis) or 2
+  // (quadratic, nv + 1; 27 instead of 64 per triplet, so a cheaper variance per atom).
+  int vdeg = 3;
   std::size_t offset = 0;
   std::vector<int> reduced;
+  // 1 / node spacing of the mean and of the variance basis, set by Maps (after validating
+  // the table) so that the hot loops multiply instead of dividing.
+  double inv_h = 0.0, inv_hv = 0.0;
 
   std::size_t coefficients() const { return power(n); }   // (n+2)^dim
   std::size_t variance_coefficients() const { return n_reduced; }
+  // Coefficients per axis of the variance basis, and all of them ((nv + vdeg - 1)^dim).
+  int variance_axis() const { return nv + vdeg - 1; }
+  std::size_t variance_grid() const {
+    std::size_t c = 1;
+    for (int k = 0; k < dim; ++k) c *= static_cast<std::size_t>(variance_axis());
+    return c;
+  }
   double step() const { return (hi - lo) / (n - 1); }
-  bool contains(const double* d) const;
+  bool contains(const double* d) const {
+    for (int m = 0; m < dim; ++m)
+      if (!(d[m] >= lo && d[m] <= hi)) return false;
+    return true;
+  }
   // Throws InputError naming the problem (shape, range, non-finite values).
   void validate(int n_species) const;
 
@@ -69,7 +86,11 @@ class Maps {
   // table for c's type or c lies outside the tabulated range.
   bool mean(const Cluster& c, double& phi, double* dphi) const;
   // The table of c's body order and type, or nullptr.
-  const SplineTable* table_of(const Cluster& c) const;
+  const SplineTable* table_of(const Cluster& c) const {
+    const std::vector<int>& look = lookup_[c.nv == 2 ? 0 : 1];
+    if (c.type < 0 || c.type >= static_cast<int>(look.size()) || look[c.type] < 0) return nullptr;
+    return &tables_[look[c.type]];
+  }
 
   // Free-form JSON report of how the maps were built, stored in the model file.
   std::string info;
@@ -108,6 +129,8 @@ class VarianceWorkspace {
   };
   static const Box kUntouched;
   void fold(std::size_t table);
+  template <int S>
+  void add_stencil(const SplineTable& t, std::size_t ti, const double* d, const double* coef);
   const Maps* maps_;
   std::vector<std::size_t> grid_start_;  // per table: its first entry in grid_ (coefficients)
   std::vector<double> grid_;             // kLanes per full-grid coefficient of every table

@@ -402,21 +402,18 @@ void Model::cluster_means(int dim, int type, const double* d, int n, double* phi
   }
 }
 
-void Model::force_variance(const ClusterSet& cs, int row, int key, VarianceWorkspace& work,
-                           double* out) const {
-  bool inside = true;
+bool Model::add_force_functional(const Cluster& c, const double* weights, VarianceWorkspace& work) const {
   // Force rows: -d(cluster energy)/dx_key, folded with the cutoff onto the cutoff-free
   // function that the variance basis represents (as atom_group does for the exact GP).
-  auto visit = [&](const Cluster& c) {
-    const int ne = c.n_edges();
-    double w0[3] = {0.0, 0.0, 0.0}, w[9] = {}, coef[12] = {};
-    force_row_weights(c, key, w);
-    fold_cutoff(ne, ne == 1 ? cutoff2_ : cutoff3_, c.d, 3, w0, w, coef);
-    return work.add(c, coef);
-  };
-  for (int k = cs.pair_offsets[row]; inside && k < cs.pair_offsets[row + 1]; ++k) inside = visit(cs.pairs[k]);
-  for (int k = cs.triplet_offsets[row]; inside && k < cs.triplet_offsets[row + 1]; ++k)
-    inside = visit(cs.triplets[k]);
+  const int ne = c.n_edges();
+  const double w0[3] = {0.0, 0.0, 0.0};
+  double coef[12] = {};
+  fold_cutoff(ne, ne == 1 ? cutoff2_ : cutoff3_, c.d, 3, w0, weights, coef);
+  return work.add(c, coef);
+}
+
+void Model::finish_force_variance(const ClusterSet& cs, int row, int key, bool inside,
+                                  VarianceWorkspace& work, double* out) const {
   if (inside) {
     work.finish(out);
     return;
@@ -424,6 +421,20 @@ void Model::force_variance(const ClusterSet& cs, int row, int key, VarianceWorks
   // A cluster outside the tables (shorter than any training distance): exact for this atom.
   work.clear();
   group_variances(atom_group(cs, row, key, cutoff2_, cutoff3_, false, n_species()), out);
+}
+
+void Model::force_variance(const ClusterSet& cs, int row, int key, VarianceWorkspace& work,
+                           double* out) const {
+  bool inside = true;
+  auto visit = [&](const Cluster& c) {
+    double w[9];
+    force_row_weights(c, key, w);
+    return add_force_functional(c, w, work);
+  };
+  for (int k = cs.pair_offsets[row]; inside && k < cs.pair_offsets[row + 1]; ++k) inside = visit(cs.pairs[k]);
+  for (int k = cs.triplet_offsets[row]; inside && k < cs.triplet_offsets[row + 1]; ++k)
+    inside = visit(cs.triplets[k]);
+  finish_force_variance(cs, row, key, inside, work, out);
 }
 
 void Model::require_variance_maps() const {
@@ -519,21 +530,24 @@ LocalPrediction Model::predict_local(const LocalEnvironments& env, bool mean, Va
                           cs.triplets, near3);
       cs.pair_offsets[1] = static_cast<int>(cs.pairs.size());
       cs.triplet_offsets[1] = static_cast<int>(cs.triplets.size());
+      // The mapped variance shares the clusters and their force weights with the mean.
+      const bool fused = mean && variance == VarianceMode::kMapped;
+      bool inside = true;
       if (mean) {
         double e = energy_offsets_[env.key_species[key]];
         double f[3] = {0, 0, 0}, w[6] = {0, 0, 0, 0, 0, 0};
         auto visit = [&](const Cluster& c) {
-          double phi, dphi[3];
+          double phi, dphi[3], fw[9];
           cluster_energy(c, phi, dphi);
           e += phi / c.nv;
-          const double inv_mult = 1.0 / c.multiplicity(key);
-          for (int m = 0; m < c.n_edges(); ++m) {
-            double g[3];
-            c.edge_gradient(m, key, g);
-            for (int t = 0; t < 3; ++t) f[t] -= inv_mult * dphi[m] * g[t];
+          const int ne = c.n_edges();
+          force_row_weights(c, key, fw);
+          for (int m = 0; m < ne; ++m) {
+            for (int t = 0; t < 3; ++t) f[t] += dphi[m] * fw[t * ne + m];
             for (int v = 0; v < 6; ++v)
               w[v] -= dphi[m] * c.edge[m][kVirial[v][0]] * c.edge[m][kVirial[v][1]] / (c.d[m] * c.nv);
           }
+          if (fused && inside) inside = add_force_functional(c, fw, *work);
         };
         for (const Cluster& c : cs.pairs) visit(c);
         for (const Cluster& c : cs.triplets) visit(c);
@@ -541,10 +555,13 @@ LocalPrediction Model::predict_local(const LocalEnvironments& env, bool mean, Va
         std::copy(f, f + 3, out.forces.begin() + 3 * row);
         std::copy(w, w + 6, out.virials.begin() + 6 * row);
       }
-      if (variance == VarianceMode::kMapped)
-        force_variance(cs, 0, key, *work, &out.force_variances[3 * row]);
+      double* var = variance != VarianceMode::kNone ? &out.force_variances[3 * row] : nullptr;
+      if (fused)
+        finish_force_variance(cs, 0, key, inside, *work, var);
+      else if (variance == VarianceMode::kMapped)
+        force_variance(cs, 0, key, *work, var);
       else if (variance == VarianceMode::kExact)
-        group_variances(atom_group(cs, 0, key, cutoff2_, cutoff3_, false, ns), &out.force_variances[3 * row]);
+        group_variances(atom_group(cs, 0, key, cutoff2_, cutoff3_, false, ns), var);
     }
   }
   return out;

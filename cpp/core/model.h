@@ -161,6 +161,12 @@ class Model {
   // when all its clusters lie in the tables, else exactly.
   void force_variance(const ClusterSet& cs, int row, int key, VarianceWorkspace& work,
                       double* out) const;
+  // The pieces of force_variance: adds one cluster given its force-row weights (as from
+  // force_row_weights; false if c lies outside the tables), and the variances once all
+  // clusters are in (exact if some cluster was outside).
+  bool add_force_functional(const Cluster& c, const double* weights, VarianceWorkspace& work) const;
+  void finish_force_variance(const ClusterSet& cs, int row, int key, bool inside, VarianceWorkspace& work,
+                             double* out) const;
   // InputError unless the model has maps with a variance basis.
   void require_variance_maps() const;
   void append_groups(int structure_index);

@@ -113,6 +113,7 @@ std::string serialize_model(const Model& m) {
       w.put(t.hi);
       w.put_vec(t.mean);
       w.put<std::int32_t>(t.nv);
+      w.put<std::int32_t>(t.vdeg);
     }
     w.put_vec(maps->covariance());
   }
@@ -194,6 +195,7 @@ Model deserialize_model(const std::string& bytes) {
         t.hi = r.get<double>();
         t.mean = r.get_vec<double>(limit);
         t.nv = r.get<std::int32_t>();
+        if (version >= 3) t.vdeg = r.get<std::int32_t>();  // version 2: always cubic
         maps.add(std::move(t), m.n_species());
       }
       auto covariance = r.get_vec<double>(limit);

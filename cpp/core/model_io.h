@@ -9,7 +9,7 @@
 namespace otfgp {
 
 // 1: exact GP; 2: adds the optional maps (version-1 files still load).
-constexpr unsigned kModelFormatVersion = 2;
+constexpr unsigned kModelFormatVersion = 3;
 
 std::string serialize_model(const Model& m);
 Model deserialize_model(const std::string& bytes);  // throws ModelFileError

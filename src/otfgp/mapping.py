@@ -59,6 +59,10 @@ DEFAULT_TOLERANCE = 5e-4
 LOWER_MARGIN = 0.5
 #: Largest number of variance-basis coefficients over all triplet tables.
 VARIANCE_BASIS_LIMIT = 3000
+# Triplet variance basis: quadratic B-splines (27 coefficients per triplet instead of 64,
+# the bulk of the per-atom cost of a mapped variance) with nodes <= ell3 / 3 apart.
+TRIPLET_VARIANCE_DEGREE = 2
+TRIPLET_VARIANCE_PER_ELL = 3.0
 _FD_STEP = 1e-3  # Angstrom; central differences of the exact gradient (error ~1e-7 relative)
 
 
@@ -201,43 +205,63 @@ def _node_covariance(nodes: np.ndarray, perms: np.ndarray | None, sigma: float, 
     return sigma * sigma * K
 
 
-def _axis_weights(x: np.ndarray, lo: float, hi: float, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """First coefficient index, B-spline weights and their x-derivatives (same as C++)."""
+def _axis_weights(x: np.ndarray, lo: float, hi: float, n: int,
+                  degree: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """First coefficient index, uniform B-spline weights (degree 3 or 2) and their
+    x-derivatives (same as C++)."""
     h = (hi - lo) / (n - 1)
     u = (x - lo) / h
     i = np.clip(np.floor(u).astype(int), 0, n - 2)
     t = u - i
     s = 1.0 - t
+    if degree == 2:
+        w = np.stack([0.5 * s * s, 0.5 + t - t * t, 0.5 * t * t], axis=1)
+        dw = np.stack([-s, 1 - 2 * t, t], axis=1) / h
+        return i, w, dw
     w = np.stack([s ** 3, 3 * t ** 3 - 6 * t ** 2 + 4, -3 * t ** 3 + 3 * t ** 2 + 3 * t + 1, t ** 3], axis=1) / 6
     dw = np.stack([-0.5 * s * s, 1.5 * t * t - 2 * t, -1.5 * t * t + t + 0.5, 0.5 * t * t], axis=1) / h
     return i, w, dw
 
 
 def _functional_matrix(rows: np.ndarray, d: np.ndarray, a: np.ndarray, lo: float, hi: float,
-                       nv: int, n_rows: int) -> "scipy.sparse.csr_matrix":
+                       nv: int, n_rows: int, degree: int = 3) -> "scipy.sparse.csr_matrix":
     """Sparse matrix of the functionals sum a0 S(d) + sum_m a_m dS/dd_m over basis coefficients."""
     import scipy.sparse
 
     dim = d.shape[1]
-    N = nv + 2
-    axes = [_axis_weights(d[:, m], lo, hi, nv) for m in range(dim)]
+    N = nv + degree - 1
+    S = degree + 1
+    axes = [_axis_weights(d[:, m], lo, hi, nv, degree) for m in range(dim)]
     if dim == 1:
         i, w, dw = axes[0]
         vals = a[:, :1] * w + a[:, 1:2] * dw
-        cols = i[:, None] + np.arange(4)
+        cols = i[:, None] + np.arange(S)
         size = N
     else:
         (ix, wx, dx), (iy, wy, dy), (iz, wz, dz) = axes
         vals = (np.einsum("e,ea,eb,ec->eabc", a[:, 0], wx, wy, wz) + np.einsum("e,ea,eb,ec->eabc", a[:, 1], dx, wy, wz)
                 + np.einsum("e,ea,eb,ec->eabc", a[:, 2], wx, dy, wz) + np.einsum("e,ea,eb,ec->eabc", a[:, 3], wx, wy, dz))
-        r4 = np.arange(4)
-        cols = (((ix[:, None, None, None] + r4[:, None, None]) * N + (iy[:, None, None, None] + r4[None, :, None])) * N
-                + (iz[:, None, None, None] + r4[None, None, :]))
+        rs = np.arange(S)
+        cols = (((ix[:, None, None, None] + rs[:, None, None]) * N + (iy[:, None, None, None] + rs[None, :, None])) * N
+                + (iz[:, None, None, None] + rs[None, None, :]))
         size = N ** 3
     vals = vals.reshape(len(d), -1)
     cols = cols.reshape(len(d), -1)
     rr = np.repeat(rows, vals.shape[1])
     return scipy.sparse.csr_matrix((vals.ravel(), (rr, cols.ravel())), shape=(n_rows, size))
+
+
+def _basis_points(nv: int, lo: float, hi: float, degree: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points whose function values define the variance basis, and the operator Q with
+    coefficients = Q @ values. Cubic: the nv nodes (clamped spline, end slopes by one-sided
+    differences). Quadratic: the nv + 1 centres of the B-splines, lo - h/2 .. hi + h/2 (the
+    cutoff-free function is defined beyond the range), interpolated there."""
+    h = (hi - lo) / (nv - 1)
+    if degree == 3:
+        return np.linspace(lo, hi, nv), _clamped_operator(nv, h) @ _slope_estimator(nv, h)
+    n = nv + 1
+    B = np.diag(np.full(n, 0.75)) + np.diag(np.full(n - 1, 0.125), 1) + np.diag(np.full(n - 1, 0.125), -1)
+    return lo + (np.arange(n) - 0.5) * h, np.linalg.inv(B)
 
 
 def _variance_covariance(gp: "GaussianProcess", tables: list[dict[str, Any]]) -> np.ndarray:
@@ -266,9 +290,8 @@ def _variance_covariance(gp: "GaussianProcess", tables: list[dict[str, Any]]) ->
     prior_blocks, phis = [], []
     for t in tables:
         dim, nv, lo, hi = t["dim"], t["nv"], t["lo"], t["hi"]
-        nodes1 = np.linspace(lo, hi, nv)
-        h = nodes1[1] - nodes1[0]
-        Q = _clamped_operator(nv, h) @ _slope_estimator(nv, h)  # node values -> coefficients
+        degree = t.get("variance_degree", 3)
+        nodes1, Q = _basis_points(nv, lo, hi, degree)  # Q: values at nodes1 -> coefficients
         if dim == 1:
             K = _node_covariance(nodes1, None, hyp["sigma2"], hyp["ell2"])
         else:
@@ -282,7 +305,7 @@ def _variance_covariance(gp: "GaussianProcess", tables: list[dict[str, Any]]) ->
             rows = np.concatenate([p[0] for p in parts])
             d = np.concatenate([p[1] for p in parts])
             a = np.concatenate([p[2] for p in parts])
-            phis.append(_functional_matrix(rows, d, a, lo, hi, nv, n_rows))
+            phis.append(_functional_matrix(rows, d, a, lo, hi, nv, n_rows, degree))
         else:
             phis.append(scipy.sparse.csr_matrix((n_rows, prior_blocks[-1].shape[0])))
     prior = scipy.linalg.block_diag(*prior_blocks)
@@ -306,7 +329,7 @@ def _variance_covariance(gp: "GaussianProcess", tables: list[dict[str, Any]]) ->
 def _orbit_representatives(core: Any, table: dict[str, Any]) -> np.ndarray:
     """Sorted flat indices of the variance-basis coefficients that represent their orbit
     under the type's edge permutations (all of them for pairs)."""
-    N = table["nv"] + 2
+    N = table["nv"] + table.get("variance_degree", 3) - 1
     if table["dim"] == 1:
         return np.arange(N)
     return np.flatnonzero(_orbit_codes(core, table["type"], N) == np.arange(N ** 3))
@@ -457,7 +480,8 @@ def build_maps(gp: "GaussianProcess", tolerance: float = DEFAULT_TOLERANCE, vari
         for t in pairs:
             t["nv"] = _variance_nodes(t["hi"] - t["lo"], hyp["ell2"], 3.0, 8, 64)
         for t in triplets:
-            t["nv"] = _variance_nodes(t["hi"] - t["lo"], hyp["ell3"], 3.0, 5, cap3)
+            t["nv"] = _variance_nodes(t["hi"] - t["lo"], hyp["ell3"], TRIPLET_VARIANCE_PER_ELL, 5, cap3)
+            t["variance_degree"] = TRIPLET_VARIANCE_DEGREE
         report.grid2_variance = pairs[0]["nv"] if pairs else 0
         report.grid3_variance = triplets[0]["nv"] if triplets else 0
         covariance = _variance_covariance(gp, pairs + triplets)
