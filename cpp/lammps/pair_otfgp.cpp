@@ -100,6 +100,7 @@ double PairOTFGP::init_one(int, int) { return cutmax_; }
 void PairOTFGP::set_model(std::unique_ptr<otfgp::Model> model) {
   model_ = std::move(model);
   map_types();
+  pass_step_ = -1;  // the force pass's variances belong to the old model
 }
 
 const otfgp::LocalEnvironments &PairOTFGP::environments() {
