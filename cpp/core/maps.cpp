@@ -200,12 +200,6 @@ void Maps::set_covariance(std::vector<double> c) {
   covariance_ = std::move(c);
 }
 
-const SplineTable* Maps::find(int dim, int type) const {
-  for (const auto& t : tables_)
-    if (t.dim == dim && t.type == type) return &t;
-  return nullptr;
-}
-
 bool Maps::mean(const Cluster& c, double& phi, double* dphi) const {
   const SplineTable* t = table_of(c);
   if (!t || !t->contains(c.d)) return false;
@@ -336,9 +330,7 @@ void VarianceWorkspace::finish(double out[3]) {
     for (int r = 0; r < L; ++r) acc[r] += va[r] * s[r];
   }
   for (int r = 0; r < 3; ++r) out[r] = std::max(0.0, 2.0 * acc[r]);
-  for (int o : index_) slot_[o] = -1;
-  index_.clear();
-  compact_.clear();
+  clear();  // the boxes are folded already: only the touched orbits are reset
 }
 
 void VarianceWorkspace::clear() {

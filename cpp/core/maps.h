@@ -40,15 +40,11 @@ struct SplineTable {
   // the table) so that the hot loops multiply instead of dividing.
   double inv_h = 0.0, inv_hv = 0.0;
 
-  std::size_t coefficients() const { return power(n); }   // (n+2)^dim
+  std::size_t coefficients() const { return power(n + 2); }   // (n+2)^dim
   std::size_t variance_coefficients() const { return n_reduced; }
   // Coefficients per axis of the variance basis, and all of them ((nv + vdeg - 1)^dim).
   int variance_axis() const { return nv + vdeg - 1; }
-  std::size_t variance_grid() const {
-    std::size_t c = 1;
-    for (int k = 0; k < dim; ++k) c *= static_cast<std::size_t>(variance_axis());
-    return c;
-  }
+  std::size_t variance_grid() const { return power(variance_axis()); }
   double step() const { return (hi - lo) / (n - 1); }
   bool contains(const double* d) const {
     for (int m = 0; m < dim; ++m)
@@ -61,9 +57,10 @@ struct SplineTable {
  private:
   friend class Maps;
   std::size_t n_reduced = 0;
-  std::size_t power(int nodes) const {
+  // per_axis^dim: coefficients of a tensor-product basis with per_axis per axis.
+  std::size_t power(int per_axis) const {
     std::size_t c = 1;
-    for (int k = 0; k < dim; ++k) c *= static_cast<std::size_t>(nodes + 2);
+    for (int k = 0; k < dim; ++k) c *= static_cast<std::size_t>(per_axis);
     return c;
   }
 };
@@ -73,7 +70,6 @@ class Maps {
   // Validates the table and adds it, replacing any table of the same body order and type.
   void add(SplineTable t, int n_species);
   const std::vector<SplineTable>& tables() const { return tables_; }
-  const SplineTable* find(int dim, int type) const;
   // True if every table has a variance basis and the covariance is set.
   bool has_variance() const { return !covariance_.empty(); }
   // Joint posterior covariance of all variance-basis coefficients (row-major, size^2, the
