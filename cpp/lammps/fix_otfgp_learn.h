@@ -7,7 +7,7 @@
 // Every N steps the largest predicted force std of the group is compared with the
 // threshold (eV/A, or x sigma_n with `relative yes`, never below `min_threshold`). Above it,
 // rank 0 gathers the system, calls the Python labeller (module:function, returning an ASE
-// calculator or a dict of energy/forces/stress) through otfgp.lammps_bridge, adds the most
+// calculator or a dict of energy/forces/stress) through otfgp.lammps.learn, adds the most
 // uncertain environments, retrains, saves model and frame, and all ranks load the new
 // model. With `map yes` (default) the retrained model is re-mapped (spline tables) before
 // it is broadcast, so the pair style runs at mapped speed between DFT calls. The decision

@@ -69,7 +69,7 @@ std::string python_learn(const LearnRequest& r) {
     req["pbc"] = r.pbc;
     req["step"] = r.step;
     req["options"] = r.options;
-    py::object result = py::module_::import("otfgp.lammps_bridge").attr("learn")(req);
+    py::object result = py::module_::import("otfgp.lammps.learn").attr("learn")(req);
     return result.cast<std::string>();
   } catch (py::error_already_set& e) {
     throw std::runtime_error(e.what());

@@ -25,7 +25,7 @@ struct LearnRequest {
   std::map<std::string, double> options;  // max_atoms, add_threshold, energy, stress, ...
 };
 
-// Runs otfgp.lammps_bridge.learn(request) and returns the retrained model file bytes.
+// Runs otfgp.lammps.learn.learn(request) and returns the retrained model file bytes.
 // Throws std::runtime_error carrying the Python exception text.
 std::string python_learn(const LearnRequest& request);
 

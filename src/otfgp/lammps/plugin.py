@@ -27,4 +27,4 @@ def preload_mpi() -> None:
 def plugin_dir() -> str:
     """Folder holding ``otfgpplugin.so`` (and make sure MPI can be loaded)."""
     preload_mpi()
-    return str(Path(__file__).resolve().parent)
+    return str(Path(__file__).resolve().parent.parent)  # installed beside otfgp/_core

@@ -22,7 +22,7 @@ from ase.calculators.calculator import BaseCalculator
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
-from .gp import GaussianProcess
+from ..gp import GaussianProcess
 
 log = logging.getLogger(__name__)
 
