@@ -152,7 +152,7 @@ def _number(section: Mapping[str, Any], key: str, where: str, default: Any = Non
 def validate_config(cfg: Mapping[str, Any], base_dir: str | os.PathLike = ".") -> dict[str, Any]:
     """Check a config and return it resolved (defaults filled in, stages explicit, a
     structure file made absolute). Raises :class:`ConfigError` naming the bad key."""
-    from .labellers.espresso import check_labeller_spec
+    from .labellers import check_labeller_spec
     from .otf import OTFOptions
 
     cfg = copy.deepcopy(dict(cfg))
@@ -410,7 +410,7 @@ def build_model(model: Mapping[str, Any]) -> "GaussianProcess":  # noqa: F821
 
 def build_labeller(spec: Mapping[str, Any], run_dir: Path) -> Any:
     """The labeller of a ``[labeller]`` section; pw.x works in ``run_dir/pw`` by default."""
-    from .labellers.espresso import make_labeller
+    from .labellers import make_labeller
 
     try:
         return make_labeller(spec, directory=run_dir / "pw")

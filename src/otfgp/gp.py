@@ -9,7 +9,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import scipy.linalg
@@ -20,8 +20,7 @@ from ase.data import chemical_symbols
 
 from . import _core
 
-if TYPE_CHECKING:
-    from .mapping import MapReport
+from .map_report import MapReport
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +56,11 @@ DEFAULT_BOUNDS: dict[str, tuple[float, float]] = {
     "noise_energy": (1e-4, 100.0),
     "noise_stress": (1e-6, 1.0),
 }
-"""Bounds used by :meth:`GaussianProcess.train`. The force-noise floor of 5 meV/A keeps the
-kernel matrix well conditioned and the variance honest when labels are noise free (EMT):
-with a 1 meV/A floor, sigma_n collapsed onto it in 2 of 6 on-the-fly runs of the melting-Al
-protocol, the model became overconfident and the liquid force MAE rose to 39-60 meV/A; with
-5 meV/A all 6 runs stayed within 22-30 meV/A (solid 3-5 meV/A). Length scales below 0.5 A
-are excluded: with the few environments of early on-the-fly learning the likelihood often
-prefers a length scale of a few hundredths of an Angstrom, which interpolates the data but
-generalises badly (measured: held-out liquid Al force MAE 70 meV/A at ell2 = 0.08 A against
-27 meV/A with this bound, same protocol)."""
+"""Bounds used by :meth:`GaussianProcess.train`: a force-noise floor of 5 meV/A (keeps the
+kernel matrix well conditioned and the variance honest with noise-free labels) and length
+scales of at least 0.5 A (shorter ones interpolate few environments but generalise badly).
+The measurements behind both are in docs/hyperparameters.md."""
+
 
 _ROW_FORCE, _ROW_ENERGY, _ROW_STRESS = 0, 1, 2
 
@@ -347,7 +342,11 @@ class GaussianProcess:
             self._cache_ells = (ell2, ell3)
         return self._K2, self._K3, self._dK2, self._dK3
 
-    def _noise_diagonal(self, hyp: Mapping[str, float]) -> np.ndarray:
+    def noise_diagonal(self, hyperparameters: Mapping[str, float] | None = None) -> np.ndarray:
+        """Label-noise variances of the training labels, one per label row (force rows
+        sigma_n^2, energy rows noise_energy^2, stress rows noise_stress^2), at the given (or
+        the current) hyperparameters: the diagonal added to the kernel matrix."""
+        hyp = self.hyperparameters if hyperparameters is None else hyperparameters
         kinds = np.asarray(self._model.row_kinds)
         noise = np.choose(kinds, [hyp["noise_force"], hyp["noise_energy"], hyp["noise_stress"]])
         return noise**2
@@ -404,7 +403,7 @@ class GaussianProcess:
         K2, K3, dK2, dK3 = self._kernel_parts(hyp["ell2"], hyp["ell3"], grad)
         y = self._targets(self._fit_energy_offsets())
         K = hyp["sigma2"] ** 2 * K2 + hyp["sigma3"] ** 2 * K3
-        K[np.diag_indices_from(K)] += self._noise_diagonal(hyp)
+        K[np.diag_indices_from(K)] += self.noise_diagonal(hyp)
         L = self._factor(K)
         alpha = scipy.linalg.cho_solve((L, True), y)
         n = len(y)
@@ -533,7 +532,7 @@ class GaussianProcess:
         offsets = self._fit_energy_offsets()
         key = (tuple(hyp.values()), tuple(offsets))
         n = self.n_labels
-        noise = self._noise_diagonal(hyp)
+        noise = self.noise_diagonal(hyp)
         L_old = self._chol
         n_old = 0 if L_old is None else L_old.shape[0]
         if L_old is not None and self._chol_key == key and 0 < n_old < n:
@@ -599,14 +598,13 @@ class GaussianProcess:
 
     # ---------------------------------------------------------------- mapping
     def map(self, tolerance: float | None = None, variance: bool = True,
-            heldout: Sequence[Atoms] | None = None, **grids: int) -> "MapReport":
+            heldout: Sequence[Atoms] | None = None, **grids: int) -> MapReport:
         """Tabulate the trained model's mean (and reduced variance) as splines, so that
         predictions cost the same whatever the training-set size. See :mod:`otfgp.mapping`.
         Retraining drops the maps (call ``map`` again); ``save`` stores them."""
-        from .mapping import DEFAULT_TOLERANCE, build_maps
+        from .mapping import build_maps
 
-        return build_maps(self, DEFAULT_TOLERANCE if tolerance is None else tolerance,
-                          variance=variance, heldout=heldout, **grids)
+        return build_maps(self, tolerance, variance=variance, heldout=heldout, **grids)
 
     @property
     def mapped(self) -> bool:
@@ -614,10 +612,8 @@ class GaussianProcess:
         return self._model.maps is not None
 
     @property
-    def map_report(self) -> "MapReport | None":
+    def map_report(self) -> MapReport | None:
         """The report of the installed maps (None if the model is not mapped)."""
-        from .mapping import MapReport
-
         maps = self._model.maps
         return None if maps is None else MapReport.from_json(maps["info"])
 

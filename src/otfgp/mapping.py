@@ -37,10 +37,8 @@ measured on the held-out environments and reported; the exact variance stays ava
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -51,10 +49,10 @@ if TYPE_CHECKING:
 
     from .gp import GaussianProcess
 
+from .map_report import DEFAULT_TOLERANCE, MapReport
+
 log = logging.getLogger(__name__)
 
-#: Default largest force deviation of the map from the exact GP (eV/A) on held-out atoms.
-DEFAULT_TOLERANCE = 5e-4
 #: Tabulated range starts this far below the shortest training distance (Angstrom).
 LOWER_MARGIN = 0.5
 #: Largest number of variance-basis coefficients over all triplet tables.
@@ -64,45 +62,6 @@ VARIANCE_BASIS_LIMIT = 3000
 TRIPLET_VARIANCE_DEGREE = 2
 TRIPLET_VARIANCE_PER_ELL = 3.0
 _FD_STEP = 1e-3  # Angstrom; central differences of the exact gradient (error ~1e-7 relative)
-
-
-@dataclass
-class MapReport:
-    """How a map was built and how far it is from the exact GP (eV, eV/A)."""
-
-    grid2: int = 0
-    grid3: int = 0
-    grid2_variance: int = 0
-    grid3_variance: int = 0
-    lower2: float = 0.0
-    lower3: float = 0.0
-    tolerance: float = DEFAULT_TOLERANCE
-    heldout_atoms: int = 0
-    force_error_mean: float = float("nan")
-    force_error_max: float = float("nan")
-    energy_error_max_per_atom: float = float("nan")
-    variance_spearman: float = float("nan")
-    variance_relative_error_median: float = float("nan")
-    variance_relative_error_p90: float = float("nan")
-    build_seconds: float = 0.0
-    iterations: list[dict[str, float]] = field(default_factory=list)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> "MapReport":
-        return cls(**json.loads(text)) if text else cls()
-
-    def summary(self) -> str:
-        """One line for logs and the CLI."""
-        s = (f"grids {self.grid2} (pairs) / {self.grid3}^3 (triplets); force deviation from the "
-             f"exact GP on {self.heldout_atoms} held-out atoms: mean {self.force_error_mean * 1e3:.3f}, "
-             f"max {self.force_error_max * 1e3:.3f} meV/A; built in {self.build_seconds:.2f} s")
-        if np.isfinite(self.variance_spearman):
-            s += (f"; mapped std vs exact: Spearman {self.variance_spearman:.3f}, median relative "
-                  f"error {self.variance_relative_error_median:.0%}")
-        return s
 
 
 # ------------------------------------------------------------------ spline algebra
@@ -311,7 +270,7 @@ def _variance_covariance(gp: "GaussianProcess", tables: list[dict[str, Any]]) ->
     prior = scipy.linalg.block_diag(*prior_blocks)
     Phi = scipy.sparse.hstack(phis).tocsr()
     A = np.asarray(Phi @ prior)  # label-coefficient prior covariance
-    C = np.asarray(Phi @ A.T) + np.diag(gp._noise_diagonal(hyp))
+    C = np.asarray(Phi @ A.T) + np.diag(gp.noise_diagonal(hyp))
     L = scipy.linalg.cholesky((C + C.T) / 2, lower=True)
     W = scipy.linalg.solve_triangular(L, A, lower=True)
     post = prior - W.T @ W
@@ -390,7 +349,7 @@ def _force_deviation(gp: "GaussianProcess", structures: Sequence["Atoms"],
     return float(e.mean()), float(e.max()), eerr
 
 
-def build_maps(gp: "GaussianProcess", tolerance: float = DEFAULT_TOLERANCE, variance: bool = True,
+def build_maps(gp: "GaussianProcess", tolerance: float | None = DEFAULT_TOLERANCE, variance: bool = True,
                heldout: Sequence["Atoms"] | None = None, grid2: int | None = None,
                grid3: int | None = None, max_grid3: int = 64,
                max_grid2: int = 2048) -> MapReport:
@@ -398,7 +357,7 @@ def build_maps(gp: "GaussianProcess", tolerance: float = DEFAULT_TOLERANCE, vari
 
     Args:
         tolerance: largest force-component deviation from the exact GP (eV/A) allowed on the
-            held-out environments; grids are refined until it holds (or hit their maxima).
+            held-out environments (None: :data:`DEFAULT_TOLERANCE`); grids are refined until it holds (or hit their maxima).
         variance: also build the reduced-GP variance (see the module docstring).
         heldout: structures to measure on; default: rattled copies of training structures.
         grid2, grid3: fixed grid sizes (nodes per axis) instead of the automatic choice.
@@ -407,6 +366,7 @@ def build_maps(gp: "GaussianProcess", tolerance: float = DEFAULT_TOLERANCE, vari
     """
     if not gp.trained:
         raise RuntimeError("map a trained model: call train() first")
+    tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
     if not tolerance > 0:
         raise ValueError(f"tolerance must be positive, got {tolerance}")
     t0 = time.perf_counter()

@@ -18,100 +18,55 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from ase import Atoms, units
-from ase.calculators.calculator import BaseCalculator
 from ase.io import read, write
 
+from . import atomic_io
 from .calculator import GPCalculator
 from .gp import GaussianProcess
+from .learning import (LabellerError, Labeller, LearningOptions, add_and_retrain, add_threshold_value,
+                       choose_atoms, label, needs_label, threshold_value)
 
 log = logging.getLogger(__name__)
 
 
-class LabellerError(RuntimeError):
-    """The reference (DFT) calculation of a frame failed or returned unusable labels."""
-
-
 @dataclass
-class OTFOptions:
-    """Settings of an on-the-fly run.
+class OTFOptions(LearningOptions):
+    """Settings of an on-the-fly run: the learning step's (:class:`LearningOptions`:
+    thresholds, atoms added, retraining, maps) plus the driver's own.
 
-    Thresholds compare with the largest predicted force-component standard deviation of
-    the frame (eV/A). Give either ``threshold`` (absolute, eV/A) or ``relative_threshold``
-    (multiple of the current force-noise hyperparameter sigma_n, as in the FLARE paper);
-    the relative threshold never drops below ``min_threshold`` eV/A, because with
-    noise-free labels sigma_n collapses to its bound and DFT would be called almost every
-    step. ``add_threshold`` (same kind as the main threshold) selects which atoms of a
-    labelled frame join the training set: up to ``max_atoms_added`` of those above it,
-    most uncertain first (at least the most uncertain one).
-
-    With ``map`` the model is re-mapped (spline tables, :meth:`GaussianProcess.map`) after
-    every retrain, so the MD steps between DFT calls run at mapped speed. ``uncertainty``
-    says which variance the DFT decision uses: ``"exact"`` (default; the GP's own variance,
-    paid only on the steps that are checked) or ``"mapped"`` (the calibrated reduced
-    variance, whose cost does not grow with the training set).
+    The uncertainty is checked every ``every`` MD steps. The first frame of an untrained
+    model is labelled and ``init_atoms`` random atoms of it (0: all) seed the model.
+    ``on_dft_failure`` is ``"raise"`` (stop; resume retries the step) or ``"skip"`` (log
+    and go on without the frame); a failed labeller is retried ``dft_retries`` times first.
+    Every ``trajectory_every``-th step goes to the trajectory; ``output_dir`` receives all
+    outputs; ``seed`` drives the choice of seed atoms; ``progress`` shows a progress bar
+    (``None``: when stderr is a terminal).
     """
 
-    threshold: float | None = 0.05
-    relative_threshold: float | None = None
-    min_threshold: float = 0.005
-    add_threshold: float | None = None
-    max_atoms_added: int = 1
     every: int = 1
     init_atoms: int = 4
-    add_energy: bool = False
-    add_stress: bool = False
-    optimize: bool = True
-    optimize_until_calls: int | None = 20
-    optimize_until_size: int | None = None
-    max_iterations: int = 50
     on_dft_failure: str = "raise"
     dft_retries: int = 0
     trajectory_every: int = 1
     output_dir: str = "otf_run"
     seed: int = 0
     progress: bool | None = None
-    map: bool = True
-    map_tolerance: float = 5e-4
-    uncertainty: str = "exact"
 
     def __post_init__(self) -> None:
-        if self.threshold is None and self.relative_threshold is None:
-            raise ValueError("give threshold (eV/A) or relative_threshold (x sigma_n)")
-        if self.threshold is not None and self.relative_threshold is not None:
-            raise ValueError("give either threshold or relative_threshold, not both")
-        for name in ("threshold", "relative_threshold", "add_threshold", "min_threshold"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0):
-                raise ValueError(f"{name} must be a positive number, got {v!r}")
-        for name in ("max_atoms_added", "every", "trajectory_every"):
+        super().__post_init__()
+        for name in ("every", "trajectory_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.init_atoms < 0:
             raise ValueError("init_atoms must be >= 0")
-        if self.uncertainty not in ("exact", "mapped"):
-            raise ValueError(f"uncertainty must be 'exact' or 'mapped', got {self.uncertainty!r}")
-        if self.uncertainty == "mapped" and not self.map:
-            raise ValueError("uncertainty = 'mapped' needs map = true")
-        if not (isinstance(self.map_tolerance, (int, float)) and self.map_tolerance > 0):
-            raise ValueError(f"map_tolerance must be a positive number, got {self.map_tolerance!r}")
         if self.on_dft_failure not in ("raise", "skip"):
             raise ValueError("on_dft_failure must be 'raise' or 'skip'")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "OTFOptions":
-        known = {f.name for f in fields(cls)}
-        bad = set(d) - known
-        if bad:
-            raise ValueError(f"unknown OTF options {sorted(bad)}; known: {sorted(known)}")
-        if d.get("relative_threshold") is not None and "threshold" not in d:
-            d = {**d, "threshold": None}  # relative mode: the absolute default does not apply
-        return cls(**d)
 
 
 @dataclass
@@ -139,23 +94,6 @@ class _TimedGPCalculator(GPCalculator):
             super().calculate(*args, **kwargs)
         finally:
             self.timers.prediction += time.perf_counter() - t
-
-
-def _write_atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name("." + path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _write_atomic_atoms(path: Path, atoms: Atoms | list[Atoms]) -> None:
-    tmp = path.with_name("." + path.name + ".tmp")  # hidden: never matches frame_*.extxyz
-    write(tmp, atoms, format="extxyz")
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _rng_state(rng: Any) -> Any:
@@ -187,7 +125,9 @@ class OTF:
             on the atoms to simulate; its atoms get a :class:`GPCalculator` of ``model``.
         model: the GaussianProcess to train (may be empty: step 0 seeds it).
         labeller: an ASE calculator giving reference energies/forces/stresses (DFT), or a
-            callable ``f(atoms) -> Calculator``.
+            callable ``f(atoms)`` returning a calculator or a dict of results (see
+            :data:`otfgp.learning.Labeller`); :func:`otfgp.labellers.make_labeller` builds
+            the packaged ones.
         **options: see :class:`OTFOptions`.
 
     After :meth:`run`, ``dft_calls`` lists the steps at which the labeller ran and
@@ -195,7 +135,7 @@ class OTF:
     """
 
     def __init__(self, dynamics: Any, model: GaussianProcess,
-                 labeller: BaseCalculator | Callable[[Atoms], BaseCalculator], **options: Any) -> None:
+                 labeller: Labeller, **options: Any) -> None:
         self.options = options if isinstance(options, OTFOptions) else OTFOptions.from_dict(options)
         self.dyn = dynamics
         self.atoms: Atoms = dynamics.atoms
@@ -213,25 +153,12 @@ class OTF:
         self._rng = np.random.default_rng(self.options.seed)
         self._checkpoint_index = 0
         self._learned_at = -1  # step whose uncertainty check already happened (resume)
-        self._program_output = ""  # what a failed labeller program printed last
         self._logged_at = -1  # step already checked and logged by an earlier run() call
 
     # ----------------------------------------------------------------- helpers
     def threshold_value(self) -> float:
-        """The current DFT-call threshold in eV/A."""
-        o = self.options
-        if o.threshold is not None:
-            return float(o.threshold)
-        return max(o.relative_threshold * self.model.hyperparameters["noise_force"], o.min_threshold)
-
-    def add_threshold_value(self) -> float:
-        """The current threshold for adding atoms of a labelled frame, in eV/A."""
-        o = self.options
-        if o.add_threshold is None:
-            return self.threshold_value()
-        if o.threshold is not None:
-            return float(o.add_threshold)
-        return max(o.add_threshold * self.model.hyperparameters["noise_force"], o.min_threshold)
+        """The current DFT-call threshold in eV/A (see :func:`otfgp.learning.threshold_value`)."""
+        return threshold_value(self.options, self.model)
 
     def _label(self, frame: Atoms) -> Atoms:
         """Reference labels of ``frame``; reuses a frame already labelled at this step
@@ -243,56 +170,26 @@ class OTF:
                 log.info("step %d: reusing stored DFT labels from %s", self.step, path)
                 return old
         attempts = 1 + max(0, self.options.dft_retries)
-        last: Exception | None = None
+        last: LabellerError | None = None
         for attempt in range(attempts):
             t = time.perf_counter()
-            calc = None
             try:
-                # A factory (callable) builds a fresh calculator per frame; it may fail too.
-                calc = self.labeller if isinstance(self.labeller, BaseCalculator) else self.labeller(frame)
-                labelled = frame.copy()
-                labelled.calc = calc
-                forces = np.asarray(labelled.get_forces(), dtype=float)
-                energy = float(labelled.get_potential_energy())
-                stress = np.asarray(labelled.get_stress(voigt=True), dtype=float) if self.options.add_stress else None
-            except Exception as exc:  # any failure of the external program
+                out = label(frame, self.labeller, stress=self.options.add_stress)
+            except LabellerError as exc:
                 last = exc
-                self._program_output = _program_output(calc)
                 log.warning("step %d: labeller failed (attempt %d/%d): %s", self.step, attempt + 1, attempts, exc)
                 continue
             finally:
                 self.timers.dft += time.perf_counter() - t
-            if forces.shape != (len(frame), 3) or not np.all(np.isfinite(forces)) or not math.isfinite(energy):
-                last = LabellerError("labeller returned unusable labels (wrong shape or NaN)")
-                continue
-            from ase.calculators.singlepoint import SinglePointCalculator
-
-            out = frame.copy()
-            results = {"energy": energy, "forces": forces}
-            if stress is not None:
-                results["stress"] = stress
-            out.calc = SinglePointCalculator(out, **results)
             out.info["otf_step"] = self.step
-            _write_atomic_atoms(path, out)
+            atomic_io.write_atoms(path, out)
             return out
-        detail = getattr(self, "_program_output", "")
+        assert last is not None
+        detail = last.program_output
         raise LabellerError(
             f"DFT labeller failed on the frame at step {self.step} ({len(frame)} atoms, "
-            f"{frame.get_chemical_formula()}) after {attempts} attempt(s): "
-            f"{type(last).__name__}: {_describe(last)}" + (f"; program output ends: {detail}" if detail else ""))
-
-    def _train(self) -> None:
-        o = self.options
-        calls = len(self.dft_calls)
-        optimize = o.optimize and (o.optimize_until_calls is None or calls <= o.optimize_until_calls) \
-            and (o.optimize_until_size is None or self.model.n_training_environments <= o.optimize_until_size)
-        t = time.perf_counter()
-        self.model.train(optimize=optimize, max_iterations=o.max_iterations)
-        self.timers.training += time.perf_counter() - t
-        if o.map:
-            t = time.perf_counter()
-            self.model.map(tolerance=o.map_tolerance, variance=o.uncertainty == "mapped")  # logs its report
-            self.timers.mapping += time.perf_counter() - t
+            f"{frame.get_chemical_formula()}) after {attempts} attempt(s): {last}"
+            + (f"; program output ends: {detail}" if detail else ""), detail)
 
     def _uncertainty(self) -> np.ndarray:
         """Per-atom max force-component std at the current positions (eV/A)."""
@@ -313,7 +210,7 @@ class OTF:
         else:
             stds = self._uncertainty()
             max_std = float(stds.max())
-            if max_std <= self.threshold_value():
+            if not needs_label(max_std, self.options, self.model):
                 return False, max_std
         frame = Atoms(self.atoms.get_chemical_symbols(), positions=self.atoms.positions,
                       cell=self.atoms.cell, pbc=self.atoms.pbc)
@@ -330,14 +227,12 @@ class OTF:
             n = min(self.options.init_atoms or len(frame), len(frame))
             chosen = np.sort(self._rng.choice(len(frame), n, replace=False))
         else:
-            per_atom = stds.max(axis=1)
-            order = np.argsort(-per_atom, kind="stable")
-            above = [i for i in order if per_atom[i] > self.add_threshold_value()]
-            chosen = np.array((above or [order[0]])[: self.options.max_atoms_added])
-        self.model.add_training_data(labelled, forces=True, energy=self.options.add_energy,
-                                     stress=self.options.add_stress, atom_indices=chosen)
+            chosen = choose_atoms(stds.max(axis=1), add_threshold_value(self.options, self.model),
+                                  self.options.max_atoms_added)
         self.dft_calls.append(self.step)
-        self._train()
+        times = add_and_retrain(self.model, labelled, chosen, self.options, calls=len(self.dft_calls))
+        self.timers.training += times.training
+        self.timers.mapping += times.mapping
         self._uncertainty()  # re-predict this step with the updated model (stds for the trajectory)
         log.info("step %d: DFT call %d (max std %.4g eV/A, threshold %.4g eV/A), added atoms %s, "
                  "training environments %d", self.step, len(self.dft_calls), max_std,
@@ -395,7 +290,7 @@ class OTF:
             "checkpoint_index": self._checkpoint_index,
             "learned": learned,  # False: the labeller failed at this step; resume retries it
         }
-        _write_atomic_text(ck / "state.json", json.dumps(state))
+        atomic_io.write_json(ck / "state.json", state)
         for old in ck.glob("model_*.otfgp"):
             if old.name != model_name:
                 old.unlink(missing_ok=True)
@@ -404,9 +299,14 @@ class OTF:
         """Write model and MD state now (done automatically after every DFT call)."""
         self._write_checkpoint()
 
+    @property
+    def checkpoint_index(self) -> int:
+        """Index of the last checkpoint written (0: none yet); it grows by one per checkpoint."""
+        return self._checkpoint_index
+
     @classmethod
     def resume(cls, output_dir: str | os.PathLike, dynamics: Any,
-               labeller: BaseCalculator | Callable[[Atoms], BaseCalculator], **overrides: Any) -> "OTF":
+               labeller: Labeller, **overrides: Any) -> "OTF":
         """Continue a run from its last checkpoint in ``output_dir``.
 
         ``dynamics`` must be built like the original one (same integrator, time step and
@@ -450,12 +350,12 @@ class OTF:
         if logf.exists():
             keep = [line for line in logf.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] < step]
-            _write_atomic_text(logf, "".join(line + "\n" for line in keep))
+            atomic_io.write_text(logf, "".join(line + "\n" for line in keep))
         traj = self.out / "trajectory.extxyz"
         if traj.exists():
             frames = [f for f in read(traj, index=":") if f.info.get("otf_step", -1) < step]
             if frames:
-                _write_atomic_atoms(traj, frames)
+                atomic_io.write_atoms(traj, frames)
             else:
                 traj.unlink()
 
@@ -497,10 +397,10 @@ class OTF:
         self.model.save(self.out / "model.otfgp")
         self._write_checkpoint()
         summary = self.summary()
-        _write_atomic_text(self.out / "summary.json", json.dumps(summary, indent=2))
+        atomic_io.write_json(self.out / "summary.json", summary, indent=2)
         frames = sorted((self.out / "dft").glob("frame_*.extxyz"))
         if frames:
-            _write_atomic_atoms(self.out / "dft_frames.extxyz", [read(p) for p in frames])
+            atomic_io.write_atoms(self.out / "dft_frames.extxyz", [read(p) for p in frames])
         log.info("OTF summary: %s", json.dumps(summary))
         return summary
 
@@ -516,35 +416,3 @@ class OTF:
             "hyperparameters": self.model.hyperparameters,
             "wall_time_s": asdict(self.timers),
         }
-
-
-def _program_output(calc: Any) -> str:
-    """The telling lines of a file-based calculator's output (e.g. pw.x's espresso.pwo):
-    error banners and the convergence verdict, else the last lines."""
-    directory = getattr(calc, "directory", None)
-    if not directory:
-        return ""
-    files = sorted(Path(directory).glob("*.pwo")) + sorted(Path(directory).glob("*.out"))
-    for f in files:
-        try:
-            lines = [ln.strip() for ln in f.read_text(errors="replace").splitlines() if ln.strip()]
-        except OSError:
-            continue
-        telling = [ln for ln in lines if "NOT achieved" in ln or "Error" in ln or "%%%%" not in ln and "error" in ln.lower()]
-        picked = telling[-3:] if telling else lines[-3:]
-        return f"{f.name}: " + " | ".join(picked)
-    return ""
-
-
-def _describe(exc: BaseException | None) -> str:
-    """The exception text plus, for a failed subprocess, the end of what it printed."""
-    if exc is None:
-        return "unknown error"
-    text = str(exc)
-    for attr in ("stderr", "output"):
-        extra = getattr(exc, attr, None)
-        if extra:
-            if isinstance(extra, bytes):
-                extra = extra.decode(errors="replace")
-            text += f"; program output: {extra.strip()[-500:]}"
-    return text

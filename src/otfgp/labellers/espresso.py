@@ -1,11 +1,11 @@
-"""Reference labellers: Quantum ESPRESSO (pw.x) through ASE, and ASE's EMT stand-in.
+"""The Quantum ESPRESSO (pw.x) labeller through ASE.
 
 ``espresso_calculator`` builds an ASE ``Espresso`` calculator with settings known to work
 on these machines (forces and stress always on, no wave-function files); with
 ``mpi_ranks > 1`` pw.x runs under Debian's OpenMPI ``mpirun`` in an environment cleaned of
 any parent MPI/PMI variables (a DFT child started from inside an MPICH job would otherwise
-try to join the parent's process manager). ``make_labeller`` builds either labeller from a
-configuration section such as ``{"type": "espresso", "kpts": [2, 2, 2], "ecutwfc": 15}``.
+try to join the parent's process manager). Registered as labeller type ``"espresso"``
+(see :mod:`otfgp.labellers`).
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ase.calculators.calculator import Calculator
 from ase.calculators.espresso import Espresso, EspressoProfile
 
 DEFAULT_PSEUDO_DIR = "/usr/share/espresso/pseudo"
@@ -186,61 +185,9 @@ def espresso_al_calculator(
                                mpi_ranks=mpi_ranks)
 
 
-def emt_labeller() -> Calculator:
-    """ASE's EMT potential (Al, Cu, Ag, Au, Ni, Pd, Pt): a cheap stand-in oracle."""
-    from ase.calculators.emt import EMT
-
-    return EMT()
-
-
-_ESPRESSO_KEYS = {
+ESPRESSO_KEYS = frozenset({
     "directory", "pseudopotentials", "kpts", "koffset", "ecutwfc", "ecutrho", "smearing",
     "degauss", "conv_thr", "mixing_beta", "electron_maxstep", "mpi_ranks", "pseudo_dir",
     "pw_command", "mpirun", "mpi_args", "input_data",
-}
-LABELLER_TYPES = ("espresso", "emt")
-
-
-def check_labeller_spec(spec: Mapping[str, Any]) -> str:
-    """Validate a labeller configuration section without building anything; returns the
-    normalised type (``"espresso"`` or ``"emt"``).
-
-    Raises:
-        ValueError: missing or unknown type, or an unknown key (the message names it).
-    """
-    if not isinstance(spec, Mapping):
-        raise ValueError(f"[labeller] must be a table/mapping, got {type(spec).__name__}")
-    if "type" not in spec:
-        raise ValueError(f"labeller.type missing: give one of {', '.join(LABELLER_TYPES)}")
-    kind = str(spec["type"]).lower()
-    rest = sorted(k for k in spec if k != "type")
-    if kind == "emt":
-        if rest:
-            raise ValueError(f"unknown key labeller.{rest[0]}: type 'emt' takes no other keys")
-        return "emt"
-    if kind in ("espresso", "qe", "pw", "quantum_espresso"):
-        bad = [k for k in rest if k not in _ESPRESSO_KEYS]
-        if bad:
-            raise ValueError(f"unknown key labeller.{bad[0]} for type 'espresso'; "
-                             f"known: {', '.join(sorted(_ESPRESSO_KEYS))}")
-        return "espresso"
-    raise ValueError(f"labeller.type {spec['type']!r} unknown: give one of {', '.join(LABELLER_TYPES)}")
-
-
-def make_labeller(spec: Mapping[str, Any], directory: str | os.PathLike | None = None) -> Calculator:
-    """Build a labeller from a configuration section.
-
-    ``spec["type"]`` is ``"espresso"`` (the other keys are :func:`espresso_calculator`
-    arguments) or ``"emt"`` (no other keys). ``directory`` is the default pw.x working
-    directory when the section gives none.
-
-    Raises:
-        ValueError: missing or unknown type, or an unknown key (the message names it).
-    """
-    kind = check_labeller_spec(spec)
-    if kind == "emt":
-        return emt_labeller()
-    rest = {k: v for k, v in spec.items() if k != "type"}
-    if "directory" not in rest:
-        rest["directory"] = directory if directory is not None else "dft_work"
-    return espresso_calculator(**rest)
+})
+"""The keys of an ``espresso`` labeller section: the arguments of :func:`espresso_calculator`."""

@@ -1,0 +1,284 @@
+"""The on-the-fly learning step, once for both drivers.
+
+The ASE learner (:class:`otfgp.otf.OTF`) and LAMMPS's ``fix otfgp/learn`` (through
+:mod:`otfgp.lammps.learn`) apply the same rules, all of them here:
+
+- :class:`LearningOptions`: the option vocabulary (the fix keywords use the same names);
+- :func:`threshold_value` / :func:`needs_label` / :func:`add_threshold_value`: the DFT-call
+  threshold and test, and the threshold for adding atoms, absolute or relative to the force
+  noise sigma_n, with a floor;
+- :func:`choose_atoms`: which atoms of a labelled frame join the training set;
+- :func:`label`: run a labeller on a frame and validate what it returns;
+- :func:`add_and_retrain`: add the chosen environments, retrain (optimising the
+  hyperparameters only early on) and re-map.
+
+The drivers keep only what is theirs: when to check (every N steps), computing the
+uncertainties, and files, checkpoints and logs.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence, TypeVar, Union
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import BaseCalculator
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from .gp import GaussianProcess
+
+log = logging.getLogger(__name__)
+
+Labeller = Union[BaseCalculator, Callable[[Atoms], Any]]
+"""An ASE calculator, or a callable ``f(atoms)`` returning an ASE calculator or a dict with
+``forces`` (N x 3, eV/A) and optionally ``energy`` (eV) and ``stress`` (Voigt, eV/A^3)."""
+
+
+class LabellerError(RuntimeError):
+    """The reference (DFT) calculation of a frame failed or returned unusable labels.
+
+    ``program_output`` holds the telling lines a file-based calculator (pw.x) left behind.
+    """
+
+    def __init__(self, message: str, program_output: str = "") -> None:
+        super().__init__(message)
+        self.program_output = program_output
+
+
+@dataclass
+class LearningOptions:
+    """Settings of the learning step (shared by :class:`otfgp.OTFOptions` and the keywords
+    of LAMMPS's ``fix otfgp/learn``).
+
+    Thresholds compare with the largest predicted force-component standard deviation of
+    the frame (eV/A). Give either ``threshold`` (absolute, eV/A) or ``relative_threshold``
+    (multiple of the current force-noise hyperparameter sigma_n, as in the FLARE paper);
+    the relative threshold never drops below ``min_threshold`` eV/A, because with
+    noise-free labels sigma_n collapses to its bound and DFT would be called almost every
+    step. ``add_threshold`` (same kind as the main threshold) selects which atoms of a
+    labelled frame join the training set: up to ``max_atoms_added`` of those above it,
+    most uncertain first (at least the most uncertain one). ``add_energy`` /
+    ``add_stress`` also train on the frame's energy / stress.
+
+    Hyperparameters are optimised (``max_iterations`` L-BFGS-B iterations) at every
+    retrain while at most ``optimize_until_calls`` DFT calls were made and the training set
+    has at most ``optimize_until_size`` environments (``None``: no limit); afterwards only
+    the solution is updated, which is much cheaper.
+
+    With ``map`` the model is re-mapped (spline tables, :meth:`GaussianProcess.map`, to
+    ``map_tolerance`` eV/A) after every retrain, so the MD steps between DFT calls run at
+    mapped speed. ``uncertainty`` says which variance the DFT decision uses: ``"exact"``
+    (default; the GP's own variance, paid only on the steps that are checked) or
+    ``"mapped"`` (the reduced variance, whose cost does not grow with the training set).
+    """
+
+    threshold: float | None = 0.05
+    relative_threshold: float | None = None
+    min_threshold: float = 0.005
+    add_threshold: float | None = None
+    max_atoms_added: int = 1
+    add_energy: bool = False
+    add_stress: bool = False
+    optimize: bool = True
+    optimize_until_calls: int | None = 20
+    optimize_until_size: int | None = None
+    max_iterations: int = 50
+    map: bool = True
+    map_tolerance: float = 5e-4
+    uncertainty: str = "exact"
+
+    def __post_init__(self) -> None:
+        if self.threshold is None and self.relative_threshold is None:
+            raise ValueError("give threshold (eV/A) or relative_threshold (x sigma_n)")
+        if self.threshold is not None and self.relative_threshold is not None:
+            raise ValueError("give either threshold or relative_threshold, not both")
+        for name in ("threshold", "relative_threshold", "add_threshold", "min_threshold"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                  or not math.isfinite(v) or v <= 0):
+                raise ValueError(f"{name} must be a positive number, got {v!r}")
+        if int(self.max_atoms_added) < 1:
+            raise ValueError("max_atoms_added must be >= 1")
+        for name in ("optimize_until_calls", "optimize_until_size"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ValueError(f"{name} must be a non-negative integer or None, got {v!r}")
+        if self.uncertainty not in ("exact", "mapped"):
+            raise ValueError(f"uncertainty must be 'exact' or 'mapped', got {self.uncertainty!r}")
+        if self.uncertainty == "mapped" and not self.map:
+            raise ValueError("uncertainty = 'mapped' needs map = true")
+        if not (isinstance(self.map_tolerance, (int, float)) and self.map_tolerance > 0):
+            raise ValueError(f"map_tolerance must be a positive number, got {self.map_tolerance!r}")
+
+    @classmethod
+    def from_dict(cls: type[_Options], d: Mapping[str, Any]) -> _Options:
+        """Options from a mapping of field names; unknown names are a ValueError naming them.
+        A ``relative_threshold`` without a ``threshold`` switches the absolute default off."""
+        known = {f.name for f in fields(cls)}
+        bad = set(d) - known
+        if bad:
+            raise ValueError(f"unknown options {sorted(bad)}; known: {sorted(known)}")
+        if d.get("relative_threshold") is not None and "threshold" not in d:
+            d = {**d, "threshold": None}
+        return cls(**d)
+
+
+_Options = TypeVar("_Options", bound=LearningOptions)
+
+
+# ---------------------------------------------------------------------- thresholds
+def _scaled(value: float, options: LearningOptions, model: GaussianProcess) -> float:
+    """``value`` in eV/A: as given (absolute mode) or x sigma_n, floored (relative mode)."""
+    if options.threshold is not None:
+        return float(value)
+    return max(value * model.hyperparameters["noise_force"], options.min_threshold)
+
+
+def threshold_value(options: LearningOptions, model: GaussianProcess) -> float:
+    """The current DFT-call threshold in eV/A."""
+    main = options.threshold if options.threshold is not None else options.relative_threshold
+    return _scaled(main, options, model)
+
+
+def needs_label(max_std: float, options: LearningOptions, model: GaussianProcess) -> bool:
+    """The per-step test: DFT is called when the largest std is strictly above the threshold
+    (``fix otfgp/learn`` applies the same comparison in C++ to the threshold it is given)."""
+    return max_std > threshold_value(options, model)
+
+
+def add_threshold_value(options: LearningOptions, model: GaussianProcess) -> float:
+    """The current threshold for adding atoms of a labelled frame, in eV/A (the DFT-call
+    threshold unless ``add_threshold`` is given)."""
+    if options.add_threshold is None:
+        return threshold_value(options, model)
+    return _scaled(options.add_threshold, options, model)
+
+
+def choose_atoms(per_atom_std: Sequence[float] | np.ndarray, add_threshold: float,
+                 max_atoms: int) -> np.ndarray:
+    """Indices of the atoms to add: up to ``max_atoms`` of those whose std exceeds
+    ``add_threshold``, most uncertain first (ties by index), and at least the most uncertain
+    one, so that a DFT call always teaches the model something."""
+    stds = np.asarray(per_atom_std, dtype=float)
+    order = np.argsort(-stds, kind="stable")
+    above = [int(i) for i in order if stds[i] > add_threshold]
+    return np.array((above or [int(order[0])])[: int(max_atoms)], dtype=int)
+
+
+# ---------------------------------------------------------------------- labels
+def label(frame: Atoms, labeller: Labeller, stress: bool = False) -> Atoms:
+    """Reference labels of ``frame``: a copy with a single-point calculator holding energy,
+    forces and (if ``stress``) stress.
+
+    A calculator is asked for energy, forces and stress; a callable is given a copy of the
+    frame and may return a calculator or a dict of results.
+
+    Raises:
+        LabellerError: the labeller failed (its exception text and, for a file-based
+            calculator, the end of the program's output are in the message) or returned
+            labels of the wrong shape, NaN or inf.
+    """
+    calc = None
+    try:
+        result = labeller if isinstance(labeller, BaseCalculator) else labeller(frame.copy())
+        if isinstance(result, BaseCalculator):
+            calc = result
+            work = frame.copy()
+            work.calc = calc
+            results: dict[str, Any] = {"energy": work.get_potential_energy(), "forces": work.get_forces()}
+            if stress:
+                results["stress"] = work.get_stress(voigt=True)
+        elif isinstance(result, Mapping):
+            results = {k: result[k] for k in ("energy", "forces", "stress") if k in result}
+        else:
+            raise TypeError(f"labeller returned {type(result).__name__}; expected an ASE "
+                            "calculator or a dict with forces (and energy, stress)")
+    except Exception as exc:  # any failure of the external program
+        raise LabellerError(f"{type(exc).__name__}: {describe(exc)}", program_output(calc)) from exc
+    _check_labels(results, len(frame), stress)
+    out = frame.copy()
+    out.calc = SinglePointCalculator(out, **{k: np.asarray(v, dtype=float) if k != "energy" else float(v)
+                                             for k, v in results.items()})
+    return out
+
+
+def _check_labels(results: Mapping[str, Any], n_atoms: int, stress: bool) -> None:
+    forces = np.asarray(results.get("forces"), dtype=float)
+    if forces.shape != (n_atoms, 3) or not np.all(np.isfinite(forces)):
+        raise LabellerError(f"labeller returned unusable labels: forces of shape {forces.shape} "
+                            f"(need ({n_atoms}, 3)) or with NaN/inf")
+    if "energy" in results and not math.isfinite(float(results["energy"])):
+        raise LabellerError("labeller returned unusable labels: energy is NaN or inf")
+    if stress:
+        s = np.asarray(results.get("stress"), dtype=float)
+        if s.shape not in ((6,), (3, 3)) or not np.all(np.isfinite(s)):
+            raise LabellerError(f"labeller returned unusable labels: stress of shape {s.shape} "
+                                "(need 6 Voigt components) or with NaN/inf")
+
+
+def program_output(calc: Any) -> str:
+    """The telling lines of a file-based calculator's output (e.g. pw.x's espresso.pwo):
+    error banners and the convergence verdict, else the last lines."""
+    directory = getattr(calc, "directory", None)
+    if not directory:
+        return ""
+    files = sorted(Path(directory).glob("*.pwo")) + sorted(Path(directory).glob("*.out"))
+    for f in files:
+        try:
+            lines = [ln.strip() for ln in f.read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            continue
+        telling = [ln for ln in lines if "NOT achieved" in ln or "Error" in ln
+                   or "%%%%" not in ln and "error" in ln.lower()]
+        picked = telling[-3:] if telling else lines[-3:]
+        return f"{f.name}: " + " | ".join(picked)
+    return ""
+
+
+def describe(exc: BaseException | None) -> str:
+    """The exception text plus, for a failed subprocess, the end of what it printed."""
+    if exc is None:
+        return "unknown error"
+    text = str(exc)
+    for attr in ("stderr", "output"):
+        extra = getattr(exc, attr, None)
+        if extra:
+            if isinstance(extra, bytes):
+                extra = extra.decode(errors="replace")
+            text += f"; program output: {extra.strip()[-500:]}"
+    return text
+
+
+# ---------------------------------------------------------------------- training
+@dataclass
+class RetrainTimes:
+    """Wall time of one :func:`add_and_retrain` (seconds)."""
+
+    training: float = 0.0
+    mapping: float = 0.0
+
+
+def add_and_retrain(model: GaussianProcess, labelled: Atoms, atoms: Sequence[int] | np.ndarray,
+                    options: LearningOptions, calls: int) -> RetrainTimes:
+    """Add the force environments of ``atoms`` (and the energy / stress if asked) of a
+    labelled frame, retrain and re-map. ``calls`` counts the DFT calls so far, this one
+    included (it decides whether the hyperparameters are still optimised)."""
+    model.add_training_data(labelled, forces=True, energy=options.add_energy,
+                            stress=options.add_stress, atom_indices=np.asarray(atoms, dtype=int))
+    optimize = (options.optimize
+                and (options.optimize_until_calls is None or calls <= options.optimize_until_calls)
+                and (options.optimize_until_size is None
+                     or model.n_training_environments <= options.optimize_until_size))
+    times = RetrainTimes()
+    t = time.perf_counter()
+    model.train(optimize=optimize, max_iterations=options.max_iterations)
+    times.training = time.perf_counter() - t
+    if options.map:
+        t = time.perf_counter()
+        model.map(tolerance=options.map_tolerance, variance=options.uncertainty == "mapped")  # logs its report
+        times.mapping = time.perf_counter() - t
+    return times
