@@ -231,28 +231,27 @@ def test_final_model_and_outputs(killed_and_resumed):
 
 
 def test_resume_matches_uninterrupted_run(killed_and_resumed):
-    """VelocityVerlet and the retraining are deterministic, and the checkpoint stores
-    positions, momenta and the model exactly: the killed-and-resumed run repeats the
-    uninterrupted one bit for bit until it reuses the frame labelled before the kill. That
-    frame comes back from extxyz, which keeps 8 decimals of positions and forces, so from
-    there on the two runs differ by rounding-level amounts (measured: hyperparameters in the
-    8th digit, energies by 5e-5 eV) but still call DFT at the same steps."""
+    """VelocityVerlet and the retraining are deterministic, the checkpoint stores positions,
+    momenta and the model exactly, and a frame labelled before the kill comes back from its
+    lossless copy (dft/frame_<step>.traj; the extxyz keeps only 8 decimals, which made the
+    chaotic MD drift by up to 1.35 meV): the killed-and-resumed run repeats the
+    uninterrupted one bit for bit."""
     run_dir, ref_dir = killed_and_resumed["run_dir"], killed_and_resumed["ref_dir"]
     resumed, reference = read_log(run_dir), read_log(ref_dir)
-    killed = killed_and_resumed["killed"]
-    first_reused = min(set(killed["frames"]) - set(killed["state"]["dft_calls"]))
-    for a, b in zip(resumed[:first_reused], reference[:first_reused]):
+    assert len(resumed) == len(reference)
+    for a, b in zip(resumed, reference):
         assert a["potential_energy_eV"] == b["potential_energy_eV"], a["step"]
         assert a["temperature_K"] == b["temperature_K"], a["step"]
         assert a["hyperparameters"] == b["hyperparameters"], a["step"]
+        assert a["dft"] == b["dft"], a["step"]
     assert killed_and_resumed["summary"]["dft_call_steps"] == killed_and_resumed["reference"]["dft_call_steps"]
-    e_res = np.array([e["potential_energy_eV"] for e in resumed])
-    e_ref = np.array([e["potential_energy_eV"] for e in reference])
-    print(f"max |E_resumed - E_reference| over the run: {np.abs(e_res - e_ref).max():.3g} eV")
-    np.testing.assert_allclose(e_res, e_ref, rtol=0, atol=1e-3)
     ref_model = otfgp.GaussianProcess.load(ref_dir / "model.otfgp")
     res_model = otfgp.GaussianProcess.load(run_dir / "model.otfgp")
     assert res_model.n_training_environments == ref_model.n_training_environments
+    # the same labels and the same solution (the files differ in the maps' build times)
+    assert np.array_equal(res_model.core.labels, ref_model.core.labels)
+    assert np.array_equal(res_model.core.alpha, ref_model.core.alpha)
+    assert res_model.hyperparameters == ref_model.hyperparameters
 
 
 def test_failed_frame_is_retried_on_resume(tmp_path):

@@ -35,8 +35,9 @@ def write_json(path: str | os.PathLike, data: Any, indent: int | None = None) ->
     write_text(path, json.dumps(data, indent=indent))
 
 
-def write_atoms(path: str | os.PathLike, atoms: "Atoms | list[Atoms]") -> None:
-    """Replace ``path`` with ``atoms`` (one frame or a list) as extended XYZ atomically."""
+def write_atoms(path: str | os.PathLike, atoms: "Atoms | list[Atoms]", format: str = "extxyz") -> None:
+    """Replace ``path`` with ``atoms`` (one frame or a list) atomically, as extended XYZ or
+    another ASE format (``"traj"``: lossless binary)."""
     from ase.io import write
 
-    _replace_with(path, lambda tmp: write(tmp, atoms, format="extxyz"))
+    _replace_with(path, lambda tmp: write(tmp, atoms, format=format))

@@ -5,7 +5,8 @@ Output directory layout (all files written atomically):
 - ``log.jsonl``: one JSON object per step (time, temperature, energies, max std, DFT flag,
   training size, hyperparameters);
 - ``trajectory.extxyz``: the frames with per-atom ``force_stds``;
-- ``dft/frame_<step>.extxyz``: every labelled frame, written as soon as the labeller returns;
+- ``dft/frame_<step>.extxyz``: every labelled frame, written as soon as the labeller returns
+  (with a lossless ``frame_<step>.traj`` copy from which a resumed run reuses it);
 - ``checkpoint/state.json`` + ``checkpoint/model_<n>.otfgp``: model and MD state after
   every DFT call (and at the end), from which :meth:`OTF.resume` continues;
 - ``model.otfgp`` and ``summary.json`` at the end of a run.
@@ -164,10 +165,15 @@ class OTF:
         """Reference labels of ``frame``; reuses a frame already labelled at this step
         (a resumed run) so no DFT calculation is ever done twice."""
         path = self.out / "dft" / f"frame_{self.step:07d}.extxyz"
-        if path.exists():
-            old = read(path)
+        exact = path.with_suffix(".traj")
+        for stored in (exact, path):  # the lossless copy first: extxyz keeps 8 decimals
+            if not stored.exists():
+                continue
+            old = read(stored)
             if len(old) == len(frame) and np.allclose(old.positions, frame.positions, atol=1e-8):
-                log.info("step %d: reusing stored DFT labels from %s", self.step, path)
+                log.info("step %d: reusing stored DFT labels from %s", self.step, stored)
+                if not path.exists():
+                    atomic_io.write_atoms(path, old)
                 return old
         attempts = 1 + max(0, self.options.dft_retries)
         last: LabellerError | None = None
@@ -182,6 +188,9 @@ class OTF:
             finally:
                 self.timers.dft += time.perf_counter() - t
             out.info["otf_step"] = self.step
+            # Lossless copy first (a resumed run then repeats the uninterrupted one exactly),
+            # then the readable extxyz that users and dft_frames.extxyz read.
+            atomic_io.write_atoms(exact, out, format="traj")
             atomic_io.write_atoms(path, out)
             return out
         assert last is not None
