@@ -103,18 +103,13 @@ from pathlib import Path
 # bench/ is on sys.path when run as a script
 from benchinfo import (REPO, busy_seconds, children_cpu_seconds, find_lammps_tools,
                        lammps_machine, own_cpu_seconds, plugin_file, wait_for_quiet)
+from lammps_decks import (A0, DISPLACEMENT, LATTICE, MASS, SIZES, TEMPERATURE, TIMESTEP,
+                          baseline_input, otfgp_input)
 from swparams import al_parameters, read_sw_entry, write_sw_file
 
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "lammps_speed.json"
 MAKE_MODEL = REPO / "examples" / "lammps" / "make_model.py"
 
-TEMPERATURE = 300.0
-TIMESTEP = 0.002  # ps
-DISPLACEMENT = 0.04  # A, uniform per coordinate
-SEED_DISPLACE = 12345
-SEED_VELOCITY = 4928459
-LATTICE, A0, MASS = "fcc", 4.05, 26.9815385
-SIZES = {256: (4, 4, 4), 4000: (10, 10, 10), 32000: (20, 20, 20)}  # atoms -> cubic cells
 DEFAULT_SIZES = [4000, 32000]
 EXACT_MAX_ATOMS = 4000
 COMPARISON_SIZE = 256
@@ -229,87 +224,6 @@ def _sw_file(potentials, workdir, kind, cutoff, lambda_scale, epsilon_scale,
                   "lambda_scale": lambda_scale, "epsilon_scale": epsilon_scale,
                   "pair_minimum": pair_minimum,
                   "B_changed": pair_minimum is not None}
-
-
-# --------------------------------------------------------------------------- inputs
-def _coord_lines(coord_cutoffs):
-    """Computes and a thermo style printing the mean number of neighbours and of neighbour
-    pairs within each cutoff (columns c_nI[1], c_nI[2] for the I-th cutoff)."""
-    lines, columns = [], []
-    for i, rc in enumerate(coord_cutoffs):
-        # just inside the cutoff: coord/atom refuses a cutoff beyond the pair cutoff, which
-        # for sw is sigma*a, rounded
-        lines += [f"compute         k{i} all coord/atom cutoff {rc * (1 - 1e-9):.10f}",
-                  f"variable        p{i} atom c_k{i}*(c_k{i}-1)/2",
-                  f"compute         n{i} all reduce ave c_k{i} v_p{i}"]
-        columns += [f"c_n{i}[1]", f"c_n{i}[2]"]
-    return lines + [f"thermo_style    custom step temp pe etotal {' '.join(columns)}".rstrip(),
-                    "thermo          0"]
-
-
-def _uncoord_lines(coord_cutoffs):
-    lines = ["thermo_style    custom step temp pe etotal"]
-    for i, _ in enumerate(coord_cutoffs):
-        lines += [f"uncompute       n{i}", f"variable        p{i} delete", f"uncompute       k{i}"]
-    return lines
-
-
-def _header(size, pair_lines, coord_cutoffs=()):
-    """Structure, potential, velocities and the untimed setup `run 0` (with neighbour counts
-    within `coord_cutoffs`)."""
-    nx, ny, nz = SIZES[size]
-    return [
-        "units           metal",
-        "atom_style      atomic",
-        "boundary        p p p",
-        f"lattice         {LATTICE} {A0}",
-        f"region          box block 0 {nx} 0 {ny} 0 {nz}",
-        "create_box      1 box",
-        "create_atoms    1 box",
-        f"mass            1 {MASS}",
-        f"displace_atoms  all random {DISPLACEMENT} {DISPLACEMENT} {DISPLACEMENT} "
-        f"{SEED_DISPLACE} units box",
-        *pair_lines,
-        f"velocity        all create {TEMPERATURE} {SEED_VELOCITY} dist gaussian",
-        "fix             nve all nve",
-        f"timestep        {TIMESTEP}",
-        *_coord_lines(coord_cutoffs),
-        "run             0               # setup, untimed",
-        *_uncoord_lines(coord_cutoffs),
-    ]
-
-
-def _timed(lines, target, check_every, coord_cutoffs=()):
-    """The timed run, stopped by the timeout, then an untimed `run 0` that prints the
-    final temperature, energy and neighbour counts."""
-    return "\n".join([*lines, f"timer           timeout {target:g} every {check_every}",
-                      "run             100000000       # timed, stopped by the timeout",
-                      "timer           timeout off",
-                      *_coord_lines(coord_cutoffs),
-                      "run             0               # final state, untimed", ""])
-
-
-def _baseline_input(style, size, potentials, sw_path, coord_cutoffs, target, check_every):
-    if style.startswith("sw"):
-        pair = ["pair_style      sw", f"pair_coeff      * * {sw_path} Al"]
-    else:
-        pair = ["pair_style      eam/alloy",
-                f"pair_coeff      * * {potentials / 'Al_zhou.eam.alloy'} Al"]
-        coord_cutoffs = ()
-    return _timed(_header(size, pair, coord_cutoffs), target, check_every, coord_cutoffs)
-
-
-def _otfgp_input(size, model, std_every, coord_cutoffs, target, check_every):
-    """A timed otfgp run; with `std_every`, thermo prints the largest per-atom force std
-    (compute otfgp/std/atom) every `std_every` steps."""
-    lines = _header(size, ["pair_style      otfgp", f"pair_coeff      * * {model} Al"],
-                    coord_cutoffs)
-    if std_every:
-        lines += ["compute         std all otfgp/std/atom",
-                  "compute         maxstd all reduce max c_std[4]",
-                  "thermo_style    custom step temp c_maxstd",
-                  f"thermo          {std_every}"]
-    return _timed(lines, target, check_every, coord_cutoffs)
 
 
 def _kind(job, model, every):
@@ -816,9 +730,9 @@ def main():
                 name = _name(job, m, every)
                 shown = style
                 if style == "otfgp":
-                    text = _otfgp_input(size, models[m], every, cc, timeout, check)
+                    text = otfgp_input(size, models[m], every, cc, timeout, check)
                 else:
-                    text = _baseline_input(style, size, potentials, sw_paths.get(job), cc,
+                    text = baseline_input(style, size, potentials, sw_paths.get(job), cc,
                                            timeout, check)
                     if threads > 1:  # the OPENMP package's threaded variants
                         extra = ["-sf", "omp", "-pk", "omp", str(threads)]
