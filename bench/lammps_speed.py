@@ -93,7 +93,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -105,6 +104,7 @@ from benchinfo import (REPO, busy_seconds, children_cpu_seconds, find_lammps_too
                        lammps_machine, own_cpu_seconds, plugin_file, wait_for_quiet)
 from lammps_decks import (A0, DISPLACEMENT, LATTICE, MASS, SIZES, TEMPERATURE, TIMESTEP,
                           baseline_input, otfgp_input)
+from lammps_output import banner_version, errors, neighbor_info, parse_runs
 from swparams import al_parameters, read_sw_entry, write_sw_file
 
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "lammps_speed.json"
@@ -286,89 +286,6 @@ def _check_every(cost, natoms, std_every, timeout):
     return n
 
 
-# --------------------------------------------------------------------------- parsing
-LOOP_RE = re.compile(r"^Loop time of (\S+) on (\d+) procs for (\d+) steps with (\d+) atoms")
-CPU_RE = re.compile(r"^([\d.]+)% CPU use with (\d+) MPI tasks x (\d+) OpenMP threads")
-NEIGHS_RE = re.compile(r"^Ave neighs/atom = (\S+)")
-BUILDS_RE = re.compile(r"^Neighbor list builds = (\d+)")
-DANGEROUS_RE = re.compile(r"^Dangerous builds = (\d+)")
-
-
-def _parse(output):
-    """Every run of a LAMMPS screen output: loop time, steps, timer breakdown, last thermo row,
-    neighbour statistics."""
-    lines = output.splitlines()
-    runs, header, last_row = [], None, None
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        stripped = line.strip()
-        if stripped.startswith("Step ") or stripped == "Step":
-            header, last_row = stripped.split(), None
-        elif header and len(stripped.split()) == len(header):
-            try:
-                last_row = [float(x) for x in stripped.split()]
-            except ValueError:
-                pass
-        m = LOOP_RE.match(line)
-        if m:
-            run = {"loop_seconds": float(m.group(1)), "procs": int(m.group(2)),
-                   "steps": int(m.group(3)), "atoms": int(m.group(4)), "timers": {},
-                   "timer_table": {},
-                   "last_thermo": dict(zip(header, last_row)) if header and last_row else None}
-            header, last_row = None, None
-            j = i + 1
-            in_table = False
-            while j < len(lines) and not LOOP_RE.match(lines[j]):
-                s = lines[j]
-                if s.startswith("Setting up") or s.startswith("Total wall time"):
-                    break
-                c = CPU_RE.match(s)
-                if c:
-                    run["cpu_use_percent"] = float(c.group(1))
-                    run["lammps_threads"] = int(c.group(3))
-                if s.startswith("Performance:"):
-                    run["performance"] = s.split(":", 1)[1].strip()
-                if s.startswith("Section |") and not run["timers"] and not in_table:
-                    in_table = True  # the first (MPI) table only
-                    j += 2  # skip the dashed separator
-                    continue
-                if in_table:
-                    if "|" in s:
-                        cols = [x.strip() for x in s.split("|")]
-                        try:
-                            run["timers"][cols[0]] = float(cols[2])  # average over ranks
-                            run["timer_table"][cols[0]] = dict(zip(
-                                ("min", "avg", "max", "varavg_percent", "total_percent"),
-                                (float(x) for x in cols[1:6])))
-                        except (ValueError, IndexError):
-                            pass
-                    else:
-                        in_table = False
-                for key, rx, cast in (("ave_neighs_per_atom", NEIGHS_RE, float),
-                                      ("neighbor_list_builds", BUILDS_RE, int),
-                                      ("dangerous_builds", DANGEROUS_RE, int)):
-                    n = rx.match(s)
-                    if n and key not in run:
-                        run[key] = cast(n.group(1))
-                j += 1
-            runs.append(run)
-        i += 1
-    return runs
-
-
-def _neighbor_info(output):
-    """The neighbour-list cutoff and the attributes of the pair style's list."""
-    info = {}
-    m = re.search(r"master list distance cutoff = (\S+)", output)
-    if m:
-        info["list_cutoff"] = float(m.group(1))
-    m = re.search(r"^\s*\(1\) pair (\S+), perpetual.*?\n\s*attributes: (.*)$", output, re.M)
-    if m:
-        info["pair_list"] = f"{m.group(1)}: {m.group(2).strip()}"
-    return info
-
-
 # --------------------------------------------------------------------------- running
 def _run_lammps(lmp, mpirun, procs, threads, extra_args, text, workdir, tag):
     path = Path(workdir) / f"in.{tag}"
@@ -389,19 +306,17 @@ def _run_lammps(lmp, mpirun, procs, threads, extra_args, text, workdir, tag):
     b1, c1, (ch1, sy1) = busy_seconds(), own_cpu_seconds(), children_cpu_seconds()
     (Path(workdir) / f"out.{tag}").write_text(stdout + stderr)
     error = None
-    errors = [s.strip() for s in stdout.splitlines() + stderr.splitlines()
-              if s.lstrip().startswith("ERROR")]
-    if code != 0 or errors:
-        if any("Lost atoms" in s for s in errors):
-            error = "LAMMPS lost atoms: the dynamics blew up (" + errors[0] + ")"
+    failures = errors(stdout) + errors(stderr)
+    if code != 0 or failures:
+        if any("Lost atoms" in s for s in failures):
+            error = "LAMMPS lost atoms: the dynamics blew up (" + failures[0] + ")"
         else:
-            error = (errors[0] if errors else f"exit code {code}: "
+            error = (failures[0] if failures else f"exit code {code}: "
                      + (stderr.strip().splitlines() or ["no output"])[-1])
     other = None if b0 is None or b1 is None else max(0.0, (b1 - b0) - (c1 - c0)) / wall
     warnings = sorted({line.strip() for line in stdout.splitlines()
                        if line.startswith("WARNING") and "Wall time limit" not in line})
-    m = re.search(r"^LAMMPS \((.*?)\)", stdout, re.M)
-    runs = _parse(stdout)
+    runs = parse_runs(stdout)
     if error is None and (len(runs) != 3 or runs[0]["steps"] != 0 or runs[1]["steps"] == 0
                           or runs[2]["steps"] != 0):
         error = f"unexpected LAMMPS output: runs of {[r['steps'] for r in runs]} steps"
@@ -415,8 +330,8 @@ def _run_lammps(lmp, mpirun, procs, threads, extra_args, text, workdir, tag):
         "warnings": warnings,
         "error": error,
         "output_tail": stdout[-2000:] + stderr[-1000:] if error else None,
-        "lammps_version": m.group(1) if m else None,
-        "neighbor": _neighbor_info(stdout),
+        "lammps_version": banner_version(stdout),
+        "neighbor": neighbor_info(stdout),
         "runs": runs,
     }
 
