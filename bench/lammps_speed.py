@@ -6,8 +6,9 @@ Atom-steps per second of otfgp (mean only, with the std every 10 steps and every
 against two ``pair_style sw`` baselines (at the GP's 2-body and 3-body cutoff) and
 ``eam/alloy``, serial and on 2 MPI ranks, in repeated interleaved rounds; ratios, std cost,
 strong scaling and targets go to bench/results/lammps_speed.json. Protocol, baselines, timing
-method and output: bench/README.md. This script runs the jobs and summarises them; the LAMMPS
-inputs are in lammps_decks.py, the output parsing in lammps_output.py.
+method and output: bench/README.md. This script runs the jobs and summarises them; the models
+and sw files are built by lammps_potentials.py, the LAMMPS inputs by lammps_decks.py, and the
+output is read by lammps_output.py.
 
     .venv/bin/python bench/lammps_speed.py                      # everything
     .venv/bin/python bench/lammps_speed.py --wait-quiet 15      # on a shared machine
