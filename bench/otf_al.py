@@ -31,7 +31,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +47,9 @@ from ase.md.verlet import VelocityVerlet
 import otfgp
 from otfgp.cli import maxwell_boltzmann
 from otfgp.labellers import espresso_calculator
+
+# bench/ is on sys.path when run as a script
+from benchinfo import git_commit, modified_paths
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -141,13 +143,10 @@ def _mean(rows: list[dict], key: str) -> float:
 def machine_info() -> dict:
     info = {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    try:
-        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                        text=True, check=True).stdout.strip()
-        info["uncommitted_changes"] = bool(subprocess.run(["git", "status", "--porcelain", "src", "cpp"], cwd=REPO,
-                                                          capture_output=True, text=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        pass
+    commit = git_commit()
+    if commit is not None:
+        info["commit"] = commit
+        info["uncommitted_changes"] = bool(modified_paths(("src", "cpp")))
     try:
         info["load_average_1min_at_end"] = os.getloadavg()[0]
     except OSError:

@@ -53,24 +53,3 @@ def run_lmp(args: list[str], cwd: Path, nprocs: int = 1, timeout: float = 300) -
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
-
-def thermo_rows(output: str) -> np.ndarray:
-    """Numeric rows of the first thermo block in LAMMPS output (other lines in between, such
-    as fix messages, are skipped)."""
-    rows: list[list[float]] = []
-    ncols = None
-    for line in output.splitlines():
-        if ncols is None:
-            if line.strip().startswith("Step"):
-                ncols = len(line.split())
-            continue
-        if line.startswith("Loop time"):
-            break
-        parts = line.split()
-        if len(parts) != ncols:
-            continue
-        try:
-            rows.append([float(p) for p in parts])
-        except ValueError:
-            continue
-    return np.array(rows)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import otfgp
+from otfgp.lammps.thermo import thermo_rows
 from conftest import displaced_al
-from lammps_helpers import fixed_al_model, run_lmp, thermo_rows, write_data
+from lammps_helpers import fixed_al_model, run_lmp, write_data
 
 LABELLERS = '''
 from ase.calculators.emt import EMT
