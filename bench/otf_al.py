@@ -46,7 +46,7 @@ from ase.md.velocitydistribution import Stationary
 from ase.md.verlet import VelocityVerlet
 
 import otfgp
-from otfgp.cli import maxwell_boltzmann
+from otfgp.builders import maxwell_boltzmann
 from otfgp.labellers import espresso_calculator
 
 REPO = Path(__file__).resolve().parents[1]

@@ -59,114 +59,16 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-import numpy as np
-
+from .builders import build_dynamics, build_labeller, build_model, build_structure, set_velocities
 from .config import ConfigError, load_config, stage_bounds, validate_config
-
-if TYPE_CHECKING:  # imported lazily at run time: the CLI starts fast and reports config errors first
-    from ase import Atoms
-
-    from .gp import GaussianProcess
 
 RUN_CONFIG = "run_config.json"
 STAGES_FILE = "stages.json"
 INITIAL_STRUCTURE = "initial.extxyz"
 
 log = logging.getLogger("otfgp.cli")
-
-
-# --------------------------------------------------------------------------- building
-def build_structure(st: Mapping[str, Any]) -> "Atoms":  # noqa: F821
-    """The starting structure of a resolved ``[structure]`` section."""
-    from ase.build import bulk
-    from ase.io import read
-
-    if "file" in st:
-        atoms = read(st["file"], index=st.get("index", 0))
-        atoms.calc = None
-    else:
-        kw = {k: st[k] for k in ("a", "c", "cubic", "orthorhombic") if k in st}
-        try:
-            atoms = bulk(st["element"], st["lattice"], **kw)
-        except Exception as exc:
-            raise ConfigError(f"structure: ase.build.bulk({st['element']!r}, {st['lattice']!r}) "
-                              f"failed: {exc}") from exc
-    atoms = atoms.repeat(tuple(st.get("repeat", (1, 1, 1))))
-    if st.get("jitter", 0.0) > 0:
-        rng = np.random.default_rng(st.get("seed", 0))
-        atoms.positions += rng.uniform(-st["jitter"], st["jitter"], atoms.positions.shape)
-    return atoms
-
-
-def maxwell_boltzmann(atoms: "Atoms", temperature_K: float, rng: np.random.Generator) -> None:  # noqa: F821
-    """Maxwell-Boltzmann momenta (``thermalize_momenta`` since ASE 3.29, the older name before)."""
-    try:
-        from ase.md.velocitydistribution import thermalize_momenta
-    except ImportError:  # ASE < 3.29
-        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-
-        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
-    else:
-        thermalize_momenta(atoms, temperature_K, rng=rng)
-
-
-def set_velocities(atoms: "Atoms", md: Mapping[str, Any]) -> None:  # noqa: F821
-    """Maxwell-Boltzmann velocities at md.temperature_K (centre of mass at rest)."""
-    from ase.md.velocitydistribution import Stationary
-
-    if md.get("temperature_K"):
-        maxwell_boltzmann(atoms, md["temperature_K"], np.random.default_rng(md.get("seed", 0)))
-        if md.get("zero_momentum", True):
-            Stationary(atoms)
-
-
-def build_dynamics(atoms: "Atoms", md: Mapping[str, Any]) -> Any:  # noqa: F821
-    """The ASE integrator of a resolved ``[md]`` section."""
-    from ase import units
-
-    dt = md["timestep_fs"] * units.fs
-    kind = md["integrator"]
-    if kind == "velocity_verlet":
-        from ase.md.verlet import VelocityVerlet
-
-        return VelocityVerlet(atoms, timestep=dt)
-    if kind == "langevin":
-        from ase.md.langevin import Langevin
-
-        return Langevin(atoms, dt, temperature_K=md["temperature_K"], friction=md["friction"] / units.fs, fixcm=False,
-                        rng=np.random.default_rng(md.get("seed", 0) + 1))
-    if kind == "npt_berendsen":
-        from ase.md.nptberendsen import NPTBerendsen
-
-        return NPTBerendsen(atoms, dt, temperature_K=md["temperature_K"],
-                            pressure_au=md["pressure_bar"] * units.bar, taut=md["taut_fs"] * units.fs,
-                            taup=md["taup_fs"] * units.fs,
-                            compressibility_au=md["compressibility_per_bar"] / units.bar)
-    raise ConfigError(f"md.integrator {kind!r} unknown")
-
-
-def build_model(model: Mapping[str, Any]) -> "GaussianProcess":  # noqa: F821
-    from .gp import GaussianProcess
-
-    cutoffs = {k: model[k] for k in ("twobody", "threebody") if k in model}
-    bounds = {k: tuple(v) for k, v in model.get("bounds", {}).items()} or None
-    try:
-        return GaussianProcess(model["species"], cutoffs, hyperparameters=model.get("hyperparameters"),
-                               bounds=bounds)
-    except ValueError as exc:
-        raise ConfigError(f"[model]: {exc}") from exc
-
-
-def build_labeller(spec: Mapping[str, Any], run_dir: Path) -> Any:
-    """The labeller of a ``[labeller]`` section; pw.x works in ``run_dir/pw`` by default."""
-    from .labellers import make_labeller
-
-    try:
-        return make_labeller(spec, directory=run_dir / "pw")
-    except (ValueError, FileNotFoundError) as exc:
-        raise ConfigError(f"[labeller]: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- stages
