@@ -54,110 +54,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .atomic_io import write_json
 from .builders import build_dynamics, build_labeller, build_model, build_structure, set_velocities
 from .config import ConfigError, load_config, stage_bounds, validate_config
+from .stages import STAGES_FILE, read_stages_state, run_stages
 
 RUN_CONFIG = "run_config.json"
-STAGES_FILE = "stages.json"
 INITIAL_STRUCTURE = "initial.extxyz"
-
-log = logging.getLogger("otfgp.cli")
-
-
-# --------------------------------------------------------------------------- stages
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _read_stages_state(run_dir: Path) -> dict[str, Any]:
-    p = run_dir / STAGES_FILE
-    if p.exists():
-        return json.loads(p.read_text())
-    return {"transitions": {}, "completed": []}
-
-
-def _checkpoint(otf: Any) -> None:
-    write = getattr(otf, "write_checkpoint", None) or otf._write_checkpoint
-    write()
-
-
-def _thermostat_target(stages: Sequence[Mapping[str, Any]], i: int, md: Mapping[str, Any]) -> float | None:
-    t = md.get("temperature_K")
-    for s in stages[: i + 1]:
-        t = s.get("temperature_K", t)
-    return t
-
-
-def run_stages(otf: Any, cfg: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Run the MD stages from ``otf.step`` on; each velocity rescale happens exactly once.
-
-    A transition is recorded in ``stages.json`` (atomically) together with the index of the
-    checkpoint that holds the rescaled velocities, before that checkpoint is written; on
-    resume it counts as done only if the restored checkpoint is at least that one.
-    """
-    from ase import units
-
-    md = cfg["md"]
-    stages = md["stages"]
-    bounds = stage_bounds(stages)
-    state = _read_stages_state(run_dir)
-    summary: dict[str, Any] = {}
-    for i, stage in enumerate(stages):
-        start, end = bounds[i], bounds[i + 1]
-        if otf.step >= end:
-            continue
-        target = _thermostat_target(stages, i, md)
-        if target is not None and hasattr(otf.dyn, "set_temperature") and md["integrator"] != "velocity_verlet":
-            otf.dyn.set_temperature(temperature_K=target)
-        if otf.step == start and "rescale_to_K" in stage:
-            done = state["transitions"].get(str(i))
-            if done is None or otf._checkpoint_index < done["checkpoint_index"]:
-                atoms = otf.atoms
-                t_now = atoms.get_temperature()
-                t_new = stage["rescale_to_K"]
-                if t_now > 1e-8:
-                    atoms.set_momenta(atoms.get_momenta() * math.sqrt(t_new / t_now))
-                else:
-                    set_velocities(atoms, {"temperature_K": t_new, "seed": md.get("seed", 0) + 1 + i})
-                state["transitions"][str(i)] = {"step": start, "from_K": t_now, "to_K": t_new,
-                                                "checkpoint_index": otf._checkpoint_index + 1}
-                _write_json_atomic(run_dir / STAGES_FILE, state)
-                _checkpoint(otf)
-                log.info("%s: velocities rescaled from %.0f K to %.0f K at step %d",
-                         stage["name"], t_now, t_new, start)
-        log.info("%s: steps %d-%d (dt %.2f fs)", stage["name"], otf.step, end,
-                 otf.dyn.dt / units.fs)
-        summary = otf.run(end - otf.step)
-        if i not in state["completed"]:
-            state["completed"].append(i)
-        _write_json_atomic(run_dir / STAGES_FILE, state)
-    if not summary:  # all steps done before an interruption: just write the final outputs
-        summary = otf.run(0)
-    calls = summary.get("dft_call_steps", [])
-    state["dft_calls_per_stage"] = [
-        {"name": s["name"], "start_step": bounds[i], "end_step": bounds[i + 1],
-         # a boundary step's positions come from the stage that ends there
-         "dft_calls": sum(1 for c in calls if bounds[i] < c <= bounds[i + 1] or (i == 0 and c == 0))}
-        for i, s in enumerate(stages)]
-    _write_json_atomic(run_dir / STAGES_FILE, state)
-    summary["stages"] = state["dft_calls_per_stage"]
-    return summary
 
 
 # --------------------------------------------------------------------------- commands
 def format_summary(summary: Mapping[str, Any]) -> str:
+    """The human-readable end-of-run report of an OTF (or :func:`run_stages`) summary."""
     w = summary.get("wall_time_s", {})
     total = w.get("total", 0.0) or float("nan")
     lines = [f"steps: {summary.get('steps')}", f"DFT calls: {summary.get('dft_calls')}"]
@@ -179,12 +92,14 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 
 def _prepare_run_dir(cfg: dict[str, Any], config_path: Path, run_dir: Path) -> None:
+    """Create ``run_dir`` with a verbatim copy of the config and the resolved run_config.json."""
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(config_path, run_dir / ("config" + config_path.suffix.lower()))
-    _write_json_atomic(run_dir / RUN_CONFIG, cfg)
+    write_json(run_dir / RUN_CONFIG, cfg, indent=2)
 
 
 def cmd_otf(args: argparse.Namespace) -> int:
+    """``otfgp otf CONFIG`` (a new run) or ``otfgp otf --resume RUN_DIR``."""
     from ase.io import read, write
 
     from .otf import OTF
@@ -205,7 +120,7 @@ def cmd_otf(args: argparse.Namespace) -> int:
             print(f"otfgp: {run_dir} is complete ({total} steps); nothing to resume")
             summary = json.loads((run_dir / "summary.json").read_text())
             if (run_dir / STAGES_FILE).is_file():
-                summary["stages"] = json.loads((run_dir / STAGES_FILE).read_text()).get("dft_calls_per_stage", [])
+                summary["stages"] = read_stages_state(run_dir).get("dft_calls_per_stage", [])
             print(format_summary(summary))
             return 0
         atoms = read(run_dir / INITIAL_STRUCTURE)
@@ -251,6 +166,7 @@ def cmd_otf(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    """``otfgp plot RUN_DIR [--test FRAMES]``: PNG plots of a run."""
     from .plots import plot_run
 
     run_dir = Path(args.run_dir)
@@ -264,6 +180,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_map(args: argparse.Namespace) -> int:
+    """``otfgp map MODEL -o MAPPED``: spline-tabulate a trained model."""
     from .gp import GaussianProcess
 
     src = Path(args.model)
@@ -283,6 +200,7 @@ def cmd_map(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``otfgp`` argument parser with its otf, plot and map commands."""
     ap = argparse.ArgumentParser(prog="otfgp", description="On-the-fly Gaussian-process force fields.",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
@@ -310,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``otfgp`` command line; returns the exit code (0 done, 1 run failed, 2 bad
+    command line or config, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
