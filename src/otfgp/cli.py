@@ -48,6 +48,10 @@ The run directory receives a verbatim copy of the config, ``run_config.json`` (t
 resolved config), ``initial.extxyz`` (the starting structure) and ``stages.json`` (stage
 transitions, written atomically), so ``--resume`` needs nothing else. Exit codes: 0 done,
 1 run failed (e.g. DFT), 2 bad command line or config.
+
+Every key of every section, with type, default, unit and meaning: docs/config.md.
+(Code: schema and validation in otfgp.config, builders in otfgp.builders, the stage
+driver in otfgp.stages; this module holds the commands.)
 """
 from __future__ import annotations
 

@@ -27,7 +27,11 @@ class ConfigError(ValueError):
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a TOML (.toml) or YAML (.yaml/.yml, needs PyYAML) config file."""
+    """Read a TOML (.toml) or YAML (.yaml/.yml, needs PyYAML) config file, unvalidated.
+
+    Raises:
+        ConfigError: the file is missing, unreadable as its format, or not a mapping.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")
