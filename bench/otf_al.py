@@ -45,7 +45,7 @@ from ase.md.velocitydistribution import Stationary
 from ase.md.verlet import VelocityVerlet
 
 import otfgp
-from otfgp.cli import maxwell_boltzmann
+from otfgp.builders import maxwell_boltzmann
 from otfgp.labellers import espresso_calculator
 
 # bench/ is on sys.path when run as a script

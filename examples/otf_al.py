@@ -34,7 +34,7 @@ from ase.md.velocitydistribution import Stationary
 from ase.md.verlet import VelocityVerlet
 
 import otfgp
-from otfgp.cli import maxwell_boltzmann
+from otfgp.builders import maxwell_boltzmann
 from otfgp.labellers import emt_labeller, espresso_calculator
 from otfgp.plots import plot_run
 

@@ -48,3 +48,73 @@ def test_bad_config_exits_2_naming_the_key(tmp_path, mutation, expected):
     out = _run(["otf", str(config)], tmp_path)
     assert out.returncode == 2
     assert expected in out.stdout + out.stderr
+
+
+def test_modules_import_without_the_cli():
+    code = ("import sys, otfgp.config, otfgp.builders, otfgp.stages; "
+            "assert 'otfgp.cli' not in sys.modules, 'a module imports the CLI'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_validate_config_resolves_the_example():
+    from otfgp.config import ConfigError, load_config, stage_bounds, validate_config
+
+    cfg = validate_config(load_config(EXAMPLES / "otf_al_emt.toml"), base_dir=EXAMPLES)
+    assert [s["name"] for s in cfg["md"]["stages"]] == ["solid", "liquid"]
+    assert stage_bounds(cfg["md"]["stages"]) == [0, 100, 200]
+    assert cfg["otf"]["output_dir"] == "otf_al_emt" and cfg["structure"]["jitter"] == 0.0405
+    with pytest.raises(ConfigError, match="md.timestep_fs"):
+        validate_config({**cfg, "md": {"steps": 1}})
+
+
+class _PublicOnlyOTF:
+    """Stands in for OTF with just the public API run_stages may use (no _checkpoint_index)."""
+
+    def __init__(self, atoms, checkpoint_index=0, step=0):
+        from types import SimpleNamespace
+
+        self.atoms, self.step, self.runs, self._index = atoms, step, [], checkpoint_index
+        self.dyn = SimpleNamespace(dt=1.0)
+
+    @property
+    def checkpoint_index(self):
+        return self._index
+
+    def write_checkpoint(self):
+        self._index += 1
+
+    def run(self, steps):
+        self.runs.append((self.step, steps))
+        self.step += steps
+        return {"steps": self.step, "dft_call_steps": [0, 3, 12]}
+
+
+def test_run_stages_rescales_once_through_the_public_checkpoint_api(tmp_path):
+    from ase.build import bulk
+
+    from otfgp.builders import set_velocities
+    from otfgp.stages import STAGES_FILE, read_stages_state, run_stages
+
+    cfg = {"md": {"integrator": "velocity_verlet", "temperature_K": 300.0, "seed": 2,
+                  "stages": [{"steps": 10, "name": "solid"},
+                             {"steps": 5, "name": "liquid", "rescale_to_K": 1200.0}]}}
+    atoms = bulk("Al", "fcc", a=4.05, cubic=True).repeat(2)
+    set_velocities(atoms, cfg["md"])
+    otf = _PublicOnlyOTF(atoms)
+    summary = run_stages(otf, cfg, tmp_path)
+    assert otf.runs == [(0, 10), (10, 5)]
+    assert [s["dft_calls"] for s in summary["stages"]] == [2, 1]
+    assert abs(atoms.get_temperature() - 1200.0) < 1e-6
+    state = read_stages_state(tmp_path)
+    assert state["transitions"]["1"]["checkpoint_index"] == 1 and state["completed"] == [0, 1]
+    assert json.loads((tmp_path / STAGES_FILE).read_text()) == state
+    # a resume from the checkpoint holding the rescale does not rescale again ...
+    atoms.set_momenta(atoms.get_momenta() * 0.5)
+    again = _PublicOnlyOTF(atoms, checkpoint_index=1, step=10)
+    run_stages(again, cfg, tmp_path)
+    assert abs(atoms.get_temperature() - 300.0) < 1e-6 and again.checkpoint_index == 1
+    # ... one from an older checkpoint (written before the rescale) does
+    older = _PublicOnlyOTF(atoms, checkpoint_index=0, step=10)
+    run_stages(older, cfg, tmp_path)
+    assert abs(atoms.get_temperature() - 1200.0) < 1e-6 and older.checkpoint_index == 1

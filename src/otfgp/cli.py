@@ -48,463 +48,33 @@ The run directory receives a verbatim copy of the config, ``run_config.json`` (t
 resolved config), ``initial.extxyz`` (the starting structure) and ``stages.json`` (stage
 transitions, written atomically), so ``--resume`` needs nothing else. Exit codes: 0 done,
 1 run failed (e.g. DFT), 2 bad command line or config.
+
+Every key of every section, with type, default, unit and meaning: docs/config.md.
+(Code: schema and validation in otfgp.config, builders in otfgp.builders, the stage
+driver in otfgp.stages; this module holds the commands.)
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
-import math
-import os
 import shutil
 import sys
-from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-import numpy as np
-
-if TYPE_CHECKING:  # imported lazily at run time: the CLI starts fast and reports config errors first
-    from ase import Atoms
-
-    from .gp import GaussianProcess
-
-CONFIG_SECTIONS = ("structure", "md", "model", "labeller", "otf")
-STRUCTURE_KEYS = ("lattice", "element", "a", "c", "cubic", "orthorhombic", "repeat", "jitter",
-                  "seed", "file", "index")
-MD_KEYS = ("integrator", "timestep_fs", "temperature_K", "seed", "friction", "steps", "stages",
-           "pressure_bar", "taut_fs", "taup_fs", "compressibility_per_bar", "zero_momentum")
-STAGE_KEYS = ("steps", "rescale_to_K", "temperature_K", "name")
-MODEL_KEYS = ("species", "twobody", "threebody", "hyperparameters", "bounds")
-INTEGRATORS = ("velocity_verlet", "langevin", "npt_berendsen")
+from .atomic_io import write_json
+from .builders import build_dynamics, build_labeller, build_model, build_structure, set_velocities
+from .config import ConfigError, load_config, stage_bounds, validate_config
+from .stages import STAGES_FILE, read_stages_state, run_stages
 
 RUN_CONFIG = "run_config.json"
-STAGES_FILE = "stages.json"
 INITIAL_STRUCTURE = "initial.extxyz"
-
-log = logging.getLogger("otfgp.cli")
-
-
-class ConfigError(ValueError):
-    """The config file is invalid; the message names the offending key."""
-
-
-# --------------------------------------------------------------------------- config
-def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a TOML (.toml) or YAML (.yaml/.yml, needs PyYAML) config file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found")
-    suffix = path.suffix.lower()
-    if suffix == ".toml":
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            try:
-                import tomli as tomllib  # type: ignore[no-redef]
-            except ModuleNotFoundError as exc:
-                raise ConfigError("reading TOML on Python 3.10 needs tomli (pip install tomli)") from exc
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-    elif suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ModuleNotFoundError as exc:
-            raise ConfigError(f"{path}: YAML configs need PyYAML (pip install pyyaml); "
-                              "or write the config as TOML") from exc
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-    else:
-        raise ConfigError(f"{path}: unknown config format {suffix!r} (use .toml, .yaml or .yml)")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the config must be a table/mapping of sections")
-    return data
-
-
-def _check_keys(section: Mapping[str, Any], known: Sequence[str], where: str) -> None:
-    if not isinstance(section, Mapping):
-        raise ConfigError(f"[{where}] must be a table/mapping, got {type(section).__name__}")
-    bad = [k for k in section if k not in known]
-    if bad:
-        raise ConfigError(f"unknown key {where}.{bad[0]}" + (f" (and {bad[1:]})" if bad[1:] else "")
-                          + f"; known keys of [{where}]: {', '.join(known)}")
-
-
-def _number(section: Mapping[str, Any], key: str, where: str, default: Any = None,
-            positive: bool = False, allow_zero: bool = True, integer: bool = False) -> Any:
-    if key not in section:
-        return default
-    v = section[key]
-    kind = int if integer else (int, float)
-    if isinstance(v, bool) or not isinstance(v, kind) or (not integer and not math.isfinite(v)):
-        raise ConfigError(f"{where}.{key} must be {'an integer' if integer else 'a number'}, got {v!r}")
-    if positive and (v < 0 or (v == 0 and not allow_zero)):
-        raise ConfigError(f"{where}.{key} must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
-    return v
-
-
-def validate_config(cfg: Mapping[str, Any], base_dir: str | os.PathLike = ".") -> dict[str, Any]:
-    """Check a config and return it resolved (defaults filled in, stages explicit, a
-    structure file made absolute). Raises :class:`ConfigError` naming the bad key."""
-    from .labellers import check_labeller_spec
-    from .otf import OTFOptions
-
-    cfg = copy.deepcopy(dict(cfg))
-    _check_keys(cfg, CONFIG_SECTIONS, "config")
-    for name in CONFIG_SECTIONS:
-        if name not in cfg:
-            raise ConfigError(f"missing section [{name}]")
-    out: dict[str, Any] = {}
-
-    # structure
-    s = cfg["structure"]
-    _check_keys(s, STRUCTURE_KEYS, "structure")
-    st: dict[str, Any] = {}
-    if "file" in s:
-        other = [k for k in ("lattice", "element", "a", "c", "cubic", "orthorhombic") if k in s]
-        if other:
-            raise ConfigError(f"structure.file and structure.{other[0]} exclude each other")
-        f = Path(str(s["file"]))
-        f = f if f.is_absolute() else Path(base_dir) / f
-        if not f.is_file():
-            raise ConfigError(f"structure.file: {f} not found")
-        st["file"] = str(f.resolve())
-        st["index"] = _number(s, "index", "structure", 0, integer=True)
-    else:
-        for key in ("lattice", "element"):
-            if key not in s:
-                raise ConfigError(f"structure.{key} missing (or give structure.file)")
-            if not isinstance(s[key], str):
-                raise ConfigError(f"structure.{key} must be a string, got {s[key]!r}")
-        st.update(lattice=s["lattice"], element=s["element"])
-        for key in ("a", "c"):
-            if key in s:
-                st[key] = float(_number(s, key, "structure", positive=True, allow_zero=False))
-        for key in ("cubic", "orthorhombic"):
-            if key in s:
-                if not isinstance(s[key], bool):
-                    raise ConfigError(f"structure.{key} must be true or false, got {s[key]!r}")
-                st[key] = s[key]
-    rep = s.get("repeat", [1, 1, 1])
-    if isinstance(rep, int) and not isinstance(rep, bool):
-        rep = [rep] * 3
-    if (not isinstance(rep, (list, tuple)) or len(rep) != 3
-            or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rep)):
-        raise ConfigError(f"structure.repeat must be three positive integers, got {rep!r}")
-    st["repeat"] = list(rep)
-    st["jitter"] = float(_number(s, "jitter", "structure", 0.0, positive=True))
-    st["seed"] = _number(s, "seed", "structure", 0, integer=True)
-    out["structure"] = st
-
-    # md
-    m = cfg["md"]
-    _check_keys(m, MD_KEYS, "md")
-    md: dict[str, Any] = {}
-    integ = m.get("integrator", "velocity_verlet")
-    if integ not in INTEGRATORS:
-        raise ConfigError(f"md.integrator {integ!r} unknown: use one of {', '.join(INTEGRATORS)}")
-    md["integrator"] = integ
-    if "timestep_fs" not in m:
-        raise ConfigError("md.timestep_fs missing")
-    md["timestep_fs"] = float(_number(m, "timestep_fs", "md", positive=True, allow_zero=False))
-    md["temperature_K"] = _number(m, "temperature_K", "md", None, positive=True)
-    md["seed"] = _number(m, "seed", "md", 0, integer=True)
-    md["zero_momentum"] = bool(m.get("zero_momentum", True))
-    if integ in ("langevin", "npt_berendsen") and md["temperature_K"] is None:
-        raise ConfigError(f"md.temperature_K missing (the {integ} thermostat target)")
-    if integ == "langevin":
-        md["friction"] = float(_number(m, "friction", "md", 0.01, positive=True, allow_zero=False))
-    elif "friction" in m:
-        raise ConfigError(f"md.friction applies to the langevin integrator only, not {integ}")
-    npt_keys = ("pressure_bar", "taut_fs", "taup_fs", "compressibility_per_bar")
-    if integ == "npt_berendsen":
-        md["pressure_bar"] = float(_number(m, "pressure_bar", "md", 1.01325))
-        md["taut_fs"] = float(_number(m, "taut_fs", "md", 100.0, positive=True, allow_zero=False))
-        md["taup_fs"] = float(_number(m, "taup_fs", "md", 1000.0, positive=True, allow_zero=False))
-        md["compressibility_per_bar"] = float(
-            _number(m, "compressibility_per_bar", "md", 1.0e-6, positive=True, allow_zero=False))
-    else:
-        given = [k for k in npt_keys if k in m]
-        if given:
-            raise ConfigError(f"md.{given[0]} applies to the npt_berendsen integrator only, not {integ}")
-    if "stages" in m:
-        if "steps" in m:
-            raise ConfigError("give md.steps or [[md.stages]], not both")
-        stages_in = m["stages"]
-        if not isinstance(stages_in, list) or not stages_in:
-            raise ConfigError("md.stages must be a non-empty list of tables")
-    else:
-        if "steps" not in m:
-            raise ConfigError("md.steps missing (or give [[md.stages]])")
-        stages_in = [{"steps": m["steps"]}]
-    stages = []
-    for i, stage in enumerate(stages_in):
-        where = f"md.stages[{i}]"
-        _check_keys(stage, STAGE_KEYS, where)
-        if "steps" not in stage:
-            raise ConfigError(f"{where}.steps missing")
-        steps = _number(stage, "steps", where, integer=True, positive=True)
-        entry: dict[str, Any] = {"steps": steps, "name": str(stage.get("name", f"stage {i}"))}
-        for key in ("rescale_to_K", "temperature_K"):
-            if key in stage:
-                entry[key] = float(_number(stage, key, where, positive=True, allow_zero=False))
-        if "temperature_K" in entry and integ == "velocity_verlet":
-            raise ConfigError(f"{where}.temperature_K sets a thermostat target; velocity_verlet has "
-                              "none (use rescale_to_K)")
-        stages.append(entry)
-    md["stages"] = stages
-    out["md"] = md
-
-    # model
-    mo = cfg["model"]
-    _check_keys(mo, MODEL_KEYS, "model")
-    species = mo.get("species")
-    if species is None:
-        species = sorted({st["element"]}) if "element" in st else None
-    if not species or not isinstance(species, list) or not all(isinstance(x, str) for x in species):
-        raise ConfigError("model.species must be a non-empty list of chemical symbols")
-    model: dict[str, Any] = {"species": species}
-    for key in ("twobody", "threebody"):
-        if key in mo:
-            model[key] = float(_number(mo, key, "model", positive=True, allow_zero=False))
-    if "twobody" not in model and "threebody" not in model:
-        raise ConfigError("model.twobody and model.threebody missing: give at least one cutoff (A)")
-    from .gp import HYPERPARAMETER_NAMES
-
-    for key in ("hyperparameters", "bounds"):
-        if key in mo:
-            d = mo[key]
-            if not isinstance(d, Mapping):
-                raise ConfigError(f"model.{key} must be a table/mapping")
-            for name, v in d.items():
-                if name not in HYPERPARAMETER_NAMES:
-                    raise ConfigError(f"unknown key model.{key}.{name}; known: {', '.join(HYPERPARAMETER_NAMES)}")
-                if key == "hyperparameters":
-                    _number(d, name, f"model.{key}", positive=True, allow_zero=False)
-                elif (not isinstance(v, (list, tuple)) or len(v) != 2
-                      or not all(isinstance(x, (int, float)) and x > 0 for x in v) or v[0] > v[1]):
-                    raise ConfigError(f"model.bounds.{name} must be [low, high] with 0 < low <= high, got {v!r}")
-            model[key] = {k: (float(v) if key == "hyperparameters" else [float(x) for x in v])
-                          for k, v in d.items()}
-    out["model"] = model
-
-    # labeller
-    lab = cfg["labeller"]
-    try:
-        check_labeller_spec(lab)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
-    out["labeller"] = dict(lab)
-
-    # otf
-    o = cfg["otf"]
-    known = [f.name for f in fields(OTFOptions)]
-    _check_keys(o, known, "otf")
-    o = dict(o)
-    if "relative_threshold" in o and "threshold" not in o:
-        o["threshold"] = None  # the dataclass default is an absolute threshold
-    try:
-        OTFOptions.from_dict(o)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"[otf]: {exc}") from exc
-    o.setdefault("output_dir", "otf_run")
-    out["otf"] = o
-    return out
-
-
-def stage_bounds(stages: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Cumulative step at which each stage starts, plus the final step."""
-    b = [0]
-    for s in stages:
-        b.append(b[-1] + int(s["steps"]))
-    return b
-
-
-# --------------------------------------------------------------------------- building
-def build_structure(st: Mapping[str, Any]) -> "Atoms":  # noqa: F821
-    """The starting structure of a resolved ``[structure]`` section."""
-    from ase.build import bulk
-    from ase.io import read
-
-    if "file" in st:
-        atoms = read(st["file"], index=st.get("index", 0))
-        atoms.calc = None
-    else:
-        kw = {k: st[k] for k in ("a", "c", "cubic", "orthorhombic") if k in st}
-        try:
-            atoms = bulk(st["element"], st["lattice"], **kw)
-        except Exception as exc:
-            raise ConfigError(f"structure: ase.build.bulk({st['element']!r}, {st['lattice']!r}) "
-                              f"failed: {exc}") from exc
-    atoms = atoms.repeat(tuple(st.get("repeat", (1, 1, 1))))
-    if st.get("jitter", 0.0) > 0:
-        rng = np.random.default_rng(st.get("seed", 0))
-        atoms.positions += rng.uniform(-st["jitter"], st["jitter"], atoms.positions.shape)
-    return atoms
-
-
-def maxwell_boltzmann(atoms: "Atoms", temperature_K: float, rng: np.random.Generator) -> None:  # noqa: F821
-    """Maxwell-Boltzmann momenta (``thermalize_momenta`` since ASE 3.29, the older name before)."""
-    try:
-        from ase.md.velocitydistribution import thermalize_momenta
-    except ImportError:  # ASE < 3.29
-        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-
-        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
-    else:
-        thermalize_momenta(atoms, temperature_K, rng=rng)
-
-
-def set_velocities(atoms: "Atoms", md: Mapping[str, Any]) -> None:  # noqa: F821
-    """Maxwell-Boltzmann velocities at md.temperature_K (centre of mass at rest)."""
-    from ase.md.velocitydistribution import Stationary
-
-    if md.get("temperature_K"):
-        maxwell_boltzmann(atoms, md["temperature_K"], np.random.default_rng(md.get("seed", 0)))
-        if md.get("zero_momentum", True):
-            Stationary(atoms)
-
-
-def build_dynamics(atoms: "Atoms", md: Mapping[str, Any]) -> Any:  # noqa: F821
-    """The ASE integrator of a resolved ``[md]`` section."""
-    from ase import units
-
-    dt = md["timestep_fs"] * units.fs
-    kind = md["integrator"]
-    if kind == "velocity_verlet":
-        from ase.md.verlet import VelocityVerlet
-
-        return VelocityVerlet(atoms, timestep=dt)
-    if kind == "langevin":
-        from ase.md.langevin import Langevin
-
-        return Langevin(atoms, dt, temperature_K=md["temperature_K"], friction=md["friction"] / units.fs, fixcm=False,
-                        rng=np.random.default_rng(md.get("seed", 0) + 1))
-    if kind == "npt_berendsen":
-        from ase.md.nptberendsen import NPTBerendsen
-
-        return NPTBerendsen(atoms, dt, temperature_K=md["temperature_K"],
-                            pressure_au=md["pressure_bar"] * units.bar, taut=md["taut_fs"] * units.fs,
-                            taup=md["taup_fs"] * units.fs,
-                            compressibility_au=md["compressibility_per_bar"] / units.bar)
-    raise ConfigError(f"md.integrator {kind!r} unknown")
-
-
-def build_model(model: Mapping[str, Any]) -> "GaussianProcess":  # noqa: F821
-    from .gp import GaussianProcess
-
-    cutoffs = {k: model[k] for k in ("twobody", "threebody") if k in model}
-    bounds = {k: tuple(v) for k, v in model.get("bounds", {}).items()} or None
-    try:
-        return GaussianProcess(model["species"], cutoffs, hyperparameters=model.get("hyperparameters"),
-                               bounds=bounds)
-    except ValueError as exc:
-        raise ConfigError(f"[model]: {exc}") from exc
-
-
-def build_labeller(spec: Mapping[str, Any], run_dir: Path) -> Any:
-    """The labeller of a ``[labeller]`` section; pw.x works in ``run_dir/pw`` by default."""
-    from .labellers import make_labeller
-
-    try:
-        return make_labeller(spec, directory=run_dir / "pw")
-    except (ValueError, FileNotFoundError) as exc:
-        raise ConfigError(f"[labeller]: {exc}") from exc
-
-
-# --------------------------------------------------------------------------- stages
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _read_stages_state(run_dir: Path) -> dict[str, Any]:
-    p = run_dir / STAGES_FILE
-    if p.exists():
-        return json.loads(p.read_text())
-    return {"transitions": {}, "completed": []}
-
-
-def _checkpoint(otf: Any) -> None:
-    write = getattr(otf, "write_checkpoint", None) or otf._write_checkpoint
-    write()
-
-
-def _thermostat_target(stages: Sequence[Mapping[str, Any]], i: int, md: Mapping[str, Any]) -> float | None:
-    t = md.get("temperature_K")
-    for s in stages[: i + 1]:
-        t = s.get("temperature_K", t)
-    return t
-
-
-def run_stages(otf: Any, cfg: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Run the MD stages from ``otf.step`` on; each velocity rescale happens exactly once.
-
-    A transition is recorded in ``stages.json`` (atomically) together with the index of the
-    checkpoint that holds the rescaled velocities, before that checkpoint is written; on
-    resume it counts as done only if the restored checkpoint is at least that one.
-    """
-    from ase import units
-
-    md = cfg["md"]
-    stages = md["stages"]
-    bounds = stage_bounds(stages)
-    state = _read_stages_state(run_dir)
-    summary: dict[str, Any] = {}
-    for i, stage in enumerate(stages):
-        start, end = bounds[i], bounds[i + 1]
-        if otf.step >= end:
-            continue
-        target = _thermostat_target(stages, i, md)
-        if target is not None and hasattr(otf.dyn, "set_temperature") and md["integrator"] != "velocity_verlet":
-            otf.dyn.set_temperature(temperature_K=target)
-        if otf.step == start and "rescale_to_K" in stage:
-            done = state["transitions"].get(str(i))
-            if done is None or otf._checkpoint_index < done["checkpoint_index"]:
-                atoms = otf.atoms
-                t_now = atoms.get_temperature()
-                t_new = stage["rescale_to_K"]
-                if t_now > 1e-8:
-                    atoms.set_momenta(atoms.get_momenta() * math.sqrt(t_new / t_now))
-                else:
-                    set_velocities(atoms, {"temperature_K": t_new, "seed": md.get("seed", 0) + 1 + i})
-                state["transitions"][str(i)] = {"step": start, "from_K": t_now, "to_K": t_new,
-                                                "checkpoint_index": otf._checkpoint_index + 1}
-                _write_json_atomic(run_dir / STAGES_FILE, state)
-                _checkpoint(otf)
-                log.info("%s: velocities rescaled from %.0f K to %.0f K at step %d",
-                         stage["name"], t_now, t_new, start)
-        log.info("%s: steps %d-%d (dt %.2f fs)", stage["name"], otf.step, end,
-                 otf.dyn.dt / units.fs)
-        summary = otf.run(end - otf.step)
-        if i not in state["completed"]:
-            state["completed"].append(i)
-        _write_json_atomic(run_dir / STAGES_FILE, state)
-    if not summary:  # all steps done before an interruption: just write the final outputs
-        summary = otf.run(0)
-    calls = summary.get("dft_call_steps", [])
-    state["dft_calls_per_stage"] = [
-        {"name": s["name"], "start_step": bounds[i], "end_step": bounds[i + 1],
-         # a boundary step's positions come from the stage that ends there
-         "dft_calls": sum(1 for c in calls if bounds[i] < c <= bounds[i + 1] or (i == 0 and c == 0))}
-        for i, s in enumerate(stages)]
-    _write_json_atomic(run_dir / STAGES_FILE, state)
-    summary["stages"] = state["dft_calls_per_stage"]
-    return summary
 
 
 # --------------------------------------------------------------------------- commands
 def format_summary(summary: Mapping[str, Any]) -> str:
+    """The human-readable end-of-run report of an OTF (or :func:`run_stages`) summary."""
     w = summary.get("wall_time_s", {})
     total = w.get("total", 0.0) or float("nan")
     lines = [f"steps: {summary.get('steps')}", f"DFT calls: {summary.get('dft_calls')}"]
@@ -526,12 +96,14 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 
 def _prepare_run_dir(cfg: dict[str, Any], config_path: Path, run_dir: Path) -> None:
+    """Create ``run_dir`` with a verbatim copy of the config and the resolved run_config.json."""
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(config_path, run_dir / ("config" + config_path.suffix.lower()))
-    _write_json_atomic(run_dir / RUN_CONFIG, cfg)
+    write_json(run_dir / RUN_CONFIG, cfg, indent=2)
 
 
 def cmd_otf(args: argparse.Namespace) -> int:
+    """``otfgp otf CONFIG`` (a new run) or ``otfgp otf --resume RUN_DIR``."""
     from ase.io import read, write
 
     from .otf import OTF
@@ -552,7 +124,7 @@ def cmd_otf(args: argparse.Namespace) -> int:
             print(f"otfgp: {run_dir} is complete ({total} steps); nothing to resume")
             summary = json.loads((run_dir / "summary.json").read_text())
             if (run_dir / STAGES_FILE).is_file():
-                summary["stages"] = json.loads((run_dir / STAGES_FILE).read_text()).get("dft_calls_per_stage", [])
+                summary["stages"] = read_stages_state(run_dir).get("dft_calls_per_stage", [])
             print(format_summary(summary))
             return 0
         atoms = read(run_dir / INITIAL_STRUCTURE)
@@ -598,6 +170,7 @@ def cmd_otf(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    """``otfgp plot RUN_DIR [--test FRAMES]``: PNG plots of a run."""
     from .plots import plot_run
 
     run_dir = Path(args.run_dir)
@@ -611,6 +184,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_map(args: argparse.Namespace) -> int:
+    """``otfgp map MODEL -o MAPPED``: spline-tabulate a trained model."""
     from .gp import GaussianProcess
 
     src = Path(args.model)
@@ -630,6 +204,7 @@ def cmd_map(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``otfgp`` argument parser with its otf, plot and map commands."""
     ap = argparse.ArgumentParser(prog="otfgp", description="On-the-fly Gaussian-process force fields.",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
@@ -657,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``otfgp`` command line; returns the exit code (0 done, 1 run failed, 2 bad
+    command line or config, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")

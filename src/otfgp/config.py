@@ -1,0 +1,302 @@
+"""Config-file schema and validation of ``otfgp otf``: the known keys of every section,
+:func:`load_config` (TOML or YAML), :func:`validate_config` (defaults filled in, errors
+naming the bad key) and :func:`stage_bounds`. The reference of every key is docs/config.md.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+CONFIG_SECTIONS = ("structure", "md", "model", "labeller", "otf")
+STRUCTURE_KEYS = ("lattice", "element", "a", "c", "cubic", "orthorhombic", "repeat", "jitter",
+                  "seed", "file", "index")
+MD_KEYS = ("integrator", "timestep_fs", "temperature_K", "seed", "friction", "steps", "stages",
+           "pressure_bar", "taut_fs", "taup_fs", "compressibility_per_bar", "zero_momentum")
+STAGE_KEYS = ("steps", "rescale_to_K", "temperature_K", "name")
+MODEL_KEYS = ("species", "twobody", "threebody", "hyperparameters", "bounds")
+INTEGRATORS = ("velocity_verlet", "langevin", "npt_berendsen")
+NPT_KEYS = ("pressure_bar", "taut_fs", "taup_fs", "compressibility_per_bar")
+
+
+class ConfigError(ValueError):
+    """The config file is invalid; the message names the offending key."""
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a TOML (.toml) or YAML (.yaml/.yml, needs PyYAML) config file, unvalidated.
+
+    Raises:
+        ConfigError: the file is missing, unreadable as its format, or not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            try:
+                import tomli as tomllib  # type: ignore[no-redef]
+            except ModuleNotFoundError as exc:
+                raise ConfigError("reading TOML on Python 3.10 needs tomli (pip install tomli)") from exc
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    elif suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ModuleNotFoundError as exc:
+            raise ConfigError(f"{path}: YAML configs need PyYAML (pip install pyyaml); "
+                              "or write the config as TOML") from exc
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    else:
+        raise ConfigError(f"{path}: unknown config format {suffix!r} (use .toml, .yaml or .yml)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a table/mapping of sections")
+    return data
+
+
+def known_keys() -> dict[str, tuple[str, ...]]:
+    """The keys the schema accepts, by section: ``structure``, ``md``, ``md.stages``,
+    ``model``, ``model.hyperparameters`` (also the keys of ``model.bounds``) and ``otf``
+    (the :class:`otfgp.OTFOptions` fields). ``[labeller]`` keys belong to the labeller
+    registry (:func:`otfgp.labellers.check_labeller_spec`)."""
+    from .gp import HYPERPARAMETER_NAMES
+    from .otf import OTFOptions
+
+    return {
+        "config": CONFIG_SECTIONS,
+        "structure": STRUCTURE_KEYS,
+        "md": MD_KEYS,
+        "md.stages": STAGE_KEYS,
+        "model": MODEL_KEYS,
+        "model.hyperparameters": tuple(HYPERPARAMETER_NAMES),
+        "otf": tuple(f.name for f in fields(OTFOptions)),
+    }
+
+
+def _check_keys(section: Mapping[str, Any], known: Sequence[str], where: str) -> None:
+    """Raise :class:`ConfigError` unless ``section`` is a mapping of ``known`` keys only."""
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"[{where}] must be a table/mapping, got {type(section).__name__}")
+    bad = [k for k in section if k not in known]
+    if bad:
+        raise ConfigError(f"unknown key {where}.{bad[0]}" + (f" (and {bad[1:]})" if bad[1:] else "")
+                          + f"; known keys of [{where}]: {', '.join(known)}")
+
+
+def _number(section: Mapping[str, Any], key: str, where: str, default: Any = None,
+            positive: bool = False, allow_zero: bool = True, integer: bool = False) -> Any:
+    """``section[key]`` checked to be a finite number (an integer with ``integer``; >= 0, or
+    > 0 without ``allow_zero``, with ``positive``), or ``default`` when the key is absent."""
+    if key not in section:
+        return default
+    v = section[key]
+    kind = int if integer else (int, float)
+    if isinstance(v, bool) or not isinstance(v, kind) or (not integer and not math.isfinite(v)):
+        raise ConfigError(f"{where}.{key} must be {'an integer' if integer else 'a number'}, got {v!r}")
+    if positive and (v < 0 or (v == 0 and not allow_zero)):
+        raise ConfigError(f"{where}.{key} must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
+    return v
+
+
+def validate_config(cfg: Mapping[str, Any], base_dir: str | os.PathLike = ".") -> dict[str, Any]:
+    """Check a config and return it resolved (defaults filled in, stages explicit, a
+    structure file made absolute, relative to ``base_dir``).
+
+    Raises:
+        ConfigError: a missing or unknown section or key, or a bad value (the message
+            names the key).
+    """
+    cfg = copy.deepcopy(dict(cfg))
+    _check_keys(cfg, CONFIG_SECTIONS, "config")
+    for name in CONFIG_SECTIONS:
+        if name not in cfg:
+            raise ConfigError(f"missing section [{name}]")
+    out: dict[str, Any] = {}
+    out["structure"] = _validate_structure(cfg["structure"], base_dir)
+    out["md"] = _validate_md(cfg["md"])
+    out["model"] = _validate_model(cfg["model"], out["structure"])
+    out["labeller"] = _validate_labeller(cfg["labeller"])
+    out["otf"] = _validate_otf(cfg["otf"])
+    return out
+
+
+def _validate_structure(s: Mapping[str, Any], base_dir: str | os.PathLike) -> dict[str, Any]:
+    """The resolved ``[structure]`` section."""
+    _check_keys(s, STRUCTURE_KEYS, "structure")
+    st: dict[str, Any] = {}
+    if "file" in s:
+        other = [k for k in ("lattice", "element", "a", "c", "cubic", "orthorhombic") if k in s]
+        if other:
+            raise ConfigError(f"structure.file and structure.{other[0]} exclude each other")
+        f = Path(str(s["file"]))
+        f = f if f.is_absolute() else Path(base_dir) / f
+        if not f.is_file():
+            raise ConfigError(f"structure.file: {f} not found")
+        st["file"] = str(f.resolve())
+        st["index"] = _number(s, "index", "structure", 0, integer=True)
+    else:
+        for key in ("lattice", "element"):
+            if key not in s:
+                raise ConfigError(f"structure.{key} missing (or give structure.file)")
+            if not isinstance(s[key], str):
+                raise ConfigError(f"structure.{key} must be a string, got {s[key]!r}")
+        st.update(lattice=s["lattice"], element=s["element"])
+        for key in ("a", "c"):
+            if key in s:
+                st[key] = float(_number(s, key, "structure", positive=True, allow_zero=False))
+        for key in ("cubic", "orthorhombic"):
+            if key in s:
+                if not isinstance(s[key], bool):
+                    raise ConfigError(f"structure.{key} must be true or false, got {s[key]!r}")
+                st[key] = s[key]
+    rep = s.get("repeat", [1, 1, 1])
+    if isinstance(rep, int) and not isinstance(rep, bool):
+        rep = [rep] * 3
+    if (not isinstance(rep, (list, tuple)) or len(rep) != 3
+            or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in rep)):
+        raise ConfigError(f"structure.repeat must be three positive integers, got {rep!r}")
+    st["repeat"] = list(rep)
+    st["jitter"] = float(_number(s, "jitter", "structure", 0.0, positive=True))
+    st["seed"] = _number(s, "seed", "structure", 0, integer=True)
+    return st
+
+
+def _validate_md(m: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved ``[md]`` section, with its stages explicit."""
+    _check_keys(m, MD_KEYS, "md")
+    md: dict[str, Any] = {}
+    integ = m.get("integrator", "velocity_verlet")
+    if integ not in INTEGRATORS:
+        raise ConfigError(f"md.integrator {integ!r} unknown: use one of {', '.join(INTEGRATORS)}")
+    md["integrator"] = integ
+    if "timestep_fs" not in m:
+        raise ConfigError("md.timestep_fs missing")
+    md["timestep_fs"] = float(_number(m, "timestep_fs", "md", positive=True, allow_zero=False))
+    md["temperature_K"] = _number(m, "temperature_K", "md", None, positive=True)
+    md["seed"] = _number(m, "seed", "md", 0, integer=True)
+    md["zero_momentum"] = bool(m.get("zero_momentum", True))
+    if integ in ("langevin", "npt_berendsen") and md["temperature_K"] is None:
+        raise ConfigError(f"md.temperature_K missing (the {integ} thermostat target)")
+    if integ == "langevin":
+        md["friction"] = float(_number(m, "friction", "md", 0.01, positive=True, allow_zero=False))
+    elif "friction" in m:
+        raise ConfigError(f"md.friction applies to the langevin integrator only, not {integ}")
+    if integ == "npt_berendsen":
+        md["pressure_bar"] = float(_number(m, "pressure_bar", "md", 1.01325))
+        md["taut_fs"] = float(_number(m, "taut_fs", "md", 100.0, positive=True, allow_zero=False))
+        md["taup_fs"] = float(_number(m, "taup_fs", "md", 1000.0, positive=True, allow_zero=False))
+        md["compressibility_per_bar"] = float(
+            _number(m, "compressibility_per_bar", "md", 1.0e-6, positive=True, allow_zero=False))
+    else:
+        given = [k for k in NPT_KEYS if k in m]
+        if given:
+            raise ConfigError(f"md.{given[0]} applies to the npt_berendsen integrator only, not {integ}")
+    if "stages" in m:
+        if "steps" in m:
+            raise ConfigError("give md.steps or [[md.stages]], not both")
+        stages_in = m["stages"]
+        if not isinstance(stages_in, list) or not stages_in:
+            raise ConfigError("md.stages must be a non-empty list of tables")
+    else:
+        if "steps" not in m:
+            raise ConfigError("md.steps missing (or give [[md.stages]])")
+        stages_in = [{"steps": m["steps"]}]
+    stages = []
+    for i, stage in enumerate(stages_in):
+        where = f"md.stages[{i}]"
+        _check_keys(stage, STAGE_KEYS, where)
+        if "steps" not in stage:
+            raise ConfigError(f"{where}.steps missing")
+        steps = _number(stage, "steps", where, integer=True, positive=True)
+        entry: dict[str, Any] = {"steps": steps, "name": str(stage.get("name", f"stage {i}"))}
+        for key in ("rescale_to_K", "temperature_K"):
+            if key in stage:
+                entry[key] = float(_number(stage, key, where, positive=True, allow_zero=False))
+        if "temperature_K" in entry and integ == "velocity_verlet":
+            raise ConfigError(f"{where}.temperature_K sets a thermostat target; velocity_verlet has "
+                              "none (use rescale_to_K)")
+        stages.append(entry)
+    md["stages"] = stages
+    return md
+
+
+def _validate_model(mo: Mapping[str, Any], st: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved ``[model]`` section (species default to the element of ``[structure]``)."""
+    from .gp import HYPERPARAMETER_NAMES
+
+    _check_keys(mo, MODEL_KEYS, "model")
+    species = mo.get("species")
+    if species is None:
+        species = sorted({st["element"]}) if "element" in st else None
+    if not species or not isinstance(species, list) or not all(isinstance(x, str) for x in species):
+        raise ConfigError("model.species must be a non-empty list of chemical symbols")
+    model: dict[str, Any] = {"species": species}
+    for key in ("twobody", "threebody"):
+        if key in mo:
+            model[key] = float(_number(mo, key, "model", positive=True, allow_zero=False))
+    if "twobody" not in model and "threebody" not in model:
+        raise ConfigError("model.twobody and model.threebody missing: give at least one cutoff (A)")
+    for key in ("hyperparameters", "bounds"):
+        if key in mo:
+            d = mo[key]
+            if not isinstance(d, Mapping):
+                raise ConfigError(f"model.{key} must be a table/mapping")
+            for name, v in d.items():
+                if name not in HYPERPARAMETER_NAMES:
+                    raise ConfigError(f"unknown key model.{key}.{name}; known: {', '.join(HYPERPARAMETER_NAMES)}")
+                if key == "hyperparameters":
+                    _number(d, name, f"model.{key}", positive=True, allow_zero=False)
+                elif (not isinstance(v, (list, tuple)) or len(v) != 2
+                      or not all(isinstance(x, (int, float)) and x > 0 for x in v) or v[0] > v[1]):
+                    raise ConfigError(f"model.bounds.{name} must be [low, high] with 0 < low <= high, got {v!r}")
+            model[key] = {k: (float(v) if key == "hyperparameters" else [float(x) for x in v])
+                          for k, v in d.items()}
+    return model
+
+
+def _validate_labeller(lab: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``[labeller]`` section, checked by the labeller registry without building anything."""
+    from .labellers import check_labeller_spec
+
+    try:
+        check_labeller_spec(lab)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    return dict(lab)
+
+
+def _validate_otf(o: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``[otf]`` section: any :class:`otfgp.OTFOptions` field; ``output_dir`` defaults to otf_run."""
+    from .otf import OTFOptions
+
+    known = [f.name for f in fields(OTFOptions)]
+    _check_keys(o, known, "otf")
+    o = dict(o)
+    if "relative_threshold" in o and "threshold" not in o:
+        o["threshold"] = None  # the dataclass default is an absolute threshold
+    try:
+        OTFOptions.from_dict(o)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"[otf]: {exc}") from exc
+    o.setdefault("output_dir", "otf_run")
+    return o
+
+
+def stage_bounds(stages: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Cumulative step at which each stage starts, plus the final step."""
+    b = [0]
+    for s in stages:
+        b.append(b[-1] + int(s["steps"]))
+    return b

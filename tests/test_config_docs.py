@@ -1,0 +1,107 @@
+"""docs/config.md lists exactly the keys the config schema knows, so the reference cannot
+silently drift from otfgp.config, otfgp.OTFOptions or the espresso labeller."""
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+from otfgp import OTFOptions
+from otfgp.config import INTEGRATORS, known_keys
+from otfgp.gp import DEFAULT_HYPERPARAMETERS
+from otfgp.labellers import check_labeller_spec, espresso_calculator
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "config.md"
+
+# heading of docs/config.md -> the schema section its table documents
+HEADINGS = {
+    "## [structure]": "structure",
+    "## [md]": "md",
+    "## [[md.stages]]": "md.stages",
+    "## [model]": "model",
+    "### model.hyperparameters and model.bounds": "model.hyperparameters",
+    "## [labeller]": "labeller",
+    '### type = "espresso"': "labeller.espresso",
+    "## [otf]": "otf",
+}
+ROW = re.compile(r"^\| `([A-Za-z_0-9]+)` \|(.*)\|\s*$")
+
+
+def _doc_tables() -> dict[str, dict[str, list[str]]]:
+    """{schema section: {key: [type, default, unit, meaning]}} from the doc's tables."""
+    tables: dict[str, dict[str, list[str]]] = {}
+    current = None
+    for line in DOC.read_text().splitlines():
+        if line.startswith("#"):
+            current = HEADINGS.get(line.strip())
+            if current is not None:
+                assert current not in tables, f"heading {line!r} twice in {DOC.name}"
+                tables[current] = {}
+            continue
+        m = ROW.match(line)
+        if m and current is not None:
+            key = m.group(1)
+            assert key not in tables[current], f"{current}.{key} listed twice in {DOC.name}"
+            tables[current][key] = [c.strip() for c in m.group(2).split("|")]
+    return tables
+
+
+def _schema() -> dict[str, set[str]]:
+    keys = {k: set(v) for k, v in known_keys().items() if k != "config"}
+    assert keys["otf"] == {f.name for f in fields(OTFOptions)}
+    keys["labeller"] = {"type"}
+    keys["labeller.espresso"] = set(inspect.signature(espresso_calculator).parameters)
+    return keys
+
+
+@pytest.mark.parametrize("section", sorted(_schema()))
+def test_doc_lists_every_key_of_the_schema(section):
+    doc = _doc_tables()
+    assert section in doc, f"{DOC.name} has no table for [{section}]"
+    schema = _schema()[section]
+    missing = sorted(schema - set(doc[section]))
+    extra = sorted(set(doc[section]) - schema)
+    assert not missing, f"keys of [{section}] not documented in {DOC.name}: {missing}"
+    assert not extra, f"{DOC.name} documents keys [{section}] does not have: {extra}"
+    for key, cells in doc[section].items():
+        assert len(cells) == 4 and all(cells), f"{section}.{key}: give type, default, unit, meaning"
+
+
+def test_doc_has_a_heading_for_every_section():
+    text = DOC.read_text()
+    for name in known_keys()["config"]:
+        assert f"## [{name}]" in text
+
+
+def test_documented_espresso_keys_are_accepted_by_the_labeller_registry():
+    for key in _doc_tables()["labeller.espresso"]:
+        check_labeller_spec({"type": "espresso", key: None})  # raises on an unknown key
+
+
+def _default(cell: str) -> object:
+    """The TOML literal of a default cell (`0.05`, `"exact"`, `true`), parsed."""
+    assert cell.startswith("`") and cell.endswith("`"), f"default {cell!r} is not a literal"
+    return tomllib.loads(f"v = {cell[1:-1]}")["v"]
+
+
+def test_documented_defaults_match_the_code():
+    doc = _doc_tables()
+    for f in fields(OTFOptions):
+        if f.default is not MISSING and f.default is not None:
+            assert _default(doc["otf"][f.name][1]) == f.default, f"otf.{f.name} default"
+    for name, value in DEFAULT_HYPERPARAMETERS.items():
+        assert _default(doc["model.hyperparameters"][name][1]) == value, f"hyperparameter {name} default"
+    for name, p in inspect.signature(espresso_calculator).parameters.items():
+        if isinstance(p.default, (bool, int, float, str)):
+            assert _default(doc["labeller.espresso"][name][1]) == p.default, f"labeller.{name} default"
+    meaning = doc["md"]["integrator"][3]
+    for integrator in INTEGRATORS:
+        assert f'`"{integrator}"`' in meaning
