@@ -37,7 +37,7 @@ A config file (TOML, or YAML when PyYAML is installed) has five sections::
     # bounds = {noise_force = [0.005, 1.0]}
 
     [labeller]
-    type = "espresso"       # or "emt"; other keys: otfgp.labellers.espresso_calculator
+    type = "espresso"       # or "emt", or "module:function"; espresso keys: otfgp.labellers.espresso_calculator
     kpts = [2, 2, 2]
 
     [otf]                   # otfgp.OTFOptions fields
