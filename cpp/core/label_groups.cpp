@@ -1,7 +1,10 @@
+// Label functionals: the force, local-energy, energy and stress rows of label groups.
 #include "label_groups.h"
 
 #include <algorithm>
 #include <vector>
+
+#include "cutoff.h"
 
 namespace otfgp {
 namespace {

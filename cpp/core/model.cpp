@@ -6,6 +6,7 @@
 #include <string>
 #include <utility>
 
+#include "cutoff.h"
 #include "errors.h"
 #include "kernels.h"
 #include "label_groups.h"
