@@ -30,4 +30,10 @@ LabelGroup atom_group(const ClusterSet& cs, int row, int key, double rc2, double
 LabelGroup structure_group(const ClusterSet& cs, double volume, double rc2, double rc3,
                            bool energy, bool stress, int n_species);
 
+// Unscaled covariance between the rows of two label groups, both body orders: k2 and k3
+// (rows(G) x rows(H), row-major) and, if d2 / d3 are non-null, their derivatives with
+// respect to ell2 / ell3. Shared by the training covariance and the exact variance.
+void group_kernels(const LabelGroup& G, const LabelGroup& H, double ell2, double ell3, double* k2,
+                   double* k3, double* d2, double* d3);
+
 }  // namespace otfgp

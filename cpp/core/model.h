@@ -1,4 +1,5 @@
-// The Gaussian-process model: training data, covariance assembly and prediction.
+// The Gaussian-process model: training data, covariance assembly and prediction
+// (implemented in model.cpp, the training side, and model_predict.cpp, the prediction side).
 //
 // Linear algebra on the training covariance (Cholesky, likelihood, optimisation) lives in
 // the caller (Python/scipy); the model assembles covariance blocks and, once given the
