@@ -16,6 +16,48 @@
 
 namespace otfgp {
 
+namespace {
+
+// Cartesian index pairs of LAMMPS's virial components xx yy zz xy xz yz.
+constexpr int kLammpsVirial[6][2] = {{0, 0}, {1, 1}, {2, 2}, {0, 1}, {0, 2}, {1, 2}};
+
+// The two conventions in which a cluster's virial is reported.
+enum class Virial {
+  kStress,  // predict: the whole cluster's dE/d(strain) (stress times volume), ASE Voigt order
+  kLammps,  // predict_local: the centre's 1/nv share of -dE/d(strain), LAMMPS order
+};
+
+// One cluster's contribution to the mean, shared by predict (each canonical cluster of a
+// structure, weight canonical_weight) and predict_local (each copy centred at one atom,
+// weight 1) so that both weigh energies, forces and virials alike. Given the cluster energy
+// phi, its edge derivatives dphi and the weight w, it returns each vertex's energy share
+// w phi / nv, hands each edge's tension w dphi_m to force(m, tension) (the one place the
+// paths differ: forces on every atom vs on the centre alone), and accumulates the virial
+// w dphi_m e_m (x) e_m / d_m in the convention `kind`. An inline template so that force
+// inlines into predict_local, the MD hot loop; the arithmetic is term for term what each
+// path did before, so predictions are bit-identical.
+template <Virial kind, class Force>
+inline double add_cluster_mean(const Cluster& c, double phi, const double* dphi, double w,
+                               double* virial, Force&& force) {
+  constexpr auto& order = kind == Virial::kStress ? kVoigt : kLammpsVirial;
+  const int ne = c.n_edges();
+  for (int m = 0; m < ne; ++m) {
+    const double dm = w * dphi[m];
+    force(m, dm);
+    const double den = kind == Virial::kStress ? c.d[m] : c.d[m] * c.nv;
+    for (int v = 0; v < 6; ++v) {
+      const double t = dm * c.edge[m][order[v][0]] * c.edge[m][order[v][1]] / den;
+      if constexpr (kind == Virial::kStress)
+        virial[v] += t;
+      else
+        virial[v] -= t;
+    }
+  }
+  return w * phi / c.nv;
+}
+
+}  // namespace
+
 Prediction Model::predict(const Structure& s, VarianceMode variance) const {
   if (!trained_)
     throw NotTrainedError("the model is not trained: add training data and call train() first");
@@ -48,18 +90,17 @@ Prediction Model::predict(const Structure& s, VarianceMode variance) const {
     const Cluster& c = *canon[k];
     const double w = c.canonical_weight;
     p.energy += w * phi[k];
-    for (int v = 0; v < c.nv; ++v) p.local_energies[c.atoms[v]] += w * phi[k] / c.nv;
-    for (int m = 0; m < c.n_edges(); ++m) {
-      const double dm = w * dphi[3 * k + m];
-      const int a = c.atoms[kEdgeVertices[m][0]], b = c.atoms[kEdgeVertices[m][1]];
-      for (int t = 0; t < 3; ++t) {
-        const double u = c.edge[m][t] / c.d[m];
-        p.forces[3 * a + t] += dm * u;  // -dE/dx_a = +phi' * unit vector a->b
-        p.forces[3 * b + t] -= dm * u;
-      }
-      for (int r = 0; r < 6; ++r)
-        p.stress[r] += dm * c.edge[m][kVoigt[r][0]] * c.edge[m][kVoigt[r][1]] / c.d[m];
-    }
+    // Each physical cluster once: its edge tensions act on both ends of the edge.
+    const double share = add_cluster_mean<Virial::kStress>(
+        c, phi[k], &dphi[3 * k], w, p.stress.data(), [&](int m, double dm) {
+          const int a = c.atoms[kEdgeVertices[m][0]], b = c.atoms[kEdgeVertices[m][1]];
+          for (int t = 0; t < 3; ++t) {
+            const double u = c.edge[m][t] / c.d[m];
+            p.forces[3 * a + t] += dm * u;  // -dE/dx_a = +phi' * unit vector a->b
+            p.forces[3 * b + t] -= dm * u;
+          }
+        });
+    for (int v = 0; v < c.nv; ++v) p.local_energies[c.atoms[v]] += share;
   }
   for (int r = 0; r < 6; ++r)
     p.stress[r] = has_volume ? p.stress[r] / volume : std::numeric_limits<double>::quiet_NaN();
@@ -124,7 +165,6 @@ LocalPrediction Model::predict_local(const LocalEnvironments& env, bool mean, Va
     out.virials.assign(6 * static_cast<std::size_t>(n), 0.0);
   }
   if (variance != VarianceMode::kNone) out.force_variances.assign(3 * static_cast<std::size_t>(n), 0.0);
-  static constexpr int kVirial[6][2] = {{0, 0}, {1, 1}, {2, 2}, {0, 1}, {0, 2}, {1, 2}};
   // Clusters are built centre by centre into per-thread buffers that keep their capacity:
   // materialising every atom's clusters at once cost a large allocation (and page faults)
   // per MD step.
@@ -150,25 +190,23 @@ LocalPrediction Model::predict_local(const LocalEnvironments& env, bool mean, Va
       bool inside = true;
       if (mean) {
         double e = energy_offsets_[env.key_species[key]];
-        double f[3] = {0, 0, 0}, w[6] = {0, 0, 0, 0, 0, 0};
+        double f[3] = {0, 0, 0}, vir[6] = {0, 0, 0, 0, 0, 0};
         auto visit = [&](const Cluster& c) {
           double phi, dphi[3], fw[9];
           cluster_energy(c, phi, dphi);
-          e += phi / c.nv;
           const int ne = c.n_edges();
           force_row_weights(c, key, fw);
-          for (int m = 0; m < ne; ++m) {
-            for (int t = 0; t < 3; ++t) f[t] += dphi[m] * fw[t * ne + m];
-            for (int v = 0; v < 6; ++v)
-              w[v] -= dphi[m] * c.edge[m][kVirial[v][0]] * c.edge[m][kVirial[v][1]] / (c.d[m] * c.nv);
-          }
+          // Only the centre's force: the edge tensions through its force-row weights.
+          e += add_cluster_mean<Virial::kLammps>(c, phi, dphi, 1.0, vir, [&](int m, double dm) {
+            for (int t = 0; t < 3; ++t) f[t] += dm * fw[t * ne + m];
+          });
           if (fused && inside) inside = add_force_functional(c, fw, *work);
         };
         for (const Cluster& c : cs.pairs) visit(c);
         for (const Cluster& c : cs.triplets) visit(c);
         out.energies[row] = e;
         std::copy(f, f + 3, out.forces.begin() + 3 * row);
-        std::copy(w, w + 6, out.virials.begin() + 6 * row);
+        std::copy(vir, vir + 6, out.virials.begin() + 6 * row);
       }
       double* var = variance != VarianceMode::kNone ? &out.force_variances[3 * row] : nullptr;
       if (fused)
