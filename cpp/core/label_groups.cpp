@@ -1,4 +1,5 @@
-// Label functionals: the force, local-energy, energy and stress rows of label groups.
+// Label groups: force, local-energy, energy and stress rows as cluster functionals with the
+// cutoff folded in, and the kernel between two groups.
 #include "label_groups.h"
 
 #include <algorithm>
