@@ -1,9 +1,10 @@
 // Clusters of one body order packed for the kernel engine, sorted by species type.
 //
 // Each cluster carries its descriptor d (edge lengths) and, for every output row r, a
-// coefficient vector (a0, a_1..a_D) that already includes the smooth cutoff: a row is the
-// linear functional  L[phi] = sum_c a0 * S(c) + sum_m a_m * dS/dd_m(c)  of the cutoff-free
-// squared-exponential sum S, which is how energies, forces and stresses all enter the GP.
+// coefficient vector (a0, a_1..a_D) that already includes the smooth cutoff (cutoff.h):
+// a row is the linear functional  L[phi] = sum_c a0 * S(c) + sum_m a_m * dS/dd_m(c)  of
+// the cutoff-free squared-exponential sum S, which is how energies, forces and stresses
+// all enter the GP.
 #pragma once
 #include <vector>
 
@@ -18,25 +19,6 @@ struct PermSet {
   int map[6][3] = {{0, 1, 2}};
 };
 PermSet allowed_permutations(int dim, int type, int n_species);
-
-// Smooth quadratic cutoff of one body order: f = prod_m (rc - d_m)^2 and its gradient.
-// Inline: called for every cluster in the mapped-variance hot loop.
-inline void cutoff_function(int dim, double rc, const double* d, double& f, double* grad) {
-  double fc[3], dfc[3];
-  for (int m = 0; m < dim; ++m) {
-    const double x = rc - d[m];
-    fc[m] = x * x;
-    dfc[m] = -2.0 * x;
-  }
-  f = 1.0;
-  for (int m = 0; m < dim; ++m) f *= fc[m];
-  for (int m = 0; m < dim; ++m) {
-    double g = dfc[m];
-    for (int k = 0; k < dim; ++k)
-      if (k != m) g *= fc[k];
-    grad[m] = g;
-  }
-}
 
 struct KernelBlock {
   int dim = 1;   // descriptor length: 1 (pairs) or 3 (triplets)
@@ -65,23 +47,5 @@ struct KernelBlock {
   void finalize(int n_species);
   const Range* find(int type_) const;
 };
-
-// Coefficients of a functional given per-row weights on the cluster energy (w0) and on its
-// edge-length derivatives (w[m]), with the cutoff folded in (product rule).
-inline void fold_cutoff(int dim, double rc, const double* d, int rows, const double* w0,
-                        const double* w, double* coef) {
-  double f, grad[3];
-  cutoff_function(dim, rc, d, f, grad);
-  for (int r = 0; r < rows; ++r) {
-    double* c = coef + r * (1 + dim);
-    const double* wr = w + r * dim;
-    double a0 = w0[r] * f;
-    for (int m = 0; m < dim; ++m) {
-      a0 += wr[m] * grad[m];
-      c[1 + m] += wr[m] * f;
-    }
-    c[0] += a0;
-  }
-}
 
 }  // namespace otfgp

@@ -1,7 +1,12 @@
+// Label groups: force, local-energy, energy and stress rows as cluster functionals with the
+// cutoff folded in, and the kernel between two groups.
 #include "label_groups.h"
 
 #include <algorithm>
 #include <vector>
+
+#include "cutoff.h"
+#include "kernels.h"
 
 namespace otfgp {
 namespace {
@@ -82,6 +87,12 @@ LabelGroup structure_group(const ClusterSet& cs, double volume, double rc2, doub
   g.two.finalize(n_species);
   g.three.finalize(n_species);
   return g;
+}
+
+void group_kernels(const LabelGroup& G, const LabelGroup& H, double ell2, double ell3, double* k2,
+                   double* k3, double* d2, double* d3) {
+  block_kernel(G.two, H.two, ell2, k2, d2);
+  block_kernel(G.three, H.three, ell3, k3, d3);
 }
 
 }  // namespace otfgp

@@ -1,13 +1,15 @@
+// The model's training side: species, hyperparameters and energy offsets, the labelled
+// training structures and their label groups, covariance assembly between label groups,
+// and installing a solution (alpha, Cholesky factor) or maps. Prediction from that
+// solution is in model_predict.cpp.
 #include "model.h"
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <string>
 #include <utility>
 
 #include "errors.h"
-#include "kernels.h"
 #include "label_groups.h"
 #include "neighbors.h"
 
@@ -147,17 +149,6 @@ void Model::add_training_structure(TrainingStructure ts) {
   trained_ = false;
 }
 
-namespace {
-
-// Both body orders of one block pair, unscaled, into buffers of rows(G) x rows(H).
-void group_pair(const LabelGroup& G, const LabelGroup& H, const Hyperparameters& hp,
-                double* k2, double* k3, double* d2, double* d3) {
-  block_kernel(G.two, H.two, hp.ell2, k2, d2);
-  block_kernel(G.three, H.three, hp.ell3, k3, d3);
-}
-
-}  // namespace
-
 void Model::covariance(int g0, int g1, int h0, int h1, double* K2, double* K3, double* dK2,
                        double* dK3) const {
   const int ng = n_groups();
@@ -191,8 +182,8 @@ void Model::covariance(int g0, int g1, int h0, int h1, double* K2, double* K3, d
       b3.assign(bs, 0.0);
       e2.assign(grad ? bs : 0, 0.0);
       e3.assign(grad ? bs : 0, 0.0);
-      group_pair(G, H, hyper_, b2.data(), b3.data(), grad ? e2.data() : nullptr,
-                 grad ? e3.data() : nullptr);
+      group_kernels(G, H, hyper_.ell2, hyper_.ell3, b2.data(), b3.data(), grad ? e2.data() : nullptr,
+                    grad ? e3.data() : nullptr);
       if (g == h) {
         // A diagonal block is symmetric in exact arithmetic; make it so in floating point.
         for (auto* buf : {&b2, &b3, &e2, &e3}) {
@@ -265,183 +256,6 @@ void Model::set_solution(std::vector<double> alpha, std::vector<double> cholesky
   trained_ = true;
 }
 
-Prediction Model::predict(const Structure& s, VarianceMode variance) const {
-  if (!trained_)
-    throw NotTrainedError("the model is not trained: add training data and call train() first");
-  const ClusterSet cs = clusters_of(s);
-  const int n = static_cast<int>(s.size());
-  const double volume = s.volume();
-  const bool has_volume = volume > 1e-8 && s.pbc[0] && s.pbc[1] && s.pbc[2];
-  const int ns = n_species();
-  Prediction p;
-  p.forces.assign(3 * static_cast<std::size_t>(n), 0.0);
-  p.local_energies.assign(n, 0.0);
-  p.stress.fill(0.0);
-
-  // Mean: cluster energies phi = sigma^2 f(d) Phi(d) of the canonical copies only.
-  std::vector<const Cluster*> canon;
-  for (const auto* list : {&cs.pairs, &cs.triplets})
-    for (const auto& c : *list)
-      if (c.canonical_weight > 0) canon.push_back(&c);
-  const long nc = static_cast<long>(canon.size());
-  std::vector<double> phi(nc), dphi(3 * static_cast<std::size_t>(nc), 0.0);
-#pragma omp parallel for schedule(dynamic, 16)
-  for (long k = 0; k < nc; ++k) cluster_energy(*canon[k], phi[k], &dphi[3 * k]);
-  // Scatter serially so the sums do not depend on the thread count.
-  for (int i = 0; i < n; ++i) {
-    const double e0 = energy_offsets_[s.species[i]];
-    p.local_energies[i] = e0;
-    p.energy += e0;
-  }
-  for (long k = 0; k < nc; ++k) {
-    const Cluster& c = *canon[k];
-    const double w = c.canonical_weight;
-    p.energy += w * phi[k];
-    for (int v = 0; v < c.nv; ++v) p.local_energies[c.atoms[v]] += w * phi[k] / c.nv;
-    for (int m = 0; m < c.n_edges(); ++m) {
-      const double dm = w * dphi[3 * k + m];
-      const int a = c.atoms[kEdgeVertices[m][0]], b = c.atoms[kEdgeVertices[m][1]];
-      for (int t = 0; t < 3; ++t) {
-        const double u = c.edge[m][t] / c.d[m];
-        p.forces[3 * a + t] += dm * u;  // -dE/dx_a = +phi' * unit vector a->b
-        p.forces[3 * b + t] -= dm * u;
-      }
-      for (int r = 0; r < 6; ++r)
-        p.stress[r] += dm * c.edge[m][kVoigt[r][0]] * c.edge[m][kVoigt[r][1]] / c.d[m];
-    }
-  }
-  for (int r = 0; r < 6; ++r)
-    p.stress[r] = has_volume ? p.stress[r] / volume : std::numeric_limits<double>::quiet_NaN();
-
-  if (variance == VarianceMode::kNone) return p;
-  p.has_variance = true;
-  if (variance == VarianceMode::kMapped) {
-    require_variance_maps();
-    const double nan = std::numeric_limits<double>::quiet_NaN();
-    p.force_variances.assign(3 * static_cast<std::size_t>(n), 0.0);
-    p.local_energy_variances.assign(n, nan);
-    p.energy_variance = nan;
-    p.stress_variances.fill(nan);
-#pragma omp parallel
-    {
-      VarianceWorkspace work(*maps_);
-#pragma omp for schedule(dynamic, 8)
-      for (int t = 0; t < n; ++t) force_variance(cs, t, t, work, &p.force_variances[3 * t]);
-    }
-    return p;
-  }
-
-  // Variances: one group per atom (3 force rows + local energy) and one for the structure
-  // (energy + stress).
-  p.force_variances.assign(3 * static_cast<std::size_t>(n), 0.0);
-  p.local_energy_variances.assign(n, 0.0);
-  p.stress_variances.fill(std::numeric_limits<double>::quiet_NaN());
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int t = 0; t <= n; ++t) {
-    double var[7];
-    if (t < n) {
-      group_variances(atom_group(cs, t, t, cutoff2_, cutoff3_, true, ns), var);
-      for (int r = 0; r < 3; ++r) p.force_variances[3 * t + r] = var[r];
-      p.local_energy_variances[t] = var[3];
-    } else {
-      group_variances(structure_group(cs, volume, cutoff2_, cutoff3_, true, has_volume, ns), var);
-      p.energy_variance = var[0];
-      if (has_volume) std::copy(var + 1, var + 7, p.stress_variances.begin());
-    }
-  }
-  return p;
-}
-
-void Model::cluster_mean(const Cluster& c, double& phi, double* dphi) const {
-  const int D = c.n_edges();
-  const bool two = c.nv == 2;
-  const double s2 = two ? hyper_.sigma2 * hyper_.sigma2 : hyper_.sigma3 * hyper_.sigma3;
-  double f, fg[3], val, g[3];
-  cutoff_function(D, two ? cutoff2_ : cutoff3_, c.d, f, fg);
-  contracted_value(D, c.d, c.type, two ? contracted2_ : contracted3_,
-                   two ? hyper_.ell2 : hyper_.ell3, val, g);
-  phi = s2 * f * val;
-  for (int m = 0; m < D; ++m) dphi[m] = s2 * (fg[m] * val + f * g[m]);
-}
-
-void Model::cluster_energy(const Cluster& c, double& phi, double* dphi) const {
-  if (maps_ && maps_->mean(c, phi, dphi)) return;
-  cluster_mean(c, phi, dphi);
-}
-
-namespace {
-
-// A bare cluster of the given type and descriptor: all that the kernels look at.
-Cluster descriptor_cluster(int dim, int type, const double* d) {
-  Cluster c;
-  c.nv = dim == 1 ? 2 : 3;
-  c.type = type;
-  for (int m = 0; m < dim; ++m) c.d[m] = d[m];
-  return c;
-}
-
-void check_descriptors(int dim, int type, const double* d, int n, int n_species, double rc) {
-  if (dim != 1 && dim != 3) throw InputError("cluster descriptors have 1 (pair) or 3 (triplet) edges");
-  if (type < 0 || type >= type_count(dim, n_species)) throw InputError("cluster type out of range");
-  if (!(rc > 0)) throw InputError("that body order is disabled in this model");
-  for (long k = 0; k < static_cast<long>(n) * dim; ++k)
-    if (!(d[k] > 0) || !(d[k] <= rc))
-      throw InputError("cluster edge lengths must lie in (0, cutoff]; got " + std::to_string(d[k]));
-}
-
-}  // namespace
-
-void Model::cluster_means(int dim, int type, const double* d, int n, double* phi, double* dphi) const {
-  if (!trained_) throw NotTrainedError("the model is not trained");
-  check_descriptors(dim, type, d, n, n_species(), dim == 1 ? cutoff2_ : cutoff3_);
-#pragma omp parallel for schedule(dynamic, 64)
-  for (int k = 0; k < n; ++k) {
-    double g[3];
-    cluster_mean(descriptor_cluster(dim, type, d + static_cast<std::size_t>(k) * dim), phi[k], g);
-    std::copy(g, g + dim, dphi + static_cast<std::size_t>(k) * dim);
-  }
-}
-
-bool Model::add_force_functional(const Cluster& c, const double* weights, VarianceWorkspace& work) const {
-  // Force rows: -d(cluster energy)/dx_key, folded with the cutoff onto the cutoff-free
-  // function that the variance basis represents (as atom_group does for the exact GP).
-  const int ne = c.n_edges();
-  const double w0[3] = {0.0, 0.0, 0.0};
-  double coef[12] = {};
-  fold_cutoff(ne, ne == 1 ? cutoff2_ : cutoff3_, c.d, 3, w0, weights, coef);
-  return work.add(c, coef);
-}
-
-void Model::finish_force_variance(const ClusterSet& cs, int row, int key, bool inside,
-                                  VarianceWorkspace& work, double* out) const {
-  if (inside) {
-    work.finish(out);
-    return;
-  }
-  // A cluster outside the tables (shorter than any training distance): exact for this atom.
-  work.clear();
-  group_variances(atom_group(cs, row, key, cutoff2_, cutoff3_, false, n_species()), out);
-}
-
-void Model::force_variance(const ClusterSet& cs, int row, int key, VarianceWorkspace& work,
-                           double* out) const {
-  bool inside = true;
-  auto visit = [&](const Cluster& c) {
-    double w[9];
-    force_row_weights(c, key, w);
-    return add_force_functional(c, w, work);
-  };
-  for (int k = cs.pair_offsets[row]; inside && k < cs.pair_offsets[row + 1]; ++k) inside = visit(cs.pairs[k]);
-  for (int k = cs.triplet_offsets[row]; inside && k < cs.triplet_offsets[row + 1]; ++k)
-    inside = visit(cs.triplets[k]);
-  finish_force_variance(cs, row, key, inside, work, out);
-}
-
-void Model::require_variance_maps() const {
-  if (!maps_ || !maps_->has_variance())
-    throw InputError("the model has no variance maps: map it with variance, or ask for the exact variance");
-}
-
 void Model::set_maps(Maps maps) {
   if (!trained_) throw NotTrainedError("maps tabulate a trained model: train it first");
   for (const auto& t : maps.tables()) {
@@ -453,118 +267,6 @@ void Model::set_maps(Maps maps) {
                        std::to_string(t.hi));
   }
   maps_ = std::move(maps);
-}
-
-void Model::group_variances(const LabelGroup& G, double* out) const {
-  // var = k(x,x) - |L^-1 k(X,x)|^2, row by row.
-  const int R = G.rows;
-  const int ntrain = n_labels();
-  const double s22 = hyper_.sigma2 * hyper_.sigma2, s33 = hyper_.sigma3 * hyper_.sigma3;
-  std::vector<double> kstar(static_cast<std::size_t>(R) * ntrain, 0.0), b2, b3, v(ntrain);
-  for (int h = 0; h < n_groups(); ++h) {
-    const LabelGroup& H = groups_[h];
-    const std::size_t bs = static_cast<std::size_t>(R) * H.rows;
-    b2.assign(bs, 0.0);
-    b3.assign(bs, 0.0);
-    group_pair(G, H, hyper_, b2.data(), b3.data(), nullptr, nullptr);
-    for (int r = 0; r < R; ++r)
-      for (int c = 0; c < H.rows; ++c)
-        kstar[static_cast<std::size_t>(r) * ntrain + group_offsets_[h] + c] =
-            s22 * b2[r * H.rows + c] + s33 * b3[r * H.rows + c];
-  }
-  std::vector<double> self2(static_cast<std::size_t>(R) * R, 0.0), self3(self2.size(), 0.0);
-  group_pair(G, G, hyper_, self2.data(), self3.data(), nullptr, nullptr);
-  for (int r = 0; r < R; ++r) {
-    const double* kr = kstar.data() + static_cast<std::size_t>(r) * ntrain;
-    double explained = 0.0;
-    for (int i = 0; i < ntrain; ++i) {  // forward substitution L v = k
-      const double* Li = cholesky_.data() + static_cast<std::size_t>(i) * ntrain;
-      double acc = kr[i];
-      for (int j = 0; j < i; ++j) acc -= Li[j] * v[j];
-      v[i] = acc / Li[i];
-      explained += v[i] * v[i];
-    }
-    out[r] = std::max(0.0, s22 * self2[r * R + r] + s33 * self3[r * R + r] - explained);
-  }
-}
-
-LocalPrediction Model::predict_local(const LocalEnvironments& env, bool mean, VarianceMode variance) const {
-  if (!trained_)
-    throw NotTrainedError("the model is not trained: add training data and call train() first");
-  const int n = static_cast<int>(env.centre_keys.size());
-  if (static_cast<int>(env.neighbors.offsets.size()) != n + 1)
-    throw InputError("neighbour list rows do not match the centres");
-  for (int sp : env.key_species)
-    if (sp < 0 || sp >= n_species()) throw InputError("species index out of range");
-  for (const Neighbor& nb : env.neighbors.items)
-    if (!(nb.d >= kMinDistance))
-      throw InputError("two atoms are " + std::to_string(nb.d) + " Angstrom apart, closer than " +
-                       std::to_string(kMinDistance) + " Angstrom (overlapping atoms or NaN positions)");
-  if (variance == VarianceMode::kMapped) require_variance_maps();
-  LocalPrediction out;
-  const int ns = n_species();
-  if (mean) {
-    out.energies.assign(n, 0.0);
-    out.forces.assign(3 * static_cast<std::size_t>(n), 0.0);
-    out.virials.assign(6 * static_cast<std::size_t>(n), 0.0);
-  }
-  if (variance != VarianceMode::kNone) out.force_variances.assign(3 * static_cast<std::size_t>(n), 0.0);
-  static constexpr int kVirial[6][2] = {{0, 0}, {1, 1}, {2, 2}, {0, 1}, {0, 2}, {1, 2}};
-  // Clusters are built centre by centre into per-thread buffers that keep their capacity:
-  // materialising every atom's clusters at once cost a large allocation (and page faults)
-  // per MD step.
-#pragma omp parallel
-  {
-    ClusterSet cs;  // one centre at a time: row 0
-    cs.pair_offsets = {0, 0};
-    cs.triplet_offsets = {0, 0};
-    std::vector<int> near3;
-    std::optional<VarianceWorkspace> work;
-    if (variance == VarianceMode::kMapped) work.emplace(*maps_);
-#pragma omp for schedule(dynamic, 8)
-    for (int row = 0; row < n; ++row) {
-      const int key = env.centre_keys[row];
-      cs.pairs.clear();
-      cs.triplets.clear();
-      append_row_clusters(row, key, env.key_species, env.neighbors, cutoff2_, cutoff3_, ns, cs.pairs,
-                          cs.triplets, near3);
-      cs.pair_offsets[1] = static_cast<int>(cs.pairs.size());
-      cs.triplet_offsets[1] = static_cast<int>(cs.triplets.size());
-      // The mapped variance shares the clusters and their force weights with the mean.
-      const bool fused = mean && variance == VarianceMode::kMapped;
-      bool inside = true;
-      if (mean) {
-        double e = energy_offsets_[env.key_species[key]];
-        double f[3] = {0, 0, 0}, w[6] = {0, 0, 0, 0, 0, 0};
-        auto visit = [&](const Cluster& c) {
-          double phi, dphi[3], fw[9];
-          cluster_energy(c, phi, dphi);
-          e += phi / c.nv;
-          const int ne = c.n_edges();
-          force_row_weights(c, key, fw);
-          for (int m = 0; m < ne; ++m) {
-            for (int t = 0; t < 3; ++t) f[t] += dphi[m] * fw[t * ne + m];
-            for (int v = 0; v < 6; ++v)
-              w[v] -= dphi[m] * c.edge[m][kVirial[v][0]] * c.edge[m][kVirial[v][1]] / (c.d[m] * c.nv);
-          }
-          if (fused && inside) inside = add_force_functional(c, fw, *work);
-        };
-        for (const Cluster& c : cs.pairs) visit(c);
-        for (const Cluster& c : cs.triplets) visit(c);
-        out.energies[row] = e;
-        std::copy(f, f + 3, out.forces.begin() + 3 * row);
-        std::copy(w, w + 6, out.virials.begin() + 6 * row);
-      }
-      double* var = variance != VarianceMode::kNone ? &out.force_variances[3 * row] : nullptr;
-      if (fused)
-        finish_force_variance(cs, 0, key, inside, *work, var);
-      else if (variance == VarianceMode::kMapped)
-        force_variance(cs, 0, key, *work, var);
-      else if (variance == VarianceMode::kExact)
-        group_variances(atom_group(cs, 0, key, cutoff2_, cutoff3_, false, ns), var);
-    }
-  }
-  return out;
 }
 
 }  // namespace otfgp

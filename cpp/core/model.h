@@ -1,4 +1,5 @@
-// The Gaussian-process model: training data, covariance assembly and prediction.
+// The Gaussian-process model: training data, covariance assembly and prediction
+// (implemented in model.cpp, the training side, and model_predict.cpp, the prediction side).
 //
 // Linear algebra on the training covariance (Cholesky, likelihood, optimisation) lives in
 // the caller (Python/scipy); the model assembles covariance blocks and, once given the
@@ -13,6 +14,7 @@
 #include "clusters.h"
 #include "neighbors.h"
 #include "kernel_block.h"
+#include "label_groups.h"
 #include "maps.h"
 #include "structure.h"
 
@@ -47,13 +49,6 @@ enum RowKind : int { kForceRow = 0, kEnergyRow = 1, kStressRow = 2 };
 // training set), or the mapped force variance (needs maps with variance tables; per-atom
 // cost independent of the training set; force variances only).
 enum class VarianceMode : int { kNone = 0, kExact = 1, kMapped = 2 };
-
-// The clusters behind a set of label rows that share them (one atom's force components,
-// or one structure's energy and stress).
-struct LabelGroup {
-  int rows = 0;
-  KernelBlock two{1, 0}, three{3, 0};
-};
 
 struct Prediction {
   double energy = 0.0;
