@@ -211,3 +211,26 @@ def test_bad_options_raise_value_error(tmp_path, options, name):
     with pytest.raises(ValueError, match=name):
         otfgp.OTFOptions.from_dict({"output_dir": str(out), **options})
     assert not out.exists(), "a rejected configuration must not create output"
+
+
+@pytest.mark.parametrize("spec, per_frame", [("emt", False), ({"type": "emt"}, False),
+                                             ("otf_labellers_for_test:emt", True)])
+def test_labeller_specs_learn_like_a_calculator(tmp_path, monkeypatch, spec, per_frame):
+    """A labeller given as a registry specification learns exactly like the calculator it
+    names (one EMT for the run, or a new one per frame from the function: EMT's forces
+    differ in the last bits between a reused and a fresh instance)."""
+    (tmp_path / "otf_labellers_for_test.py").write_text(
+        "from ase.calculators.emt import EMT\n\ndef emt(atoms):\n    return EMT()\n")
+    monkeypatch.chdir(tmp_path)
+
+    def run(labeller, name):
+        rng = np.random.default_rng(4)
+        atoms = jittered_al(rng, repeat=(1, 1, 1))
+        thermalize(atoms, 600, rng)
+        otf = otfgp.OTF(VelocityVerlet(atoms, 5 * units.fs), otfgp.GaussianProcess(["Al"], CUTOFFS),
+                        labeller, threshold=0.02, output_dir=str(tmp_path / name), progress=False, map=False)
+        return otf.run(5)
+
+    by_spec, by_calc = run(spec, "spec"), run((lambda atoms: EMT()) if per_frame else EMT(), "calc")
+    assert by_spec["dft_call_steps"] == by_calc["dft_call_steps"]
+    assert by_spec["hyperparameters"] == by_calc["hyperparameters"]

@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 from ase import Atoms, units
@@ -30,6 +30,7 @@ from ase.io import read, write
 from . import atomic_io
 from .calculator import GPCalculator
 from .gp import GaussianProcess
+from .labellers import make_labeller
 from .learning import (LabellerError, Labeller, LearningOptions, add_and_retrain, add_threshold_value,
                        choose_atoms, label, needs_label, threshold_value)
 
@@ -125,10 +126,12 @@ class OTF:
         dynamics: an ASE dynamics object (VelocityVerlet, Langevin, NPTBerendsen, ...) built
             on the atoms to simulate; its atoms get a :class:`GPCalculator` of ``model``.
         model: the GaussianProcess to train (may be empty: step 0 seeds it).
-        labeller: an ASE calculator giving reference energies/forces/stresses (DFT), or a
+        labeller: an ASE calculator giving reference energies/forces/stresses (DFT), a
             callable ``f(atoms)`` returning a calculator or a dict of results (see
-            :data:`otfgp.learning.Labeller`); :func:`otfgp.labellers.make_labeller` builds
-            the packaged ones.
+            :data:`otfgp.learning.Labeller`), or a specification that
+            :func:`otfgp.labellers.make_labeller` builds (``"emt"``, ``"module:function"``,
+            ``{"type": "espresso", "kpts": [2, 2, 2]}``; pw.x then works in
+            ``output_dir/pw``).
         **options: see :class:`OTFOptions`.
 
     After :meth:`run`, ``dft_calls`` lists the steps at which the labeller ran and
@@ -136,11 +139,13 @@ class OTF:
     """
 
     def __init__(self, dynamics: Any, model: GaussianProcess,
-                 labeller: Labeller, **options: Any) -> None:
+                 labeller: Labeller | str | Mapping[str, Any], **options: Any) -> None:
         self.options = options if isinstance(options, OTFOptions) else OTFOptions.from_dict(options)
         self.dyn = dynamics
         self.atoms: Atoms = dynamics.atoms
         self.model = model
+        if isinstance(labeller, (str, Mapping)):
+            labeller = make_labeller(labeller, directory=Path(self.options.output_dir) / "pw")
         self.labeller = labeller
         self.timers = Timers()
         self.dft_calls: list[int] = []
@@ -315,7 +320,7 @@ class OTF:
 
     @classmethod
     def resume(cls, output_dir: str | os.PathLike, dynamics: Any,
-               labeller: Labeller, **overrides: Any) -> "OTF":
+               labeller: Labeller | str | Mapping[str, Any], **overrides: Any) -> "OTF":
         """Continue a run from its last checkpoint in ``output_dir``.
 
         ``dynamics`` must be built like the original one (same integrator, time step and
