@@ -81,6 +81,9 @@ int FixOTFGPLearn::setmask() { return END_OF_STEP; }
 void FixOTFGPLearn::init() {
   pair_ = dynamic_cast<PairOTFGP *>(force->pair_match("^otfgp", 0));
   if (!pair_) error->all(FLERR, "fix otfgp/learn requires pair_style otfgp");
+  // The check of end_of_step(), every N steps; exact unless the mapped variance is asked for.
+  variance_request_ = pair_->request_variances(
+      {[this](bigint step) { return step % nevery == 0; }, !mapped_uncertainty_});
 }
 
 double FixOTFGPLearn::threshold_value() const {

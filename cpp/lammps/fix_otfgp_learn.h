@@ -15,16 +15,19 @@
 // Global vector for thermo: [DFT calls, training environments, last max std].
 #pragma once
 
+#include <memory>
 #include <string>
 
 #include "fix.h"
+
+namespace otfgp_lammps {
+struct VarianceRequest;
+}
 
 namespace LAMMPS_NS {
 
 class FixOTFGPLearn : public Fix {
  public:
-  // True if the learning decision uses the mapped variance (keyword uncertainty mapped).
-  bool mapped_uncertainty() const { return mapped_uncertainty_; }
   FixOTFGPLearn(class LAMMPS *, int, char **);
   int setmask() override;
   void init() override;
@@ -43,6 +46,8 @@ class FixOTFGPLearn : public Fix {
   int calls_ = 0;
   double last_max_std_ = 0.0;
   class PairOTFGP *pair_ = nullptr;
+  // Our registration with the pair (see PairOTFGP::request_variances); dropping it ends it.
+  std::shared_ptr<const otfgp_lammps::VarianceRequest> variance_request_;
 };
 
 }  // namespace LAMMPS_NS
