@@ -79,7 +79,7 @@ void FixOTFGPLearn::parse_keywords(int narg, char **arg) {
     } else if (key == "relative") {
       relative = yes_no();
       deprecated(std::string("relative ") + value,
-                 relative ? "relative_threshold X' instead of 'threshold X" : "threshold X' alone");
+                 relative ? "relative_threshold X' instead of 'threshold X" : "threshold X");
     } else if (key == "min_threshold") {
       o.min_threshold = real();
     } else if (key == "add_threshold") {

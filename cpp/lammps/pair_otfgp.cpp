@@ -1,3 +1,4 @@
+// pair_style otfgp: neighbour list to core environments, forces, and the force pass's variances.
 #include "pair_otfgp.h"
 
 #include <algorithm>
