@@ -183,3 +183,29 @@ run 0
     rows = np.loadtxt(tmp_path / "forces.txt", skiprows=9)
     ref = gp.predict(atoms, variance=False)
     np.testing.assert_allclose(rows[:, 1:4], ref.forces, rtol=1e-9, atol=1e-10)
+
+
+def test_deleted_std_compute_before_run_pre_no(model_dir, tmp_path):
+    """A compute registers its variance request with the pair in init(); `run pre no` skips
+    init, so after `uncompute` the pair must drop the request instead of calling the deleted
+    compute (PairOTFGP::request_variances hands out an owning handle, keeps a weak one)."""
+    d, _, _ = model_dir
+    (tmp_path / "in.prenone").write_text(f"""
+units metal
+atom_style atomic
+read_data {d / 'cell.data'}
+pair_style otfgp
+pair_coeff * * {d / 'model.otfgp'} Al Cu
+velocity all create 600 1 dist gaussian
+fix 1 all nve
+timestep 0.001
+compute std all otfgp/std/atom
+dump d all custom 2 stds.txt id c_std[4]
+run 4
+undump d
+uncompute std
+run 4 pre no
+""")
+    out = run_lmp(["-in", "in.prenone", "-log", "none"], tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert out.stdout.count("Loop time") == 2

@@ -40,7 +40,7 @@ pair_coeff * * model.otfgp Al
 velocity all create 1500 777 dist gaussian
 fix 1 all nve
 timestep 0.005
-fix learn all otfgp/learn 5 threshold {threshold} labeller {labeller} output learn_out
+fix learn all otfgp/learn 5 threshold {threshold} labeller {labeller} output_dir learn_out
 thermo_style custom step pe etotal f_learn[1] f_learn[2] f_learn[3]
 thermo 10
 run 60
@@ -85,7 +85,7 @@ def test_mpi_learning_matches_serial(workdir):
     # Without hyperparameter re-optimisation: L-BFGS-B would amplify the 1e-12 differences
     # that MPI's summation order puts into the labelled frames into ~1e-6 (seen in CI).
     (workdir / "in.learn").write_text(INPUT.format(threshold=0.004, labeller="mylabels:emt")
-                                      .replace("output learn_out", "output learn_out optimize_until 0"))
+                                      .replace("output_dir learn_out", "output_dir learn_out optimize_until_calls 0"))
     pristine = (workdir / "model.otfgp").read_bytes()
     serial = run_lmp(["-in", "in.learn", "-log", "none"], workdir)
     (workdir / "model.otfgp").write_bytes(pristine)
@@ -132,14 +132,54 @@ def test_labeller_errors_are_lammps_errors(workdir, labeller, expected, nprocs):
     ("5 threshold 0.02 labeller nocolon", "module:function"),
     ("5 threshold 0.02 labeller mylabels:emt bogus 1", "unknown keyword bogus"),
     ("5 threshold 0.02 labeller mylabels:emt uncertainty maybe", "exact or mapped"),
-    ("5 threshold 0.02 labeller mylabels:emt map no uncertainty mapped", "needs map yes"),
+    ("5 threshold 0.02 relative_threshold 2 labeller mylabels:emt", "exactly one of"),
+    ("5 threshold 2 relative yes relative_threshold 2 labeller mylabels:emt", "exactly one of"),
+    # Values are checked by the Python learner (otfgp.lammps.learn.start), at init.
+    ("5 threshold -0.02 labeller mylabels:emt", "threshold"),
+    ("5 threshold 0.02 max_atoms_added 0 labeller mylabels:emt", "max_atoms_added"),
+    ("5 threshold 0.02 labeller mylabels:emt map no uncertainty mapped", "needs map"),
 ])
 def test_bad_fix_arguments(workdir, fix_args, expected):
-    text = INPUT.replace("5 threshold {threshold} labeller {labeller} output learn_out", fix_args)
+    text = INPUT.replace("5 threshold {threshold} labeller {labeller} output_dir learn_out", fix_args)
     (workdir / "in.bad").write_text(text)
     out = run_lmp(["-in", "in.bad", "-log", "none"], workdir, timeout=120)
     assert out.returncode != 0
     assert "ERROR" in out.stdout + out.stderr and expected in out.stdout + out.stderr
+
+
+DEPRECATED = {  # old spelling -> canonical one
+    "threshold 0.4 relative yes": "relative_threshold 0.4",
+    "max_atoms 2": "max_atoms_added 2",
+    "energy yes": "add_energy yes",
+    "stress no": "add_stress no",
+    "optimize_until 1": "optimize_until_calls 1",
+    "output learn_out": "output_dir learn_out",
+}
+
+
+def test_deprecated_keywords_still_work_and_warn(workdir):
+    """The spellings before the keywords took the Python learner's names: same run, one
+    warning each naming the new spelling."""
+    pristine = (workdir / "model.otfgp").read_bytes()
+    fix = "5 threshold {threshold} labeller {labeller} output_dir learn_out"
+    runs = {}
+    for name, args in (("old", " ".join(DEPRECATED)), ("new", " ".join(DEPRECATED.values()))):
+        (workdir / "model.otfgp").write_bytes(pristine)
+        shutil.rmtree(workdir / "learn_out", ignore_errors=True)
+        (workdir / "in.learn").write_text(INPUT.replace(fix, f"5 {args} labeller mylabels:emt")
+                                          .replace("run 60", "run 20"))
+        out = run_lmp(["-in", "in.learn", "-log", "none"], workdir)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+        runs[name] = out.stdout
+    warnings = [line for line in runs["old"].splitlines() if line.startswith("WARNING") and "deprecated" in line]
+    assert len(warnings) == len(DEPRECATED)
+    for new in ("relative_threshold", "max_atoms_added", "add_energy", "add_stress", "optimize_until_calls",
+                "output_dir"):
+        assert any(new in w for w in warnings), (new, warnings)
+    assert "deprecated" not in runs["new"]
+    rows_old, rows_new = thermo_rows(runs["old"]), thermo_rows(runs["new"])
+    assert rows_old[-1, 3] >= 1 and rows_old.shape == rows_new.shape
+    np.testing.assert_array_equal(rows_old, rows_new)
 
 
 QE_LABELLER = '''

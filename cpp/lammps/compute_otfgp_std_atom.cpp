@@ -1,3 +1,4 @@
+// compute otfgp/std/atom: per-atom force stds from the otfgp pair style's variances.
 #include "compute_otfgp_std_atom.h"
 
 #include <cmath>
@@ -20,8 +21,8 @@ ComputeOTFGPStdAtom::ComputeOTFGPStdAtom(LAMMPS *lmp, int narg, char **arg) : Co
     error->all(FLERR, "compute otfgp/std/atom takes no arguments or the keyword exact");
   peratom_flag = 1;
   size_peratom_cols = 4;
-  // LAMMPS then records the steps on which output will invoke this compute, so the pair
-  // style can compute the variances in its force pass on those steps (PairOTFGP::compute).
+  // LAMMPS then records the steps on which output will invoke this compute (matchstep), so
+  // the pair style can compute the variances in its force pass on those steps.
   timeflag = 1;
 }
 
@@ -30,6 +31,8 @@ ComputeOTFGPStdAtom::~ComputeOTFGPStdAtom() { memory->destroy(stds_); }
 void ComputeOTFGPStdAtom::init() {
   pair_ = dynamic_cast<PairOTFGP *>(force->pair_match("^otfgp", 0));
   if (!pair_) error->all(FLERR, "compute otfgp/std/atom requires pair_style otfgp");
+  variance_request_ = pair_->request_variances(
+      {[this](bigint step) { return matchstep(step) != 0; }, exact_});
 }
 
 void ComputeOTFGPStdAtom::compute_peratom() {

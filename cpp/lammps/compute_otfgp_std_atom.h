@@ -6,7 +6,13 @@
 // otfgp/std/atom exact` forces the exact GP variance.
 #pragma once
 
+#include <memory>
+
 #include "compute.h"
+
+namespace otfgp_lammps {
+struct VarianceRequest;
+}
 
 namespace LAMMPS_NS {
 
@@ -17,13 +23,14 @@ class ComputeOTFGPStdAtom : public Compute {
   void init() override;
   void compute_peratom() override;
   double memory_usage() override;
-  bool exact() const { return exact_; }
 
  private:
   int nmax_ = 0;
   double **stds_ = nullptr;
   class PairOTFGP *pair_ = nullptr;
   bool exact_ = false;
+  // Our registration with the pair (see PairOTFGP::request_variances); dropping it ends it.
+  std::shared_ptr<const otfgp_lammps::VarianceRequest> variance_request_;
 };
 
 }  // namespace LAMMPS_NS

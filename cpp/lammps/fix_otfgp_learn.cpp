@@ -1,3 +1,5 @@
+// fix otfgp/learn: keyword parsing, the every-N-steps uncertainty test and the MPI side of a
+// DFT call; the learning rule itself is Python's (otfgp.lammps.learn, via python_bridge).
 #include "fix_otfgp_learn.h"
 
 #include <mpi.h>
@@ -6,6 +8,7 @@
 #include <cmath>
 #include <exception>
 #include <memory>
+#include <utility>
 
 #include "atom.h"
 #include "comm.h"
@@ -14,78 +17,139 @@
 #include "force.h"
 #include "model_io.h"
 #include "pair_otfgp.h"
-#include "python_bridge.h"
 #include "update.h"
 #include "utils.h"
 
 using namespace LAMMPS_NS;
 using namespace FixConst;
 
+namespace {
+
+// Broadcasts a string from rank 0 (resized on the others).
+void broadcast(std::string &s, MPI_Comm world) {
+  long size = static_cast<long>(s.size());
+  MPI_Bcast(&size, 1, MPI_LONG, 0, world);
+  s.resize(size);
+  MPI_Bcast(s.data(), static_cast<int>(size), MPI_CHAR, 0, world);
+}
+
+}  // namespace
+
 FixOTFGPLearn::FixOTFGPLearn(LAMMPS *lmp, int narg, char **arg) : Fix(lmp, narg, arg) {
   if (narg < 4) error->all(FLERR, "fix otfgp/learn needs: ID group otfgp/learn N keyword value ...");
-  every_ = utils::inumeric(FLERR, arg[3], false, lmp);
-  if (every_ < 1) error->all(FLERR, "fix otfgp/learn: N must be a positive integer");
-  nevery = every_;
-  bool have_threshold = false;
-  for (int i = 4; i < narg; i += 2) {
-    const std::string key = arg[i];
-    if (i + 1 >= narg) error->all(FLERR, "fix otfgp/learn: keyword {} needs a value", key);
-    const char *value = arg[i + 1];
-    if (key == "threshold") {
-      threshold_ = utils::numeric(FLERR, value, false, lmp);
-      have_threshold = true;
-    } else if (key == "relative") {
-      relative_ = utils::logical(FLERR, value, false, lmp) == 1;
-    } else if (key == "add_threshold") {
-      add_threshold_ = utils::numeric(FLERR, value, false, lmp);
-    } else if (key == "min_threshold") {
-      min_threshold_ = utils::numeric(FLERR, value, false, lmp);
-    } else if (key == "labeller") {
-      labeller_ = value;
-    } else if (key == "max_atoms") {
-      max_atoms_ = utils::inumeric(FLERR, value, false, lmp);
-    } else if (key == "optimize_until") {
-      optimize_until_calls_ = utils::inumeric(FLERR, value, false, lmp);
-    } else if (key == "energy") {
-      energy_ = utils::logical(FLERR, value, false, lmp) == 1;
-    } else if (key == "stress") {
-      stress_ = utils::logical(FLERR, value, false, lmp) == 1;
-    } else if (key == "output") {
-      output_dir_ = value;
-    } else if (key == "map") {
-      map_ = utils::logical(FLERR, value, false, lmp) == 1;
-    } else if (key == "uncertainty") {
-      const std::string v = value;
-      if (v != "exact" && v != "mapped")
-        error->all(FLERR, "fix otfgp/learn: uncertainty must be exact or mapped, got {}", v);
-      mapped_uncertainty_ = v == "mapped";
-    } else {
-      error->all(FLERR, "fix otfgp/learn: unknown keyword {}", key);
-    }
-  }
-  if (!have_threshold || !(threshold_ > 0))
-    error->all(FLERR, "fix otfgp/learn: give a positive 'threshold' (eV/A, or x sigma_n with relative yes)");
-  if (labeller_.find(':') == std::string::npos)
-    error->all(FLERR, "fix otfgp/learn: 'labeller' must be module:function, got '{}'", labeller_);
-  if (max_atoms_ < 1) error->all(FLERR, "fix otfgp/learn: max_atoms must be >= 1");
-  if (mapped_uncertainty_ && !map_)
-    error->all(FLERR, "fix otfgp/learn: uncertainty mapped needs map yes");
+  nevery = utils::inumeric(FLERR, arg[3], false, lmp);
+  if (nevery < 1) error->all(FLERR, "fix otfgp/learn: N must be a positive integer");
+  setup_.fix_id = id;
+  setup_.output_dir = "otfgp_learn";
+  parse_keywords(narg - 4, arg + 4);
   vector_flag = 1;
   size_vector = 3;
   global_freq = 1;
   extvector = 0;
 }
 
+void FixOTFGPLearn::parse_keywords(int narg, char **arg) {
+  // The spellings before the keywords took the Python learner's names; accepted for one
+  // release with a warning. `relative yes` turned `threshold X` into relative_threshold X.
+  static constexpr std::pair<const char *, const char *> kRenamed[] = {
+      {"max_atoms", "max_atoms_added"}, {"energy", "add_energy"}, {"stress", "add_stress"},
+      {"optimize_until", "optimize_until_calls"}, {"output", "output_dir"}};
+  const auto deprecated = [this](const std::string &old_use, const std::string &new_use) {
+    if (comm->me == 0)
+      error->warning(FLERR, "fix otfgp/learn: '{}' is deprecated, use '{}'", old_use, new_use);
+  };
+  otfgp_lammps::LearnOptions &o = setup_.options;
+  bool relative = false;
+  for (int i = 0; i < narg; i += 2) {
+    std::string key = arg[i];
+    if (i + 1 >= narg) error->all(FLERR, "fix otfgp/learn: keyword {} needs a value", key);
+    const char *value = arg[i + 1];
+    for (const auto &[old_name, new_name] : kRenamed)
+      if (key == old_name) {
+        deprecated(key, new_name);
+        key = new_name;
+      }
+    const auto real = [&] { return utils::numeric(FLERR, value, false, lmp); };
+    const auto integer = [&] { return utils::inumeric(FLERR, value, false, lmp); };
+    const auto yes_no = [&] { return utils::logical(FLERR, value, false, lmp) == 1; };
+    if (key == "threshold") {
+      o.threshold = real();
+    } else if (key == "relative_threshold") {
+      o.relative_threshold = real();
+    } else if (key == "relative") {
+      relative = yes_no();
+      deprecated(std::string("relative ") + value,
+                 relative ? "relative_threshold X' instead of 'threshold X" : "threshold X");
+    } else if (key == "min_threshold") {
+      o.min_threshold = real();
+    } else if (key == "add_threshold") {
+      o.add_threshold = real();
+    } else if (key == "max_atoms_added") {
+      o.max_atoms_added = integer();
+    } else if (key == "add_energy") {
+      o.add_energy = yes_no();
+    } else if (key == "add_stress") {
+      o.add_stress = yes_no();
+    } else if (key == "optimize_until_calls") {
+      o.optimize_until_calls = integer();
+    } else if (key == "map") {
+      o.map = yes_no();
+    } else if (key == "uncertainty") {
+      // Parsed here too: the fix must know which variance to ask the pair for.
+      const std::string v = value;
+      if (v != "exact" && v != "mapped")
+        error->all(FLERR, "fix otfgp/learn: uncertainty must be exact or mapped, got {}", v);
+      mapped_uncertainty_ = v == "mapped";
+      o.uncertainty = v;
+    } else if (key == "output_dir") {
+      setup_.output_dir = value;
+    } else if (key == "labeller") {
+      setup_.labeller = value;
+    } else {
+      error->all(FLERR, "fix otfgp/learn: unknown keyword {}", key);
+    }
+  }
+  if (relative && o.threshold && !o.relative_threshold) {
+    o.relative_threshold = o.threshold;
+    o.threshold.reset();
+  }
+  if (o.threshold.has_value() == o.relative_threshold.has_value())
+    error->all(FLERR, "fix otfgp/learn: give exactly one of 'threshold X' (eV/A) and "
+               "'relative_threshold X' (x sigma_n)");
+  if (setup_.labeller.find(':') == std::string::npos)
+    error->all(FLERR, "fix otfgp/learn: 'labeller' must be module:function, got '{}'", setup_.labeller);
+}
+
 int FixOTFGPLearn::setmask() { return END_OF_STEP; }
+
+std::optional<std::string> FixOTFGPLearn::on_rank0(const std::function<void()> &call) const {
+  int failed = 0;
+  std::string message;
+  if (comm->me == 0) {
+    try {
+      call();
+    } catch (const std::exception &e) {
+      failed = 1;
+      message = e.what();
+    }
+  }
+  MPI_Bcast(&failed, 1, MPI_INT, 0, world);
+  if (!failed) return std::nullopt;
+  broadcast(message, world);
+  return message;
+}
 
 void FixOTFGPLearn::init() {
   pair_ = dynamic_cast<PairOTFGP *>(force->pair_match("^otfgp", 0));
   if (!pair_) error->all(FLERR, "fix otfgp/learn requires pair_style otfgp");
-}
-
-double FixOTFGPLearn::threshold_value() const {
-  if (!relative_) return threshold_;
-  return std::max(threshold_ * pair_->model()->hyperparameters().noise_force, min_threshold_);
+  // The check of end_of_step(), every N steps; exact unless the mapped variance is asked for.
+  variance_request_ = pair_->request_variances(
+      {[this](bigint step) { return step % nevery == 0; }, !mapped_uncertainty_});
+  // Every run: the pair's model (file) may have changed since the last one.
+  setup_.model_file = pair_->model_file();
+  if (const auto failure = on_rank0([this] { threshold_ = otfgp_lammps::python_start(setup_); }))
+    error->all(FLERR, "fix otfgp/learn: {}", *failure);
+  MPI_Bcast(&threshold_, 1, MPI_DOUBLE, 0, world);
 }
 
 void FixOTFGPLearn::end_of_step() {
@@ -100,7 +164,7 @@ void FixOTFGPLearn::end_of_step() {
     local_max = std::max(local_max, per_atom[i]);
   }
   MPI_Allreduce(&local_max, &last_max_std_, 1, MPI_DOUBLE, MPI_MAX, world);
-  if (last_max_std_ > threshold_value()) learn(last_max_std_, per_atom.data());
+  if (last_max_std_ > threshold_) learn(last_max_std_, per_atom.data());
 }
 
 void FixOTFGPLearn::learn(double max_std, const double *per_atom_max) {
@@ -129,18 +193,14 @@ void FixOTFGPLearn::learn(double max_std, const double *per_atom_max) {
   MPI_Gatherv(mine_std.data(), nlocal, MPI_DOUBLE, all_std.data(), counts1.data(), displs1.data(),
               MPI_DOUBLE, 0, world);
 
-  int status = 0;
-  std::string payload;
-  if (me == 0) {
+  otfgp_lammps::LearnResult result;
+  const auto failure = on_rank0([&] {
     const std::size_t n = all_std.size();
     std::vector<std::size_t> order(n);
     for (std::size_t k = 0; k < n; ++k) order[k] = k;
     std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return all[5 * a] < all[5 * b]; });
     otfgp_lammps::LearnRequest req;
-    req.fix_id = id;
-    req.labeller = labeller_;
-    req.model_file = pair_->model_file();
-    req.output_dir = output_dir_;
+    static_cast<otfgp_lammps::StartRequest &>(req) = setup_;
     req.type_symbols = pair_->type_symbols();
     req.step = static_cast<long>(update->ntimestep);
     for (std::size_t k : order) {
@@ -150,41 +210,25 @@ void FixOTFGPLearn::learn(double max_std, const double *per_atom_max) {
     }
     req.cell = {domain->xprd, 0.0, 0.0, domain->xy, domain->yprd, 0.0, domain->xz, domain->yz, domain->zprd};
     req.pbc = {domain->periodicity[0], domain->periodicity[1], domain->periodicity[2]};
-    req.options = {{"max_atoms", max_atoms_},
-                   {"add_threshold", add_threshold_ > 0 ? (relative_ ? add_threshold_ * pair_->model()->hyperparameters().noise_force : add_threshold_) : threshold_value()},
-                   {"energy", energy_ ? 1.0 : 0.0},
-                   {"stress", stress_ ? 1.0 : 0.0},
-                   {"optimize_until_calls", optimize_until_calls_},
-                   {"map", map_ ? 1.0 : 0.0},
-                   {"map_variance", mapped_uncertainty_ ? 1.0 : 0.0},
-                   {"max_std", max_std},
-                   {"threshold", threshold_value()}};
-    try {
-      payload = otfgp_lammps::python_learn(req);
-    } catch (const std::exception &e) {
-      status = 1;
-      payload = e.what();
-    }
-  }
-  // Status first, then the payload, so an exception on rank 0 ends every rank cleanly.
-  MPI_Bcast(&status, 1, MPI_INT, 0, world);
-  long size = static_cast<long>(payload.size());
-  MPI_Bcast(&size, 1, MPI_LONG, 0, world);
-  payload.resize(size);
-  MPI_Bcast(payload.data(), static_cast<int>(size), MPI_CHAR, 0, world);
-  if (status != 0)
-    error->all(FLERR, "fix otfgp/learn: labeller {} failed at step {}: {}", labeller_,
-               update->ntimestep, payload);
+    req.max_std = max_std;
+    result = otfgp_lammps::python_learn(req);
+  });
+  if (failure)
+    error->all(FLERR, "fix otfgp/learn: labeller {} failed at step {}: {}", setup_.labeller,
+               update->ntimestep, *failure);
+  broadcast(result.model, world);
+  MPI_Bcast(&result.threshold, 1, MPI_DOUBLE, 0, world);
   try {
-    pair_->set_model(std::make_unique<otfgp::Model>(otfgp::deserialize_model(payload)));
+    pair_->set_model(std::make_unique<otfgp::Model>(otfgp::deserialize_model(result.model)));
   } catch (const std::exception &e) {
     error->all(FLERR, "fix otfgp/learn: retrained model is unusable: {}", e.what());
   }
   ++calls_;
-  if (me == 0)
+  if (comm->me == 0)
     utils::logmesg(lmp, "otfgp/learn: step {} max std {:.4g} eV/A > threshold {:.4g} eV/A: DFT call {}, "
-                   "{} training environments\n", update->ntimestep, max_std, threshold_value(), calls_,
+                   "{} training environments\n", update->ntimestep, max_std, threshold_, calls_,
                    pair_->model()->n_force_environments());
+  threshold_ = result.threshold;
 }
 
 double FixOTFGPLearn::compute_vector(int n) {

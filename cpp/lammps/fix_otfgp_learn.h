@@ -1,30 +1,36 @@
 // fix ID group otfgp/learn N keyword value ...: on-the-fly learning from an input script.
 //
 //   fix learn all otfgp/learn 10 threshold 0.05 labeller mylabels:emt
-//   fix learn all otfgp/learn 10 threshold 2.0 relative yes labeller mylabels:qe &
-//       max_atoms 4 add_threshold 0.03 energy yes output learn_out map yes uncertainty exact
+//   fix learn all otfgp/learn 10 relative_threshold 2.0 labeller mylabels:qe &
+//       max_atoms_added 4 add_threshold 1.5 add_energy yes output_dir learn_out uncertainty exact
 //
-// Every N steps the largest predicted force std of the group is compared with the
-// threshold (eV/A, or x sigma_n with `relative yes`, never below `min_threshold`). Above it,
-// rank 0 gathers the system, calls the Python labeller (module:function, returning an ASE
-// calculator or a dict of energy/forces/stress) through otfgp.lammps.learn, adds the most
-// uncertain environments, retrains, saves model and frame, and all ranks load the new
-// model. With `map yes` (default) the retrained model is re-mapped (spline tables) before
-// it is broadcast, so the pair style runs at mapped speed between DFT calls. The decision
-// uses the exact GP variance (`uncertainty exact`, default) or the mapped one (`mapped`).
+// Every N steps the largest predicted force std of the group is compared with a threshold
+// (eV/A). Above it, rank 0 gathers the system and hands it to Python (otfgp.lammps.learn),
+// which labels it with the user's labeller (module:function), decides what to add, retrains,
+// re-maps, saves, and returns the new model and the threshold for it; all ranks load the new
+// model. Everything of the learning rule but that one comparison is Python's, including the
+// threshold itself (absolute, or relative to sigma_n with a floor): the keywords are passed on
+// as typed options and validated there. The decision uses the exact GP variance (`uncertainty
+// exact`, default) or the mapped one (`mapped`), which this fix requests from the pair.
 // Global vector for thermo: [DFT calls, training environments, last max std].
 #pragma once
 
+#include <functional>
+#include <memory>
+#include <optional>
 #include <string>
 
 #include "fix.h"
+#include "python_bridge.h"
+
+namespace otfgp_lammps {
+struct VarianceRequest;
+}
 
 namespace LAMMPS_NS {
 
 class FixOTFGPLearn : public Fix {
  public:
-  // True if the learning decision uses the mapped variance (keyword uncertainty mapped).
-  bool mapped_uncertainty() const { return mapped_uncertainty_; }
   FixOTFGPLearn(class LAMMPS *, int, char **);
   int setmask() override;
   void init() override;
@@ -32,17 +38,20 @@ class FixOTFGPLearn : public Fix {
   double compute_vector(int) override;
 
  private:
+  void parse_keywords(int narg, char **arg);
   void learn(double max_std, const double *per_atom_max);
-  double threshold_value() const;
+  // Runs `call` on rank 0 only and broadcasts the outcome: nullopt on every rank if it
+  // succeeded, else its error message, so an exception on rank 0 ends every rank cleanly.
+  std::optional<std::string> on_rank0(const std::function<void()> &call) const;
 
-  int every_ = 1;
-  double threshold_ = 0.0, add_threshold_ = -1.0, min_threshold_ = 0.005;
-  bool relative_ = false, energy_ = false, stress_ = false, map_ = true, mapped_uncertainty_ = false;
-  int max_atoms_ = 1, optimize_until_calls_ = 20;
-  std::string labeller_, output_dir_ = "otfgp_learn";
+  otfgp_lammps::StartRequest setup_;  // fix ID, labeller, output dir, options; model at init
+  bool mapped_uncertainty_ = false;   // keyword uncertainty mapped
+  double threshold_ = 0.0;            // eV/A, from Python for the current model
   int calls_ = 0;
   double last_max_std_ = 0.0;
   class PairOTFGP *pair_ = nullptr;
+  // Our registration with the pair (see PairOTFGP::request_variances); dropping it ends it.
+  std::shared_ptr<const otfgp_lammps::VarianceRequest> variance_request_;
 };
 
 }  // namespace LAMMPS_NS

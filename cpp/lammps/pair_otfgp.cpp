@@ -1,3 +1,4 @@
+// pair_style otfgp: neighbour list to core environments, forces, and the force pass's variances.
 #include "pair_otfgp.h"
 
 #include <algorithm>
@@ -7,13 +8,10 @@
 
 #include "atom.h"
 #include "comm.h"
-#include "compute_otfgp_std_atom.h"
 #include "elements.h"
 #include "error.h"
-#include "fix_otfgp_learn.h"
 #include "force.h"
 #include "memory.h"
-#include "modify.h"
 #include "model_io.h"
 #include "neigh_list.h"
 #include "neighbor.h"
@@ -93,6 +91,20 @@ void PairOTFGP::init_style() {
   if (atom->tag_enable == 0) error->all(FLERR, "pair otfgp requires atom IDs");
   if (!model_) error->all(FLERR, "pair otfgp: pair_coeff has not been given");
   neighbor->add_request(this, NeighConst::REQ_FULL);
+  // LAMMPS::init() runs force->init() (which calls this) before modify->init() (the fixes'
+  // and computes' init()), on every run and minimize except `run ... pre no`. Clearing the
+  // requests here and having consumers register in their init() therefore leaves exactly the
+  // current consumers with their current settings, and never an accumulation over runs.
+  // Between two inits (`run pre no`) the registrations persist, as every other setting
+  // does; a consumer deleted in between releases its handle, so none is ever called dead.
+  variance_requests_.clear();
+}
+
+std::shared_ptr<const otfgp_lammps::VarianceRequest> PairOTFGP::request_variances(
+    otfgp_lammps::VarianceRequest request) {
+  auto handle = std::make_shared<const otfgp_lammps::VarianceRequest>(std::move(request));
+  variance_requests_.push_back(handle);
+  return handle;
 }
 
 double PairOTFGP::init_one(int, int) { return cutmax_; }
@@ -148,16 +160,15 @@ otfgp::VarianceMode PairOTFGP::variance_mode(bool exact) const {
 }
 
 otfgp::VarianceMode PairOTFGP::variance_due() const {
-  // Output schedules the steps it invokes a compute on (timeflag), and fix otfgp/learn checks
-  // every nevery steps: on those steps the variance is computed in the force pass, which
-  // shares the clusters with the forces instead of building them a second time.
+  // On the steps a consumer will ask (e.g. output has scheduled a compute, or a fix checks
+  // every N steps) the force pass computes the variance, sharing the clusters with the forces
+  // instead of building them a second time. One pass computes one mode: the first due
+  // request decides it (computes register before fixes, as LAMMPS inits them in that order);
+  // a consumer due on the same step in the other mode gets its own pass, with equal numbers.
   const bigint step = update->ntimestep;
-  for (Compute *c : modify->get_compute_by_style("^otfgp/std/atom$"))
-    if (auto *std_compute = dynamic_cast<ComputeOTFGPStdAtom *>(c); std_compute && c->matchstep(step))
-      return variance_mode(std_compute->exact());
-  for (Fix *f : modify->get_fix_by_style("^otfgp/learn$"))
-    if (auto *learn = dynamic_cast<FixOTFGPLearn *>(f); learn && f->nevery > 0 && step % f->nevery == 0)
-      return variance_mode(!learn->mapped_uncertainty());
+  for (const auto &weak : variance_requests_)
+    if (const auto request = weak.lock(); request && request->due && request->due(step))
+      return variance_mode(request->exact);
   return otfgp::VarianceMode::kNone;
 }
 

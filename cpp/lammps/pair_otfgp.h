@@ -8,13 +8,27 @@
 // identical results.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <unordered_map>
 #include <string>
 #include <vector>
 
+#include "lmptype.h"
 #include "model.h"
 #include "pair.h"
+
+namespace otfgp_lammps {
+
+// What a consumer of the pair's force variances (compute otfgp/std/atom, fix otfgp/learn,
+// ...) will ask for, and on which steps, so that the force pass of those steps computes the
+// variances alongside the forces (sharing the clusters) instead of a second pass.
+struct VarianceRequest {
+  std::function<bool(LAMMPS_NS::bigint step)> due;  // true on the steps it will ask
+  bool exact = false;  // the exact GP variance even when the model has variance maps
+};
+
+}  // namespace otfgp_lammps
 
 namespace LAMMPS_NS {
 
@@ -30,10 +44,15 @@ class PairOTFGP : public Pair {
   double init_one(int, int) override;
 
   // Per-atom force variances (nlocal x 3) at the current positions, from the pair's current
-  // neighbour list. Used by compute otfgp/std/atom and fix otfgp/learn. The mapped variance
-  // when the model file carries variance maps (unless exact is asked for), else exact.
-  // Taken from the last force evaluation when that already computed them (see compute()).
+  // neighbour list. The mapped variance when the model file carries variance maps (unless
+  // exact is asked for), else exact. Taken from this step's force pass when a registered
+  // request made it compute them (see request_variances), else computed here.
   std::vector<double> force_variances(bool exact = false);
+  // Registers a consumer's request; call it from the consumer's init(). The registration
+  // lasts until this pair's next init_style() or until the consumer drops the returned
+  // handle, whichever comes first (see init_style for why that is the right lifetime).
+  [[nodiscard]] std::shared_ptr<const otfgp_lammps::VarianceRequest> request_variances(
+      otfgp_lammps::VarianceRequest request);
   // Replace the model (e.g. after retraining); species must map like the old one.
   void set_model(std::unique_ptr<otfgp::Model> model);
   const otfgp::Model *model() const { return model_.get(); }
@@ -45,7 +64,7 @@ class PairOTFGP : public Pair {
   // their capacity from step to step (re-allocating them cost page faults every step).
   const otfgp::LocalEnvironments &environments();
   void map_types();
-  // The variance a compute otfgp/std/atom or fix otfgp/learn will ask for on this step, if any.
+  // The variance a registered consumer will ask for on this step, if any.
   otfgp::VarianceMode variance_due() const;
   otfgp::VarianceMode variance_mode(bool exact) const;
   // Per-centre rows (3 values each, neighbour-list order) as per-local-atom rows.
@@ -59,6 +78,8 @@ class PairOTFGP : public Pair {
   otfgp::LocalEnvironments env_;
   std::unordered_map<tagint, int> key_of_tag_;
   std::vector<int> key_;
+  // Not owning: a consumer's handle going away (unfix, uncompute) ends its registration.
+  std::vector<std::weak_ptr<const otfgp_lammps::VarianceRequest>> variance_requests_;
   // Variances computed in the force pass: step, mode, and the positions they belong to.
   std::vector<double> pass_variances_, pass_x_;
   bigint pass_step_ = -1;

@@ -1,3 +1,4 @@
+// pybind11 embedding behind python_bridge.h: interpreter set-up and the request dicts.
 #include "python_bridge.h"
 
 #include <dlfcn.h>
@@ -49,18 +50,67 @@ py::array_t<double> as_array(const std::vector<double>& v, std::vector<py::ssize
   return a;
 }
 
-}  // namespace
+// Only the keywords the user gave, so Python's defaults stay the only defaults.
+py::dict options_dict(const LearnOptions& o) {
+  py::dict d;
+  const auto put = [&d](const char* name, const auto& value) {
+    if (value) d[name] = *value;
+  };
+  put("threshold", o.threshold);
+  put("relative_threshold", o.relative_threshold);
+  put("min_threshold", o.min_threshold);
+  put("add_threshold", o.add_threshold);
+  put("max_atoms_added", o.max_atoms_added);
+  put("add_energy", o.add_energy);
+  put("add_stress", o.add_stress);
+  put("optimize_until_calls", o.optimize_until_calls);
+  put("map", o.map);
+  put("uncertainty", o.uncertainty);
+  return d;
+}
 
-std::string python_learn(const LearnRequest& r) {
+py::dict start_dict(const StartRequest& r) {
+  py::dict req;
+  req["fix_id"] = r.fix_id;
+  req["model_file"] = r.model_file;
+  req["labeller"] = r.labeller;
+  req["output_dir"] = r.output_dir;
+  req["options"] = options_dict(r.options);
+  return req;
+}
+
+// Calls otfgp.lammps.learn.<function>(make_request()) and converts its result with
+// `convert`. The request is built in here because Python objects need the interpreter and
+// the GIL; Python errors and results of the wrong type become runtime_errors.
+template <class MakeRequest, class Convert>
+auto call_learn_module(const char* function, MakeRequest make_request, Convert convert) {
   ensure_interpreter();
   py::gil_scoped_acquire gil;
   try {
+    py::object result = py::module_::import("otfgp.lammps.learn").attr(function)(make_request());
+    try {
+      return convert(result);
+    } catch (const py::cast_error&) {
+      throw std::runtime_error(std::string("otfgp.lammps.learn.") + function + " returned " +
+                               py::str(py::type::of(result)).cast<std::string>() +
+                               ", not the expected type");
+    }
+  } catch (py::error_already_set& e) {
+    throw std::runtime_error(e.what());
+  }
+}
+
+}  // namespace
+
+double python_start(const StartRequest& r) {
+  return call_learn_module("start", [&r] { return start_dict(r); },
+                           [](const py::object& result) { return result.cast<double>(); });
+}
+
+LearnResult python_learn(const LearnRequest& r) {
+  const auto request = [&r] {
     const auto n = static_cast<py::ssize_t>(r.types.size());
-    py::dict req;
-    req["fix_id"] = r.fix_id;
-    req["labeller"] = r.labeller;
-    req["model_file"] = r.model_file;
-    req["output_dir"] = r.output_dir;
+    py::dict req = start_dict(r);
     req["type_symbols"] = r.type_symbols;
     req["positions"] = as_array(r.positions, {n, 3});
     req["types"] = r.types;
@@ -68,12 +118,14 @@ std::string python_learn(const LearnRequest& r) {
     req["cell"] = as_array(r.cell, {3, 3});
     req["pbc"] = r.pbc;
     req["step"] = r.step;
-    req["options"] = r.options;
-    py::object result = py::module_::import("otfgp.lammps.learn").attr("learn")(req);
-    return result.cast<std::string>();
-  } catch (py::error_already_set& e) {
-    throw std::runtime_error(e.what());
-  }
+    req["max_std"] = r.max_std;
+    return req;
+  };
+  return call_learn_module("learn", request, [](const py::object& result) {
+    const auto pair = result.cast<py::tuple>();
+    if (pair.size() != 2) throw py::cast_error();
+    return LearnResult{pair[0].cast<py::bytes>(), pair[1].cast<double>()};
+  });
 }
 
 }  // namespace otfgp_lammps

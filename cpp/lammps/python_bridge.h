@@ -1,32 +1,62 @@
-// Calling otfgp's Python training code from inside LAMMPS.
+// Calling otfgp's Python learning code (otfgp.lammps.learn) from inside LAMMPS.
 //
 // Under the `lmp` executable there is no Python interpreter: one is started once, set up to
 // see the virtual environment the plugin was installed into. When LAMMPS is driven from
 // Python (the `lammps` module) the running interpreter is reused. The GIL is held only
-// during a call.
+// during a call. Call these on one MPI rank only.
 #pragma once
 
-#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 namespace otfgp_lammps {
 
-// One labelling + retraining request from fix otfgp/learn (the whole system, on rank 0).
-struct LearnRequest {
-  std::string fix_id, labeller, model_file, output_dir;
+// The learning-rule keywords of fix otfgp/learn the user gave, typed. Python fills in the
+// defaults of the rest and validates the values; the names are the OTFOptions field names
+// of the Python learner.
+struct LearnOptions {
+  std::optional<double> threshold;           // eV/A
+  std::optional<double> relative_threshold;  // x sigma_n
+  std::optional<double> min_threshold;       // eV/A
+  std::optional<double> add_threshold;       // same kind as the threshold
+  std::optional<int> max_atoms_added;
+  std::optional<bool> add_energy;
+  std::optional<bool> add_stress;
+  std::optional<int> optimize_until_calls;
+  std::optional<bool> map;
+  std::optional<std::string> uncertainty;  // "exact" or "mapped"
+};
+
+// What otfgp.lammps.learn.start gets: the fix's setup, once per run.
+struct StartRequest {
+  std::string fix_id, model_file, labeller, output_dir;
+  LearnOptions options;
+};
+
+// What otfgp.lammps.learn.learn gets: the setup plus the whole system (gathered on rank 0).
+struct LearnRequest : StartRequest {
   std::vector<std::string> type_symbols;  // per LAMMPS type, index 1..ntypes
-  std::vector<double> positions;          // 3 per atom, sorted by atom ID
+  std::vector<double> positions;          // 3 per atom, sorted by atom ID, box origin at 0
   std::vector<int> types;                 // per atom
   std::vector<double> stds;               // per atom: max force-component std (eV/A)
   std::vector<double> cell;               // 9, rows a b c
   std::vector<int> pbc;                   // 3
   long step = 0;
-  std::map<std::string, double> options;  // max_atoms, add_threshold, energy, stress, ...
+  double max_std = 0.0;                   // the largest of stds over the fix group
 };
 
-// Runs otfgp.lammps.learn.learn(request) and returns the retrained model file bytes.
-// Throws std::runtime_error carrying the Python exception text.
-std::string python_learn(const LearnRequest& request);
+struct LearnResult {
+  std::string model;  // the retrained model file's bytes
+  double threshold = 0.0;  // the DFT-call threshold (eV/A) for that model
+};
+
+// otfgp.lammps.learn.start(request): validates the options and returns the DFT-call
+// threshold (eV/A) for the current model. Throws std::runtime_error with the Python error.
+double python_start(const StartRequest& request);
+
+// otfgp.lammps.learn.learn(request): labels, retrains and returns the new model and its
+// threshold. Throws std::runtime_error with the Python error.
+LearnResult python_learn(const LearnRequest& request);
 
 }  // namespace otfgp_lammps
