@@ -116,8 +116,9 @@ void FixOTFGPLearn::parse_keywords(int narg, char **arg) {
   if (o.threshold.has_value() == o.relative_threshold.has_value())
     error->all(FLERR, "fix otfgp/learn: give exactly one of 'threshold X' (eV/A) and "
                "'relative_threshold X' (x sigma_n)");
-  if (setup_.labeller.find(':') == std::string::npos)
-    error->all(FLERR, "fix otfgp/learn: 'labeller' must be module:function, got '{}'", setup_.labeller);
+  // The labeller (module:function or a registered name such as emt) is checked by Python's
+  // labeller registry in init(), where a labeller that does not import is reported too.
+  if (setup_.labeller.empty()) error->all(FLERR, "fix otfgp/learn: give 'labeller module:function'");
 }
 
 int FixOTFGPLearn::setmask() { return END_OF_STEP; }

@@ -9,7 +9,8 @@ the ASE learner's (:mod:`otfgp.learning`).
 ``request["options"]`` holds the fix keywords the input script gave, under their
 :class:`~otfgp.learning.LearningOptions` names and with Python types; the others take the
 same defaults as :class:`otfgp.OTFOptions`. ``request["labeller"]`` is anything
-:func:`otfgp.labellers.make_labeller` accepts as a string (``module:function``, ``emt``).
+:func:`otfgp.labellers.make_labeller` accepts as a string (``module:function``, ``emt``);
+it is built (a module imported) once per run, in :func:`start`.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from ase import Atoms
 
 from .. import atomic_io
 from ..gp import GaussianProcess
-from ..labellers import check_labeller_spec, make_labeller
+from ..labellers import make_labeller
 from ..learning import (LearningOptions, add_and_retrain, add_threshold_value, choose_atoms, label,
                         threshold_value)
 
@@ -33,10 +34,12 @@ log = logging.getLogger(__name__)
 
 class _FixState:
     """What one fix keeps between calls in a LAMMPS process: the model (retraining then
-    extends it in memory instead of re-reading the file) and the DFT-call count."""
+    extends it in memory instead of re-reading the file), the labeller and the DFT-call
+    count."""
 
     def __init__(self, model: GaussianProcess) -> None:
         self.model = model
+        self.labeller: Any = None
         self.calls = 0
 
 
@@ -62,8 +65,13 @@ def start(request: dict[str, Any]) -> float:
     """Check the fix's options and labeller (ValueError naming the problem); returns the
     DFT-call threshold in eV/A for the current model."""
     options = _options(request)
-    check_labeller_spec(str(request["labeller"]))
-    return threshold_value(options, _state(request).model)
+    state = _state(request)
+    spec = str(request["labeller"])
+    try:
+        state.labeller = make_labeller(spec)  # imports a module:function now, not at the first call
+    except Exception as exc:
+        raise ValueError(f"labeller {spec}: {type(exc).__name__}: {exc}") from exc
+    return threshold_value(options, state.model)
 
 
 def learn(request: dict[str, Any]) -> tuple[bytes, float]:
@@ -76,7 +84,7 @@ def learn(request: dict[str, Any]) -> tuple[bytes, float]:
     symbols = [request["type_symbols"][t] for t in request["types"]]
     atoms = Atoms(symbols, positions=request["positions"], cell=request["cell"],
                   pbc=[bool(p) for p in request["pbc"]])
-    labelled = label(atoms, make_labeller(str(request["labeller"])), stress=options.add_stress)
+    labelled = label(atoms, state.labeller, stress=options.add_stress)
     chosen = choose_atoms(np.asarray(request["stds"]), add_threshold_value(options, gp),
                           options.max_atoms_added)
     threshold = threshold_value(options, gp)  # the one this step was tested against
