@@ -39,17 +39,41 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 
 import numpy as np
 import scipy.stats
 
+from .map_report import DEFAULT_TOLERANCE, MapReport
+
 if TYPE_CHECKING:
     from ase import Atoms
 
-    from .gp import GaussianProcess
 
-from .map_report import DEFAULT_TOLERANCE, MapReport
+class MappableModel(Protocol):
+    """The public interface of :class:`otfgp.GaussianProcess` that mapping uses, and all of
+    it: mapping depends on the GP, never on its internals, and the GP module imports
+    nothing of mapping but :func:`build_maps`."""
+
+    @property
+    def core(self) -> Any: ...
+    @property
+    def cutoffs(self) -> dict[str, float]: ...
+    @property
+    def hyperparameters(self) -> dict[str, float]: ...
+    @property
+    def species(self) -> list[str]: ...
+    @property
+    def trained(self) -> bool: ...
+    @property
+    def n_labels(self) -> int: ...
+    @property
+    def n_training_structures(self) -> int: ...
+    @property
+    def map_report(self) -> MapReport | None: ...
+    def noise_diagonal(self, hyperparameters: Mapping[str, float] | None = None) -> np.ndarray: ...
+    def training_structure(self, index: int) -> dict[str, Any]: ...
+    def predict(self, atoms: "Atoms", variance: bool | str = True) -> Any: ...
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +247,7 @@ def _basis_points(nv: int, lo: float, hi: float, degree: int) -> tuple[np.ndarra
     return lo + (np.arange(n) - 0.5) * h, np.linalg.inv(B)
 
 
-def _variance_covariance(gp: "GaussianProcess", tables: list[dict[str, Any]]) -> np.ndarray:
+def _variance_covariance(gp: MappableModel, tables: list[dict[str, Any]]) -> np.ndarray:
     """Joint posterior covariance of the variance-basis coefficients of all tables, given the
     training labels (sets each table's "nv" beforehand)."""
     import scipy.linalg
@@ -306,7 +330,7 @@ def _types(n_species: int) -> tuple[list[int], list[int]]:
     return pairs, triplets
 
 
-def _shortest_training_distance(gp: "GaussianProcess") -> float:
+def _shortest_training_distance(gp: MappableModel) -> float:
     from ase.neighborlist import neighbor_list
 
     cut = max(gp.cutoffs.values())
@@ -323,7 +347,7 @@ def _shortest_training_distance(gp: "GaussianProcess") -> float:
 HELDOUT_RATTLES = (0.03, 0.1, 0.2, 0.3)
 
 
-def default_heldout(gp: "GaussianProcess", rattles: Sequence[float] = HELDOUT_RATTLES,
+def default_heldout(gp: MappableModel, rattles: Sequence[float] = HELDOUT_RATTLES,
                     seed: int = 0) -> list["Atoms"]:
     """Rattled copies of training structures (spread over the training set), one per entry
     of ``rattles`` (Gaussian displacement std in A)."""
@@ -338,7 +362,7 @@ def default_heldout(gp: "GaussianProcess", rattles: Sequence[float] = HELDOUT_RA
     return out
 
 
-def _force_deviation(gp: "GaussianProcess", structures: Sequence["Atoms"],
+def _force_deviation(gp: MappableModel, structures: Sequence["Atoms"],
                      exact: list[tuple[np.ndarray, float]]) -> tuple[float, float, float]:
     errs, eerr = [], 0.0
     for atoms, (f_exact, e_exact) in zip(structures, exact):
@@ -349,7 +373,7 @@ def _force_deviation(gp: "GaussianProcess", structures: Sequence["Atoms"],
     return float(e.mean()), float(e.max()), eerr
 
 
-def build_maps(gp: "GaussianProcess", tolerance: float | None = DEFAULT_TOLERANCE, variance: bool = True,
+def build_maps(gp: MappableModel, tolerance: float | None = DEFAULT_TOLERANCE, variance: bool = True,
                heldout: Sequence["Atoms"] | None = None, grid2: int | None = None,
                grid3: int | None = None, max_grid3: int = 64,
                max_grid2: int = 2048) -> MapReport:
