@@ -502,7 +502,7 @@ class GaussianProcess:
 
         # A warm start sitting on a bound would stay there (the logistic map is flat there),
         # so pull it inside; and also start from the defaults, keeping the better optimum:
-        # warm starts alone were seen to stay stuck at sigma3 ~ 1e-5 with a log likelihood
+        # warm starts alone were seen to stay stuck at sigma3 ~ 1e-5 (docs/hyperparameters.md) with a log likelihood
         # hundreds of units below that of a cold start on the same data.
         margin = 0.05 * span
         warm = np.clip(np.log([base[k] for k in names]), lo + margin, hi - margin)
