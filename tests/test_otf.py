@@ -160,6 +160,12 @@ def test_output_files(protocol):
     assert all(v >= 0 for v in wall.values())
     assert wall["dft"] > 0 and wall["training"] > 0 and wall["prediction"] > 0 and wall["mapping"] > 0
     assert model.mapped and loaded.mapped  # re-mapped after the last retrain; the file keeps the maps
+    # the file also carries the mapped variance (fast uncertainties for users), while the
+    # run's own model was left as the decisions used it
+    assert loaded.has_variance_maps and not model.has_variance_maps
+    mapped = loaded.predict(probe, variance="auto").force_stds
+    exact = loaded.predict(probe, variance="exact").force_stds
+    assert np.median(np.abs(mapped - exact) / exact) < 0.1
     parts = wall["dft"] + wall["training"] + wall["mapping"] + wall["prediction"] + wall["md"]
     assert parts <= wall["total"] * 1.001
     assert wall["total"] <= protocol["time"] * 1.01 + 0.1

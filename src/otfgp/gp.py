@@ -612,6 +612,12 @@ class GaussianProcess:
         return self._model.maps is not None
 
     @property
+    def has_variance_maps(self) -> bool:
+        """True if the maps include the reduced variance (fast mapped uncertainties)."""
+        maps = self._model.maps
+        return maps is not None and maps["covariance"] is not None
+
+    @property
     def map_report(self) -> MapReport | None:
         """The report of the installed maps (None if the model is not mapped)."""
         maps = self._model.maps
@@ -637,6 +643,12 @@ class GaussianProcess:
         """Read a model written by :meth:`save` (or by the C++ core)."""
         core = _core.Model.load(os.fspath(path))
         return cls._from_core(core)
+
+    def copy(self) -> "GaussianProcess":
+        """An independent copy (training data, hyperparameters, solution, maps and bounds)."""
+        gp = self._from_core(_core.Model.from_bytes(self._model.to_bytes()))
+        gp.bounds = dict(self.bounds)
+        return gp
 
     @classmethod
     def _from_core(cls, core: _core.Model) -> "GaussianProcess":

@@ -9,7 +9,8 @@ Output directory layout (all files written atomically):
   (with a lossless ``frame_<step>.traj`` copy from which a resumed run reuses it);
 - ``checkpoint/state.json`` + ``checkpoint/model_<n>.otfgp``: model and MD state after
   every DFT call (and at the end), from which :meth:`OTF.resume` continues;
-- ``model.otfgp`` and ``summary.json`` at the end of a run.
+- ``model.otfgp`` (with mapped variances when the run maps) and ``summary.json`` at the end
+  of a run.
 """
 from __future__ import annotations
 
@@ -408,7 +409,7 @@ class OTF:
         finally:
             bar.close()
             self.timers.total = total0 + time.perf_counter() - start
-        self.model.save(self.out / "model.otfgp")
+        self._final_model().save(self.out / "model.otfgp")
         self._write_checkpoint()
         summary = self.summary()
         atomic_io.write_json(self.out / "summary.json", summary, indent=2)
@@ -417,6 +418,22 @@ class OTF:
             atomic_io.write_atoms(self.out / "dft_frames.extxyz", [read(p) for p in frames])
         log.info("OTF summary: %s", json.dumps(summary))
         return summary
+
+    def _final_model(self) -> GaussianProcess:
+        """The model to hand to users: with ``map``, one whose maps include the reduced
+        variance, so that ``GPCalculator(GaussianProcess.load(...))`` predicts uncertainties
+        at mapped speed. The variance is mapped on a copy: the run's own model (and hence
+        every later decision of this run) stays as it was."""
+        model = self.model
+        if not (self.options.map and model.trained and model.mapped) or model.has_variance_maps:
+            return model
+        t = time.perf_counter()
+        final = model.copy()
+        final.map(tolerance=self.options.map_tolerance, variance=True)
+        elapsed = time.perf_counter() - t
+        self.timers.mapping += elapsed
+        self.timers.total += elapsed
+        return final
 
     def summary(self) -> dict[str, Any]:
         """DFT calls, steps, training size and the wall-time split."""
