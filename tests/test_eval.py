@@ -92,7 +92,7 @@ def test_threshold_and_mapped_variance(model, frames):
 def test_frames_without_forces_raise(model, frames):
     bare = frames[0].copy()
     bare.calc = None
-    with pytest.raises(ValueError, match="frame 1 has no reference forces"):
+    with pytest.raises(ValueError, match="frame 1: no reference forces"):
         evaluate(model, [frames[0], bare])
 
 
@@ -100,6 +100,8 @@ def test_cli_eval(model, frames, report, tmp_path, capsys):
     model_path = tmp_path / "al.otfgp"
     model.save(model_path)
     f1, f2 = tmp_path / "set1.extxyz", tmp_path / "set2.extxyz"
+    for f in frames:  # extxyz stores the calculator's results only once computed
+        f.get_forces(), f.get_potential_energy()
     write(f1, frames[:2])
     write(f2, frames[2:])
     out_json, out_png = tmp_path / "eval.json", tmp_path / "eval.png"
@@ -124,4 +126,4 @@ def test_cli_eval_bad_input_exits_2(model, frames, tmp_path, capsys):
     bare.calc = None
     write(tmp_path / "bare.extxyz", bare)
     assert main(["-q", "eval", str(model_path), str(tmp_path / "bare.extxyz")]) == 2
-    assert "no reference forces" in capsys.readouterr().err
+    assert "bare.extxyz): no reference forces" in capsys.readouterr().err

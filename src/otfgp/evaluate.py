@@ -145,7 +145,7 @@ def _json_clean(x: Any) -> Any:
 
 
 # ---------------------------------------------------------------- reference labels
-def reference_forces(atoms: Atoms, index: int = 0) -> np.ndarray:
+def reference_forces(atoms: Atoms) -> np.ndarray:
     """The reference forces of a frame (N x 3): its calculator's, else its ``forces``
     array. ``ValueError`` if it has neither."""
     from ase.calculators.calculator import PropertyNotImplementedError
@@ -159,7 +159,7 @@ def reference_forces(atoms: Atoms, index: int = 0) -> np.ndarray:
             pass
     if "forces" in atoms.arrays:
         return np.asarray(atoms.arrays["forces"], dtype=float)
-    raise ValueError(f"frame {index} has no reference forces (no calculator with forces, no forces array)")
+    raise ValueError("no reference forces (no calculator with forces, no forces array)")
 
 
 def reference_energy(atoms: Atoms) -> float | None:
@@ -226,13 +226,20 @@ def evaluate(model: GaussianProcess, frames: Sequence[Atoms], groups: Sequence[s
         raise ValueError("no frames to evaluate")
     if not model.trained:
         raise ValueError("the model is not trained")
+    named = groups is not None
     groups = ["all"] * len(frames) if groups is None else [str(g) for g in groups]
     if len(groups) != len(frames):
         raise ValueError(f"{len(groups)} group labels for {len(frames)} frames")
-    refs = [reference_forces(a, i) for i, a in enumerate(frames)]
-    for i, (a, f) in enumerate(zip(frames, refs)):
+    refs = []
+    for i, a in enumerate(frames):
+        where = f"frame {i}" + (f" (group {groups[i]})" if named else "")
+        try:
+            f = reference_forces(a)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
         if f.shape != (len(a), 3):
-            raise ValueError(f"frame {i}: reference forces of shape {f.shape} for {len(a)} atoms")
+            raise ValueError(f"{where}: reference forces of shape {f.shape} for {len(a)} atoms")
+        refs.append(f)
     ref_energies = [reference_energy(a) for a in frames]
     sigma_n = float(model.hyperparameters["noise_force"])
     sigma_e = float(model.hyperparameters.get("noise_energy", 0.0))
