@@ -4,6 +4,8 @@
     otfgp otf --resume RUN_DIR                 continue an interrupted run
     otfgp plot RUN_DIR [--test frames.extxyz]  PNG plots of a run (and of a test set)
     otfgp map MODEL -o MAPPED [--tolerance T]  spline-tabulate a model (mapped GP)
+    otfgp eval MODEL FRAMES... [--json OUT.json] [--png OUT.png]
+                                               accuracy and uncertainty quality on labelled frames
 
 A config file (TOML, or YAML when PyYAML is installed) has five sections::
 
@@ -203,8 +205,49 @@ def cmd_map(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``otfgp eval MODEL FRAMES...``: errors and uncertainty metrics (otfgp.evaluate);
+    one frame group per FRAMES file."""
+    from ase.io import read
+
+    from .evaluate import evaluate, plot
+    from .gp import GaussianProcess
+
+    src = Path(args.model)
+    if not src.is_file():
+        raise ConfigError(f"{src}: no such model file")
+    missing = [f for f in args.frames if not Path(f).is_file()]
+    if missing:
+        raise ConfigError(f"no such frames file: {', '.join(missing)}")
+    try:
+        gp = GaussianProcess.load(src)
+    except ValueError as exc:  # corrupt, truncated or foreign file
+        raise ConfigError(str(exc)) from exc
+    frames, groups = [], []
+    for f in args.frames:
+        try:
+            read_frames = read(f, index=":")
+        except Exception as exc:  # ase raises many kinds for unreadable files
+            raise ConfigError(f"{f}: cannot read frames ({exc})") from exc
+        frames += read_frames
+        groups += [f] * len(read_frames)
+    try:
+        report = evaluate(gp, frames, groups=groups, variance=args.variance,
+                          error_threshold=args.error_threshold)
+    except ValueError as exc:  # untrained model, frames without forces, ...
+        raise ConfigError(str(exc)) from exc
+    print(report.summary())
+    if args.json:
+        write_json(args.json, report.to_dict(), indent=2)
+        print(f"otfgp: wrote {args.json}")
+    if args.png:
+        plot(report, args.png)
+        print(f"otfgp: wrote {args.png}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``otfgp`` argument parser with its otf, plot and map commands."""
+    """The ``otfgp`` argument parser with its otf, plot, map and eval commands."""
     ap = argparse.ArgumentParser(prog="otfgp", description="On-the-fly Gaussian-process force fields.",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
@@ -228,6 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid3", type=int, help="fixed triplet grid (nodes per axis)")
     p.add_argument("--no-variance", action="store_true", help="do not tabulate the reduced variance")
     p.set_defaults(func=cmd_map)
+    p = sub.add_parser("eval", help="force errors and uncertainty quality of a model on labelled frames")
+    p.add_argument("model")
+    p.add_argument("frames", nargs="+", help="frame files with reference forces (extxyz, ...); one group each")
+    p.add_argument("--json", metavar="OUT.json", help="write the report as JSON")
+    p.add_argument("--png", metavar="OUT.png", help="write a reliability diagram and |error|-vs-std plot")
+    p.add_argument("--variance", choices=("auto", "exact", "mapped"), default="auto",
+                   help="variance to evaluate (default auto: mapped if the model has variance maps)")
+    p.add_argument("--error-threshold", type=float, default=None, metavar="X",
+                   help="ROC-AUC positives: atoms with max |force error| > X eV/A (default: the median)")
+    p.set_defaults(func=cmd_eval)
     return ap
 
 

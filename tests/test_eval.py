@@ -1,0 +1,129 @@
+"""otfgp.evaluate and ``otfgp eval``: a small trained Al model on a few EMT frames."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from ase.io import write
+from otf_helpers import emt_langevin_snapshots, small_al_model
+
+from otfgp import uq_metrics as uq
+from otfgp.cli import main
+from otfgp.evaluate import EvalReport, evaluate, plot
+
+
+@pytest.fixture(scope="module")
+def model():
+    return small_al_model()
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return emt_langevin_snapshots(300, 4, seed=3, equilibrate=20, spacing=5)
+
+
+@pytest.fixture(scope="module")
+def report(model, frames):
+    return evaluate(model, frames, groups=["a", "a", "b", "b"])
+
+
+def test_report_matches_a_direct_computation(model, frames, report):
+    preds = [model.predict(f, variance="exact") for f in frames]
+    err = np.concatenate([p.forces - f.get_forces() for p, f in zip(preds, frames)])
+    std = np.concatenate([p.force_stds for p in preds])
+    noisy = np.sqrt(std ** 2 + model.hyperparameters["noise_force"] ** 2)
+    assert report.n_frames == 4 and report.n_atoms == 128 and report.variance == "exact"
+    assert report.forces["mae"] == pytest.approx(np.abs(err).mean(), rel=1e-12)
+    assert report.forces["rmse"] == pytest.approx(np.sqrt(np.mean(err ** 2)), rel=1e-12)
+    assert report.species["Al"]["mae"] == pytest.approx(report.forces["mae"])
+    assert report.groups["a"]["mae"] == pytest.approx(np.abs(err[:64]).mean())
+    assert report.groups["b"]["n_frames"] == 2 and report.groups["b"]["n_atoms"] == 64
+    for kind, s in (("latent", std), ("latent+noise", noisy)):
+        u = report.uncertainty[kind]
+        assert u["nll"] == pytest.approx(uq.gaussian_nll(err, s))
+        assert u["mean_z2"] == pytest.approx(uq.mean_squared_z(err, s))
+        assert u["coverage_1std"] == pytest.approx(uq.coverage(err, s, 1))
+        assert u["coverage_2std"] == pytest.approx(uq.coverage(err, s, 2))
+        assert u["miscalibration_area"] == pytest.approx(uq.miscalibration_area(err, s))
+        assert u["spearman_atoms"] == pytest.approx(uq.spearman(np.linalg.norm(err, axis=1), s.max(axis=1)))
+    atom_err = np.abs(err).max(axis=1)
+    assert report.error_threshold == pytest.approx(np.median(atom_err))
+    auc = uq.roc_auc(std.max(axis=1), atom_err > np.median(atom_err))
+    assert report.uncertainty["latent"]["roc_auc"] == pytest.approx(auc)
+    assert report.uncertainty["latent+noise"]["roc_auc"] == pytest.approx(auc)  # noise keeps the order
+    # the noise only widens the stds
+    assert report.uncertainty["latent+noise"]["mean_z2"] < report.uncertainty["latent"]["mean_z2"]
+    e_ref = np.array([f.get_potential_energy() / len(f) for f in frames])
+    e_pred = np.array([p.energy / len(f) for p, f in zip(preds, frames)])
+    assert report.energy["mae"] == pytest.approx(np.abs(e_pred - e_ref).mean())
+    assert report.energy["uncertainty"]["latent"]["mean_z2"] > 0
+    text = report.summary()
+    assert "miscalibration area" in text and "ROC-AUC" in text and "group a" in text
+
+
+def test_json_round_trip_and_png(report, tmp_path):
+    again = EvalReport.from_json(report.to_json())
+    assert again == report
+    assert json.loads(report.to_json()) == report.to_dict()
+    with_arrays = EvalReport.from_json(report.to_json(arrays=True))
+    np.testing.assert_allclose(with_arrays.errors, report.errors)
+    png = plot(report, tmp_path / "uq.png")
+    assert png.stat().st_size > 10_000
+    assert plot(again, tmp_path / "reliability_only.png").stat().st_size > 5_000  # no arrays: one panel
+
+
+def test_threshold_and_mapped_variance(model, frames):
+    r = evaluate(model, frames[:2], error_threshold=10.0)  # no atom that bad: no ROC-AUC
+    assert r.uncertainty["latent"]["roc_auc"] is None and r.uncertainty["latent"]["n_positive_atoms"] == 0
+    assert r.uncertainty["latent"]["spearman_frames"] is None  # two frames do not rank
+    assert r.to_dict()["uncertainty"]["latent"]["roc_auc"] is None
+    with pytest.raises(ValueError, match="variance"):
+        evaluate(model, frames, variance="sampled")
+    mapped = small_al_model()
+    mapped.map(tolerance=5e-3)
+    m = evaluate(mapped, frames[:3], variance="mapped")
+    assert m.variance == "mapped" and 0 < m.uncertainty["latent"]["coverage_2std"] <= 1
+    assert m.energy["mae"] > 0 and m.energy["uncertainty"] is None  # mapped: no energy variance
+    with pytest.raises(ValueError, match="group labels"):
+        evaluate(model, frames, groups=["a"])
+
+
+def test_frames_without_forces_raise(model, frames):
+    bare = frames[0].copy()
+    bare.calc = None
+    with pytest.raises(ValueError, match="frame 1: no reference forces"):
+        evaluate(model, [frames[0], bare])
+
+
+def test_cli_eval(model, frames, report, tmp_path, capsys):
+    model_path = tmp_path / "al.otfgp"
+    model.save(model_path)
+    f1, f2 = tmp_path / "set1.extxyz", tmp_path / "set2.extxyz"
+    for f in frames:  # extxyz stores the calculator's results only once computed
+        f.get_forces(), f.get_potential_energy()
+    write(f1, frames[:2])
+    write(f2, frames[2:])
+    out_json, out_png = tmp_path / "eval.json", tmp_path / "eval.png"
+    code = main(["-q", "eval", str(model_path), str(f1), str(f2), "--json", str(out_json), "--png", str(out_png)])
+    assert code == 0
+    assert "miscalibration area" in capsys.readouterr().out
+    data = json.loads(out_json.read_text())
+    assert set(data["groups"]) == {str(f1), str(f2)}
+    assert data["forces"]["mae"] == pytest.approx(report.forces["mae"], rel=1e-6)
+    assert data["uncertainty"]["latent"]["coverage_1std"] == pytest.approx(
+        report.uncertainty["latent"]["coverage_1std"])
+    assert out_png.stat().st_size > 10_000
+
+
+def test_cli_eval_bad_input_exits_2(model, frames, tmp_path, capsys):
+    model_path = tmp_path / "al.otfgp"
+    model.save(model_path)
+    assert main(["-q", "eval", str(model_path), str(tmp_path / "missing.extxyz")]) == 2
+    assert "missing.extxyz" in capsys.readouterr().err
+    assert main(["-q", "eval", str(tmp_path / "nomodel.otfgp"), str(model_path)]) == 2
+    bare = frames[0].copy()
+    bare.calc = None
+    write(tmp_path / "bare.extxyz", bare)
+    assert main(["-q", "eval", str(model_path), str(tmp_path / "bare.extxyz")]) == 2
+    assert "bare.extxyz): no reference forces" in capsys.readouterr().err
