@@ -1,10 +1,14 @@
-"""Closed-form leave-one-out (GaussianProcess.loo_residuals) against brute-force refits."""
+"""Closed-form leave-one-out (GaussianProcess.loo_residuals) against brute-force refits, and
+the variance calibration maps of otfgp.calibration."""
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
 import otfgp
+from otfgp.calibration import FORMS, Calibration, fit_calibration
 from otfgp.gp import LooResiduals
 
 from conftest import displaced_al, trained_toy_model
@@ -115,3 +119,62 @@ def test_loo_needs_a_solution():
         gp.loo_residuals()
     with pytest.raises(ValueError):
         _model(*_small_al()).loo_residuals(mode="atom")
+
+
+# ------------------------------------------------------------------ calibration
+def _synthetic(n: int, scale: float, floor: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    latent = rng.uniform(1e-4, 1e-2, n)
+    noise = np.full(n, 1e-4)
+    err = rng.normal(0.0, np.sqrt(scale**2 * latent + floor))
+    return err, latent, noise
+
+
+def test_fit_recovers_scale():
+    err, latent, noise = _synthetic(4000, 3.0, 0.0)
+    cal = fit_calibration(err, latent, noise, form="scale")
+    assert cal.form == "scale" and not cal.fallback
+    # var = s^2 (latent + noise); the data have s^2 latent, noise is small but not zero
+    np.testing.assert_allclose(cal.params["s"], 3.0, rtol=0.05)
+    cal2 = fit_calibration(err, latent, noise, form="latent_scale")
+    # var = s^2 latent + noise, with true variance 9 latent: s^2 = 9 - noise/latent-ish
+    np.testing.assert_allclose(cal2.params["s"], 3.0, rtol=0.05)
+
+
+def test_fit_recovers_scale_and_floor():
+    err, latent, noise = _synthetic(6000, 2.0, 4e-3, seed=1)
+    cal = fit_calibration(err, latent, noise, form="scale_floor")
+    np.testing.assert_allclose(cal.params["a"], 4.0, rtol=0.15)
+    np.testing.assert_allclose(cal.params["b"], 4e-3, rtol=0.15)
+    powr = fit_calibration(err, latent, noise, form="power")
+    np.testing.assert_allclose(powr.params["p"], 1.0, atol=0.2)
+    v = cal.apply(latent, noise)
+    np.testing.assert_allclose(v, 4.0 * latent + 4e-3, rtol=0.2)
+
+
+def test_few_samples_fall_back_to_identity(caplog):
+    err, latent, noise = _synthetic(12, 3.0, 0.0)
+    with caplog.at_level("WARNING", logger="otfgp.calibration"):
+        cal = fit_calibration(err, latent, noise, form="scale_floor")
+    assert cal.fallback and cal.form == "identity" and cal.n_samples == 12
+    assert "identity" in caplog.text
+    np.testing.assert_allclose(cal.apply(latent, noise), latent + noise)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_round_trip_exact(form):
+    err, latent, noise = _synthetic(300, 2.5, 1e-3, seed=2)
+    cal = fit_calibration(err, latent, noise, form=form)
+    d = json.loads(json.dumps(cal.to_dict()))
+    back = Calibration.from_dict(d)
+    assert back == cal
+    np.testing.assert_array_equal(back.apply(latent, noise), cal.apply(latent, noise))
+
+
+def test_bad_input():
+    with pytest.raises(ValueError):
+        fit_calibration(np.zeros(50), np.ones(50), np.ones(50), form="quadratic")
+    with pytest.raises(ValueError):
+        fit_calibration(np.zeros(50), np.ones(49), np.ones(50))
+    with pytest.raises(ValueError):
+        Calibration.from_dict({"form": "scale", "params": {}})
