@@ -98,6 +98,49 @@ class Prediction:
         return self.stress_variance
 
 
+@dataclass
+class LooResiduals:
+    """Closed-form leave-one-out predictions of the training labels (:meth:`GaussianProcess.loo_residuals`).
+
+    One entry per label row, in the model's row order. All at the current hyperparameters
+    and energy offsets (the offsets are not refitted without the held-out label).
+
+    Attributes:
+        mode: ``"label"`` (each scalar label held out alone) or ``"environment"`` (the
+            three force components of an atom held out together; an energy is held out
+            alone, a structure's six stress components together).
+        residuals: y_i - mu_i, the label minus its leave-out mean (energy rows with the
+            offsets removed).
+        variances: predictive variance of the held-out label, label noise included (for
+            ``"environment"``: the diagonal of the block's predictive covariance).
+        latent_variances: ``variances`` minus the label noise variance (that of the
+            noise-free function, what :attr:`Prediction.force_variances` reports).
+        noise_variances: the label-noise variance of each row.
+        kinds: row kinds (0 force, 1 energy, 2 stress).
+        blocks: index of the held-out block of each row (``arange(n)`` for ``"label"``).
+        block_covariances: for ``"environment"``, the predictive covariance (noise
+            included) of each block, in block order; ``None`` for ``"label"``.
+    """
+
+    mode: str
+    residuals: np.ndarray
+    variances: np.ndarray
+    latent_variances: np.ndarray
+    noise_variances: np.ndarray
+    kinds: np.ndarray
+    blocks: np.ndarray
+    block_covariances: list[np.ndarray] | None = None
+
+    def select(self, kind: int = _ROW_FORCE) -> "LooResiduals":
+        """The rows of one kind (default force rows), as a new object."""
+        rows = np.flatnonzero(self.kinds == kind)
+        covs = None
+        if self.block_covariances is not None:
+            covs = [self.block_covariances[b] for b in np.unique(self.blocks[rows])]
+        return LooResiduals(self.mode, self.residuals[rows], self.variances[rows], self.latent_variances[rows],
+                            self.noise_variances[rows], self.kinds[rows], self.blocks[rows], covs)
+
+
 def _as_atomic_number(s: str | int) -> int:
     if isinstance(s, (int, np.integer)):
         return int(s)
@@ -573,6 +616,93 @@ class GaussianProcess:
             self._K3 = np.block([[self._K3, A3.T], [A3, B3]])
             self._dK2 = self._dK3 = None
         return L
+
+    # ------------------------------------------------------------ leave-one-out
+    def label_blocks(self) -> np.ndarray:
+        """Block index of every label row for leave-one-environment-out: the three force
+        components of one atom form a block, an energy label is a block of its own and the
+        six stress components of a structure form one block."""
+        kinds = np.asarray(self._model.row_kinds)
+        structs = np.asarray(self._model.row_structures)
+        blocks = np.empty(len(kinds), dtype=np.int64)
+        b, i, n = 0, 0, len(kinds)
+        while i < n:
+            if kinds[i] == _ROW_FORCE:
+                # rows are grouped per structure: all force rows (3 per atom), energy, stress
+                size = 3
+            elif kinds[i] == _ROW_STRESS:
+                size = 6
+            else:
+                size = 1
+            if i + size > n or np.any(kinds[i:i + size] != kinds[i]) or np.any(structs[i:i + size] != structs[i]):
+                raise RuntimeError("unexpected label row layout")  # pragma: no cover
+            blocks[i:i + size] = b
+            b += 1
+            i += size
+        return blocks
+
+    def _inverse_kernel(self) -> tuple[np.ndarray, np.ndarray]:
+        """K^-1 and alpha = K^-1 y at the current solution (the stored Cholesky factor)."""
+        if not self.trained:
+            raise _core.NotTrainedError("the model has no current solution: call train() first")
+        hyp = self.hyperparameters
+        n = self.n_labels
+        L = self._chol
+        if L is None or L.shape[0] != n:
+            K2, K3, _, _ = self._kernel_parts(hyp["ell2"], hyp["ell3"], grad=False)
+            K = hyp["sigma2"] ** 2 * K2 + hyp["sigma3"] ** 2 * K3
+            K[np.diag_indices_from(K)] += self.noise_diagonal(hyp)
+            L = self._factor(K)
+        Kinv = scipy.linalg.cho_solve((L, True), np.eye(n))
+        Kinv = 0.5 * (Kinv + Kinv.T)
+        y = self._targets(np.asarray(self._model.energy_offsets, dtype=float))
+        alpha = scipy.linalg.cho_solve((L, True), y)
+        return Kinv, alpha
+
+    def loo_residuals(self, mode: str = "label") -> LooResiduals:
+        """Leave-one-out residuals and predictive variances of every training label, in
+        closed form at the current hyperparameters and solution (no refits).
+
+        ``mode="label"`` is leave-one-*label*-out (Rasmussen & Williams eq. 5.12): with
+        alpha = K^-1 y, mu_i = y_i - alpha_i / [K^-1]_ii and var_i = 1 / [K^-1]_ii (noise
+        included). The other two force components of the same atom stay in the training
+        set, and they are strongly correlated with the held-out one, so these residuals are
+        optimistic as a stand-in for an unseen atom.
+
+        ``mode="environment"`` is leave-one-*environment*-out: the block B of an atom's
+        three force rows (see :meth:`label_blocks`) is held out together; the residual block
+        is [K^-1]_BB^-1 alpha_B and its predictive covariance [K^-1]_BB^-1. This is what a
+        prediction on an atom outside the training set faces, so the calibration
+        (:mod:`otfgp.calibration`) is fitted on these.
+
+        The energy offsets are held at their current values (not refitted without the
+        held-out energy); energy rows are residuals of y minus the offsets.
+        """
+        if mode not in ("label", "environment"):
+            raise ValueError(f"mode must be 'label' or 'environment', got {mode!r}")
+        Kinv, alpha = self._inverse_kernel()
+        noise = self.noise_diagonal()
+        kinds = np.asarray(self._model.row_kinds)
+        n = len(alpha)
+        if mode == "label":
+            d = np.diag(Kinv).copy()
+            var = 1.0 / d
+            res = alpha / d
+            return LooResiduals("label", res, var, var - noise, noise, kinds, np.arange(n), None)
+        blocks = self.label_blocks()
+        res = np.empty(n)
+        var = np.empty(n)
+        covs: list[np.ndarray] = []
+        starts = np.flatnonzero(np.r_[True, blocks[1:] != blocks[:-1]])
+        ends = np.r_[starts[1:], n]
+        for a, b in zip(starts, ends):
+            cf = scipy.linalg.cho_factor(Kinv[a:b, a:b], lower=True)
+            cov = scipy.linalg.cho_solve(cf, np.eye(b - a))
+            cov = 0.5 * (cov + cov.T)
+            res[a:b] = cov @ alpha[a:b]
+            var[a:b] = np.diag(cov)
+            covs.append(cov)
+        return LooResiduals("environment", res, var, var - noise, noise, kinds, blocks, covs)
 
     # ---------------------------------------------------------------- prediction
     def predict(self, atoms: Atoms, variance: bool | str = True) -> Prediction:
