@@ -87,3 +87,30 @@ def test_incremental_update_equals_full_solve(rng):
     np.testing.assert_allclose(incremental.forces, reference.forces, rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(incremental.force_variances, reference.force_variances, rtol=1e-6, atol=1e-12)
     assert incremental.energy == pytest.approx(reference.energy, rel=1e-10)
+
+
+def test_hyperparameters_at_bounds_are_warned(caplog):
+    """Noise-free EMT labels drive sigma_n to its lower bound: the report and the log say so."""
+    import logging
+
+    from conftest import displaced_al
+
+    rng = np.random.default_rng(2)
+    gp = otfgp.GaussianProcess(["Al"], {"twobody": 5.0}, bounds={"noise_force": (0.05, 1.0)})
+    for _ in range(2):
+        gp.add_training_data(displaced_al(rng), atom_indices=range(8))
+    with caplog.at_level(logging.WARNING, logger="otfgp.gp"):
+        gp.train(max_iterations=30)
+    report = gp.last_optimization
+    assert report is not None and report.at_bounds.get("noise_force") == "lower"
+    assert any("noise_force" in w and "lower bound" in w for w in report.warnings())
+    assert any("noise_force" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    # labels with 50 meV/A of noise: sigma_n is set by the data, well inside its bounds
+    gp2 = otfgp.GaussianProcess(["Al"], {"twobody": 5.0}, bounds={"noise_force": (1e-3, 1.0)})
+    for _ in range(2):
+        atoms = displaced_al(rng)
+        forces = atoms.get_forces() + rng.normal(0.0, 0.05, (len(atoms), 3))
+        gp2.add_training_data(atoms, forces=forces[:8], atom_indices=range(8))
+    gp2.train(max_iterations=30)
+    assert "noise_force" not in gp2.last_optimization.at_bounds, gp2.hyperparameters
+    assert 0.02 < gp2.hyperparameters["noise_force"] < 0.1

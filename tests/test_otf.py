@@ -155,6 +155,10 @@ def test_output_files(protocol):
     assert summary["steps"] == SOLID_STEPS + LIQUID_STEPS
     assert summary["dft_calls"] == len(calls) and summary["dft_call_steps"] == calls.tolist()
     assert summary["failed_dft_steps"] == []
+    # noise-free EMT labels push sigma_n onto its 5 meV/A floor: the summary says so
+    warned = summary["hyperparameter_warnings"]
+    assert warned and all(w["step"] in calls for w in warned)
+    assert any("noise_force is at its lower bound" in text for w in warned for text in w["warnings"])
     wall = summary["wall_time_s"]
     assert set(wall) == {"dft", "training", "mapping", "prediction", "md", "total"}
     assert all(v >= 0 for v in wall.values())

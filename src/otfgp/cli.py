@@ -89,6 +89,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     hyp = summary.get("hyperparameters", {})
     if "noise_force" in hyp:
         lines.append(f"sigma_n (force noise): {1000 * hyp['noise_force']:.1f} meV/A")
+    warned = summary.get("hyperparameter_warnings", [])
+    if warned:
+        last = warned[-1]
+        lines.append(f"WARNING: {len(warned)} retrain(s) ended with hyperparameters at a bound or an "
+                     f"abnormal optimiser exit; last at step {last['step']}: {'; '.join(last['warnings'])}")
     parts = []
     for key in ("dft", "training", "mapping", "prediction", "md"):
         if key in w:

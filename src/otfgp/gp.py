@@ -69,6 +69,36 @@ class KernelMatrixError(RuntimeError):
     """The training covariance matrix is not numerically positive definite."""
 
 
+#: A hyperparameter within this fraction of its log-range from a bound counts as at the bound.
+AT_BOUND_FRACTION = 0.01
+
+
+@dataclass
+class OptimizationReport:
+    """How the last hyperparameter optimisation ended (:attr:`GaussianProcess.last_optimization`).
+
+    ``at_bounds`` maps each hyperparameter that ended at (within
+    :data:`AT_BOUND_FRACTION` of the log-range of) a bound to ``"lower"`` or ``"upper"``:
+    the data would have it further out, so the bound, not the data, sets it. ``abnormal``
+    is an L-BFGS-B exit other than convergence or the iteration limit (a line search that
+    failed, usually a badly scaled or noisy likelihood).
+    """
+
+    log_likelihood: float
+    iterations: int
+    converged: bool
+    message: str
+    abnormal: bool
+    at_bounds: dict[str, str]
+
+    def warnings(self) -> list[str]:
+        """Human-readable warnings (empty when the optimisation ended cleanly)."""
+        out = [f"{name} is at its {side} bound" for name, side in self.at_bounds.items()]
+        if self.abnormal:
+            out.append(f"the optimiser stopped abnormally ({self.message})")
+        return out
+
+
 @dataclass
 class Prediction:
     """Mean and (optionally) variance of everything the model predicts for one structure.
@@ -197,6 +227,7 @@ class GaussianProcess:
             hyp.update({k: float(v) for k, v in hyperparameters.items()})
         self._model.hyperparameters = [hyp[k] for k in HYPERPARAMETER_NAMES]
         self._reset_cache()
+        self.last_optimization: OptimizationReport | None = None
 
     # ----------------------------------------------------------------- properties
     @staticmethod
@@ -566,9 +597,22 @@ class GaussianProcess:
         assert best is not None
         if best.fun >= 1e10:
             raise KernelMatrixError("no hyperparameters within the bounds give a positive definite kernel matrix; raise the noise bounds")
+        theta = to_theta(best.x)[0]
         hyp = dict(base)
-        hyp.update(zip(names, to_theta(best.x)[0]))
+        hyp.update(zip(names, theta))
         self.hyperparameters = hyp
+        frac = (np.log(theta) - lo) / span
+        at_bounds = {k: ("lower" if f < AT_BOUND_FRACTION else "upper")
+                     for k, f in zip(names, frac) if f < AT_BOUND_FRACTION or f > 1 - AT_BOUND_FRACTION}
+        message = best.message if isinstance(best.message, str) else best.message.decode()
+        self.last_optimization = OptimizationReport(
+            log_likelihood=-float(best.fun), iterations=int(best.nit), converged=bool(best.success),
+            message=message, abnormal="ABNORMAL" in message.upper(), at_bounds=at_bounds)
+        for name, side in at_bounds.items():
+            log.warning("hyperparameter optimisation: %s = %.4g is at its %s bound %s; the bound, "
+                        "not the data, sets it", name, hyp[name], side, self.bounds[name])
+        if self.last_optimization.abnormal:
+            log.warning("hyperparameter optimisation stopped abnormally: %s", message)
 
     def _solve(self) -> None:
         hyp = self.hyperparameters
@@ -786,6 +830,7 @@ class GaussianProcess:
         gp._model = core
         gp.bounds = dict(DEFAULT_BOUNDS)
         gp._reset_cache()
+        gp.last_optimization = None
         if core.trained:
             gp._chol = np.array(core.cholesky)
             gp._chol_key = (tuple(gp.hyperparameters.values()), tuple(core.energy_offsets))

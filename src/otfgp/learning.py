@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar, Union
 
@@ -256,10 +256,13 @@ def describe(exc: BaseException | None) -> str:
 # ---------------------------------------------------------------------- training
 @dataclass
 class RetrainTimes:
-    """Wall time of one :func:`add_and_retrain` (seconds)."""
+    """Wall time of one :func:`add_and_retrain` (seconds), and the hyperparameter warnings of
+    its optimisation (:meth:`otfgp.gp.OptimizationReport.warnings`; empty when it ended
+    cleanly or did not optimise)."""
 
     training: float = 0.0
     mapping: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
 
 def add_and_retrain(model: GaussianProcess, labelled: Atoms, atoms: Sequence[int] | np.ndarray,
@@ -277,6 +280,8 @@ def add_and_retrain(model: GaussianProcess, labelled: Atoms, atoms: Sequence[int
     t = time.perf_counter()
     model.train(optimize=optimize, max_iterations=options.max_iterations)
     times.training = time.perf_counter() - t
+    if optimize and model.last_optimization is not None:
+        times.warnings = model.last_optimization.warnings()
     if options.map:
         t = time.perf_counter()
         model.map(tolerance=options.map_tolerance, variance=options.uncertainty == "mapped")  # logs its report

@@ -151,6 +151,8 @@ class OTF:
         self.timers = Timers()
         self.dft_calls: list[int] = []
         self.failed_calls: list[int] = []
+        # retrains whose optimisation ended at a bound or abnormally: {"step", "warnings"}
+        self.hyperparameter_warnings: list[dict[str, Any]] = []
         self.step = 0
         self.out = Path(self.options.output_dir)
         (self.out / "dft").mkdir(parents=True, exist_ok=True)
@@ -248,6 +250,8 @@ class OTF:
         times = add_and_retrain(self.model, labelled, chosen, self.options, calls=len(self.dft_calls))
         self.timers.training += times.training
         self.timers.mapping += times.mapping
+        if times.warnings:
+            self.hyperparameter_warnings.append({"step": self.step, "warnings": times.warnings})
         self._uncertainty()  # re-predict this step with the updated model (stds for the trajectory)
         log.info("step %d: DFT call %d (max std %.4g eV/A, threshold %.4g eV/A), added atoms %s, "
                  "training environments %d", self.step, len(self.dft_calls), max_std,
@@ -299,6 +303,7 @@ class OTF:
             "otf_rng": self._rng.bit_generator.state,
             "dft_calls": self.dft_calls,
             "failed_calls": self.failed_calls,
+            "hyperparameter_warnings": self.hyperparameter_warnings,
             "timers": asdict(self.timers),
             "options": asdict(self.options),
             "model": model_name,
@@ -349,6 +354,7 @@ class OTF:
         otf.step = state["step"]
         otf.dft_calls = list(state["dft_calls"])
         otf.failed_calls = list(state["failed_calls"])
+        otf.hyperparameter_warnings = list(state.get("hyperparameter_warnings", []))
         otf.timers = Timers(**state["timers"])
         otf.calc.timers = otf.timers
         otf._rng.bit_generator.state = state["otf_rng"]
@@ -445,5 +451,6 @@ class OTF:
             "training_environments": self.model.n_training_environments,
             "training_labels": self.model.n_labels,
             "hyperparameters": self.model.hyperparameters,
+            "hyperparameter_warnings": list(self.hyperparameter_warnings),
             "wall_time_s": asdict(self.timers),
         }

@@ -89,7 +89,7 @@ def learn(request: dict[str, Any]) -> tuple[bytes, float]:
                           options.max_atoms_added)
     threshold = threshold_value(options, gp)  # the one this step was tested against
     state.calls += 1
-    add_and_retrain(gp, labelled, chosen, options, calls=state.calls)
+    retrain = add_and_retrain(gp, labelled, chosen, options, calls=state.calls)
     gp.save(request["model_file"])
     step = int(request["step"])
     out = Path(request["output_dir"])
@@ -99,7 +99,8 @@ def learn(request: dict[str, Any]) -> tuple[bytes, float]:
     entry = {"step": step, "max_std_eV_per_A": float(request["max_std"]),
              "threshold_eV_per_A": threshold, "added_atoms": chosen.tolist(),
              "training_environments": gp.n_training_environments,
-             "hyperparameters": gp.hyperparameters, "seconds": time.perf_counter() - t0}
+             "hyperparameters": gp.hyperparameters, "hyperparameter_warnings": retrain.warnings,
+             "seconds": time.perf_counter() - t0}
     with open(out / "learn_log.jsonl", "a") as f:
         f.write(json.dumps(entry) + "\n")
     return gp.core.to_bytes(), threshold_value(options, gp)
