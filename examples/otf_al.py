@@ -130,6 +130,7 @@ def main() -> None:
         "liquid_second_half_mean_temperature_K": _mean_temperature(
             out, args.solid_steps + args.liquid_steps // 2),
         "held_out_liquid_test": test_result,
+        "pre_update_calibration": summary["pre_update_calibration"],
         "plots": [str(p) for p in plots],
     }
     (out / "demo_summary.json").write_text(json.dumps(result, indent=2))
@@ -146,6 +147,11 @@ def main() -> None:
         print(f"  held-out liquid frames ({test_result['frames']} x 32 atoms, not in training): force MAE "
               f"{1000 * test_result['force_mae_eV_per_A']:.0f} meV/A, mean predicted std "
               f"{1000 * test_result['mean_predicted_std_eV_per_A']:.0f} meV/A")
+    cal = summary["pre_update_calibration"]
+    if cal:
+        print(f"  DFT frames predicted before learning them ({cal['frames']}): force RMSE "
+              f"{1000 * cal['rmse']:.0f} meV/A, within 1 latent std {cal['coverage_1std_latent']:.0%}, "
+              f"within 1 std with sigma_n {cal['coverage_1std_total']:.0%} (calibrated: 68%)")
     print(f"  output: {out}/ (summary.json, demo_summary.json, {', '.join(p.name for p in plots)})")
 
 

@@ -155,6 +155,20 @@ def test_output_files(protocol):
     assert summary["steps"] == SOLID_STEPS + LIQUID_STEPS
     assert summary["dft_calls"] == len(calls) and summary["dft_call_steps"] == calls.tolist()
     assert summary["failed_dft_steps"] == []
+    # every DFT frame after the first was predicted before it was learnt; the frames keep that
+    # prediction and the summary pools its errors (recomputed here from the frame files)
+    errors, latent = [], []
+    for p in dft[1:]:
+        frame = read(p)
+        errors.append(frame.arrays["gp_forces"] - frame.get_forces())
+        latent.append(frame.arrays["gp_force_stds"])
+    assert "gp_forces" not in read(dft[0]).arrays  # the seed frame had no model to predict it
+    errors, latent = np.concatenate(errors), np.concatenate(latent)
+    cal = summary["pre_update_calibration"]
+    assert cal["frames"] == len(calls) - 1 and cal["components"] == errors.size
+    assert math.isclose(cal["rmse"], np.sqrt(np.mean(errors ** 2)), rel_tol=1e-6)
+    assert math.isclose(cal["mean_squared_z_latent"], np.mean((errors / latent) ** 2), rel_tol=1e-6)
+    assert math.isclose(cal["coverage_1std_latent"], np.mean(np.abs(errors) <= latent), abs_tol=0.01)
     # noise-free EMT labels push sigma_n onto its 5 meV/A floor: the summary says so
     warned = summary["hyperparameter_warnings"]
     assert warned and all(w["step"] in calls for w in warned)

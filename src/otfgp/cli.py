@@ -89,6 +89,12 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     hyp = summary.get("hyperparameters", {})
     if "noise_force" in hyp:
         lines.append(f"sigma_n (force noise): {1000 * hyp['noise_force']:.1f} meV/A")
+    cal = summary.get("pre_update_calibration")
+    if cal:
+        lines.append(f"uncertainty on {cal['frames']} DFT frames predicted before learning them: force RMSE "
+                     f"{1000 * cal['rmse']:.1f} meV/A, RMS latent std {1000 * cal['rms_latent_std']:.1f} meV/A; "
+                     f"within 1 std: {cal['coverage_1std_latent']:.0%} latent, {cal['coverage_1std_total']:.0%} "
+                     f"with sigma_n (a calibrated std: 68%)")
     warned = summary.get("hyperparameter_warnings", [])
     if warned:
         last = warned[-1]

@@ -253,6 +253,48 @@ def describe(exc: BaseException | None) -> str:
     return text
 
 
+# ---------------------------------------------------------------------- held-out errors
+def pre_update_record(predicted_forces: np.ndarray, latent_stds: np.ndarray, labelled: Atoms,
+                      noise_force: float) -> dict[str, float]:
+    """How the model's prediction of a frame compares with the frame's DFT labels, made
+    *before* the frame is trained on: a free held-out sample of all its atoms' force
+    components (biased towards uncertain frames, since those are the ones labelled).
+
+    Returns sums over the components, so that records of many frames add up: ``n``,
+    ``sum_squared_error``, ``sum_latent_variance``, and for the latent std and the total
+    std (latent and sigma_n in quadrature) ``sum_squared_z_*`` and ``inside_1std_*``.
+    """
+    from .uq_metrics import coverage, mean_squared_z
+
+    errors = np.asarray(predicted_forces, dtype=float) - np.asarray(labelled.get_forces(), dtype=float)
+    latent = np.asarray(latent_stds, dtype=float)
+    total = np.sqrt(latent ** 2 + noise_force ** 2)
+    n = errors.size
+    return {"n": n, "sum_squared_error": float(np.sum(errors ** 2)),
+            "sum_latent_variance": float(np.sum(latent ** 2)),
+            "sum_squared_z_latent": mean_squared_z(errors, latent) * n,
+            "sum_squared_z_total": mean_squared_z(errors, total) * n,
+            "inside_1std_latent": coverage(errors, latent) * n,
+            "inside_1std_total": coverage(errors, total) * n}
+
+
+def running_calibration(records: Sequence[Mapping[str, float]]) -> dict[str, float] | None:
+    """Pooled calibration of the pre-update predictions (:func:`pre_update_record`): RMSE,
+    RMS latent std, mean squared z-score and 1-std coverage for the latent and the total
+    std (a calibrated Gaussian has mean z^2 = 1 and coverage 0.68). None without records."""
+    n = sum(r["n"] for r in records)
+    if n == 0:
+        return None
+    total = {k: sum(r[k] for r in records) for k in records[0] if k != "n"}
+    return {"frames": len(records), "components": n,
+            "rmse": math.sqrt(total["sum_squared_error"] / n),
+            "rms_latent_std": math.sqrt(total["sum_latent_variance"] / n),
+            "mean_squared_z_latent": total["sum_squared_z_latent"] / n,
+            "mean_squared_z_total": total["sum_squared_z_total"] / n,
+            "coverage_1std_latent": total["inside_1std_latent"] / n,
+            "coverage_1std_total": total["inside_1std_total"] / n}
+
+
 # ---------------------------------------------------------------------- training
 @dataclass
 class RetrainTimes:

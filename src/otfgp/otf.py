@@ -6,7 +6,9 @@ Output directory layout (all files written atomically):
   training size, hyperparameters);
 - ``trajectory.extxyz``: the frames with per-atom ``force_stds``;
 - ``dft/frame_<step>.extxyz``: every labelled frame, written as soon as the labeller returns
-  (with a lossless ``frame_<step>.traj`` copy from which a resumed run reuses it);
+  (with a lossless ``frame_<step>.traj`` copy from which a resumed run reuses it), with the
+  model's prediction made before it learnt the frame (arrays ``gp_forces``,
+  ``gp_force_stds``: latent stds);
 - ``checkpoint/state.json`` + ``checkpoint/model_<n>.otfgp``: model and MD state after
   every DFT call (and at the end), from which :meth:`OTF.resume` continues;
 - ``model.otfgp`` (with mapped variances when the run maps) and ``summary.json`` at the end
@@ -33,7 +35,8 @@ from .calculator import GPCalculator
 from .gp import GaussianProcess
 from .labellers import make_labeller
 from .learning import (LabellerError, Labeller, LearningOptions, add_and_retrain, add_threshold_value,
-                       choose_atoms, label, needs_label, threshold_value)
+                       choose_atoms, label, needs_label, pre_update_record,
+                       running_calibration, threshold_value)
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +156,8 @@ class OTF:
         self.failed_calls: list[int] = []
         # retrains whose optimisation ended at a bound or abnormally: {"step", "warnings"}
         self.hyperparameter_warnings: list[dict[str, Any]] = []
+        # per DFT call after the first: the model's pre-update errors (learning.pre_update_record)
+        self.pre_update_errors: list[dict[str, Any]] = []
         self.step = 0
         self.out = Path(self.options.output_dir)
         (self.out / "dft").mkdir(parents=True, exist_ok=True)
@@ -231,6 +236,10 @@ class OTF:
                 return False, max_std
         frame = Atoms(self.atoms.get_chemical_symbols(), positions=self.atoms.positions,
                       cell=self.atoms.cell, pbc=self.atoms.pbc)
+        if stds is not None:  # the prediction before this frame is learnt goes with its labels
+            frame.arrays["gp_forces"] = np.array(self.calc.results["forces"])
+            frame.arrays["gp_force_stds"] = np.array(stds)
+            sigma_n = self.model.hyperparameters["noise_force"]
         try:
             labelled = self._label(frame)
         except LabellerError as exc:
@@ -246,6 +255,9 @@ class OTF:
         else:
             chosen = choose_atoms(stds.max(axis=1), add_threshold_value(self.options, self.model),
                                   self.options.max_atoms_added)
+        if stds is not None:
+            record = pre_update_record(frame.arrays["gp_forces"], stds, labelled, sigma_n)
+            self.pre_update_errors.append({"step": self.step, **record})
         self.dft_calls.append(self.step)
         times = add_and_retrain(self.model, labelled, chosen, self.options, calls=len(self.dft_calls))
         self.timers.training += times.training
@@ -304,6 +316,7 @@ class OTF:
             "dft_calls": self.dft_calls,
             "failed_calls": self.failed_calls,
             "hyperparameter_warnings": self.hyperparameter_warnings,
+            "pre_update_errors": self.pre_update_errors,
             "timers": asdict(self.timers),
             "options": asdict(self.options),
             "model": model_name,
@@ -355,6 +368,7 @@ class OTF:
         otf.dft_calls = list(state["dft_calls"])
         otf.failed_calls = list(state["failed_calls"])
         otf.hyperparameter_warnings = list(state.get("hyperparameter_warnings", []))
+        otf.pre_update_errors = list(state.get("pre_update_errors", []))
         otf.timers = Timers(**state["timers"])
         otf.calc.timers = otf.timers
         otf._rng.bit_generator.state = state["otf_rng"]
@@ -452,5 +466,7 @@ class OTF:
             "training_labels": self.model.n_labels,
             "hyperparameters": self.model.hyperparameters,
             "hyperparameter_warnings": list(self.hyperparameter_warnings),
+            # held-out check of the uncertainty: each DFT frame predicted before it was learnt
+            "pre_update_calibration": running_calibration(self.pre_update_errors),
             "wall_time_s": asdict(self.timers),
         }
