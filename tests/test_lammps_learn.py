@@ -6,6 +6,7 @@ import re
 import shutil
 
 import numpy as np
+from ase.io import read as ase_read
 import pytest
 
 import otfgp
@@ -220,3 +221,26 @@ def test_mpi_dft_labeller_inside_mpi_job(tmp_path):
     assert model.n_training_environments == 2
     frame = sorted((tmp_path / "learn_out" / "dft").glob("frame_*.extxyz"))
     assert len(frame) == 1
+
+
+def test_audits_label_confident_frames(workdir):
+    """Far below the threshold only the audit schedule calls the labeller; every call's log
+    line carries the model's error on the frame before it learnt it."""
+    text = INPUT.format(threshold=10.0, labeller="mylabels:emt").replace(
+        "output_dir learn_out", "output_dir learn_out audit_every 20 map no")
+    (workdir / "in.audit").write_text(text)
+    out = run_lmp(["-in", "in.audit", "-log", "none"], workdir)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    log = [json.loads(line) for line in (workdir / "learn_out" / "learn_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [20, 40, 60]
+    assert all(e["audit"] and e["max_std_eV_per_A"] <= e["threshold_eV_per_A"] for e in log)
+    natoms = len(ase_read(workdir / "al.data", format="lammps-data", atom_style="atomic"))
+    for e in log:
+        pre = e["pre_update"]
+        assert pre["n"] == 3 * natoms and pre["sum_squared_error"] > 0 and pre["sum_latent_variance"] > 0
+    assert "(audit)" in out.stdout
+    bad = text.replace("audit_every 20", "audit_every 7")
+    (workdir / "in.bad_audit").write_text(bad)
+    out = run_lmp(["-in", "in.bad_audit", "-log", "none"], workdir)
+    assert out.returncode != 0 and "audit_every must be a positive multiple of N" in out.stdout + out.stderr
+

@@ -258,3 +258,23 @@ def test_labeller_specs_learn_like_a_calculator(tmp_path, monkeypatch, spec, per
     by_spec, by_calc = run(spec, "spec"), run((lambda atoms: EMT()) if per_frame else EMT(), "calc")
     assert by_spec["dft_call_steps"] == by_calc["dft_call_steps"]
     assert by_spec["hyperparameters"] == by_calc["hyperparameters"]
+
+
+def test_audits_label_confident_frames_and_measure_their_error(tmp_path):
+    """With a threshold the model never reaches, only the seed frame and the audits are
+    labelled; the audits' pre-update errors are pooled separately."""
+    rng = np.random.default_rng(6)
+    atoms = jittered_al(rng, repeat=(1, 1, 1))
+    thermalize(atoms, 300, rng)
+    otf = otfgp.OTF(VelocityVerlet(atoms, 5 * units.fs), otfgp.GaussianProcess(["Al"], CUTOFFS), EMT(),
+                    threshold=10.0, every=2, audit_every=4, output_dir=str(tmp_path / "run"),
+                    progress=False, map=False)
+    summary = otf.run(9)
+    assert summary["dft_call_steps"] == [0, 4, 8] and summary["audit_steps"] == [4, 8]
+    audit = summary["audit_calibration"]
+    assert audit["frames"] == 2 and audit["components"] == 2 * 4 * 3
+    assert summary["pre_update_calibration"] == audit  # every labelled frame after the seed was an audit
+    entries = read_log(tmp_path / "run")
+    assert [e["step"] for e in entries if e["dft"]] == [0, 4, 8]
+    with pytest.raises(ValueError, match="audit_every"):
+        otfgp.OTFOptions(audit_every=3, every=2)

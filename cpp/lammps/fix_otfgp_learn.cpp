@@ -101,6 +101,12 @@ void FixOTFGPLearn::parse_keywords(int narg, char **arg) {
         error->all(FLERR, "fix otfgp/learn: uncertainty must be exact or mapped, got {}", v);
       mapped_uncertainty_ = v == "mapped";
       o.uncertainty = v;
+    } else if (key == "audit_every") {
+      // A schedule, like N: the fix's own (Python's learning rule is the same for audits).
+      audit_every_ = utils::bnumeric(FLERR, value, false, lmp);
+      if (audit_every_ < 1 || audit_every_ % nevery != 0)
+        error->all(FLERR, "fix otfgp/learn: audit_every must be a positive multiple of N ({}), got {}",
+                   nevery, audit_every_);
     } else if (key == "output_dir") {
       setup_.output_dir = value;
     } else if (key == "labeller") {
@@ -165,10 +171,11 @@ void FixOTFGPLearn::end_of_step() {
     local_max = std::max(local_max, per_atom[i]);
   }
   MPI_Allreduce(&local_max, &last_max_std_, 1, MPI_DOUBLE, MPI_MAX, world);
-  if (last_max_std_ > threshold_) learn(last_max_std_, per_atom.data());
+  const bool audit = audit_every_ > 0 && update->ntimestep % audit_every_ == 0;
+  if (last_max_std_ > threshold_ || audit) learn(last_max_std_, per_atom.data(), last_max_std_ <= threshold_);
 }
 
-void FixOTFGPLearn::learn(double max_std, const double *per_atom_max) {
+void FixOTFGPLearn::learn(double max_std, const double *per_atom_max, bool audit) {
   // Gather ID, type, position and std of every atom on rank 0.
   const int nlocal = atom->nlocal;
   std::vector<double> mine(5 * static_cast<std::size_t>(nlocal));
@@ -212,6 +219,7 @@ void FixOTFGPLearn::learn(double max_std, const double *per_atom_max) {
     req.cell = {domain->xprd, 0.0, 0.0, domain->xy, domain->yprd, 0.0, domain->xz, domain->yz, domain->zprd};
     req.pbc = {domain->periodicity[0], domain->periodicity[1], domain->periodicity[2]};
     req.max_std = max_std;
+    req.audit = audit;
     result = otfgp_lammps::python_learn(req);
   });
   if (failure)
@@ -226,9 +234,9 @@ void FixOTFGPLearn::learn(double max_std, const double *per_atom_max) {
   }
   ++calls_;
   if (comm->me == 0)
-    utils::logmesg(lmp, "otfgp/learn: step {} max std {:.4g} eV/A > threshold {:.4g} eV/A: DFT call {}, "
-                   "{} training environments\n", update->ntimestep, max_std, threshold_, calls_,
-                   pair_->model()->n_force_environments());
+    utils::logmesg(lmp, "otfgp/learn: step {} max std {:.4g} eV/A {} threshold {:.4g} eV/A: DFT call {}{}, "
+                   "{} training environments\n", update->ntimestep, max_std, audit ? "<=" : ">", threshold_,
+                   calls_, audit ? " (audit)" : "", pair_->model()->n_force_environments());
   threshold_ = result.threshold;
 }
 

@@ -12,7 +12,10 @@
 // threshold itself (absolute, or relative to sigma_n with a floor): the keywords are passed on
 // as typed options and validated there. The decision uses the exact GP variance (`uncertainty
 // exact`, default) or the mapped one (`mapped`), which this fix requests from the pair.
-// Global vector for thermo: [DFT calls, training environments, last max std].
+// With `audit_every M` (a multiple of N) the frame of every M-th step is labelled even below
+// the threshold: an audit, whose error before learning is an unbiased sample of the real
+// error (learn_log.jsonl "pre_update"). Global vector for thermo: [DFT calls, training
+// environments, last max std].
 #pragma once
 
 #include <functional>
@@ -39,13 +42,14 @@ class FixOTFGPLearn : public Fix {
 
  private:
   void parse_keywords(int narg, char **arg);
-  void learn(double max_std, const double *per_atom_max);
+  void learn(double max_std, const double *per_atom_max, bool audit);
   // Runs `call` on rank 0 only and broadcasts the outcome: nullopt on every rank if it
   // succeeded, else its error message, so an exception on rank 0 ends every rank cleanly.
   std::optional<std::string> on_rank0(const std::function<void()> &call) const;
 
   otfgp_lammps::StartRequest setup_;  // fix ID, labeller, output dir, options; model at init
   bool mapped_uncertainty_ = false;   // keyword uncertainty mapped
+  bigint audit_every_ = 0;            // keyword audit_every (MD steps; 0: no audits)
   double threshold_ = 0.0;            // eV/A, from Python for the current model
   int calls_ = 0;
   double last_max_std_ = 0.0;

@@ -119,6 +119,7 @@ LearnResult python_learn(const LearnRequest& r) {
     req["pbc"] = r.pbc;
     req["step"] = r.step;
     req["max_std"] = r.max_std;
+    req["audit"] = r.audit;
     return req;
   };
   return call_learn_module("learn", request, [](const py::object& result) {

@@ -44,6 +44,7 @@ struct LearnRequest : StartRequest {
   std::vector<int> pbc;                   // 3
   long step = 0;
   double max_std = 0.0;                   // the largest of stds over the fix group
+  bool audit = false;                     // labelled on schedule although below the threshold
 };
 
 struct LearnResult {

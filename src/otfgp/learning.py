@@ -285,7 +285,9 @@ def running_calibration(records: Sequence[Mapping[str, float]]) -> dict[str, flo
     n = sum(r["n"] for r in records)
     if n == 0:
         return None
-    total = {k: sum(r[k] for r in records) for k in records[0] if k != "n"}
+    keys = ("sum_squared_error", "sum_latent_variance", "sum_squared_z_latent", "sum_squared_z_total",
+            "inside_1std_latent", "inside_1std_total")
+    total = {k: sum(r[k] for r in records) for k in keys}
     return {"frames": len(records), "components": n,
             "rmse": math.sqrt(total["sum_squared_error"] / n),
             "rms_latent_std": math.sqrt(total["sum_latent_variance"] / n),

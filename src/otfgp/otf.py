@@ -46,7 +46,11 @@ class OTFOptions(LearningOptions):
     """Settings of an on-the-fly run: the learning step's (:class:`LearningOptions`:
     thresholds, atoms added, retraining, maps) plus the driver's own.
 
-    The uncertainty is checked every ``every`` MD steps. The first frame of an untrained
+    The uncertainty is checked every ``every`` MD steps. With ``audit_every`` (a multiple of
+    ``every``), the frame of every ``audit_every``-th step is labelled even when the model is
+    confident: an audit, whose pre-update errors are an unbiased sample of the real error
+    (``summary["audit_calibration"]``); the audited frame is then learnt like any other.
+    The first frame of an untrained
     model is labelled and ``init_atoms`` random atoms of it (0: all) seed the model.
     ``on_dft_failure`` is ``"raise"`` (stop; resume retries the step) or ``"skip"`` (log
     and go on without the frame); a failed labeller is retried ``dft_retries`` times first.
@@ -56,6 +60,7 @@ class OTFOptions(LearningOptions):
     """
 
     every: int = 1
+    audit_every: int | None = None
     init_atoms: int = 4
     on_dft_failure: str = "raise"
     dft_retries: int = 0
@@ -69,6 +74,11 @@ class OTFOptions(LearningOptions):
         for name in ("every", "trajectory_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.audit_every is not None:
+            if isinstance(self.audit_every, bool) or not isinstance(self.audit_every, int) \
+                    or self.audit_every < 1 or self.audit_every % int(self.every):
+                raise ValueError(f"audit_every must be a positive multiple of every ({self.every}), "
+                                 f"got {self.audit_every!r}")
         if self.init_atoms < 0:
             raise ValueError("init_atoms must be >= 0")
         if self.on_dft_failure not in ("raise", "skip"):
@@ -225,7 +235,8 @@ class OTF:
         return stds
 
     def _learn(self, initial: bool) -> tuple[bool, float]:
-        """Check the uncertainty (or seed the model) and call DFT if needed."""
+        """Check the uncertainty (or seed the model) and call DFT if needed (or due)."""
+        audit = False
         if initial:
             stds = None
             max_std = math.inf
@@ -233,7 +244,9 @@ class OTF:
             stds = self._uncertainty()
             max_std = float(stds.max())
             if not needs_label(max_std, self.options, self.model):
-                return False, max_std
+                if not (self.options.audit_every and self.step % self.options.audit_every == 0):
+                    return False, max_std
+                audit = True  # confident, but this step is labelled to measure the real error
         frame = Atoms(self.atoms.get_chemical_symbols(), positions=self.atoms.positions,
                       cell=self.atoms.cell, pbc=self.atoms.pbc)
         if stds is not None:  # the prediction before this frame is learnt goes with its labels
@@ -257,7 +270,7 @@ class OTF:
                                   self.options.max_atoms_added)
         if stds is not None:
             record = pre_update_record(frame.arrays["gp_forces"], stds, labelled, sigma_n)
-            self.pre_update_errors.append({"step": self.step, **record})
+            self.pre_update_errors.append({"step": self.step, "audit": audit, **record})
         self.dft_calls.append(self.step)
         times = add_and_retrain(self.model, labelled, chosen, self.options, calls=len(self.dft_calls))
         self.timers.training += times.training
@@ -265,8 +278,8 @@ class OTF:
         if times.warnings:
             self.hyperparameter_warnings.append({"step": self.step, "warnings": times.warnings})
         self._uncertainty()  # re-predict this step with the updated model (stds for the trajectory)
-        log.info("step %d: DFT call %d (max std %.4g eV/A, threshold %.4g eV/A), added atoms %s, "
-                 "training environments %d", self.step, len(self.dft_calls), max_std,
+        log.info("step %d: DFT call %d%s (max std %.4g eV/A, threshold %.4g eV/A), added atoms %s, "
+                 "training environments %d", self.step, len(self.dft_calls), " (audit)" if audit else "", max_std,
                  self.threshold_value(), chosen.tolist(), self.model.n_training_environments)
         self._write_checkpoint()
         return True, max_std
@@ -468,5 +481,8 @@ class OTF:
             "hyperparameter_warnings": list(self.hyperparameter_warnings),
             # held-out check of the uncertainty: each DFT frame predicted before it was learnt
             "pre_update_calibration": running_calibration(self.pre_update_errors),
+            # the same on audited frames only (labelled although the model was confident)
+            "audit_steps": [r["step"] for r in self.pre_update_errors if r.get("audit")],
+            "audit_calibration": running_calibration([r for r in self.pre_update_errors if r.get("audit")]),
             "wall_time_s": asdict(self.timers),
         }

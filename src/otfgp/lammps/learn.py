@@ -27,7 +27,7 @@ from .. import atomic_io
 from ..gp import GaussianProcess
 from ..labellers import make_labeller
 from ..learning import (LearningOptions, add_and_retrain, add_threshold_value, choose_atoms, label,
-                        threshold_value)
+                        pre_update_record, threshold_value)
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,11 @@ def start(request: dict[str, Any]) -> float:
 
 def learn(request: dict[str, Any]) -> tuple[bytes, float]:
     """Label the frame, add its most uncertain environments, retrain, save model and frame;
-    returns the new model file bytes (for LAMMPS to broadcast) and the new threshold."""
+    returns the new model file bytes (for LAMMPS to broadcast) and the new threshold.
+
+    ``learn_log.jsonl`` gets one line per call, with ``pre_update``: the model's force errors
+    on this frame before learning it (sums, see :func:`otfgp.learning.pre_update_record`;
+    ``audit`` marks frames labelled on the audit schedule although below the threshold)."""
     t0 = time.perf_counter()
     options = _options(request)
     state = _state(request)
@@ -84,7 +88,11 @@ def learn(request: dict[str, Any]) -> tuple[bytes, float]:
     symbols = [request["type_symbols"][t] for t in request["types"]]
     atoms = Atoms(symbols, positions=request["positions"], cell=request["cell"],
                   pbc=[bool(p) for p in request["pbc"]])
+    # The model's prediction before it learns the frame: a held-out sample of its error.
+    before = gp.predict(atoms, variance=options.uncertainty)
+    sigma_n = gp.hyperparameters["noise_force"]
     labelled = label(atoms, state.labeller, stress=options.add_stress)
+    pre_update = pre_update_record(before.forces, before.force_stds, labelled, sigma_n)
     chosen = choose_atoms(np.asarray(request["stds"]), add_threshold_value(options, gp),
                           options.max_atoms_added)
     threshold = threshold_value(options, gp)  # the one this step was tested against
@@ -99,6 +107,7 @@ def learn(request: dict[str, Any]) -> tuple[bytes, float]:
     entry = {"step": step, "max_std_eV_per_A": float(request["max_std"]),
              "threshold_eV_per_A": threshold, "added_atoms": chosen.tolist(),
              "training_environments": gp.n_training_environments,
+             "audit": bool(request.get("audit", False)), "pre_update": pre_update,
              "hyperparameters": gp.hyperparameters, "hyperparameter_warnings": retrain.warnings,
              "seconds": time.perf_counter() - t0}
     with open(out / "learn_log.jsonl", "a") as f:
