@@ -33,6 +33,9 @@ def test_otf_run_resume_and_plot(tmp_path):
     assert plot.returncode == 0, plot.stderr[-2000:]
     for name in ("temperature.png", "training.png"):
         assert (run / name).stat().st_size > 10_000
+    if summary["dft_calls"] > 1:  # frames predicted before they were learnt
+        assert (run / "pre_update_uncertainty.png").stat().st_size > 10_000
+        assert str(run / "pre_update_uncertainty.png") in plot.stdout
 
 
 @pytest.mark.parametrize("mutation,expected", [

@@ -5,6 +5,9 @@
 - ``temperature.png``: temperature against time, DFT calls marked;
 - ``training.png``: training environments and the force-noise hyperparameter sigma_n
   against time (two panels, DFT calls marked);
+- ``pre_update_uncertainty.png`` when DFT frames carry the prediction made before they
+  were learnt (``gp_forces``, ``gp_force_stds``): the run's own held-out check of the std,
+  the plot of :func:`plot_uncertainty`;
 - with ``test`` (extxyz frames with reference forces): ``parity.png`` (predicted against
   reference force components) and ``uncertainty.png`` (predicted std against the absolute
   error, binned).
@@ -229,10 +232,32 @@ def plot_uncertainty(ref: np.ndarray, pred: np.ndarray, std: np.ndarray, path: s
     return Path(path)
 
 
+def pre_update_predictions(run_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """DFT forces, pre-update predicted forces and latent stds (flattened components) of the
+    run's labelled frames that carry a pre-update prediction; None if none does."""
+    from ase.io import read
+
+    ref, pred, std = [], [], []
+    for path in sorted((Path(run_dir) / "dft").glob("frame_*.extxyz")):
+        frame = read(path)
+        if "gp_forces" in frame.arrays:
+            ref.append(frame.get_forces().ravel())
+            pred.append(frame.arrays["gp_forces"].ravel())
+            std.append(frame.arrays["gp_force_stds"].ravel())
+    if not ref:
+        return None
+    return np.concatenate(ref), np.concatenate(pred), np.concatenate(std)
+
+
 def plot_run(run_dir: str | os.PathLike, test: str | os.PathLike | None = None) -> list[Path]:
     """Write the PNGs of a run directory (see the module docstring); returns their paths."""
     run_dir = Path(run_dir)
     paths = [plot_temperature(run_dir), plot_training(run_dir)]
+    pre = pre_update_predictions(run_dir)
+    if pre is not None:
+        entries = read_log(run_dir)
+        noise = entries[-1]["hyperparameters"].get("noise_force") if entries else None
+        paths.append(plot_uncertainty(*pre, run_dir / "pre_update_uncertainty.png", noise=noise))
     if test is not None:
         from ase.io import read
 
