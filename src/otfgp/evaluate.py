@@ -28,6 +28,7 @@ from ase import Atoms
 
 from . import uq_metrics as uq
 from .gp import GaussianProcess
+from .plots import agg_pyplot
 
 STD_KINDS = ("latent", "latent+noise")
 RELIABILITY_LEVELS = tuple(np.round(np.arange(1, 20) / 20.0, 2))
@@ -145,18 +146,25 @@ def _json_clean(x: Any) -> Any:
 
 
 # ---------------------------------------------------------------- reference labels
+def _calculator_result(atoms: Atoms, get: Any) -> Any:
+    """``get(atoms)`` from the attached calculator, or None when there is none or it does
+    not have that property (a single-point calculator read without it)."""
+    from ase.calculators.calculator import PropertyNotImplementedError
+
+    if atoms.calc is None:
+        return None
+    try:
+        return get(atoms)
+    except (PropertyNotImplementedError, RuntimeError, NotImplementedError):
+        return None
+
+
 def reference_forces(atoms: Atoms) -> np.ndarray:
     """The reference forces of a frame (N x 3): its calculator's, else its ``forces``
     array. ``ValueError`` if it has neither."""
-    from ase.calculators.calculator import PropertyNotImplementedError
-
-    if atoms.calc is not None:
-        try:
-            f = atoms.get_forces(apply_constraint=False)
-            if f is not None:
-                return np.asarray(f, dtype=float)
-        except (PropertyNotImplementedError, RuntimeError, NotImplementedError):
-            pass
+    f = _calculator_result(atoms, lambda a: a.get_forces(apply_constraint=False))
+    if f is not None:
+        return np.asarray(f, dtype=float)
     if "forces" in atoms.arrays:
         return np.asarray(atoms.arrays["forces"], dtype=float)
     raise ValueError("no reference forces (no calculator with forces, no forces array)")
@@ -164,15 +172,9 @@ def reference_forces(atoms: Atoms) -> np.ndarray:
 
 def reference_energy(atoms: Atoms) -> float | None:
     """The reference energy of a frame (its calculator's or ``info['energy']``), or None."""
-    from ase.calculators.calculator import PropertyNotImplementedError
-
-    if atoms.calc is not None:
-        try:
-            e = atoms.get_potential_energy()
-            if e is not None:
-                return float(e)
-        except (PropertyNotImplementedError, RuntimeError, NotImplementedError):
-            pass
+    e = _calculator_result(atoms, lambda a: a.get_potential_energy())
+    if e is not None:
+        return float(e)
     e = atoms.info.get("energy")
     return None if e is None else float(e)
 
@@ -307,20 +309,11 @@ def evaluate(model: GaussianProcess, frames: Sequence[Atoms], groups: Sequence[s
 
 
 # ---------------------------------------------------------------- plot
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot(report: EvalReport, path: str | Path) -> Path:
     """Write a PNG: the reliability diagram (expected against observed coverage of central
     Gaussian intervals, both std kinds) and, when the report holds the force components,
     |error| against the predicted std (log-log, lines at 1 and 2 std)."""
-    plt = _pyplot()
+    plt = agg_pyplot()
     path = Path(path)
     has_points = report.errors is not None and report.stds is not None
     fig, axes = plt.subplots(1, 2 if has_points else 1, figsize=(10 if has_points else 5, 4.5), squeeze=False)

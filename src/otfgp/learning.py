@@ -299,10 +299,10 @@ def running_calibration(records: Sequence[Mapping[str, float]]) -> dict[str, flo
 
 # ---------------------------------------------------------------------- training
 @dataclass
-class RetrainTimes:
-    """Wall time of one :func:`add_and_retrain` (seconds), and the hyperparameter warnings of
-    its optimisation (:meth:`otfgp.gp.OptimizationReport.warnings`; empty when it ended
-    cleanly or did not optimise)."""
+class RetrainResult:
+    """What one :func:`add_and_retrain` did: its wall time (seconds) and the hyperparameter
+    warnings of its optimisation (:meth:`otfgp.gp.OptimizationReport.warnings`; empty when it
+    ended cleanly or did not optimise)."""
 
     training: float = 0.0
     mapping: float = 0.0
@@ -310,7 +310,7 @@ class RetrainTimes:
 
 
 def add_and_retrain(model: GaussianProcess, labelled: Atoms, atoms: Sequence[int] | np.ndarray,
-                    options: LearningOptions, calls: int) -> RetrainTimes:
+                    options: LearningOptions, calls: int) -> RetrainResult:
     """Add the force environments of ``atoms`` (and the energy / stress if asked) of a
     labelled frame, retrain and re-map. ``calls`` counts the DFT calls so far, this one
     included (it decides whether the hyperparameters are still optimised)."""
@@ -320,14 +320,14 @@ def add_and_retrain(model: GaussianProcess, labelled: Atoms, atoms: Sequence[int
                 and (options.optimize_until_calls is None or calls <= options.optimize_until_calls)
                 and (options.optimize_until_size is None
                      or model.n_training_environments <= options.optimize_until_size))
-    times = RetrainTimes()
+    result = RetrainResult()
     t = time.perf_counter()
     model.train(optimize=optimize, max_iterations=options.max_iterations)
-    times.training = time.perf_counter() - t
+    result.training = time.perf_counter() - t
     if optimize and model.last_optimization is not None:
-        times.warnings = model.last_optimization.warnings()
+        result.warnings = model.last_optimization.warnings()
     if options.map:
         t = time.perf_counter()
         model.map(tolerance=options.map_tolerance, variance=options.uncertainty == "mapped")  # logs its report
-        times.mapping = time.perf_counter() - t
-    return times
+        result.mapping = time.perf_counter() - t
+    return result

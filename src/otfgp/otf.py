@@ -272,11 +272,11 @@ class OTF:
             record = pre_update_record(frame.arrays["gp_forces"], stds, labelled, sigma_n)
             self.pre_update_errors.append({"step": self.step, "audit": audit, **record})
         self.dft_calls.append(self.step)
-        times = add_and_retrain(self.model, labelled, chosen, self.options, calls=len(self.dft_calls))
-        self.timers.training += times.training
-        self.timers.mapping += times.mapping
-        if times.warnings:
-            self.hyperparameter_warnings.append({"step": self.step, "warnings": times.warnings})
+        retrain = add_and_retrain(self.model, labelled, chosen, self.options, calls=len(self.dft_calls))
+        self.timers.training += retrain.training
+        self.timers.mapping += retrain.mapping
+        if retrain.warnings:
+            self.hyperparameter_warnings.append({"step": self.step, "warnings": retrain.warnings})
         self._uncertainty()  # re-predict this step with the updated model (stds for the trajectory)
         log.info("step %d: DFT call %d%s (max std %.4g eV/A, threshold %.4g eV/A), added atoms %s, "
                  "training environments %d", self.step, len(self.dft_calls), " (audit)" if audit else "", max_std,

@@ -22,7 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 
 
-def _pyplot():
+def agg_pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,7 +79,7 @@ def _dft_entries(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def plot_temperature(run_dir: str | os.PathLike, path: str | os.PathLike | None = None) -> Path:
     """Temperature against time with the DFT calls marked; returns the PNG path."""
-    plt = _pyplot()
+    plt = agg_pyplot()
     run_dir = Path(run_dir)
     entries = read_log(run_dir)
     t = np.array([e["time_fs"] for e in entries]) / 1000.0
@@ -105,7 +106,7 @@ def plot_temperature(run_dir: str | os.PathLike, path: str | os.PathLike | None 
 
 def plot_training(run_dir: str | os.PathLike, path: str | os.PathLike | None = None) -> Path:
     """Training-set size and sigma_n against time (FLARE paper Fig. 3 style)."""
-    plt = _pyplot()
+    plt = agg_pyplot()
     run_dir = Path(run_dir)
     entries = read_log(run_dir)
     t = np.array([e["time_fs"] for e in entries]) / 1000.0
@@ -162,7 +163,7 @@ def predict_test_set(model: Any, frames: Sequence[Any]) -> tuple[np.ndarray, np.
 
 
 def plot_parity(ref: np.ndarray, pred: np.ndarray, path: str | os.PathLike) -> Path:
-    plt = _pyplot()
+    plt = agg_pyplot()
     mae = float(np.abs(pred - ref).mean())
     fig, ax = plt.subplots(figsize=(5, 5))
     lim = float(max(np.abs(ref).max(), np.abs(pred).max())) * 1.05
@@ -195,7 +196,7 @@ def plot_uncertainty(ref: np.ndarray, pred: np.ndarray, std: np.ndarray, path: s
     (sigma_n, eV/A) the binned RMS error is also shown against sqrt(std^2 + sigma_n^2), the
     predictive std of a noisy reference label.
     """
-    plt = _pyplot()
+    plt = agg_pyplot()
     err = np.abs(pred - ref) * 1000.0
     s = std * 1000.0
     bs, be, brms = _binned(s, err, bins)
