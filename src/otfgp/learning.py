@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar, Union
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import BaseCalculator
+from ase.calculators.calculator import BaseCalculator, PropertyNotImplementedError
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from .gp import GaussianProcess
@@ -62,7 +62,21 @@ class LearningOptions:
     step. ``add_threshold`` (same kind as the main threshold) selects which atoms of a
     labelled frame join the training set: up to ``max_atoms_added`` of those above it,
     most uncertain first (at least the most uncertain one). ``add_energy`` /
-    ``add_stress`` also train on the frame's energy / stress.
+    ``add_stress`` train on the frame's energy / stress: ``None`` whenever the labeller
+    returns them (DFT does; the per-species energy offsets then give the potential energy a
+    fixed reference across retrains, and stresses make pressures right), ``True`` always (an
+    error if the labeller cannot), ``False`` (default) never.
+
+    Forces can look fine where the model extrapolates in density: a model learnt at the
+    equilibrium lattice constant predicts small force stds for a crystal strained by 10-20 %
+    while its energy and pressure are far off (bench/strained_lattice.py). So the decision
+    also compares the largest per-atom local-energy std (eV/atom) with
+    ``local_energy_threshold`` and the largest stress-component std (GPa) with
+    ``stress_threshold``. ``extrapolation_checks``: ``None`` (default) applies them when
+    the cell can change (NPT, cell relaxation), with the defaults
+    :data:`DEFAULT_LOCAL_ENERGY_THRESHOLD` / :data:`DEFAULT_STRESS_THRESHOLD` for a
+    threshold left unset; ``True`` always; ``False`` never. The stress std needs the exact
+    variance (``uncertainty = "exact"``).
 
     Hyperparameters are optimised (``max_iterations`` L-BFGS-B iterations) at every
     retrain while at most ``optimize_until_calls`` DFT calls were made and the training set
@@ -81,8 +95,11 @@ class LearningOptions:
     min_threshold: float = 0.005
     add_threshold: float | None = None
     max_atoms_added: int = 1
-    add_energy: bool = False
-    add_stress: bool = False
+    add_energy: bool | None = False
+    add_stress: bool | None = False
+    local_energy_threshold: float | None = None
+    stress_threshold: float | None = None
+    extrapolation_checks: bool | None = None
     optimize: bool = True
     optimize_until_calls: int | None = 20
     optimize_until_size: int | None = None
@@ -96,7 +113,12 @@ class LearningOptions:
             raise ValueError("give threshold (eV/A) or relative_threshold (x sigma_n)")
         if self.threshold is not None and self.relative_threshold is not None:
             raise ValueError("give either threshold or relative_threshold, not both")
-        for name in ("threshold", "relative_threshold", "add_threshold", "min_threshold"):
+        for name in ("add_energy", "add_stress", "extrapolation_checks"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, (bool, np.bool_)):
+                raise ValueError(f"{name} must be true, false or unset (None), got {v!r}")
+        for name in ("threshold", "relative_threshold", "add_threshold", "min_threshold",
+                     "local_energy_threshold", "stress_threshold"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
                                   or not math.isfinite(v) or v <= 0):
@@ -150,6 +172,88 @@ def needs_label(max_std: float, options: LearningOptions, model: GaussianProcess
     return max_std > threshold_value(options, model)
 
 
+DEFAULT_LOCAL_ENERGY_THRESHOLD = 0.01
+"""eV/atom: the default bound on the largest per-atom local-energy std when the
+extrapolation checks are on (see :class:`LearningOptions`; measured in
+bench/strained_lattice.py)."""
+
+DEFAULT_STRESS_THRESHOLD = 1.0
+"""GPa: the default bound on the largest stress-component std when the extrapolation checks
+are on."""
+
+
+def _extrapolation_checks(options: LearningOptions, cell_changes: bool) -> bool:
+    return bool(cell_changes) if options.extrapolation_checks is None else bool(options.extrapolation_checks)
+
+
+def local_energy_threshold_value(options: LearningOptions, model: GaussianProcess,
+                                 cell_changes: bool) -> float | None:
+    """The bound on the largest per-atom local-energy std in eV/atom, or None when that
+    check is off (see :class:`LearningOptions`)."""
+    if not _extrapolation_checks(options, cell_changes):
+        return None
+    v = options.local_energy_threshold
+    return DEFAULT_LOCAL_ENERGY_THRESHOLD if v is None else float(v)
+
+
+def stress_threshold_value(options: LearningOptions, model: GaussianProcess,
+                           cell_changes: bool) -> float | None:
+    """The bound on the largest stress-component std in GPa, or None when that check is off."""
+    if not _extrapolation_checks(options, cell_changes):
+        return None
+    v = options.stress_threshold
+    return DEFAULT_STRESS_THRESHOLD if v is None else float(v)
+
+
+@dataclass
+class FrameUncertainty:
+    """What the DFT decision looks at in one frame (the model's reported stds).
+
+    Attributes:
+        max_force_std: largest force-component std, eV/A.
+        max_local_energy_std: largest per-atom local-energy std, eV/atom (None: not computed).
+        max_stress_std: largest stress-component std, GPa (None: not computed, e.g. with
+            the mapped variance or without a periodic cell).
+    """
+
+    max_force_std: float
+    max_local_energy_std: float | None = None
+    max_stress_std: float | None = None
+
+    @classmethod
+    def from_results(cls, results: Mapping[str, Any]) -> "FrameUncertainty":
+        """From a :class:`otfgp.GPCalculator`'s results (``force_stds``, ``energies_stds``,
+        ``stress_stds`` in eV/A^3)."""
+        from ase import units
+
+        def finite_max(key: str, scale: float = 1.0) -> float | None:
+            v = results.get(key)
+            if v is None:
+                return None
+            v = np.asarray(v, dtype=float)
+            return float(np.max(v)) / scale if v.size and np.all(np.isfinite(v)) else None
+
+        return cls(float(np.max(results["force_stds"])), finite_max("energies_stds"),
+                   finite_max("stress_stds", units.GPa))
+
+
+def label_reasons(u: FrameUncertainty, options: LearningOptions, model: GaussianProcess,
+                  cell_changes: bool) -> list[str]:
+    """Why this frame needs DFT labels (empty: it does not). The force test is always on;
+    the local-energy and stress tests follow :class:`LearningOptions` (a quantity that was
+    not computed is not tested; the stress test needs the exact variance)."""
+    reasons = []
+    if needs_label(u.max_force_std, options, model):
+        reasons.append(f"force std {u.max_force_std:.4g} > {threshold_value(options, model):.4g} eV/A")
+    le = local_energy_threshold_value(options, model, cell_changes)
+    if le is not None and u.max_local_energy_std is not None and u.max_local_energy_std > le:
+        reasons.append(f"local-energy std {u.max_local_energy_std:.4g} > {le:.4g} eV/atom")
+    st = stress_threshold_value(options, model, cell_changes)
+    if st is not None and u.max_stress_std is not None and u.max_stress_std > st:
+        reasons.append(f"stress std {u.max_stress_std:.4g} > {st:.4g} GPa")
+    return reasons
+
+
 def add_threshold_value(options: LearningOptions, model: GaussianProcess) -> float:
     """The current threshold for adding atoms of a labelled frame, in eV/A (the DFT-call
     threshold unless ``add_threshold`` is given)."""
@@ -170,12 +274,17 @@ def choose_atoms(per_atom_std: Sequence[float] | np.ndarray, add_threshold: floa
 
 
 # ---------------------------------------------------------------------- labels
-def label(frame: Atoms, labeller: Labeller, stress: bool = False) -> Atoms:
-    """Reference labels of ``frame``: a copy with a single-point calculator holding energy,
-    forces and (if ``stress``) stress.
+def _has_volume(frame: Atoms) -> bool:
+    return bool(frame.pbc.all()) and frame.cell.volume > 1e-8
 
-    A calculator is asked for energy, forces and stress; a callable is given a copy of the
-    frame and may return a calculator or a dict of results.
+
+def label(frame: Atoms, labeller: Labeller, stress: bool | None = False) -> Atoms:
+    """Reference labels of ``frame``: a copy with a single-point calculator holding energy,
+    forces and stress (``True``: required; ``None``: if the labeller gives it for a periodic
+    cell; ``False``: not asked for).
+
+    A calculator is asked for energy, forces and (as above) stress; a callable is given a
+    copy of the frame and may return a calculator or a dict of results.
 
     Raises:
         LabellerError: the labeller failed (its exception text and, for a file-based
@@ -192,8 +301,15 @@ def label(frame: Atoms, labeller: Labeller, stress: bool = False) -> Atoms:
             results: dict[str, Any] = {"energy": work.get_potential_energy(), "forces": work.get_forces()}
             if stress:
                 results["stress"] = work.get_stress(voigt=True)
+            elif stress is None and _has_volume(frame):
+                try:
+                    results["stress"] = work.get_stress(voigt=True)
+                except PropertyNotImplementedError:
+                    pass  # this labeller gives no stress: train without it
         elif isinstance(result, Mapping):
             results = {k: result[k] for k in ("energy", "forces", "stress") if k in result}
+            if stress is False:
+                results.pop("stress", None)
         else:
             raise TypeError(f"labeller returned {type(result).__name__}; expected an ASE "
                             "calculator or a dict with forces (and energy, stress)")
@@ -206,14 +322,14 @@ def label(frame: Atoms, labeller: Labeller, stress: bool = False) -> Atoms:
     return out
 
 
-def _check_labels(results: Mapping[str, Any], n_atoms: int, stress: bool) -> None:
+def _check_labels(results: Mapping[str, Any], n_atoms: int, stress: bool | None) -> None:
     forces = np.asarray(results.get("forces"), dtype=float)
     if forces.shape != (n_atoms, 3) or not np.all(np.isfinite(forces)):
         raise LabellerError(f"labeller returned unusable labels: forces of shape {forces.shape} "
                             f"(need ({n_atoms}, 3)) or with NaN/inf")
     if "energy" in results and not math.isfinite(float(results["energy"])):
         raise LabellerError("labeller returned unusable labels: energy is NaN or inf")
-    if stress:
+    if stress or (stress is None and "stress" in results):
         s = np.asarray(results.get("stress"), dtype=float)
         if s.shape not in ((6,), (3, 3)) or not np.all(np.isfinite(s)):
             raise LabellerError(f"labeller returned unusable labels: stress of shape {s.shape} "
@@ -278,6 +394,19 @@ def pre_update_record(predicted_forces: np.ndarray, latent_stds: np.ndarray, lab
             "inside_1std_total": coverage(errors, total) * n}
 
 
+def calibration_sample(predicted_forces: np.ndarray, latent_variances: np.ndarray,
+                       labelled: Atoms) -> dict[str, list[float]]:
+    """The held-out sample a pre-update prediction gives the calibration fit
+    (:meth:`otfgp.GaussianProcess.calibrate`): per force component the residual (label
+    minus prediction), the latent variance and the predicted force (JSON-ready lists, so a
+    checkpoint keeps them exactly)."""
+    predicted = np.asarray(predicted_forces, dtype=float)
+    residuals = np.asarray(labelled.get_forces(), dtype=float) - predicted
+    return {"residuals": residuals.ravel().tolist(),
+            "latent_variances": np.asarray(latent_variances, dtype=float).ravel().tolist(),
+            "forces": predicted.ravel().tolist()}
+
+
 def running_calibration(records: Sequence[Mapping[str, float]]) -> dict[str, float] | None:
     """Pooled calibration of the pre-update predictions (:func:`pre_update_record`): RMSE,
     RMS latent std, mean squared z-score and 1-std coverage for the latent and the total
@@ -298,6 +427,19 @@ def running_calibration(records: Sequence[Mapping[str, float]]) -> dict[str, flo
 
 
 # ---------------------------------------------------------------------- training
+def trained_labels(labelled: Atoms, options: LearningOptions) -> tuple[bool, bool]:
+    """Whether the energy and the stress of a labelled frame are trained on: as the options
+    say, ``None`` meaning "if the labels include it" (see :class:`LearningOptions`)."""
+    results = labelled.calc.results if labelled.calc is not None else {}
+    out = []
+    for name, key in (("add_energy", "energy"), ("add_stress", "stress")):
+        want = getattr(options, name)
+        if want and key not in results:
+            raise LabellerError(f"{name} is true but the labeller returned no {key}")
+        out.append(bool(want) if want is not None else key in results)
+    return out[0], out[1]
+
+
 @dataclass
 class RetrainResult:
     """What one :func:`add_and_retrain` did: its wall time (seconds) and the hyperparameter
@@ -311,11 +453,13 @@ class RetrainResult:
 
 def add_and_retrain(model: GaussianProcess, labelled: Atoms, atoms: Sequence[int] | np.ndarray,
                     options: LearningOptions, calls: int) -> RetrainResult:
-    """Add the force environments of ``atoms`` (and the energy / stress if asked) of a
-    labelled frame, retrain and re-map. ``calls`` counts the DFT calls so far, this one
-    included (it decides whether the hyperparameters are still optimised)."""
-    model.add_training_data(labelled, forces=True, energy=options.add_energy,
-                            stress=options.add_stress, atom_indices=np.asarray(atoms, dtype=int))
+    """Add the force environments of ``atoms`` of a labelled frame, and its energy and
+    stress as :class:`LearningOptions` says, retrain and re-map. ``calls`` counts the DFT
+    calls so far, this one included (it decides whether the hyperparameters are still
+    optimised)."""
+    energy, stress = trained_labels(labelled, options)
+    model.add_training_data(labelled, forces=True, energy=energy, stress=stress,
+                            atom_indices=np.asarray(atoms, dtype=int))
     optimize = (options.optimize
                 and (options.optimize_until_calls is None or calls <= options.optimize_until_calls)
                 and (options.optimize_until_size is None

@@ -34,8 +34,8 @@ from . import atomic_io
 from .calculator import GPCalculator
 from .gp import GaussianProcess
 from .labellers import make_labeller
-from .learning import (LabellerError, Labeller, LearningOptions, add_and_retrain, add_threshold_value,
-                       choose_atoms, label, needs_label, pre_update_record,
+from .learning import (FrameUncertainty, LabellerError, Labeller, LearningOptions, add_and_retrain,
+                       add_threshold_value, choose_atoms, label, label_reasons, pre_update_record,
                        running_calibration, threshold_value)
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,23 @@ class _TimedGPCalculator(GPCalculator):
             self.timers.prediction += time.perf_counter() - t
 
 
+def cell_can_change(dynamics: Any) -> bool:
+    """True for dynamics that change the cell: ASE's barostats (NPT, NPTBerendsen and
+    its inhomogeneous variant, the MTK barostats) and optimizers on a cell filter."""
+    from ase.filters import UnitCellFilter, StrainFilter
+    from ase.md.npt import NPT
+    from ase.md.nptberendsen import NPTBerendsen
+
+    barostats: tuple[type, ...] = (NPT, NPTBerendsen)
+    try:
+        from ase.md.nose_hoover_chain import IsotropicMTKNPT, MTKNPT
+        barostats += (IsotropicMTKNPT, MTKNPT)
+    except ImportError:  # older ASE
+        pass
+    return isinstance(dynamics, barostats) or isinstance(getattr(dynamics, "atoms", None),
+                                                         (UnitCellFilter, StrainFilter))
+
+
 def _rng_state(rng: Any) -> Any:
     if rng is None:
         return None
@@ -175,6 +192,7 @@ class OTF:
         self.calc = _TimedGPCalculator(model, self.timers)
         self.atoms.calc = self.calc
         self._rng = np.random.default_rng(self.options.seed)
+        self.cell_changes = cell_can_change(dynamics)  # turns the extrapolation checks on by default
         self._checkpoint_index = 0
         self._learned_at = -1  # step whose uncertainty check already happened (resume)
         self._logged_at = -1  # step already checked and logged by an earlier run() call
@@ -243,7 +261,9 @@ class OTF:
         else:
             stds = self._uncertainty()
             max_std = float(stds.max())
-            if not needs_label(max_std, self.options, self.model):
+            reasons = label_reasons(FrameUncertainty.from_results(self.calc.results), self.options,
+                                    self.model, self.cell_changes)
+            if not reasons:
                 if not (self.options.audit_every and self.step % self.options.audit_every == 0):
                     return False, max_std
                 audit = True  # confident, but this step is labelled to measure the real error
@@ -278,9 +298,9 @@ class OTF:
         if retrain.warnings:
             self.hyperparameter_warnings.append({"step": self.step, "warnings": retrain.warnings})
         self._uncertainty()  # re-predict this step with the updated model (stds for the trajectory)
-        log.info("step %d: DFT call %d%s (max std %.4g eV/A, threshold %.4g eV/A), added atoms %s, "
-                 "training environments %d", self.step, len(self.dft_calls), " (audit)" if audit else "", max_std,
-                 self.threshold_value(), chosen.tolist(), self.model.n_training_environments)
+        why = "seed" if initial else ("audit" if audit else "; ".join(reasons))
+        log.info("step %d: DFT call %d (%s), added atoms %s, training environments %d", self.step,
+                 len(self.dft_calls), why, chosen.tolist(), self.model.n_training_environments)
         self._write_checkpoint()
         return True, max_std
 
@@ -300,6 +320,11 @@ class OTF:
             "training_labels": self.model.n_labels,
             "hyperparameters": self.model.hyperparameters,
         }
+        if atoms.pbc.all() and atoms.cell.volume > 1e-8:
+            entry["volume_A3"] = float(atoms.get_volume())
+            stress = self.calc.results.get("stress")  # computed with the forces, no extra cost
+            if stress is not None:
+                entry["pressure_GPa"] = float(-np.mean(stress[:3]) / units.GPa)
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps(entry) + "\n")
         if self.step % self.options.trajectory_every == 0:
