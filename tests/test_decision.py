@@ -1,0 +1,89 @@
+"""The DFT decision's extrapolation checks (local-energy and stress stds) and which labels
+of a frame are trained on."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase import units
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from ase.filters import FrechetCellFilter
+from ase.md.nptberendsen import NPTBerendsen
+from ase.md.verlet import VelocityVerlet
+from ase.optimize import BFGS
+
+import otfgp
+from otfgp.learning import (DEFAULT_LOCAL_ENERGY_THRESHOLD, DEFAULT_STRESS_THRESHOLD, FrameUncertainty,
+                            LabellerError, LearningOptions, label, label_reasons, trained_labels)
+from otfgp.otf import cell_can_change
+
+
+@pytest.fixture(scope="module")
+def model():
+    gp = otfgp.GaussianProcess(["Al"], {"twobody": 4.0})
+    atoms = bulk("Al", "fcc", a=4.05, cubic=True)
+    atoms.rattle(0.05, seed=1)
+    atoms.calc = EMT()
+    gp.add_training_data(atoms)
+    gp.train(optimize=False)
+    return gp
+
+
+def test_extrapolation_checks_follow_the_cell(model):
+    options = LearningOptions(threshold=0.05)
+    quiet = FrameUncertainty(0.01, 0.02, 2.0)  # forces fine, local energy and stress not
+    assert label_reasons(quiet, options, model, cell_changes=False) == []
+    reasons = label_reasons(quiet, options, model, cell_changes=True)
+    assert len(reasons) == 2 and "local-energy" in reasons[0] and "stress" in reasons[1]
+    below = FrameUncertainty(0.01, 0.5 * DEFAULT_LOCAL_ENERGY_THRESHOLD, 0.5 * DEFAULT_STRESS_THRESHOLD)
+    assert label_reasons(below, options, model, cell_changes=True) == []
+    forced = LearningOptions(threshold=0.05, extrapolation_checks=True, local_energy_threshold=0.03)
+    assert label_reasons(quiet, forced, model, cell_changes=False) == [
+        "stress std 2 > 1 GPa"]
+    off = LearningOptions(threshold=0.05, extrapolation_checks=False)
+    assert label_reasons(quiet, off, model, cell_changes=True) == []
+    assert "force std" in label_reasons(FrameUncertainty(0.06), options, model, cell_changes=True)[0]
+
+
+def test_uncertainty_from_calculator_results(model):
+    atoms = bulk("Al", "fcc", a=4.05, cubic=True)
+    calc = otfgp.GPCalculator(model, uncertainty="exact")
+    atoms.calc = calc
+    atoms.get_forces()
+    u = FrameUncertainty.from_results(calc.results)
+    assert u.max_force_std == pytest.approx(float(np.max(calc.results["force_stds"])))
+    assert u.max_local_energy_std == pytest.approx(float(np.max(calc.results["energies_stds"])))
+    assert u.max_stress_std == pytest.approx(float(np.max(calc.results["stress_stds"])) / units.GPa)
+    assert FrameUncertainty.from_results({"force_stds": np.ones((2, 3))}).max_stress_std is None
+
+
+def test_cell_can_change():
+    atoms = bulk("Al", "fcc", a=4.05, cubic=True)
+    atoms.calc = EMT()
+    assert not cell_can_change(VelocityVerlet(atoms, 1 * units.fs))
+    assert cell_can_change(NPTBerendsen(atoms, 1 * units.fs, temperature_K=300, pressure_au=0.0,
+                                        compressibility_au=1 / (76 * units.GPa)))
+    assert cell_can_change(BFGS(FrechetCellFilter(atoms), logfile=None))
+    assert not cell_can_change(BFGS(atoms, logfile=None))
+
+
+def test_trained_labels_follow_what_the_labeller_returns():
+    atoms = bulk("Al", "fcc", a=4.05, cubic=True)
+    atoms.rattle(0.05, seed=2)
+    auto = LearningOptions(add_energy=None, add_stress=None)
+    full = label(atoms, EMT(), stress=None)  # EMT gives a stress for a periodic cell
+    assert trained_labels(full, auto) == (True, True)
+    forces_only = label(atoms, lambda a: {"forces": np.zeros((len(a), 3))}, stress=None)
+    assert trained_labels(forces_only, auto) == (False, False)
+    assert trained_labels(full, LearningOptions()) == (False, False)
+    with pytest.raises(LabellerError, match="add_energy is true"):
+        trained_labels(forces_only, LearningOptions(add_energy=True))
+    dict_stress = label(atoms, lambda a: {"forces": np.zeros((len(a), 3)), "stress": np.zeros(6)}, stress=False)
+    assert "stress" not in dict_stress.calc.results
+
+
+def test_options_reject_non_booleans():
+    with pytest.raises(ValueError, match="extrapolation_checks"):
+        LearningOptions(extrapolation_checks="yes")
+    with pytest.raises(ValueError, match="local_energy_threshold"):
+        LearningOptions(local_energy_threshold=-1.0)
