@@ -104,7 +104,7 @@ def predict(gp: otfgp.GaussianProcess, frames: list[Atoms]) -> tuple[np.ndarray,
     for f in frames:
         p = gp.predict(f, variance="exact")
         err.append(f.get_forces() - p.forces)
-        var.append(p.force_variances)
+        var.append(p.latent_force_variances)
     return np.concatenate(err), np.concatenate(var)
 
 
