@@ -158,7 +158,7 @@ def _frames_with_scaled_errors(gp, n_frames: int, factor: float, seed: int) -> l
     rng = np.random.default_rng(seed)
     frames = []
     for _ in range(n_frames):
-        atoms = random_triclinic(rng, n=8)
+        atoms = random_triclinic(rng)  # 6 atoms
         p = gp.predict(atoms, variance="exact")
         ref = p.forces + rng.normal(size=p.forces.shape) * np.sqrt(factor * p.latent_force_variances)
         atoms.calc = SinglePointCalculator(atoms, forces=ref)
@@ -169,11 +169,11 @@ def _frames_with_scaled_errors(gp, n_frames: int, factor: float, seed: int) -> l
 def test_calibrate_recovers_a_known_scale(toy_model):
     frames = _frames_with_scaled_errors(toy_model, 80, 4.0, seed=5)
     cal = toy_model.calibrate(frames=frames, loo=False, form="scale_floor")
-    assert cal.force.n_samples == 80 * 8 * 3 and not cal.force.fallback
+    assert cal.force.n_samples == 80 * 6 * 3 and not cal.force.fallback
     a = cal.force.params["a"]
-    # 1920 correlated-ish samples: a within ~10 %; the floor is negligible against 4 x latent.
+    # 1440 samples: a within ~10 %; the floor is negligible against 4 x latent.
     assert a == pytest.approx(4.0, rel=0.1), a
-    assert cal.info["samples"]["force"] == {"frames": 1920}
+    assert cal.info["samples"]["force"] == {"frames": 1440}
     # Too few energy / stress samples: their maps and the local-energy map take the force
     # map's latent scale; noise is added as is (none for local energies).
     assert set(cal.info["transferred_from_force"]) == {"energy", "stress", "local_energy"}
@@ -182,7 +182,7 @@ def test_calibrate_recovers_a_known_scale(toy_model):
         assert c.form == "latent_scale"
         assert c.coefficients()["a"] == pytest.approx(a, rel=1e-15)
     assert toy_model.calibration == cal
-    atoms = random_triclinic(np.random.default_rng(9), n=8)
+    atoms = random_triclinic(np.random.default_rng(9))
     p = toy_model.predict(atoms, variance="exact")
     np.testing.assert_allclose(p.local_energy_variances, a * p.latent_local_energy_variances, rtol=1e-12)
     np.testing.assert_allclose(p.energy_variance,
@@ -195,7 +195,7 @@ def test_calibrate_pools_samples_and_loo(toy_model):
     samples = {"residuals": np.ones(40), "latent_variances": np.full(40, 0.25), "noise_variances": 0.0}
     cal = toy_model.calibrate(frames=frames, samples=samples, loo=True, form="latent_scale")
     counts = cal.info["samples"]["force"]
-    assert counts == {"loo": toy_model.n_training_environments * 3, "frames": 6 * 8 * 3, "samples": 40}
+    assert counts == {"loo": toy_model.n_training_environments * 3, "frames": 6 * 6 * 3, "samples": 40}
     assert cal.force.n_samples == sum(counts.values())
 
 
@@ -233,19 +233,18 @@ def test_mapped_reported_variance_matches_exact(mapped_al):
     rng = np.random.default_rng(21)
     structures = [displaced_al(rng, amplitude=a) for a in (0.01, 0.03, 0.06, 0.09)]
     cal = gp.calibration
-    for key, latent_key, c in (("force_stds", "latent_force_stds", cal.force),
-                               ("local_energy_stds", "latent_local_energy_stds", cal.local_energy)):
+    for key, latent_key, c in (("force_variances", "latent_force_variances", cal.force),
+                               ("local_energy_variances", "latent_local_energy_variances", cal.local_energy)):
         m, e, ml = [], [], []
         for s in structures:
             pm, pe = gp.predict(s, variance="mapped"), gp.predict(s, variance="exact")
-            noise = pm.noise_force_variance if key == "force_stds" else 0.0
-            mean = pm.forces if key == "force_stds" else pm.local_energies
-            np.testing.assert_array_equal(getattr(pm, key) ** 2,
-                                          c.apply(getattr(pm, latent_key) ** 2, noise, mean))
+            noise = pm.noise_force_variance if key == "force_variances" else 0.0
+            mean = pm.forces if key == "force_variances" else pm.local_energies
+            np.testing.assert_array_equal(getattr(pm, key), c.apply(getattr(pm, latent_key), noise, mean))
             m.append(getattr(pm, key).ravel())
             e.append(getattr(pe, key).ravel())
             ml.append(getattr(pm, latent_key).ravel())
-        m, e = np.concatenate(m), np.concatenate(e)
+        m, e = np.sqrt(np.concatenate(m)), np.sqrt(np.concatenate(e))  # compared as stds
         rel = np.abs(m - e) / e
         assert np.all(np.concatenate(ml) > 0)
         assert scipy.stats.spearmanr(m, e)[0] > 0.95
