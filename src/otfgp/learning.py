@@ -54,8 +54,10 @@ class LearningOptions:
     """Settings of the learning step (shared by :class:`otfgp.OTFOptions` and the keywords
     of LAMMPS's ``fix otfgp/learn``).
 
-    Thresholds compare with the largest predicted force-component standard deviation of
-    the frame (eV/A). Give either ``threshold`` (absolute, eV/A) or ``relative_threshold``
+    Thresholds compare with the largest reported force-component standard deviation of
+    the frame (eV/A): the model's calibrated std (:attr:`otfgp.gp.Prediction.force_stds`;
+    latent and sigma_n in quadrature for an uncalibrated model), the same std in the ASE
+    learner and in LAMMPS's ``fix otfgp/learn``. Give either ``threshold`` (absolute, eV/A) or ``relative_threshold``
     (multiple of the current force-noise hyperparameter sigma_n, as in the FLARE paper);
     the relative threshold never drops below ``min_threshold`` eV/A, because with
     noise-free labels sigma_n collapses to its bound and DFT would be called almost every
