@@ -92,3 +92,24 @@ def test_bad_keyword_is_an_error(calibrated_dir):
     (d / "in.bad").write_text(INPUT.format(model="exact.otfgp", keywords="bogus"))
     out = run_lmp(["-in", "in.bad", "-log", "none"], d, timeout=120)
     assert out.returncode != 0 and "unknown keyword bogus" in out.stdout + out.stderr
+
+
+def test_learn_start_returns_force_and_local_energy_thresholds(calibrated_dir, tmp_path, monkeypatch):
+    """fix otfgp/learn's Python half gives both thresholds, and the local-energy rule is told
+    whether the box changes."""
+    import otfgp.lammps.learn as learn
+
+    d, _, _ = calibrated_dir
+    model = tmp_path / "model.otfgp"
+    model.write_bytes((d / "exact.otfgp").read_bytes())
+    request = {"fix_id": "t", "model_file": str(model), "labeller": "emt", "output_dir": str(tmp_path),
+               "options": {"threshold": 0.03}, "cell_changes": True}
+    assert learn.start(request) == (0.03, None)  # no local-energy threshold: that test is off
+    seen = []
+
+    def rule(options, gp, cell_changes):
+        seen.append(cell_changes)
+        return 0.2
+
+    monkeypatch.setattr(learn, "local_energy_threshold_value", rule)
+    assert learn.start(request) == (0.03, 0.2) and seen == [True]
