@@ -10,7 +10,7 @@ equilibration, then a frame every 10 steps).
 
 Reported std variants on every test set:
 
-* ``latent``: today's ``Prediction.force_stds`` (noise-free GP variance);
+* ``latent``: ``Prediction.latent_force_stds`` (noise-free GP variance; what was reported before the calibration);
 * ``latent+noise``: sigma_n^2 added;
 * each form of :mod:`otfgp.calibration` fitted on the leave-one-environment-out residuals of
   the training set only (``GaussianProcess.loo_residuals("environment")``), plus the
@@ -104,7 +104,7 @@ def predict(gp: otfgp.GaussianProcess, frames: list[Atoms]) -> tuple[np.ndarray,
     for f in frames:
         p = gp.predict(f, variance="exact")
         err.append(f.get_forces() - p.forces)
-        var.append(p.force_variances)
+        var.append(p.latent_force_variances)
     return np.concatenate(err), np.concatenate(var)
 
 

@@ -74,6 +74,47 @@ DoubleArray descriptors(const DoubleArray& d, int& dim) {
 
 std::vector<double> as_vector(const DoubleArray& a) { return {a.data(), a.data() + a.size()}; }
 
+// Calibration maps as Python sees them: dict(a, p, b, c, e); a tuple (a, p, b, c, e) is
+// accepted too. A dict may leave out coefficients, which then take the identity's values.
+otfgp::VarianceMap variance_map_of(const py::handle& h) {
+  otfgp::VarianceMap m;
+  double* fields[5] = {&m.a, &m.p, &m.b, &m.c, &m.e};
+  static const char* names[5] = {"a", "p", "b", "c", "e"};
+  if (py::isinstance<py::dict>(h)) {
+    const auto d = h.cast<py::dict>();
+    for (auto item : d) {
+      const auto key = item.first.cast<std::string>();
+      int k = 0;
+      while (k < 5 && key != names[k]) ++k;
+      if (k == 5) throw otfgp::InputError("unknown calibration coefficient '" + key + "' (a, p, b, c, e)");
+      *fields[k] = item.second.cast<double>();
+    }
+  } else {
+    const auto t = h.cast<std::vector<double>>();
+    if (t.size() != 5) throw otfgp::InputError("a calibration map has 5 coefficients (a, p, b, c, e)");
+    for (int k = 0; k < 5; ++k) *fields[k] = t[k];
+  }
+  return m;
+}
+
+py::dict variance_map_dict(const otfgp::VarianceMap& m) {
+  py::dict d;
+  d["a"] = m.a;
+  d["p"] = m.p;
+  d["b"] = m.b;
+  d["c"] = m.c;
+  d["e"] = m.e;
+  return d;
+}
+
+// In the order of otfgp::VarianceQuantity.
+constexpr const char* kQuantities[4] = {"force", "energy", "stress", "local_energy"};
+
+otfgp::VarianceMap* calibration_map(otfgp::Calibration& c, int k) {
+  otfgp::VarianceMap* maps[4] = {&c.force, &c.energy, &c.stress, &c.local_energy};
+  return maps[k];
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -83,6 +124,30 @@ PYBIND11_MODULE(_core, m) {
   py::register_exception<otfgp::NotTrainedError>(m, "NotTrainedError", PyExc_RuntimeError);
   (void)input_error;
   m.attr("MODEL_FORMAT_VERSION") = otfgp::kModelFormatVersion;
+  m.attr("CALIBRATION_FORMAT_VERSION") = otfgp::kCalibrationFormatVersion;
+
+  m.def(
+      "apply_variance_map",
+      [](const py::object& coefficients, const py::object& latent, const py::object& noise,
+         const py::object& mean) {
+        const otfgp::VarianceMap map = variance_map_of(coefficients);
+        map.validate("the");
+        // numpy broadcasting, then the core's rule on contiguous copies.
+        auto np = py::module_::import("numpy");
+        const py::object mean_or_zero = mean.is_none() ? py::object(py::float_(0.0)) : mean;
+        const auto arrays = np.attr("broadcast_arrays")(latent, noise, mean_or_zero).cast<py::tuple>();
+        const DoubleArray v = DoubleArray::ensure(np.attr("ascontiguousarray")(arrays[0], "float64"));
+        const DoubleArray n = DoubleArray::ensure(np.attr("ascontiguousarray")(arrays[1], "float64"));
+        const DoubleArray mu = DoubleArray::ensure(np.attr("ascontiguousarray")(arrays[2], "float64"));
+        std::vector<py::ssize_t> shape(v.shape(), v.shape() + v.ndim());
+        py::array_t<double> out(shape);
+        otfgp::apply_variance_map(map, static_cast<std::size_t>(v.size()), v.data(), n.data(), 1, mu.data(), 1,
+                                  out.mutable_data());
+        return out;
+      },
+      py::arg("coefficients"), py::arg("latent"), py::arg("noise"), py::arg("mean") = py::none(),
+      "Reported variance a max(latent, 0)^p + b + c mean^2 + e noise (numpy broadcasting), the "
+      "core's calibration rule; coefficients: dict(a, p, b, c, e) or a 5-tuple.");
 
   m.def("set_num_threads", [](int n) {
 #ifdef _OPENMP
@@ -227,11 +292,17 @@ PYBIND11_MODULE(_core, m) {
             d["local_energies"] = to_array(p.local_energies, {n});
             d["stress"] = to_array({p.stress.begin(), p.stress.end()}, {6});
             if (p.has_variance) {
+              // Reported (calibrated) variances under the plain names, latent ones prefixed.
               d["energy_variance"] = p.energy_variance;
               d["force_variances"] = to_array(p.force_variances, {n, 3});
               d["local_energy_variances"] = to_array(p.local_energy_variances, {n});
               d["stress_variances"] =
                   to_array({p.stress_variances.begin(), p.stress_variances.end()}, {6});
+              d["latent_energy_variance"] = p.latent_energy_variance;
+              d["latent_force_variances"] = to_array(p.latent_force_variances, {n, 3});
+              d["latent_local_energy_variances"] = to_array(p.latent_local_energy_variances, {n});
+              d["latent_stress_variances"] =
+                  to_array({p.latent_stress_variances.begin(), p.latent_stress_variances.end()}, {6});
               d["variance_mode"] = mode == otfgp::VarianceMode::kMapped ? "mapped" : "exact";
             }
             return d;
@@ -261,8 +332,12 @@ PYBIND11_MODULE(_core, m) {
             d["energies"] = to_array(p.energies, {n});
             d["forces"] = to_array(p.forces, {n, 3});
             d["virials"] = to_array(p.virials, {n, 6});
-            if (mode != otfgp::VarianceMode::kNone)
+            if (mode != otfgp::VarianceMode::kNone) {
               d["force_variances"] = to_array(p.force_variances, {n, 3});
+              d["latent_force_variances"] = to_array(p.latent_force_variances, {n, 3});
+              d["local_energy_variances"] = to_array(p.energy_variances, {n});
+              d["latent_local_energy_variances"] = to_array(p.latent_energy_variances, {n});
+            }
             return d;
           },
           py::arg("cell"), py::arg("pbc"), py::arg("positions"), py::arg("species"),
@@ -376,6 +451,44 @@ PYBIND11_MODULE(_core, m) {
             return out;
           },
           "The installed maps (tables, covariance, info) or None.")
+      .def_property(
+          "calibration",
+          [](const Model& mdl) -> py::object {
+            const otfgp::Calibration* cal = mdl.calibration();
+            if (!cal) return py::none();
+            py::dict d;
+            for (int k = 0; k < 4; ++k)
+              d[kQuantities[k]] = variance_map_dict(cal->map(static_cast<otfgp::VarianceQuantity>(k)));
+            d["info"] = cal->info;
+            return d;
+          },
+          [](Model& mdl, const py::object& value) {
+            if (value.is_none()) {
+              mdl.clear_calibration();
+              return;
+            }
+            const auto d = value.cast<py::dict>();
+            otfgp::Calibration cal;
+            for (auto item : d) {
+              const auto key = item.first.cast<std::string>();
+              if (key == "info") {
+                cal.info = item.second.cast<std::string>();
+                continue;
+              }
+              int k = 0;
+              while (k < 4 && key != kQuantities[k]) ++k;
+              if (k == 4)
+                throw otfgp::InputError("unknown calibration key '" + key +
+                                        "' (force, energy, stress, local_energy, info)");
+              *calibration_map(cal, k) = variance_map_of(item.second);
+            }
+            mdl.set_calibration(std::move(cal));
+          },
+          "The variance calibration: dict of force, energy, stress, local_energy (each "
+          "dict(a, p, b, c, e); left-out ones are the identity) and info (JSON string), or None "
+          "(uncalibrated). Assigning None clears it.")
+      .def_property_readonly("format_version", &Model::format_version,
+                             "Format version of the file the model was read from (0: built in memory).")
       .def("save", [](const Model& mdl, const std::string& path) { otfgp::save_model(mdl, path); })
       .def_static("load", [](const std::string& path) { return otfgp::load_model(path); })
       .def("to_bytes", [](const Model& mdl) { return py::bytes(otfgp::serialize_model(mdl)); })

@@ -40,7 +40,7 @@ def test_variance_of_a_single_training_environment_is_noise():
     atoms = displaced_al(rng)
     gp.add_training_data(atoms, atom_indices=[3])
     gp.train(optimize=False)
-    var = gp.predict(atoms).force_variances[3]
+    var = gp.predict(atoms).latent_force_variances[3]
     np.testing.assert_allclose(var, noise**2, rtol=0.05)
 
 
@@ -51,8 +51,8 @@ def test_variance_at_training_environments_below_noise(al_model):
     noise2 = gp.hyperparameters["noise_force"] ** 2
     data = gp.training_structure(0)
     pred = gp.predict(data["atoms"])
-    var_train = pred.force_variances[data["force_atoms"]].mean()
-    var_far = gp.predict(displaced_al(np.random.default_rng(7), amplitude=0.09)).force_variances.mean()
+    var_train = pred.latent_force_variances[data["force_atoms"]].mean()
+    var_far = gp.predict(displaced_al(np.random.default_rng(7), amplitude=0.09)).latent_force_variances.mean()
     print(f"variance at training atoms {var_train:.3g}, noise^2 {noise2:.3g}, 9% displaced {var_far:.3g}")
     assert 0 < var_train < noise2
     assert var_far > 2 * var_train
@@ -67,7 +67,7 @@ def test_uncertainty_grows_with_displacement_like_error(al_model):
         for _ in range(3):
             atoms = displaced_al(rng, amplitude=amp)
             pred = gp.predict(atoms)
-            s.append(np.sqrt(pred.force_variances).mean())
+            s.append(pred.latent_force_stds.mean())
             e.append(np.abs(pred.forces - atoms.get_forces()).mean())
         stds.append(np.mean(s))
         errors.append(np.mean(e))

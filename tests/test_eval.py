@@ -31,15 +31,17 @@ def report(model, frames):
 def test_report_matches_a_direct_computation(model, frames, report):
     preds = [model.predict(f, variance="exact") for f in frames]
     err = np.concatenate([p.forces - f.get_forces() for p, f in zip(preds, frames)])
-    std = np.concatenate([p.force_stds for p in preds])
+    std = np.concatenate([p.latent_force_stds for p in preds])
     noisy = np.sqrt(std ** 2 + model.hyperparameters["noise_force"] ** 2)
+    reported = np.concatenate([p.force_stds for p in preds])  # uncalibrated: latent + noise
+    np.testing.assert_allclose(reported, noisy, rtol=1e-12)
     assert report.n_frames == 4 and report.n_atoms == 128 and report.variance == "exact"
     assert report.forces["mae"] == pytest.approx(np.abs(err).mean(), rel=1e-12)
     assert report.forces["rmse"] == pytest.approx(np.sqrt(np.mean(err ** 2)), rel=1e-12)
     assert report.species["Al"]["mae"] == pytest.approx(report.forces["mae"])
     assert report.groups["a"]["mae"] == pytest.approx(np.abs(err[:64]).mean())
     assert report.groups["b"]["n_frames"] == 2 and report.groups["b"]["n_atoms"] == 64
-    for kind, s in (("latent", std), ("latent+noise", noisy)):
+    for kind, s in (("latent", std), ("latent+noise", noisy), ("reported", reported)):
         u = report.uncertainty[kind]
         assert u["nll"] == pytest.approx(uq.gaussian_nll(err, s))
         assert u["mean_z2"] == pytest.approx(uq.mean_squared_z(err, s))

@@ -168,10 +168,11 @@ def test_version_1_files_still_load(al):
     """A version-1 file (exact GP, no maps section) loads as an unmapped model."""
     _, exact, _ = al
     blob = exact.core.to_bytes()
-    assert struct.unpack_from("<I", blob, 8)[0] == _core.MODEL_FORMAT_VERSION == 3
+    assert struct.unpack_from("<I", blob, 8)[0] == _core.MODEL_FORMAT_VERSION == 4
     payload = blob[20:-8]
-    assert payload[-1] == 0  # "no maps" flag, the only addition since version 1 when unmapped
-    v1 = payload[:-1]
+    # "no maps" and "no calibration" flags, the only additions since version 1 when unmapped
+    assert payload[-2:] == b"\0\0"
+    v1 = payload[:-2]
     old = b"OTFGPMDL" + struct.pack("<IQ", 1, len(v1)) + v1 + struct.pack("<Q", _fnv1a(v1))
     core = _core.Model.from_bytes(old)
     assert core.maps is None and core.trained
@@ -182,9 +183,11 @@ def test_version_1_files_still_load(al):
 
 
 def _as_version_2(blob: bytes, unmapped: bytes) -> bytes:
-    """A version-3 mapped model file rewritten as version 2: the maps section without the
-    per-table variance degree (version 2 tables are always cubic)."""
-    payload, plain = blob[20:-8], unmapped[20:-8]
+    """A version-4 uncalibrated mapped model file rewritten as version 2: the maps section
+    without the per-table variance degree (version 2 tables are always cubic) and without
+    the calibration flag (version 4)."""
+    payload, plain = blob[20:-9], unmapped[20:-9]  # both end in a "no calibration" flag
+    assert blob[-9] == 0 and unmapped[-9] == 0
     head, maps = payload[:len(plain)], bytearray(payload[len(plain):])
     assert head[:-1] == plain[:-1] and head[-1] == 1  # same model, "has maps" flag
     out, pos = bytearray(), 0

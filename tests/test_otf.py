@@ -157,17 +157,19 @@ def test_output_files(protocol):
     assert summary["failed_dft_steps"] == []
     # every DFT frame after the first was predicted before it was learnt; the frames keep that
     # prediction and the summary pools its errors (recomputed here from the frame files)
-    errors, latent = [], []
+    errors, latent, reported = [], [], []
     for p in dft[1:]:
         frame = read(p)
         errors.append(frame.arrays["gp_forces"] - frame.get_forces())
-        latent.append(frame.arrays["gp_force_stds"])
+        latent.append(frame.arrays["gp_latent_force_stds"])
+        reported.append(frame.arrays["gp_force_stds"])
     assert "gp_forces" not in read(dft[0]).arrays  # the seed frame had no model to predict it
-    errors, latent = np.concatenate(errors), np.concatenate(latent)
+    errors, latent, reported = np.concatenate(errors), np.concatenate(latent), np.concatenate(reported)
     cal = summary["pre_update_calibration"]
     assert cal["frames"] == len(calls) - 1 and cal["components"] == errors.size
     assert math.isclose(cal["rmse"], np.sqrt(np.mean(errors ** 2)), rel_tol=1e-6)
     assert math.isclose(cal["mean_squared_z_latent"], np.mean((errors / latent) ** 2), rel_tol=1e-6)
+    assert math.isclose(cal["mean_squared_z_reported"], np.mean((errors / reported) ** 2), rel_tol=1e-6)
     assert math.isclose(cal["coverage_1std_latent"], np.mean(np.abs(errors) <= latent), abs_tol=0.01)
     # noise-free EMT labels push sigma_n onto its 5 meV/A floor: the summary says so
     warned = summary["hyperparameter_warnings"]
@@ -181,8 +183,8 @@ def test_output_files(protocol):
     # the file also carries the mapped variance (fast uncertainties for users), while the
     # run's own model was left as the decisions used it
     assert loaded.has_variance_maps and not model.has_variance_maps
-    mapped = loaded.predict(probe, variance="auto").force_stds
-    exact = loaded.predict(probe, variance="exact").force_stds
+    mapped = loaded.predict(probe, variance="auto").latent_force_stds
+    exact = loaded.predict(probe, variance="exact").latent_force_stds
     assert np.median(np.abs(mapped - exact) / exact) < 0.1
     parts = wall["dft"] + wall["training"] + wall["mapping"] + wall["prediction"] + wall["md"]
     assert parts <= wall["total"] * 1.001

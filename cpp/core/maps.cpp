@@ -251,9 +251,9 @@ void VarianceWorkspace::add_stencil(const SplineTable& t, std::size_t ti, const 
     box.lo[m] = std::min(box.lo[m], ax[m].first);
     box.hi[m] = std::max(box.hi[m], ax[m].first + S - 1);
   }
-  // q[m]: coefficient m of the three rows as the lanes of one vector (lane 3 stays zero).
+  // q[m]: coefficient m of the four rows as the lanes of one vector.
   Lanes q[4] = {};
-  for (int r = 0; r < 3; ++r)
+  for (int r = 0; r < L; ++r)
     for (int m = 0; m <= D; ++m) q[m][r] = coef[r * (D + 1) + m];
   double* grid = grid_.data() + grid_start_[ti] * L;
   if (D == 1) {
@@ -292,7 +292,7 @@ void VarianceWorkspace::fold(std::size_t ti) {
         const std::size_t k = t.dim == 1 ? static_cast<std::size_t>(a)
                                          : (static_cast<std::size_t>(a) * N + b) * N + e;
         double* g = grid + k * L;
-        if (g[0] == 0.0 && g[1] == 0.0 && g[2] == 0.0) continue;
+        if (g[0] == 0.0 && g[1] == 0.0 && g[2] == 0.0 && g[3] == 0.0) continue;
         const int orbit = static_cast<int>(t.offset) + t.reduced[k];
         int& s = slot_[orbit];
         if (s < 0) {
@@ -308,7 +308,7 @@ void VarianceWorkspace::fold(std::size_t ti) {
   box = kUntouched;
 }
 
-void VarianceWorkspace::finish(double out[3]) {
+void VarianceWorkspace::finish(double out[4]) {
   for (std::size_t ti = 0; ti < box_.size(); ++ti) fold(ti);
   // u^T C u over the touched orbits; C is symmetric, so only pairs b >= a are visited.
   const std::size_t size = maps_->variance_size();
@@ -329,7 +329,7 @@ void VarianceWorkspace::finish(double out[3]) {
     }
     for (int r = 0; r < L; ++r) acc[r] += va[r] * s[r];
   }
-  for (int r = 0; r < 3; ++r) out[r] = std::max(0.0, 2.0 * acc[r]);
+  for (int r = 0; r < L; ++r) out[r] = std::max(0.0, 2.0 * acc[r]);
   clear();  // the boxes are folded already: only the touched orbits are reset
 }
 

@@ -99,21 +99,25 @@ class Maps {
   std::size_t variance_size_ = 0;  // sum of the tables' orbit counts (set by assign_offsets)
 };
 
-// Per-thread work space of the mapped force variance of one atom: the three force-row
-// functionals u_r in the variance basis, accumulated cluster by cluster, then u_r^T C u_r.
-// Clusters are added on each table's full coefficient grid, with the three rows side by side
-// (padded to four lanes so the compiler vectorises over them) and without any index
-// indirection; only the box of grid entries the atom touched is then folded onto the
-// permutation orbits that C is written in. C is visited only at the touched orbits.
+// Per-thread work space of the mapped variance of one atom: the three force-row functionals
+// and the local-energy functional u_r (r = 0..3) in the variance basis, accumulated cluster
+// by cluster, then u_r^T C u_r. A local energy is a linear functional of the cluster
+// energies centred at the atom just as a force is of their derivatives, so it rides in the
+// fourth SIMD lane, which the three force rows left empty: it costs next to nothing.
+// Clusters are added on each table's full coefficient grid, with the four rows side by side
+// and without any index indirection; only the box of grid entries the atom touched is then
+// folded onto the permutation orbits that C is written in. C is visited only at the touched
+// orbits.
 class VarianceWorkspace {
  public:
   explicit VarianceWorkspace(const Maps& maps);
-  // Adds the three force-row functionals of c's cutoff-free function, given per row r the
-  // coefficients coef[r * (dim + 1) + m] of its value (m = 0) and edge derivatives (as from
-  // fold_cutoff). False, adding nothing, if c lies outside its table.
+  // Adds the four row functionals (force x, y, z, local energy) of c's cutoff-free
+  // function, given per row r the coefficients coef[r * (dim + 1) + m] of its value (m = 0)
+  // and edge derivatives (as from fold_cutoff). False, adding nothing, if c lies outside
+  // its table.
   bool add(const Cluster& c, const double* coef);
-  // Writes u_r^T C u_r (r = 0, 1, 2) and clears the work space for the next atom.
-  void finish(double out[3]);
+  // Writes u_r^T C u_r (r = 0..3) and clears the work space for the next atom.
+  void finish(double out[4]);
   // Clears the work space without evaluating.
   void clear();
 

@@ -269,4 +269,9 @@ void Model::set_maps(Maps maps) {
   maps_ = std::move(maps);
 }
 
+void Model::set_calibration(Calibration c) {
+  c.validate();
+  calibration_ = std::move(c);
+}
+
 }  // namespace otfgp

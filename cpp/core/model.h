@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "calibration.h"
 #include "clusters.h"
 #include "neighbors.h"
 #include "kernel_block.h"
@@ -46,8 +47,8 @@ struct TrainingStructure {
 enum RowKind : int { kForceRow = 0, kEnergyRow = 1, kStressRow = 2 };
 
 // Which predictive variance to compute: none, the exact GP variance (cost grows with the
-// training set), or the mapped force variance (needs maps with variance tables; per-atom
-// cost independent of the training set; force variances only).
+// training set), or the mapped variance (needs maps with variance tables; per-atom cost
+// independent of the training set; force and local-energy variances only).
 enum class VarianceMode : int { kNone = 0, kExact = 1, kMapped = 2 };
 
 struct Prediction {
@@ -56,10 +57,17 @@ struct Prediction {
   std::vector<double> local_energies;  // n_atoms
   std::array<double, 6> stress{};      // NaN when the cell has no volume
   bool has_variance = false;
+  // Reported variances: the model's calibration applied to the latent ones (see
+  // calibration.h; without a calibration latent + label noise, local energies latent only).
   double energy_variance = 0.0;
   std::vector<double> force_variances;         // n_atoms * 3
   std::vector<double> local_energy_variances;  // n_atoms
   std::array<double, 6> stress_variances{};
+  // The GP's latent (noise-free) variances the reported ones are computed from.
+  double latent_energy_variance = 0.0;
+  std::vector<double> latent_force_variances;
+  std::vector<double> latent_local_energy_variances;
+  std::array<double, 6> latent_stress_variances{};
 };
 
 // Atomic environments handed over by an MD code (LAMMPS): one neighbour-list row per centre.
@@ -75,7 +83,10 @@ struct LocalPrediction {
   std::vector<double> energies;         // local energy of each centre (eV)
   std::vector<double> forces;           // 3 per centre: the total force on that atom
   std::vector<double> virials;          // 6 per centre, LAMMPS order xx yy zz xy xz yz (eV)
-  std::vector<double> force_variances;  // 3 per centre when requested
+  // When variances are requested: reported (calibrated) and latent, 3 per centre for the
+  // force and 1 for the local energy.
+  std::vector<double> force_variances, latent_force_variances;
+  std::vector<double> energy_variances, latent_energy_variances;
 };
 
 class Model {
@@ -122,10 +133,12 @@ class Model {
 
   // Mean (always) and variances (if requested) of energy, forces, stress, local energies.
   // The mean comes from the maps where they cover a cluster, else from the exact GP. With
-  // VarianceMode::kMapped only force variances are produced (the others are NaN).
+  // VarianceMode::kMapped only force and local-energy variances are produced (the others
+  // are NaN).
   Prediction predict(const Structure& s, VarianceMode variance) const;
 
-  // Mean (if mean) and force variances (if variance != kNone) for MD-code environments.
+  // Mean (if mean) and force and local-energy variances (if variance != kNone) for
+  // MD-code environments.
   // Each atom's force comes from the clusters centred at it alone, so no forces on ghost
   // atoms are produced and the result does not depend on Newton's-third-law bookkeeping.
   LocalPrediction predict_local(const LocalEnvironments& env, bool mean, VarianceMode variance) const;
@@ -141,6 +154,27 @@ class Model {
   void clear_maps() { maps_.reset(); }
   const Maps* maps() const { return maps_ ? &*maps_ : nullptr; }
 
+  // The variance calibration (see calibration.h); absent means uncalibrated (identity
+  // maps). Unlike the maps it is kept when the solution changes: it describes how the
+  // latent variance relates to real errors, which retraining does not reset; the caller
+  // refits it when it sees fit. set_calibration validates.
+  void set_calibration(Calibration c);
+  void clear_calibration() { calibration_.reset(); }
+  const Calibration* calibration() const { return calibration_ ? &*calibration_ : nullptr; }
+  // The map of one quantity (the identity when uncalibrated) and its label-noise variance.
+  VarianceMap variance_map(VarianceQuantity q) const;
+  double noise_variance(VarianceQuantity q) const;
+  // Reported variances of n values of quantity q from their latent variances and means
+  // (mean may be null when the map does not use it): the calibration rule, applied the same
+  // way for Python's predictions, the mapped variance and the LAMMPS styles.
+  void report_variances(VarianceQuantity q, std::size_t n, const double* latent, const double* mean,
+                        double* out) const;
+
+  // Format version of the model file this model was read from (0: built in memory), so
+  // that callers can say what an older file lacked.
+  unsigned format_version() const { return format_version_; }
+  void set_format_version(unsigned v) { format_version_ = v; }
+
   // Label groups and clusters of a structure, exposed for tests and diagnostics.
   ClusterSet clusters_of(const Structure& s) const;
 
@@ -152,13 +186,15 @@ class Model {
   void cluster_mean(const Cluster& c, double& phi, double* dphi) const;
   // The same from the maps where they cover c, else exact.
   void cluster_energy(const Cluster& c, double& phi, double* dphi) const;
-  // Force variances of the centre of row `row` (identity `key`): from the maps' reduced GP
-  // when all its clusters lie in the tables, else exactly.
+  // Latent variances of the three force components and the local energy (out[0..3]) of
+  // the centre of row `row` (identity `key`): from the maps' reduced GP when all its
+  // clusters lie in the tables, else exactly.
   void force_variance(const ClusterSet& cs, int row, int key, VarianceWorkspace& work,
                       double* out) const;
   // The pieces of force_variance: adds one cluster given its force-row weights (as from
-  // force_row_weights; false if c lies outside the tables), and the variances once all
-  // clusters are in (exact if some cluster was outside).
+  // force_row_weights; false if c lies outside the tables) together with its local-energy
+  // functional, and the variances once all clusters are in (exact if some cluster was
+  // outside).
   bool add_force_functional(const Cluster& c, const double* weights, VarianceWorkspace& work) const;
   void finish_force_variance(const ClusterSet& cs, int row, int key, bool inside, VarianceWorkspace& work,
                              double* out) const;
@@ -179,6 +215,8 @@ class Model {
   std::vector<double> alpha_, cholesky_;
   KernelBlock contracted2_{1, 1}, contracted3_{3, 1};
   std::optional<Maps> maps_;
+  std::optional<Calibration> calibration_;
+  unsigned format_version_ = 0;
 };
 
 }  // namespace otfgp

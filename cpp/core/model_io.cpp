@@ -117,6 +117,14 @@ std::string serialize_model(const Model& m) {
     }
     w.put_vec(maps->covariance());
   }
+  // Version 4: the calibration, maps in the order force, energy, stress, local energy.
+  const Calibration* cal = m.calibration();
+  w.put<std::uint8_t>(cal ? 1 : 0);
+  if (cal) {
+    for (const VarianceMap* vm : {&cal->force, &cal->energy, &cal->stress, &cal->local_energy})
+      for (double x : {vm->a, vm->p, vm->b, vm->c, vm->e}) w.put(x);
+    w.put_vec(std::vector<char>(cal->info.begin(), cal->info.end()));
+  }
 
   const std::string& payload = w.str();
   Writer out;
@@ -202,7 +210,16 @@ Model deserialize_model(const std::string& bytes) {
       if (!covariance.empty()) maps.set_covariance(std::move(covariance));
       m.set_maps(std::move(maps));
     }
+    if (version >= kCalibrationFormatVersion && r.get<std::uint8_t>() != 0) {
+      Calibration cal;
+      for (VarianceMap* vm : {&cal.force, &cal.energy, &cal.stress, &cal.local_energy})
+        for (double* x : {&vm->a, &vm->p, &vm->b, &vm->c, &vm->e}) *x = r.get<double>();
+      const auto info = r.get_vec<char>(limit);
+      cal.info.assign(info.begin(), info.end());
+      m.set_calibration(std::move(cal));
+    }
     if (!r.done()) throw ModelFileError("model file is corrupt: unexpected trailing data");
+    m.set_format_version(version);
     return m;
   } catch (const InputError& e) {
     throw ModelFileError(std::string("model file is corrupt: ") + e.what());

@@ -8,8 +8,11 @@
 
 namespace otfgp {
 
-// 1: exact GP; 2: adds the optional maps (version-1 files still load).
-constexpr unsigned kModelFormatVersion = 3;
+// 1: exact GP; 2: adds the optional maps; 3: the variance basis degree; 4: the optional
+// variance calibration. Every older version still loads (a file before 4 uncalibrated).
+constexpr unsigned kModelFormatVersion = 4;
+// The first version that stores the calibration.
+constexpr unsigned kCalibrationFormatVersion = 4;
 
 std::string serialize_model(const Model& m);
 Model deserialize_model(const std::string& bytes);  // throws ModelFileError

@@ -107,41 +107,71 @@ Prediction Model::predict(const Structure& s, VarianceMode variance) const {
 
   if (variance == VarianceMode::kNone) return p;
   p.has_variance = true;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  p.latent_force_variances.assign(3 * static_cast<std::size_t>(n), 0.0);
+  p.latent_local_energy_variances.assign(n, 0.0);
+  p.latent_stress_variances.fill(nan);
   if (variance == VarianceMode::kMapped) {
     require_variance_maps();
-    const double nan = std::numeric_limits<double>::quiet_NaN();
-    p.force_variances.assign(3 * static_cast<std::size_t>(n), 0.0);
-    p.local_energy_variances.assign(n, nan);
-    p.energy_variance = nan;
-    p.stress_variances.fill(nan);
+    p.latent_energy_variance = nan;
 #pragma omp parallel
     {
       VarianceWorkspace work(*maps_);
 #pragma omp for schedule(dynamic, 8)
-      for (int t = 0; t < n; ++t) force_variance(cs, t, t, work, &p.force_variances[3 * t]);
+      for (int t = 0; t < n; ++t) {
+        double var[4];
+        force_variance(cs, t, t, work, var);
+        std::copy(var, var + 3, &p.latent_force_variances[3 * t]);
+        p.latent_local_energy_variances[t] = var[3];
+      }
     }
-    return p;
-  }
-
-  // Variances: one group per atom (3 force rows + local energy) and one for the structure
-  // (energy + stress).
-  p.force_variances.assign(3 * static_cast<std::size_t>(n), 0.0);
-  p.local_energy_variances.assign(n, 0.0);
-  p.stress_variances.fill(std::numeric_limits<double>::quiet_NaN());
+  } else {
+    // Exact: one group per atom (3 force rows + local energy) and one for the structure
+    // (energy + stress).
 #pragma omp parallel for schedule(dynamic, 1)
-  for (int t = 0; t <= n; ++t) {
-    double var[7];
-    if (t < n) {
-      group_variances(atom_group(cs, t, t, cutoff2_, cutoff3_, true, ns), var);
-      for (int r = 0; r < 3; ++r) p.force_variances[3 * t + r] = var[r];
-      p.local_energy_variances[t] = var[3];
-    } else {
-      group_variances(structure_group(cs, volume, cutoff2_, cutoff3_, true, has_volume, ns), var);
-      p.energy_variance = var[0];
-      if (has_volume) std::copy(var + 1, var + 7, p.stress_variances.begin());
+    for (int t = 0; t <= n; ++t) {
+      double var[7];
+      if (t < n) {
+        group_variances(atom_group(cs, t, t, cutoff2_, cutoff3_, true, ns), var);
+        for (int r = 0; r < 3; ++r) p.latent_force_variances[3 * t + r] = var[r];
+        p.latent_local_energy_variances[t] = var[3];
+      } else {
+        group_variances(structure_group(cs, volume, cutoff2_, cutoff3_, true, has_volume, ns), var);
+        p.latent_energy_variance = var[0];
+        if (has_volume) std::copy(var + 1, var + 7, p.latent_stress_variances.begin());
+      }
     }
   }
+  p.force_variances.resize(p.latent_force_variances.size());
+  p.local_energy_variances.resize(n);
+  report_variances(VarianceQuantity::kForce, p.force_variances.size(), p.latent_force_variances.data(),
+                   p.forces.data(), p.force_variances.data());
+  report_variances(VarianceQuantity::kLocalEnergy, n, p.latent_local_energy_variances.data(),
+                   p.local_energies.data(), p.local_energy_variances.data());
+  report_variances(VarianceQuantity::kEnergy, 1, &p.latent_energy_variance, &p.energy, &p.energy_variance);
+  report_variances(VarianceQuantity::kStress, 6, p.latent_stress_variances.data(), p.stress.data(),
+                   p.stress_variances.data());
   return p;
+}
+
+VarianceMap Model::variance_map(VarianceQuantity q) const {
+  return calibration_ ? calibration_->map(q) : VarianceMap{};
+}
+
+double Model::noise_variance(VarianceQuantity q) const {
+  switch (q) {
+    case VarianceQuantity::kForce: return hyper_.noise_force * hyper_.noise_force;
+    case VarianceQuantity::kEnergy: return hyper_.noise_energy * hyper_.noise_energy;
+    case VarianceQuantity::kStress: return hyper_.noise_stress * hyper_.noise_stress;
+    case VarianceQuantity::kLocalEnergy: break;
+  }
+  return 0.0;  // a local energy is never a label, so it has no label noise
+}
+
+void Model::report_variances(VarianceQuantity q, std::size_t n, const double* latent, const double* mean,
+                             double* out) const {
+  const double noise = noise_variance(q);
+  apply_variance_map(variance_map(q), n, latent, &noise, 0, mean, 1, out);
 }
 
 LocalPrediction Model::predict_local(const LocalEnvironments& env, bool mean, VarianceMode variance) const {
@@ -159,12 +189,21 @@ LocalPrediction Model::predict_local(const LocalEnvironments& env, bool mean, Va
   if (variance == VarianceMode::kMapped) require_variance_maps();
   LocalPrediction out;
   const int ns = n_species();
+  // A calibration that grows with the predicted value (c > 0) needs the mean even when the
+  // caller asked for variances only.
+  const bool want_mean = mean;
+  if (variance != VarianceMode::kNone &&
+      (variance_map(VarianceQuantity::kForce).c > 0 || variance_map(VarianceQuantity::kLocalEnergy).c > 0))
+    mean = true;
   if (mean) {
     out.energies.assign(n, 0.0);
     out.forces.assign(3 * static_cast<std::size_t>(n), 0.0);
     out.virials.assign(6 * static_cast<std::size_t>(n), 0.0);
   }
-  if (variance != VarianceMode::kNone) out.force_variances.assign(3 * static_cast<std::size_t>(n), 0.0);
+  if (variance != VarianceMode::kNone) {
+    out.latent_force_variances.assign(3 * static_cast<std::size_t>(n), 0.0);
+    out.latent_energy_variances.assign(n, 0.0);
+  }
   // Clusters are built centre by centre into per-thread buffers that keep their capacity:
   // materialising every atom's clusters at once cost a large allocation (and page faults)
   // per MD step.
@@ -208,14 +247,30 @@ LocalPrediction Model::predict_local(const LocalEnvironments& env, bool mean, Va
         std::copy(f, f + 3, out.forces.begin() + 3 * row);
         std::copy(vir, vir + 6, out.virials.begin() + 6 * row);
       }
-      double* var = variance != VarianceMode::kNone ? &out.force_variances[3 * row] : nullptr;
+      if (variance == VarianceMode::kNone) continue;
+      double var[4];
       if (fused)
         finish_force_variance(cs, 0, key, inside, *work, var);
       else if (variance == VarianceMode::kMapped)
         force_variance(cs, 0, key, *work, var);
-      else if (variance == VarianceMode::kExact)
-        group_variances(atom_group(cs, 0, key, cutoff2_, cutoff3_, false, ns), var);
+      else
+        group_variances(atom_group(cs, 0, key, cutoff2_, cutoff3_, true, ns), var);
+      std::copy(var, var + 3, &out.latent_force_variances[3 * row]);
+      out.latent_energy_variances[row] = var[3];
     }
+  }
+  if (variance != VarianceMode::kNone) {
+    out.force_variances.resize(out.latent_force_variances.size());
+    out.energy_variances.resize(n);
+    report_variances(VarianceQuantity::kForce, out.force_variances.size(), out.latent_force_variances.data(),
+                     mean ? out.forces.data() : nullptr, out.force_variances.data());
+    report_variances(VarianceQuantity::kLocalEnergy, n, out.latent_energy_variances.data(),
+                     mean ? out.energies.data() : nullptr, out.energy_variances.data());
+  }
+  if (!want_mean) {  // computed for the calibration only
+    out.energies.clear();
+    out.forces.clear();
+    out.virials.clear();
   }
   return out;
 }
@@ -271,12 +326,15 @@ void Model::cluster_means(int dim, int type, const double* d, int n, double* phi
 }
 
 bool Model::add_force_functional(const Cluster& c, const double* weights, VarianceWorkspace& work) const {
-  // Force rows: -d(cluster energy)/dx_key, folded with the cutoff onto the cutoff-free
-  // function that the variance basis represents (as atom_group does for the exact GP).
+  // Force rows: -d(cluster energy)/dx_key; local-energy row: the centre's 1/nv share of the
+  // cluster energy. Folded with the cutoff onto the cutoff-free function that the variance
+  // basis represents, exactly as atom_group builds the same rows for the exact GP.
   const int ne = c.n_edges();
-  const double w0[3] = {0.0, 0.0, 0.0};
-  double coef[12] = {};
-  fold_cutoff(ne, ne == 1 ? cutoff2_ : cutoff3_, c.d, 3, w0, weights, coef);
+  const double w0[4] = {0.0, 0.0, 0.0, 1.0 / c.nv};
+  double w[12] = {};  // force rows as given, the local-energy row has no derivative weights
+  std::copy(weights, weights + 3 * ne, w);
+  double coef[16] = {};
+  fold_cutoff(ne, ne == 1 ? cutoff2_ : cutoff3_, c.d, 4, w0, w, coef);
   return work.add(c, coef);
 }
 
@@ -288,7 +346,7 @@ void Model::finish_force_variance(const ClusterSet& cs, int row, int key, bool i
   }
   // A cluster outside the tables (shorter than any training distance): exact for this atom.
   work.clear();
-  group_variances(atom_group(cs, row, key, cutoff2_, cutoff3_, false, n_species()), out);
+  group_variances(atom_group(cs, row, key, cutoff2_, cutoff3_, true, n_species()), out);
 }
 
 void Model::force_variance(const ClusterSet& cs, int row, int key, VarianceWorkspace& work,

@@ -1,6 +1,7 @@
-// compute otfgp/std/atom: per-atom force stds from the otfgp pair style's variances.
+// compute otfgp/std/atom: per-atom force and local-energy stds from the otfgp pair style.
 #include "compute_otfgp_std_atom.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -14,13 +15,19 @@
 using namespace LAMMPS_NS;
 
 ComputeOTFGPStdAtom::ComputeOTFGPStdAtom(LAMMPS *lmp, int narg, char **arg) : Compute(lmp, narg, arg) {
-  // Optional keyword "exact": the exact GP variance even when the model has variance maps.
-  if (narg == 4 && std::string(arg[3]) == "exact")
-    exact_ = true;
-  else if (narg != 3)
-    error->all(FLERR, "compute otfgp/std/atom takes no arguments or the keyword exact");
+  // Optional keywords: "exact", the exact GP variance even when the model has variance maps;
+  // "latent", the GP's latent stds instead of the reported (calibrated) ones.
+  for (int i = 3; i < narg; ++i) {
+    const std::string key = arg[i];
+    if (key == "exact")
+      exact_ = true;
+    else if (key == "latent")
+      latent_ = true;
+    else
+      error->all(FLERR, "compute otfgp/std/atom: unknown keyword {} (it takes exact and latent)", key);
+  }
   peratom_flag = 1;
-  size_peratom_cols = 4;
+  size_peratom_cols = kColumns;
   // LAMMPS then records the steps on which output will invoke this compute (matchstep), so
   // the pair style can compute the variances in its force pass on those steps.
   timeflag = 1;
@@ -40,19 +47,23 @@ void ComputeOTFGPStdAtom::compute_peratom() {
   if (atom->nmax > nmax_) {
     memory->destroy(stds_);
     nmax_ = atom->nmax;
-    memory->create(stds_, nmax_, 4, "otfgp/std/atom:stds");
+    memory->create(stds_, nmax_, kColumns, "otfgp/std/atom:stds");
     array_atom = stds_;
   }
-  const std::vector<double> var = pair_->force_variances(exact_);
+  const otfgp_lammps::AtomVariances &v = pair_->variances(exact_);
+  const std::vector<double> &force = latent_ ? v.latent_force : v.force;
+  const std::vector<double> &local = latent_ ? v.latent_local_energy : v.local_energy;
   const int *mask = atom->mask;
   for (int i = 0; i < atom->nlocal; ++i) {
+    const bool in = (mask[i] & groupbit) != 0;
     double mx = 0.0;
     for (int t = 0; t < 3; ++t) {
-      stds_[i][t] = (mask[i] & groupbit) ? std::sqrt(var[3 * i + t]) : 0.0;
+      stds_[i][t] = in ? std::sqrt(force[3 * i + t]) : 0.0;
       mx = std::max(mx, stds_[i][t]);
     }
     stds_[i][3] = mx;
+    stds_[i][4] = in ? std::sqrt(local[i]) : 0.0;
   }
 }
 
-double ComputeOTFGPStdAtom::memory_usage() { return 4.0 * nmax_ * sizeof(double); }
+double ComputeOTFGPStdAtom::memory_usage() { return static_cast<double>(kColumns) * nmax_ * sizeof(double); }

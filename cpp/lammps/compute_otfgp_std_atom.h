@@ -1,9 +1,13 @@
-// compute ID group otfgp/std/atom: per-atom predicted force standard deviations of the
-// otfgp pair style, columns std_x std_y std_z std_max (eV/Angstrom in metal units).
-// Evaluated only when something asks for it (thermo, dump, variable), so steps where
-// nobody does cost nothing. With a mapped model (variance maps in the file) the std is the
-// mapped one, whose cost does not grow with the training set; `compute ID group
-// otfgp/std/atom exact` forces the exact GP variance.
+// compute ID group otfgp/std/atom [exact] [latent]: per-atom predicted standard deviations of
+// the otfgp pair style, columns std_x std_y std_z std_max (force components, eV/Angstrom in
+// metal units) and std_local_energy (eV). They are the model's reported stds: its
+// calibration (stored in the model file, fitted in Python) applied to the GP's latent
+// variance, which for an uncalibrated model is latent + label noise (none for the local
+// energy); the same numbers as Python's GPCalculator. `latent` gives the latent (noise-free)
+// stds instead. Evaluated only when something asks for it (thermo, dump, variable), so steps
+// where nobody does cost nothing. With a mapped model (variance maps in the file) the
+// variance is the mapped one, whose cost does not grow with the training set; `exact`
+// forces the exact GP variance.
 #pragma once
 
 #include <memory>
@@ -24,11 +28,14 @@ class ComputeOTFGPStdAtom : public Compute {
   void compute_peratom() override;
   double memory_usage() override;
 
+  static constexpr int kColumns = 5;
+
  private:
   int nmax_ = 0;
   double **stds_ = nullptr;
   class PairOTFGP *pair_ = nullptr;
   bool exact_ = false;
+  bool latent_ = false;
   // Our registration with the pair (see PairOTFGP::request_variances); dropping it ends it.
   std::shared_ptr<const otfgp_lammps::VarianceRequest> variance_request_;
 };

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <exception>
 #include <memory>
+#include <string>
 #include <utility>
 
 #include "atom.h"
@@ -33,6 +34,15 @@ void broadcast(std::string &s, MPI_Comm world) {
   MPI_Bcast(s.data(), static_cast<int>(size), MPI_CHAR, 0, world);
 }
 
+// Broadcasts rank 0's thresholds.
+void broadcast(otfgp_lammps::Thresholds &t, MPI_Comm world) {
+  double values[3] = {t.force, t.local_energy ? 1.0 : 0.0, t.local_energy.value_or(0.0)};
+  MPI_Bcast(values, 3, MPI_DOUBLE, 0, world);
+  t.force = values[0];
+  t.local_energy.reset();
+  if (values[1] != 0.0) t.local_energy = values[2];
+}
+
 }  // namespace
 
 FixOTFGPLearn::FixOTFGPLearn(LAMMPS *lmp, int narg, char **arg) : Fix(lmp, narg, arg) {
@@ -43,7 +53,7 @@ FixOTFGPLearn::FixOTFGPLearn(LAMMPS *lmp, int narg, char **arg) : Fix(lmp, narg,
   setup_.output_dir = "otfgp_learn";
   parse_keywords(narg - 4, arg + 4);
   vector_flag = 1;
-  size_vector = 3;
+  size_vector = 4;
   global_freq = 1;
   extvector = 0;
 }
@@ -152,30 +162,45 @@ void FixOTFGPLearn::init() {
   // The check of end_of_step(), every N steps; exact unless the mapped variance is asked for.
   variance_request_ = pair_->request_variances(
       {[this](bigint step) { return step % nevery == 0; }, !mapped_uncertainty_});
-  // Every run: the pair's model (file) may have changed since the last one.
+  // Every run: the pair's model (file) may have changed since the last one, and so may the
+  // fixes that change the box (Domain::init, which sets box_change, runs before the fixes').
   setup_.model_file = pair_->model_file();
-  if (const auto failure = on_rank0([this] { threshold_ = otfgp_lammps::python_start(setup_); }))
+  setup_.cell_changes = domain->box_change != 0;
+  if (const auto failure = on_rank0([this] { thresholds_ = otfgp_lammps::python_start(setup_); }))
     error->all(FLERR, "fix otfgp/learn: {}", *failure);
-  MPI_Bcast(&threshold_, 1, MPI_DOUBLE, 0, world);
+  broadcast(thresholds_, world);
 }
 
 void FixOTFGPLearn::end_of_step() {
   const int nlocal = atom->nlocal;
-  // The decision uses the exact GP variance unless the mapped one is asked for.
-  const std::vector<double> var = pair_->force_variances(!mapped_uncertainty_);
+  // The decision uses the exact GP variance unless the mapped one is asked for, and the
+  // reported (calibrated) stds, as the Python learner does.
+  const otfgp_lammps::AtomVariances &var = pair_->variances(!mapped_uncertainty_);
   std::vector<double> per_atom(nlocal, 0.0);
-  double local_max = 0.0;
+  double local_max[2] = {0.0, 0.0};  // force, local energy
   for (int i = 0; i < nlocal; ++i) {
     if (!(atom->mask[i] & groupbit)) continue;
-    for (int t = 0; t < 3; ++t) per_atom[i] = std::max(per_atom[i], std::sqrt(var[3 * i + t]));
-    local_max = std::max(local_max, per_atom[i]);
+    for (int t = 0; t < 3; ++t) per_atom[i] = std::max(per_atom[i], std::sqrt(var.force[3 * i + t]));
+    local_max[0] = std::max(local_max[0], per_atom[i]);
+    local_max[1] = std::max(local_max[1], std::sqrt(var.local_energy[i]));
   }
-  MPI_Allreduce(&local_max, &last_max_std_, 1, MPI_DOUBLE, MPI_MAX, world);
+  double global_max[2];
+  MPI_Allreduce(local_max, global_max, 2, MPI_DOUBLE, MPI_MAX, world);
+  last_max_std_ = global_max[0];
+  last_max_local_energy_std_ = global_max[1];
   const bool audit = audit_every_ > 0 && update->ntimestep % audit_every_ == 0;
-  if (last_max_std_ > threshold_ || audit) learn(last_max_std_, per_atom.data(), last_max_std_ <= threshold_);
+  const char *fired = nullptr;
+  if (last_max_std_ > thresholds_.force)
+    fired = "force";
+  else if (thresholds_.local_energy && last_max_local_energy_std_ > *thresholds_.local_energy)
+    fired = "local_energy";
+  else if (audit)
+    fired = "audit";
+  if (fired) learn(per_atom.data(), fired);
 }
 
-void FixOTFGPLearn::learn(double max_std, const double *per_atom_max, bool audit) {
+void FixOTFGPLearn::learn(const double *per_atom_max, const char *fired) {
+  const bool audit = std::string(fired) == "audit";
   // Gather ID, type, position and std of every atom on rank 0.
   const int nlocal = atom->nlocal;
   std::vector<double> mine(5 * static_cast<std::size_t>(nlocal));
@@ -218,7 +243,9 @@ void FixOTFGPLearn::learn(double max_std, const double *per_atom_max, bool audit
     }
     req.cell = {domain->xprd, 0.0, 0.0, domain->xy, domain->yprd, 0.0, domain->xz, domain->yz, domain->zprd};
     req.pbc = {domain->periodicity[0], domain->periodicity[1], domain->periodicity[2]};
-    req.max_std = max_std;
+    req.max_std = last_max_std_;
+    req.max_local_energy_std = last_max_local_energy_std_;
+    req.fired = fired;
     req.audit = audit;
     result = otfgp_lammps::python_learn(req);
   });
@@ -226,22 +253,32 @@ void FixOTFGPLearn::learn(double max_std, const double *per_atom_max, bool audit
     error->all(FLERR, "fix otfgp/learn: labeller {} failed at step {}: {}", setup_.labeller,
                update->ntimestep, *failure);
   broadcast(result.model, world);
-  MPI_Bcast(&result.threshold, 1, MPI_DOUBLE, 0, world);
+  broadcast(result.thresholds, world);
   try {
     pair_->set_model(std::make_unique<otfgp::Model>(otfgp::deserialize_model(result.model)));
   } catch (const std::exception &e) {
     error->all(FLERR, "fix otfgp/learn: retrained model is unusable: {}", e.what());
   }
   ++calls_;
-  if (comm->me == 0)
-    utils::logmesg(lmp, "otfgp/learn: step {} max std {:.4g} eV/A {} threshold {:.4g} eV/A: DFT call {}{}, "
-                   "{} training environments\n", update->ntimestep, max_std, audit ? "<=" : ">", threshold_,
-                   calls_, audit ? " (audit)" : "", pair_->model()->n_force_environments());
-  threshold_ = result.threshold;
+  if (comm->me == 0) {
+    // Which test fired, with both stds against their thresholds.
+    const bool force_fired = std::string(fired) == "force";
+    std::string local_energy = "no local-energy test";
+    if (thresholds_.local_energy)
+      local_energy = fmt::format("max local-energy std {:.4g} eV {} threshold {:.4g} eV", last_max_local_energy_std_,
+                                 last_max_local_energy_std_ > *thresholds_.local_energy ? ">" : "<=",
+                                 *thresholds_.local_energy);
+    utils::logmesg(lmp, "otfgp/learn: step {} {} test fired: max force std {:.4g} eV/A {} threshold {:.4g} eV/A, "
+                   "{}: DFT call {}{}, {} training environments\n", update->ntimestep, fired,
+                   last_max_std_, force_fired ? ">" : "<=", thresholds_.force, local_energy, calls_,
+                   audit ? " (audit)" : "", pair_->model()->n_force_environments());
+  }
+  thresholds_ = result.thresholds;
 }
 
 double FixOTFGPLearn::compute_vector(int n) {
   if (n == 0) return calls_;
   if (n == 1) return pair_ ? pair_->model()->n_force_environments() : 0.0;
-  return last_max_std_;
+  if (n == 2) return last_max_std_;
+  return last_max_local_energy_std_;
 }

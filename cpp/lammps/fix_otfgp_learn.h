@@ -4,18 +4,22 @@
 //   fix learn all otfgp/learn 10 relative_threshold 2.0 labeller mylabels:qe &
 //       max_atoms_added 4 add_threshold 1.5 add_energy yes output_dir learn_out uncertainty exact
 //
-// Every N steps the largest predicted force std of the group is compared with a threshold
-// (eV/A). Above it, rank 0 gathers the system and hands it to Python (otfgp.lammps.learn),
-// which labels it with the user's labeller (module:function), decides what to add, retrains,
-// re-maps, saves, and returns the new model and the threshold for it; all ranks load the new
-// model. Everything of the learning rule but that one comparison is Python's, including the
-// threshold itself (absolute, or relative to sigma_n with a floor): the keywords are passed on
-// as typed options and validated there. The decision uses the exact GP variance (`uncertainty
-// exact`, default) or the mapped one (`mapped`), which this fix requests from the pair.
+// Every N steps the largest reported force std of the group is compared with a threshold
+// (eV/A), and the largest reported local-energy std with a second threshold (eV) when
+// Python gives one. Reported stds are the model's calibrated ones (what Python's
+// GPCalculator and compute otfgp/std/atom report), so a threshold means the same as in the
+// ASE learner. Above either, rank 0 gathers the system and hands it to Python
+// (otfgp.lammps.learn), which labels it with the user's labeller (module:function), decides
+// what to add, retrains, re-maps, saves, and returns the new model and the thresholds for
+// it; all ranks load the new model. Everything of the learning rule but those comparisons
+// is Python's, including the thresholds themselves (absolute, or relative to sigma_n with a
+// floor): the keywords are passed on as typed options and validated there. The decision
+// uses the exact GP variance (`uncertainty exact`, default) or the mapped one (`mapped`),
+// which this fix requests from the pair.
 // With `audit_every M` (a multiple of N) the frame of every M-th step is labelled even below
 // the threshold: an audit, whose error before learning is an unbiased sample of the real
 // error (learn_log.jsonl "pre_update"). Global vector for thermo: [DFT calls, training
-// environments, last max std].
+// environments, last max force std, last max local-energy std].
 #pragma once
 
 #include <functional>
@@ -42,7 +46,8 @@ class FixOTFGPLearn : public Fix {
 
  private:
   void parse_keywords(int narg, char **arg);
-  void learn(double max_std, const double *per_atom_max, bool audit);
+  // `fired`: which test called DFT ("force", "local_energy" or "audit").
+  void learn(const double *per_atom_max, const char *fired);
   // Runs `call` on rank 0 only and broadcasts the outcome: nullopt on every rank if it
   // succeeded, else its error message, so an exception on rank 0 ends every rank cleanly.
   std::optional<std::string> on_rank0(const std::function<void()> &call) const;
@@ -50,9 +55,10 @@ class FixOTFGPLearn : public Fix {
   otfgp_lammps::StartRequest setup_;  // fix ID, labeller, output dir, options; model at init
   bool mapped_uncertainty_ = false;   // keyword uncertainty mapped
   bigint audit_every_ = 0;            // keyword audit_every (MD steps; 0: no audits)
-  double threshold_ = 0.0;            // eV/A, from Python for the current model
+  otfgp_lammps::Thresholds thresholds_;  // from Python for the current model
   int calls_ = 0;
-  double last_max_std_ = 0.0;
+  double last_max_std_ = 0.0;            // eV/A
+  double last_max_local_energy_std_ = 0.0;  // eV
   class PairOTFGP *pair_ = nullptr;
   // Our registration with the pair (see PairOTFGP::request_variances); dropping it ends it.
   std::shared_ptr<const otfgp_lammps::VarianceRequest> variance_request_;

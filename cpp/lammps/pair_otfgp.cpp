@@ -195,21 +195,26 @@ void PairOTFGP::compute(int eflag, int vflag) {
   pass_mode_ = due;
   pass_step_ = update->ntimestep;
   if (due == otfgp::VarianceMode::kNone) return;
-  pass_variances_ = local_order(p.force_variances);
+  pass_variances_ = local_variances(p);
   const double *x = atom->x[0];
   pass_x_.assign(x, x + 3 * static_cast<std::size_t>(atom->nlocal));
 }
 
-std::vector<double> PairOTFGP::local_order(const std::vector<double> &per_centre) const {
-  std::vector<double> out(3 * static_cast<std::size_t>(atom->nlocal), 0.0);
+std::vector<double> PairOTFGP::local_order(const std::vector<double> &per_centre, int cols) const {
+  std::vector<double> out(cols * static_cast<std::size_t>(atom->nlocal), 0.0);
   for (int ii = 0; ii < list->inum; ++ii) {
     const int i = list->ilist[ii];
-    for (int t = 0; t < 3; ++t) out[3 * i + t] = per_centre[3 * ii + t];
+    for (int t = 0; t < cols; ++t) out[cols * i + t] = per_centre[cols * ii + t];
   }
   return out;
 }
 
-std::vector<double> PairOTFGP::force_variances(bool exact) {
+otfgp_lammps::AtomVariances PairOTFGP::local_variances(const otfgp::LocalPrediction &p) const {
+  return {local_order(p.force_variances, 3), local_order(p.latent_force_variances, 3),
+          local_order(p.energy_variances, 1), local_order(p.latent_energy_variances, 1)};
+}
+
+const otfgp_lammps::AtomVariances &PairOTFGP::variances(bool exact) {
   const otfgp::VarianceMode mode = variance_mode(exact);
   // The force pass's variances hold if they are of this step and mode and no atom has moved
   // since (a fix could move atoms between the force pass and the output).
@@ -224,5 +229,10 @@ std::vector<double> PairOTFGP::force_variances(bool exact) {
   } catch (const std::exception &e) {
     error->one(FLERR, "otfgp uncertainty: {}", e.what());
   }
-  return local_order(p.force_variances);
+  // Kept like a force pass's, so that a second consumer on this step reuses them.
+  pass_variances_ = local_variances(p);
+  pass_mode_ = mode;
+  pass_step_ = update->ntimestep;
+  pass_x_.assign(x, x + n3);
+  return pass_variances_;
 }

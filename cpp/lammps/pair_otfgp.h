@@ -20,7 +20,15 @@
 
 namespace otfgp_lammps {
 
-// What a consumer of the pair's force variances (compute otfgp/std/atom, fix otfgp/learn,
+// Per-local-atom variances at the current positions (atom index order, nlocal rows): the
+// reported (calibrated, see the core's calibration.h) and the latent ones, of the three
+// force components and of the local energy.
+struct AtomVariances {
+  std::vector<double> force, latent_force;                // 3 per atom, (eV/A)^2
+  std::vector<double> local_energy, latent_local_energy;  // 1 per atom, eV^2
+};
+
+// What a consumer of the pair's variances (compute otfgp/std/atom, fix otfgp/learn,
 // ...) will ask for, and on which steps, so that the force pass of those steps computes the
 // variances alongside the forces (sharing the clusters) instead of a second pass.
 struct VarianceRequest {
@@ -43,11 +51,13 @@ class PairOTFGP : public Pair {
   void init_style() override;
   double init_one(int, int) override;
 
-  // Per-atom force variances (nlocal x 3) at the current positions, from the pair's current
-  // neighbour list. The mapped variance when the model file carries variance maps (unless
-  // exact is asked for), else exact. Taken from this step's force pass when a registered
-  // request made it compute them (see request_variances), else computed here.
-  std::vector<double> force_variances(bool exact = false);
+  // Per-atom force and local-energy variances, reported and latent, at the current
+  // positions, from the pair's current neighbour list. The mapped variance when the model
+  // file carries variance maps (unless exact is asked for), else exact; the reported ones
+  // apply the model's calibration (in the core, as for Python). Taken from this step's
+  // force pass when a registered request made it compute them (see request_variances),
+  // else computed here.
+  const otfgp_lammps::AtomVariances &variances(bool exact = false);
   // Registers a consumer's request; call it from the consumer's init(). The registration
   // lasts until this pair's next init_style() or until the consumer drops the returned
   // handle, whichever comes first (see init_style for why that is the right lifetime).
@@ -67,8 +77,10 @@ class PairOTFGP : public Pair {
   // The variance a registered consumer will ask for on this step, if any.
   otfgp::VarianceMode variance_due() const;
   otfgp::VarianceMode variance_mode(bool exact) const;
-  // Per-centre rows (3 values each, neighbour-list order) as per-local-atom rows.
-  std::vector<double> local_order(const std::vector<double> &per_centre) const;
+  // Per-centre rows (cols values each, neighbour-list order) as per-local-atom rows.
+  std::vector<double> local_order(const std::vector<double> &per_centre, int cols) const;
+  // All four variance arrays of a prediction in per-local-atom order.
+  otfgp_lammps::AtomVariances local_variances(const otfgp::LocalPrediction &p) const;
 
   std::unique_ptr<otfgp::Model> model_;
   std::string model_file_;
@@ -80,8 +92,10 @@ class PairOTFGP : public Pair {
   std::vector<int> key_;
   // Not owning: a consumer's handle going away (unfix, uncompute) ends its registration.
   std::vector<std::weak_ptr<const otfgp_lammps::VarianceRequest>> variance_requests_;
-  // Variances computed in the force pass: step, mode, and the positions they belong to.
-  std::vector<double> pass_variances_, pass_x_;
+  // Variances computed in the force pass (or by the last variances() call): step, mode, and
+  // the positions they belong to.
+  otfgp_lammps::AtomVariances pass_variances_;
+  std::vector<double> pass_x_;
   bigint pass_step_ = -1;
   otfgp::VarianceMode pass_mode_ = otfgp::VarianceMode::kNone;
 };

@@ -76,7 +76,18 @@ py::dict start_dict(const StartRequest& r) {
   req["labeller"] = r.labeller;
   req["output_dir"] = r.output_dir;
   req["options"] = options_dict(r.options);
+  req["cell_changes"] = r.cell_changes;
   return req;
+}
+
+// (force, local_energy or None) from Python.
+Thresholds thresholds_of(const py::handle& h) {
+  const auto t = h.cast<py::tuple>();
+  if (t.size() != 2) throw py::cast_error();
+  Thresholds out;
+  out.force = t[0].cast<double>();
+  if (!t[1].is_none()) out.local_energy = t[1].cast<double>();
+  return out;
 }
 
 // Calls otfgp.lammps.learn.<function>(make_request()) and converts its result with
@@ -102,9 +113,9 @@ auto call_learn_module(const char* function, MakeRequest make_request, Convert c
 
 }  // namespace
 
-double python_start(const StartRequest& r) {
+Thresholds python_start(const StartRequest& r) {
   return call_learn_module("start", [&r] { return start_dict(r); },
-                           [](const py::object& result) { return result.cast<double>(); });
+                           [](const py::object& result) { return thresholds_of(result); });
 }
 
 LearnResult python_learn(const LearnRequest& r) {
@@ -119,13 +130,15 @@ LearnResult python_learn(const LearnRequest& r) {
     req["pbc"] = r.pbc;
     req["step"] = r.step;
     req["max_std"] = r.max_std;
+    req["max_local_energy_std"] = r.max_local_energy_std;
+    req["fired"] = r.fired;
     req["audit"] = r.audit;
     return req;
   };
   return call_learn_module("learn", request, [](const py::object& result) {
-    const auto pair = result.cast<py::tuple>();
-    if (pair.size() != 2) throw py::cast_error();
-    return LearnResult{pair[0].cast<py::bytes>(), pair[1].cast<double>()};
+    const auto triple = result.cast<py::tuple>();
+    if (triple.size() != 3) throw py::cast_error();
+    return LearnResult{triple[0].cast<py::bytes>(), thresholds_of(py::make_tuple(triple[1], triple[2]))};
   });
 }
 

@@ -32,6 +32,14 @@ struct LearnOptions {
 struct StartRequest {
   std::string fix_id, model_file, labeller, output_dir;
   LearnOptions options;
+  bool cell_changes = false;  // the box can change during the run (barostat, deform, ...)
+};
+
+// The DFT-call thresholds Python's rules give for a model: on the largest reported force
+// std (eV/A) and on the largest reported local-energy std (eV; absent: no such test).
+struct Thresholds {
+  double force = 0.0;
+  std::optional<double> local_energy;
 };
 
 // What otfgp.lammps.learn.learn gets: the setup plus the whole system (gathered on rank 0).
@@ -39,25 +47,27 @@ struct LearnRequest : StartRequest {
   std::vector<std::string> type_symbols;  // per LAMMPS type, index 1..ntypes
   std::vector<double> positions;          // 3 per atom, sorted by atom ID, box origin at 0
   std::vector<int> types;                 // per atom
-  std::vector<double> stds;               // per atom: max force-component std (eV/A)
+  std::vector<double> stds;               // per atom: max reported force-component std (eV/A)
   std::vector<double> cell;               // 9, rows a b c
   std::vector<int> pbc;                   // 3
   long step = 0;
   double max_std = 0.0;                   // the largest of stds over the fix group
-  bool audit = false;                     // labelled on schedule although below the threshold
+  double max_local_energy_std = 0.0;      // the largest reported local-energy std (eV)
+  std::string fired;                      // which test called DFT: "force", "local_energy", "audit"
+  bool audit = false;                     // labelled on schedule although below the thresholds
 };
 
 struct LearnResult {
-  std::string model;  // the retrained model file's bytes
-  double threshold = 0.0;  // the DFT-call threshold (eV/A) for that model
+  std::string model;      // the retrained model file's bytes
+  Thresholds thresholds;  // the DFT-call thresholds for that model
 };
 
 // otfgp.lammps.learn.start(request): validates the options and returns the DFT-call
-// threshold (eV/A) for the current model. Throws std::runtime_error with the Python error.
-double python_start(const StartRequest& request);
+// thresholds for the current model. Throws std::runtime_error with the Python error.
+Thresholds python_start(const StartRequest& request);
 
 // otfgp.lammps.learn.learn(request): labels, retrains and returns the new model and its
-// threshold. Throws std::runtime_error with the Python error.
+// thresholds. Throws std::runtime_error with the Python error.
 LearnResult python_learn(const LearnRequest& request);
 
 }  // namespace otfgp_lammps

@@ -14,15 +14,20 @@ class GPCalculator(Calculator):
     """An ASE calculator backed by an otfgp :class:`~otfgp.GaussianProcess`.
 
     Besides the standard properties, ``calc.results`` holds the predictive standard
-    deviations (latent, without label noise) whenever they are computed:
+    deviations whenever they are computed. They are the *reported* stds: the model's
+    calibration (:attr:`GaussianProcess.calibration`) applied to the GP's latent variance,
+    which without a calibration is latent + label noise (see :class:`otfgp.gp.Prediction`):
 
     - ``force_stds`` (N x 3, eV/A), also copied into ``atoms.arrays["force_stds"]`` so
-      that ``ase.io.write`` (extxyz) stores it with the frame;
-    - ``energy_std`` (eV), ``energies_stds`` (N, eV) and ``stress_stds`` (6, eV/A^3)
-      (exact variance only).
+      that ``ase.io.write`` (extxyz) stores it with the frame; ``latent_force_stds`` the
+      latent (noise-free GP) part;
+    - ``energies_stds`` (N, eV), the local energies' reported stds, and
+      ``latent_energies_stds``;
+    - ``energy_std`` (eV) and ``stress_stds`` (6, eV/A^3) (exact variance only).
 
     A mapped model (:meth:`GaussianProcess.map`) gives the mean from its spline tables and,
-    by default, the mapped force uncertainty, whose cost does not grow with the training set.
+    by default, the mapped force and local-energy uncertainty, whose cost does not grow with
+    the training set.
 
     ``stresses`` (per-atom, N x 6 Voigt, summing to ``stress``) are the clusters' virials
     shared among their centre atoms; they cost an extra pass and are computed only when
@@ -72,13 +77,15 @@ class GPCalculator(Calculator):
             if "stresses" in properties:
                 self.results["stresses"] = self.model.per_atom_stresses(self.atoms)
         if want_var:
-            force_stds = np.sqrt(pred.force_variances)
+            force_stds = pred.force_stds
             self.results["force_stds"] = force_stds
-            if np.isfinite(pred.energy_variance):  # NaN for the mapped (force-only) variance
-                self.results["energy_std"] = float(np.sqrt(pred.energy_variance))
-                self.results["energies_stds"] = np.sqrt(pred.local_energy_variances)
+            self.results["latent_force_stds"] = pred.latent_force_stds
+            self.results["energies_stds"] = pred.local_energy_stds
+            self.results["latent_energies_stds"] = pred.latent_local_energy_stds
+            if np.isfinite(pred.energy_variance):  # NaN for the mapped (force, local energy) variance
+                self.results["energy_std"] = pred.energy_std
                 if "stress" in self.results:
-                    self.results["stress_stds"] = np.sqrt(pred.stress_variance)
+                    self.results["stress_stds"] = pred.stress_stds
             atoms.arrays["force_stds"] = force_stds.copy()
         elif "force_stds" in atoms.arrays:
             del atoms.arrays["force_stds"]  # stale values must not be written with this frame

@@ -1,6 +1,6 @@
 """Calibration maps from the GP's variance to the variance a model reports.
 
-The GP's latent variance (:attr:`otfgp.gp.Prediction.force_variances`) measures how far a
+The GP's latent variance (:attr:`otfgp.gp.Prediction.latent_force_variances`) measures how far a
 prediction is from the training data, but its scale is set by the signal hyperparameters,
 which maximum likelihood tunes to the training set, and it understates the real error of
 forces away from it (3-7x in standard deviation on the Al anchor workload, see
@@ -18,6 +18,16 @@ Forms (``var`` is the reported variance of a force component):
 * ``latent_scale``: var = s^2 v + n
 * ``scale_floor``:  var = a v + b
 * ``power``:        var = a v^p + b
+* ``general``:      var = a v^p + b + c m^2 + e n (the core's rule; not fitted, it describes
+  maps set through the core directly)
+
+Every form is a special case of the core's one rule (``cpp/core/calibration.h``),
+var = a max(v, 0)^p + b + c m^2 + e n with m the predicted value of the component;
+:meth:`Calibration.coefficients` gives a form's (a, p, b, c, e) from the table
+:data:`FORM_COEFFICIENTS`, and :meth:`Calibration.apply` evaluates the rule in C++, so
+Python, the mapped variance and LAMMPS cannot disagree. The model stores one map per
+quantity (:class:`ModelCalibration`: force, energy, stress, local energy), fitted by
+:meth:`otfgp.GaussianProcess.calibrate`.
 
 The three components of one held-out atom are correlated; the fit treats them as
 independent samples (a pseudo-likelihood), which leaves the point estimate unbiased and
@@ -29,30 +39,46 @@ log. A weak prior would shrink towards the identity instead, but which prior str
 right depends on the form; returning the uncalibrated GP variance is the honest, simple
 default, and the caller sees that it happened.
 
-Pure numpy/scipy: this module imports nothing of otfgp (the GP may import it).
+Numpy/scipy and the C++ rule only: this module imports nothing else of otfgp (the GP
+imports it).
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import scipy.optimize
 
+from . import _core
+
 log = logging.getLogger(__name__)
 
-FORMS: tuple[str, ...] = ("identity", "scale", "latent_scale", "scale_floor", "power")
-"""The calibration forms, see the module docstring."""
-
-PARAMETERS: dict[str, tuple[str, ...]] = {
-    "identity": (),
-    "scale": ("s",),
-    "latent_scale": ("s",),
-    "scale_floor": ("a", "b"),
-    "power": ("a", "p", "b"),
+FORM_COEFFICIENTS: dict[str, tuple[tuple[str, ...], Callable[[Mapping[str, float]], dict[str, float]]]] = {
+    # form: (its parameters, its (a, p, b, c, e) in the core's rule). The one table of the
+    # forms: a new form (e.g. one with c > 0, variance growing with the predicted force
+    # squared) is one line here plus its fit in fit_calibration.
+    "identity": ((), lambda q: {"a": 1.0, "p": 1.0, "b": 0.0, "c": 0.0, "e": 1.0}),
+    "scale": (("s",), lambda q: {"a": q["s"] ** 2, "p": 1.0, "b": 0.0, "c": 0.0, "e": q["s"] ** 2}),
+    "latent_scale": (("s",), lambda q: {"a": q["s"] ** 2, "p": 1.0, "b": 0.0, "c": 0.0, "e": 1.0}),
+    "scale_floor": (("a", "b"), lambda q: {"a": q["a"], "p": 1.0, "b": q["b"], "c": 0.0, "e": 0.0}),
+    "power": (("a", "p", "b"), lambda q: {"a": q["a"], "p": q["p"], "b": q["b"], "c": 0.0, "e": 0.0}),
+    # The rule itself, not fitted: how a map set through the core alone is described.
+    "general": (("a", "p", "b", "c", "e"), lambda q: dict(q)),
 }
+
+FORMS: tuple[str, ...] = tuple(f for f in FORM_COEFFICIENTS if f != "general")
+"""The forms :func:`fit_calibration` fits, see the module docstring (``general`` only
+describes stored maps)."""
+
+PARAMETERS: dict[str, tuple[str, ...]] = {form: spec[0] for form, spec in FORM_COEFFICIENTS.items()}
+"""Each form's parameter names."""
+
+QUANTITIES: tuple[str, ...] = ("force", "energy", "stress", "local_energy")
+"""The quantities a model calibrates, each with its own map (:class:`ModelCalibration`)."""
 
 MIN_SAMPLES = 30
 """Below this many samples :func:`fit_calibration` returns the identity map."""
@@ -81,27 +107,24 @@ class Calibration:
     nll: float | None = None
 
     def __post_init__(self) -> None:
-        if self.form not in FORMS:
-            raise ValueError(f"unknown calibration form {self.form!r}; known: {list(FORMS)}")
+        if self.form not in FORM_COEFFICIENTS:
+            raise ValueError(f"unknown calibration form {self.form!r}; known: {list(FORM_COEFFICIENTS)}")
         need = set(PARAMETERS[self.form])
         if set(self.params) != need:
             raise ValueError(f"form {self.form!r} takes parameters {sorted(need)}, got {sorted(self.params)}")
         self.params = {k: float(self.params[k]) for k in PARAMETERS[self.form]}
 
-    def apply(self, latent_var: Any, noise_var: Any) -> np.ndarray:
-        """Reported variance for the given latent and noise variances (broadcast)."""
-        v = np.maximum(np.asarray(latent_var, dtype=float), 0.0)
-        n = np.asarray(noise_var, dtype=float)
-        p = self.params
-        if self.form == "identity":
-            return v + n
-        if self.form == "scale":
-            return p["s"] ** 2 * (v + n)
-        if self.form == "latent_scale":
-            return p["s"] ** 2 * v + n
-        if self.form == "scale_floor":
-            return p["a"] * v + p["b"] + 0.0 * n
-        return p["a"] * v ** p["p"] + p["b"] + 0.0 * n
+    def coefficients(self) -> dict[str, float]:
+        """The map as the core's general rule: dict(a, p, b, c, e) of
+        a max(v, 0)^p + b + c m^2 + e n (see :data:`FORM_COEFFICIENTS`)."""
+        return {k: float(v) for k, v in FORM_COEFFICIENTS[self.form][1](self.params).items()}
+
+    def apply(self, latent_var: Any, noise_var: Any, mean: Any = None) -> np.ndarray:
+        """Reported variance for the given latent and noise variances and predicted values
+        (broadcast; ``mean`` matters only to forms with c > 0), by the C++ rule."""
+        return _core.apply_variance_map(self.coefficients(), np.asarray(latent_var, dtype=float),
+                                        np.asarray(noise_var, dtype=float),
+                                        None if mean is None else np.asarray(mean, dtype=float))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable description; :meth:`from_dict` restores it exactly."""
@@ -113,6 +136,59 @@ class Calibration:
         nll = d.get("nll")
         return cls(form=d["form"], params=dict(d.get("params", {})), n_samples=int(d.get("n_samples", 0)),
                    fallback=bool(d.get("fallback", False)), nll=None if nll is None else float(nll))
+
+
+@dataclass
+class ModelCalibration:
+    """The calibration a model stores: one :class:`Calibration` per quantity.
+
+    ``force`` maps a force component's latent variance (noise sigma_n^2), ``energy`` the
+    total energy's (noise_energy^2), ``stress`` a stress component's (noise_stress^2) and
+    ``local_energy`` a local energy's (no label noise: local energies are never labels).
+    ``info`` is free-form (how it was fitted: form, sample counts per source, fallbacks).
+
+    The core keeps only the coefficients and a JSON string; :meth:`to_core` writes this
+    whole description into that string, so :meth:`from_core` restores it exactly.
+    """
+
+    force: Calibration = field(default_factory=Calibration)
+    energy: Calibration = field(default_factory=Calibration)
+    stress: Calibration = field(default_factory=Calibration)
+    local_energy: Calibration = field(default_factory=Calibration)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable description; :meth:`from_dict` restores it exactly."""
+        out: dict[str, Any] = {q: getattr(self, q).to_dict() for q in QUANTITIES}
+        out["info"] = dict(self.info)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelCalibration":
+        return cls(**{q: Calibration.from_dict(d[q]) for q in QUANTITIES if q in d},
+                   info=dict(d.get("info", {})))
+
+    def to_core(self) -> dict[str, Any]:
+        """The dict ``_core.Model.calibration`` takes: each quantity's coefficients and
+        this description as JSON in ``info``."""
+        out: dict[str, Any] = {q: getattr(self, q).coefficients() for q in QUANTITIES}
+        out["info"] = json.dumps(self.to_dict())
+        return out
+
+    @classmethod
+    def from_core(cls, d: Mapping[str, Any]) -> "ModelCalibration":
+        """From ``_core.Model.calibration``. The stored coefficients are what predictions
+        use, so they win: a quantity whose description in ``info`` does not reproduce them
+        bit for bit (a map set through the core directly) is described as form ``general``."""
+        try:
+            described = cls.from_dict(json.loads(d.get("info") or "{}"))
+        except (ValueError, KeyError, TypeError):
+            described = cls()
+        for q in QUANTITIES:
+            stored = {k: float(v) for k, v in d[q].items()}
+            if getattr(described, q).coefficients() != stored:
+                setattr(described, q, Calibration("general", stored))
+        return described
 
 
 def gaussian_nll(residuals: Any, variances: Any) -> float:
@@ -135,7 +211,7 @@ def fit_calibration(residuals: Any, latent_var: Any, noise_var: Any, form: str =
             (``fallback=True``) and log a warning.
     """
     if form not in FORMS:
-        raise ValueError(f"unknown calibration form {form!r}; known: {list(FORMS)}")
+        raise ValueError(f"unknown calibration form {form!r}; fitted forms: {list(FORMS)}")
     r = np.asarray(residuals, dtype=float).ravel()
     v = np.asarray(latent_var, dtype=float).ravel()
     if v.shape != r.shape:

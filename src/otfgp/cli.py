@@ -94,7 +94,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         lines.append(f"uncertainty on {cal['frames']} DFT frames predicted before learning them: force RMSE "
                      f"{1000 * cal['rmse']:.1f} meV/A, RMS latent std {1000 * cal['rms_latent_std']:.1f} meV/A; "
                      f"within 1 std: {cal['coverage_1std_latent']:.0%} latent, {cal['coverage_1std_total']:.0%} "
-                     f"with sigma_n (a calibrated std: 68%)")
+                     f"with sigma_n" + (f", {cal['coverage_1std_reported']:.0%} reported" if "coverage_1std_reported" in cal
+                                        else "") + " (a calibrated std: 68%)")
     warned = summary.get("hyperparameter_warnings", [])
     if warned:
         last = warned[-1]

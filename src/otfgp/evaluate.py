@@ -6,11 +6,13 @@ calculator (``ase.io.read`` of extxyz attaches a SinglePointCalculator) or a ``f
 array. It returns an :class:`EvalReport`: MAE/RMSE overall, per species and per frame
 group, and the metrics of :mod:`otfgp.uq_metrics` for two stds side by side:
 
-- ``latent``: ``Prediction.force_stds``, the std of the latent GP (what OTF thresholds and
-  LAMMPS report);
+- ``latent``: ``Prediction.latent_force_stds``, the std of the latent (noise-free) GP;
 - ``latent+noise``: ``sqrt(latent^2 + sigma_n^2)`` with ``sigma_n =
   model.hyperparameters['noise_force']``, the predictive std of a noisy label. The
-  reference labels carry the noise the model assumes, so this is the one to calibrate.
+  reference labels carry the noise the model assumes, so this is the one to calibrate;
+- ``reported``: ``Prediction.force_stds``, the model's calibrated std (what OTF
+  thresholds, ``GPCalculator`` and LAMMPS report; equal to ``latent+noise`` for an
+  uncalibrated model).
 
 Rank metrics (Spearman, ROC-AUC) are the same for both: adding a constant in quadrature
 keeps the order. ``plot(report, path)`` draws a reliability diagram and |error| against std.
@@ -30,7 +32,7 @@ from . import uq_metrics as uq
 from .gp import GaussianProcess
 from .plots import agg_pyplot
 
-STD_KINDS = ("latent", "latent+noise")
+STD_KINDS = ("latent", "latent+noise", "reported")
 RELIABILITY_LEVELS = tuple(np.round(np.arange(1, 20) / 20.0, 2))
 VARIANCE_MODES = ("auto", "exact", "mapped")
 
@@ -41,7 +43,7 @@ class EvalReport:
 
     ``forces``: ``mae``, ``rmse``, ``max`` over force components. ``species`` /
     ``groups``: the same per chemical symbol / per frame group (with ``n_atoms``,
-    ``n_frames``). ``uncertainty``: per std kind (``latent``, ``latent+noise``) the force
+    ``n_frames``). ``uncertainty``: per std kind (``latent``, ``latent+noise``, ``reported``) the force
     metrics ``nll``, ``mean_z2``, ``coverage_1std``, ``coverage_2std``,
     ``miscalibration_area``, ``rmse_over_rms_std``, ``spearman_components``,
     ``spearman_atoms``, ``spearman_frames``, ``roc_auc`` and the reliability curve
@@ -246,14 +248,15 @@ def evaluate(model: GaussianProcess, frames: Sequence[Atoms], groups: Sequence[s
     sigma_n = float(model.hyperparameters["noise_force"])
     sigma_e = float(model.hyperparameters.get("noise_energy", 0.0))
 
-    err, std, symbols, frame_of_atom = [], [], [], []
-    e_err, e_std, used = [], [], set()
+    err, std, reported, symbols, frame_of_atom = [], [], [], [], []
+    e_err, e_std, e_reported, used = [], [], [], set()
     for i, (atoms, f_ref) in enumerate(zip(frames, refs)):
         pred = model.predict(atoms, variance=variance)
         if pred.force_variances is None:
             raise ValueError("the model returned no force variances")
         err.append(pred.forces - f_ref)
-        std.append(np.sqrt(np.maximum(pred.force_variances, 0.0)))
+        std.append(np.sqrt(np.maximum(pred.latent_force_variances, 0.0)))
+        reported.append(pred.force_stds)
         symbols += atoms.get_chemical_symbols()
         frame_of_atom += [i] * len(atoms)
         ev = pred.energy_variance
@@ -261,17 +264,20 @@ def evaluate(model: GaussianProcess, frames: Sequence[Atoms], groups: Sequence[s
         used.add("exact" if exact else "mapped")
         if ref_energies[i] is not None:
             e_err.append((pred.energy - ref_energies[i]) / len(atoms))
-            e_std.append(math.sqrt(max(ev, 0.0)) / len(atoms) if exact else math.nan)
+            lev = pred.latent_energy_variance
+            e_std.append(math.sqrt(max(lev, 0.0)) / len(atoms) if exact else math.nan)
+            e_reported.append(math.sqrt(max(ev, 0.0)) / len(atoms) if exact else math.nan)
     err_a, std_a = np.concatenate(err), np.concatenate(std)  # atoms x 3
     symbols_a, frame_a = np.array(symbols), np.array(frame_of_atom)
     noisy_a = np.sqrt(std_a ** 2 + sigma_n ** 2)
+    reported_a = np.concatenate(reported)
 
     atom_max_err = np.abs(err_a).max(axis=1)
     threshold = float(np.median(atom_max_err)) if error_threshold is None else float(error_threshold)
     positives = atom_max_err > threshold
 
     uncertainty: dict[str, dict[str, Any]] = {}
-    for kind, s in zip(STD_KINDS, (std_a, noisy_a)):
+    for kind, s in zip(STD_KINDS, (std_a, noisy_a, reported_a)):
         m = _component_metrics(err_a.ravel(), s.ravel())
         m["spearman_atoms"] = _safe(uq.spearman, np.linalg.norm(err_a, axis=1), s.max(axis=1))
         frame_rmse = np.array([np.sqrt(np.mean(err_a[frame_a == i] ** 2)) for i in range(len(frames))])
@@ -300,7 +306,8 @@ def evaluate(model: GaussianProcess, frames: Sequence[Atoms], groups: Sequence[s
                 kind: {"nll": uq.gaussian_nll(ee, s), "mean_z2": uq.mean_squared_z(ee, s),
                        "coverage_1std": uq.coverage(ee, s, 1.0), "coverage_2std": uq.coverage(ee, s, 2.0),
                        "spearman": _safe(uq.spearman, ee, s) if len(ee) > 2 else None}
-                for kind, s in (("latent", es), ("latent+noise", np.sqrt(es ** 2 + (sigma_e / n_atoms) ** 2)))}
+                for kind, s in (("latent", es), ("latent+noise", np.sqrt(es ** 2 + (sigma_e / n_atoms) ** 2)),
+                                ("reported", np.array(e_reported)))}
 
     return EvalReport(
         n_frames=len(frames), n_atoms=len(symbols), variance="+".join(sorted(used)), noise_force=sigma_n,
@@ -320,7 +327,7 @@ def plot(report: EvalReport, path: str | Path) -> Path:
     ax = axes[0, 0]
     levels = [0.0] + list(report.reliability_levels) + [1.0]
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
-    for kind, style in zip(STD_KINDS, ("o-", "s-")):
+    for kind, style in zip(STD_KINDS, ("o-", "s-", "^-")):
         m = report.uncertainty[kind]
         obs = [0.0] + [np.nan if v is None else v for v in m["reliability_observed"]] + [1.0]
         area = m.get("miscalibration_area")

@@ -20,6 +20,7 @@ from ase.data import chemical_symbols
 
 from . import _core
 
+from .calibration import Calibration, ModelCalibration, fit_calibration
 from .map_report import MapReport
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,22 @@ class Prediction:
     """Mean and (optionally) variance of everything the model predicts for one structure.
 
     Units: eV, eV/A, eV/A^3 (stress in ASE's Voigt order xx, yy, zz, yz, xz, xy and sign).
-    Variances are those of the latent function, without label noise; ``None`` when the
-    prediction was made with ``variance=False``.
+    Variances are ``None`` when the prediction was made with ``variance=False``, and NaN
+    where the variance mode does not give them (the mapped variance covers forces and local
+    energies only; the stress of a cell without volume).
+
+    Two kinds of variance, under explicit names:
+
+    - *reported* (``force_variances``, ``energy_variance``, ``local_energy_variances``,
+      ``stress_variance`` and the ``*_stds`` properties): the variance the model stands
+      behind, i.e. the model's calibration (:attr:`GaussianProcess.calibration`) applied to
+      the latent variance. Uncalibrated, it is the GP's own predictive variance of a
+      label, latent + label noise (``noise_force_variance`` = sigma_n^2 for forces,
+      noise_energy^2, noise_stress^2; local energies have no label noise, so their reported
+      variance is the latent one). This is what thresholds, ``GPCalculator`` and
+      LAMMPS's ``compute otfgp/std/atom`` use.
+    - *latent* (``latent_*``): the GP's posterior variance of the noise-free function, the
+      quantity the calibration is fitted from.
     """
 
     energy: float
@@ -116,11 +131,45 @@ class Prediction:
     force_variances: np.ndarray | None = None
     local_energy_variances: np.ndarray | None = None
     stress_variance: np.ndarray | None = None
+    latent_energy_variance: float | None = None
+    latent_force_variances: np.ndarray | None = None
+    latent_local_energy_variances: np.ndarray | None = None
+    latent_stress_variance: np.ndarray | None = None
+    noise_force_variance: float | None = None
+
+    @staticmethod
+    def _sqrt(v: Any) -> Any:
+        return None if v is None else np.sqrt(v)
 
     @property
     def force_stds(self) -> np.ndarray | None:
-        """Standard deviations of the force components (N x 3)."""
-        return None if self.force_variances is None else np.sqrt(self.force_variances)
+        """Reported (calibrated) standard deviations of the force components (N x 3, eV/A)."""
+        return self._sqrt(self.force_variances)
+
+    @property
+    def latent_force_stds(self) -> np.ndarray | None:
+        """Latent (noise-free GP) standard deviations of the force components (N x 3, eV/A)."""
+        return self._sqrt(self.latent_force_variances)
+
+    @property
+    def local_energy_stds(self) -> np.ndarray | None:
+        """Reported standard deviations of the local energies (N, eV)."""
+        return self._sqrt(self.local_energy_variances)
+
+    @property
+    def latent_local_energy_stds(self) -> np.ndarray | None:
+        """Latent standard deviations of the local energies (N, eV)."""
+        return self._sqrt(self.latent_local_energy_variances)
+
+    @property
+    def energy_std(self) -> float | None:
+        """Reported standard deviation of the energy (eV)."""
+        return None if self.energy_variance is None else float(np.sqrt(self.energy_variance))
+
+    @property
+    def stress_stds(self) -> np.ndarray | None:
+        """Reported standard deviations of the stress components (6, eV/A^3)."""
+        return self._sqrt(self.stress_variance)
 
     @property
     def stress_variances(self) -> np.ndarray | None:
@@ -144,7 +193,7 @@ class LooResiduals:
         variances: predictive variance of the held-out label, label noise included (for
             ``"environment"``: the diagonal of the block's predictive covariance).
         latent_variances: ``variances`` minus the label noise variance (that of the
-            noise-free function, what :attr:`Prediction.force_variances` reports).
+            noise-free function, what :attr:`Prediction.latent_force_variances` holds).
         noise_variances: the label-noise variance of each row.
         kinds: row kinds (0 force, 1 energy, 2 stress).
         blocks: index of the held-out block of each row (``arange(n)`` for ``"label"``).
@@ -753,12 +802,14 @@ class GaussianProcess:
         """Predict energy, forces, stress and local energies (with variances if asked) of ``atoms``.
 
         The mean comes from the maps when the model is mapped (:meth:`map`). ``variance``:
-        ``False`` (none), ``True`` / ``"auto"`` (mapped force variances if the model has
-        variance maps, else the exact variances), ``"exact"`` or ``"mapped"``. The mapped
-        variance gives force variances only; the other variances are then NaN.
+        ``False`` (none), ``True`` / ``"auto"`` (the mapped variances if the model has
+        variance maps, else the exact ones), ``"exact"`` or ``"mapped"``. The mapped
+        variance gives force and local-energy variances only; the energy and stress
+        variances are then NaN. Reported and latent variances: see :class:`Prediction`.
         """
         cell, pbc, positions, species = self._structure_arrays(atoms)
         d = self._model.predict(cell, pbc, positions, species, variance)
+        has_var = "force_variances" in d
         return Prediction(
             energy=d["energy"],
             forces=d["forces"],
@@ -768,7 +819,122 @@ class GaussianProcess:
             force_variances=d.get("force_variances"),
             local_energy_variances=d.get("local_energy_variances"),
             stress_variance=d.get("stress_variances"),
+            latent_energy_variance=d.get("latent_energy_variance"),
+            latent_force_variances=d.get("latent_force_variances"),
+            latent_local_energy_variances=d.get("latent_local_energy_variances"),
+            latent_stress_variance=d.get("latent_stress_variances"),
+            noise_force_variance=self.hyperparameters["noise_force"] ** 2 if has_var else None,
         )
+
+    # ---------------------------------------------------------------- calibration
+    @property
+    def calibration(self) -> ModelCalibration | None:
+        """The variance calibration the model applies to its reported variances
+        (:class:`otfgp.calibration.ModelCalibration`), or None (uncalibrated: latent +
+        label noise). Stored in the core, so :meth:`save`, :meth:`load` and :meth:`copy`
+        keep it, and retraining does not drop it (call :meth:`calibrate` to refit it)."""
+        d = self._model.calibration
+        return None if d is None else ModelCalibration.from_core(d)
+
+    @calibration.setter
+    def calibration(self, value: ModelCalibration | None) -> None:
+        if value is not None and not isinstance(value, ModelCalibration):
+            raise TypeError(f"calibration must be a ModelCalibration or None, got {type(value).__name__}")
+        self._model.calibration = None if value is None else value.to_core()
+
+    def calibrate(self, frames: Sequence[Atoms] | None = None, samples: Any = None, loo: bool = True,
+                  form: str = "scale_floor", min_samples: int = 30) -> ModelCalibration:
+        """Fit the variance calibration on held-out errors, install it and return it.
+
+        Force samples are pooled from up to three sources: ``loo`` (the training set's
+        leave-one-environment-out force residuals, :meth:`loo_residuals`), ``frames``
+        (structures with reference forces from their calculator, predicted here with the
+        exact variance: reference minus prediction against the latent variance) and
+        ``samples`` (errors the caller collected, e.g. the on-the-fly learner's pre-update
+        predictions of DFT frames: a mapping or object with ``residuals`` and
+        ``latent_variances``, optionally ``noise_variances``, default sigma_n^2; or a list
+        of those). The force map is :func:`otfgp.calibration.fit_calibration` of ``form``
+        on them (the identity, flagged as a fallback with a warning, below ``min_samples``).
+
+        The energy and stress maps are fitted the same way on held-out energies and
+        stresses (leave-one-out energy / stress rows; reference energies and stresses of
+        ``frames``) when there are at least ``min_samples`` of them. Otherwise, and always
+        for local energies (never labels, so never held out), they take the force map's
+        latent scale: ``latent_scale`` with s^2 = the force map's ``a``, label noise added
+        as is (for local energies there is none, so a * latent). The assumption behind the
+        transfer is that the latent variances of all quantities share one mis-scaling, that
+        of the signal variance, while the label noise is the likelihood's own estimate.
+
+        ``info`` records the form, the sample counts per source and quantity and which maps
+        were transferred.
+        """
+        if not self.trained:
+            raise _core.NotTrainedError("calibrate a trained model: call train() first")
+        hyp = self.hyperparameters
+        noise = {"force": hyp["noise_force"] ** 2, "energy": hyp["noise_energy"] ** 2,
+                 "stress": hyp["noise_stress"] ** 2}
+        pooled: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {q: [] for q in noise}
+        counts: dict[str, dict[str, int]] = {q: {} for q in noise}
+
+        def add(quantity: str, source: str, residuals: Any, latent: Any, noise_var: Any) -> None:
+            r = np.asarray(residuals, dtype=float).ravel()
+            v = np.asarray(latent, dtype=float).ravel()
+            if r.shape != v.shape:
+                raise ValueError(f"{source}: {r.size} residuals but {v.size} latent variances")
+            n = np.broadcast_to(np.asarray(noise_var, dtype=float), r.shape).ravel()
+            ok = np.isfinite(r) & np.isfinite(v)
+            pooled[quantity].append((r[ok], v[ok], n[ok]))
+            counts[quantity][source] = counts[quantity].get(source, 0) + int(ok.sum())
+
+        if loo:
+            res = self.loo_residuals("environment")
+            for kind, q in ((_ROW_FORCE, "force"), (_ROW_ENERGY, "energy"), (_ROW_STRESS, "stress")):
+                part = res.select(kind)
+                if part.residuals.size:
+                    add(q, "loo", part.residuals, part.latent_variances, part.noise_variances)
+        for atoms in frames or ():
+            pred = self.predict(atoms, variance="exact")
+            add("force", "frames", np.asarray(atoms.get_forces(), dtype=float) - pred.forces,
+                pred.latent_force_variances, noise["force"])
+            results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
+            if "energy" in results:
+                add("energy", "frames", float(atoms.get_potential_energy()) - pred.energy,
+                    pred.latent_energy_variance, noise["energy"])
+            if "stress" in results and np.all(np.isfinite(pred.stress)):
+                add("stress", "frames", np.asarray(atoms.get_stress(voigt=True)) - pred.stress,
+                    pred.latent_stress_variance, noise["stress"])
+        if samples is not None:
+            for item in samples if isinstance(samples, (list, tuple)) else [samples]:
+                get = item.get if isinstance(item, Mapping) else lambda k, d=None, o=item: getattr(o, k, d)
+                nv = get("noise_variances", None)
+                add("force", "samples", get("residuals"), get("latent_variances"),
+                    noise["force"] if nv is None else nv)
+
+        def fit(q: str) -> Calibration:
+            parts = pooled[q]
+            r, v, n = (np.concatenate([p[k] for p in parts]) if parts else np.zeros(0) for k in range(3))
+            return fit_calibration(r, v, n, form=form, min_samples=min_samples)
+
+        force = fit("force")
+        s = math.sqrt(force.coefficients()["a"])
+        transferred = Calibration("latent_scale", {"s": s}, force.n_samples, fallback=force.fallback)
+        maps = {"force": force, "local_energy": transferred}
+        from_force: list[str] = ["local_energy"]
+        for q in ("energy", "stress"):
+            if sum(p[0].size for p in pooled[q]) >= min_samples:
+                maps[q] = fit(q)
+            else:
+                maps[q] = transferred
+                from_force.append(q)
+        info = {"form": form, "min_samples": int(min_samples), "samples": counts,
+                "transferred_from_force": from_force, "fallback": bool(force.fallback),
+                "noise_variances": noise}
+        cal = ModelCalibration(**maps, info=info)
+        self.calibration = cal
+        log.info("calibration: force %s %s from %d samples%s; %s from the force map's latent scale",
+                 force.form, force.params, force.n_samples, " (fallback: identity)" if force.fallback else "",
+                 ", ".join(from_force))
+        return cal
 
     # ---------------------------------------------------------------- mapping
     def map(self, tolerance: float | None = None, variance: bool = True,
@@ -816,10 +982,14 @@ class GaussianProcess:
     def load(cls, path: str | os.PathLike) -> "GaussianProcess":
         """Read a model written by :meth:`save` (or by the C++ core)."""
         core = _core.Model.load(os.fspath(path))
+        if core.format_version < _core.CALIBRATION_FORMAT_VERSION:
+            log.info("model file format version %d predates calibration; loaded uncalibrated "
+                     "(reported stds = latent + noise)", core.format_version)
         return cls._from_core(core)
 
     def copy(self) -> "GaussianProcess":
-        """An independent copy (training data, hyperparameters, solution, maps and bounds)."""
+        """An independent copy (training data, hyperparameters, solution, maps, calibration
+        and bounds)."""
         gp = self._from_core(_core.Model.from_bytes(self._model.to_bytes()))
         gp.bounds = dict(self.bounds)
         return gp

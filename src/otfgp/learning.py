@@ -54,8 +54,10 @@ class LearningOptions:
     """Settings of the learning step (shared by :class:`otfgp.OTFOptions` and the keywords
     of LAMMPS's ``fix otfgp/learn``).
 
-    Thresholds compare with the largest predicted force-component standard deviation of
-    the frame (eV/A). Give either ``threshold`` (absolute, eV/A) or ``relative_threshold``
+    Thresholds compare with the largest reported force-component standard deviation of
+    the frame (eV/A): the model's calibrated std (:attr:`otfgp.gp.Prediction.force_stds`;
+    latent and sigma_n in quadrature for an uncalibrated model), the same std in the ASE
+    learner and in LAMMPS's ``fix otfgp/learn``. Give either ``threshold`` (absolute, eV/A) or ``relative_threshold``
     (multiple of the current force-noise hyperparameter sigma_n, as in the FLARE paper);
     the relative threshold never drops below ``min_threshold`` eV/A, because with
     noise-free labels sigma_n collapses to its bound and DFT would be called almost every
@@ -371,27 +373,37 @@ def describe(exc: BaseException | None) -> str:
 
 # ---------------------------------------------------------------------- held-out errors
 def pre_update_record(predicted_forces: np.ndarray, latent_stds: np.ndarray, labelled: Atoms,
-                      noise_force: float) -> dict[str, float]:
+                      noise_force: float, reported_stds: np.ndarray | None = None) -> dict[str, float]:
     """How the model's prediction of a frame compares with the frame's DFT labels, made
     *before* the frame is trained on: a free held-out sample of all its atoms' force
     components (biased towards uncertain frames, since those are the ones labelled).
 
+    ``latent_stds`` are the GP's latent (noise-free) stds, the calibration's input;
+    ``reported_stds`` the model's reported (calibrated) stds, the ones the DFT decision
+    compares with the threshold (default: latent and sigma_n in quadrature, what an
+    uncalibrated model reports).
+
     Returns sums over the components, so that records of many frames add up: ``n``,
-    ``sum_squared_error``, ``sum_latent_variance``, and for the latent std and the total
-    std (latent and sigma_n in quadrature) ``sum_squared_z_*`` and ``inside_1std_*``.
+    ``sum_squared_error``, ``sum_latent_variance``, ``sum_reported_variance``, and for the
+    latent std, the total std (latent and sigma_n in quadrature) and the reported std
+    ``sum_squared_z_*`` and ``inside_1std_*``.
     """
     from .uq_metrics import coverage, mean_squared_z
 
     errors = np.asarray(predicted_forces, dtype=float) - np.asarray(labelled.get_forces(), dtype=float)
     latent = np.asarray(latent_stds, dtype=float)
     total = np.sqrt(latent ** 2 + noise_force ** 2)
+    reported = total if reported_stds is None else np.asarray(reported_stds, dtype=float)
     n = errors.size
     return {"n": n, "sum_squared_error": float(np.sum(errors ** 2)),
             "sum_latent_variance": float(np.sum(latent ** 2)),
+            "sum_reported_variance": float(np.sum(reported ** 2)),
             "sum_squared_z_latent": mean_squared_z(errors, latent) * n,
             "sum_squared_z_total": mean_squared_z(errors, total) * n,
+            "sum_squared_z_reported": mean_squared_z(errors, reported) * n,
             "inside_1std_latent": coverage(errors, latent) * n,
-            "inside_1std_total": coverage(errors, total) * n}
+            "inside_1std_total": coverage(errors, total) * n,
+            "inside_1std_reported": coverage(errors, reported) * n}
 
 
 def calibration_sample(predicted_forces: np.ndarray, latent_variances: np.ndarray,
@@ -409,21 +421,41 @@ def calibration_sample(predicted_forces: np.ndarray, latent_variances: np.ndarra
 
 def running_calibration(records: Sequence[Mapping[str, float]]) -> dict[str, float] | None:
     """Pooled calibration of the pre-update predictions (:func:`pre_update_record`): RMSE,
-    RMS latent std, mean squared z-score and 1-std coverage for the latent and the total
-    std (a calibrated Gaussian has mean z^2 = 1 and coverage 0.68). None without records."""
+    RMS latent std, mean squared z-score and 1-std coverage for the latent, the total and
+    the reported std (a calibrated Gaussian has mean z^2 = 1 and coverage 0.68). None
+    without records. The reported-std entries need every record to have them (records of
+    runs before the calibration lack them)."""
     n = sum(r["n"] for r in records)
     if n == 0:
         return None
     keys = ("sum_squared_error", "sum_latent_variance", "sum_squared_z_latent", "sum_squared_z_total",
             "inside_1std_latent", "inside_1std_total")
     total = {k: sum(r[k] for r in records) for k in keys}
-    return {"frames": len(records), "components": n,
-            "rmse": math.sqrt(total["sum_squared_error"] / n),
-            "rms_latent_std": math.sqrt(total["sum_latent_variance"] / n),
-            "mean_squared_z_latent": total["sum_squared_z_latent"] / n,
-            "mean_squared_z_total": total["sum_squared_z_total"] / n,
-            "coverage_1std_latent": total["inside_1std_latent"] / n,
-            "coverage_1std_total": total["inside_1std_total"] / n}
+    out = {"frames": len(records), "components": n,
+           "rmse": math.sqrt(total["sum_squared_error"] / n),
+           "rms_latent_std": math.sqrt(total["sum_latent_variance"] / n),
+           "mean_squared_z_latent": total["sum_squared_z_latent"] / n,
+           "mean_squared_z_total": total["sum_squared_z_total"] / n,
+           "coverage_1std_latent": total["inside_1std_latent"] / n,
+           "coverage_1std_total": total["inside_1std_total"] / n}
+    reported = ("sum_reported_variance", "sum_squared_z_reported", "inside_1std_reported")
+    if all(k in r for r in records for k in reported):
+        sums = {k: sum(r[k] for r in records) for k in reported}
+        out.update({"rms_reported_std": math.sqrt(sums["sum_reported_variance"] / n),
+                    "mean_squared_z_reported": sums["sum_squared_z_reported"] / n,
+                    "coverage_1std_reported": sums["inside_1std_reported"] / n})
+    return out
+
+
+# ---------------------------------------------------------------------- local-energy test
+# PLACEHOLDER (branch cal-core): the real rule is being written on main; this minimal stand-in
+# has its exact signature so that the merge takes main's body. It reads an optional
+# `local_energy_threshold` option (eV) and does not depend on the model or the cell.
+def local_energy_threshold_value(options: LearningOptions, model: GaussianProcess,
+                                 cell_changes: bool) -> float | None:
+    """The DFT-call threshold on the largest reported local-energy std (eV), or None (off)."""
+    value = getattr(options, "local_energy_threshold", None)
+    return None if value is None else float(value)
 
 
 # ---------------------------------------------------------------------- training

@@ -472,8 +472,9 @@ def build_maps(gp: MappableModel, tolerance: float | None = DEFAULT_TOLERANCE, v
         core.set_maps(pairs + triplets, covariance, "")
         mapped_v, exact_v = [], []
         for atoms in structures:
-            mapped_v.append(gp.predict(atoms, variance="mapped").force_variances.ravel())
-            exact_v.append(gp.predict(atoms, variance="exact").force_variances.ravel())
+            # Latent against latent: the calibration on top is the same map for both.
+            mapped_v.append(gp.predict(atoms, variance="mapped").latent_force_variances.ravel())
+            exact_v.append(gp.predict(atoms, variance="exact").latent_force_variances.ravel())
         m_std, e_std = np.sqrt(np.concatenate(mapped_v)), np.sqrt(np.concatenate(exact_v))
         ok = e_std > 0
         rel = np.abs(m_std[ok] - e_std[ok]) / e_std[ok]

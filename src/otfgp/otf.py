@@ -8,7 +8,8 @@ Output directory layout (all files written atomically):
 - ``dft/frame_<step>.extxyz``: every labelled frame, written as soon as the labeller returns
   (with a lossless ``frame_<step>.traj`` copy from which a resumed run reuses it), with the
   model's prediction made before it learnt the frame (arrays ``gp_forces``,
-  ``gp_force_stds``: latent stds);
+  ``gp_force_stds``: reported stds, the ones the DFT decision used, and
+  ``gp_latent_force_stds``: the GP's latent stds);
 - ``checkpoint/state.json`` + ``checkpoint/model_<n>.otfgp``: model and MD state after
   every DFT call (and at the end), from which :meth:`OTF.resume` continues;
 - ``model.otfgp`` (with mapped variances when the run maps) and ``summary.json`` at the end
@@ -242,7 +243,8 @@ class OTF:
             + (f"; program output ends: {detail}" if detail else ""), detail)
 
     def _uncertainty(self) -> np.ndarray:
-        """Per-atom max force-component std at the current positions (eV/A)."""
+        """Reported force-component stds at the current positions (N x 3, eV/A; the latent
+        ones are left in ``self.calc.results["latent_force_stds"]``)."""
         self.calc.uncertainty = self.options.uncertainty
         self.calc.reset()
         try:
@@ -272,6 +274,7 @@ class OTF:
         if stds is not None:  # the prediction before this frame is learnt goes with its labels
             frame.arrays["gp_forces"] = np.array(self.calc.results["forces"])
             frame.arrays["gp_force_stds"] = np.array(stds)
+            frame.arrays["gp_latent_force_stds"] = np.array(self.calc.results["latent_force_stds"])
             sigma_n = self.model.hyperparameters["noise_force"]
         try:
             labelled = self._label(frame)
@@ -289,7 +292,8 @@ class OTF:
             chosen = choose_atoms(stds.max(axis=1), add_threshold_value(self.options, self.model),
                                   self.options.max_atoms_added)
         if stds is not None:
-            record = pre_update_record(frame.arrays["gp_forces"], stds, labelled, sigma_n)
+            record = pre_update_record(frame.arrays["gp_forces"], frame.arrays["gp_latent_force_stds"],
+                                       labelled, sigma_n, reported_stds=stds)
             self.pre_update_errors.append({"step": self.step, "audit": audit, **record})
         self.dft_calls.append(self.step)
         retrain = add_and_retrain(self.model, labelled, chosen, self.options, calls=len(self.dft_calls))

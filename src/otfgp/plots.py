@@ -6,7 +6,7 @@
 - ``training.png``: training environments and the force-noise hyperparameter sigma_n
   against time (two panels, DFT calls marked);
 - ``pre_update_uncertainty.png`` when DFT frames carry the prediction made before they
-  were learnt (``gp_forces``, ``gp_force_stds``): the run's own held-out check of the std,
+  were learnt (``gp_forces``, ``gp_latent_force_stds``): the run's own held-out check of the std,
   the plot of :func:`plot_uncertainty`;
 - with ``test`` (extxyz frames with reference forces): ``parity.png`` (predicted against
   reference force components) and ``uncertainty.png`` (predicted std against the absolute
@@ -148,7 +148,8 @@ def plot_training(run_dir: str | os.PathLike, path: str | os.PathLike | None = N
 
 
 def predict_test_set(model: Any, frames: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reference forces, predicted forces and predicted stds (flattened components)."""
+    """Reference forces, predicted forces and latent predicted stds (flattened components;
+    :func:`plot_uncertainty` adds sigma_n itself)."""
     ref, pred, std = [], [], []
     for atoms in frames:
         try:
@@ -158,7 +159,7 @@ def predict_test_set(model: Any, frames: Sequence[Any]) -> tuple[np.ndarray, np.
         p = model.predict(atoms, variance=True)
         ref.append(np.asarray(f_ref).ravel())
         pred.append(p.forces.ravel())
-        std.append(np.sqrt(p.force_variances).ravel())
+        std.append(p.latent_force_stds.ravel())
     return np.concatenate(ref), np.concatenate(pred), np.concatenate(std)
 
 
@@ -244,7 +245,9 @@ def pre_update_predictions(run_dir: str | os.PathLike) -> tuple[np.ndarray, np.n
         if "gp_forces" in frame.arrays:
             ref.append(frame.get_forces().ravel())
             pred.append(frame.arrays["gp_forces"].ravel())
-            std.append(frame.arrays["gp_force_stds"].ravel())
+            # Runs before the calibration stored the latent std as gp_force_stds.
+            key = "gp_latent_force_stds" if "gp_latent_force_stds" in frame.arrays else "gp_force_stds"
+            std.append(frame.arrays[key].ravel())
     if not ref:
         return None
     return np.concatenate(ref), np.concatenate(pred), np.concatenate(std)

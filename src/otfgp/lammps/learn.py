@@ -2,9 +2,12 @@
 for frames that come from LAMMPS.
 
 Called on MPI rank 0 from inside LAMMPS (cpp/lammps/python_bridge.cpp). The C++ fix only
-tests, every N steps, whether the largest force std exceeds the threshold these functions
-return; the threshold rule, the choice of atoms, labelling, retraining and re-mapping are
-the ASE learner's (:mod:`otfgp.learning`).
+tests, every N steps, whether the largest reported force std exceeds the force threshold
+these functions return, or the largest reported local-energy std the local-energy threshold
+(None: that test is off); the threshold rules, the choice of atoms, labelling, retraining and
+re-mapping are the ASE learner's (:mod:`otfgp.learning`). Both stds are the model's reported
+(calibrated) ones, as in the ASE learner, so a threshold means the same in both.
+``request["cell_changes"]`` says whether the LAMMPS box can change during the run.
 
 ``request["options"]`` holds the fix keywords the input script gave, under their
 :class:`~otfgp.learning.LearningOptions` names and with Python types; the others take the
@@ -27,7 +30,7 @@ from .. import atomic_io
 from ..gp import GaussianProcess
 from ..labellers import make_labeller
 from ..learning import (LearningOptions, add_and_retrain, add_threshold_value, choose_atoms, label,
-                        pre_update_record, threshold_value)
+                        local_energy_threshold_value, pre_update_record, threshold_value)
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +64,16 @@ def _options(request: dict[str, Any]) -> LearningOptions:
     return LearningOptions.from_dict(dict(request.get("options", {})))
 
 
-def start(request: dict[str, Any]) -> float:
+def _thresholds(request: dict[str, Any], options: LearningOptions,
+                model: GaussianProcess) -> tuple[float, float | None]:
+    return (threshold_value(options, model),
+            local_energy_threshold_value(options, model, bool(request.get("cell_changes", False))))
+
+
+def start(request: dict[str, Any]) -> tuple[float, float | None]:
     """Check the fix's options and labeller (ValueError naming the problem); returns the
-    DFT-call threshold in eV/A for the current model."""
+    DFT-call thresholds for the current model: on the reported force std (eV/A) and on the
+    reported local-energy std (eV, None: no such test)."""
     options = _options(request)
     state = _state(request)
     spec = str(request["labeller"])
@@ -71,12 +81,13 @@ def start(request: dict[str, Any]) -> float:
         state.labeller = make_labeller(spec)  # imports a module:function now, not at the first call
     except Exception as exc:
         raise ValueError(f"labeller {spec}: {type(exc).__name__}: {exc}") from exc
-    return threshold_value(options, state.model)
+    return _thresholds(request, options, state.model)
 
 
-def learn(request: dict[str, Any]) -> tuple[bytes, float]:
+def learn(request: dict[str, Any]) -> tuple[bytes, float, float | None]:
     """Label the frame, add its most uncertain environments, retrain, save model and frame;
-    returns the new model file bytes (for LAMMPS to broadcast) and the new threshold.
+    returns the new model file bytes (for LAMMPS to broadcast) and the new thresholds (as
+    :func:`start`).
 
     ``learn_log.jsonl`` gets one line per call, with ``pre_update``: the model's force errors
     on this frame before learning it (sums, see :func:`otfgp.learning.pre_update_record`;
@@ -92,10 +103,11 @@ def learn(request: dict[str, Any]) -> tuple[bytes, float]:
     before = gp.predict(atoms, variance=options.uncertainty)
     sigma_n = gp.hyperparameters["noise_force"]
     labelled = label(atoms, state.labeller, stress=options.add_stress)
-    pre_update = pre_update_record(before.forces, before.force_stds, labelled, sigma_n)
+    pre_update = pre_update_record(before.forces, before.latent_force_stds, labelled, sigma_n,
+                                   reported_stds=before.force_stds)
     chosen = choose_atoms(np.asarray(request["stds"]), add_threshold_value(options, gp),
                           options.max_atoms_added)
-    threshold = threshold_value(options, gp)  # the one this step was tested against
+    threshold, le_threshold = _thresholds(request, options, gp)  # the ones this step was tested against
     state.calls += 1
     retrain = add_and_retrain(gp, labelled, chosen, options, calls=state.calls)
     gp.save(request["model_file"])
@@ -105,11 +117,13 @@ def learn(request: dict[str, Any]) -> tuple[bytes, float]:
     labelled.info["lammps_step"] = step
     atomic_io.write_atoms(out / "dft" / f"frame_{step:09d}.extxyz", labelled)
     entry = {"step": step, "max_std_eV_per_A": float(request["max_std"]),
-             "threshold_eV_per_A": threshold, "added_atoms": chosen.tolist(),
+             "threshold_eV_per_A": threshold, "max_local_energy_std_eV": request.get("max_local_energy_std"),
+             "local_energy_threshold_eV": le_threshold, "fired": request.get("fired"),
+             "added_atoms": chosen.tolist(),
              "training_environments": gp.n_training_environments,
              "audit": bool(request.get("audit", False)), "pre_update": pre_update,
              "hyperparameters": gp.hyperparameters, "hyperparameter_warnings": retrain.warnings,
              "seconds": time.perf_counter() - t0}
     with open(out / "learn_log.jsonl", "a") as f:
         f.write(json.dumps(entry) + "\n")
-    return gp.core.to_bytes(), threshold_value(options, gp)
+    return (gp.core.to_bytes(), *_thresholds(request, options, gp))

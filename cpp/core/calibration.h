@@ -1,0 +1,52 @@
+// Calibration of the predictive variance: the map from the GP's latent (noise-free)
+// variance to the variance the model reports. The GP's latent variance measures distance
+// from the training data, but its scale is set by hyperparameters tuned to the training set
+// and tends to understate real errors; the caller (Python) fits a map on held-out errors and
+// stores it in the model, so that every consumer (Python, the mapped variance, LAMMPS)
+// reports the same calibrated number. This file only holds and applies the map.
+#pragma once
+#include <cmath>
+#include <cstddef>
+#include <string>
+
+namespace otfgp {
+
+// reported = a * max(latent, 0)^p + b + c * mean^2 + e * noise, one general form that the
+// fitted forms (scale, scale + floor, power law, ...) are special cases of. `noise` is the
+// label-noise variance of the quantity and `mean` its predicted value (so that a form can
+// grow with the force magnitude). The defaults are the identity of an uncalibrated model:
+// latent + noise, the GP's own predictive variance.
+struct VarianceMap {
+  double a = 1.0, p = 1.0, b = 0.0, c = 0.0, e = 1.0;
+
+  double operator()(double latent, double noise, double mean) const {
+    // `latent < 0 ? 0 : latent` rather than std::max: a NaN latent (a variance that was
+    // not computed) must stay NaN instead of turning into the floor b.
+    const double v = latent < 0.0 ? 0.0 : latent;
+    const double vp = p == 1.0 ? v : std::pow(v, p);  // the common p == 1 skips pow
+    return a * vp + b + c * mean * mean + e * noise;
+  }
+  // InputError naming `what` unless all finite, a > 0, p > 0 and b, c, e >= 0.
+  void validate(const std::string& what) const;
+};
+
+// The quantities a model reports variances of; each has its own map.
+enum class VarianceQuantity : int { kForce = 0, kEnergy = 1, kStress = 2, kLocalEnergy = 3 };
+
+struct Calibration {
+  VarianceMap force, energy, stress, local_energy;
+  // Opaque JSON written by the caller (forms, sample counts, sources); stored, never read.
+  std::string info;
+
+  const VarianceMap& map(VarianceQuantity q) const;
+  void validate() const;
+};
+
+// The one place the map is applied to arrays: out[k] = map(latent[k], noise[k * noise_stride],
+// mean[k * mean_stride]) for k < n. A stride of 0 repeats one value; mean may be null (0).
+// Used by the model's predictions (and through them the LAMMPS styles) and by the Python
+// bindings, so that no two consumers can apply the rule differently.
+void apply_variance_map(const VarianceMap& map, std::size_t n, const double* latent, const double* noise,
+                        std::size_t noise_stride, const double* mean, std::size_t mean_stride, double* out);
+
+}  // namespace otfgp
