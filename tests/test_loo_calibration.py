@@ -165,11 +165,25 @@ def test_few_samples_fall_back_to_identity(caplog):
 @pytest.mark.parametrize("form", FORMS)
 def test_round_trip_exact(form):
     err, latent, noise = _synthetic(300, 2.5, 1e-3, seed=2)
-    cal = fit_calibration(err, latent, noise, form=form)
+    mean = np.random.default_rng(3).normal(0.0, 0.5, err.shape)
+    cal = fit_calibration(err, latent, noise, form=form, mean=mean)
     d = json.loads(json.dumps(cal.to_dict()))
     back = Calibration.from_dict(d)
     assert back == cal
-    np.testing.assert_array_equal(back.apply(latent, noise), cal.apply(latent, noise))
+    np.testing.assert_array_equal(back.apply(latent, noise, mean), cal.apply(latent, noise, mean))
+
+
+def test_fit_recovers_relative_form():
+    """var = a v + c m^2 with known a and c: the fit finds both."""
+    rng = np.random.default_rng(4)
+    latent = rng.uniform(1e-5, 4e-4, 8000)
+    mean = rng.uniform(0.0, 1.0, 8000)
+    err = rng.normal(0.0, np.sqrt(6.0 * latent + 4e-4 * mean**2))
+    cal = fit_calibration(err, latent, 1e-4, form="relative", mean=mean)
+    np.testing.assert_allclose(cal.params["a"], 6.0, rtol=0.15)
+    np.testing.assert_allclose(cal.params["c"], 4e-4, rtol=0.15)
+    with pytest.raises(ValueError, match="needs the predicted values"):
+        fit_calibration(err, latent, 1e-4, form="relative")
 
 
 def test_bad_input():

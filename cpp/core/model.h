@@ -166,7 +166,8 @@ class Model {
   double noise_variance(VarianceQuantity q) const;
   // Reported variances of n values of quantity q from their latent variances and means
   // (mean may be null when the map does not use it): the calibration rule, applied the same
-  // way for Python's predictions, the mapped variance and the LAMMPS styles.
+  // way for Python's predictions, the mapped variance and the LAMMPS styles. Forces come as
+  // 3 components per atom and are scaled by the atom's RMS component (see the definition).
   void report_variances(VarianceQuantity q, std::size_t n, const double* latent, const double* mean,
                         double* out) const;
 

@@ -20,7 +20,7 @@ from ase.data import chemical_symbols
 
 from . import _core
 
-from .calibration import Calibration, ModelCalibration, fit_calibration
+from .calibration import Calibration, ModelCalibration, fit_calibration, force_scale_values
 from .map_report import MapReport
 
 log = logging.getLogger(__name__)
@@ -843,7 +843,7 @@ class GaussianProcess:
         self._model.calibration = None if value is None else value.to_core()
 
     def calibrate(self, frames: Sequence[Atoms] | None = None, samples: Any = None, loo: bool = True,
-                  form: str = "scale_floor", min_samples: int = 30) -> ModelCalibration:
+                  form: str = "relative", min_samples: int = 30) -> ModelCalibration:
         """Fit the variance calibration on held-out errors, install it and return it.
 
         Force samples are pooled from up to three sources: ``loo`` (the training set's
@@ -851,8 +851,9 @@ class GaussianProcess:
         (structures with reference forces from their calculator, predicted here with the
         exact variance: reference minus prediction against the latent variance) and
         ``samples`` (errors the caller collected, e.g. the on-the-fly learner's pre-update
-        predictions of DFT frames: a mapping or object with ``residuals`` and
-        ``latent_variances``, optionally ``noise_variances``, default sigma_n^2; or a list
+        predictions of DFT frames: a mapping or object with ``residuals``,
+        ``latent_variances`` and the predicted ``forces`` (3 per atom, needed by the
+        ``relative`` form), optionally ``noise_variances``, default sigma_n^2; or a list
         of those). The force map is :func:`otfgp.calibration.fit_calibration` of ``form``
         on them (the identity, flagged as a fallback with a warning, below ``min_samples``).
 
@@ -873,29 +874,38 @@ class GaussianProcess:
         hyp = self.hyperparameters
         noise = {"force": hyp["noise_force"] ** 2, "energy": hyp["noise_energy"] ** 2,
                  "stress": hyp["noise_stress"] ** 2}
-        pooled: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {q: [] for q in noise}
+        pooled: dict[str, list[tuple[np.ndarray, ...]]] = {q: [] for q in noise}
         counts: dict[str, dict[str, int]] = {q: {} for q in noise}
 
-        def add(quantity: str, source: str, residuals: Any, latent: Any, noise_var: Any) -> None:
+        def add(quantity: str, source: str, residuals: Any, latent: Any, noise_var: Any,
+                predicted: Any = None) -> None:
             r = np.asarray(residuals, dtype=float).ravel()
             v = np.asarray(latent, dtype=float).ravel()
             if r.shape != v.shape:
                 raise ValueError(f"{source}: {r.size} residuals but {v.size} latent variances")
             n = np.broadcast_to(np.asarray(noise_var, dtype=float), r.shape).ravel()
+            # the value a relative map scales with: for forces the atom's RMS component
+            m = np.full(r.shape, np.nan) if predicted is None else np.asarray(predicted, dtype=float).ravel()
+            if quantity == "force" and predicted is not None:
+                m = force_scale_values(m).ravel()
             ok = np.isfinite(r) & np.isfinite(v)
-            pooled[quantity].append((r[ok], v[ok], n[ok]))
+            pooled[quantity].append((r[ok], v[ok], n[ok], m[ok]))
             counts[quantity][source] = counts[quantity].get(source, 0) + int(ok.sum())
 
         if loo:
             res = self.loo_residuals("environment")
+            labels = np.asarray(self._model.labels, dtype=float)
             for kind, q in ((_ROW_FORCE, "force"), (_ROW_ENERGY, "energy"), (_ROW_STRESS, "stress")):
                 part = res.select(kind)
                 if part.residuals.size:
-                    add(q, "loo", part.residuals, part.latent_variances, part.noise_variances)
+                    # the leave-one-out prediction (label minus residual), never the label
+                    rows = np.flatnonzero(res.kinds == kind)
+                    predicted = labels[rows] - part.residuals if kind == _ROW_FORCE else None
+                    add(q, "loo", part.residuals, part.latent_variances, part.noise_variances, predicted)
         for atoms in frames or ():
             pred = self.predict(atoms, variance="exact")
             add("force", "frames", np.asarray(atoms.get_forces(), dtype=float) - pred.forces,
-                pred.latent_force_variances, noise["force"])
+                pred.latent_force_variances, noise["force"], pred.forces)
             results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
             if "energy" in results:
                 add("energy", "frames", float(atoms.get_potential_energy()) - pred.energy,
@@ -908,12 +918,14 @@ class GaussianProcess:
                 get = item.get if isinstance(item, Mapping) else lambda k, d=None, o=item: getattr(o, k, d)
                 nv = get("noise_variances", None)
                 add("force", "samples", get("residuals"), get("latent_variances"),
-                    noise["force"] if nv is None else nv)
+                    noise["force"] if nv is None else nv, get("forces", None))
 
         def fit(q: str) -> Calibration:
             parts = pooled[q]
-            r, v, n = (np.concatenate([p[k] for p in parts]) if parts else np.zeros(0) for k in range(3))
-            return fit_calibration(r, v, n, form=form, min_samples=min_samples)
+            r, v, n, m = (np.concatenate([p[k] for p in parts]) if parts else np.zeros(0) for k in range(4))
+            # a total energy or stress has no "distortion" of its own to scale with
+            f = form if q == "force" or form != "relative" else "scale_floor"
+            return fit_calibration(r, v, n, form=f, min_samples=min_samples, mean=m if f == "relative" else None)
 
         force = fit("force")
         s = math.sqrt(force.coefficients()["a"])

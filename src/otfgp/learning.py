@@ -90,6 +90,17 @@ class LearningOptions:
     mapped speed. ``uncertainty`` says which variance the DFT decision uses: ``"exact"``
     (default; the GP's own variance, paid only on the steps that are checked) or
     ``"mapped"`` (the reduced variance, whose cost does not grow with the training set).
+
+    The stds compared with the thresholds are the model's reported stds. With
+    ``calibration`` set to a form of :mod:`otfgp.calibration` the calibration is refitted
+    after every retrain (:meth:`GaussianProcess.calibrate`) on the leave-one-out residuals
+    of the training set pooled with the pre-update errors of all DFT frames so far (each
+    frame predicted before it was learnt, audits included). The default ``None`` keeps the
+    model uncalibrated (reported = latent + noise): with the ``relative`` form the reported
+    std includes the model-class error c |F|^2/3, which no DFT call reduces, so in a hot
+    liquid a threshold of 10-50 meV/A fires at every step (measured on the tests/test_otf.py
+    protocol: every liquid step labelled); the decision must first be put on the
+    calibrated epistemic part alone.
     """
 
     threshold: float | None = 0.05
@@ -109,6 +120,7 @@ class LearningOptions:
     map: bool = True
     map_tolerance: float = 5e-4
     uncertainty: str = "exact"
+    calibration: str | None = None
 
     def __post_init__(self) -> None:
         if self.threshold is None and self.relative_threshold is None:
@@ -135,6 +147,10 @@ class LearningOptions:
             raise ValueError(f"uncertainty must be 'exact' or 'mapped', got {self.uncertainty!r}")
         if self.uncertainty == "mapped" and not self.map:
             raise ValueError("uncertainty = 'mapped' needs map = true")
+        if self.calibration is not None:
+            from .calibration import FORMS
+            if self.calibration not in FORMS:
+                raise ValueError(f"calibration must be one of {list(FORMS)} or None, got {self.calibration!r}")
         if not (isinstance(self.map_tolerance, (int, float)) and self.map_tolerance > 0):
             raise ValueError(f"map_tolerance must be a positive number, got {self.map_tolerance!r}")
 
@@ -448,16 +464,6 @@ def running_calibration(records: Sequence[Mapping[str, float]]) -> dict[str, flo
 
 
 # ---------------------------------------------------------------------- local-energy test
-# PLACEHOLDER (branch cal-core): the real rule is being written on main; this minimal stand-in
-# has its exact signature so that the merge takes main's body. It reads an optional
-# `local_energy_threshold` option (eV) and does not depend on the model or the cell.
-def local_energy_threshold_value(options: LearningOptions, model: GaussianProcess,
-                                 cell_changes: bool) -> float | None:
-    """The DFT-call threshold on the largest reported local-energy std (eV), or None (off)."""
-    value = getattr(options, "local_energy_threshold", None)
-    return None if value is None else float(value)
-
-
 # ---------------------------------------------------------------------- training
 def trained_labels(labelled: Atoms, options: LearningOptions) -> tuple[bool, bool]:
     """Whether the energy and the stress of a labelled frame are trained on: as the options
@@ -484,11 +490,14 @@ class RetrainResult:
 
 
 def add_and_retrain(model: GaussianProcess, labelled: Atoms, atoms: Sequence[int] | np.ndarray,
-                    options: LearningOptions, calls: int) -> RetrainResult:
+                    options: LearningOptions, calls: int,
+                    samples: Sequence[Mapping[str, Any]] = ()) -> RetrainResult:
     """Add the force environments of ``atoms`` of a labelled frame, and its energy and
-    stress as :class:`LearningOptions` says, retrain and re-map. ``calls`` counts the DFT
-    calls so far, this one included (it decides whether the hyperparameters are still
-    optimised)."""
+    stress as :class:`LearningOptions` says, retrain, recalibrate and re-map. ``calls``
+    counts the DFT calls so far, this one included (it decides whether the hyperparameters
+    are still optimised); ``samples`` are the pre-update errors so far
+    (:func:`calibration_sample`), pooled with the leave-one-out residuals for the
+    calibration."""
     energy, stress = trained_labels(labelled, options)
     model.add_training_data(labelled, forces=True, energy=energy, stress=stress,
                             atom_indices=np.asarray(atoms, dtype=int))
@@ -502,6 +511,10 @@ def add_and_retrain(model: GaussianProcess, labelled: Atoms, atoms: Sequence[int
     result.training = time.perf_counter() - t
     if optimize and model.last_optimization is not None:
         result.warnings = model.last_optimization.warnings()
+    if options.calibration is not None:
+        t = time.perf_counter()
+        model.calibrate(samples=list(samples), loo=True, form=options.calibration)
+        result.training += time.perf_counter() - t
     if options.map:
         t = time.perf_counter()
         model.map(tolerance=options.map_tolerance, variance=options.uncertainty == "mapped")  # logs its report

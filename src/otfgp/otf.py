@@ -36,8 +36,8 @@ from .calculator import GPCalculator
 from .gp import GaussianProcess
 from .labellers import make_labeller
 from .learning import (FrameUncertainty, LabellerError, Labeller, LearningOptions, add_and_retrain,
-                       add_threshold_value, choose_atoms, label, label_reasons, pre_update_record,
-                       running_calibration, threshold_value)
+                       add_threshold_value, calibration_sample, choose_atoms, label, label_reasons,
+                       pre_update_record, running_calibration, threshold_value)
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,8 @@ class OTF:
         self.hyperparameter_warnings: list[dict[str, Any]] = []
         # per DFT call after the first: the model's pre-update errors (learning.pre_update_record)
         self.pre_update_errors: list[dict[str, Any]] = []
+        # the same predictions component by component, for the calibration fit
+        self.calibration_samples: list[dict[str, list[float]]] = []
         self.step = 0
         self.out = Path(self.options.output_dir)
         (self.out / "dft").mkdir(parents=True, exist_ok=True)
@@ -295,8 +297,11 @@ class OTF:
             record = pre_update_record(frame.arrays["gp_forces"], frame.arrays["gp_latent_force_stds"],
                                        labelled, sigma_n, reported_stds=stds)
             self.pre_update_errors.append({"step": self.step, "audit": audit, **record})
+            latent = frame.arrays["gp_latent_force_stds"] ** 2
+            self.calibration_samples.append(calibration_sample(frame.arrays["gp_forces"], latent, labelled))
         self.dft_calls.append(self.step)
-        retrain = add_and_retrain(self.model, labelled, chosen, self.options, calls=len(self.dft_calls))
+        retrain = add_and_retrain(self.model, labelled, chosen, self.options, calls=len(self.dft_calls),
+                                  samples=self.calibration_samples)
         self.timers.training += retrain.training
         self.timers.mapping += retrain.mapping
         if retrain.warnings:
@@ -359,6 +364,7 @@ class OTF:
             "failed_calls": self.failed_calls,
             "hyperparameter_warnings": self.hyperparameter_warnings,
             "pre_update_errors": self.pre_update_errors,
+            "calibration_samples": self.calibration_samples,
             "timers": asdict(self.timers),
             "options": asdict(self.options),
             "model": model_name,
@@ -411,6 +417,7 @@ class OTF:
         otf.failed_calls = list(state["failed_calls"])
         otf.hyperparameter_warnings = list(state.get("hyperparameter_warnings", []))
         otf.pre_update_errors = list(state.get("pre_update_errors", []))
+        otf.calibration_samples = list(state.get("calibration_samples", []))
         otf.timers = Timers(**state["timers"])
         otf.calc.timers = otf.timers
         otf._rng.bit_generator.state = state["otf_rng"]

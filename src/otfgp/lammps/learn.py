@@ -29,8 +29,8 @@ from ase import Atoms
 from .. import atomic_io
 from ..gp import GaussianProcess
 from ..labellers import make_labeller
-from ..learning import (LearningOptions, add_and_retrain, add_threshold_value, choose_atoms, label,
-                        local_energy_threshold_value, pre_update_record, threshold_value)
+from ..learning import (LearningOptions, add_and_retrain, add_threshold_value, calibration_sample, choose_atoms,
+                        label, local_energy_threshold_value, pre_update_record, threshold_value)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,9 @@ class _FixState:
         self.model = model
         self.labeller: Any = None
         self.calls = 0
+        # pre-update errors of this run's DFT frames, for the calibration fit (a restarted
+        # LAMMPS run starts them afresh; the model file keeps the last calibration)
+        self.samples: list[dict[str, list[float]]] = []
 
 
 # By fix ID and model file. A fix lives as long as its LAMMPS instance, and the embedded
@@ -109,7 +112,8 @@ def learn(request: dict[str, Any]) -> tuple[bytes, float, float | None]:
                           options.max_atoms_added)
     threshold, le_threshold = _thresholds(request, options, gp)  # the ones this step was tested against
     state.calls += 1
-    retrain = add_and_retrain(gp, labelled, chosen, options, calls=state.calls)
+    state.samples.append(calibration_sample(before.forces, before.latent_force_variances, labelled))
+    retrain = add_and_retrain(gp, labelled, chosen, options, calls=state.calls, samples=state.samples)
     gp.save(request["model_file"])
     step = int(request["step"])
     out = Path(request["output_dir"])
