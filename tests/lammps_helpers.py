@@ -31,6 +31,23 @@ def lammps_cell(rng: np.random.Generator, n: int, species=("Al", "Cu"), tilt: fl
 FIXED_AL_HYPERPARAMETERS = {"sigma2": 0.3, "ell2": 0.9, "sigma3": 0.05, "ell3": 0.7, "noise_force": 0.01}
 
 
+def two_species_model(rng: np.random.Generator):
+    """A small Al-Cu model at fixed hyperparameters, trained on EMT forces of 6 atoms each
+    of two triclinic 12-atom cells (the cross-code tests' model)."""
+    import otfgp
+    from ase.calculators.emt import EMT
+
+    gp = otfgp.GaussianProcess(["Al", "Cu"], {"twobody": 4.5, "threebody": 3.3},
+                               hyperparameters={"sigma2": 0.4, "ell2": 0.9, "sigma3": 0.1, "ell3": 0.8,
+                                                "noise_force": 0.02})
+    for _ in range(2):
+        atoms = lammps_cell(rng, 12)
+        atoms.calc = EMT()
+        gp.add_training_data(atoms, atom_indices=range(6))
+    gp.train(optimize=False)
+    return gp
+
+
 def fixed_al_model(training: Atoms, atom_indices, path: Path):
     """An Al model with fixed hyperparameters trained on `training`'s labelled atoms, saved to `path`."""
     import otfgp

@@ -7,7 +7,7 @@ import pytest
 import otfgp
 from otfgp.lammps.thermo import thermo_rows
 from conftest import displaced_al
-from lammps_helpers import fixed_al_model, lammps_cell, run_lmp, write_data
+from lammps_helpers import two_species_model, fixed_al_model, lammps_cell, run_lmp, write_data
 
 SPECIES = ["Al", "Cu"]
 
@@ -17,16 +17,7 @@ def model_dir(tmp_path_factory):
     """A trained two-species model and a triclinic data file."""
     d = tmp_path_factory.mktemp("lmp")
     rng = np.random.default_rng(11)
-    from ase.calculators.emt import EMT
-
-    gp = otfgp.GaussianProcess(SPECIES, {"twobody": 4.5, "threebody": 3.3},
-                               hyperparameters={"sigma2": 0.4, "ell2": 0.9, "sigma3": 0.1, "ell3": 0.8,
-                                                "noise_force": 0.02})
-    for _ in range(2):
-        atoms = lammps_cell(rng, 12)
-        atoms.calc = EMT()
-        gp.add_training_data(atoms, atom_indices=range(6))
-    gp.train(optimize=False)
+    gp = two_species_model(rng)
     gp.save(d / "model.otfgp")
     test = lammps_cell(rng, 14)
     write_data(test, d / "cell.data", SPECIES)

@@ -7,7 +7,8 @@ import pytest
 
 import otfgp
 from otfgp.calibration import Calibration, ModelCalibration
-from lammps_helpers import lammps_cell, run_lmp, write_data
+from otfgp.learning import DEFAULT_LOCAL_ENERGY_THRESHOLD
+from lammps_helpers import two_species_model, lammps_cell, run_lmp, write_data
 
 SPECIES = ["Al", "Cu"]
 # Every coefficient of the rule in use: c > 0 makes the force std depend on the predicted
@@ -35,18 +36,9 @@ run 0
 @pytest.fixture(scope="module")
 def calibrated_dir(tmp_path_factory):
     """A calibrated two-species model (exact and mapped files) and a triclinic cell."""
-    from ase.calculators.emt import EMT
-
     d = tmp_path_factory.mktemp("calibrated")
     rng = np.random.default_rng(23)
-    gp = otfgp.GaussianProcess(SPECIES, {"twobody": 4.5, "threebody": 3.3},
-                               hyperparameters={"sigma2": 0.4, "ell2": 0.9, "sigma3": 0.1, "ell3": 0.8,
-                                                "noise_force": 0.02})
-    for _ in range(2):
-        atoms = lammps_cell(rng, 12)
-        atoms.calc = EMT()
-        gp.add_training_data(atoms, atom_indices=range(6))
-    gp.train(optimize=False)
+    gp = two_species_model(rng)
     gp.calibration = CALIBRATION
     gp.save(d / "exact.otfgp")
     mapped = gp.copy()
@@ -104,7 +96,9 @@ def test_learn_start_returns_force_and_local_energy_thresholds(calibrated_dir, t
     model.write_bytes((d / "exact.otfgp").read_bytes())
     request = {"fix_id": "t", "model_file": str(model), "labeller": "emt", "output_dir": str(tmp_path),
                "options": {"threshold": 0.03}, "cell_changes": True}
-    assert learn.start(request) == (0.03, None)  # no local-energy threshold: that test is off
+    # the box changes: the local-energy test is on with its default bound; a fixed box: off
+    assert learn.start(request) == (0.03, DEFAULT_LOCAL_ENERGY_THRESHOLD)
+    assert learn.start({**request, "cell_changes": False}) == (0.03, None)
     seen = []
 
     def rule(options, gp, cell_changes):
