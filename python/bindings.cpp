@@ -451,6 +451,23 @@ PYBIND11_MODULE(_core, m) {
             return out;
           },
           "The installed maps (tables, covariance, info) or None.")
+      .def(
+          "epistemic_variances",
+          [](const Model& mdl, const std::string& quantity, const py::object& latent) {
+            int k = 0;
+            while (k < 4 && quantity != kQuantities[k]) ++k;
+            if (k == 4) throw otfgp::InputError("unknown quantity '" + quantity + "'");
+            auto np = py::module_::import("numpy");
+            const DoubleArray v = DoubleArray::ensure(np.attr("ascontiguousarray")(latent, "float64"));
+            std::vector<py::ssize_t> shape(v.shape(), v.shape() + v.ndim());
+            py::array_t<double> out(shape);
+            mdl.epistemic_variances(static_cast<otfgp::VarianceQuantity>(k), static_cast<std::size_t>(v.size()),
+                                    v.data(), out.mutable_data());
+            return out;
+          },
+          py::arg("quantity"), py::arg("latent"),
+          "The reducible part a latent^p of the reported variances of a quantity ('force', "
+          "'energy', 'stress', 'local_energy'): what the on-the-fly DFT decision compares.")
       .def_property(
           "calibration",
           [](const Model& mdl) -> py::object {

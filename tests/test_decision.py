@@ -13,6 +13,7 @@ from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS
 
 import otfgp
+from otfgp.calibration import Calibration, ModelCalibration
 from otfgp.learning import (DEFAULT_LOCAL_ENERGY_THRESHOLD, DEFAULT_STRESS_THRESHOLD, FrameUncertainty,
                             LabellerError, LearningOptions, label, label_reasons, trained_labels)
 from otfgp.otf import cell_can_change
@@ -51,10 +52,30 @@ def test_uncertainty_from_calculator_results(model):
     atoms.calc = calc
     atoms.get_forces()
     u = FrameUncertainty.from_results(calc.results)
-    assert u.max_force_std == pytest.approx(float(np.max(calc.results["force_stds"])))
-    assert u.max_local_energy_std == pytest.approx(float(np.max(calc.results["energies_stds"])))
-    assert u.max_stress_std == pytest.approx(float(np.max(calc.results["stress_stds"])) / units.GPa)
-    assert FrameUncertainty.from_results({"force_stds": np.ones((2, 3))}).max_stress_std is None
+    assert u.max_force_std == pytest.approx(float(np.max(calc.results["epistemic_force_stds"])))
+    assert u.max_local_energy_std == pytest.approx(float(np.max(calc.results["epistemic_energies_stds"])))
+    assert u.max_stress_std == pytest.approx(float(np.max(calc.results["epistemic_stress_stds"])) / units.GPa)
+    assert FrameUncertainty.from_results({"epistemic_force_stds": np.ones((2, 3))}).max_stress_std is None
+
+
+def test_epistemic_part_is_what_more_data_can_reduce(model):
+    """Uncalibrated, the epistemic variance is the latent one; calibrated, it is a latent^p
+    alone: the floor, the force-proportional term and the noise are left out."""
+    atoms = bulk("Al", "fcc", a=4.05, cubic=True)
+    atoms.rattle(0.1, seed=3)
+    gp = model.copy()
+    p = gp.predict(atoms, variance="exact")
+    np.testing.assert_array_equal(p.epistemic_force_variances, p.latent_force_variances)
+    np.testing.assert_array_equal(p.epistemic_local_energy_variances, p.latent_local_energy_variances)
+    assert np.all(p.force_variances > p.epistemic_force_variances)  # the noise is not epistemic
+    gp.calibration = ModelCalibration(force=Calibration("general", {"a": 3.0, "p": 0.9, "b": 1e-4, "c": 0.01,
+                                                                    "e": 1.0}),
+                                      local_energy=Calibration("scale_floor", {"a": 2.0, "b": 1e-5}))
+    q = gp.predict(atoms, variance="exact")
+    np.testing.assert_allclose(q.epistemic_force_variances, 3.0 * np.maximum(q.latent_force_variances, 0) ** 0.9,
+                               rtol=1e-14)
+    np.testing.assert_allclose(q.epistemic_local_energy_variances, 2.0 * q.latent_local_energy_variances, rtol=1e-14)
+    assert np.all(q.force_variances > q.epistemic_force_variances)
 
 
 def test_cell_can_change():

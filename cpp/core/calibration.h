@@ -28,6 +28,10 @@ struct VarianceMap {
   }
   // InputError naming `what` unless all finite, a > 0, p > 0 and b, c, e >= 0.
   void validate(const std::string& what) const;
+  // The part of the map that more training data can reduce, a * latent^p: the floor, the
+  // value-proportional term and the label noise stay whatever the model learns, so the
+  // on-the-fly DFT decision looks at this part only (uncalibrated: the latent variance).
+  VarianceMap epistemic() const { return VarianceMap{a, p, 0.0, 0.0, 0.0}; }
 };
 
 // The quantities a model reports variances of; each has its own map.

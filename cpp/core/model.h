@@ -170,6 +170,8 @@ class Model {
   // 3 components per atom and are scaled by the atom's RMS component (see the definition).
   void report_variances(VarianceQuantity q, std::size_t n, const double* latent, const double* mean,
                         double* out) const;
+  // The reducible (epistemic) part of the reported variances: VarianceMap::epistemic.
+  void epistemic_variances(VarianceQuantity q, std::size_t n, const double* latent, double* out) const;
 
   // Format version of the model file this model was read from (0: built in memory), so
   // that callers can say what an older file lacked.

@@ -187,6 +187,11 @@ void Model::report_variances(VarianceQuantity q, std::size_t n, const double* la
   apply_variance_map(variance_map(q), n, latent, &noise, 0, rms.data(), 1, out);
 }
 
+void Model::epistemic_variances(VarianceQuantity q, std::size_t n, const double* latent, double* out) const {
+  const double zero = 0.0;
+  apply_variance_map(variance_map(q).epistemic(), n, latent, &zero, 0, nullptr, 1, out);
+}
+
 LocalPrediction Model::predict_local(const LocalEnvironments& env, bool mean, VarianceMode variance) const {
   if (!trained_)
     throw NotTrainedError("the model is not trained: add training data and call train() first");

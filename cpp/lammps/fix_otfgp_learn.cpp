@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "atom.h"
 #include "comm.h"
@@ -174,15 +175,21 @@ void FixOTFGPLearn::init() {
 void FixOTFGPLearn::end_of_step() {
   const int nlocal = atom->nlocal;
   // The decision uses the exact GP variance unless the mapped one is asked for, and the
-  // reported (calibrated) stds, as the Python learner does.
+  // epistemic part of the calibrated stds (what a DFT call can reduce), as the Python
+  // learner does.
   const otfgp_lammps::AtomVariances &var = pair_->variances(!mapped_uncertainty_);
+  std::vector<double> force(var.latent_force.size()), local_energy(var.latent_local_energy.size());
+  const otfgp::Model &model = *pair_->model();
+  model.epistemic_variances(otfgp::VarianceQuantity::kForce, force.size(), var.latent_force.data(), force.data());
+  model.epistemic_variances(otfgp::VarianceQuantity::kLocalEnergy, local_energy.size(),
+                            var.latent_local_energy.data(), local_energy.data());
   std::vector<double> per_atom(nlocal, 0.0);
   double local_max[2] = {0.0, 0.0};  // force, local energy
   for (int i = 0; i < nlocal; ++i) {
     if (!(atom->mask[i] & groupbit)) continue;
-    for (int t = 0; t < 3; ++t) per_atom[i] = std::max(per_atom[i], std::sqrt(var.force[3 * i + t]));
+    for (int t = 0; t < 3; ++t) per_atom[i] = std::max(per_atom[i], std::sqrt(force[3 * i + t]));
     local_max[0] = std::max(local_max[0], per_atom[i]);
-    local_max[1] = std::max(local_max[1], std::sqrt(var.local_energy[i]));
+    local_max[1] = std::max(local_max[1], std::sqrt(local_energy[i]));
   }
   double global_max[2];
   MPI_Allreduce(local_max, global_max, 2, MPI_DOUBLE, MPI_MAX, world);

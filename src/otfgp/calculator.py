@@ -82,10 +82,13 @@ class GPCalculator(Calculator):
             self.results["latent_force_stds"] = pred.latent_force_stds
             self.results["energies_stds"] = pred.local_energy_stds
             self.results["latent_energies_stds"] = pred.latent_local_energy_stds
+            self.results["epistemic_force_stds"] = pred.epistemic_force_stds
+            self.results["epistemic_energies_stds"] = pred.epistemic_local_energy_stds
             if np.isfinite(pred.energy_variance):  # NaN for the mapped (force, local energy) variance
                 self.results["energy_std"] = pred.energy_std
                 if "stress" in self.results:
                     self.results["stress_stds"] = pred.stress_stds
+                    self.results["epistemic_stress_stds"] = pred.epistemic_stress_stds
             atoms.arrays["force_stds"] = force_stds.copy()
         elif "force_stds" in atoms.arrays:
             del atoms.arrays["force_stds"]  # stale values must not be written with this frame

@@ -121,6 +121,11 @@ class Prediction:
       LAMMPS's ``compute otfgp/std/atom`` use.
     - *latent* (``latent_*``): the GP's posterior variance of the noise-free function, the
       quantity the calibration is fitted from.
+    - *epistemic* (``epistemic_*``, forces, local energies and stress): the part of the
+      reported variance that more training data reduce, a latent^p of the calibration
+      (the latent variance when uncalibrated); the floor, the force-proportional term and
+      the label noise are not. The on-the-fly DFT decision compares these, since a DFT
+      call can only shrink this part.
     """
 
     energy: float
@@ -136,6 +141,9 @@ class Prediction:
     latent_local_energy_variances: np.ndarray | None = None
     latent_stress_variance: np.ndarray | None = None
     noise_force_variance: float | None = None
+    epistemic_force_variances: np.ndarray | None = None
+    epistemic_local_energy_variances: np.ndarray | None = None
+    epistemic_stress_variance: np.ndarray | None = None
 
     @staticmethod
     def _sqrt(v: Any) -> Any:
@@ -170,6 +178,21 @@ class Prediction:
     def stress_stds(self) -> np.ndarray | None:
         """Reported standard deviations of the stress components (6, eV/A^3)."""
         return self._sqrt(self.stress_variance)
+
+    @property
+    def epistemic_force_stds(self) -> np.ndarray | None:
+        """Epistemic standard deviations of the force components (N x 3, eV/A)."""
+        return self._sqrt(self.epistemic_force_variances)
+
+    @property
+    def epistemic_local_energy_stds(self) -> np.ndarray | None:
+        """Epistemic standard deviations of the local energies (N, eV)."""
+        return self._sqrt(self.epistemic_local_energy_variances)
+
+    @property
+    def epistemic_stress_stds(self) -> np.ndarray | None:
+        """Epistemic standard deviations of the stress components (6, eV/A^3)."""
+        return self._sqrt(self.epistemic_stress_variance)
 
     @property
     def stress_variances(self) -> np.ndarray | None:
@@ -810,6 +833,11 @@ class GaussianProcess:
         cell, pbc, positions, species = self._structure_arrays(atoms)
         d = self._model.predict(cell, pbc, positions, species, variance)
         has_var = "force_variances" in d
+
+        def epistemic(quantity: str, key: str) -> np.ndarray | None:
+            latent = d.get(key)
+            return None if latent is None else self._model.epistemic_variances(quantity, latent)
+
         return Prediction(
             energy=d["energy"],
             forces=d["forces"],
@@ -824,6 +852,9 @@ class GaussianProcess:
             latent_local_energy_variances=d.get("latent_local_energy_variances"),
             latent_stress_variance=d.get("latent_stress_variances"),
             noise_force_variance=self.hyperparameters["noise_force"] ** 2 if has_var else None,
+            epistemic_force_variances=epistemic("force", "latent_force_variances"),
+            epistemic_local_energy_variances=epistemic("local_energy", "latent_local_energy_variances"),
+            epistemic_stress_variance=epistemic("stress", "latent_stress_variances"),
         )
 
     # ---------------------------------------------------------------- calibration

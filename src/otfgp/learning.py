@@ -91,16 +91,15 @@ class LearningOptions:
     (default; the GP's own variance, paid only on the steps that are checked) or
     ``"mapped"`` (the reduced variance, whose cost does not grow with the training set).
 
-    The stds compared with the thresholds are the model's reported stds. With
+    The stds compared with the thresholds are the epistemic part of the model's reported
+    stds (:class:`otfgp.gp.Prediction`; the latent std while uncalibrated): a DFT call can
+    reduce only that part, while the calibration's floor, force-proportional term and the
+    label noise stay. With
     ``calibration`` set to a form of :mod:`otfgp.calibration` the calibration is refitted
     after every retrain (:meth:`GaussianProcess.calibrate`) on the leave-one-out residuals
     of the training set pooled with the pre-update errors of all DFT frames so far (each
     frame predicted before it was learnt, audits included). The default ``None`` keeps the
-    model uncalibrated (reported = latent + noise): with the ``relative`` form the reported
-    std includes the model-class error c |F|^2/3, which no DFT call reduces, so in a hot
-    liquid a threshold of 10-50 meV/A fires at every step (measured on the tests/test_otf.py
-    protocol: every liquid step labelled); the decision must first be put on the
-    calibrated epistemic part alone.
+    model uncalibrated (reported = latent + noise).
     """
 
     threshold: float | None = 0.05
@@ -225,7 +224,7 @@ def stress_threshold_value(options: LearningOptions, model: GaussianProcess,
 
 @dataclass
 class FrameUncertainty:
-    """What the DFT decision looks at in one frame (the model's reported stds).
+    """What the DFT decision looks at in one frame (the model's epistemic stds).
 
     Attributes:
         max_force_std: largest force-component std, eV/A.
@@ -240,8 +239,9 @@ class FrameUncertainty:
 
     @classmethod
     def from_results(cls, results: Mapping[str, Any]) -> "FrameUncertainty":
-        """From a :class:`otfgp.GPCalculator`'s results (``force_stds``, ``energies_stds``,
-        ``stress_stds`` in eV/A^3)."""
+        """From a :class:`otfgp.GPCalculator`'s results: the epistemic stds
+        (``epistemic_force_stds``, ``epistemic_energies_stds``, ``epistemic_stress_stds``
+        in eV/A^3), the part a DFT call can reduce (see :class:`otfgp.gp.Prediction`)."""
         from ase import units
 
         def finite_max(key: str, scale: float = 1.0) -> float | None:
@@ -251,8 +251,8 @@ class FrameUncertainty:
             v = np.asarray(v, dtype=float)
             return float(np.max(v)) / scale if v.size and np.all(np.isfinite(v)) else None
 
-        return cls(float(np.max(results["force_stds"])), finite_max("energies_stds"),
-                   finite_max("stress_stds", units.GPa))
+        return cls(float(np.max(results["epistemic_force_stds"])), finite_max("epistemic_energies_stds"),
+                   finite_max("epistemic_stress_stds", units.GPa))
 
 
 def label_reasons(u: FrameUncertainty, options: LearningOptions, model: GaussianProcess,

@@ -8,7 +8,7 @@ Output directory layout (all files written atomically):
 - ``dft/frame_<step>.extxyz``: every labelled frame, written as soon as the labeller returns
   (with a lossless ``frame_<step>.traj`` copy from which a resumed run reuses it), with the
   model's prediction made before it learnt the frame (arrays ``gp_forces``,
-  ``gp_force_stds``: reported stds, the ones the DFT decision used, and
+  ``gp_force_stds``: reported stds (the decision compares their epistemic part), and
   ``gp_latent_force_stds``: the GP's latent stds);
 - ``checkpoint/state.json`` + ``checkpoint/model_<n>.otfgp``: model and MD state after
   every DFT call (and at the end), from which :meth:`OTF.resume` continues;
@@ -245,13 +245,14 @@ class OTF:
             + (f"; program output ends: {detail}" if detail else ""), detail)
 
     def _uncertainty(self) -> np.ndarray:
-        """Reported force-component stds at the current positions (N x 3, eV/A; the latent
-        ones are left in ``self.calc.results["latent_force_stds"]``)."""
+        """Epistemic force-component stds at the current positions (N x 3, eV/A), the ones
+        the DFT decision compares; the reported and latent ones are left in
+        ``self.calc.results`` (``force_stds``, ``latent_force_stds``)."""
         self.calc.uncertainty = self.options.uncertainty
         self.calc.reset()
         try:
             self.atoms.get_forces()
-            stds = self.calc.results["force_stds"]
+            stds = self.calc.results["epistemic_force_stds"]
         finally:
             self.calc.uncertainty = False
         return stds
@@ -275,7 +276,7 @@ class OTF:
                       cell=self.atoms.cell, pbc=self.atoms.pbc)
         if stds is not None:  # the prediction before this frame is learnt goes with its labels
             frame.arrays["gp_forces"] = np.array(self.calc.results["forces"])
-            frame.arrays["gp_force_stds"] = np.array(stds)
+            frame.arrays["gp_force_stds"] = np.array(self.calc.results["force_stds"])
             frame.arrays["gp_latent_force_stds"] = np.array(self.calc.results["latent_force_stds"])
             sigma_n = self.model.hyperparameters["noise_force"]
         try:
@@ -295,7 +296,7 @@ class OTF:
                                   self.options.max_atoms_added)
         if stds is not None:
             record = pre_update_record(frame.arrays["gp_forces"], frame.arrays["gp_latent_force_stds"],
-                                       labelled, sigma_n, reported_stds=stds)
+                                       labelled, sigma_n, reported_stds=frame.arrays["gp_force_stds"])
             self.pre_update_errors.append({"step": self.step, "audit": audit, **record})
             latent = frame.arrays["gp_latent_force_stds"] ** 2
             self.calibration_samples.append(calibration_sample(frame.arrays["gp_forces"], latent, labelled))
