@@ -5,8 +5,8 @@ Forces alone miss it: in a crystal strained uniformly every atom still sits at a
 site, the forces stay small and so do their stds, while energy and pressure are far off.
 
 Part 1, flagging. A model is learnt on the fly at a0 (32-atom fcc Al, a0 = 4.05 A, EMT
-labels, Langevin 300 K, dt 5 fs, 100 steps, default options but training on the energies and
-stresses EMT returns). It then predicts 32-atom
+labels, Langevin 300 K, dt 5 fs, 100 steps, threshold 10 meV/A, up to 4 atoms per call, and
+training on the energies and stresses EMT returns; a calibrated model with ``--calibration``). It then predicts 32-atom
 cells at a/a0 = 1.0, 1.05, 1.1, 1.2 (each coordinate rattled by 1 % of a, fixed seed);
 for each: energy error per atom, pressure error, the largest reported force,
 local-energy and stress stds, and the DFT decision of :func:`otfgp.learning.label_reasons`
@@ -46,7 +46,7 @@ A0 = 4.05
 CUTOFFS = {"twobody": 5.0, "threebody": 3.5}
 STRAINS = (1.0, 1.05, 1.1, 1.2)
 # energies and stresses are trained (the local-energy and stress stds mean nothing otherwise)
-TRAIN_ALL = {"add_energy": None, "add_stress": None}
+TRAIN_ALL: dict = {"add_energy": None, "add_stress": None}
 
 
 def crystal(scale: float, rng: np.random.Generator, rattle: float = 0.01) -> Atoms:
@@ -61,7 +61,7 @@ def learn_at_a0(out: Path, steps: int) -> otfgp.OTF:
     maxwell_boltzmann(atoms, 300.0, rng)
     dyn = Langevin(atoms, 5.0 * units.fs, temperature_K=300.0, friction=0.02 / units.fs, rng=rng)
     otf = otfgp.OTF(dyn, otfgp.GaussianProcess(["Al"], CUTOFFS), "emt", output_dir=str(out), progress=False,
-                    **TRAIN_ALL)
+                    threshold=0.01, max_atoms_added=4, **TRAIN_ALL)
     otf.run(steps)
     return otf
 
@@ -119,7 +119,9 @@ def main() -> None:
     ap.add_argument("--learn-steps", type=int, default=100)
     ap.add_argument("--npt-steps", type=int, default=400)
     ap.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "strained_lattice.json")
+    ap.add_argument("--calibration", default=None, help="calibration form refitted on the fly (default: none)")
     args = ap.parse_args()
+    TRAIN_ALL["calibration"] = args.calibration
     otfgp.set_num_threads(1)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,7 +148,8 @@ def main() -> None:
         "benchmark": "strained_lattice", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "commit": git_commit(), "uncommitted_changes": modified_paths(), "otfgp": otfgp_version(),
         "cpu": cpu_model(), "python": sys.version.split()[0],
-        "protocol": {"a0": A0, "strains": STRAINS, "learn_steps": args.learn_steps, "npt_steps": args.npt_steps},
+        "protocol": {"a0": A0, "strains": STRAINS, "learn_steps": args.learn_steps, "npt_steps": args.npt_steps,
+                     "calibration": args.calibration},
         "model_at_a0": {"dft_calls": len(otf.dft_calls), "training_environments": model.n_training_environments},
         "flagging": rows, "npt": {"emt": ref, "otf": otf_npt, "volume_ratio": ratio},
         "wall_time_s": time.perf_counter() - t0,
