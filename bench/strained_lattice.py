@@ -46,7 +46,7 @@ A0 = 4.05
 CUTOFFS = {"twobody": 5.0, "threebody": 3.5}
 STRAINS = (1.0, 1.05, 1.1, 1.2)
 # energies and stresses are trained (the local-energy and stress stds mean nothing otherwise)
-TRAIN_ALL: dict = {"add_energy": None, "add_stress": None}
+TRAIN_ALL = {"add_energy": None, "add_stress": None}
 
 
 def crystal(scale: float, rng: np.random.Generator, rattle: float = 0.01) -> Atoms:
@@ -55,13 +55,13 @@ def crystal(scale: float, rng: np.random.Generator, rattle: float = 0.01) -> Ato
     return atoms
 
 
-def learn_at_a0(out: Path, steps: int) -> otfgp.OTF:
+def learn_at_a0(out: Path, steps: int, options: dict) -> otfgp.OTF:
     rng = np.random.default_rng(1)
     atoms = crystal(1.0, rng)
     maxwell_boltzmann(atoms, 300.0, rng)
     dyn = Langevin(atoms, 5.0 * units.fs, temperature_K=300.0, friction=0.02 / units.fs, rng=rng)
     otf = otfgp.OTF(dyn, otfgp.GaussianProcess(["Al"], CUTOFFS), "emt", output_dir=str(out), progress=False,
-                    threshold=0.01, max_atoms_added=4, **TRAIN_ALL)
+                    threshold=0.01, max_atoms_added=4, **options)
     otf.run(steps)
     return otf
 
@@ -91,7 +91,7 @@ def flagging(model: otfgp.GaussianProcess) -> list[dict]:
     return rows
 
 
-def npt(atoms: Atoms, steps: int, otf_dir: Path | None) -> dict:
+def npt(atoms: Atoms, steps: int, otf_dir: Path | None, options: dict) -> dict:
     rng = np.random.default_rng(3)
     maxwell_boltzmann(atoms, 300.0, rng)
     dyn = NPTBerendsen(atoms, 5.0 * units.fs, temperature_K=300.0, pressure_au=0.0, taut=100 * units.fs,
@@ -104,7 +104,7 @@ def npt(atoms: Atoms, steps: int, otf_dir: Path | None) -> dict:
         calls = None
     else:
         otf = otfgp.OTF(dyn, otfgp.GaussianProcess(["Al"], CUTOFFS), "emt", output_dir=str(otf_dir),
-                        progress=False, **TRAIN_ALL)
+                        progress=False, **options)
         otf.run(steps)
         calls = len(otf.dft_calls)
         cells = [json.loads(line) for line in open(otf_dir / "log.jsonl") if line.strip()]
@@ -121,11 +121,11 @@ def main() -> None:
     ap.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "strained_lattice.json")
     ap.add_argument("--calibration", default=None, help="calibration form refitted on the fly (default: none)")
     args = ap.parse_args()
-    TRAIN_ALL["calibration"] = args.calibration
+    options = {**TRAIN_ALL, "calibration": args.calibration}
     otfgp.set_num_threads(1)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        otf = learn_at_a0(Path(tmp) / "a0", args.learn_steps)
+        otf = learn_at_a0(Path(tmp) / "a0", args.learn_steps, options)
         model = otf.model
         print(f"model learnt at a0: {len(otf.dft_calls)} DFT calls, {model.n_training_environments} "
               f"environments, {model.n_training_structures} labelled frames")
@@ -139,8 +139,8 @@ def main() -> None:
                   f"{r['pressure_reference_GPa']:7.2f} {r['max_force_error_eV_per_A']:8.3f} "
                   f"{r['max_force_std_eV_per_A']:7.4f} {le if le is None else f'{le:7.4f}'} "
                   f"{ss if ss is None else f'{ss:9.3f}'}  {'; '.join(r['reasons']) or 'no DFT'}", flush=True)
-        ref = npt(crystal(1.0, np.random.default_rng(2)), args.npt_steps, None)
-        otf_npt = npt(crystal(1.0, np.random.default_rng(2)), args.npt_steps, Path(tmp) / "npt")
+        ref = npt(crystal(1.0, np.random.default_rng(2)), args.npt_steps, None, options)
+        otf_npt = npt(crystal(1.0, np.random.default_rng(2)), args.npt_steps, Path(tmp) / "npt", options)
     ratio = otf_npt["mean_volume_per_atom_A3"] / ref["mean_volume_per_atom_A3"]
     print(f"NPT {args.npt_steps} steps: EMT V/atom {ref['mean_volume_per_atom_A3']:.3f} A^3, on the fly "
           f"{otf_npt['mean_volume_per_atom_A3']:.3f} A^3 (ratio {ratio:.4f}), {otf_npt['dft_calls']} DFT calls")

@@ -148,6 +148,19 @@ PYBIND11_MODULE(_core, m) {
       py::arg("coefficients"), py::arg("latent"), py::arg("noise"), py::arg("mean") = py::none(),
       "Reported variance a max(latent, 0)^p + b + c mean^2 + e noise (numpy broadcasting), the "
       "core's calibration rule; coefficients: dict(a, p, b, c, e) or a 5-tuple.");
+  m.def(
+      "force_scale_values",
+      [](const py::object& forces) {
+        auto np = py::module_::import("numpy");
+        const DoubleArray f = DoubleArray::ensure(np.attr("ascontiguousarray")(forces, "float64"));
+        std::vector<py::ssize_t> shape(f.shape(), f.shape() + f.ndim());
+        py::array_t<double> out(shape);
+        otfgp::force_scale_values(static_cast<std::size_t>(f.size()), f.data(), out.mutable_data());
+        return out;
+      },
+      py::arg("forces"),
+      "The values a force calibration map scales with: each atom's RMS force component "
+      "|F_i|/sqrt(3), repeated for its three components (same shape as forces).");
 
   m.def("set_num_threads", [](int n) {
 #ifdef _OPENMP

@@ -272,3 +272,12 @@ def test_calculator_reports_calibrated_and_latent_stds(mapped_al):
     atoms.calc = otfgp.GPCalculator(gp, uncertainty="mapped")
     atoms.get_forces()
     assert "energies_stds" in atoms.calc.results and "energy_std" not in atoms.calc.results
+
+
+def test_force_scale_values_are_the_atoms_rms_component():
+    f = np.array([[3.0, 0.0, 4.0], [1.0, 1.0, 1.0]])
+    expected = np.repeat([5.0 / np.sqrt(3.0), 1.0], 3).reshape(2, 3)
+    np.testing.assert_allclose(force_scale_values(f), expected, rtol=1e-15)
+    np.testing.assert_allclose(force_scale_values(f.ravel()), expected.ravel(), rtol=1e-15)
+    with pytest.raises(ValueError, match="in threes"):
+        force_scale_values(np.zeros(4))

@@ -1,6 +1,7 @@
 #include "calibration.h"
 
 #include <cmath>
+#include <string>
 
 #include "errors.h"
 
@@ -37,6 +38,14 @@ void apply_variance_map(const VarianceMap& map, std::size_t n, const double* lat
                         std::size_t noise_stride, const double* mean, std::size_t mean_stride, double* out) {
   for (std::size_t k = 0; k < n; ++k)
     out[k] = map(latent[k], noise[k * noise_stride], mean ? mean[k * mean_stride] : 0.0);
+}
+
+void force_scale_values(std::size_t n, const double* forces, double* out) {
+  if (n % 3 != 0) throw InputError("force components come in threes, got " + std::to_string(n));
+  for (std::size_t i = 0; i < n; i += 3) {
+    const double* f = forces + i;
+    out[i] = out[i + 1] = out[i + 2] = std::sqrt((f[0] * f[0] + f[1] * f[1] + f[2] * f[2]) / 3.0);
+  }
 }
 
 }  // namespace otfgp

@@ -175,16 +175,9 @@ void Model::report_variances(VarianceQuantity q, std::size_t n, const double* la
     apply_variance_map(variance_map(q), n, latent, &noise, 0, mean, 1, out);
     return;
   }
-  // For forces the value a map scales with is the atom's RMS force component |F_i|/sqrt(3),
-  // the same for its three components: on held-out Al errors it tracked the error better
-  // than each component's own value (bench/uq_calibration.py), since a model error follows
-  // how distorted the atom's environment is rather than the direction of its force.
-  std::vector<double> rms(n);
-  for (std::size_t i = 0; i + 2 < n; i += 3) {
-    const double m = std::sqrt((mean[i] * mean[i] + mean[i + 1] * mean[i + 1] + mean[i + 2] * mean[i + 2]) / 3.0);
-    rms[i] = rms[i + 1] = rms[i + 2] = m;
-  }
-  apply_variance_map(variance_map(q), n, latent, &noise, 0, rms.data(), 1, out);
+  std::vector<double> scale(n);  // forces scale with their atom's RMS component
+  force_scale_values(n, mean, scale.data());
+  apply_variance_map(variance_map(q), n, latent, &noise, 0, scale.data(), 1, out);
 }
 
 void Model::epistemic_variances(VarianceQuantity q, std::size_t n, const double* latent, double* out) const {

@@ -212,11 +212,10 @@ class ModelCalibration:
 
 def force_scale_values(forces: Any) -> np.ndarray:
     """The values a force map's c term scales with, per component: the atom's RMS force
-    component |F_i|/sqrt(3), repeated for its three components (forces N x 3 or flat). The
-    core applies the same to every force prediction (``Model::report_variances``; a test
-    keeps the two equal)."""
-    f = np.asarray(forces, dtype=float).reshape(-1, 3)
-    return np.repeat(np.sqrt(np.mean(f ** 2, axis=1)), 3).reshape(f.shape)
+    component |F_i|/sqrt(3), repeated for its three components (same shape as ``forces``,
+    N x 3 or flat). The core's own rule (``otfgp::force_scale_values``), the one every force
+    prediction applies."""
+    return _core.force_scale_values(np.asarray(forces, dtype=float))
 
 
 def gaussian_nll(residuals: Any, variances: Any) -> float:
