@@ -185,3 +185,34 @@ def test_default_bounds_are_wide_and_priors_survive_copy(rng):
     gp2.add_training_data(displaced_al(rng), atom_indices=range(3))
     gp2.train(optimize=False)
     assert gp2.copy().priors is custom
+
+
+def test_config_priors_key():
+    """[model] priors: true / false / {name = [median, factor]}, also restored on --resume."""
+    from pathlib import Path
+
+    from otfgp.builders import build_model, restore_hyperparameter_settings
+    from otfgp.config import ConfigError, load_config, validate_config
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "otf_al_emt.toml"
+    cfg = load_config(example)
+    assert "priors" not in cfg["model"] and "bounds" not in cfg["model"]  # the example relies on the defaults
+    assert build_model(validate_config(cfg)["model"]).priors is DEFAULT_PRIORS
+    cfg["model"]["priors"] = False
+    ml = build_model(validate_config(cfg)["model"])
+    assert ml.priors is None and ml.bounds == MAXIMUM_LIKELIHOOD_BOUNDS
+    cfg["model"]["priors"] = {"noise_force": [0.05, 2.0]}
+    cfg["model"]["bounds"] = {"ell2": [0.1, 10.0]}
+    resolved = validate_config(cfg)["model"]
+    gp = build_model(resolved)
+    assert gp.priors.noise_force == LogNormal(0.05, math.log(2.0))
+    assert gp.priors.ell2 == DEFAULT_PRIORS.ell2
+    loaded = otfgp.GaussianProcess(["Al"], {"twobody": 5.0}, priors=None)
+    restore_hyperparameter_settings(loaded, resolved)
+    assert loaded.priors == gp.priors and loaded.bounds == gp.bounds
+    assert gp.bounds["ell2"] == (0.1, 10.0) and gp.bounds["noise_force"] == DEFAULT_BOUNDS["noise_force"]
+    for bad in ({"noise_force": [0.05, 1.0]}, {"noise_force": [0.0, 2.0]}, {"nope": [1.0, 2.0]}, "yes",
+                {"ell2": 1.0}):
+        cfg["model"]["priors"] = bad
+        with pytest.raises(ConfigError, match="model.priors"):
+            validate_config(cfg)
