@@ -216,3 +216,11 @@ def test_config_priors_key():
         cfg["model"]["priors"] = bad
         with pytest.raises(ConfigError, match="model.priors"):
             validate_config(cfg)
+
+
+def test_changing_the_priors_refreshes_the_resolved_medians(rng):
+    gp = otfgp.GaussianProcess(["Al"], {"twobody": 5.0})
+    gp.add_training_data(displaced_al(rng), atom_indices=range(3))
+    assert gp.prior_medians()["noise_force"] == DEFAULT_PRIORS.noise_force
+    gp.priors = DEFAULT_PRIORS.with_overrides({"noise_force": (0.1, 1.0)})
+    assert gp.prior_medians()["noise_force"] == LogNormal(0.1, 1.0)

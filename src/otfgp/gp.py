@@ -223,8 +223,8 @@ class GaussianProcess:
     # Class-level defaults so that models built without __init__ (load, copy) train with
     # the default priors; __init__ and copy() set them per instance.
     priors: Priors | None = DEFAULT_PRIORS
-    # (n_labels, length-scale medians, resolved priors) of the last prior_medians() call
-    _prior_cache: tuple[int, tuple[float, float], dict[str, LogNormal]] | None = None
+    # (n_labels, priors, resolved priors) of the last prior_medians() call
+    _prior_cache: tuple[int, Priors, dict[str, LogNormal]] | None = None
 
     def __init__(
         self,
@@ -573,9 +573,9 @@ class GaussianProcess:
         if self.n_labels == 0:
             raise _core.NotTrainedError("no training data: call add_training_data() first")
         ells = (self.priors.ell2.median, self.priors.ell3.median)
-        key_ells = tuple(1.0 if e is None else float(e) for e in ells)
         cache = self._prior_cache
-        if cache is not None and cache[0] == self.n_labels and cache[1] == key_ells:
+        # labels are only ever appended, so their count and the (frozen) priors identify the state
+        if cache is not None and cache[0] == self.n_labels and cache[1] == self.priors:
             return dict(cache[2])
         data: dict[str, float] = {}
         needed = [k for k in ("sigma2", "sigma3") if self.priors.get(k).median is None]
@@ -591,7 +591,7 @@ class GaussianProcess:
                 # all-zero labels carry no scale: fall back to the default starting values
                 data = {k: DEFAULT_HYPERPARAMETERS[k] for k in needed}
             else:
-                d2, d3 = self._unscaled_diagonal(key_ells[0], key_ells[1])
+                d2, d3 = self._unscaled_diagonal(float(ells[0]), float(ells[1]))
                 for name, d in (("sigma2", d2), ("sigma3", d3)):
                     if name not in needed:
                         continue
@@ -599,7 +599,7 @@ class GaussianProcess:
                     # an absent body order (no cutoff) or no clusters: its prior is never used
                     data[name] = math.sqrt(0.5 * mean_square / mean_d) if mean_d > 0 else DEFAULT_HYPERPARAMETERS[name]
         resolved = self.priors.resolve(data)
-        self._prior_cache = (self.n_labels, key_ells, resolved)
+        self._prior_cache = (self.n_labels, self.priors, resolved)
         return dict(resolved)
 
     def _unscaled_diagonal(self, ell2: float, ell3: float) -> tuple[np.ndarray, np.ndarray]:
