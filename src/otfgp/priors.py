@@ -74,7 +74,7 @@ class Priors:
       a 2+3-body model, which acts as label noise, are tens of meV/A; noise-free labels
       (EMT) otherwise drive sigma_n to zero on few environments and the variance becomes
       overconfident. 50 meV/A with a factor 2 was measured to smooth 4-environment fits
-      (held-out error 10-20% above maximum likelihood).
+      (held-out error 16-22% above maximum likelihood).
     * ``noise_energy``: 50 meV per structure, ``noise_stress``: 5 meV/A^3 (0.8 GPa), a
       factor 10 per std: typical label errors in their own units, loosely held.
     """
