@@ -131,6 +131,10 @@ def otf_run(seed: int, options: dict, labeller, solid_steps: int, liquid_steps: 
         "dft_call_steps": summary["dft_call_steps"],
         "training_environments": summary["training_environments"],
         "hyperparameters": summary["hyperparameters"],
+        # retrains whose optimisation ended at a bound or abnormally, and the last one's warnings
+        "retrains_with_hyperparameter_warnings": len(summary["hyperparameter_warnings"]),
+        "final_hyperparameter_warnings": (otf.model.last_optimization.warnings()
+                                          if otf.model.last_optimization is not None else []),
         "temperature_end_of_solid_K": t_solid_end,
         "mean_temperature_last_50_steps_K": float(np.mean(temps[-50:])),
         "wall_time_s": w,

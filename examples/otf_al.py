@@ -79,14 +79,9 @@ def main() -> None:
     else:
         labeller = emt_labeller()
 
-    # Bounds beyond the package defaults: the 3-body signal is kept >= 1 meV because at
-    # smaller values its likelihood gradient vanishes and a warm-started optimisation never
-    # brings it back; DFT labels get a force-noise floor of 20 meV/A (these QE settings are
-    # 16 meV/A rms from converged forces, and the 2+3-body model cannot be exact).
-    bounds = {"sigma3": (1e-3, 1e3)}
-    if args.oracle == "qe":
-        bounds["noise_force"] = (0.02, 10.0)
-    model = otfgp.GaussianProcess(["Al"], {"twobody": 5.0, "threebody": 3.5}, bounds=bounds)
+    # Package-default priors and bounds: the priors (otfgp.priors) keep the hyperparameters
+    # fitted to the first few environments sensible, so no hand-set bounds are needed.
+    model = otfgp.GaussianProcess(["Al"], {"twobody": 5.0, "threebody": 3.5})
     dyn = VelocityVerlet(atoms, timestep=5.0 * units.fs)
     otf = otfgp.OTF(dyn, model, labeller, threshold=args.threshold, max_atoms_added=args.max_atoms_added,
                     init_atoms=4, output_dir=str(out))
@@ -131,6 +126,7 @@ def main() -> None:
             out, args.solid_steps + args.liquid_steps // 2),
         "held_out_liquid_test": test_result,
         "pre_update_calibration": summary["pre_update_calibration"],
+        "hyperparameter_warnings": summary["hyperparameter_warnings"],
         "plots": [str(p) for p in plots],
     }
     (out / "demo_summary.json").write_text(json.dumps(result, indent=2))
@@ -152,6 +148,10 @@ def main() -> None:
         print(f"  DFT frames predicted before learning them ({cal['frames']}): force RMSE "
               f"{1000 * cal['rmse']:.0f} meV/A, within 1 latent std {cal['coverage_1std_latent']:.0%}, "
               f"within 1 std with sigma_n {cal['coverage_1std_total']:.0%} (calibrated: 68%)")
+    warned = summary["hyperparameter_warnings"]
+    print(f"  hyperparameters: " + ", ".join(f"{k} {v:.3g}" for k, v in summary["hyperparameters"].items()))
+    print(f"  retrains with hyperparameter warnings (at a bound / abnormal stop): {len(warned)}"
+          + (f", last at step {warned[-1]['step']}: {'; '.join(warned[-1]['warnings'])}" if warned else ""))
     print(f"  output: {out}/ (summary.json, demo_summary.json, {', '.join(p.name for p in plots)})")
 
 

@@ -4,8 +4,9 @@
     python examples/train_al.py --oracle emt    # ASE's EMT instead (seconds)
 
 Labels jittered 4-atom fcc Al cells with DFT, trains the 2+3-body GP (hyperparameters by
-maximum likelihood), checks it on fresh DFT frames it has never seen, then predicts a
-32-atom cell with per-atom force uncertainties and saves the model.
+maximum a posteriori with the default priors, otfgp.priors), checks it on fresh DFT frames
+it has never seen, then predicts a 32-atom cell with per-atom force uncertainties and saves
+the model.
 """
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ integrator, the Gaussian-process model and the labeller.
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -18,6 +19,7 @@ if TYPE_CHECKING:  # ASE and the model are imported lazily: the CLI starts fast
     from ase.md.md import MolecularDynamics
 
     from .gp import GaussianProcess
+    from .priors import Priors
 
 
 def build_structure(st: Mapping[str, Any]) -> "Atoms":
@@ -109,14 +111,39 @@ def build_model(model: Mapping[str, Any]) -> "GaussianProcess":
         ConfigError: the model rejected a setting (e.g. an unknown species).
     """
     from .gp import GaussianProcess
+    from .priors import Priors
 
     cutoffs = {k: model[k] for k in ("twobody", "threebody") if k in model}
     bounds = {k: tuple(v) for k, v in model.get("bounds", {}).items()} or None
     try:
         return GaussianProcess(model["species"], cutoffs, hyperparameters=model.get("hyperparameters"),
-                               bounds=bounds)
+                               bounds=bounds, priors=build_priors(model))
     except ValueError as exc:
         raise ConfigError(f"[model]: {exc}") from exc
+
+
+def build_priors(model: Mapping[str, Any]) -> "Priors | None":
+    """The hyperparameter priors of a resolved ``[model]`` section: ``None`` (maximum
+    likelihood) for ``priors = false``, else the defaults with any [median, factor]
+    overrides (log_std = ln(factor))."""
+    from .priors import DEFAULT_PRIORS
+
+    spec = model.get("priors", True)
+    if spec is False:
+        return None
+    if spec is True:
+        return DEFAULT_PRIORS
+    return DEFAULT_PRIORS.with_overrides({k: (v[0], math.log(v[1])) for k, v in spec.items()})
+
+
+def restore_hyperparameter_settings(gp: "GaussianProcess", model: Mapping[str, Any]) -> None:
+    """Priors and bounds of a resolved ``[model]`` section on a model read from a file
+    (model files keep hyperparameters but neither priors nor optimisation bounds)."""
+    from .gp import DEFAULT_BOUNDS, MAXIMUM_LIKELIHOOD_BOUNDS
+
+    gp.priors = build_priors(model)
+    gp.bounds = dict(DEFAULT_BOUNDS if gp.priors is not None else MAXIMUM_LIKELIHOOD_BOUNDS)
+    gp.bounds.update({k: (float(v[0]), float(v[1])) for k, v in model.get("bounds", {}).items()})
 
 
 def build_labeller(spec: Mapping[str, Any], run_dir: str | os.PathLike) -> "BaseCalculator":

@@ -37,6 +37,7 @@ A config file (TOML, or YAML when PyYAML is installed) has five sections::
     threebody = 3.5
     # hyperparameters = {noise_force = 0.02}
     # bounds = {noise_force = [0.005, 1.0]}
+    # priors = {noise_force = [0.02, 3.0]}   # [median, factor per std]; false: maximum likelihood
 
     [labeller]
     type = "espresso"       # or "emt", or "module:function"; espresso keys: otfgp.labellers.espresso_calculator
@@ -66,7 +67,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .atomic_io import write_json
-from .builders import build_dynamics, build_labeller, build_model, build_structure, set_velocities
+from .builders import (build_dynamics, build_labeller, build_model, build_structure,
+                       restore_hyperparameter_settings, set_velocities)
 from .config import ConfigError, load_config, stage_bounds, validate_config
 from .stages import STAGES_FILE, read_stages_state, run_stages
 
@@ -148,9 +150,8 @@ def cmd_otf(args: argparse.Namespace) -> int:
         labeller = build_labeller(cfg["labeller"], run_dir)
         if (run_dir / "checkpoint" / "state.json").is_file():
             otf = OTF.resume(run_dir, dyn, labeller)
-            # model files keep hyperparameters but not optimisation bounds: restore them
-            otf.model.bounds.update({k: (float(v[0]), float(v[1]))
-                                     for k, v in cfg["model"].get("bounds", {}).items()})
+            # model files keep hyperparameters but neither priors nor bounds: restore them
+            restore_hyperparameter_settings(otf.model, cfg["model"])
             print(f"otfgp: resuming {run_dir} at step {otf.step} "
                   f"({len(otf.dft_calls)} DFT calls so far)", file=sys.stderr)
         else:

@@ -17,7 +17,7 @@ STRUCTURE_KEYS = ("lattice", "element", "a", "c", "cubic", "orthorhombic", "repe
 MD_KEYS = ("integrator", "timestep_fs", "temperature_K", "seed", "friction", "steps", "stages",
            "pressure_bar", "taut_fs", "taup_fs", "compressibility_per_bar", "zero_momentum")
 STAGE_KEYS = ("steps", "rescale_to_K", "temperature_K", "name")
-MODEL_KEYS = ("species", "twobody", "threebody", "hyperparameters", "bounds")
+MODEL_KEYS = ("species", "twobody", "threebody", "hyperparameters", "bounds", "priors")
 INTEGRATORS = ("velocity_verlet", "langevin", "npt_berendsen")
 NPT_KEYS = ("pressure_bar", "taut_fs", "taup_fs", "compressibility_per_bar")
 
@@ -68,7 +68,8 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
 
 def known_keys() -> dict[str, tuple[str, ...]]:
     """The keys the schema accepts, by section: ``structure``, ``md``, ``md.stages``,
-    ``model``, ``model.hyperparameters`` (also the keys of ``model.bounds``) and ``otf``
+    ``model``, ``model.hyperparameters`` (also the keys of ``model.bounds`` and
+    ``model.priors``) and ``otf``
     (the :class:`otfgp.OTFOptions` fields). ``[labeller]`` keys belong to the labeller
     registry (:func:`otfgp.labellers.check_labeller_spec`)."""
     from .gp import HYPERPARAMETER_NAMES
@@ -263,7 +264,31 @@ def _validate_model(mo: Mapping[str, Any], st: Mapping[str, Any]) -> dict[str, A
                     raise ConfigError(f"model.bounds.{name} must be [low, high] with 0 < low <= high, got {v!r}")
             model[key] = {k: (float(v) if key == "hyperparameters" else [float(x) for x in v])
                           for k, v in d.items()}
+    if "priors" in mo:
+        model["priors"] = _validate_priors(mo["priors"])
     return model
+
+
+def _validate_priors(p: Any) -> bool | dict[str, list[float]]:
+    """``model.priors``: ``true`` (the default priors), ``false`` (maximum likelihood) or a
+    table of overrides, hyperparameter name -> [median, factor] (factor > 1: the prior's
+    spread, a factor per standard deviation of the log)."""
+    from .gp import HYPERPARAMETER_NAMES
+
+    if isinstance(p, bool):
+        return p
+    if not isinstance(p, Mapping):
+        raise ConfigError(f"model.priors must be true, false or a table name -> [median, factor], got {p!r}")
+    out = {}
+    for name, v in p.items():
+        if name not in HYPERPARAMETER_NAMES:
+            raise ConfigError(f"unknown key model.priors.{name}; known: {', '.join(HYPERPARAMETER_NAMES)}")
+        if (not isinstance(v, (list, tuple)) or len(v) != 2
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+                or v[0] <= 0 or v[1] <= 1):
+            raise ConfigError(f"model.priors.{name} must be [median, factor] with median > 0 and factor > 1, got {v!r}")
+        out[name] = [float(v[0]), float(v[1])]
+    return out
 
 
 def _validate_labeller(lab: Mapping[str, Any]) -> dict[str, Any]:

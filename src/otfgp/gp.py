@@ -22,6 +22,8 @@ from . import _core
 
 from .calibration import Calibration, ModelCalibration, fit_calibration, force_scale_values
 from .map_report import MapReport
+from .priors import DEFAULT_PRIORS, LogNormal, Priors, log_prior
+
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +52,32 @@ DEFAULT_HYPERPARAMETERS: dict[str, float] = {
 
 DEFAULT_BOUNDS: dict[str, tuple[float, float]] = {
     "sigma2": (1e-5, 1e3),
-    "ell2": (0.5, 20.0),
+    "ell2": (0.05, 20.0),
     "sigma3": (1e-5, 1e3),
+    "ell3": (0.05, 20.0),
+    "noise_force": (1e-3, 10.0),
+    "noise_energy": (1e-5, 100.0),
+    "noise_stress": (1e-7, 1.0),
+}
+"""Bounds used by :meth:`GaussianProcess.train`: numerical safety limits only (a force
+noise of at least 1 meV/A keeps the kernel matrix well conditioned; length scales below
+0.05 A make the kernel a spike). On small data the priors (:mod:`otfgp.priors`), not these
+bounds, keep the hyperparameters sensible; docs/hyperparameters.md has the measurements.
+Pure maximum likelihood (``priors=None``) needs tighter bounds:
+:data:`MAXIMUM_LIKELIHOOD_BOUNDS`."""
+
+MAXIMUM_LIKELIHOOD_BOUNDS: dict[str, tuple[float, float]] = {
+    **DEFAULT_BOUNDS,
+    "ell2": (0.5, 20.0),
     "ell3": (0.5, 20.0),
     "noise_force": (5e-3, 10.0),
     "noise_energy": (1e-4, 100.0),
     "noise_stress": (1e-6, 1.0),
 }
-"""Bounds used by :meth:`GaussianProcess.train`: a force-noise floor of 5 meV/A (keeps the
-kernel matrix well conditioned and the variance honest with noise-free labels) and length
-scales of at least 0.5 A (shorter ones interpolate few environments but generalise badly).
-The measurements behind both are in docs/hyperparameters.md."""
+"""The bounds of maximum-likelihood training before the priors (used when a model is built
+with ``priors=None`` and no bounds): a 5 meV/A force-noise floor and length scales of at
+least 0.5 A, without which the likelihood of a few environments picks length scales of a
+few hundredths of an Angstrom and a vanishing noise (docs/hyperparameters.md)."""
 
 
 _ROW_FORCE, _ROW_ENERGY, _ROW_STRESS = 0, 1, 2
@@ -91,6 +108,9 @@ class OptimizationReport:
     message: str
     abnormal: bool
     at_bounds: dict[str, str]
+    #: log prior density at the optimum (0 for maximum likelihood); the optimiser maximised
+    #: ``log_likelihood + log_prior``.
+    log_prior: float = 0.0
 
     def warnings(self) -> list[str]:
         """Human-readable warnings (empty when the optimisation ended cleanly)."""
@@ -259,7 +279,11 @@ class GaussianProcess:
         cutoffs: ``{"twobody": r2, "threebody": r3}`` in Angstrom; leave out a key to
             disable that body order.
         hyperparameters: any subset of :data:`HYPERPARAMETER_NAMES`; others default.
-        bounds: optimisation bounds overriding :data:`DEFAULT_BOUNDS`.
+        bounds: optimisation bounds overriding :data:`DEFAULT_BOUNDS` (with
+            ``priors=None``: :data:`MAXIMUM_LIKELIHOOD_BOUNDS`).
+        priors: hyperparameter priors for maximum a posteriori training
+            (:class:`otfgp.priors.Priors`, default :data:`otfgp.priors.DEFAULT_PRIORS`), or
+            ``None`` for pure maximum likelihood. Not stored in model files.
 
     The energy is a sum of pair energies over pairs closer than r2 and triplet energies
     over triangles whose three sides are shorter than r3, each a Gaussian process with a
@@ -268,12 +292,19 @@ class GaussianProcess:
     derivatives of that energy, so the mean force field is conservative.
     """
 
+    # Class-level defaults so that models built without __init__ (load, copy) train with
+    # the default priors; __init__ and copy() set them per instance.
+    priors: Priors | None = DEFAULT_PRIORS
+    # (n_labels, priors, resolved priors) of the last prior_medians() call
+    _prior_cache: tuple[int, Priors, dict[str, LogNormal]] | None = None
+
     def __init__(
         self,
         species: Sequence[str | int],
         cutoffs: Mapping[str, float],
         hyperparameters: Mapping[str, float] | None = None,
         bounds: Mapping[str, tuple[float, float]] | None = None,
+        priors: Priors | None = DEFAULT_PRIORS,
     ) -> None:
         numbers = [_as_atomic_number(s) for s in species]
         if not numbers:
@@ -289,7 +320,11 @@ class GaussianProcess:
         r2 = float(cutoffs.get("twobody", 0.0))
         r3 = float(cutoffs.get("threebody", 0.0))
         self._model = _core.Model(numbers, r2, r3)
-        self.bounds: dict[str, tuple[float, float]] = dict(DEFAULT_BOUNDS)
+        if priors is not None and not isinstance(priors, Priors):
+            raise TypeError(f"priors must be an otfgp.priors.Priors or None, got {type(priors).__name__}")
+        self.priors = priors
+        self.bounds: dict[str, tuple[float, float]] = dict(
+            DEFAULT_BOUNDS if priors is not None else MAXIMUM_LIKELIHOOD_BOUNDS)
         if bounds:
             self._check_names(bounds)
             self.bounds.update({k: (float(v[0]), float(v[1])) for k, v in bounds.items()})
@@ -588,6 +623,107 @@ class GaussianProcess:
             hyp.update(hyperparameters)
         return self._likelihood(hyp, grad=True)
 
+    # ------------------------------------------------------------------ priors
+    def prior_medians(self) -> dict[str, LogNormal]:
+        """The priors of :attr:`priors` with every median concrete, for the current data.
+
+        A ``None`` median of ``sigma2`` / ``sigma3`` (empirical Bayes) becomes the signal
+        std at which that body order alone, at the median length scales, gives a prior
+        variance of half the mean square label: sigma_b^2 * mean_i K_b(x_i, x_i) = <y^2> / 2
+        over the force rows (energy rows, offsets removed, without forces; stress rows
+        without either). Each body order may then carry all of the labels' variance within
+        about one prior std; the root mean square, not the spread about the mean, because
+        the GP's prior mean is zero. The result depends only on the labels, the structures
+        and the length-scale medians, so repeated training on the same data is
+        deterministic. It is cached until labels are added.
+
+        Raises:
+            ValueError: the model has no priors (``priors=None``).
+        """
+        if self.priors is None:
+            raise ValueError("this model has no priors (priors=None: maximum likelihood)")
+        if self.n_labels == 0:
+            raise _core.NotTrainedError("no training data: call add_training_data() first")
+        ells = (self.priors.ell2.median, self.priors.ell3.median)
+        cache = self._prior_cache
+        # labels are only ever appended, so their count and the (frozen) priors identify the state
+        if cache is not None and cache[0] == self.n_labels and cache[1] == self.priors:
+            return dict(cache[2])
+        data: dict[str, float] = {}
+        needed = [k for k in ("sigma2", "sigma3") if self.priors.get(k).median is None]
+        if needed:
+            if None in ells:
+                raise ValueError("data-dependent signal medians need fixed length-scale medians")
+            kinds = np.asarray(self._model.row_kinds)
+            kind = next(k for k in (_ROW_FORCE, _ROW_ENERGY, _ROW_STRESS) if np.any(kinds == k))
+            rows = kinds == kind
+            y = self._targets(self._fit_energy_offsets())[rows]
+            mean_square = float(np.mean(y**2))
+            if mean_square <= 0.0:
+                # all-zero labels carry no scale: fall back to the default starting values
+                data = {k: DEFAULT_HYPERPARAMETERS[k] for k in needed}
+            else:
+                d2, d3 = self._unscaled_diagonal(float(ells[0]), float(ells[1]))
+                for name, d in (("sigma2", d2), ("sigma3", d3)):
+                    if name not in needed:
+                        continue
+                    mean_d = float(np.mean(d[rows]))
+                    # an absent body order (no cutoff) or no clusters: its prior is never used
+                    data[name] = math.sqrt(0.5 * mean_square / mean_d) if mean_d > 0 else DEFAULT_HYPERPARAMETERS[name]
+        resolved = self.priors.resolve(data)
+        self._prior_cache = (self.n_labels, self.priors, resolved)
+        return dict(resolved)
+
+    def _unscaled_diagonal(self, ell2: float, ell3: float) -> tuple[np.ndarray, np.ndarray]:
+        """Diagonals of the unscaled K2 and K3 at the given length scales, one label group
+        at a time (cheaper than the whole matrix, and the kernel cache stays untouched)."""
+        hyp = self.hyperparameters
+        hyp.update(ell2=ell2, ell3=ell3)
+        saved = self._model.hyperparameters
+        self._model.hyperparameters = [hyp[k] for k in HYPERPARAMETER_NAMES]
+        d2, d3 = [], []
+        try:
+            for g in range(self._model.n_groups):
+                K2, K3, _, _ = self._model.covariance(g, g + 1, g, g + 1, False)
+                d2.append(np.diag(K2))
+                d3.append(np.diag(K3))
+        finally:
+            self._model.hyperparameters = saved
+        return np.concatenate(d2), np.concatenate(d3)
+
+    def log_prior(self, hyperparameters: Mapping[str, float] | None = None) -> tuple[float, dict[str, float]]:
+        """Log prior density (of the log hyperparameters) at the given (or current)
+        hyperparameters and its gradient with respect to each hyperparameter.
+
+        Only the hyperparameters the data inform (those :meth:`train` optimises) count;
+        the others' gradients are 0. ``(0.0, zeros)`` for a model without priors.
+        """
+        hyp = self.hyperparameters
+        if hyperparameters:
+            self._check_names(hyperparameters)
+            hyp.update(hyperparameters)
+        if self.priors is None:
+            return 0.0, {k: 0.0 for k in hyp}
+        return log_prior(hyp, self.prior_medians(), self._active())
+
+    def log_posterior(self, hyperparameters: Mapping[str, float] | None = None) -> float:
+        """Log marginal likelihood plus log prior: what :meth:`train` maximises."""
+        return self.log_posterior_gradient(hyperparameters, grad=False)[0]
+
+    def log_posterior_gradient(
+        self, hyperparameters: Mapping[str, float] | None = None, grad: bool = True
+    ) -> tuple[float, dict[str, float]]:
+        """Log posterior (up to the evidence) and its gradient with respect to every hyperparameter."""
+        hyp = self.hyperparameters
+        if hyperparameters:
+            self._check_names(hyperparameters)
+            hyp.update(hyperparameters)
+        value, g = self._likelihood(hyp, grad=grad)
+        prior, g_prior = self.log_prior(hyp)
+        if not grad:
+            return value + prior, {}
+        return value + prior, {k: g[k] + g_prior[k] for k in g}
+
     # ----------------------------------------------------------------- training
     def train(
         self,
@@ -600,9 +736,11 @@ class GaussianProcess:
         """Fit the model to its training data.
 
         Args:
-            optimize: maximise the log marginal likelihood over the hyperparameters
-                (L-BFGS-B in log space within :attr:`bounds`); otherwise keep them and only
-                solve, extending the previous Cholesky factor when data were merely added.
+            optimize: maximise the log posterior (log marginal likelihood plus the log
+                prior of :attr:`priors`; the likelihood alone without priors) over the
+                hyperparameters (L-BFGS-B in log space within :attr:`bounds`); otherwise
+                keep them and only solve, extending the previous Cholesky factor when data
+                were merely added.
             restarts: extra optimisations from random starting points within the bounds;
                 the best optimum wins.
             max_iterations: L-BFGS-B iteration limit per start.
@@ -619,6 +757,8 @@ class GaussianProcess:
     def _optimize(self, restarts: int, max_iterations: int, seed: int, from_defaults: bool = True) -> None:
         names = self._active()
         base = self.hyperparameters
+        # the data-dependent prior centres, once per optimisation (they depend on the data only)
+        priors = self.prior_medians() if self.priors is not None else None
         lo = np.log([self.bounds[k][0] for k in names])
         hi = np.log([self.bounds[k][1] for k in names])
         span = hi - lo
@@ -640,6 +780,10 @@ class GaussianProcess:
                 # Not positive definite this far out: report a much worse value so the
                 # line search steps back.
                 return 1e10, np.zeros_like(u)
+            if priors is not None:
+                p_value, p_grad = log_prior(hyp, priors, names)
+                value += p_value
+                g = {k: g[k] + p_grad[k] for k in g}
             return -value, -np.array([g[k] * hyp[k] for k in names]) * dlog_du
 
         def to_u(log_theta: np.ndarray) -> np.ndarray:
@@ -663,7 +807,8 @@ class GaussianProcess:
         for u0 in starts:
             res = scipy.optimize.minimize(objective, u0, jac=True, method="L-BFGS-B",
                                           options={"maxiter": max_iterations})
-            log.info("hyperparameter optimisation: -log L = %.6g after %d iterations (%s)", res.fun, res.nit, res.message)
+            log.info("hyperparameter optimisation: -log %s = %.6g after %d iterations (%s)",
+                     "L" if priors is None else "(L p)", res.fun, res.nit, res.message)
             if best is None or res.fun < best.fun:
                 best = res
         assert best is not None
@@ -677,9 +822,10 @@ class GaussianProcess:
         at_bounds = {k: ("lower" if f < AT_BOUND_FRACTION else "upper")
                      for k, f in zip(names, frac) if f < AT_BOUND_FRACTION or f > 1 - AT_BOUND_FRACTION}
         message = best.message if isinstance(best.message, str) else best.message.decode()
+        prior_value = log_prior(hyp, priors, names)[0] if priors is not None else 0.0
         self.last_optimization = OptimizationReport(
-            log_likelihood=-float(best.fun), iterations=int(best.nit), converged=bool(best.success),
-            message=message, abnormal="ABNORMAL" in message.upper(), at_bounds=at_bounds)
+            log_likelihood=-float(best.fun) - prior_value, iterations=int(best.nit), converged=bool(best.success),
+            message=message, abnormal="ABNORMAL" in message.upper(), at_bounds=at_bounds, log_prior=prior_value)
         for name, side in at_bounds.items():
             log.warning("hyperparameter optimisation: %s = %.4g is at its %s bound %s; the bound, "
                         "not the data, sets it", name, hyp[name], side, self.bounds[name])
@@ -1035,6 +1181,7 @@ class GaussianProcess:
         and bounds)."""
         gp = self._from_core(_core.Model.from_bytes(self._model.to_bytes()))
         gp.bounds = dict(self.bounds)
+        gp.priors = self.priors
         return gp
 
     @classmethod
