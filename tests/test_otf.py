@@ -41,13 +41,7 @@ def protocol(tmp_path_factory, single_thread):
     atoms = jittered_al(rng, jitter=0.01)
     thermalize(atoms, 300, rng)
     dyn = VelocityVerlet(atoms, 5 * units.fs)
-    # Maximum likelihood (priors=None, the training these expectations were measured with).
-    # With the default priors the run passes every check here except the mapped variance
-    # one in test_output_files: the MAP hyperparameters keep a small 3-body term, and the
-    # reduced-variance maps then miss the exact variance of the final frame by a median 45%
-    # (15% with a 5 meV/A noise floor) against < 10% here; a mapping limitation, recorded
-    # in docs/hyperparameters.md, not a tolerance to loosen.
-    model = otfgp.GaussianProcess(["Al"], CUTOFFS, priors=None)
+    model = otfgp.GaussianProcess(["Al"], CUTOFFS)
     otf = otfgp.OTF(dyn, model, EMT(), threshold=0.01, max_atoms_added=1, init_atoms=1,
                     output_dir=str(out))
     t0 = time.perf_counter()

@@ -156,12 +156,15 @@ def test_tiny_training_set_map_is_inside_the_bounds_and_no_less_accurate():
 
 
 def test_large_data_set_gives_nearly_the_maximum_likelihood_hyperparameters():
-    """64 environments (192 force labels) outweigh the priors: the optimum moves by < 5%."""
+    """128 environments (384 force labels) outweigh the priors: the optimum moves by < 5%.
+
+    (With 64 environments the flat likelihood in sigma2 lets the length-scale prior move
+    sigma2 by 12% at a log-likelihood cost of 0.03; the claim is about plenty of data.)"""
     results = {}
     for kind, priors in (("ml", None), ("map", DEFAULT_PRIORS)):
         rng = np.random.default_rng(3)
         gp = otfgp.GaussianProcess(["Al"], {"twobody": 5.0}, priors=priors)
-        for _ in range(2):
+        for _ in range(4):
             gp.add_training_data(displaced_al(rng))
         gp.train()
         assert gp.last_optimization.at_bounds == {}, (kind, gp.hyperparameters)

@@ -66,9 +66,11 @@ class Priors:
 
     * ``sigma2``, ``sigma3``: from the data (see the module docstring), a factor 10 per std:
       the labels fix the overall scale, the split between body orders is left to the data.
-    * ``ell2``, ``ell3``: 1 A, a factor 2 per std: interatomic distances change on the
+    * ``ell2``, ``ell3``: 1 A, a factor 1.5 per std: interatomic distances change on the
       scale of tenths of an Angstrom to a few Angstrom; length scales of a few hundredths
-      interpolate a handful of environments and generalise badly.
+      interpolate a handful of environments and generalise badly. A factor 2 let tens of
+      noise-free environments pull ell3 to 0.15 A on the fly (a 3-body variance that
+      flags every new liquid environment).
     * ``noise_force``: 20 meV/A, a factor 3 per std: the force error of practical DFT
       settings (the demo's are 16 meV/A rms from converged forces) and the model error of
       a 2+3-body model, which acts as label noise, are tens of meV/A; noise-free labels
@@ -80,9 +82,9 @@ class Priors:
     """
 
     sigma2: LogNormal = LogNormal(None, LOG_10)
-    ell2: LogNormal = LogNormal(1.0, math.log(2.0))
+    ell2: LogNormal = LogNormal(1.0, math.log(1.5))
     sigma3: LogNormal = LogNormal(None, LOG_10)
-    ell3: LogNormal = LogNormal(1.0, math.log(2.0))
+    ell3: LogNormal = LogNormal(1.0, math.log(1.5))
     noise_force: LogNormal = LogNormal(0.02, math.log(3.0))
     noise_energy: LogNormal = LogNormal(0.05, LOG_10)
     noise_stress: LogNormal = LogNormal(0.005, LOG_10)
