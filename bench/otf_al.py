@@ -166,9 +166,10 @@ def run_emt(args: argparse.Namespace) -> dict:
     tests = {"solid_300K": test_set(300.0, 1000), "liquid_3000K": test_set(3000.0, 2000)}
     test_temps = {k: float(np.mean([f.info["temperature_K"] for f in v])) for k, v in tests.items()}
     variants = {
-        "absolute": {"threshold": 0.010},
+        "absolute": {"threshold": args.emt_threshold},
         "relative": {"threshold": None, "relative_threshold": 1.0, "min_threshold": 0.005},
     }
+    variants = {k: v for k, v in variants.items() if k in args.variants}
     if args.calibration:
         for opts in variants.values():
             opts["calibration"] = args.calibration
@@ -258,6 +259,10 @@ def main() -> None:
     ap.add_argument("--solid-steps", type=int, default=None, help="default 100 (emt) / 10 (qe)")
     ap.add_argument("--liquid-steps", type=int, default=None, help="default 100 (emt) / 10 (qe)")
     ap.add_argument("--threshold", type=float, default=0.05, help="qe: absolute threshold, eV/A (default 0.05)")
+    ap.add_argument("--emt-threshold", type=float, default=0.010,
+                    help="emt: the absolute variant's threshold, eV/A (default 0.010)")
+    ap.add_argument("--variants", nargs="+", choices=["absolute", "relative"], default=["absolute", "relative"],
+                    help="emt: which threshold variants to run (default both)")
     ap.add_argument("--mpi-ranks", type=int, default=1)
     ap.add_argument("--calibration", default=None,
                     help="emt: calibration form refitted on the fly (e.g. relative); default none")
@@ -268,7 +273,7 @@ def main() -> None:
     args.liquid_steps = args.liquid_steps or (10 if short else 100)
     output = args.output or RESULTS / ("otf_al.json" if args.labeller == "emt" else "otf_al_qe.json")
     results = run_emt(args) if args.labeller == "emt" else run_qe(args)
-    if args.labeller == "emt":
+    if args.labeller == "emt" and len(results["variants"]) == 2:
         print_emt_table(results)
     results["machine"] = machine_info()
     output.parent.mkdir(parents=True, exist_ok=True)
