@@ -552,8 +552,8 @@ class OTF:
         otf._truncate_outputs(state["step"] + 1 if logged else state["step"])
         if logged:
             otf._logged_at = state["step"]
-            if state.get("uncertainty"):
-                otf._uncertainty()
+        if state.get("uncertainty"):
+            otf._uncertainty()
         log.info("resumed at step %d with %d DFT calls and %d training environments",
                  otf.step, len(otf.dft_calls), model.n_training_environments)
         return otf
@@ -605,6 +605,9 @@ class OTF:
             if self.step == 0 and not self.model.trained:
                 self._learn(initial=True)
                 self._learned_at = 0
+                # before anything is logged: a run killed from here on always has a checkpoint
+                # (a log without one would be refused on resume)
+                self._write_checkpoint(logged=False)
             while True:
                 if self.step != self._logged_at:  # not the last step of a previous run()
                     dft, max_std = self.step in self.dft_calls, math.nan
