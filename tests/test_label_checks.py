@@ -223,6 +223,17 @@ def test_absurd_labeller_stops_the_ase_learner_and_resume_goes_on(tmp_path, absu
     assert summary["failed_dft_steps"] == [step]
 
 
+def test_skip_mode_quarantines_absurd_frames_and_goes_on(tmp_path, absurd_module):
+    out = tmp_path / "run"
+    otf = otfgp.OTF(_dynamics(), otfgp.GaussianProcess(["Al"], CUTOFFS), absurd_module, threshold=0.02,
+                    on_dft_failure="skip", output_dir=str(out), progress=False, map=False, max_iterations=20)
+    summary = otf.run(12)
+    skipped = summary["failed_dft_steps"]
+    assert summary["steps"] == 12 and len(summary["dft_call_steps"]) == 2 and skipped
+    assert sorted(p.name for p in (out / "quarantine").glob("*.traj")) == [f"frame_{s:07d}.traj" for s in skipped]
+    assert otf.model.n_training_structures == 2
+
+
 def test_absurd_labeller_is_an_otfgp_error_on_the_command_line(tmp_path, absurd_module, monkeypatch, capsys):
     from otfgp.cli import main
 

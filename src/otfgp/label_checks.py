@@ -17,7 +17,11 @@ the MD, long after the cause. Both drivers (the ASE learner :class:`otfgp.OTF` a
 
 A frame that fails is written to ``<output_dir>/quarantine/frame_<step>.traj`` with a
 ``frame_<step>.json`` saying why, is not trained on, and :class:`LabelRejected` stops the
-run, naming the labeller, the step, the check and its numbers.
+run, naming the labeller, the step, the check and its numbers. It is a
+:class:`~otfgp.learning.LabellerError`: the ASE learner checkpoints without the frame (its
+``on_dft_failure = "skip"`` skips it and goes on), it is not retried (the labeller would
+return the same), and a resume with another labeller or other ``label_*`` options labels
+the frame afresh; ``fix otfgp/learn`` turns it into a LAMMPS error.
 
 The check functions (:func:`check_force_cap`, :func:`check_energy_cap`,
 :func:`check_energy_jump`, :func:`check_z_score`) take plain numbers and return a

@@ -23,7 +23,7 @@ import math
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar, Union
+from typing import Any, Callable, Mapping, Protocol, Sequence, TypeVar, Union
 
 import numpy as np
 from ase import Atoms
@@ -32,14 +32,20 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from .gp import GaussianProcess
 
-if TYPE_CHECKING:
-    from .label_checks import LabelChecks
-
 log = logging.getLogger(__name__)
 
 Labeller = Union[BaseCalculator, Callable[[Atoms], Any]]
 """An ASE calculator, or a callable ``f(atoms)`` returning an ASE calculator or a dict with
 ``forces`` (N x 3, eV/A) and optionally ``energy`` (eV) and ``stress`` (Voigt, eV/A^3)."""
+
+
+class LabelCheck(Protocol):
+    """What :func:`label` needs of label sanity checks (:class:`otfgp.label_checks.LabelChecks`,
+    which imports this module, hence a protocol here)."""
+
+    def check(self, labelled: Atoms, step: int | None, predicted_forces: np.ndarray | None = None,
+              predicted_stds: np.ndarray | None = None) -> None:
+        """Accept the labelled frame or raise a :class:`LabellerError`."""
 
 
 class LabellerError(RuntimeError):
@@ -334,7 +340,7 @@ def _has_volume(frame: Atoms) -> bool:
 
 
 def label(frame: Atoms, labeller: Labeller, stress: bool | None = False,
-          checks: "LabelChecks | None" = None, step: int | None = None) -> Atoms:
+          checks: LabelCheck | None = None, step: int | None = None) -> Atoms:
     """Reference labels of ``frame``: a copy with a single-point calculator holding energy,
     forces and stress (``True``: required; ``None``: if the labeller gives it for a periodic
     cell; ``False``: not asked for).
