@@ -374,6 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    from .label_checks import LabelRejected
     from .otf import DynamicsError, LabellerError
 
     try:
@@ -383,6 +384,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except DynamicsError as exc:
         print(f"otfgp: error: {exc}", file=sys.stderr)
+        return 1
+    except LabelRejected as exc:  # absurd labels: a stop naming labeller, step and check
+        print(f"otfgp: error: {exc}\notfgp: continue with 'otfgp otf --resume "
+              f"{getattr(args, 'run_dir', None) or 'RUN_DIR'}'", file=sys.stderr)
         return 1
     except LabellerError as exc:
         where = getattr(args, "run_dir", None) or "RUN_DIR"

@@ -12,6 +12,8 @@ directory is locked by the run, see :mod:`otfgp.run_dir`):
   model's prediction made before it learnt the frame (arrays ``gp_forces``,
   ``gp_force_stds``: reported stds (the decision compares their epistemic part), and
   ``gp_latent_force_stds``: the GP's latent stds);
+- ``quarantine/frame_<step>.traj`` + ``.json``: a labelled frame that failed the label
+  sanity checks (:mod:`otfgp.label_checks`), never trained on, and why;
 - ``checkpoint/state.json`` + ``checkpoint/model_<n>.otfgp``: model and MD state after
   every DFT call, every ``checkpoint_every`` steps or ``checkpoint_minutes`` minutes and at
   the end, from which :meth:`OTF.resume` continues; the last ``keep_checkpoints`` are
@@ -41,6 +43,7 @@ from . import atomic_io, run_dir
 from ._core import InputError
 from .calculator import GPCalculator
 from .gp import GaussianProcess
+from .label_checks import LabelChecks, LabelRejected, labeller_name
 from .labellers import make_labeller
 from .learning import (FrameUncertainty, LabellerError, Labeller, LearningOptions, add_and_retrain,
                        add_threshold_value, calibration_sample, choose_atoms, label, label_reasons,
@@ -231,6 +234,7 @@ class OTF:
         self.dyn = dynamics
         self.atoms: Atoms = dynamics.atoms
         self.model = model
+        name = labeller_name(labeller)  # named as the user gave it, before a specification is built
         if isinstance(labeller, (str, Mapping)):
             labeller = make_labeller(labeller, directory=self.out / "pw")
         self.labeller = labeller
@@ -246,6 +250,8 @@ class OTF:
         self.step = 0
         (self.out / "dft").mkdir(parents=True, exist_ok=True)
         (self.out / "checkpoint").mkdir(parents=True, exist_ok=True)
+        # label sanity checks; the energies of dft/ (a resumed run's earlier labels) seed them
+        self.label_checks = LabelChecks(self.options, name, self.out, history=self.out / "dft")
         self.calc = _TimedGPCalculator(model, self.timers)
         self.atoms.calc = self.calc
         self._rng = np.random.default_rng(self.options.seed)
@@ -302,7 +308,10 @@ class OTF:
         for attempt in range(attempts):
             t = time.perf_counter()
             try:
-                out = label(frame, self.labeller, stress=self.options.add_stress)
+                out = label(frame, self.labeller, stress=self.options.add_stress, checks=self.label_checks,
+                            step=self.step)
+            except LabelRejected:
+                raise  # absurd labels: quarantined, not retried (a retry gives the same labels)
             except LabellerError as exc:
                 last = exc
                 log.warning("step %d: labeller failed (attempt %d/%d): %s", self.step, attempt + 1, attempts, exc)
