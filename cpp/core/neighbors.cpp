@@ -71,9 +71,9 @@ std::string plane_note(double thinnest) {
          " Angstrom apart";
 }
 
-std::string too_many_images(double count, double cutoff, double thinnest) {
-  return "the cutoff of " + fmt(cutoff) + " Angstrom needs about " + fmt(count) + " periodic image atoms, more than the limit of " +
-         fmt(kMaxImageAtoms) + plane_note(thinnest) +
+std::string too_many_images(int n, double count, double cutoff, double thinnest) {
+  return "the cutoff of " + fmt(cutoff) + " Angstrom needs about " + fmt(count) + " periodic image atoms of the " +
+         std::to_string(n) + " atoms, more than the limit of " + fmt(kMaxImageAtoms) + plane_note(thinnest) +
          ": the cell is far smaller than the cutoff (or the cutoff far too long)";
 }
 
@@ -127,7 +127,7 @@ NeighborList build_neighbor_list(const Structure& s, double cutoff, double min_d
     expected *= 1.0 + 2.0 * pad[k];
   }
   if (expected > kMaxImageAtoms)
-    throw InputError(too_many_images(expected, cutoff, thinnest));
+    throw InputError(too_many_images(n, expected, cutoff, thinnest));
   if (n == 0) return NeighborList{{0}, {}};
   for (int k = 0; k < 3; ++k) reps[k] = static_cast<int>(std::ceil(pad[k]));
   struct Image {
@@ -152,7 +152,7 @@ NeighborList build_neighbor_list(const Structure& s, double cutoff, double min_d
           }
           if (!keep) continue;
           if (images.size() >= static_cast<std::size_t>(kMaxImageAtoms))  // the estimate is approximate
-            throw InputError(too_many_images(static_cast<double>(images.size()) + 1, cutoff, thinnest));
+            throw InputError(too_many_images(n, static_cast<double>(images.size()) + 1, cutoff, thinnest));
           images.push_back({p, j});
         }
 
