@@ -553,7 +553,7 @@ def add_and_retrain(model: GaussianProcess, labelled: Atoms, atoms: Sequence[int
     calibration."""
     energy, stress = trained_labels(labelled, options)
     model.add_training_data(labelled, forces=True, energy=energy, stress=stress,
-                            atom_indices=np.asarray(atoms, dtype=int))
+                            atom_indices=atoms)
     optimize = (options.optimize
                 and (options.optimize_until_calls is None or calls <= options.optimize_until_calls)
                 and (options.optimize_until_size is None
