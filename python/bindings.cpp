@@ -254,7 +254,8 @@ PYBIND11_MODULE(_core, m) {
       })
       .def(
           "covariance",
-          [](const Model& mdl, int g0, int g1, int h0, int h1, bool grad) {
+          [](const Model& mdl, int g0, int g1, int h0, int h1, bool grad, std::optional<double> ell2,
+             std::optional<double> ell3) {
             const int nr = mdl.group_row_offset(g1) - mdl.group_row_offset(g0);
             const int nc = mdl.group_row_offset(h1) - mdl.group_row_offset(h0);
             py::array_t<double> K2({nr, nc}), K3({nr, nc});
@@ -264,12 +265,15 @@ PYBIND11_MODULE(_core, m) {
             double *p2 = grad ? d2.mutable_data() : nullptr, *p3 = grad ? d3.mutable_data() : nullptr;
             {
               py::gil_scoped_release release;
-              mdl.covariance(g0, g1, h0, h1, k2, k3, p2, p3);
+              mdl.covariance(g0, g1, h0, h1, ell2.value_or(mdl.hyperparameters().ell2),
+                             ell3.value_or(mdl.hyperparameters().ell3), k2, k3, p2, p3);
             }
             return py::make_tuple(K2, K3, d2, d3);
           },
           py::arg("g0"), py::arg("g1"), py::arg("h0"), py::arg("h1"), py::arg("grad") = false,
-          "Unscaled covariance blocks K2, K3 (and d/d ell2, d/d ell3 if grad).")
+          py::arg("ell2") = py::none(), py::arg("ell3") = py::none(),
+          "Unscaled covariance blocks K2, K3 (and d/d ell2, d/d ell3 if grad), at the model's "
+          "length scales or at the given ones (the model is left untouched).")
       .def(
           "set_solution",
           [](Model& mdl, const DoubleArray& alpha, const DoubleArray& chol) {
@@ -280,6 +284,8 @@ PYBIND11_MODULE(_core, m) {
                              std::vector<double>(chol.data(), chol.data() + chol.size()));
           })
       .def_property_readonly("trained", &Model::trained)
+      .def_property_readonly("load_warnings", &Model::load_warnings,
+                             "What reading the model file repaired (e.g. stale maps dropped).")
       .def_property_readonly("alpha", [](const Model& mdl) {
         return to_array(mdl.alpha(), {static_cast<py::ssize_t>(mdl.alpha().size())});
       })

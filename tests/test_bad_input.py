@@ -118,3 +118,22 @@ def test_non_positive_definite_kernel_reports_noise():
 def test_wrong_atoms_type(al_gp):
     with pytest.raises(TypeError, match="ase.Atoms"):
         al_gp.predict(np.zeros((3, 3)))
+
+
+@pytest.mark.parametrize("bound, message", [
+    ((1.0, 0.1), r"bounds of ell2 are inverted: lower 1 > upper 0.1"),
+    ((0.7, 0.7), r"bounds of ell2 have zero width \(0.7, 0.7\)"),
+    ((0.0, 2.0), r"bounds of ell2 must be positive and finite, got \(0, 2\)"),
+    ((0.5, float("inf")), "bounds of ell2 must be positive and finite"),
+    ((0.5,), r"bounds of ell2 must be a pair \(lower, upper\)"),
+])
+def test_bad_bounds_are_named_when_given(bound, message):
+    """Inverted or empty bounds used to surface at train() as 'raise the noise bounds'."""
+    with pytest.raises(otfgp.InputError, match=message):
+        otfgp.GaussianProcess(["Al"], {"twobody": 5.0}, bounds={"ell2": bound})
+
+
+def test_bad_bounds_set_later_are_named_at_train(al_gp):
+    al_gp.bounds["noise_force"] = (0.2, 0.01)
+    with pytest.raises(otfgp.InputError, match="bounds of noise_force are inverted"):
+        al_gp.train()

@@ -30,6 +30,20 @@ def emt_dict(atoms):
 
 def broken(atoms):
     raise RuntimeError("SCF did not converge (simulated)")
+
+
+calls = 0
+
+
+def absurd_from_third_call(atoms):
+    """EMT until its third call, then 1e6 * sign(randn) forces (issue 12)."""
+    global calls
+    calls += 1
+    out = emt_dict(atoms)
+    if calls >= 3:
+        import numpy as np
+        out["forces"] = 1e6 * np.sign(np.random.default_rng(calls).standard_normal((len(atoms), 3)))
+    return out
 '''
 
 INPUT = """
@@ -244,3 +258,50 @@ def test_audits_label_confident_frames(workdir):
     out = run_lmp(["-in", "in.bad_audit", "-log", "none"], workdir)
     assert out.returncode != 0 and "audit_every must be a positive multiple of N" in out.stdout + out.stderr
 
+
+
+@pytest.mark.parametrize("nprocs", [1, 2])
+def test_absurd_labels_stop_lammps_and_keep_the_model(workdir, nprocs):
+    """A labeller that turns absurd at its third call: a LAMMPS error naming the labeller,
+    the step and the check (not "Lost atoms"), the frame quarantined, and the model file the
+    one learnt from the two honest frames, loadable, with the models before it kept."""
+    pristine = (workdir / "model.otfgp").read_bytes()
+    (workdir / "in.learn").write_text(INPUT.format(threshold=0.001, labeller="mylabels:absurd_from_third_call"))
+    out = run_lmp(["-in", "in.learn", "-log", "none"], workdir, nprocs=nprocs, timeout=120)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    error = next(line for line in text.splitlines() if line.startswith("ERROR"))
+    m = re.search(r"labeller 'mylabels:absurd_from_third_call' returned \|F\| = 1e\+06 eV/A on atom \d+ "
+                  r"\([xyz] component\) at step (\d+) \(cap 50 eV/A, option label_max_force\)", error)
+    assert m, error
+    assert "Lost atoms" not in text
+    step = int(m.group(1))
+    learn_out = workdir / "learn_out"
+    assert (learn_out / "quarantine" / f"frame_{step:09d}.traj").exists()
+    assert json.loads((learn_out / "quarantine" / f"frame_{step:09d}.json").read_text())["step"] == step
+    honest = sorted((learn_out / "dft").glob("frame_*.extxyz"))
+    assert len(honest) == 2 and all(int(p.stem[6:]) < step for p in honest)
+    model = otfgp.GaussianProcess.load(workdir / "model.otfgp")
+    assert model.n_training_environments == 6 + 2  # the bad frame was not learnt
+    models = learn_out / "models"
+    assert (models / "model_start.otfgp").read_bytes() == pristine
+    kept = sorted(models.glob("model_0*.otfgp"))
+    assert [p.name for p in kept] == [f"model_{int(p.stem[6:]):09d}.otfgp" for p in honest]
+    assert kept[-1].read_bytes() == (workdir / "model.otfgp").read_bytes()
+    assert otfgp.GaussianProcess.load(kept[0]).n_training_environments == 6 + 1
+
+
+def test_label_check_keywords_reach_the_learner(workdir):
+    """The label_* keywords are the learner's options (none: off): with the force cap and
+    the z-score test off, the absurd frame is learnt (what happened before the checks)."""
+    fix = "5 threshold {threshold} labeller {labeller} output_dir learn_out"
+    (workdir / "in.learn").write_text(INPUT.replace(fix, fix + " label_max_force none label_max_z none")
+                                      .format(threshold=0.001, labeller="mylabels:absurd_from_third_call")
+                                      .replace("run 60", "run 15"))
+    out = run_lmp(["-in", "in.learn", "-log", "none"], workdir, timeout=120)
+    assert "label_max_force" not in out.stdout + out.stderr
+    assert len(list((workdir / "learn_out" / "dft").glob("frame_*.extxyz"))) >= 3
+    bad = INPUT.replace(fix, fix + " label_max_z -1").format(threshold=0.001, labeller="mylabels:emt")
+    (workdir / "in.bad").write_text(bad)
+    out = run_lmp(["-in", "in.bad", "-log", "none"], workdir, timeout=120)
+    assert out.returncode != 0 and "label_max_z must be a positive number" in out.stdout + out.stderr

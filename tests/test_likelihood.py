@@ -110,7 +110,7 @@ def test_hyperparameters_at_bounds_are_warned(caplog):
     for _ in range(2):
         atoms = displaced_al(rng)
         forces = atoms.get_forces() + rng.normal(0.0, 0.05, (len(atoms), 3))
-        gp2.add_training_data(atoms, forces=forces[:8], atom_indices=range(8))
+        gp2.add_training_data(atoms, forces=forces, atom_indices=range(8))
     gp2.train(max_iterations=30)
     assert "noise_force" not in gp2.last_optimization.at_bounds, gp2.hyperparameters
     assert 0.02 < gp2.hyperparameters["noise_force"] < 0.1

@@ -286,3 +286,160 @@ def test_failed_frame_is_retried_on_resume(tmp_path):
     assert summary["dft_call_steps"][:2] == [0, 1]  # step 1 labelled after the resume
     assert summary["failed_dft_steps"] == [1]
     assert resumed.model.n_training_structures == len(summary["dft_call_steps"])
+
+
+# --------------------------------------------------------------------------- kills at any moment
+# A fast run (twobody only, fixed hyperparameters, no maps; 60 steps, ~10 DFT calls, periodic
+# checkpoints every 7 steps) killed at random moments and by torn writes.
+FAST_STEPS = 60
+FAST_DRIVER = '''"""Fast OTF driver: python driver.py RUN_DIR STEPS  (resumes when RUN_DIR has a checkpoint).
+TEAR=log|trajectory and TEAR_AT=step: SIGKILL itself halfway through writing that record."""
+import json, os, signal, sys
+import numpy as np
+from ase import units
+from ase.calculators.emt import EMT
+from ase.md.verlet import VelocityVerlet
+import otfgp
+from otfgp import atomic_io
+from otf_helpers import FIXED_HYPERPARAMETERS, jittered_al, thermalize
+
+run_dir, steps = sys.argv[1], int(sys.argv[2])
+tear, tear_at = os.environ.get("TEAR"), int(os.environ.get("TEAR_AT", "-1"))
+
+
+def torn(write):
+    """``write(path, record)`` that writes half of the record of step TEAR_AT, then dies."""
+    def wrapper(path, record):
+        if not os.path.basename(str(path)).startswith(tear):
+            return write(path, record)
+        text = record if isinstance(record, str) else None
+        step = json.loads(text)["step"] if text is not None else record.info["otf_step"]
+        if step == tear_at:
+            if text is None:
+                import io
+                from ase.io import write as ase_write
+                buf = io.StringIO()
+                ase_write(buf, record, format="extxyz")
+                text = buf.getvalue()
+            with open(path, "a") as f:
+                f.write(text[: len(text) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+        write(path, record)
+    return wrapper
+
+
+if tear == "log":
+    atomic_io.append_text = torn(atomic_io.append_text)
+elif tear:
+    atomic_io.append_atoms = torn(atomic_io.append_atoms)
+
+def labeller(atoms):
+    """A fresh EMT per frame: one EMT object keeps its neighbour list between calls, which
+    changes the last bits of its forces, so a resumed process would label differently."""
+    return EMT()
+
+
+rng = np.random.default_rng(5)
+atoms = jittered_al(rng, jitter=0.02)
+thermalize(atoms, 1500, rng)
+dyn = VelocityVerlet(atoms, 5 * units.fs)
+if os.path.exists(os.path.join(run_dir, "checkpoint", "state.json")):
+    otf = otfgp.OTF.resume(run_dir, dyn, labeller)
+else:
+    model = otfgp.GaussianProcess(["Al"], {"twobody": 4.5}, hyperparameters=FIXED_HYPERPARAMETERS)
+    otf = otfgp.OTF(dyn, model, labeller, threshold=0.012, max_atoms_added=1, init_atoms=2, optimize=False,
+                    map=False, checkpoint_every=7, output_dir=run_dir, progress=False)
+summary = otf.run(steps - otf.step)
+print("SUMMARY " + json.dumps(summary))
+'''
+
+
+def _fast_process(driver: Path, run_dir: Path, **env: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(driver), str(run_dir), str(FAST_STEPS)],
+                            env={**_env(), **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads([ln for ln in out.splitlines() if ln.startswith("SUMMARY ")][-1][len("SUMMARY "):])
+
+
+@pytest.fixture(scope="module")
+def fast_reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fast")
+    driver = tmp / "driver.py"
+    driver.write_text(FAST_DRIVER)
+    summary = _finish(_fast_process(driver, tmp / "reference"))
+    assert summary["dft_calls"] >= 5 and max(summary["dft_call_steps"]) > 7
+    return driver, tmp / "reference"
+
+
+def _assert_same_run(run_dir: Path, ref_dir: Path) -> None:
+    """The outputs of a killed-and-resumed run equal an uninterrupted run's, bit for bit."""
+    for name in ("log.jsonl", "trajectory.extxyz", "dft_frames.extxyz"):
+        assert (run_dir / name).read_bytes() == (ref_dir / name).read_bytes(), name
+    frames = sorted(p.name for p in (run_dir / "dft").glob("frame_*"))
+    assert frames == sorted(p.name for p in (ref_dir / "dft").glob("frame_*"))
+    for name in frames:
+        if name.endswith(".extxyz"):
+            assert (run_dir / "dft" / name).read_bytes() == (ref_dir / "dft" / name).read_bytes(), name
+    ref, res = (otfgp.GaussianProcess.load(d / "model.otfgp") for d in (ref_dir, run_dir))
+    assert np.array_equal(res.core.labels, ref.core.labels)
+    assert np.array_equal(res.core.alpha, ref.core.alpha)
+    assert res.hyperparameters == ref.hyperparameters
+    frame = read(ref_dir / "trajectory.extxyz", index=-1)
+    assert np.array_equal(res.predict(frame).forces, ref.predict(frame).forces)
+
+
+def _assert_split_within_wall_time(summary: dict) -> None:
+    wall = summary["wall_time_s"]
+    parts = sum(wall[k] for k in ("dft", "training", "mapping", "prediction", "md"))
+    assert parts <= wall["total"] * (1 + 1e-9), wall
+
+
+@pytest.mark.parametrize("tear", ["log", "trajectory"])
+def test_torn_write_is_cut_on_resume(fast_reference, tmp_path, tear):
+    """SIGKILL halfway through writing the record of step 20 (a real kill of the writing
+    process; the issue found it with strace fault injection): the resume cuts the torn
+    record off and the run ends as if never stopped."""
+    driver, ref_dir = fast_reference
+    run_dir = tmp_path / "run"
+    proc = _fast_process(driver, run_dir, TEAR=tear, TEAR_AT="20")
+    proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    torn = run_dir / ("log.jsonl" if tear == "log" else "trajectory.extxyz")
+    assert not torn.read_bytes().endswith(b"\n"), "the kill should leave a torn record"
+    summary = _finish(_fast_process(driver, run_dir))
+    assert summary["steps"] == FAST_STEPS
+    _assert_same_run(run_dir, ref_dir)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_kill_at_random_moments_resumes_bit_for_bit(fast_reference, tmp_path, seed):
+    """Two SIGKILLs at random moments (after a random number of logged steps, plus a random
+    fraction of a step: anywhere in labelling, training, checkpointing or writing), then a
+    resume to the end: log, trajectory, DFT frames and final model equal an uninterrupted
+    run's bit for bit, and the summary's time split stays within the wall time."""
+    driver, ref_dir = fast_reference
+    rng = np.random.default_rng(seed)
+    run_dir = tmp_path / "run"
+    logf = run_dir / "log.jsonl"
+    kills = []
+    for k in sorted(rng.integers(0, FAST_STEPS, size=2)):
+        proc = _fast_process(driver, run_dir)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if logf.exists() and logf.read_bytes().count(b"\n") >= k:
+                break
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.05))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills.append(int(k))
+        proc.communicate(timeout=300)
+    summary = _finish(_fast_process(driver, run_dir))
+    print(f"seed {seed}: killed after {kills} logged steps")
+    assert summary["steps"] == FAST_STEPS
+    _assert_same_run(run_dir, ref_dir)
+    _assert_split_within_wall_time(summary)

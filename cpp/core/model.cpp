@@ -62,7 +62,12 @@ void Model::set_hyperparameters(const Hyperparameters& h) {
       throw InputError(std::string("hyperparameter ") + names[k] +
                        " must be positive and finite, got " + std::to_string(a[k]));
   hyper_ = h;
+  invalidate_solution();
+}
+
+void Model::invalidate_solution() {
   trained_ = false;
+  maps_.reset();
 }
 
 void Model::set_energy_offsets(const std::vector<double>& e) {
@@ -71,7 +76,7 @@ void Model::set_energy_offsets(const std::vector<double>& e) {
   for (double v : e)
     if (!std::isfinite(v)) throw InputError("energy offsets must be finite");
   energy_offsets_ = e;
-  trained_ = false;
+  invalidate_solution();
 }
 
 ClusterSet Model::clusters_of(const Structure& s) const {
@@ -146,14 +151,17 @@ void Model::add_training_structure(TrainingStructure ts) {
     group_offsets_.push_back(group_offsets_.back() + g.rows);
     groups_.push_back(std::move(g));
   }
-  trained_ = false;
+  invalidate_solution();
 }
 
-void Model::covariance(int g0, int g1, int h0, int h1, double* K2, double* K3, double* dK2,
-                       double* dK3) const {
+void Model::covariance(int g0, int g1, int h0, int h1, double ell2, double ell3, double* K2,
+                       double* K3, double* dK2, double* dK3) const {
   const int ng = n_groups();
   if (g0 < 0 || g1 > ng || g0 > g1 || h0 < 0 || h1 > ng || h0 > h1)
     throw InputError("group range out of bounds");
+  if (!(std::isfinite(ell2) && ell2 > 0 && std::isfinite(ell3) && ell3 > 0))
+    throw InputError("length scales must be positive and finite, got " + std::to_string(ell2) +
+                     " and " + std::to_string(ell3));
   const bool grad = dK2 != nullptr && dK3 != nullptr;
   const bool symmetric = g0 == h0 && g1 == h1;
   const int ncols = group_offsets_[h1] - group_offsets_[h0];
@@ -182,7 +190,7 @@ void Model::covariance(int g0, int g1, int h0, int h1, double* K2, double* K3, d
       b3.assign(bs, 0.0);
       e2.assign(grad ? bs : 0, 0.0);
       e3.assign(grad ? bs : 0, 0.0);
-      group_kernels(G, H, hyper_.ell2, hyper_.ell3, b2.data(), b3.data(), grad ? e2.data() : nullptr,
+      group_kernels(G, H, ell2, ell3, b2.data(), b3.data(), grad ? e2.data() : nullptr,
                     grad ? e3.data() : nullptr);
       if (g == h) {
         // A diagonal block is symmetric in exact arithmetic; make it so in floating point.
@@ -233,7 +241,7 @@ void Model::set_solution(std::vector<double> alpha, std::vector<double> cholesky
     if (!(cholesky[i * n + i] > 0)) throw InputError("Cholesky factor has a non-positive diagonal");
   alpha_ = std::move(alpha);
   cholesky_ = std::move(cholesky);
-  maps_.reset();  // tabulated from the old solution
+  invalidate_solution();  // the maps tabulate the old solution; trained once contracted below
   // Contract the training side once: each training cluster gets the alpha-weighted sum of
   // its row coefficients, so the mean costs one kernel sweep per test cluster.
   contracted2_ = KernelBlock(1, 1);

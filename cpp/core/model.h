@@ -101,13 +101,13 @@ class Model {
   double cutoff3() const { return cutoff3_; }
 
   const Hyperparameters& hyperparameters() const { return hyper_; }
-  // Validates (all positive and finite). Invalidates the solution.
+  // Validates (all positive and finite). Invalidates the solution (and drops the maps).
   void set_hyperparameters(const Hyperparameters& h);
   const std::vector<double>& energy_offsets() const { return energy_offsets_; }
   void set_energy_offsets(const std::vector<double>& e);
 
   // Validates and appends; the solution stays valid for the old rows only, so the model
-  // is untrained until set_solution() is called again.
+  // is untrained (and unmapped) until set_solution() is called again.
   void add_training_structure(TrainingStructure ts);
   const std::vector<TrainingStructure>& training_structures() const { return training_; }
   int n_groups() const { return static_cast<int>(groups_.size()); }
@@ -122,8 +122,14 @@ class Model {
   // Unscaled covariance blocks between label groups [g0, g1) and [h0, h1): K2 and K3
   // (row-major, rows of g by rows of h) and, if non-null, their derivatives with respect
   // to ell2 and ell3. The signal is sigma2^2 K2 + sigma3^2 K3. OpenMP over block pairs.
+  // At the model's length scales, or at given ones (the likelihood explores others
+  // without touching the model's hyperparameters, and so without invalidating it).
   void covariance(int g0, int g1, int h0, int h1, double* K2, double* K3, double* dK2,
-                  double* dK3) const;
+                  double* dK3) const {
+    covariance(g0, g1, h0, h1, hyper_.ell2, hyper_.ell3, K2, K3, dK2, dK3);
+  }
+  void covariance(int g0, int g1, int h0, int h1, double ell2, double ell3, double* K2, double* K3,
+                  double* dK2, double* dK3) const;
 
   // alpha = K^-1 (y - offsets), L lower Cholesky factor of K (row-major n x n).
   void set_solution(std::vector<double> alpha, std::vector<double> cholesky);
@@ -149,7 +155,10 @@ class Model {
   void cluster_means(int dim, int type, const double* d, int n, double* phi, double* dphi) const;
 
   // Tabulated mean and variance (see maps.h). set_maps checks that the tables fit the model
-  // (types, upper ends at the cutoffs); any new solution drops the maps, which would be stale.
+  // (types, upper ends at the cutoffs). Maps tabulate one solution, so whatever invalidates
+  // it (new data, hyperparameters, energy offsets, a new solution) drops them too: a model
+  // never holds maps without the solution they came from (that is what keeps every saved
+  // model loadable).
   void set_maps(Maps maps);
   void clear_maps() { maps_.reset(); }
   const Maps* maps() const { return maps_ ? &*maps_ : nullptr; }
@@ -177,6 +186,9 @@ class Model {
   // that callers can say what an older file lacked.
   unsigned format_version() const { return format_version_; }
   void set_format_version(unsigned v) { format_version_ = v; }
+  // What reading the model file repaired (e.g. stale maps dropped), for the caller to log.
+  const std::vector<std::string>& load_warnings() const { return load_warnings_; }
+  void add_load_warning(std::string w) { load_warnings_.push_back(std::move(w)); }
 
   // Label groups and clusters of a structure, exposed for tests and diagnostics.
   ClusterSet clusters_of(const Structure& s) const;
@@ -204,6 +216,8 @@ class Model {
   // InputError unless the model has maps with a variance basis.
   void require_variance_maps() const;
   void append_groups(int structure_index);
+  // The single place where the solution stops being current: untrained and unmapped.
+  void invalidate_solution();
 
   std::vector<int> atomic_numbers_;
   double cutoff2_, cutoff3_;
@@ -220,6 +234,7 @@ class Model {
   std::optional<Maps> maps_;
   std::optional<Calibration> calibration_;
   unsigned format_version_ = 0;
+  std::vector<std::string> load_warnings_;
 };
 
 }  // namespace otfgp

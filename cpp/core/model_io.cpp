@@ -188,7 +188,10 @@ Model deserialize_model(const std::string& bytes) {
     auto chol = r.get_vec<double>(limit);
     if (trained) m.set_solution(std::move(alpha), std::move(chol));
     if (version >= 2 && r.get<std::uint8_t>() != 0) {
-      if (!trained) throw ModelFileError("model file is corrupt: maps without a trained model");
+      // Earlier versions could save maps of a solution that new data or hyperparameters had
+      // invalidated. The tables are stale, the training data are not: read past the maps
+      // and drop them instead of refusing the file.
+      const bool stale = !trained;
       Maps maps;
       const auto info = r.get_vec<char>(limit);
       maps.info.assign(info.begin(), info.end());
@@ -204,11 +207,17 @@ Model deserialize_model(const std::string& bytes) {
         t.mean = r.get_vec<double>(limit);
         t.nv = r.get<std::int32_t>();
         if (version >= 3) t.vdeg = r.get<std::int32_t>();  // version 2: always cubic
-        maps.add(std::move(t), m.n_species());
+        if (!stale) maps.add(std::move(t), m.n_species());
       }
       auto covariance = r.get_vec<double>(limit);
-      if (!covariance.empty()) maps.set_covariance(std::move(covariance));
-      m.set_maps(std::move(maps));
+      if (stale) {
+        m.add_load_warning("the file held maps of an outdated solution (saved after new data or "
+                           "hyperparameters, before retraining); they were dropped: train() "
+                           "and map() again");
+      } else {
+        if (!covariance.empty()) maps.set_covariance(std::move(covariance));
+        m.set_maps(std::move(maps));
+      }
     }
     if (version >= kCalibrationFormatVersion && r.get<std::uint8_t>() != 0) {
       Calibration cal;

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdio>
+#include <limits>
 #include <string>
 
 #include "errors.h"
@@ -27,12 +29,14 @@ std::array<Vec3, 3> effective_cell(const Structure& s) {
   std::array<Vec3, 3> basis;  // orthonormal basis of the periodic subspace, then completed
   int nb = 0;
   auto add_orth = [&](Vec3 w) {
+    const double n0 = norm(w);
     for (int b = 0; b < nb; ++b) {
       const double p = dot(w, basis[b]);
       for (int t = 0; t < 3; ++t) w[t] -= p * basis[b][t];
     }
     const double n = norm(w);
-    if (n < 1e-6) return false;
+    // Relative, so that the rule is validate_periodic_cell's (which runs first) at any scale.
+    if (!(n0 > 0) || n < 0.1 * kMinCellSine * n0) return false;
     for (int t = 0; t < 3; ++t) w[t] /= n;
     basis[nb++] = w;
     return true;
@@ -53,6 +57,32 @@ std::array<Vec3, 3> effective_cell(const Structure& s) {
     }
   }
   return v;
+}
+
+std::string fmt(double x) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.4g", x);
+  return buf;
+}
+
+std::string plane_note(double thinnest) {
+  if (!std::isfinite(thinnest)) return "";
+  return "; the cell's lattice planes along a periodic direction are " + fmt(thinnest) +
+         " Angstrom apart";
+}
+
+std::string too_many_images(int n, double count, double cutoff, double thinnest) {
+  return "the cutoff of " + fmt(cutoff) + " Angstrom needs about " + fmt(count) + " periodic image atoms of the " +
+         std::to_string(n) + " atoms, more than the limit of " + fmt(kMaxImageAtoms) + plane_note(thinnest) +
+         ": the cell is far smaller than the cutoff (or the cutoff far too long)";
+}
+
+std::string too_dense(int i, std::size_t limit, double cutoff, double thinnest) {
+  return "atom " + std::to_string(i) + " has more than " + std::to_string(limit) + " neighbours within " +
+         fmt(cutoff) + " Angstrom, denser than " + fmt(kMaxNeighborDensity) +
+         " atoms/A^3 (diamond, the densest solid, has 0.18)" + plane_note(thinnest) +
+         ": check the cell and the positions (the cost of a prediction grows with the square of "
+         "the neighbour count)";
 }
 
 }  // namespace
@@ -85,19 +115,27 @@ NeighborList build_neighbor_list(const Structure& s, double cutoff, double min_d
   // reach every neighbour of an atom inside the cell.
   std::array<int, 3> reps{0, 0, 0};
   std::array<double, 3> pad{0, 0, 0};  // cutoff in fractional units along k
+  // Image atoms the padded cell will hold (in double: a long cutoff in a small cell would
+  // overflow any integer), checked before anything is allocated.
+  double expected = n;
+  double thinnest = std::numeric_limits<double>::infinity();
   for (int k = 0; k < 3; ++k) {
     if (!s.pbc[k]) continue;
     const double h = 1.0 / norm(recip[k]);
-    reps[k] = static_cast<int>(std::ceil(cutoff / h));
+    thinnest = std::min(thinnest, h);
     pad[k] = cutoff / h;
+    expected *= 1.0 + 2.0 * pad[k];
   }
+  if (expected > kMaxImageAtoms)
+    throw InputError(too_many_images(n, expected, cutoff, thinnest));
+  if (n == 0) return NeighborList{{0}, {}};
+  for (int k = 0; k < 3; ++k) reps[k] = static_cast<int>(std::ceil(pad[k]));
   struct Image {
     Vec3 p;
     int atom;
   };
   std::vector<Image> images;
-  images.reserve(static_cast<std::size_t>(n) * (2 * reps[0] + 1) * (2 * reps[1] + 1) *
-                 (2 * reps[2] + 1));
+  images.reserve(static_cast<std::size_t>(std::min(expected * 1.1 + 27, kMaxImageAtoms)));
   for (int i0 = -reps[0]; i0 <= reps[0]; ++i0)
     for (int i1 = -reps[1]; i1 <= reps[1]; ++i1)
       for (int i2 = -reps[2]; i2 <= reps[2]; ++i2)
@@ -112,7 +150,10 @@ NeighborList build_neighbor_list(const Structure& s, double cutoff, double min_d
             const double f = dot(p, recip[k]);
             keep = f > -pad[k] - 1e-9 && f < 1.0 + pad[k] + 1e-9;
           }
-          if (keep) images.push_back({p, j});
+          if (!keep) continue;
+          if (images.size() >= static_cast<std::size_t>(kMaxImageAtoms))  // the estimate is approximate
+            throw InputError(too_many_images(n, static_cast<double>(images.size()) + 1, cutoff, thinnest));
+          images.push_back({p, j});
         }
 
   NeighborList out;
@@ -129,13 +170,19 @@ NeighborList build_neighbor_list(const Structure& s, double cutoff, double min_d
     }
   double width = std::max(cutoff, 1e-3);
   std::array<long, 3> nbin{};
+  const double max_bins = 8.0 * static_cast<double>(images.size()) + 27;
   for (;;) {
-    long total = 1;
+    // Counted in double: a huge box (1e12 A) has more cutoff-wide bins than a long holds.
+    double total = 1;
+    std::array<double, 3> per{};
     for (int t = 0; t < 3; ++t) {
-      nbin[t] = std::max(1L, static_cast<long>((hi[t] - lo[t]) / width));
-      total *= nbin[t];
+      per[t] = std::max(1.0, std::floor((hi[t] - lo[t]) / width));
+      total *= per[t];
     }
-    if (total <= 8 * static_cast<long>(images.size()) + 27) break;
+    if (total <= max_bins) {
+      for (int t = 0; t < 3; ++t) nbin[t] = static_cast<long>(per[t]);
+      break;
+    }
     width *= 1.5;
   }
   auto bin_of = [&](const Vec3& p, int t) {
@@ -158,6 +205,9 @@ NeighborList build_neighbor_list(const Structure& s, double cutoff, double min_d
 
   const double c2 = cutoff * cutoff;
   const double min2 = min_distance * min_distance;
+  const double sphere = 4.0 / 3.0 * 3.14159265358979323846 * cutoff * cutoff * cutoff;
+  const std::size_t max_row = static_cast<std::size_t>(
+      std::min(1e9, std::max(kDensityCheckNeighbors, kMaxNeighborDensity * sphere)));
   for (int i = 0; i < n; ++i) {
     const Vec3& xi = x[i];
     const long b0 = bin_of(xi, 0), b1 = bin_of(xi, 1), b2 = bin_of(xi, 2);
@@ -176,6 +226,12 @@ NeighborList build_neighbor_list(const Structure& s, double cutoff, double min_d
                                " are " + std::to_string(std::sqrt(dd)) +
                                " Angstrom apart, closer than the minimum " +
                                std::to_string(min_distance) + " Angstrom (overlapping atoms)");
+            if (out.items.size() - out.offsets[i] >= max_row)
+              throw InputError(too_dense(i, max_row, cutoff, thinnest));
+            if (out.items.size() >= static_cast<std::size_t>(kMaxNeighborEntries))
+              throw InputError("the neighbour list of " + std::to_string(n) + " atoms within " +
+                               fmt(cutoff) + " Angstrom exceeds the limit of " + fmt(kMaxNeighborEntries) +
+                               " entries; use a shorter cutoff or a smaller structure");
             out.items.push_back({im.atom, {r0, r1, r2}, std::sqrt(dd)});
           }
         }

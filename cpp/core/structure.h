@@ -22,4 +22,11 @@ struct Structure {
 // species index out of range, degenerate cell along a periodic direction.
 void validate_structure(const Structure& s, int n_species);
 
+// The cell part of validate_structure: the lattice vectors along periodic directions are
+// non-zero and independent (sines of their angles, or the volume they span over the product
+// of their lengths, at least kMinCellSine); vectors along non-periodic directions are not
+// used and may be zero.
+void validate_periodic_cell(const Structure& s);
+constexpr double kMinCellSine = 1e-6;
+
 }  // namespace otfgp

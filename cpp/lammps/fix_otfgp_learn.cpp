@@ -7,7 +7,9 @@
 #include <algorithm>
 #include <cmath>
 #include <exception>
+#include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -42,6 +44,17 @@ void broadcast(otfgp_lammps::Thresholds &t, MPI_Comm world) {
   t.force = values[0];
   t.local_energy.reset();
   if (values[1] != 0.0) t.local_energy = values[2];
+}
+
+// The option a label-check keyword sets (nullptr: not such a keyword); the values are
+// checked by Python (otfgp.learning.LearningOptions).
+std::optional<double> *label_check(otfgp_lammps::LearnOptions &o, const std::string &key) {
+  if (key == "label_max_force") return &o.label_max_force;
+  if (key == "label_max_energy_per_atom") return &o.label_max_energy_per_atom;
+  if (key == "label_energy_jump") return &o.label_energy_jump;
+  if (key == "label_max_z") return &o.label_max_z;
+  if (key == "label_z_min_error") return &o.label_z_min_error;
+  return nullptr;
 }
 
 }  // namespace
@@ -118,6 +131,9 @@ void FixOTFGPLearn::parse_keywords(int narg, char **arg) {
       if (audit_every_ < 1 || audit_every_ % nevery != 0)
         error->all(FLERR, "fix otfgp/learn: audit_every must be a positive multiple of N ({}), got {}",
                    nevery, audit_every_);
+    } else if (std::optional<double> *check = label_check(o, key)) {
+      // `none` switches a check off: infinity, which no label exceeds (Python's rule too).
+      *check = std::string(value) == "none" ? std::numeric_limits<double>::infinity() : real();
     } else if (key == "output_dir") {
       setup_.output_dir = value;
     } else if (key == "labeller") {

@@ -66,6 +66,11 @@ py::dict options_dict(const LearnOptions& o) {
   put("optimize_until_calls", o.optimize_until_calls);
   put("map", o.map);
   put("uncertainty", o.uncertainty);
+  put("label_max_force", o.label_max_force);
+  put("label_max_energy_per_atom", o.label_max_energy_per_atom);
+  put("label_energy_jump", o.label_energy_jump);
+  put("label_max_z", o.label_max_z);
+  put("label_z_min_error", o.label_z_min_error);
   return d;
 }
 

@@ -26,6 +26,12 @@ struct LearnOptions {
   std::optional<int> optimize_until_calls;
   std::optional<bool> map;
   std::optional<std::string> uncertainty;  // "exact" or "mapped"
+  // Label sanity checks (otfgp.label_checks); infinity (keyword value `none`) turns one off.
+  std::optional<double> label_max_force;            // eV/A
+  std::optional<double> label_max_energy_per_atom;  // eV/atom
+  std::optional<double> label_energy_jump;          // eV/atom
+  std::optional<double> label_max_z;                // reported stds
+  std::optional<double> label_z_min_error;          // eV/A
 };
 
 // What otfgp.lammps.learn.start gets: the fix's setup, once per run.

@@ -2,6 +2,7 @@
 from ._core import InputError, ModelFileError, NotTrainedError, set_num_threads, get_max_threads
 from .calculator import GPCalculator
 from .gp import GaussianProcess, KernelMatrixError, Prediction
+from .label_checks import LabelRejected
 from .otf import OTF, LabellerError, OTFOptions
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "OTF",
     "OTFOptions",
     "LabellerError",
+    "LabelRejected",
     "Prediction",
     "KernelMatrixError",
     "InputError",

@@ -1,7 +1,8 @@
 """The ``otfgp`` command line.
 
     otfgp otf config.toml [--output-dir DIR]   on-the-fly run described by a config file
-    otfgp otf --resume RUN_DIR                 continue an interrupted run
+    otfgp otf --resume RUN_DIR [--set otf.threshold=0.02] [--override FILE] [--checkpoint N]
+                                               continue an interrupted run (changing settings)
     otfgp plot RUN_DIR [--test frames.extxyz]  PNG plots of a run (and of a test set)
     otfgp map MODEL -o MAPPED [--tolerance T]  spline-tabulate a model (mapped GP)
     otfgp eval MODEL FRAMES... [--json OUT.json] [--png OUT.png]
@@ -49,8 +50,14 @@ A config file (TOML, or YAML when PyYAML is installed) has five sections::
 
 The run directory receives a verbatim copy of the config, ``run_config.json`` (the
 resolved config), ``initial.extxyz`` (the starting structure) and ``stages.json`` (stage
-transitions, written atomically), so ``--resume`` needs nothing else. Exit codes: 0 done,
-1 run failed (e.g. DFT), 2 bad command line or config.
+transitions, written atomically), so ``--resume`` needs nothing else. The directory is
+locked while a command runs in it (a second ``otfgp otf`` on it stops with an error).
+``--resume`` may change ``[otf]`` and ``[labeller]`` settings (``--set SECTION.KEY=VALUE``,
+``--override FILE``): they are written to ``run_config.json`` (later resumes keep them) and
+recorded with their step in ``overrides.json``. ``--checkpoint N`` goes back to the kept
+checkpoint N (``checkpoint/state_<N>.json``). Exit codes: 0 done, 1 run failed (DFT, or
+the MD stopped on atoms too close together; the last checkpoint stays), 2 bad command
+line, config or run directory (locked, holding a run, damaged state file).
 
 Every key of every section, with type, default, unit and meaning: docs/config.md.
 (Code: schema and validation in otfgp.config, builders in otfgp.builders, the stage
@@ -69,7 +76,9 @@ from typing import Any, Mapping, Sequence
 from .atomic_io import write_json
 from .builders import (build_dynamics, build_labeller, build_model, build_structure,
                        restore_hyperparameter_settings, set_velocities)
-from .config import ConfigError, load_config, stage_bounds, validate_config
+from .config import ConfigError, apply_overrides, load_config, parse_set, stage_bounds, validate_config
+from .run_dir import (OVERRIDES_FILE, RunDirError, RunLock, holds_run, read_checkpoint, read_json_file,
+                      record_overrides)
 from .stages import STAGES_FILE, read_stages_state, run_stages
 
 RUN_CONFIG = "run_config.json"
@@ -118,12 +127,24 @@ def _prepare_run_dir(cfg: dict[str, Any], config_path: Path, run_dir: Path) -> N
     write_json(run_dir / RUN_CONFIG, cfg, indent=2)
 
 
+def _resume_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The settings given with ``--override FILE`` (TOML/YAML tables ``[otf]``, ``[labeller]``)
+    and ``--set SECTION.KEY=VALUE`` (applied after the file), as {section: {key: value}}."""
+    overrides: dict[str, dict[str, Any]] = {}
+    if args.override:
+        for section, values in load_config(args.override).items():
+            if not isinstance(values, Mapping):
+                raise ConfigError(f"{args.override}: [{section}] must be a table of settings")
+            overrides.setdefault(section, {}).update(values)
+    for expr in args.set or []:
+        section, key, value = parse_set(expr)
+        overrides.setdefault(section, {})[key] = value
+    return overrides
+
+
 def cmd_otf(args: argparse.Namespace) -> int:
-    """``otfgp otf CONFIG`` (a new run) or ``otfgp otf --resume RUN_DIR``."""
-    from ase.io import read, write
-
-    from .otf import OTF
-
+    """``otfgp otf CONFIG`` (a new run) or ``otfgp otf --resume RUN_DIR``; the run directory
+    is locked for the whole command."""
     if args.resume:
         args.run_dir = args.resume
         if args.config:
@@ -131,54 +152,97 @@ def cmd_otf(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         if not (run_dir / RUN_CONFIG).is_file():
             raise ConfigError(f"{run_dir}: not an otfgp run directory ({RUN_CONFIG} missing)")
-        cfg = json.loads((run_dir / RUN_CONFIG).read_text())
-        state_path = run_dir / "checkpoint" / "state.json"
-        total = stage_bounds(cfg["md"]["stages"])[-1]
-        if (state_path.is_file() and (run_dir / "summary.json").is_file()
-                and json.loads(state_path.read_text())["step"] >= total):
-            # finished: OTF.resume would truncate the last log entry, so do not touch the run
-            print(f"otfgp: {run_dir} is complete ({total} steps); nothing to resume")
-            summary = json.loads((run_dir / "summary.json").read_text())
-            if (run_dir / STAGES_FILE).is_file():
-                summary["stages"] = read_stages_state(run_dir).get("dft_calls_per_stage", [])
-            print(format_summary(summary))
-            return 0
-        atoms = read(run_dir / INITIAL_STRUCTURE)
-        atoms.calc = None
-        set_velocities(atoms, cfg["md"])
-        dyn = build_dynamics(atoms, cfg["md"])
-        labeller = build_labeller(cfg["labeller"], run_dir)
-        if (run_dir / "checkpoint" / "state.json").is_file():
-            otf = OTF.resume(run_dir, dyn, labeller)
-            # model files keep hyperparameters but neither priors nor bounds: restore them
-            restore_hyperparameter_settings(otf.model, cfg["model"])
-            print(f"otfgp: resuming {run_dir} at step {otf.step} "
-                  f"({len(otf.dft_calls)} DFT calls so far)", file=sys.stderr)
-        else:
-            print(f"otfgp: {run_dir} has no checkpoint yet; starting it from step 0", file=sys.stderr)
-            otf = OTF(dyn, build_model(cfg["model"]), labeller, **{**cfg["otf"], "output_dir": str(run_dir)})
-    else:
-        if not args.config:
-            raise ConfigError("give a config file (otfgp otf config.toml) or --resume RUN_DIR")
-        config_path = Path(args.config)
-        cfg = validate_config(load_config(config_path), base_dir=config_path.parent)
-        if args.output_dir:
-            cfg["otf"]["output_dir"] = args.output_dir
-        run_dir = Path(cfg["otf"]["output_dir"])
-        args.run_dir = str(run_dir)
-        if (run_dir / "checkpoint" / "state.json").exists() or (run_dir / "log.jsonl").exists():
+        with RunLock(run_dir):
+            return _resume(args, run_dir)
+    if args.set or args.override or args.checkpoint is not None:
+        raise ConfigError("--set, --override and --checkpoint go with --resume RUN_DIR "
+                          "(a new run takes its settings from the config file)")
+    if not args.config:
+        raise ConfigError("give a config file (otfgp otf config.toml) or --resume RUN_DIR")
+    config_path = Path(args.config)
+    cfg = validate_config(load_config(config_path), base_dir=config_path.parent)
+    if args.output_dir:
+        cfg["otf"]["output_dir"] = args.output_dir
+    run_dir = Path(cfg["otf"]["output_dir"])
+    args.run_dir = str(run_dir)
+    cfg["otf"]["output_dir"] = str(run_dir)
+    with RunLock(run_dir):
+        if holds_run(run_dir):
             raise ConfigError(f"output_dir {run_dir} already holds a run: continue it with "
                               f"'otfgp otf --resume {run_dir}' or choose another otf.output_dir")
-        cfg["otf"]["output_dir"] = str(run_dir)
-        atoms = build_structure(cfg["structure"])
-        model = build_model(cfg["model"])
-        labeller = build_labeller(cfg["labeller"], run_dir)
-        _prepare_run_dir(cfg, config_path, run_dir)
-        write(run_dir / INITIAL_STRUCTURE, atoms, format="extxyz")
-        set_velocities(atoms, cfg["md"])
-        dyn = build_dynamics(atoms, cfg["md"])
-        otf = OTF(dyn, model, labeller, **cfg["otf"])
-    summary = run_stages(otf, cfg, run_dir)
+        return _new_run(cfg, config_path, run_dir)
+
+
+def _new_run(cfg: dict[str, Any], config_path: Path, run_dir: Path) -> int:
+    """A new run of the resolved ``cfg`` in ``run_dir`` (locked by the caller)."""
+    from ase.io import write
+
+    from .otf import OTF
+
+    atoms = build_structure(cfg["structure"])
+    model = build_model(cfg["model"])
+    labeller = build_labeller(cfg["labeller"], run_dir)
+    _prepare_run_dir(cfg, config_path, run_dir)
+    write(run_dir / INITIAL_STRUCTURE, atoms, format="extxyz")
+    set_velocities(atoms, cfg["md"])
+    dyn = build_dynamics(atoms, cfg["md"])
+    with OTF(dyn, model, labeller, **cfg["otf"]) as otf:
+        summary = run_stages(otf, cfg, run_dir)
+    print(f"otfgp: run finished in {run_dir}")
+    print(format_summary(summary))
+    return 0
+
+
+def _resume(args: argparse.Namespace, run_dir: Path) -> int:
+    """``otfgp otf --resume RUN_DIR [--checkpoint N] [--set ...] [--override FILE]`` (locked
+    by the caller)."""
+    from ase.io import read
+
+    from .otf import OTF
+
+    cfg = read_json_file(run_dir / RUN_CONFIG, f"restore it, or start the run afresh from its config copy "
+                                                f"in {run_dir} in a new output directory")
+    overrides = _resume_overrides(args)
+    cfg, changed = apply_overrides(cfg, overrides)
+    state_path = run_dir / "checkpoint" / "state.json"
+    has_state = state_path.is_file() or args.checkpoint is not None
+    if not has_state and holds_run(run_dir):
+        read_checkpoint(run_dir)  # raises: outputs without a checkpoint (a restart would double them)
+    state = read_checkpoint(run_dir, args.checkpoint) if has_state else None
+    total = stage_bounds(cfg["md"]["stages"])[-1]
+    if state is not None and args.checkpoint is None and not changed and state["step"] >= total \
+            and (run_dir / "summary.json").is_file():
+        print(f"otfgp: {run_dir} is complete ({total} steps); nothing to resume")
+        summary = read_json_file(run_dir / "summary.json", "delete it; 'otfgp otf --resume' then rewrites it")
+        if (run_dir / STAGES_FILE).is_file():
+            summary["stages"] = read_stages_state(run_dir).get("dft_calls_per_stage", [])
+        print(format_summary(summary))
+        return 0
+    if changed:
+        write_json(run_dir / RUN_CONFIG, cfg, indent=2)  # later resumes keep the new settings
+        print(f"otfgp: changed settings on resume: {json.dumps(changed)} (recorded in {run_dir / RUN_CONFIG} "
+              f"and {run_dir / OVERRIDES_FILE})", file=sys.stderr)
+    atoms = read(run_dir / INITIAL_STRUCTURE)
+    atoms.calc = None
+    set_velocities(atoms, cfg["md"])
+    dyn = build_dynamics(atoms, cfg["md"])
+    labeller = build_labeller(cfg["labeller"], run_dir)
+    if state is not None:
+        if "labeller" in changed:
+            record_overrides(run_dir, {"step": state["step"], "checkpoint": state["checkpoint_index"],
+                                       "labeller": changed["labeller"]})
+        otf = OTF.resume(run_dir, dyn, labeller, checkpoint=args.checkpoint, **changed.get("otf", {}))
+        # model files keep hyperparameters but neither priors nor bounds: restore them
+        restore_hyperparameter_settings(otf.model, cfg["model"])
+        print(f"otfgp: resuming {run_dir} at step {otf.step} "
+              f"({len(otf.dft_calls)} DFT calls so far)", file=sys.stderr)
+    else:
+        if changed:
+            record_overrides(run_dir, {"step": 0, "checkpoint": 0, **changed})
+        print(f"otfgp: {run_dir} has no checkpoint yet; starting it from step 0", file=sys.stderr)
+        otf = OTF(dyn, build_model(cfg["model"]), labeller, **{**cfg["otf"], "output_dir": str(run_dir)})
+    with otf:
+        summary = run_stages(otf, cfg, run_dir)
     print(f"otfgp: run finished in {run_dir}")
     print(format_summary(summary))
     return 0
@@ -270,6 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="config file (.toml; .yaml/.yml with PyYAML)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
     p.add_argument("--output-dir", help="override otf.output_dir")
+    p.add_argument("--checkpoint", type=int, metavar="N",
+                   help="with --resume: go back to the kept checkpoint N (newer ones are dropped)")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="with --resume: change an [otf] or [labeller] setting from here on, e.g. "
+                        "--set otf.threshold=0.02 --set labeller.electron_maxstep=200 (repeatable; TOML values)")
+    p.add_argument("--override", metavar="FILE",
+                   help="with --resume: a TOML/YAML file of [otf] and [labeller] settings to change "
+                        "(--set applies after it)")
     p.set_defaults(func=cmd_otf)
     p = sub.add_parser("plot", help="PNG plots of a run: temperature, training (and parity, uncertainty)")
     p.add_argument("run_dir")
@@ -303,13 +375,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    from .otf import LabellerError
+    from .label_checks import LabelRejected
+    from .otf import DynamicsError, LabellerError
 
     try:
         return args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, RunDirError) as exc:
         print(f"otfgp: error: {exc}", file=sys.stderr)
         return 2
+    except DynamicsError as exc:
+        print(f"otfgp: error: {exc}", file=sys.stderr)
+        return 1
+    except LabelRejected as exc:  # absurd labels: a stop naming labeller, step and check
+        print(f"otfgp: error: {exc}\notfgp: continue with 'otfgp otf --resume "
+              f"{getattr(args, 'run_dir', None) or 'RUN_DIR'}'", file=sys.stderr)
+        return 1
     except LabellerError as exc:
         where = getattr(args, "run_dir", None) or "RUN_DIR"
         print(f"otfgp: DFT failed: {exc}\notfgp: everything up to the last checkpoint is saved; "

@@ -325,3 +325,70 @@ def stage_bounds(stages: Sequence[Mapping[str, Any]]) -> list[int]:
     for s in stages:
         b.append(b[-1] + int(s["steps"]))
     return b
+
+
+# --------------------------------------------------------------------------- resume overrides
+RESUME_SECTIONS = ("otf", "labeller")  # what may change on resume; the system and MD may not
+
+
+def parse_set(expr: str) -> tuple[str, str, Any]:
+    """``"SECTION.KEY=VALUE"`` (``otfgp otf --resume DIR --set ...``) as (section, key,
+    value); VALUE is read as a TOML value (``0.05``, ``true``, ``[2, 2, 2]``, ``"x"``), and
+    as a plain string when it is not one.
+
+    Raises:
+        ConfigError: not of the form SECTION.KEY=VALUE.
+    """
+    name, sep, raw = expr.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot or not section or not key:
+        raise ConfigError(f"--set {expr!r}: expected SECTION.KEY=VALUE, e.g. otf.threshold=0.02")
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return section, key.strip(), value
+
+
+def apply_overrides(cfg: Mapping[str, Any], overrides: Mapping[str, Mapping[str, Any]]
+                    ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The resolved config ``cfg`` with ``overrides`` ({section: {key: value}}) applied
+    and validated, and the settings that really changed ({section: {key: value}}).
+
+    Only ``[otf]`` and ``[labeller]`` settings may change on resume (``otf.output_dir``
+    not); a threshold of the other kind replaces the current one (``relative_threshold``
+    switches the absolute ``threshold`` off and vice versa).
+
+    Raises:
+        ConfigError: another section, an unknown key or a bad value (naming the key).
+    """
+    out = copy.deepcopy(dict(cfg))
+    changed: dict[str, dict[str, Any]] = {}
+    for section, values in overrides.items():
+        if section not in RESUME_SECTIONS:
+            raise ConfigError(f"[{section}] settings cannot change on resume (the checkpoint holds that "
+                              f"system and its dynamics); only {', '.join(f'[{s}]' for s in RESUME_SECTIONS)} "
+                              f"can: start a new run for the others")
+        if section == "otf" and "output_dir" in values:
+            raise ConfigError("otf.output_dir cannot change on resume (it is the run directory)")
+        target = out[section]
+        if section == "labeller" and "type" in values and values["type"] != target.get("type"):
+            target = out[section] = {}  # another labeller: the old one's keys do not apply
+        if section == "otf":
+            if values.get("relative_threshold") is not None and "threshold" not in values:
+                target["threshold"] = None
+            if values.get("threshold") is not None and "relative_threshold" not in values:
+                target.pop("relative_threshold", None)
+        for key, value in values.items():
+            if cfg[section].get(key, object()) != value:
+                changed.setdefault(section, {})[key] = value
+            target[key] = value
+    if "otf" in overrides:
+        out["otf"] = _validate_otf(out["otf"])
+    if "labeller" in overrides:
+        out["labeller"] = _validate_labeller(out["labeller"])
+    return out, changed

@@ -5,11 +5,12 @@ linear algebra (scipy Cholesky, log marginal likelihood, L-BFGS-B) and the ASE g
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import scipy.linalg
@@ -271,6 +272,57 @@ def _as_atomic_number(s: str | int) -> int:
     return _atomic_numbers[s]
 
 
+def _checked_bounds(bounds: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+    """``bounds`` as float pairs, or an :class:`otfgp.InputError` naming the first bound that
+    is not 0 < lower < upper < inf (the optimiser works in log space between them; an
+    inverted or empty range would otherwise surface later as a misleading kernel error)."""
+    out: dict[str, tuple[float, float]] = {}
+    for name, pair in bounds.items():
+        try:
+            lo, hi = (float(x) for x in pair)
+        except (TypeError, ValueError):
+            raise _core.InputError(f"bounds of {name} must be a pair (lower, upper), got {pair!r}") from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo > 0):
+            raise _core.InputError(f"bounds of {name} must be positive and finite, got ({lo:g}, {hi:g})")
+        if lo > hi:
+            raise _core.InputError(f"bounds of {name} are inverted: lower {lo:g} > upper {hi:g}")
+        if lo == hi:
+            raise _core.InputError(f"bounds of {name} have zero width ({lo:g}, {hi:g}): give lower < upper "
+                                   f"(to keep every hyperparameter fixed, train(optimize=False))")
+        out[name] = (lo, hi)
+    return out
+
+
+def _label_atom_indices(atom_indices: Sequence[int] | np.ndarray | None, n: int) -> np.ndarray:
+    """The sorted atom indices of :meth:`GaussianProcess.add_training_data` (see there),
+    or an :class:`otfgp.InputError` naming what is wrong with them."""
+    if atom_indices is None:
+        return np.arange(n)
+    raw = np.asarray(atom_indices)
+    if raw.dtype == np.bool_:
+        if raw.shape != (n,):
+            raise _core.InputError(f"a boolean atom_indices mask needs one entry per atom, shape ({n},), "
+                                   f"got {raw.shape}")
+        return np.flatnonzero(raw)
+    if raw.ndim != 1:
+        raise _core.InputError(f"atom_indices must be a one-dimensional sequence of atom indices, "
+                               f"got shape {raw.shape}")
+    if raw.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if not np.issubdtype(raw.dtype, np.integer):
+        # never truncate 2.7 to 2: a float index is a bug upstream, not an atom
+        raise _core.InputError(f"atom_indices must be integers, got {raw.dtype} values "
+                               f"(first: {raw[0]!r})")
+    bad = raw[(raw < 0) | (raw >= n)]
+    if bad.size:
+        raise _core.InputError(f"atom_indices out of range for {n} atoms: {bad[:5].tolist()} "
+                               f"(indices run 0..{n - 1}; negative ones do not count from the end)")
+    unique, counts = np.unique(raw, return_counts=True)
+    if unique.size != raw.size:
+        raise _core.InputError(f"atom_indices lists atoms {unique[counts > 1][:5].tolist()} more than once")
+    return unique.astype(np.int64)
+
+
 class GaussianProcess:
     """Bayesian 2+3-body force field (FLARE model) with analytic mean and variance.
 
@@ -297,6 +349,7 @@ class GaussianProcess:
     priors: Priors | None = DEFAULT_PRIORS
     # (n_labels, priors, resolved priors) of the last prior_medians() call
     _prior_cache: tuple[int, Priors, dict[str, LogNormal]] | None = None
+    _changing_model = False  # inside a _dropping_maps block
 
     def __init__(
         self,
@@ -327,7 +380,7 @@ class GaussianProcess:
             DEFAULT_BOUNDS if priors is not None else MAXIMUM_LIKELIHOOD_BOUNDS)
         if bounds:
             self._check_names(bounds)
-            self.bounds.update({k: (float(v[0]), float(v[1])) for k, v in bounds.items()})
+            self.bounds.update(_checked_bounds(bounds))
         hyp = dict(DEFAULT_HYPERPARAMETERS)
         if hyperparameters:
             self._check_names(hyperparameters)
@@ -368,8 +421,27 @@ class GaussianProcess:
         self._check_names(values)
         hyp = self.hyperparameters
         hyp.update({k: float(v) for k, v in values.items()})
-        self._model.hyperparameters = [hyp[k] for k in HYPERPARAMETER_NAMES]
+        with self._dropping_maps("setting hyperparameters"):
+            self._model.hyperparameters = [hyp[k] for k in HYPERPARAMETER_NAMES]
         self._chol = None  # the solution no longer matches
+
+    @contextlib.contextmanager
+    def _dropping_maps(self, change: str) -> Iterator[None]:
+        """Log when ``change`` drops the maps. The core drops them whenever the solution
+        they tabulate stops being current (new data, hyperparameters, retraining), so a
+        model, and every file saved from it, never carries stale maps."""
+        if self._changing_model:  # nested (training sets hyperparameters): the outer one logs
+            yield
+            return
+        was_mapped = self.mapped
+        self._changing_model = True
+        try:
+            yield
+        finally:
+            self._changing_model = False
+        if was_mapped and not self.mapped:
+            log.info("%s dropped the maps (they tabulated the previous solution); "
+                     "call map() after train() to map again", change)
 
     @property
     def energy_offsets(self) -> dict[str, float]:
@@ -427,37 +499,43 @@ class GaussianProcess:
         forces: bool | np.ndarray = True,
         energy: bool | float = False,
         stress: bool | np.ndarray = False,
-        atom_indices: Sequence[int] | None = None,
+        atom_indices: Sequence[int] | np.ndarray | None = None,
     ) -> None:
         """Add a labelled structure to the training set (the model then needs :meth:`train`).
 
         Args:
             atoms: the structure. With ``True`` flags the labels come from its attached
                 calculator (``get_forces``, ``get_potential_energy``, ``get_stress``).
-            forces: ``True``, ``False`` or an explicit array, either (n_atoms, 3) or
-                (len(atom_indices), 3).
+            forces: ``True`` (the calculator's forces), ``False`` (no force labels) or an
+                array of the forces on *all* atoms, shape (n_atoms, 3), row i the force on
+                atom i, as ``atoms.get_forces()`` returns it, whatever ``atom_indices`` is.
+                A shorter array is an error: a (k, 3) array of the labelled atoms' rows is
+                ambiguous (for k = n_atoms a permutation would silently go to the wrong
+                atoms).
             energy: ``True``, ``False`` or the energy in eV.
             stress: ``True``, ``False`` or the stress (6 Voigt components or 3 x 3), ASE sign.
-            atom_indices: atoms whose forces become labels (default: all).
+            atom_indices: which rows of the forces become labels: ``None`` (all atoms),
+                distinct integers in 0..n_atoms-1 (in any order; they are stored sorted, so
+                the order does not change the model) or a boolean mask of length n_atoms.
+                Floats, negative, repeated or out-of-range indices are an
+                :class:`otfgp.InputError`, and so are indices without force labels.
         """
         cell, pbc, positions, species = self._structure_arrays(atoms)
         n = len(atoms)
-        idx = np.arange(n) if atom_indices is None else np.asarray(atom_indices, dtype=np.int64).ravel()
-        if idx.size and (idx.min() < 0 or idx.max() >= n):
-            raise _core.InputError(f"atom_indices out of range for {n} atoms")
+        with_forces = forces is not False and forces is not None
+        if atom_indices is not None and not with_forces:
+            raise _core.InputError("atom_indices selects force labels, but forces=False: "
+                                   "pass forces=True (or an array) or drop atom_indices")
+        idx = _label_atom_indices(atom_indices, n)
         force_atoms = np.zeros(0, dtype=np.int32)
         force_values = np.zeros((0, 3))
-        if forces is not False and forces is not None:
-            if forces is True:
-                f = np.asarray(atoms.get_forces(), dtype=float)
-            else:
-                f = np.asarray(forces, dtype=float)
-            if f.shape == (n, 3):
-                f = f[idx]
-            elif f.shape != (len(idx), 3):
+        if with_forces:
+            f = np.asarray(atoms.get_forces() if forces is True else forces, dtype=float)
+            if f.shape != (n, 3):
                 raise _core.InputError(
-                    f"forces must have shape ({n}, 3) or ({len(idx)}, 3), got {f.shape}")
-            force_atoms, force_values = idx.astype(np.int32), f
+                    f"forces must have shape ({n}, 3), one row per atom of the structure (row i: "
+                    f"atom i), got {f.shape}; atom_indices selects the rows that become labels")
+            force_atoms, force_values = idx.astype(np.int32), f[idx]
         e = None
         if energy is not False and energy is not None:
             e = float(atoms.get_potential_energy()) if energy is True else float(energy)
@@ -469,7 +547,8 @@ class GaussianProcess:
             if raw.shape != (6,):
                 raise _core.InputError(f"stress must have 6 Voigt components or shape (3, 3), got {raw.shape}")
             s = raw
-        self._model.add_training_structure(cell, pbc, positions, species, force_atoms, force_values, e, s)
+        with self._dropping_maps("adding training data"):
+            self._model.add_training_structure(cell, pbc, positions, species, force_atoms, force_values, e, s)
 
     def training_structure(self, index: int) -> dict[str, Any]:
         """The ``index``-th labelled structure: ``atoms`` (with its labels attached as a
@@ -509,15 +588,10 @@ class GaussianProcess:
             and (not grad or self._dK2 is not None)
         )
         if not fresh:
-            hyp = self.hyperparameters
-            hyp.update(ell2=ell2, ell3=ell3)
-            saved = self._model.hyperparameters
-            self._model.hyperparameters = [hyp[k] for k in HYPERPARAMETER_NAMES]
-            try:
-                g = self._model.n_groups
-                K2, K3, dK2, dK3 = self._model.covariance(0, g, 0, g, grad)
-            finally:
-                self._model.hyperparameters = saved
+            # At trial length scales without setting them on the model, which would
+            # invalidate its current solution (and maps).
+            g = self._model.n_groups
+            K2, K3, dK2, dK3 = self._model.covariance(0, g, 0, g, grad, ell2=ell2, ell3=ell3)
             self._K2, self._K3 = K2, K3
             self._dK2, self._dK3 = (dK2, dK3) if grad else (None, None)
             self._cache_ells = (ell2, ell3)
@@ -677,18 +751,12 @@ class GaussianProcess:
     def _unscaled_diagonal(self, ell2: float, ell3: float) -> tuple[np.ndarray, np.ndarray]:
         """Diagonals of the unscaled K2 and K3 at the given length scales, one label group
         at a time (cheaper than the whole matrix, and the kernel cache stays untouched)."""
-        hyp = self.hyperparameters
-        hyp.update(ell2=ell2, ell3=ell3)
-        saved = self._model.hyperparameters
-        self._model.hyperparameters = [hyp[k] for k in HYPERPARAMETER_NAMES]
         d2, d3 = [], []
-        try:
-            for g in range(self._model.n_groups):
-                K2, K3, _, _ = self._model.covariance(g, g + 1, g, g + 1, False)
-                d2.append(np.diag(K2))
-                d3.append(np.diag(K3))
-        finally:
-            self._model.hyperparameters = saved
+        for g in range(self._model.n_groups):
+            # trial length scales passed, not set: setting them would drop the solution and maps
+            K2, K3, _, _ = self._model.covariance(g, g + 1, g, g + 1, False, ell2=ell2, ell3=ell3)
+            d2.append(np.diag(K2))
+            d3.append(np.diag(K3))
         return np.concatenate(d2), np.concatenate(d3)
 
     def log_prior(self, hyperparameters: Mapping[str, float] | None = None) -> tuple[float, dict[str, float]]:
@@ -750,13 +818,15 @@ class GaussianProcess:
         """
         if self.n_labels == 0:
             raise _core.NotTrainedError("no training data: call add_training_data() first")
-        if optimize:
-            self._optimize(restarts, max_iterations, seed, from_defaults)
-        self._solve()
+        with self._dropping_maps("training"):
+            if optimize:
+                self._optimize(restarts, max_iterations, seed, from_defaults)
+            self._solve()
 
     def _optimize(self, restarts: int, max_iterations: int, seed: int, from_defaults: bool = True) -> None:
         names = self._active()
         base = self.hyperparameters
+        _checked_bounds({k: self.bounds[k] for k in names})  # `bounds` is public and mutable
         # the data-dependent prior centres, once per optimisation (they depend on the data only)
         priors = self.prior_medians() if self.priors is not None else None
         lo = np.log([self.bounds[k][0] for k in names])
@@ -1164,13 +1234,18 @@ class GaussianProcess:
 
     # ---------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> None:
-        """Write the model (training data, hyperparameters, solution) to ``path`` atomically."""
+        """Write the model (training data, hyperparameters, solution, maps, calibration) to
+        ``path`` atomically. Any model can be saved and loaded again: one with new data or
+        hyperparameters since its last :meth:`train` is saved untrained (its labels kept,
+        without the maps of the old solution, which changing it dropped)."""
         self._model.save(os.fspath(path))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "GaussianProcess":
         """Read a model written by :meth:`save` (or by the C++ core)."""
         core = _core.Model.load(os.fspath(path))
+        for warning in core.load_warnings:
+            log.warning("%s: %s", os.fspath(path), warning)
         if core.format_version < _core.CALIBRATION_FORMAT_VERSION:
             log.info("model file format version %d predates calibration; loaded uncalibrated "
                      "(reported stds = latent + noise)", core.format_version)

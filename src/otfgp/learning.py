@@ -8,7 +8,8 @@ The ASE learner (:class:`otfgp.otf.OTF`) and LAMMPS's ``fix otfgp/learn`` (throu
   threshold and test, and the threshold for adding atoms, absolute or relative to the force
   noise sigma_n, with a floor;
 - :func:`choose_atoms`: which atoms of a labelled frame join the training set;
-- :func:`label`: run a labeller on a frame and validate what it returns;
+- :func:`label`: run a labeller on a frame and validate what it returns (shapes, NaN, and
+  the sanity checks of :mod:`otfgp.label_checks`);
 - :func:`add_and_retrain`: add the chosen environments, retrain (optimising the
   hyperparameters only early on) and re-map.
 
@@ -22,7 +23,7 @@ import math
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TypeVar, Union
+from typing import Any, Callable, Mapping, Protocol, Sequence, TypeVar, Union
 
 import numpy as np
 from ase import Atoms
@@ -36,6 +37,15 @@ log = logging.getLogger(__name__)
 Labeller = Union[BaseCalculator, Callable[[Atoms], Any]]
 """An ASE calculator, or a callable ``f(atoms)`` returning an ASE calculator or a dict with
 ``forces`` (N x 3, eV/A) and optionally ``energy`` (eV) and ``stress`` (Voigt, eV/A^3)."""
+
+
+class LabelCheck(Protocol):
+    """What :func:`label` needs of label sanity checks (:class:`otfgp.label_checks.LabelChecks`,
+    which imports this module, hence a protocol here)."""
+
+    def check(self, labelled: Atoms, step: int | None, predicted_forces: np.ndarray | None = None,
+              predicted_stds: np.ndarray | None = None) -> None:
+        """Accept the labelled frame or raise a :class:`LabellerError`."""
 
 
 class LabellerError(RuntimeError):
@@ -100,6 +110,15 @@ class LearningOptions:
     of the training set pooled with the pre-update errors of all DFT frames so far (each
     frame predicted before it was learnt, audits included). The default ``None`` keeps the
     model uncalibrated (reported = latent + noise).
+
+    Every fresh label passes the sanity checks of :mod:`otfgp.label_checks` before it is
+    trained on or saved (``None`` or ``inf`` switches a check off): ``label_max_force``
+    (eV/A) caps |force component|; ``label_max_energy_per_atom`` (eV/atom) caps |E/N|;
+    ``label_energy_jump`` (eV/atom) bounds how far E/N may leave the range of the earlier
+    labels of the same composition; ``label_max_z`` with ``label_z_min_error`` (eV/A)
+    rejects a frame with a force component more than ``label_max_z`` reported stds and more
+    than ``label_z_min_error`` from the model's pre-update prediction. A frame that fails
+    is quarantined and the run stops with :class:`otfgp.label_checks.LabelRejected`.
     """
 
     threshold: float | None = 0.05
@@ -120,6 +139,22 @@ class LearningOptions:
     map_tolerance: float = 5e-4
     uncertainty: str = "exact"
     calibration: str | None = None
+    # Label sanity checks (otfgp.label_checks). The defaults only catch labels no physical
+    # system gives, so that honest DFT never trips them:
+    # - forces in MD, even of hot liquids or compressed solids, stay below ~10 eV/A; 50 eV/A
+    #   means nuclei pushed into each other's cores (or a units/parsing bug);
+    label_max_force: float | None = 50.0
+    # - all-electron total energies are about -0.77 Z^(7/3) hartree per atom (Thomas-Fermi),
+    #   below 1e6 eV/atom in magnitude up to Z ~ 100; pseudopotential codes are far smaller,
+    #   so only garbage (1e30, J/mol read as eV) exceeds it;
+    label_max_energy_per_atom: float | None = 1e6
+    # - between labels of one composition E/N moves by ~k_B T (0.13 eV at 1500 K), melting
+    #   or a heating stage by a few tenths; 1 eV/atom beyond the range seen is not MD;
+    label_energy_jump: float | None = 1.0
+    # - a label 50 reported stds and more than 1 eV/A away from the model's prediction (see
+    #   label_checks.check_z_score for why both).
+    label_max_z: float | None = 50.0
+    label_z_min_error: float = 1.0
 
     def __post_init__(self) -> None:
         if self.threshold is None and self.relative_threshold is None:
@@ -136,6 +171,14 @@ class LearningOptions:
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
                                   or not math.isfinite(v) or v <= 0):
                 raise ValueError(f"{name} must be a positive number, got {v!r}")
+        for name in ("label_max_force", "label_max_energy_per_atom", "label_energy_jump", "label_max_z",
+                     "label_z_min_error"):
+            v = getattr(self, name)  # inf allowed: the check is off
+            if v is None and name != "label_z_min_error":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or v < 0 \
+                    or (v == 0 and name != "label_z_min_error"):
+                raise ValueError(f"{name} must be a positive number (inf or None: check off), got {v!r}")
         if int(self.max_atoms_added) < 1:
             raise ValueError("max_atoms_added must be >= 1")
         for name in ("optimize_until_calls", "optimize_until_size"):
@@ -296,7 +339,8 @@ def _has_volume(frame: Atoms) -> bool:
     return bool(frame.pbc.all()) and frame.cell.volume > 1e-8
 
 
-def label(frame: Atoms, labeller: Labeller, stress: bool | None = False) -> Atoms:
+def label(frame: Atoms, labeller: Labeller, stress: bool | None = False,
+          checks: LabelCheck | None = None, step: int | None = None) -> Atoms:
     """Reference labels of ``frame``: a copy with a single-point calculator holding energy,
     forces and stress (``True``: required; ``None``: if the labeller gives it for a periodic
     cell; ``False``: not asked for).
@@ -304,10 +348,17 @@ def label(frame: Atoms, labeller: Labeller, stress: bool | None = False) -> Atom
     A calculator is asked for energy, forces and (as above) stress; a callable is given a
     copy of the frame and may return a calculator or a dict of results.
 
+    With ``checks`` the labels then pass the sanity checks of :mod:`otfgp.label_checks`
+    (``step`` names the frame in messages); the z-score test uses the model's pre-update
+    prediction that the drivers attach to the frame (arrays ``gp_forces`` and
+    ``gp_force_stds``, the reported stds), so the frame is never predicted twice.
+
     Raises:
         LabellerError: the labeller failed (its exception text and, for a file-based
             calculator, the end of the program's output are in the message) or returned
             labels of the wrong shape, NaN or inf.
+        otfgp.label_checks.LabelRejected: (a LabellerError) the labels fail a sanity check;
+            the frame is quarantined.
     """
     calc = None
     try:
@@ -337,6 +388,8 @@ def label(frame: Atoms, labeller: Labeller, stress: bool | None = False) -> Atom
     out = frame.copy()
     out.calc = SinglePointCalculator(out, **{k: np.asarray(v, dtype=float) if k != "energy" else float(v)
                                              for k, v in results.items()})
+    if checks is not None:
+        checks.check(out, step, frame.arrays.get("gp_forces"), frame.arrays.get("gp_force_stds"))
     return out
 
 
@@ -500,7 +553,7 @@ def add_and_retrain(model: GaussianProcess, labelled: Atoms, atoms: Sequence[int
     calibration."""
     energy, stress = trained_labels(labelled, options)
     model.add_training_data(labelled, forces=True, energy=energy, stress=stress,
-                            atom_indices=np.asarray(atoms, dtype=int))
+                            atom_indices=atoms)
     optimize = (options.optimize
                 and (options.optimize_until_calls is None or calls <= options.optimize_until_calls)
                 and (options.optimize_until_size is None

@@ -1,17 +1,25 @@
 """On-the-fly learning: run ASE dynamics with the GP, call DFT only where it is unsure.
 
-Output directory layout (all files written atomically):
+Output directory layout (state files written atomically, see :mod:`otfgp.atomic_io`; the
+directory is locked by the run, see :mod:`otfgp.run_dir`):
 
 - ``log.jsonl``: one JSON object per step (time, temperature, energies, max std, DFT flag,
-  training size, hyperparameters);
-- ``trajectory.extxyz``: the frames with per-atom ``force_stds``;
+  training size, hyperparameters), appended to;
+- ``trajectory.extxyz``: the frames with per-atom ``force_stds``, appended to (a resume
+  cuts a record torn by a crash);
 - ``dft/frame_<step>.extxyz``: every labelled frame, written as soon as the labeller returns
   (with a lossless ``frame_<step>.traj`` copy from which a resumed run reuses it), with the
   model's prediction made before it learnt the frame (arrays ``gp_forces``,
   ``gp_force_stds``: reported stds (the decision compares their epistemic part), and
   ``gp_latent_force_stds``: the GP's latent stds);
+- ``quarantine/frame_<step>.traj`` + ``.json``: a labelled frame that failed the label
+  sanity checks (:mod:`otfgp.label_checks`), never trained on, and why;
 - ``checkpoint/state.json`` + ``checkpoint/model_<n>.otfgp``: model and MD state after
-  every DFT call (and at the end), from which :meth:`OTF.resume` continues;
+  every DFT call, every ``checkpoint_every`` steps or ``checkpoint_minutes`` minutes and at
+  the end, from which :meth:`OTF.resume` continues; the last ``keep_checkpoints`` are
+  kept (``checkpoint/state_<n>.json``), so a run can also go back to an older one;
+- ``overrides.json``: the settings changed on each resume;
+- ``otfgp.lock``: the lock file (:class:`otfgp.run_dir.RunLock`);
 - ``model.otfgp`` (with mapped variances when the run maps) and ``summary.json`` at the end
   of a run.
 """
@@ -29,15 +37,18 @@ from typing import Any, Mapping
 
 import numpy as np
 from ase import Atoms, units
-from ase.io import read, write
+from ase.io import read
 
-from . import atomic_io
+from . import atomic_io, run_dir
+from ._core import InputError
 from .calculator import GPCalculator
 from .gp import GaussianProcess
+from .label_checks import LabelChecks, LabelRejected, labeller_name
 from .labellers import make_labeller
 from .learning import (FrameUncertainty, LabellerError, Labeller, LearningOptions, add_and_retrain,
                        add_threshold_value, calibration_sample, choose_atoms, label, label_reasons,
                        pre_update_record, running_calibration, threshold_value)
+from .run_dir import RunDirError, RunLock
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +69,11 @@ class OTFOptions(LearningOptions):
     Every ``trajectory_every``-th step goes to the trajectory; ``output_dir`` receives all
     outputs; ``seed`` drives the choice of seed atoms; ``progress`` shows a progress bar
     (``None``: when stderr is a terminal).
+
+    Besides after every DFT call, a checkpoint is written every ``checkpoint_every`` MD
+    steps and every ``checkpoint_minutes`` minutes of wall time (``None``: not on that
+    count), so a killed run redoes little; the last ``keep_checkpoints`` checkpoints are
+    kept, so a run can go back to one from before a problem.
     """
 
     every: int = 1
@@ -69,12 +85,23 @@ class OTFOptions(LearningOptions):
     output_dir: str = "otf_run"
     seed: int = 0
     progress: bool | None = None
+    checkpoint_every: int | None = 100
+    checkpoint_minutes: float | None = 10.0
+    keep_checkpoints: int = 3
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("every", "trajectory_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        for name, kind in (("checkpoint_every", int), ("checkpoint_minutes", (int, float)),
+                           ("keep_checkpoints", int)):
+            v = getattr(self, name)
+            if v is None and name != "keep_checkpoints":
+                continue
+            if isinstance(v, bool) or not isinstance(v, kind) or not v > 0 or not math.isfinite(v):
+                raise ValueError(f"{name} must be a positive {'integer' if kind is int else 'number'}"
+                                 f"{'' if name == 'keep_checkpoints' else ' or None'}, got {v!r}")
         if self.audit_every is not None:
             if isinstance(self.audit_every, bool) or not isinstance(self.audit_every, int) \
                     or self.audit_every < 1 or self.audit_every % int(self.every):
@@ -151,6 +178,11 @@ def _set_rng_state(rng: Any, saved: Any) -> None:
         rng.set_state((s[0], np.array(s[1], dtype=np.uint32), *s[2:]))
 
 
+class DynamicsError(RuntimeError):
+    """The MD stopped: atoms came too close (the model's forces drove them together, or the
+    time step is too large). The message says where, and what to change on resume."""
+
+
 class OTF:
     """On-the-fly learning with any ASE dynamics.
 
@@ -168,16 +200,43 @@ class OTF:
 
     After :meth:`run`, ``dft_calls`` lists the steps at which the labeller ran and
     ``timers`` the wall-time split.
+
+    The OTF locks ``output_dir`` (:class:`otfgp.run_dir.RunLock`) until :meth:`close` (or
+    the end of a ``with`` block, or of the process): a second process on the directory
+    gets a :class:`otfgp.run_dir.RunDirError`, and so does a new OTF on a directory that
+    already holds a run (continue that one with :meth:`resume`).
     """
 
     def __init__(self, dynamics: Any, model: GaussianProcess,
                  labeller: Labeller | str | Mapping[str, Any], **options: Any) -> None:
-        self.options = options if isinstance(options, OTFOptions) else OTFOptions.from_dict(options)
+        self._setup(dynamics, model, labeller, options, resuming=False)
+
+    def _setup(self, dynamics: Any, model: GaussianProcess, labeller: Labeller | str | Mapping[str, Any],
+               options: Mapping[str, Any], resuming: bool) -> None:
+        self.options = OTFOptions.from_dict(options)
+        self.out = Path(self.options.output_dir)
+        self._lock = RunLock(self.out).acquire()
+        try:
+            found = run_dir.holds_run(self.out)
+            if found and not resuming:
+                raise RunDirError(
+                    f"{self.out} already holds an on-the-fly run ({', '.join(found)}): continue it with "
+                    f"OTF.resume({str(self.out)!r}, ...) (command line: 'otfgp otf --resume {self.out}') "
+                    f"or choose another output_dir; a new run there would append to its log and "
+                    f"trajectory and reuse its DFT frames")
+            self._init_state(dynamics, model, labeller)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _init_state(self, dynamics: Any, model: GaussianProcess,
+                    labeller: Labeller | str | Mapping[str, Any]) -> None:
         self.dyn = dynamics
         self.atoms: Atoms = dynamics.atoms
         self.model = model
+        name = labeller_name(labeller)  # named as the user gave it, before a specification is built
         if isinstance(labeller, (str, Mapping)):
-            labeller = make_labeller(labeller, directory=Path(self.options.output_dir) / "pw")
+            labeller = make_labeller(labeller, directory=self.out / "pw")
         self.labeller = labeller
         self.timers = Timers()
         self.dft_calls: list[int] = []
@@ -189,9 +248,10 @@ class OTF:
         # the same predictions component by component, for the calibration fit
         self.calibration_samples: list[dict[str, list[float]]] = []
         self.step = 0
-        self.out = Path(self.options.output_dir)
         (self.out / "dft").mkdir(parents=True, exist_ok=True)
         (self.out / "checkpoint").mkdir(parents=True, exist_ok=True)
+        # label sanity checks; the energies of dft/ (a resumed run's earlier labels) seed them
+        self.label_checks = LabelChecks(self.options, name, self.out, history=self.out / "dft")
         self.calc = _TimedGPCalculator(model, self.timers)
         self.atoms.calc = self.calc
         self._rng = np.random.default_rng(self.options.seed)
@@ -199,6 +259,30 @@ class OTF:
         self._checkpoint_index = 0
         self._learned_at = -1  # step whose uncertainty check already happened (resume)
         self._logged_at = -1  # step already checked and logged by an earlier run() call
+        self._uncertainty_at = -1  # step whose last prediction computed the uncertainty
+        self._dft_since_checkpoint = False
+        self._checkpoint_step = 0  # step and time of the last checkpoint (periodic ones)
+        self._checkpoint_time = time.monotonic()
+        self._run_clock: tuple[float, float] | None = None  # (start, total before) of a run() going on
+        self._last_temperature = math.nan
+
+    def close(self) -> None:
+        """Release the lock on ``output_dir`` (the OTF then must not run again)."""
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+
+    def __enter__(self) -> "OTF":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the process exit drops the lock anyway
+            pass
 
     # ----------------------------------------------------------------- helpers
     def threshold_value(self) -> float:
@@ -224,7 +308,10 @@ class OTF:
         for attempt in range(attempts):
             t = time.perf_counter()
             try:
-                out = label(frame, self.labeller, stress=self.options.add_stress)
+                out = label(frame, self.labeller, stress=self.options.add_stress, checks=self.label_checks,
+                            step=self.step)
+            except LabelRejected:
+                raise  # absurd labels: quarantined, not retried (a retry gives the same labels)
             except LabellerError as exc:
                 last = exc
                 log.warning("step %d: labeller failed (attempt %d/%d): %s", self.step, attempt + 1, attempts, exc)
@@ -250,6 +337,7 @@ class OTF:
         ``self.calc.results`` (``force_stds``, ``latent_force_stds``)."""
         self.calc.uncertainty = self.options.uncertainty
         self.calc.reset()
+        self._uncertainty_at = self.step
         try:
             self.atoms.get_forces()
             stds = self.calc.results["epistemic_force_stds"]
@@ -286,7 +374,7 @@ class OTF:
             if self.options.on_dft_failure == "skip" and not initial:
                 log.error("%s; skipping this frame (on_dft_failure='skip')", exc)
                 return False, max_std
-            self._write_checkpoint(learned=False)  # all learnt so far stays; resume retries this step
+            self._write_checkpoint(learned=False, logged=False)  # all learnt so far stays; resume retries this step
             raise
         if initial:
             n = min(self.options.init_atoms or len(frame), len(frame))
@@ -311,7 +399,7 @@ class OTF:
         why = "seed" if initial else ("audit" if audit else "; ".join(reasons))
         log.info("step %d: DFT call %d (%s), added atoms %s, training environments %d", self.step,
                  len(self.dft_calls), why, chosen.tolist(), self.model.n_training_environments)
-        self._write_checkpoint()
+        self._dft_since_checkpoint = True  # checkpointed once this step is logged
         return True, max_std
 
     def _log_step(self, dft: bool, max_std: float) -> None:
@@ -335,25 +423,34 @@ class OTF:
             stress = self.calc.results.get("stress")  # computed with the forces, no extra cost
             if stress is not None:
                 entry["pressure_GPa"] = float(-np.mean(stress[:3]) / units.GPa)
-        with open(self.out / "log.jsonl", "a") as f:
-            f.write(json.dumps(entry) + "\n")
+        self._last_temperature = entry["temperature_K"]
+        atomic_io.append_text(self.out / run_dir.LOG_FILE, json.dumps(entry) + "\n")
         if self.step % self.options.trajectory_every == 0:
             frame = atoms.copy()
             frame.calc = None
             frame.info["otf_step"] = self.step
             if "force_stds" in atoms.arrays:
                 frame.arrays["force_stds"] = atoms.arrays["force_stds"]
-            write(self.out / "trajectory.extxyz", frame, format="extxyz", append=True)
+            atomic_io.append_atoms(self.out / run_dir.TRAJECTORY_FILE, frame)
 
     # ----------------------------------------------------------------- checkpoint
-    def _write_checkpoint(self, learned: bool = True) -> None:
-        ck = self.out / "checkpoint"
+    def _write_checkpoint(self, learned: bool = True, logged: bool = True) -> None:
+        """Checkpoint the model and the MD state at ``self.step``.
+
+        ``logged``: the step's log and trajectory records are written (a resume keeps
+        them and goes on with the next MD step); ``learned`` without ``logged``: the step's
+        uncertainty check is done but not logged (checkpoints of earlier versions);
+        neither: the check is to be redone (the labeller failed; resume retries it).
+        """
         self._checkpoint_index += 1
         model_name = f"model_{self._checkpoint_index:05d}.otfgp"
-        self.model.save(ck / model_name)
         atoms = self.atoms
+        timers = asdict(self.timers)
+        if self._run_clock is not None:  # mid-run: the wall time so far, so fractions stay <= 100%
+            start, before = self._run_clock
+            timers["total"] = before + time.perf_counter() - start
         state = {
-            "version": 1,
+            "version": 2,
             "step": self.step,
             "dyn_nsteps": int(getattr(self.dyn, "nsteps", self.step)),
             "positions": atoms.positions.tolist(),
@@ -366,19 +463,32 @@ class OTF:
             "hyperparameter_warnings": self.hyperparameter_warnings,
             "pre_update_errors": self.pre_update_errors,
             "calibration_samples": self.calibration_samples,
-            "timers": asdict(self.timers),
+            "timers": timers,
             "options": asdict(self.options),
             "model": model_name,
             "checkpoint_index": self._checkpoint_index,
-            "learned": learned,  # False: the labeller failed at this step; resume retries it
+            "learned": learned,
+            "logged": logged and self._logged_at == self.step,
+            # the step's last prediction had uncertainties (a resume redoes it: same forces
+            # for the next MD step, same force_stds, as in an uninterrupted run)
+            "uncertainty": self._uncertainty_at == self.step,
         }
-        atomic_io.write_json(ck / "state.json", state)
-        for old in ck.glob("model_*.otfgp"):
-            if old.name != model_name:
-                old.unlink(missing_ok=True)
+        run_dir.write_checkpoint(self.out, self.model, state, keep=self.options.keep_checkpoints)
+        self._dft_since_checkpoint = False
+        self._checkpoint_step = self.step
+        self._checkpoint_time = time.monotonic()
+
+    def _checkpoint_due(self) -> bool:
+        """A DFT call since the last checkpoint, or a periodic checkpoint is due."""
+        o = self.options
+        return (self._dft_since_checkpoint
+                or (o.checkpoint_every is not None and self.step - self._checkpoint_step >= o.checkpoint_every)
+                or (o.checkpoint_minutes is not None
+                    and time.monotonic() - self._checkpoint_time >= 60.0 * o.checkpoint_minutes))
 
     def write_checkpoint(self) -> None:
-        """Write model and MD state now (done automatically after every DFT call)."""
+        """Write model and MD state now (done automatically after every DFT call, and
+        every ``checkpoint_every`` steps / ``checkpoint_minutes`` minutes)."""
         self._write_checkpoint()
 
     @property
@@ -388,31 +498,53 @@ class OTF:
 
     @classmethod
     def resume(cls, output_dir: str | os.PathLike, dynamics: Any,
-               labeller: Labeller | str | Mapping[str, Any], **overrides: Any) -> "OTF":
-        """Continue a run from its last checkpoint in ``output_dir``.
+               labeller: Labeller | str | Mapping[str, Any], checkpoint: int | None = None,
+               **overrides: Any) -> "OTF":
+        """Continue a run from its last checkpoint in ``output_dir`` (or from the kept
+        checkpoint number ``checkpoint``, which then becomes the last one).
 
         ``dynamics`` must be built like the original one (same integrator, time step and
         thermostat settings) on atoms of the same system; positions, momenta, cell, step
         count and the thermostat's random state are restored from the checkpoint. Log and
-        trajectory entries written after the checkpoint are dropped and regenerated; DFT
-        frames labelled after it are reused, not recomputed.
+        trajectory entries written after the checkpoint (and a record torn by a crash)
+        are dropped and regenerated; DFT frames labelled after it are reused, not
+        recomputed. ``overrides`` change :class:`OTFOptions` fields from here on (e.g. a
+        lower ``threshold`` after an MD collision); they are recorded in
+        ``overrides.json``.
+
+        Raises:
+            RunDirError: another process holds the directory, or its checkpoint is
+                missing or damaged (the message says how to recover).
         """
         out = Path(output_dir)
-        state = json.loads((out / "checkpoint" / "state.json").read_text())
-        model = GaussianProcess.load(out / "checkpoint" / state["model"])
-        options = dict(state["options"])
-        options.update(overrides)
-        options["output_dir"] = str(out)
-        atoms = dynamics.atoms
-        if len(atoms) != len(state["positions"]):
-            raise ValueError("the dynamics' atoms do not match the checkpointed system")
-        atoms.set_cell(state["cell"])
-        atoms.set_positions(state["positions"])
-        atoms.set_momenta(state["momenta"])
-        if hasattr(dynamics, "nsteps"):
-            dynamics.nsteps = state["dyn_nsteps"]
-        _set_rng_state(getattr(dynamics, "rng", None), state["thermostat_rng"])
-        otf = cls(dynamics, model, labeller, **options)
+        with RunLock(out):  # held from reading the state on (the OTF takes it over)
+            state = run_dir.read_checkpoint(out, checkpoint)
+            model = run_dir.load_checkpoint_model(out, state)
+            options = dict(state["options"])
+            # a threshold of the other kind given on resume replaces the checkpointed one
+            if overrides.get("relative_threshold") is not None and "threshold" not in overrides:
+                options["threshold"] = None
+            if overrides.get("threshold") is not None and "relative_threshold" not in overrides:
+                options["relative_threshold"] = None
+            changed = {k: v for k, v in overrides.items() if options.get(k, object()) != v and k != "output_dir"}
+            options.update(overrides)
+            options["output_dir"] = str(out)
+            atoms = dynamics.atoms
+            if len(atoms) != len(state["positions"]):
+                raise ValueError("the dynamics' atoms do not match the checkpointed system")
+            atoms.set_cell(state["cell"])
+            atoms.set_positions(state["positions"])
+            atoms.set_momenta(state["momenta"])
+            if hasattr(dynamics, "nsteps"):
+                dynamics.nsteps = state["dyn_nsteps"]
+            _set_rng_state(getattr(dynamics, "rng", None), state["thermostat_rng"])
+            otf = cls.__new__(cls)
+            otf._setup(dynamics, model, labeller, options, resuming=True)
+            if checkpoint is not None:
+                run_dir.drop_newer_checkpoints(out, state)
+            if changed:
+                run_dir.record_overrides(out, {"step": state["step"], "checkpoint": state["checkpoint_index"],
+                                               "otf": changed})
         otf.step = state["step"]
         otf.dft_calls = list(state["dft_calls"])
         otf.failed_calls = list(state["failed_calls"])
@@ -423,32 +555,56 @@ class OTF:
         otf.calc.timers = otf.timers
         otf._rng.bit_generator.state = state["otf_rng"]
         otf._checkpoint_index = state["checkpoint_index"]
+        otf._checkpoint_step = state["step"]
         otf._learned_at = state["step"] if state.get("learned", True) else -1
-        otf._truncate_outputs(state["step"])
+        logged = bool(state.get("logged", False))
+        otf._truncate_outputs(state["step"] + 1 if logged else state["step"])
+        if logged:
+            otf._logged_at = state["step"]
+        if state.get("uncertainty"):
+            otf._uncertainty()
         log.info("resumed at step %d with %d DFT calls and %d training environments",
                  otf.step, len(otf.dft_calls), model.n_training_environments)
         return otf
 
-    def _truncate_outputs(self, step: int) -> None:
-        """Drop log and trajectory entries of steps after the checkpoint (redone on resume)."""
-        logf = self.out / "log.jsonl"
-        if logf.exists():
-            keep = [line for line in logf.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] < step]
-            atomic_io.write_text(logf, "".join(line + "\n" for line in keep))
-        traj = self.out / "trajectory.extxyz"
-        if traj.exists():
-            frames = [f for f in read(traj, index=":") if f.info.get("otf_step", -1) < step]
-            if frames:
-                atomic_io.write_atoms(traj, frames)
-            else:
-                traj.unlink()
+    def _truncate_outputs(self, before_step: int) -> None:
+        """Cut log and trajectory back to the steps before ``before_step`` (the resumed run
+        redoes the others), dropping a record torn by a crash."""
+        for name in run_dir.APPEND_ONLY_FILES:
+            run_dir.cut_records(self.out / name, before_step)
 
     # ----------------------------------------------------------------- driver
+    def _step_dynamics(self) -> None:
+        """One MD step; atoms driven too close together stop the run with a DynamicsError."""
+        try:
+            self.dyn.step()
+        except InputError as exc:
+            if "apart" not in str(exc):
+                raise
+            dt = getattr(self.dyn, "dt", 0.0) / units.fs
+            thr = self.threshold_value() if self.model.trained else math.nan
+            raise DynamicsError(
+                f"the MD stopped between steps {self.step} and {self.step + 1} (temperature "
+                f"{self._last_temperature:.0f} K at step {self.step}, time step {dt:g} fs): {exc}. The "
+                f"model's forces (or too long a time step) drove atoms together. Try a lower DFT threshold "
+                f"(threshold, now {thr:.4g} eV/A) or checking every step (every = 1) so that the model is "
+                f"corrected sooner, or a smaller time step. The last checkpoint (step "
+                f"{self._checkpoint_step}) is intact: resume from it with changed settings "
+                f"(OTF.resume(..., threshold=...); command line: otfgp otf --resume {self.out} --set "
+                f"otf.threshold=...)") from exc
+
     def run(self, steps: int) -> dict[str, Any]:
-        """Run ``steps`` MD steps with on-the-fly learning; returns the summary."""
+        """Run ``steps`` MD steps with on-the-fly learning; returns the summary.
+
+        Raises:
+            LabellerError: the labeller failed (after a checkpoint; resume retries the step).
+            DynamicsError: atoms came too close together (the last checkpoint stays).
+        """
+        if not self._lock.held:
+            raise RunDirError(f"this OTF was closed; continue its run with OTF.resume({str(self.out)!r}, ...)")
         start = time.perf_counter()
         total0 = self.timers.total
+        self._run_clock = (start, total0)
         show = self.options.progress if self.options.progress is not None else sys.stderr.isatty()
         from tqdm.auto import tqdm
 
@@ -458,6 +614,9 @@ class OTF:
             if self.step == 0 and not self.model.trained:
                 self._learn(initial=True)
                 self._learned_at = 0
+                # before anything is logged: a run killed from here on always has a checkpoint
+                # (a log without one would be refused on resume)
+                self._write_checkpoint(logged=False)
             while True:
                 if self.step != self._logged_at:  # not the last step of a previous run()
                     dft, max_std = self.step in self.dft_calls, math.nan
@@ -465,11 +624,13 @@ class OTF:
                         dft, max_std = self._learn(initial=False)
                     self._log_step(dft, max_std)
                     self._logged_at = self.step
+                    if self._checkpoint_due():
+                        self._write_checkpoint()
                 if self.step >= end:
                     break
                 t = time.perf_counter()
                 pred0 = self.timers.prediction
-                self.dyn.step()
+                self._step_dynamics()
                 if hasattr(self.dyn, "nsteps"):
                     self.dyn.nsteps += 1
                 self.timers.md += (time.perf_counter() - t) - (self.timers.prediction - pred0)
@@ -478,8 +639,9 @@ class OTF:
                 bar.set_postfix(dft=len(self.dft_calls), env=self.model.n_training_environments)
         finally:
             bar.close()
+            self._run_clock = None
             self.timers.total = total0 + time.perf_counter() - start
-        self._final_model().save(self.out / "model.otfgp")
+        atomic_io.write_model(self.out / "model.otfgp", self._final_model())
         self._write_checkpoint()
         summary = self.summary()
         atomic_io.write_json(self.out / "summary.json", summary, indent=2)

@@ -7,7 +7,6 @@ Only the public checkpoint API of OTF is used: ``otf.checkpoint_index`` and
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from .atomic_io import write_json
 from .builders import set_velocities
 from .config import stage_bounds
+from .run_dir import RunDirError, read_json_file
 
 if TYPE_CHECKING:
     from .otf import OTF
@@ -32,7 +32,11 @@ def read_stages_state(run_dir: str | os.PathLike) -> dict[str, Any]:
     ``dft_calls_per_stage``. An empty state when the file does not exist yet."""
     p = Path(run_dir) / STAGES_FILE
     if p.exists():
-        return json.loads(p.read_text())
+        state = read_json_file(p, "delete it to have it rebuilt on resume (a velocity rescale at the "
+                                  "step resumed from is then done again)")
+        if not isinstance(state, dict) or not isinstance(state.get("transitions"), dict):
+            raise RunDirError(f"{p} is damaged (not a stages record): delete it to have it rebuilt")
+        return state
     return {"transitions": {}, "completed": []}
 
 

@@ -14,11 +14,22 @@ re-mapping are the ASE learner's (:mod:`otfgp.learning`). Both stds are the mode
 same defaults as :class:`otfgp.OTFOptions`. ``request["labeller"]`` is anything
 :func:`otfgp.labellers.make_labeller` accepts as a string (``module:function``, ``emt``);
 it is built (a module imported) once per run, in :func:`start`.
+
+Every label passes the sanity checks of :mod:`otfgp.label_checks` (the ``label_*`` options)
+before anything is trained or saved; a rejected frame goes to ``<output_dir>/quarantine/``
+and :class:`~otfgp.label_checks.LabelRejected` becomes the fix's LAMMPS error.
+
+Models are never overwritten in place: each retrained model is written to
+``<output_dir>/models/model_<step>.otfgp`` (the last :data:`KEEP_MODELS` are kept; the model
+the fix started from is kept as ``models/model_start.otfgp``), then the pair style's model
+file is replaced by it atomically (temporary file and rename), so it always holds a
+complete model, the newest.
 """
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -28,11 +39,15 @@ from ase import Atoms
 
 from .. import atomic_io
 from ..gp import GaussianProcess
+from ..label_checks import LabelChecks
 from ..labellers import make_labeller
 from ..learning import (LearningOptions, add_and_retrain, add_threshold_value, calibration_sample, choose_atoms,
                         label, local_energy_threshold_value, pre_update_record, threshold_value)
 
 log = logging.getLogger(__name__)
+
+KEEP_MODELS = 3
+"""Retrained models kept in ``<output_dir>/models/`` (the newest and the ones before it)."""
 
 
 class _FixState:
@@ -43,6 +58,7 @@ class _FixState:
     def __init__(self, model: GaussianProcess) -> None:
         self.model = model
         self.labeller: Any = None
+        self.checks: LabelChecks | None = None
         self.calls = 0
         # pre-update errors of this run's DFT frames, for the calibration fit (a restarted
         # LAMMPS run starts them afresh; the model file keeps the last calibration)
@@ -84,6 +100,8 @@ def start(request: dict[str, Any]) -> tuple[float, float | None]:
         state.labeller = make_labeller(spec)  # imports a module:function now, not at the first call
     except Exception as exc:
         raise ValueError(f"labeller {spec}: {type(exc).__name__}: {exc}") from exc
+    out = Path(request["output_dir"])
+    state.checks = LabelChecks(options, spec, out, history=out / "dft", digits=9)
     return _thresholds(request, options, state.model)
 
 
@@ -105,7 +123,10 @@ def learn(request: dict[str, Any]) -> tuple[bytes, float, float | None]:
     # The model's prediction before it learns the frame: a held-out sample of its error.
     before = gp.predict(atoms, variance=options.uncertainty)
     sigma_n = gp.hyperparameters["noise_force"]
-    labelled = label(atoms, state.labeller, stress=options.add_stress)
+    step = int(request["step"])
+    atoms.arrays["gp_forces"] = np.asarray(before.forces)  # for the label checks' z-score test
+    atoms.arrays["gp_force_stds"] = np.asarray(before.force_stds)
+    labelled = label(atoms, state.labeller, stress=options.add_stress, checks=state.checks, step=step)
     pre_update = pre_update_record(before.forces, before.latent_force_stds, labelled, sigma_n,
                                    reported_stds=before.force_stds)
     chosen = choose_atoms(np.asarray(request["stds"]), add_threshold_value(options, gp),
@@ -114,9 +135,8 @@ def learn(request: dict[str, Any]) -> tuple[bytes, float, float | None]:
     state.calls += 1
     state.samples.append(calibration_sample(before.forces, before.latent_force_variances, labelled))
     retrain = add_and_retrain(gp, labelled, chosen, options, calls=state.calls, samples=state.samples)
-    gp.save(request["model_file"])
-    step = int(request["step"])
     out = Path(request["output_dir"])
+    _save_model(gp, Path(request["model_file"]), out / "models", step)
     (out / "dft").mkdir(parents=True, exist_ok=True)
     labelled.info["lammps_step"] = step
     atomic_io.write_atoms(out / "dft" / f"frame_{step:09d}.extxyz", labelled)
@@ -131,3 +151,18 @@ def learn(request: dict[str, Any]) -> tuple[bytes, float, float | None]:
     with open(out / "learn_log.jsonl", "a") as f:
         f.write(json.dumps(entry) + "\n")
     return (gp.core.to_bytes(), *_thresholds(request, options, gp))
+
+
+def _save_model(gp: GaussianProcess, model_file: Path, models: Path, step: int) -> None:
+    """Save the retrained model under a new name in ``models`` (after keeping the model the
+    fix started from, once), prune all but the last :data:`KEEP_MODELS`, and replace
+    ``model_file`` atomically and durably (:func:`otfgp.atomic_io.write_model`), so that it is
+    never torn and the previous models stay on disk."""
+    models.mkdir(parents=True, exist_ok=True)
+    start = models / "model_start.otfgp"
+    if not start.exists() and model_file.exists():
+        atomic_io.replace_with(start, lambda tmp: shutil.copyfile(model_file, tmp))
+    atomic_io.write_model(models / f"model_{step:09d}.otfgp", gp)
+    for old in sorted(models.glob("model_[0-9]*.otfgp"))[:-KEEP_MODELS]:
+        old.unlink(missing_ok=True)
+    atomic_io.write_model(model_file, gp)
