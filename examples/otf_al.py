@@ -96,6 +96,12 @@ def main() -> None:
     summary = otf.run(args.liquid_steps)
     wall = time.perf_counter() - t0
 
+    # Calibrate the final model on honest errors it never trained on: every DFT frame's
+    # prediction made before it was learnt, plus leave-one-out residuals (otfgp.calibration);
+    # the run's own decisions used the uncalibrated std. The model file keeps the calibration.
+    calibration = otf.model.calibrate(samples=otf.calibration_samples, loo=True, form="relative")
+    otf.model.save(out / "model.otfgp")
+
     # held-out check: liquid frames of the trajectory that were not labelled during the run
     n_test = args.test_frames if args.test_frames is not None else (2 if args.oracle == "qe" else 10)
     test_path, test_result = None, {}
@@ -125,7 +131,9 @@ def main() -> None:
         "liquid_second_half_mean_temperature_K": _mean_temperature(
             out, args.solid_steps + args.liquid_steps // 2),
         "held_out_liquid_test": test_result,
+        "potential_energy_at_retrains": _energy_steps(out, otf.dft_calls),
         "pre_update_calibration": summary["pre_update_calibration"],
+        "calibration": calibration.to_dict(),
         "hyperparameter_warnings": summary["hyperparameter_warnings"],
         "plots": [str(p) for p in plots],
     }
@@ -142,12 +150,22 @@ def main() -> None:
     if test_result:
         print(f"  held-out liquid frames ({test_result['frames']} x 32 atoms, not in training): force MAE "
               f"{1000 * test_result['force_mae_eV_per_A']:.0f} meV/A, mean predicted std "
-              f"{1000 * test_result['mean_predicted_std_eV_per_A']:.0f} meV/A")
+              f"{1000 * test_result['mean_predicted_std_eV_per_A']:.0f} meV/A (latent; "
+              f"{test_result['fraction_within_1_std']:.0%} of errors within 1 std)")
+        print(f"    calibrated std (pre-update DFT errors + leave-one-out): mean "
+              f"{1000 * test_result['mean_reported_std_eV_per_A']:.0f} meV/A, RMSE / RMS std "
+              f"{test_result['rmse_over_rms_reported_std']:.2f}, within 1 std "
+              f"{test_result['fraction_within_1_reported_std']:.0%}, within 2 std "
+              f"{test_result['fraction_within_2_reported_std']:.0%}")
     cal = summary["pre_update_calibration"]
     if cal:
         print(f"  DFT frames predicted before learning them ({cal['frames']}): force RMSE "
               f"{1000 * cal['rmse']:.0f} meV/A, within 1 latent std {cal['coverage_1std_latent']:.0%}, "
               f"within 1 std with sigma_n {cal['coverage_1std_total']:.0%} (calibrated: 68%)")
+    pe = result["potential_energy_at_retrains"]
+    print(f"  potential energy change at retrain steps: median {pe['median_change_at_retrain_eV']:.3f}, "
+          f"max {pe['max_change_at_retrain_eV']:.3f} eV (an MD step: median "
+          f"{pe['median_change_per_md_step_eV']:.3f}, max {pe['max_change_per_md_step_eV']:.3f} eV)")
     warned = summary["hyperparameter_warnings"]
     print(f"  hyperparameters: " + ", ".join(f"{k} {v:.3g}" for k, v in summary["hyperparameters"].items()))
     print(f"  retrains with hyperparameter warnings (at a bound / abnormal stop): {len(warned)}"
@@ -164,7 +182,7 @@ def _held_out_test(out: Path, otf: otfgp.OTF, n: int, first_step: int, path: Pat
     frames = [f for f in read(out / "trajectory.extxyz", index=":")
               if f.info.get("otf_step", -1) > first_step and f.info["otf_step"] not in otf.dft_calls]
     frames = [frames[i] for i in np.linspace(len(frames) // 2, len(frames) - 1, n).round().astype(int)]
-    labelled, err, std = [], [], []
+    labelled, err, std, reported = [], [], [], []
     for frame in frames:
         atoms = frame.copy()
         atoms.calc = make_calc()
@@ -174,13 +192,18 @@ def _held_out_test(out: Path, otf: otfgp.OTF, n: int, first_step: int, path: Pat
         labelled.append(clean)
         pred = otf.model.predict(clean, variance=True)
         err.append(np.abs(pred.forces - forces).ravel())
-        std.append(pred.latent_force_stds.ravel())  # latent, as the README's demo table reports
+        std.append(pred.latent_force_stds.ravel())
+        reported.append(pred.force_stds.ravel())  # calibrated total predictive std
     write(path, labelled, format="extxyz")
-    err, std = np.concatenate(err), np.concatenate(std)
+    err, std, reported = np.concatenate(err), np.concatenate(std), np.concatenate(reported)
     return {"frames": len(labelled), "steps": [int(f.info["otf_step"]) for f in frames],
             "force_mae_eV_per_A": float(err.mean()), "mean_predicted_std_eV_per_A": float(std.mean()),
             "fraction_within_1_std": float((err <= std).mean()),
-            "fraction_within_2_std": float((err <= 2 * std).mean())}
+            "fraction_within_2_std": float((err <= 2 * std).mean()),
+            "mean_reported_std_eV_per_A": float(reported.mean()),
+            "rmse_over_rms_reported_std": float(np.sqrt(np.mean(err ** 2) / np.mean(reported ** 2))),
+            "fraction_within_1_reported_std": float((err <= reported).mean()),
+            "fraction_within_2_reported_std": float((err <= 2 * reported).mean())}
 
 
 def otfgp_frame(frame):
@@ -188,6 +211,18 @@ def otfgp_frame(frame):
     from ase import Atoms
 
     return Atoms(frame.get_chemical_symbols(), positions=frame.positions, cell=frame.cell, pbc=frame.pbc)
+
+
+def _energy_steps(run_dir: Path, dft_calls: list[int]) -> dict:
+    """How much the logged potential energy changes at the steps where the model was
+    retrained, against the ordinary step-to-step change of the MD (eV)."""
+    pe = {e["step"]: e["potential_energy_eV"] for e in map(json.loads, open(run_dir / "log.jsonl"))}
+    retrain = [abs(pe[s] - pe[s - 1]) for s in dft_calls if s - 1 in pe]
+    ordinary = [abs(pe[s] - pe[s - 1]) for s in pe if s - 1 in pe and s not in dft_calls]
+    return {"max_change_at_retrain_eV": max(retrain, default=0.0),
+            "median_change_at_retrain_eV": float(np.median(retrain)) if retrain else 0.0,
+            "median_change_per_md_step_eV": float(np.median(ordinary)) if ordinary else 0.0,
+            "max_change_per_md_step_eV": max(ordinary, default=0.0)}
 
 
 def _mean_temperature(run_dir: Path, from_step: int) -> float:

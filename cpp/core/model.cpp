@@ -76,7 +76,12 @@ void Model::set_energy_offsets(const std::vector<double>& e) {
   for (double v : e)
     if (!std::isfinite(v)) throw InputError("energy offsets must be finite");
   energy_offsets_ = e;
-  invalidate_solution();
+  // The offsets are subtracted from the energy-row targets, so they change the solution only
+  // when there are energy rows; without them they are a pure reference shift (fitted after
+  // training, see GaussianProcess.set_energy_reference) and the solution and maps stay valid.
+  const bool energy_rows =
+      std::find(row_kinds_.begin(), row_kinds_.end(), static_cast<int>(kEnergyRow)) != row_kinds_.end();
+  if (energy_rows) invalidate_solution();
 }
 
 ClusterSet Model::clusters_of(const Structure& s) const {

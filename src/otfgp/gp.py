@@ -445,7 +445,8 @@ class GaussianProcess:
 
     @property
     def energy_offsets(self) -> dict[str, float]:
-        """Per-species energy offsets fitted to the energy labels (0 without them)."""
+        """Per-species energy offsets: fitted to the energy labels, or without them the
+        reference set by :meth:`set_energy_reference` (0 if neither)."""
         return dict(zip(self.species, self._model.energy_offsets))
 
     @property
@@ -605,6 +606,59 @@ class GaussianProcess:
         kinds = np.asarray(self._model.row_kinds)
         noise = np.choose(kinds, [hyp["noise_force"], hyp["noise_energy"], hyp["noise_stress"]])
         return noise**2
+
+    @property
+    def has_energy_labels(self) -> bool:
+        """True if the model trains on energy labels (they then fit the energy offsets)."""
+        return bool(np.any(np.asarray(self._model.row_kinds) == _ROW_ENERGY))
+
+    def set_energy_reference(self, energies: Sequence[float | None]) -> dict[str, float]:
+        """Fit the per-species energy offsets of a model trained without energy labels to
+        reference energies of its own training structures, and return them.
+
+        A force-only GP fixes its energy only up to a constant per local-energy function,
+        which moves at every retrain (a potential energy that jumps). Least squares of
+        ``energies[i] - E_GP(structure i)`` on the structures' compositions pins the energy
+        to the labeller's reference at the cost of a prediction per structure, where energy
+        labels in the GP would cost their covariance with every cluster of every frame. The
+        forces, stresses and variances do not change, nor do the solution and maps.
+
+        Args:
+            energies: one entry per training structure (:meth:`training_structure` order),
+                the labeller's energy in eV or ``None`` (not used).
+
+        Raises:
+            ValueError: the model trains on energy labels (its offsets are fitted to them),
+                is not trained, or ``energies`` has the wrong length.
+        """
+        if self.has_energy_labels:
+            raise ValueError("this model trains on energy labels, which fit its energy offsets; "
+                             "set_energy_reference is for models without them")
+        if not self.trained:
+            raise ValueError("set_energy_reference needs a trained model (call train() first)")
+        n = self.n_training_structures
+        if len(energies) != n:
+            raise ValueError(f"energies needs one entry per training structure ({n}), got {len(energies)}")
+        ns = len(self.species)
+        rows, targets = [], []
+        current = np.asarray(self._model.energy_offsets, dtype=float)
+        for i, e in enumerate(energies):
+            if e is None:
+                continue
+            if not math.isfinite(float(e)):
+                raise ValueError(f"reference energy of training structure {i} is not finite: {e!r}")
+            atoms = self.training_structure(i)["atoms"]
+            counts = np.bincount(self._structure_arrays(atoms)[3], minlength=ns).astype(float)
+            predicted = self.predict(atoms, variance=False).energy - float(counts @ current)
+            rows.append(counts)
+            targets.append(float(e) - predicted)
+        offsets = np.zeros(ns)
+        if rows:
+            A = np.array(rows)
+            present = A.sum(axis=0) > 0  # species never seen keep a zero offset
+            offsets[present] = scipy.linalg.lstsq(A[:, present], np.array(targets))[0]
+        self._model.energy_offsets = list(offsets)
+        return self.energy_offsets
 
     def _fit_energy_offsets(self) -> np.ndarray:
         """Per-species energies from a least-squares fit of energy labels to composition."""
@@ -919,7 +973,9 @@ class GaussianProcess:
             L = self._factor(K)
         y = self._targets(offsets)
         alpha = scipy.linalg.cho_solve((L, True), y)
-        self._model.energy_offsets = list(offsets)
+        if self.has_energy_labels:
+            self._model.energy_offsets = list(offsets)
+        # else: the offsets are only an energy reference (set_energy_reference); keep them
         self._model.hyperparameters = [hyp[k] for k in HYPERPARAMETER_NAMES]
         self._model.set_solution(alpha, L)
         self._chol, self._chol_key = L, key
@@ -1268,7 +1324,7 @@ class GaussianProcess:
         gp.last_optimization = None
         if core.trained:
             gp._chol = np.array(core.cholesky)
-            gp._chol_key = (tuple(gp.hyperparameters.values()), tuple(core.energy_offsets))
+            gp._chol_key = (tuple(gp.hyperparameters.values()), tuple(gp._fit_energy_offsets()))
         return gp
 
     def __repr__(self) -> str:

@@ -247,6 +247,8 @@ class OTF:
         self.pre_update_errors: list[dict[str, Any]] = []
         # the same predictions component by component, for the calibration fit
         self.calibration_samples: list[dict[str, list[float]]] = []
+        # the labeller's energy of every training structure this run added (energy reference)
+        self.reference_energies: list[float | None] = []
         self.step = 0
         (self.out / "dft").mkdir(parents=True, exist_ok=True)
         (self.out / "checkpoint").mkdir(parents=True, exist_ok=True)
@@ -390,7 +392,7 @@ class OTF:
             self.calibration_samples.append(calibration_sample(frame.arrays["gp_forces"], latent, labelled))
         self.dft_calls.append(self.step)
         retrain = add_and_retrain(self.model, labelled, chosen, self.options, calls=len(self.dft_calls),
-                                  samples=self.calibration_samples)
+                                  samples=self.calibration_samples, reference_energies=self.reference_energies)
         self.timers.training += retrain.training
         self.timers.mapping += retrain.mapping
         if retrain.warnings:
@@ -463,6 +465,7 @@ class OTF:
             "hyperparameter_warnings": self.hyperparameter_warnings,
             "pre_update_errors": self.pre_update_errors,
             "calibration_samples": self.calibration_samples,
+            "reference_energies": self.reference_energies,
             "timers": timers,
             "options": asdict(self.options),
             "model": model_name,
@@ -551,6 +554,7 @@ class OTF:
         otf.hyperparameter_warnings = list(state.get("hyperparameter_warnings", []))
         otf.pre_update_errors = list(state.get("pre_update_errors", []))
         otf.calibration_samples = list(state.get("calibration_samples", []))
+        otf.reference_energies = list(state.get("reference_energies", []))
         otf.timers = Timers(**state["timers"])
         otf.calc.timers = otf.timers
         otf._rng.bit_generator.state = state["otf_rng"]

@@ -63,6 +63,8 @@ class _FixState:
         # pre-update errors of this run's DFT frames, for the calibration fit (a restarted
         # LAMMPS run starts them afresh; the model file keeps the last calibration)
         self.samples: list[dict[str, list[float]]] = []
+        # the labeller's energies of the structures this run added (the energy reference)
+        self.reference_energies: list[float | None] = []
 
 
 # By fix ID and model file. A fix lives as long as its LAMMPS instance, and the embedded
@@ -134,7 +136,8 @@ def learn(request: dict[str, Any]) -> tuple[bytes, float, float | None]:
     threshold, le_threshold = _thresholds(request, options, gp)  # the ones this step was tested against
     state.calls += 1
     state.samples.append(calibration_sample(before.forces, before.latent_force_variances, labelled))
-    retrain = add_and_retrain(gp, labelled, chosen, options, calls=state.calls, samples=state.samples)
+    retrain = add_and_retrain(gp, labelled, chosen, options, calls=state.calls, samples=state.samples,
+                              reference_energies=state.reference_energies)
     out = Path(request["output_dir"])
     _save_model(gp, Path(request["model_file"]), out / "models", step)
     (out / "dft").mkdir(parents=True, exist_ok=True)
