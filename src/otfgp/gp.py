@@ -792,6 +792,8 @@ class GaussianProcess:
             if best is None or res.fun < best.fun:
                 best = res
         assert best is not None
+        log.debug("hyperparameter optimisation: best of %d start(s): %s", len(starts),
+                  dict(zip(names, (float(v) for v in to_theta(best.x)[0]))))
         if best.fun >= 1e10:
             raise KernelMatrixError("no hyperparameters within the bounds give a positive definite kernel matrix; raise the noise bounds")
         theta = to_theta(best.x)[0]
@@ -826,6 +828,8 @@ class GaussianProcess:
             K = hyp["sigma2"] ** 2 * K2 + hyp["sigma3"] ** 2 * K3
             K[np.diag_indices_from(K)] += noise
             L = self._factor(K)
+        log.debug("solved for %d labels (%s Cholesky factor)", n,
+                  "extended" if L_old is not None and self._chol_key == key and 0 < n_old < n else "new")
         y = self._targets(offsets)
         alpha = scipy.linalg.cho_solve((L, True), y)
         self._model.energy_offsets = list(offsets)
