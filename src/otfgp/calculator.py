@@ -10,6 +10,16 @@ from ase.calculators.calculator import Calculator, all_changes
 from .gp import GaussianProcess
 
 
+STD_PROPERTIES: tuple[str, ...] = (
+    "force_stds", "latent_force_stds", "epistemic_force_stds",
+    "energies_stds", "latent_energies_stds", "epistemic_energies_stds",
+    "energy_std", "stress_stds", "epistemic_stress_stds",
+)
+"""The uncertainty results of :class:`GPCalculator` (also through ``get_property``)."""
+
+_EXACT_ONLY = ("energy_std", "stress_stds", "epistemic_stress_stds")  # the mapped variance has none
+
+
 class GPCalculator(Calculator):
     """An ASE calculator backed by an otfgp :class:`~otfgp.GaussianProcess`.
 
@@ -24,6 +34,13 @@ class GPCalculator(Calculator):
     - ``energies_stds`` (N, eV), the local energies' reported stds, and
       ``latent_energies_stds``;
     - ``energy_std`` (eV) and ``stress_stds`` (6, eV/A^3) (exact variance only).
+
+    All of them (:data:`STD_PROPERTIES`) are implemented properties:
+    ``calc.get_property("force_stds", atoms)`` computes them when the last calculation did
+    not (also with ``uncertainty=False`` or between ``uncertainty_every`` steps; the exact
+    variance for ``energy_std`` and the stress stds). ``repr(calc)`` and ``calc.todict()``
+    describe the model (species, cutoffs, training-set size, mapped, calibrated); the
+    calculator, like its model, pickles and deep-copies.
 
     A mapped model (:meth:`GaussianProcess.map`) gives the mean from its spline tables and,
     by default, the mapped force and local-energy uncertainty, whose cost does not grow with
@@ -42,7 +59,12 @@ class GPCalculator(Calculator):
             no ``force_stds``), e.g. to monitor a long MD run cheaply.
     """
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "stresses"]
+    # ASE's get_property serves any name listed here (its all_properties list is only the
+    # standard names that trajectories and databases store, and is not ours to extend), so
+    # calc.get_property("force_stds", atoms) works; the extxyz writer stores force_stds
+    # through atoms.arrays.
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "stresses",
+                              *STD_PROPERTIES]
     default_parameters: dict[str, Any] = {}
 
     def __init__(self, model: GaussianProcess, uncertainty: bool | str = True, uncertainty_every: int = 1,
@@ -63,9 +85,17 @@ class GPCalculator(Calculator):
                   system_changes: Sequence[str] = tuple(all_changes)) -> None:
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms if atoms is None else atoms
-        want_var = bool(self.uncertainty) and self.n_calculations % self.uncertainty_every == 0
+        mode: bool | str = self.uncertainty
+        if self.n_calculations % self.uncertainty_every != 0:
+            mode = False
+        asked = [p for p in properties if p in STD_PROPERTIES]
+        if asked and not mode:  # an explicit request (get_property) is always served
+            mode = self.uncertainty or True
+        if any(p in _EXACT_ONLY for p in asked):
+            mode = "exact"
+        want_var = bool(mode)
         self.n_calculations += 1
-        pred = self.model.predict(self.atoms, variance=self.uncertainty if want_var else False)
+        pred = self.model.predict(self.atoms, variance=mode)
         self.results = {
             "energy": pred.energy,
             "free_energy": pred.energy,
@@ -92,3 +122,31 @@ class GPCalculator(Calculator):
             atoms.arrays["force_stds"] = force_stds.copy()
         elif "force_stds" in atoms.arrays:
             del atoms.arrays["force_stds"]  # stale values must not be written with this frame
+
+    def describe(self) -> dict[str, Any]:
+        """The model and settings behind this calculator as plain JSON types."""
+        m = self.model
+        return {
+            "model": "otfgp.GaussianProcess",
+            "species": m.species,
+            "cutoffs": m.cutoffs,
+            "trained": m.trained,
+            "training_structures": m.n_training_structures,
+            "training_environments": m.n_training_environments,
+            "training_labels": m.n_labels,
+            "hyperparameters": m.hyperparameters,
+            "mapped": m.mapped,
+            "variance_maps": m.has_variance_maps,
+            "calibrated": m.calibration is not None,
+            "uncertainty": self.uncertainty,
+            "uncertainty_every": self.uncertainty_every,
+        }
+
+    def todict(self, skip_default: bool = True) -> dict[str, Any]:
+        """:meth:`describe`: what ASE stores as the calculator's parameters (trajectories,
+        databases). The model itself is not in it; save it with ``model.save``."""
+        return self.describe()
+
+    def __repr__(self) -> str:
+        return f"GPCalculator(model={self.model!r}, uncertainty={self.uncertainty!r}, " \
+               f"uncertainty_every={self.uncertainty_every})"

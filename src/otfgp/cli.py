@@ -7,6 +7,12 @@
     otfgp map MODEL -o MAPPED [--tolerance T]  spline-tabulate a model (mapped GP)
     otfgp eval MODEL FRAMES... [--json OUT.json] [--png OUT.png]
                                                accuracy and uncertainty quality on labelled frames
+    otfgp train [CONFIG] [--data FILE...] [-o MODEL]
+                                               fit a model to labelled frames (docs/training.md)
+    otfgp export MODEL|RUN_DIR -o DATA.extxyz  a model's training set with its trained labels
+    otfgp [-v | -q] [--version]                DEBUG / WARNING logging; the version
+
+``otfgp otf`` also logs to ``RUN_DIR/otfgp.log`` (appended on resume; DEBUG with -v, else INFO).
 
 A config file (TOML, or YAML when PyYAML is installed) has five sections::
 
@@ -66,12 +72,13 @@ driver in otfgp.stages; this module holds the commands.)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from .atomic_io import write_json
 from .builders import (build_dynamics, build_labeller, build_model, build_structure,
@@ -83,6 +90,31 @@ from .stages import STAGES_FILE, read_stages_state, run_stages
 
 RUN_CONFIG = "run_config.json"
 INITIAL_STRUCTURE = "initial.extxyz"
+LOG_FILE = "otfgp.log"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@contextlib.contextmanager
+def _run_log(run_dir: Path, args: argparse.Namespace) -> Iterator[None]:
+    """Append the run's log records to ``run_dir/otfgp.log`` while the command runs (INFO,
+    DEBUG with -v, whatever -q does to the console)."""
+    handler = logging.FileHandler(run_dir / LOG_FILE, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    package = logging.getLogger("otfgp")
+    old_level = package.level
+    package.setLevel(min(package.getEffectiveLevel(), handler.level))  # the file gets INFO whatever the console
+    package.addHandler(handler)
+    try:
+        yield
+    except BaseException as exc:  # the reason a run stopped belongs in its log (the console gets it from main)
+        handler.handle(logging.makeLogRecord({"name": "otfgp.cli", "levelno": logging.ERROR, "levelname": "ERROR",
+                                              "msg": "stopped: %s: %s", "args": (type(exc).__name__, exc)}))
+        raise
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(old_level)
+        handler.close()
 
 
 # --------------------------------------------------------------------------- commands
@@ -152,7 +184,7 @@ def cmd_otf(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         if not (run_dir / RUN_CONFIG).is_file():
             raise ConfigError(f"{run_dir}: not an otfgp run directory ({RUN_CONFIG} missing)")
-        with RunLock(run_dir):
+        with RunLock(run_dir), _run_log(run_dir, args):
             return _resume(args, run_dir)
     if args.set or args.override or args.checkpoint is not None:
         raise ConfigError("--set, --override and --checkpoint go with --resume RUN_DIR "
@@ -170,7 +202,8 @@ def cmd_otf(args: argparse.Namespace) -> int:
         if holds_run(run_dir):
             raise ConfigError(f"output_dir {run_dir} already holds a run: continue it with "
                               f"'otfgp otf --resume {run_dir}' or choose another otf.output_dir")
-        return _new_run(cfg, config_path, run_dir)
+        with _run_log(run_dir, args):
+            return _new_run(cfg, config_path, run_dir)
 
 
 def _new_run(cfg: dict[str, Any], config_path: Path, run_dir: Path) -> int:
@@ -323,11 +356,78 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The resolved train config of ``otfgp train``: the config file (if any) with the
+    command-line settings applied on top."""
+    from .train import validate_train_config
+
+    raw: dict[str, Any] = {}
+    base_dir = Path(".")
+    if args.config:
+        raw = load_config(args.config)
+        base_dir = Path(args.config).parent
+    model = raw.setdefault("model", {})
+    for key in ("species", "twobody", "threebody"):
+        if getattr(args, key) is not None:
+            model[key] = getattr(args, key)
+    if args.data:
+        raw.setdefault("data", {})["files"] = [str(Path(f).resolve()) for f in args.data]
+    train = raw.setdefault("train", {})
+    for key in ("output", "summary", "select", "atoms_per_frame", "std_threshold", "calibrate"):
+        if getattr(args, key) is not None:
+            train[key] = getattr(args, key)
+    if args.labels is not None:
+        train["labels"] = [x.strip() for x in args.labels.split(",") if x.strip()]
+    if args.no_optimize:
+        train["optimize"] = False
+    if args.no_map:
+        train["map"] = False
+    if "data" not in raw:
+        raise ConfigError("give the data: --data FILE... or a config with a [data] section")
+    return validate_train_config(raw, base_dir=base_dir)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``otfgp train [CONFIG] [--data FILE...] ...``: fit a model to labelled frames."""
+    from .train import format_train_summary, run_train
+
+    summary = run_train(_train_config(args))
+    print(format_train_summary(summary))
+    print(f"otfgp: wrote {summary['output']} and {summary['summary']}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``otfgp export MODEL|RUN_DIR -o DATA.extxyz``: the training set with its trained labels."""
+    from .gp import GaussianProcess
+
+    src = Path(args.model)
+    if src.is_dir():
+        src = src / "model.otfgp"
+    if not src.is_file():
+        raise ConfigError(f"{src}: no such model file (a run directory has model.otfgp once the run "
+                          f"finished; give checkpoint/model_<n>.otfgp for an unfinished one)")
+    try:
+        gp = GaussianProcess.load(src)
+    except ValueError as exc:  # corrupt, truncated or foreign file
+        raise ConfigError(str(exc)) from exc
+    if gp.n_training_structures == 0:
+        raise ConfigError(f"{src}: the model has no training data")
+    n = gp.export_training_data(args.output)
+    print(f"otfgp: wrote {args.output}: {n} frames, {gp.n_training_environments} force environments")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``otfgp`` argument parser with its otf, plot, map and eval commands."""
     ap = argparse.ArgumentParser(prog="otfgp", description="On-the-fly Gaussian-process force fields.",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    from . import __version__
+
+    loud = ap.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    loud.add_argument("-v", "--verbose", action="store_true", help="log debug messages too")
+    ap.add_argument("--version", action="version", version=f"otfgp {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("otf", help="on-the-fly learning run from a config file (or --resume)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -366,6 +466,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--error-threshold", type=float, default=None, metavar="X",
                    help="ROC-AUC positives: atoms with max |force error| > X eV/A (default: the median)")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("train", help="fit a model to labelled frames (extxyz, vasprun.xml, QE output, ASE db)",
+                       description="Fit a model to existing labelled frames; see docs/training.md. "
+                                   "Command-line settings override the config's.")
+    p.add_argument("config", nargs="?", help="train config (.toml/.yaml): [model], [data], [train]")
+    p.add_argument("--data", nargs="+", metavar="FILE", help="frame files (any format ase.io.read reads)")
+    p.add_argument("-o", "--output", help="model file to write (train.output, default model.otfgp)")
+    p.add_argument("--summary", help="summary JSON (default: OUTPUT_STEM_summary.json)")
+    p.add_argument("--species", nargs="+", help="model.species (default: the data's)")
+    p.add_argument("--twobody", type=float, help="model.twobody cutoff, A")
+    p.add_argument("--threebody", type=float, help="model.threebody cutoff, A")
+    p.add_argument("--labels", help="comma-separated labels to train: forces,energy,stress (default all)")
+    p.add_argument("--select", choices=("all", "uncertainty"), help="train all atoms or choose by uncertainty")
+    p.add_argument("--atoms-per-frame", type=int, help="with --select uncertainty: atoms added per frame")
+    p.add_argument("--std-threshold", type=float, help="with --select uncertainty: add atoms above this std, eV/A")
+    p.add_argument("--calibrate", help="fit this calibration form (otfgp.calibration) after training")
+    p.add_argument("--no-optimize", action="store_true", help="keep the [model] hyperparameters")
+    p.add_argument("--no-map", action="store_true", help="do not map the trained model")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("export", help="a model's (or run's) training set as extxyz with the trained labels")
+    p.add_argument("model", help="model file, or a run directory (its model.otfgp)")
+    p.add_argument("-o", "--output", required=True, help="extxyz file to write")
+    p.set_defaults(func=cmd_export)
     return ap
 
 
@@ -373,8 +495,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``otfgp`` command line; returns the exit code (0 done, 1 run failed, 2 bad
     command line or config, 130 interrupted)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    _configure_console(args)
+    package = logging.getLogger("otfgp")
+    old_level = package.level
+    if args.verbose:
+        package.setLevel(logging.DEBUG)
+    try:
+        return _dispatch(args)
+    finally:
+        package.setLevel(old_level)
+
+
+def _configure_console(args: argparse.Namespace) -> None:
+    """Console logging of the command (an application configures logging; the library never
+    does): INFO, WARNING only with -q; -v adds otfgp's DEBUG messages (main sets that level).
+    The -q filter sits on the console handler, so a run's log file still gets INFO. Nothing
+    is changed when the embedding program has configured logging already."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
+    console.setLevel(logging.WARNING if args.quiet else logging.NOTSET)
+    root.addHandler(console)
+    root.setLevel(logging.INFO)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the command; errors become messages and exit codes."""
     from .label_checks import LabelRejected
     from .otf import DynamicsError, LabellerError
 

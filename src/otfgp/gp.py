@@ -6,6 +6,7 @@ linear algebra (scipy Cholesky, log marginal likelihood, L-BFGS-B) and the ASE g
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
@@ -82,6 +83,9 @@ few hundredths of an Angstrom and a vanishing noise (docs/hyperparameters.md).""
 
 
 _ROW_FORCE, _ROW_ENERGY, _ROW_STRESS = 0, 1, 2
+
+FORCE_TRAINED = "force_trained"
+"""Per-atom boolean array of exported training frames: the atoms whose forces are labels."""
 
 
 class KernelMatrixError(RuntimeError):
@@ -572,6 +576,50 @@ class GaussianProcess:
         return {"atoms": atoms, "force_atoms": np.asarray(d["force_atoms"], dtype=int),
                 "forces": d["forces"], "energy": d["energy"], "stress": d["stress"]}
 
+    def training_frames(self) -> list[Atoms]:
+        """The training set as labelled frames, one per training structure, in order: a
+        single-point calculator holds the trained labels only (``forces`` with NaN rows for
+        atoms whose forces are not labels, ``energy`` and ``stress`` when trained), and the
+        boolean per-atom array ``force_trained`` says which atoms' forces are labels.
+        :meth:`add_training_data` of these frames (``forces`` and ``atom_indices`` =
+        ``force_trained``) rebuilds the same training set; ``otfgp train`` does that."""
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        frames = []
+        for i in range(self.n_training_structures):
+            d = self._model.training_structure(i)
+            numbers = np.asarray(self._model.atomic_numbers)[np.asarray(d["species"], dtype=int)]
+            atoms = Atoms(numbers=numbers, positions=d["positions"], cell=d["cell"], pbc=d["pbc"])
+            mask = np.zeros(len(atoms), dtype=bool)
+            mask[np.asarray(d["force_atoms"], dtype=int)] = True
+            atoms.arrays[FORCE_TRAINED] = mask
+            results: dict[str, Any] = {}
+            if mask.any():
+                forces = np.full((len(atoms), 3), np.nan)  # unknown, never a zero label
+                forces[mask] = d["forces"]
+                results["forces"] = forces
+            if d["energy"] is not None:
+                results["energy"] = float(d["energy"])
+            if d["stress"] is not None:
+                results["stress"] = np.asarray(d["stress"], dtype=float)
+            atoms.calc = SinglePointCalculator(atoms, **results)
+            frames.append(atoms)
+        return frames
+
+    def export_training_data(self, path: str | os.PathLike) -> int:
+        """Write the training set to ``path`` as extended XYZ (:meth:`training_frames`: per
+        atom ``forces`` and ``force_trained``, per frame ``energy`` and ``stress`` when they
+        are labels); returns the number of frames. ``otfgp train`` reads it
+        back into the same training set (ASE's extxyz writer keeps positions and forces to
+        8 decimals, energies and stresses in full)."""
+        from ase.io import write
+
+        frames = self.training_frames()
+        if not frames:
+            raise _core.NotTrainedError("no training data to export")
+        write(os.fspath(path), frames, format="extxyz")
+        return len(frames)
+
     # ------------------------------------------------------------- likelihood
     def _reset_cache(self) -> None:
         self._K2 = self._K3 = self._dK2 = self._dK3 = None
@@ -936,6 +984,8 @@ class GaussianProcess:
             if best is None or res.fun < best.fun:
                 best = res
         assert best is not None
+        log.debug("hyperparameter optimisation: best of %d start(s): %s", len(starts),
+                  dict(zip(names, (float(v) for v in to_theta(best.x)[0]))))
         if best.fun >= 1e10:
             raise KernelMatrixError("no hyperparameters within the bounds give a positive definite kernel matrix; raise the noise bounds")
         theta = to_theta(best.x)[0]
@@ -971,6 +1021,8 @@ class GaussianProcess:
             K = hyp["sigma2"] ** 2 * K2 + hyp["sigma3"] ** 2 * K3
             K[np.diag_indices_from(K)] += noise
             L = self._factor(K)
+        log.debug("solved for %d labels (%s Cholesky factor)", n,
+                  "extended" if L_old is not None and self._chol_key == key and 0 < n_old < n else "new")
         y = self._targets(offsets)
         alpha = scipy.linalg.cho_solve((L, True), y)
         if self.has_energy_labels:
@@ -1308,25 +1360,40 @@ class GaussianProcess:
         return cls._from_core(core)
 
     def copy(self) -> "GaussianProcess":
-        """An independent copy (training data, hyperparameters, solution, maps, calibration
-        and bounds)."""
-        gp = self._from_core(_core.Model.from_bytes(self._model.to_bytes()))
-        gp.bounds = dict(self.bounds)
-        gp.priors = self.priors
-        return gp
+        """An independent copy (training data, hyperparameters, solution, maps, calibration,
+        bounds and the last optimisation report); the same as ``copy.deepcopy``."""
+        return copy.deepcopy(self)
 
     @classmethod
     def _from_core(cls, core: _core.Model) -> "GaussianProcess":
         gp = cls.__new__(cls)
-        gp._model = core
-        gp.bounds = dict(DEFAULT_BOUNDS)
-        gp._reset_cache()
-        gp.last_optimization = None
-        if core.trained:
-            gp._chol = np.array(core.cholesky)
-            gp._chol_key = (tuple(gp.hyperparameters.values()), tuple(gp._fit_energy_offsets()))
+        gp._adopt_core(core)
         return gp
+
+    def _adopt_core(self, core: _core.Model) -> None:
+        """Make ``core`` this object's model, with default bounds and no cached kernels."""
+        self._model = core
+        self.bounds = dict(DEFAULT_BOUNDS)
+        self._reset_cache()
+        self.last_optimization = None
+        if core.trained:
+            self._chol = np.array(core.cholesky)
+            self._chol_key = (tuple(self.hyperparameters.values()), tuple(self._fit_energy_offsets()))
+
+    # pickle / copy.deepcopy / multiprocessing: the core travels as its model-file bytes
+    # (everything save() keeps, calibration included), plus the Python-side state that a
+    # file does not hold. Kernel caches are rebuilt on demand.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"model": self._model.to_bytes(), "bounds": dict(self.bounds), "priors": self.priors,
+                "last_optimization": self.last_optimization}
+
+    def __setstate__(self, state: Mapping[str, Any]) -> None:
+        self._adopt_core(_core.Model.from_bytes(state["model"]))
+        self.bounds = dict(state["bounds"])
+        self.priors = state.get("priors", DEFAULT_PRIORS)
+        self.last_optimization = state.get("last_optimization")
 
     def __repr__(self) -> str:
         return (f"GaussianProcess(species={self.species}, cutoffs={self.cutoffs}, "
-                f"environments={self.n_training_environments}, labels={self.n_labels}, trained={self.trained})")
+                f"environments={self.n_training_environments}, labels={self.n_labels}, trained={self.trained}, "
+                f"mapped={self.mapped}, calibrated={self.calibration is not None})")
