@@ -93,7 +93,7 @@ def run_stages(otf: "OTF", cfg: Mapping[str, Any], run_dir: str | os.PathLike) -
                 log.info("%s: velocities rescaled from %.0f K to %.0f K at step %d",
                          stage["name"], t_now, t_new, start)
         log.info("%s: steps %d-%d (dt %.2f fs)", stage["name"], otf.step, end,
-                 otf.dyn.dt / units.fs)
+                 getattr(otf.dyn, "dt", 0.0) / units.fs if not otf.optimizer else 0.0)
         summary = otf.run(end - otf.step)
         if i not in state["completed"]:
             state["completed"].append(i)
