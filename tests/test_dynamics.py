@@ -129,6 +129,19 @@ def test_npt_next_step_follows_the_retrained_model(tmp_path):
         np.testing.assert_array_equal(otf.atoms.get_momenta(), p)
 
 
+@pytest.mark.parametrize("kind", ["nose_hoover_chain", "isotropic_mtk_npt", "npt", "langevin_baoab"])
+def test_velocity_rescale_between_runs_takes_effect(kind, tmp_path):
+    """A stage's velocity rescale (atoms.set_momenta between two run() calls) reaches
+    integrators that keep their own copy of the momenta (Nose-Hoover, MTK) or derive them
+    from positions (Melchionna NPT re-initialises)."""
+    with _otf(kind, tmp_path / "run", threshold=10.0, extrapolation_checks=False) as otf:
+        otf.run(3)
+        t_before = otf.atoms.get_temperature()
+        otf.atoms.set_momenta(otf.atoms.get_momenta() * 2.0)  # 4x the temperature
+        otf.run(1)
+        assert otf.atoms.get_temperature() > 2.5 * t_before
+
+
 @pytest.mark.parametrize("kind", OPTIMIZERS)
 def test_optimizer_relaxes_on_the_fly_and_stops_at_fmax(kind, tmp_path):
     fmax = 0.05
