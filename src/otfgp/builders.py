@@ -1,6 +1,6 @@
 """Builders of the objects an ``otfgp otf`` run is made of, from resolved config sections
 (:func:`otfgp.config.validate_config`): the starting structure, its velocities, the ASE
-integrator, the Gaussian-process model and the labeller.
+integrator or optimizer, the Gaussian-process model and the labeller.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # ASE and the model are imported lazily: the CLI starts fast
     from ase import Atoms
     from ase.calculators.calculator import BaseCalculator
     from ase.md.md import MolecularDynamics
+    from ase.optimize.optimize import Optimizer
 
     from .gp import GaussianProcess
     from .priors import Priors
@@ -74,17 +75,35 @@ def set_velocities(atoms: "Atoms", md: Mapping[str, Any]) -> None:
             Stationary(atoms)
 
 
-def build_dynamics(atoms: "Atoms", md: Mapping[str, Any]) -> "MolecularDynamics":
-    """The ASE integrator of a resolved ``[md]`` section on ``atoms``: VelocityVerlet,
-    Langevin (thermostat seeded by ``md["seed"] + 1``) or NPTBerendsen.
+def build_dynamics(atoms: "Atoms", md: Mapping[str, Any]) -> "MolecularDynamics | Optimizer":
+    """The ASE dynamics of a resolved ``[md]`` section on ``atoms`` (see docs/config.md):
+    an MD integrator (random thermostats seeded by ``md["seed"] + 1``) or an optimizer
+    (``fmax`` set on it; with ``relax_cell`` on a ``FrechetCellFilter`` of the atoms).
 
     Raises:
-        ConfigError: an unknown integrator.
+        ConfigError: an unknown integrator, or ASE rejected the settings (e.g. Bussi on
+            atoms at rest).
     """
+    try:
+        return _build_dynamics(atoms, md)
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"md.integrator {md['integrator']!r}: ASE rejected the settings: {exc}") from exc
+
+
+def _build_dynamics(atoms: "Atoms", md: Mapping[str, Any]) -> "MolecularDynamics | Optimizer":
     from ase import units
 
-    dt = md["timestep_fs"] * units.fs
     kind = md["integrator"]
+    if kind in ("bfgs", "fire"):
+        return _build_optimizer(atoms, md)
+    dt = md["timestep_fs"] * units.fs
+    temperature = md.get("temperature_K")
+    rng = np.random.default_rng(md.get("seed", 0) + 1)
+    taut = md.get("taut_fs", 0.0) * units.fs
+    taup = md.get("taup_fs", 0.0) * units.fs
+    pressure = md.get("pressure_bar", 0.0) * units.bar
     if kind == "velocity_verlet":
         from ase.md.verlet import VelocityVerlet
 
@@ -92,16 +111,58 @@ def build_dynamics(atoms: "Atoms", md: Mapping[str, Any]) -> "MolecularDynamics"
     if kind == "langevin":
         from ase.md.langevin import Langevin
 
-        return Langevin(atoms, dt, temperature_K=md["temperature_K"], friction=md["friction"] / units.fs,
-                        fixcm=False, rng=np.random.default_rng(md.get("seed", 0) + 1))
+        return Langevin(atoms, dt, temperature_K=temperature, friction=md["friction"] / units.fs,
+                        fixcm=False, rng=rng)
+    if kind == "langevin_baoab":
+        from ase.md.langevinbaoab import LangevinBAOAB
+
+        from .dynamics_state import deferred_calculator
+
+        with deferred_calculator(atoms):  # it evaluates forces when built; OTF refreshes them
+            return LangevinBAOAB(atoms, dt, temperature_K=temperature, T_tau=taut, rng=rng)
+    if kind == "bussi":
+        from ase.md.bussi import Bussi
+
+        return Bussi(atoms, dt, temperature_K=temperature, taut=taut, rng=rng)
+    if kind == "nose_hoover_chain":
+        from ase.md.nose_hoover_chain import NoseHooverChainNVT
+
+        return NoseHooverChainNVT(atoms, dt, temperature_K=temperature, tdamp=taut)
+    if kind == "npt":
+        try:
+            from ase.md.melchionna import MelchionnaNPT  # ase.md.npt.NPT is its deprecated name
+        except ImportError:  # ASE < 3.27
+            from ase.md.npt import NPT as MelchionnaNPT
+
+        # pfactor = tau_P^2 B, B = 1 / compressibility (ASE's recommendation)
+        bulk_modulus = units.bar / md["compressibility_per_bar"]
+        return MelchionnaNPT(atoms, dt, temperature_K=temperature, externalstress=pressure, ttime=taut,
+                             pfactor=taup ** 2 * bulk_modulus)
     if kind == "npt_berendsen":
         from ase.md.nptberendsen import NPTBerendsen
 
-        return NPTBerendsen(atoms, dt, temperature_K=md["temperature_K"],
-                            pressure_au=md["pressure_bar"] * units.bar, taut=md["taut_fs"] * units.fs,
-                            taup=md["taup_fs"] * units.fs,
+        return NPTBerendsen(atoms, dt, temperature_K=temperature, pressure_au=pressure, taut=taut, taup=taup,
                             compressibility_au=md["compressibility_per_bar"] / units.bar)
+    if kind == "isotropic_mtk_npt":
+        from ase.md.nose_hoover_chain import IsotropicMTKNPT
+
+        return IsotropicMTKNPT(atoms, dt, temperature_K=temperature, pressure_au=pressure, tdamp=taut,
+                               pdamp=taup)
     raise ConfigError(f"md.integrator {kind!r} unknown")
+
+
+def _build_optimizer(atoms: "Atoms", md: Mapping[str, Any]) -> "Optimizer":
+    """BFGS or FIRE (no log file: OTF logs every step) on the atoms or a FrechetCellFilter."""
+    from ase import units
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import BFGS, FIRE
+
+    target: Any = atoms
+    if md.get("relax_cell"):
+        target = FrechetCellFilter(atoms, scalar_pressure=md.get("pressure_bar", 0.0) * units.bar)
+    opt = {"bfgs": BFGS, "fire": FIRE}[md["integrator"]](target, logfile=None)
+    opt.fmax = md["fmax"]  # what OTF.run stops at (ASE's run(fmax=...) would set it)
+    return opt
 
 
 def build_model(model: Mapping[str, Any]) -> "GaussianProcess":

@@ -15,11 +15,32 @@ CONFIG_SECTIONS = ("structure", "md", "model", "labeller", "otf")
 STRUCTURE_KEYS = ("lattice", "element", "a", "c", "cubic", "orthorhombic", "repeat", "jitter",
                   "seed", "file", "index")
 MD_KEYS = ("integrator", "timestep_fs", "temperature_K", "seed", "friction", "steps", "stages",
-           "pressure_bar", "taut_fs", "taup_fs", "compressibility_per_bar", "zero_momentum")
+           "pressure_bar", "taut_fs", "taup_fs", "compressibility_per_bar", "zero_momentum", "fmax",
+           "relax_cell")
 STAGE_KEYS = ("steps", "rescale_to_K", "temperature_K", "name")
 MODEL_KEYS = ("species", "twobody", "threebody", "hyperparameters", "bounds", "priors")
-INTEGRATORS = ("velocity_verlet", "langevin", "npt_berendsen")
-NPT_KEYS = ("pressure_bar", "taut_fs", "taup_fs", "compressibility_per_bar")
+# md.integrator -> the [md] keys of its own (besides integrator, seed, steps, stages, and
+# timestep_fs, temperature_K, zero_momentum for the MD integrators); built by
+# otfgp.builders.build_dynamics
+INTEGRATOR_KEYS: dict[str, tuple[str, ...]] = {
+    "velocity_verlet": (),
+    "langevin": ("friction",),
+    "langevin_baoab": ("taut_fs",),
+    "bussi": ("taut_fs",),
+    "nose_hoover_chain": ("taut_fs",),
+    "npt": ("taut_fs", "taup_fs", "pressure_bar", "compressibility_per_bar"),
+    "npt_berendsen": ("taut_fs", "taup_fs", "pressure_bar", "compressibility_per_bar"),
+    "isotropic_mtk_npt": ("taut_fs", "taup_fs", "pressure_bar"),
+    "bfgs": ("fmax", "relax_cell", "pressure_bar"),
+    "fire": ("fmax", "relax_cell", "pressure_bar"),
+}
+INTEGRATORS = tuple(INTEGRATOR_KEYS)
+OPTIMIZERS = ("bfgs", "fire")  # stop at fmax; no time step, temperature or velocities
+# thermostats whose target a stage can change (ASE's set_temperature)
+TARGET_CHANGES = ("langevin", "langevin_baoab", "npt", "npt_berendsen")
+_MD_DEFAULTS: dict[str, Any] = {"friction": 0.01, "taut_fs": 100.0, "taup_fs": 1000.0, "pressure_bar": 1.01325,
+                                "compressibility_per_bar": 1.0e-6, "fmax": 0.05, "relax_cell": False}
+_MD_OWN_KEYS = tuple(_MD_DEFAULTS)
 
 
 class ConfigError(ValueError):
@@ -182,28 +203,36 @@ def _validate_md(m: Mapping[str, Any]) -> dict[str, Any]:
     if integ not in INTEGRATORS:
         raise ConfigError(f"md.integrator {integ!r} unknown: use one of {', '.join(INTEGRATORS)}")
     md["integrator"] = integ
-    if "timestep_fs" not in m:
-        raise ConfigError("md.timestep_fs missing")
-    md["timestep_fs"] = float(_number(m, "timestep_fs", "md", positive=True, allow_zero=False))
-    md["temperature_K"] = _number(m, "temperature_K", "md", None, positive=True)
     md["seed"] = _number(m, "seed", "md", 0, integer=True)
-    md["zero_momentum"] = bool(m.get("zero_momentum", True))
-    if integ in ("langevin", "npt_berendsen") and md["temperature_K"] is None:
-        raise ConfigError(f"md.temperature_K missing (the {integ} thermostat target)")
-    if integ == "langevin":
-        md["friction"] = float(_number(m, "friction", "md", 0.01, positive=True, allow_zero=False))
-    elif "friction" in m:
-        raise ConfigError(f"md.friction applies to the langevin integrator only, not {integ}")
-    if integ == "npt_berendsen":
-        md["pressure_bar"] = float(_number(m, "pressure_bar", "md", 1.01325))
-        md["taut_fs"] = float(_number(m, "taut_fs", "md", 100.0, positive=True, allow_zero=False))
-        md["taup_fs"] = float(_number(m, "taup_fs", "md", 1000.0, positive=True, allow_zero=False))
-        md["compressibility_per_bar"] = float(
-            _number(m, "compressibility_per_bar", "md", 1.0e-6, positive=True, allow_zero=False))
-    else:
-        given = [k for k in NPT_KEYS if k in m]
+    if integ in OPTIMIZERS:
+        given = [k for k in ("timestep_fs", "temperature_K", "zero_momentum") if k in m]
         if given:
-            raise ConfigError(f"md.{given[0]} applies to the npt_berendsen integrator only, not {integ}")
+            raise ConfigError(f"md.{given[0]} applies to MD integrators, not to the {integ} optimizer")
+    else:
+        if "timestep_fs" not in m:
+            raise ConfigError("md.timestep_fs missing")
+        md["timestep_fs"] = float(_number(m, "timestep_fs", "md", positive=True, allow_zero=False))
+        md["temperature_K"] = _number(m, "temperature_K", "md", None, positive=True)
+        md["zero_momentum"] = bool(m.get("zero_momentum", True))
+        if integ != "velocity_verlet" and md["temperature_K"] is None:
+            raise ConfigError(f"md.temperature_K missing (the {integ} thermostat target)")
+    own = INTEGRATOR_KEYS[integ]
+    other = [k for k in _MD_OWN_KEYS if k in m and k not in own]
+    if other:
+        users = [i for i, keys in INTEGRATOR_KEYS.items() if other[0] in keys]
+        raise ConfigError(f"md.{other[0]} applies to the {', '.join(users)} integrator(s) only, not {integ}")
+    for key in own:
+        if key == "relax_cell":
+            if not isinstance(m.get(key, False), bool):
+                raise ConfigError(f"md.relax_cell must be true or false, got {m[key]!r}")
+            md[key] = m.get(key, False)
+        elif key == "pressure_bar":
+            md[key] = float(_number(m, key, "md", _MD_DEFAULTS[key]))
+        else:
+            md[key] = float(_number(m, key, "md", _MD_DEFAULTS[key], positive=True, allow_zero=False))
+    if integ in OPTIMIZERS and "pressure_bar" in m and not md["relax_cell"]:
+        raise ConfigError("md.pressure_bar of an optimizer needs md.relax_cell = true (the cell relaxes "
+                          "under that pressure)")
     if "stages" in m:
         if "steps" in m:
             raise ConfigError("give md.steps or [[md.stages]], not both")
@@ -225,9 +254,12 @@ def _validate_md(m: Mapping[str, Any]) -> dict[str, Any]:
         for key in ("rescale_to_K", "temperature_K"):
             if key in stage:
                 entry[key] = float(_number(stage, key, where, positive=True, allow_zero=False))
-        if "temperature_K" in entry and integ == "velocity_verlet":
-            raise ConfigError(f"{where}.temperature_K sets a thermostat target; velocity_verlet has "
-                              "none (use rescale_to_K)")
+        if "temperature_K" in entry and integ not in TARGET_CHANGES:
+            raise ConfigError(f"{where}.temperature_K sets a new thermostat target, which {integ} cannot "
+                              f"change during a run (those that can: {', '.join(TARGET_CHANGES)})"
+                              + ("; use rescale_to_K" if integ not in OPTIMIZERS else ""))
+        if "rescale_to_K" in entry and integ in OPTIMIZERS:
+            raise ConfigError(f"{where}.rescale_to_K rescales velocities; the {integ} optimizer has none")
         stages.append(entry)
     md["stages"] = stages
     return md

@@ -39,7 +39,7 @@ import numpy as np
 from ase import Atoms, units
 from ase.io import read
 
-from . import atomic_io, run_dir
+from . import atomic_io, dynamics_state, run_dir
 from ._core import InputError
 from .calculator import GPCalculator
 from .gp import GaussianProcess
@@ -142,7 +142,8 @@ class _TimedGPCalculator(GPCalculator):
 
 def cell_can_change(dynamics: Any) -> bool:
     """True for dynamics that change the cell: ASE's barostats (NPT, NPTBerendsen and
-    its inhomogeneous variant, the MTK barostats) and optimizers on a cell filter."""
+    its inhomogeneous variant, the MTK barostats, LangevinBAOAB with an external stress)
+    and optimizers on a cell filter."""
     from ase.filters import UnitCellFilter, StrainFilter
     from ase.md.npt import NPT
     from ase.md.nptberendsen import NPTBerendsen
@@ -153,29 +154,15 @@ def cell_can_change(dynamics: Any) -> bool:
         barostats += (IsotropicMTKNPT, MTKNPT)
     except ImportError:  # older ASE
         pass
+    try:
+        from ase.md.langevinbaoab import LangevinBAOAB
+    except ImportError:  # older ASE
+        pass
+    else:
+        if isinstance(dynamics, LangevinBAOAB):
+            return getattr(dynamics, "externalstress", None) is not None
     return isinstance(dynamics, barostats) or isinstance(getattr(dynamics, "atoms", None),
                                                          (UnitCellFilter, StrainFilter))
-
-
-def _rng_state(rng: Any) -> Any:
-    if rng is None:
-        return None
-    if isinstance(rng, np.random.Generator):
-        return {"kind": "generator", "state": rng.bit_generator.state}
-    if hasattr(rng, "get_state"):
-        state = rng.get_state()
-        return {"kind": "legacy", "state": [state[0], state[1].tolist(), *state[2:]]}
-    return None
-
-
-def _set_rng_state(rng: Any, saved: Any) -> None:
-    if rng is None or saved is None:
-        return
-    if saved["kind"] == "generator":
-        rng.bit_generator.state = saved["state"]
-    else:
-        s = saved["state"]
-        rng.set_state((s[0], np.array(s[1], dtype=np.uint32), *s[2:]))
 
 
 class DynamicsError(RuntimeError):
@@ -187,8 +174,14 @@ class OTF:
     """On-the-fly learning with any ASE dynamics.
 
     Args:
-        dynamics: an ASE dynamics object (VelocityVerlet, Langevin, NPTBerendsen, ...) built
-            on the atoms to simulate; its atoms get a :class:`GPCalculator` of ``model``.
+        dynamics: an ASE dynamics object built on the atoms to simulate: an MD integrator
+            (VelocityVerlet, Langevin, LangevinBAOAB, Bussi, NoseHooverChainNVT, NPT,
+            NPTBerendsen, IsotropicMTKNPT, ...) or an optimizer (BFGS, FIRE, ...) on the
+            atoms or on a cell filter (``BFGS(FrechetCellFilter(atoms))``: on-the-fly
+            relaxation, :meth:`run` stops at ``fmax``); the atoms (under the filter) get a
+            :class:`GPCalculator` of ``model``. How each type is driven and checkpointed:
+            :mod:`otfgp.dynamics_state` (another type runs too, with a warning that a
+            resume will not continue its internal state exactly).
         model: the GaussianProcess to train (may be empty: step 0 seeds it).
         labeller: an ASE calculator giving reference energies/forces/stresses (DFT), a
             callable ``f(atoms)`` returning a calculator or a dict of results (see
@@ -210,6 +203,8 @@ class OTF:
     def __init__(self, dynamics: Any, model: GaussianProcess,
                  labeller: Labeller | str | Mapping[str, Any], **options: Any) -> None:
         self._setup(dynamics, model, labeller, options, resuming=False)
+        if model.trained:  # forces a dynamics cached before it had this model (deferred_calculator)
+            dynamics_state.model_changed(self.dyn)
 
     def _setup(self, dynamics: Any, model: GaussianProcess, labeller: Labeller | str | Mapping[str, Any],
                options: Mapping[str, Any], resuming: bool) -> None:
@@ -232,7 +227,11 @@ class OTF:
     def _init_state(self, dynamics: Any, model: GaussianProcess,
                     labeller: Labeller | str | Mapping[str, Any]) -> None:
         self.dyn = dynamics
-        self.atoms: Atoms = dynamics.atoms
+        self.atoms: Atoms = dynamics_state.physical_atoms(dynamics)  # under a cell filter, if any
+        dynamics_state.check_supported(dynamics)
+        self.optimizer = dynamics_state.is_optimizer(dynamics)
+        # optimizers: whether the last run() stopped at fmax (None: not run yet / MD)
+        self.converged: bool | None = None
         self.model = model
         name = labeller_name(labeller)  # named as the user gave it, before a specification is built
         if isinstance(labeller, (str, Mapping)):
@@ -398,15 +397,20 @@ class OTF:
         if retrain.warnings:
             self.hyperparameter_warnings.append({"step": self.step, "warnings": retrain.warnings})
         self._uncertainty()  # re-predict this step with the updated model (stds for the trajectory)
+        dynamics_state.model_changed(self.dyn)  # nothing the dynamics kept from the old model's forces
         why = "seed" if initial else ("audit" if audit else "; ".join(reasons))
         log.info("step %d: DFT call %d (%s), added atoms %s, training environments %d", self.step,
                  len(self.dft_calls), why, chosen.tolist(), self.model.n_training_environments)
         self._dft_since_checkpoint = True  # checkpointed once this step is logged
         return True, max_std
 
+    def _timestep(self) -> float:
+        """The MD time step (ASE units); 0 for optimizers (their ``dt``, if any, is no time)."""
+        return 0.0 if self.optimizer else float(getattr(self.dyn, "dt", 0.0))
+
     def _log_step(self, dft: bool, max_std: float) -> None:
         atoms = self.atoms
-        dt = getattr(self.dyn, "dt", 0.0)
+        dt = self._timestep()
         entry = {
             "step": self.step,
             "time_fs": self.step * dt / units.fs,
@@ -420,6 +424,8 @@ class OTF:
             "training_labels": self.model.n_labels,
             "hyperparameters": self.model.hyperparameters,
         }
+        if self.optimizer:  # the optimizer's convergence measure, on the model's forces
+            entry["fmax_eV_per_A"] = dynamics_state.max_force(self.dyn)
         if atoms.pbc.all() and atoms.cell.volume > 1e-8:
             entry["volume_A3"] = float(atoms.get_volume())
             stress = self.calc.results.get("stress")  # computed with the forces, no extra cost
@@ -452,13 +458,15 @@ class OTF:
             start, before = self._run_clock
             timers["total"] = before + time.perf_counter() - start
         state = {
-            "version": 2,
+            "version": 3,
             "step": self.step,
             "dyn_nsteps": int(getattr(self.dyn, "nsteps", self.step)),
             "positions": atoms.positions.tolist(),
             "momenta": atoms.get_momenta().tolist(),
             "cell": atoms.cell.array.tolist(),
-            "thermostat_rng": _rng_state(getattr(self.dyn, "rng", None)),
+            "thermostat_rng": dynamics_state.rng_state(getattr(self.dyn, "rng", None)),
+            # the integrator's / optimizer's own variables (NPT's h and eta, a BFGS Hessian, ...)
+            "dynamics": dynamics_state.get_state(self.dyn),
             "otf_rng": self._rng.bit_generator.state,
             "dft_calls": self.dft_calls,
             "failed_calls": self.failed_calls,
@@ -506,9 +514,11 @@ class OTF:
         """Continue a run from its last checkpoint in ``output_dir`` (or from the kept
         checkpoint number ``checkpoint``, which then becomes the last one).
 
-        ``dynamics`` must be built like the original one (same integrator, time step and
-        thermostat settings) on atoms of the same system; positions, momenta, cell, step
-        count and the thermostat's random state are restored from the checkpoint. Log and
+        ``dynamics`` must be built like the original one (same integrator or optimizer,
+        time step and thermostat settings) on atoms of the same system; positions,
+        momenta, cell, step count, the thermostat's random state and the dynamics' own
+        variables (:mod:`otfgp.dynamics_state`: NPT's barostat, a Nose-Hoover chain, a BFGS
+        Hessian, ...) are restored from the checkpoint. Log and
         trajectory entries written after the checkpoint (and a record torn by a crash)
         are dropped and regenerated; DFT frames labelled after it are reused, not
         recomputed. ``overrides`` change :class:`OTFOptions` fields from here on (e.g. a
@@ -532,7 +542,7 @@ class OTF:
             changed = {k: v for k, v in overrides.items() if options.get(k, object()) != v and k != "output_dir"}
             options.update(overrides)
             options["output_dir"] = str(out)
-            atoms = dynamics.atoms
+            atoms = dynamics_state.physical_atoms(dynamics)
             if len(atoms) != len(state["positions"]):
                 raise ValueError("the dynamics' atoms do not match the checkpointed system")
             atoms.set_cell(state["cell"])
@@ -540,7 +550,8 @@ class OTF:
             atoms.set_momenta(state["momenta"])
             if hasattr(dynamics, "nsteps"):
                 dynamics.nsteps = state["dyn_nsteps"]
-            _set_rng_state(getattr(dynamics, "rng", None), state["thermostat_rng"])
+            dynamics_state.set_rng_state(getattr(dynamics, "rng", None), state["thermostat_rng"])
+            dynamics_state.set_state(dynamics, state.get("dynamics"))
             otf = cls.__new__(cls)
             otf._setup(dynamics, model, labeller, options, resuming=True)
             if checkpoint is not None:
@@ -581,11 +592,12 @@ class OTF:
     def _step_dynamics(self) -> None:
         """One MD step; atoms driven too close together stop the run with a DynamicsError."""
         try:
+            dynamics_state.before_step(self.dyn)  # what ASE's own run() does first (NPT: initialize)
             self.dyn.step()
         except InputError as exc:
             if "apart" not in str(exc):
                 raise
-            dt = getattr(self.dyn, "dt", 0.0) / units.fs
+            dt = self._timestep() / units.fs
             thr = self.threshold_value() if self.model.trained else math.nan
             raise DynamicsError(
                 f"the MD stopped between steps {self.step} and {self.step + 1} (temperature "
@@ -597,15 +609,34 @@ class OTF:
                 f"(OTF.resume(..., threshold=...); command line: otfgp otf --resume {self.out} --set "
                 f"otf.threshold=...)") from exc
 
-    def run(self, steps: int) -> dict[str, Any]:
+    def run(self, steps: int, fmax: float | None = None) -> dict[str, Any]:
         """Run ``steps`` MD steps with on-the-fly learning; returns the summary.
 
+        With an optimizer, ``steps`` is the most steps to take: the run stops as soon as the
+        largest force (with a cell filter, also the cell's generalised forces) of the model
+        is below ``fmax`` (eV/A; default: the optimizer's ``fmax`` if set, else 0.05, ASE's
+        default) at a geometry whose uncertainty was checked (whatever ``every`` says), and
+        ``summary["converged"]`` tells whether it did. The model's forces, not DFT's: the
+        model is confident there, so they agree to about the threshold.
+
         Raises:
+            ValueError: ``fmax`` given for an MD integrator.
             LabellerError: the labeller failed (after a checkpoint; resume retries the step).
             DynamicsError: atoms came too close together (the last checkpoint stays).
         """
         if not self._lock.held:
             raise RunDirError(f"this OTF was closed; continue its run with OTF.resume({str(self.out)!r}, ...)")
+        if self.optimizer:
+            if fmax is None:
+                fmax = getattr(self.dyn, "fmax", None)
+            fmax = 0.05 if fmax is None else float(fmax)
+            if not fmax > 0 or not math.isfinite(fmax):
+                raise ValueError(f"fmax must be a positive number (eV/A), got {fmax!r}")
+            self.dyn.fmax = fmax  # what the optimizer's own converged() compares with
+            self.converged = False
+        elif fmax is not None:
+            raise ValueError(f"fmax applies to optimizers (BFGS, FIRE, ...); {type(self.dyn).__name__} "
+                             f"runs the number of steps given")
         start = time.perf_counter()
         total0 = self.timers.total
         self._run_clock = (start, total0)
@@ -624,12 +655,17 @@ class OTF:
             while True:
                 if self.step != self._logged_at:  # not the last step of a previous run()
                     dft, max_std = self.step in self.dft_calls, math.nan
-                    if self.step % self.options.every == 0 and self.step != self._learned_at:
+                    # an optimizer's final geometry is always checked, whatever `every` says
+                    due = self.step % self.options.every == 0 or (self.optimizer and self.dyn.converged())
+                    if due and self.step != self._learned_at:
                         dft, max_std = self._learn(initial=False)
                     self._log_step(dft, max_std)
                     self._logged_at = self.step
                     if self._checkpoint_due():
                         self._write_checkpoint()
+                if self.optimizer and self.dyn.converged():  # on the (possibly just retrained) model
+                    self.converged = True
+                    break
                 if self.step >= end:
                     break
                 t = time.perf_counter()
@@ -672,8 +708,9 @@ class OTF:
         return final
 
     def summary(self) -> dict[str, Any]:
-        """DFT calls, steps, training size and the wall-time split."""
-        return {
+        """DFT calls, steps, training size and the wall-time split (optimizers: also
+        ``converged``, the model's final ``fmax_eV_per_A`` and the target)."""
+        out = {
             "steps": self.step,
             "dft_calls": len(self.dft_calls),
             "dft_call_steps": list(self.dft_calls),
@@ -689,3 +726,8 @@ class OTF:
             "audit_calibration": running_calibration([r for r in self.pre_update_errors if r.get("audit")]),
             "wall_time_s": asdict(self.timers),
         }
+        if self.optimizer:
+            out["converged"] = self.converged
+            out["fmax_eV_per_A"] = dynamics_state.max_force(self.dyn)  # the model's, at the last step
+            out["fmax_target_eV_per_A"] = getattr(self.dyn, "fmax", None)
+        return out

@@ -63,6 +63,8 @@ def run_stages(otf: "OTF", cfg: Mapping[str, Any], run_dir: str | os.PathLike) -
     """
     from ase import units
 
+    from .dynamics_state import is_optimizer
+
     run_dir = Path(run_dir)
     md = cfg["md"]
     stages = md["stages"]
@@ -93,7 +95,7 @@ def run_stages(otf: "OTF", cfg: Mapping[str, Any], run_dir: str | os.PathLike) -
                 log.info("%s: velocities rescaled from %.0f K to %.0f K at step %d",
                          stage["name"], t_now, t_new, start)
         log.info("%s: steps %d-%d (dt %.2f fs)", stage["name"], otf.step, end,
-                 otf.dyn.dt / units.fs)
+                 0.0 if is_optimizer(otf.dyn) else otf.dyn.dt / units.fs)
         summary = otf.run(end - otf.step)
         if i not in state["completed"]:
             state["completed"].append(i)
