@@ -89,6 +89,9 @@ class Priors:
     noise_energy: LogNormal = LogNormal(0.05, LOG_10)
     noise_stress: LogNormal = LogNormal(0.005, LOG_10)
 
+    def __deepcopy__(self, memo: dict) -> "Priors":
+        return self  # frozen: copies of a model share it, as they share DEFAULT_PRIORS
+
     @classmethod
     def names(cls) -> tuple[str, ...]:
         """The hyperparameter names, in field order."""
