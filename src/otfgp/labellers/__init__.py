@@ -191,6 +191,7 @@ def make_labeller(spec: Mapping[str, Any] | str, directory: str | os.PathLike | 
 
 
 __all__ = [
+    "FUNCTION_KEYS",
     "LabellerType",
     "RestartingEspresso",
     "ase_calculator",
