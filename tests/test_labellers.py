@@ -80,8 +80,10 @@ def test_profile_based_ase_calculator_gets_its_profile(tmp_path):
                           "parameters": {"input_data": {"system": {"ecutwfc": 20}}}}, directory=tmp_path)
     assert type(calc).__name__ == "Espresso" and type(calc).__module__ == "ase.calculators.espresso"
     assert calc.profile.command == "mpiexec -n 2 pw.x" and calc.profile.pseudo_dir == str(tmp_path)
-    with pytest.raises(ValueError, match="profile needs"):
+    with pytest.raises(ValueError, match="'vasp' is not one"):
         make_labeller({"type": "vasp", "command": "sh", "profile": {"x": 1}}, directory=tmp_path)
+    with pytest.raises(ValueError, match="profile needs labeller.command"):
+        make_labeller({"type": "ase:espresso", "profile": {"pseudo_dir": "/tmp"}}, directory=tmp_path)
 
 
 def test_ase_calculator_by_name_labels_frames_in_an_otf_run(tmp_path):

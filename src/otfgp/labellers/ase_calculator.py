@@ -96,10 +96,11 @@ def ase_calculator(calculator: str, parameters: Mapping[str, Any] | None = None,
         raise ValueError(f"labeller.parameters must be a table of keyword arguments, got {parameters!r}")
     kwargs = dict(parameters or {})
     generic = isinstance(cls, type) and issubclass(cls, GenericFileIOCalculator)
-    if profile is not None and not (generic and command is not None):
-        raise ValueError("labeller.profile needs labeller.command and an ASE profile-based "
-                         f"calculator (Espresso, ABINIT, ...); {calculator!r} is not one" if not generic
-                         else "labeller.profile needs labeller.command")
+    if profile is not None and not generic:
+        raise ValueError(f"labeller.profile is for ASE's profile-based calculators (Espresso, ABINIT, "
+                         f"...); {calculator!r} is not one: give labeller.command alone")
+    if profile is not None and command is None:
+        raise ValueError("labeller.profile needs labeller.command (the profile's command)")
     for key in ("command", "profile", "directory"):
         if key in kwargs:
             raise ValueError(f"give {key} as labeller.{key}, not in labeller.parameters")

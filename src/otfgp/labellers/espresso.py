@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PSEUDO_DIR = "/usr/share/espresso/pseudo"
 DEFAULT_PSEUDOPOTENTIALS = {"Al": "Al.pz-vbc.UPF"}
-DEFAULT_RESTART_DISPLACEMENT = 0.1
-"""A (see docs/labellers.md for the measurement behind it)."""
+DEFAULT_RESTART_DISPLACEMENT = 0.0
+"""A; off: on the demo's own DFT frames (32-atom Al, 0.09-1.2 A apart) a start from the
+previous frame's files never saved SCF iterations (docs/labellers.md, bench/qe_restart.py)."""
 
 CALLS_LOG = "pw_calls.jsonl"
 """One JSON line per pw.x call in the labeller's directory: restart?, SCF iterations, time."""

@@ -1,11 +1,10 @@
 """When a DFT calculation may start from the previous frame's electrons: the displacement
 rule of the restarting labellers (:class:`otfgp.labellers.espresso.RestartingEspresso`).
 
-Starting the SCF from the previous frame's density and wave functions pays only when the
-atoms moved little: measured on 32-atom Al (docs/labellers.md), consecutive MD frames
-converge in 3 iterations instead of 11, frames 9 liquid steps apart need more iterations
-than a start from atomic densities. The rule compares the largest minimum-image
-displacement of any atom with a threshold.
+Starting the SCF from the previous frame's density and wave functions can pay only when
+the atoms moved little (frames 9 liquid steps apart need more iterations than a start
+from atomic densities; docs/labellers.md has the measurement). The rule compares the
+largest minimum-image displacement of any atom with a threshold.
 """
 from __future__ import annotations
 
