@@ -17,6 +17,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BENCH_ARGS ?=
 APT_PACKAGES := quantum-espresso quantum-espresso-data libopenblas-dev
+# a second DFT code for the tests (tests/test_cp2k_labeller.py); skipped when on PATH
+CP2K_PACKAGES := cp2k
 
 # apt-get through sudo only when not root; sudo drops the environment, hence `env`.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -30,9 +32,10 @@ help:
 	echo "make bench  - set up and run bench/gp_speed.py (BENCH_ARGS='--quick' for a short run)"
 	echo "make setup  - system packages, $(VENV), pip install .[test]"
 
-# Quantum ESPRESSO (pw.x) and OpenBLAS for DFT labels, plus a C++ compiler and the Python
-# headers for building the extension. Nothing is installed when everything is present; the
-# Quantum ESPRESSO packages are skipped outright when pw.x is already on PATH.
+# Quantum ESPRESSO (pw.x) and OpenBLAS for DFT labels, CP2K for the tests of a second DFT
+# code, plus a C++ compiler and the Python headers for building the extension. Nothing is
+# installed when everything is present; the Quantum ESPRESSO packages are skipped outright
+# when pw.x is already on PATH, CP2K when cp2k_shell is.
 system-packages:
 	@want=()
 	if [ -n "$${SKIP_APT:-}" ]; then
@@ -42,6 +45,11 @@ system-packages:
 	  echo "setup: pw.x found at $$(command -v pw.x), skipping Quantum ESPRESSO packages"
 	else
 	  for p in $(APT_PACKAGES); do
+	    dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'ok installed' || want+=("$$p")
+	  done
+	fi
+	if ! command -v cp2k_shell >/dev/null 2>&1; then
+	  for p in $(CP2K_PACKAGES); do
 	    dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'ok installed' || want+=("$$p")
 	  done
 	fi

@@ -39,7 +39,7 @@ def test_otf_run_resume_and_plot(tmp_path):
 
 
 @pytest.mark.parametrize("mutation,expected", [
-    (("[labeller]\ntype = \"emt\"", "[labeller]\ntype = \"vasp\""), "vasp"),
+    (("[labeller]\ntype = \"emt\"", "[labeller]\ntype = \"vasp_std\""), "vasp_std"),
     (("threshold = 0.04", "threshold = 0.04\nthreshhold = 1"), "threshhold"),
     (("[model]", "[modle]\n[model]"), "modle"),
 ])

@@ -17,7 +17,8 @@ except ModuleNotFoundError:  # Python 3.10
 from otfgp import OTFOptions
 from otfgp.config import INTEGRATORS, known_keys
 from otfgp.gp import DEFAULT_HYPERPARAMETERS
-from otfgp.labellers import check_labeller_spec, espresso_calculator
+from otfgp.labellers import FUNCTION_KEYS, check_labeller_spec, espresso_calculator
+from otfgp.labellers.ase_calculator import ASE_KEYS
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "config.md"
 
@@ -30,6 +31,8 @@ HEADINGS = {
     "### model.hyperparameters and model.bounds": "model.hyperparameters",
     "## [labeller]": "labeller",
     '### type = "espresso"': "labeller.espresso",
+    "### type = any ASE calculator": "labeller.ase",
+    '### type = "module:function"': "labeller.function",
     "## [otf]": "otf",
 }
 ROW = re.compile(r"^\| `([A-Za-z_0-9]+)` \|(.*)\|\s*$")
@@ -59,6 +62,8 @@ def _schema() -> dict[str, set[str]]:
     assert keys["otf"] == {f.name for f in fields(OTFOptions)}
     keys["labeller"] = {"type"}
     keys["labeller.espresso"] = set(inspect.signature(espresso_calculator).parameters)
+    keys["labeller.ase"] = set(ASE_KEYS)
+    keys["labeller.function"] = set(FUNCTION_KEYS)
     return keys
 
 
@@ -81,9 +86,14 @@ def test_doc_has_a_heading_for_every_section():
         assert f"## [{name}]" in text
 
 
-def test_documented_espresso_keys_are_accepted_by_the_labeller_registry():
-    for key in _doc_tables()["labeller.espresso"]:
+def test_documented_labeller_keys_are_accepted_by_the_labeller_registry():
+    doc = _doc_tables()
+    for key in doc["labeller.espresso"]:
         check_labeller_spec({"type": "espresso", key: None})  # raises on an unknown key
+    for key in doc["labeller.ase"]:
+        check_labeller_spec({"type": "vasp", key: None})
+    for key in doc["labeller.function"]:
+        check_labeller_spec({"type": "my_module:my_function", key: None})
 
 
 def _default(cell: str) -> object:

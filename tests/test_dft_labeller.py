@@ -18,6 +18,7 @@ from ase.md.verlet import VelocityVerlet
 
 import otfgp
 from otfgp.labellers import espresso_al_calculator
+from otfgp.labellers.espresso import DEFAULT_RESTART_DISPLACEMENT
 from otf_helpers import CUTOFFS, jittered_al, read_log, thermalize
 
 PSEUDO_DIR = "/usr/share/espresso/pseudo"
@@ -94,6 +95,14 @@ def test_otf_with_quantum_espresso(tmp_path):
     assert [e["step"] for e in entries] == list(range(9))
     assert [e["step"] for e in entries if e["dft"]] == calls
     assert otfgp.GaussianProcess.load(out / "model.otfgp").n_training_structures == len(calls)
+    # every pw.x call is recorded: from scratch or from the previous frame, SCF iterations
+    records = [json.loads(line) for line in (tmp_path / "qe" / "pw_calls.jsonl").read_text().splitlines()]
+    print(f"pw.x calls: {records}")
+    assert len(records) == len(calls) and records[0]["restart"] is False
+    assert all(isinstance(r["scf_iterations"], int) and r["scf_iterations"] > 0 for r in records)
+    for r in records[1:]:  # the default rule (0: off)
+        limit = DEFAULT_RESTART_DISPLACEMENT
+        assert r["restart"] == (limit > 0 and r["max_displacement_A"] is not None and r["max_displacement_A"] <= limit)
 
 
 def test_missing_pw_x_is_reported_up_front(tmp_path):

