@@ -328,8 +328,21 @@ def torn(write):
     return wrapper
 
 
+def killed_before_extxyz(write):
+    """``write_atoms`` that dies before the readable copy of the DFT frame of step TEAR_AT
+    (its lossless .traj copy is already on disk)."""
+    def wrapper(path, atoms, format="extxyz"):
+        name = os.path.basename(str(path))
+        if format == "extxyz" and name.startswith("frame_") and atoms.info.get("otf_step") == tear_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return write(path, atoms, format=format)
+    return wrapper
+
+
 if tear == "log":
     atomic_io.append_text = torn(atomic_io.append_text)
+elif tear == "dft":
+    atomic_io.write_atoms = killed_before_extxyz(atomic_io.write_atoms)
 elif tear:
     atomic_io.append_atoms = torn(atomic_io.append_atoms)
 
@@ -410,6 +423,23 @@ def test_torn_write_is_cut_on_resume(fast_reference, tmp_path, tear):
     assert proc.returncode == -signal.SIGKILL
     torn = run_dir / ("log.jsonl" if tear == "log" else "trajectory.extxyz")
     assert not torn.read_bytes().endswith(b"\n"), "the kill should leave a torn record"
+    summary = _finish(_fast_process(driver, run_dir))
+    assert summary["steps"] == FAST_STEPS
+    _assert_same_run(run_dir, ref_dir)
+
+
+def test_kill_between_the_two_copies_of_a_dft_frame(fast_reference, tmp_path):
+    """SIGKILL after a DFT frame's lossless .traj copy is written and before its extxyz: the
+    resume reuses the labels and writes the extxyz as the uninterrupted run did (the .traj
+    lacks the pre-update gp_* arrays, which come from the resumed step's own prediction)."""
+    driver, ref_dir = fast_reference
+    second_call = json.loads((ref_dir / "summary.json").read_text())["dft_call_steps"][1]
+    run_dir = tmp_path / "run"
+    proc = _fast_process(driver, run_dir, TEAR="dft", TEAR_AT=str(second_call))
+    proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    assert (run_dir / "dft" / f"frame_{second_call:07d}.traj").exists()
+    assert not (run_dir / "dft" / f"frame_{second_call:07d}.extxyz").exists()
     summary = _finish(_fast_process(driver, run_dir))
     assert summary["steps"] == FAST_STEPS
     _assert_same_run(run_dir, ref_dir)

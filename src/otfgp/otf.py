@@ -37,6 +37,7 @@ from typing import Any, Mapping
 
 import numpy as np
 from ase import Atoms, units
+from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read
 
 from . import atomic_io, dynamics_state, run_dir
@@ -301,9 +302,15 @@ class OTF:
             old = read(stored)
             if len(old) == len(frame) and np.allclose(old.positions, frame.positions, atol=1e-8):
                 log.info("step %d: reusing stored DFT labels from %s", self.step, stored)
+                # The labels from the stored copy, everything else from this step's frame as
+                # a fresh label would have it: a .traj keeps no custom arrays (the pre-update
+                # gp_* predictions), so the extxyz written from it would differ.
+                reused = frame.copy()
+                reused.calc = SinglePointCalculator(reused, **old.calc.results)
+                reused.info["otf_step"] = self.step
                 if not path.exists():
-                    atomic_io.write_atoms(path, old)
-                return old
+                    atomic_io.write_atoms(path, reused)
+                return reused
         attempts = 1 + max(0, self.options.dft_retries)
         last: LabellerError | None = None
         for attempt in range(attempts):
