@@ -170,3 +170,18 @@ def test_units_other_than_metal_are_an_error(system, units, style, lines):
     assert out.returncode != 0, text[-2000:]
     error = next(line for line in text.splitlines() if line.startswith("ERROR"))
     assert f"{style} needs 'units metal'" in error and f"the units are {units}" in error, error
+
+
+def test_example_headers_name_their_own_input_and_timing_conditions():
+    """Each examples/lammps/in.* header tells how to run that very file (in.otf_qe once
+    told to run in.otf_emt) and gives its time with the load it was measured under."""
+    import re
+    from pathlib import Path
+
+    inputs = sorted((Path(__file__).resolve().parents[1] / "examples" / "lammps").glob("in.*"))
+    assert len(inputs) >= 4
+    for path in inputs:
+        header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+        named = set(re.findall(r"-in (in\.[\w.]+)", header))
+        assert named == {path.name}, (path.name, named)
+        assert re.search(r"\d+ s\b", header) and "load" in header, path.name
