@@ -4,11 +4,10 @@
 //   fix learn all otfgp/learn 10 relative_threshold 2.0 labeller mylabels:qe &
 //       max_atoms_added 4 add_threshold 1.5 add_energy yes output_dir learn_out uncertainty exact
 //
-// Every N steps the largest reported force std of the group is compared with a threshold
-// (eV/A), and the largest reported local-energy std with a second threshold (eV) when
-// Python gives one. Reported stds are the model's calibrated ones (what Python's
-// GPCalculator and compute otfgp/std/atom report), so a threshold means the same as in the
-// ASE learner. Above either, rank 0 gathers the system and hands it to Python
+// Every N steps the largest epistemic force std of the group is compared with a threshold
+// (eV/A), and the largest epistemic local-energy std with a second threshold (eV) when
+// Python gives one. Epistemic: the part of the model's reported (calibrated) stds that
+// more data reduce, what the ASE learner compares, so a threshold means the same in both. Above either, rank 0 gathers the system and hands it to Python
 // (otfgp.lammps.learn), which labels it with the user's labeller (module:function), decides
 // what to add, retrains, re-maps, saves, and returns the new model and the thresholds for
 // it; all ranks load the new model. Everything of the learning rule but those comparisons
