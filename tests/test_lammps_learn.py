@@ -305,3 +305,42 @@ def test_label_check_keywords_reach_the_learner(workdir):
     (workdir / "in.bad").write_text(bad)
     out = run_lmp(["-in", "in.bad", "-log", "none"], workdir, timeout=120)
     assert out.returncode != 0 and "label_max_z must be a positive number" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("labeller,expected", [
+    ("nosuchmodule:emt", "does not import"),
+    ("mylabels:emtt", "has no function 'emtt'"),  # a typo'd function name
+    ("mylabels:calls", "is not callable (an object of type int)"),  # a module variable, not callable
+])
+@pytest.mark.parametrize("nprocs", [1, 2])
+def test_unusable_labeller_stops_lammps_before_the_first_step(workdir, labeller, expected, nprocs):
+    """The labeller is built and checked at the fix's init(): a typo stops the run with an
+    error naming it before any step is taken (no thermo output), not at the first DFT call."""
+    (workdir / "in.learn").write_text(INPUT.format(threshold=0.004, labeller=labeller))
+    out = run_lmp(["-in", "in.learn", "-log", "none"], workdir, nprocs=nprocs, timeout=120)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    error = next((line for line in text.splitlines() if line.startswith("ERROR")), "")
+    assert labeller in error and expected in error, text[-2000:]
+    assert thermo_rows(out.stdout).size == 0  # stopped before the run's first thermo row
+    assert not (workdir / "learn_out" / "dft").exists()
+
+
+def test_std_outputs_are_measured_at_step_0(workdir):
+    """f_learn[3] and f_learn[4] in the first thermo row are the epistemic stds of the
+    starting configuration (they read 0 until the first N-th step before)."""
+    (workdir / "in.learn").write_text(
+        INPUT.format(threshold=10.0, labeller="mylabels:emt")
+        .replace("f_learn[3]", "f_learn[3] f_learn[4]")
+        .replace("thermo 10", "thermo 10\nthermo_modify format float %20.15g").replace("run 60", "run 10"))
+    out = run_lmp(["-in", "in.learn", "-log", "none"], workdir)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    rows = thermo_rows(out.stdout)
+    assert rows[0, 0] == 0
+    gp = otfgp.GaussianProcess.load(workdir / "model.otfgp")
+    start = ase_read(workdir / "al.data", format="lammps-data", atom_style="atomic")
+    start.set_chemical_symbols(["Al"] * len(start))
+    ref = gp.predict(start)
+    assert rows[0, 5] == pytest.approx(ref.epistemic_force_stds.max(), rel=1e-8)
+    assert rows[0, 6] == pytest.approx(ref.epistemic_local_energy_stds.max(), rel=1e-8)
+    assert rows[1, 5] > 0 and rows[1, 5] != rows[0, 5]  # step 10: the moved atoms' stds

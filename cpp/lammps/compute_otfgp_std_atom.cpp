@@ -9,12 +9,14 @@
 #include "error.h"
 #include "force.h"
 #include "memory.h"
+#include "metal_units.h"
 #include "pair_otfgp.h"
 #include "update.h"
 
 using namespace LAMMPS_NS;
 
 ComputeOTFGPStdAtom::ComputeOTFGPStdAtom(LAMMPS *lmp, int narg, char **arg) : Compute(lmp, narg, arg) {
+  otfgp_lammps::require_metal_units(lmp, "compute otfgp/std/atom");
   // Optional keywords: "exact", the exact GP variance even when the model has variance maps;
   // "latent", the GP's latent stds instead of the reported (calibrated) ones.
   for (int i = 3; i < narg; ++i) {

@@ -5,12 +5,14 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <exception>
 #include <limits>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -19,6 +21,7 @@
 #include "domain.h"
 #include "error.h"
 #include "force.h"
+#include "metal_units.h"
 #include "model_io.h"
 #include "pair_otfgp.h"
 #include "update.h"
@@ -28,6 +31,29 @@ using namespace LAMMPS_NS;
 using namespace FixConst;
 
 namespace {
+
+// Returns on every rank once rank 0 has called it, the other ranks sleeping meanwhile.
+// A blocking collective (MPI_Bcast, MPI_Barrier) busy-polls in MPICH: while rank 0 runs a
+// DFT call of minutes, every other rank would burn a core that pw.x could use. A
+// non-blocking barrier tested between sleeps costs no CPU; the sleep grows from 1 ms to
+// 50 ms, so a quick call (EMT, an import) adds about a millisecond and a long one at most
+// 50 ms, nothing against the DFT.
+void idle_until_rank0_arrives(MPI_Comm world, int me) {
+  MPI_Request arrived;
+  MPI_Ibarrier(world, &arrived);
+  if (me == 0) {
+    MPI_Wait(&arrived, MPI_STATUS_IGNORE);  // the others are already in: returns at once
+    return;
+  }
+  constexpr std::chrono::milliseconds kLongestSleep{50};
+  std::chrono::microseconds sleep{1000};
+  for (int done = 0;;) {
+    MPI_Test(&arrived, &done, MPI_STATUS_IGNORE);
+    if (done) return;
+    std::this_thread::sleep_for(sleep);
+    sleep = std::min<std::chrono::microseconds>(2 * sleep, kLongestSleep);
+  }
+}
 
 // Broadcasts a string from rank 0 (resized on the others).
 void broadcast(std::string &s, MPI_Comm world) {
@@ -61,6 +87,7 @@ std::optional<double> *label_check(otfgp_lammps::LearnOptions &o, const std::str
 
 FixOTFGPLearn::FixOTFGPLearn(LAMMPS *lmp, int narg, char **arg) : Fix(lmp, narg, arg) {
   if (narg < 4) error->all(FLERR, "fix otfgp/learn needs: ID group otfgp/learn N keyword value ...");
+  otfgp_lammps::require_metal_units(lmp, "fix otfgp/learn");
   nevery = utils::inumeric(FLERR, arg[3], false, lmp);
   if (nevery < 1) error->all(FLERR, "fix otfgp/learn: N must be a positive integer");
   setup_.fix_id = id;
@@ -167,6 +194,7 @@ std::optional<std::string> FixOTFGPLearn::on_rank0(const std::function<void()> &
       message = e.what();
     }
   }
+  idle_until_rank0_arrives(world, comm->me);
   MPI_Bcast(&failed, 1, MPI_INT, 0, world);
   if (!failed) return std::nullopt;
   broadcast(message, world);
@@ -176,6 +204,13 @@ std::optional<std::string> FixOTFGPLearn::on_rank0(const std::function<void()> &
 void FixOTFGPLearn::init() {
   pair_ = dynamic_cast<PairOTFGP *>(force->pair_match("^otfgp", 0));
   if (!pair_) error->all(FLERR, "fix otfgp/learn requires pair_style otfgp");
+  // The labeller labels the whole system and the model learns all of it, so every type
+  // must be a species of the model.
+  const std::vector<std::string> &symbols = pair_->type_symbols();
+  for (std::size_t t = 1; t < symbols.size(); ++t)
+    if (symbols[t] == "NULL")
+      error->all(FLERR, "fix otfgp/learn: atom type {} is NULL in pair_coeff otfgp; on-the-fly "
+                 "learning needs every atom type mapped to a species of the model", t);
   // The check of end_of_step(), every N steps; exact unless the mapped variance is asked for.
   variance_request_ = pair_->request_variances(
       {[this](bigint step) { return step % nevery == 0; }, !mapped_uncertainty_});
@@ -188,7 +223,14 @@ void FixOTFGPLearn::init() {
   broadcast(thresholds_, world);
 }
 
-void FixOTFGPLearn::end_of_step() {
+void FixOTFGPLearn::setup(int) {
+  // The stds of the starting configuration, so that f_ID[3] and f_ID[4] are meaningful in
+  // the first thermo row (LAMMPS sets fixes up after the setup force pass and before that
+  // output). Only measured: DFT is still first considered at the first N-th step.
+  measure_uncertainty();
+}
+
+std::vector<double> FixOTFGPLearn::measure_uncertainty() {
   const int nlocal = atom->nlocal;
   // The decision uses the exact GP variance unless the mapped one is asked for, and the
   // epistemic part of the calibrated stds (what a DFT call can reduce), as the Python
@@ -211,6 +253,11 @@ void FixOTFGPLearn::end_of_step() {
   MPI_Allreduce(local_max, global_max, 2, MPI_DOUBLE, MPI_MAX, world);
   last_max_std_ = global_max[0];
   last_max_local_energy_std_ = global_max[1];
+  return per_atom;
+}
+
+void FixOTFGPLearn::end_of_step() {
+  const std::vector<double> per_atom = measure_uncertainty();
   const bool audit = audit_every_ > 0 && update->ntimestep % audit_every_ == 0;
   const char *fired = nullptr;
   if (last_max_std_ > thresholds_.force)

@@ -4,11 +4,10 @@
 //   fix learn all otfgp/learn 10 relative_threshold 2.0 labeller mylabels:qe &
 //       max_atoms_added 4 add_threshold 1.5 add_energy yes output_dir learn_out uncertainty exact
 //
-// Every N steps the largest reported force std of the group is compared with a threshold
-// (eV/A), and the largest reported local-energy std with a second threshold (eV) when
-// Python gives one. Reported stds are the model's calibrated ones (what Python's
-// GPCalculator and compute otfgp/std/atom report), so a threshold means the same as in the
-// ASE learner. Above either, rank 0 gathers the system and hands it to Python
+// Every N steps the largest epistemic force std of the group is compared with a threshold
+// (eV/A), and the largest epistemic local-energy std with a second threshold (eV) when
+// Python gives one. Epistemic: the part of the model's reported (calibrated) stds that
+// more data reduce, what the ASE learner compares, so a threshold means the same in both. Above either, rank 0 gathers the system and hands it to Python
 // (otfgp.lammps.learn), which labels it with the user's labeller (module:function), decides
 // what to add, retrains, re-maps, saves, and returns the new model and the thresholds for
 // it; all ranks load the new model. Everything of the learning rule but those comparisons
@@ -19,13 +18,16 @@
 // With `audit_every M` (a multiple of N) the frame of every M-th step is labelled even below
 // the threshold: an audit, whose error before learning is an unbiased sample of the real
 // error (learn_log.jsonl "pre_update"). Global vector for thermo: [DFT calls, training
-// environments, last max force std, last max local-energy std].
+// environments, last max force std, last max local-energy std]; the stds are measured at
+// the run's setup too, so the first thermo row shows those of the starting configuration.
+// While rank 0 is in Python (labelling, retraining) the other ranks sleep, not spin.
 #pragma once
 
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "fix.h"
 #include "python_bridge.h"
@@ -41,15 +43,20 @@ class FixOTFGPLearn : public Fix {
   FixOTFGPLearn(class LAMMPS *, int, char **);
   int setmask() override;
   void init() override;
+  void setup(int) override;
   void end_of_step() override;
   double compute_vector(int) override;
 
  private:
   void parse_keywords(int narg, char **arg);
+  // The group's largest force and local-energy stds (into last_max_*, on every rank);
+  // returns each local atom's largest force-component std.
+  std::vector<double> measure_uncertainty();
   // `fired`: which test called DFT ("force", "local_energy" or "audit").
   void learn(const double *per_atom_max, const char *fired);
   // Runs `call` on rank 0 only and broadcasts the outcome: nullopt on every rank if it
   // succeeded, else its error message, so an exception on rank 0 ends every rank cleanly.
+  // The other ranks sleep meanwhile instead of spinning in MPI (idle_until_rank0_arrives).
   std::optional<std::string> on_rank0(const std::function<void()> &call) const;
 
   otfgp_lammps::StartRequest setup_;  // fix ID, labeller, output dir, options; model at init

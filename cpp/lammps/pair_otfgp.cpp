@@ -12,6 +12,7 @@
 #include "error.h"
 #include "force.h"
 #include "memory.h"
+#include "metal_units.h"
 #include "model_io.h"
 #include "neigh_list.h"
 #include "neighbor.h"
@@ -37,6 +38,8 @@ PairOTFGP::~PairOTFGP() {
 }
 
 void PairOTFGP::settings(int narg, char **) {
+  // Here, at the pair_style line: LAMMPS allows no `units` command after the box exists.
+  otfgp_lammps::require_metal_units(lmp, "pair_style otfgp");
   if (narg != 0) error->all(FLERR, "Illegal pair_style otfgp command: it takes no arguments");
 }
 
@@ -44,7 +47,8 @@ void PairOTFGP::coeff(int narg, char **arg) {
   const int ntypes = atom->ntypes;
   if (narg != 3 + ntypes)
     error->all(FLERR, "pair_coeff otfgp needs: * * model-file followed by {} species symbols "
-               "(one per atom type), got {} arguments", ntypes, narg);
+               "(one per atom type, NULL for a type another hybrid sub-style handles), got {} arguments",
+               ntypes, narg);
   if (std::string(arg[0]) != "*" || std::string(arg[1]) != "*")
     error->all(FLERR, "pair_coeff otfgp must be 'pair_coeff * * model-file symbols...'");
   if (!allocated) {
@@ -61,10 +65,19 @@ void PairOTFGP::coeff(int narg, char **arg) {
     error->all(FLERR, "pair otfgp: model file {} holds an untrained model", arg[2]);
   model_file_ = arg[2];
   type_symbols_.assign(ntypes + 1, "");
-  for (int t = 1; t <= ntypes; ++t) type_symbols_[t] = arg[2 + t];
+  for (int t = 1; t <= ntypes; ++t) {
+    type_symbols_[t] = arg[2 + t];
+    // Alone, a NULL type would have no interactions at all; LAMMPS's own message for that
+    // ("All pair coeffs are not set") would not say why.
+    if (type_symbols_[t] == "NULL" && force->pair == this)
+      error->all(FLERR, "pair otfgp: atom type {} is NULL, which needs pair_style hybrid or "
+                 "hybrid/overlay with another sub-style for that type", t);
+  }
   map_types();
+  // As eam/alloy and tersoff: only pairs of mapped types are this style's, so that under
+  // pair_style hybrid the NULL types' pairs must be (and can be) given to another style.
   for (int i = 1; i <= ntypes; ++i)
-    for (int j = 1; j <= ntypes; ++j) setflag[i][j] = 1;
+    for (int j = 1; j <= ntypes; ++j) setflag[i][j] = type_species_[i] >= 0 && type_species_[j] >= 0;
 }
 
 void PairOTFGP::map_types() {
@@ -73,14 +86,16 @@ void PairOTFGP::map_types() {
   std::string known;
   for (int z : model_->atomic_numbers()) known += " " + std::to_string(z);
   for (int t = 1; t <= ntypes; ++t) {
+    if (type_symbols_[t] == "NULL") continue;  // not ours (pair_style hybrid): stays -1
     const int z = otfgp_lammps::atomic_number(type_symbols_[t]);
     if (z == 0)
-      error->all(FLERR, "pair otfgp: '{}' (atom type {}) is not a chemical symbol",
+      error->all(FLERR, "pair otfgp: '{}' (atom type {}) is not a chemical symbol (or NULL)",
                  type_symbols_[t], t);
     try {
       type_species_[t] = model_->species_index(z);
     } catch (const std::exception &e) {
-      error->all(FLERR, "pair otfgp: species {} of atom type {} is not in model {}: {}",
+      error->all(FLERR, "pair otfgp: species {} of atom type {} is not in model {}: {} (under "
+                 "pair_style hybrid, NULL leaves a type to another sub-style)",
                  type_symbols_[t], t, model_file_, e.what());
     }
   }
@@ -117,7 +132,10 @@ void PairOTFGP::set_model(std::unique_ptr<otfgp::Model> model) {
 
 const otfgp::LocalEnvironments &PairOTFGP::environments() {
   // Identity keys by atom ID, so every periodic image of an atom shares one key (needed to
-  // count an atom once when a small cell makes it its own neighbour).
+  // count an atom once when a small cell makes it its own neighbour). Atoms of NULL types
+  // get no key and are neither centres nor neighbours: the model knows nothing of them.
+  // (pair_style hybrid already leaves them out of this style's neighbour list; the test
+  // here keeps that true for any list.)
   const double *const *x = atom->x;
   const int *type = atom->type;
   const tagint *tag = atom->tag;
@@ -130,26 +148,34 @@ const otfgp::LocalEnvironments &PairOTFGP::environments() {
   key_.resize(nall);
   std::vector<int> &key = key_;
   for (int j = 0; j < nall; ++j) {
+    const int species = type_species_[type[j]];
+    if (species < 0) {
+      key[j] = -1;
+      continue;
+    }
     auto [it, inserted] = key_of_tag_.emplace(tag[j], static_cast<int>(env.key_species.size()));
-    if (inserted) env.key_species.push_back(type_species_[type[j]]);
+    if (inserted) env.key_species.push_back(species);
     key[j] = it->second;
   }
-  const int inum = list->inum;
   const double cut2 = cutmax_ * cutmax_;
-  env.neighbors.offsets.assign(inum + 1, 0);
-  env.centre_keys.resize(inum);
-  for (int ii = 0; ii < inum; ++ii) {
+  centres_.clear();
+  env.centre_keys.clear();
+  env.neighbors.offsets.assign(1, 0);
+  for (int ii = 0; ii < list->inum; ++ii) {
     const int i = list->ilist[ii];
-    env.centre_keys[ii] = key[i];
+    if (key[i] < 0) continue;
+    centres_.push_back(i);
+    env.centre_keys.push_back(key[i]);
     const int *jlist = list->firstneigh[i];
     for (int jj = 0; jj < list->numneigh[i]; ++jj) {
       const int j = jlist[jj] & NEIGHMASK;
+      if (key[j] < 0) continue;
       const double r0 = x[j][0] - x[i][0], r1 = x[j][1] - x[i][1], r2 = x[j][2] - x[i][2];
       const double d2 = r0 * r0 + r1 * r1 + r2 * r2;
       if (d2 >= cut2) continue;
       env.neighbors.items.push_back({key[j], {r0, r1, r2}, std::sqrt(d2)});
     }
-    env.neighbors.offsets[ii + 1] = static_cast<int>(env.neighbors.items.size());
+    env.neighbors.offsets.push_back(static_cast<int>(env.neighbors.items.size()));
   }
   return env;
 }
@@ -182,8 +208,8 @@ void PairOTFGP::compute(int eflag, int vflag) {
     error->one(FLERR, "pair otfgp: {}", e.what());
   }
   double **f = atom->f;
-  for (int ii = 0; ii < list->inum; ++ii) {
-    const int i = list->ilist[ii];
+  for (std::size_t ii = 0; ii < centres_.size(); ++ii) {
+    const int i = centres_[ii];
     for (int t = 0; t < 3; ++t) f[i][t] += p.forces[3 * ii + t];
     if (eflag_global) eng_vdwl += p.energies[ii];
     if (eflag_atom) eatom[i] += p.energies[ii];
@@ -201,9 +227,10 @@ void PairOTFGP::compute(int eflag, int vflag) {
 }
 
 std::vector<double> PairOTFGP::local_order(const std::vector<double> &per_centre, int cols) const {
+  // Atoms that are no centre of this style (NULL types) keep 0.
   std::vector<double> out(cols * static_cast<std::size_t>(atom->nlocal), 0.0);
-  for (int ii = 0; ii < list->inum; ++ii) {
-    const int i = list->ilist[ii];
+  for (std::size_t ii = 0; ii < centres_.size(); ++ii) {
+    const int i = centres_[ii];
     for (int t = 0; t < cols; ++t) out[cols * i + t] = per_centre[cols * ii + t];
   }
   return out;

@@ -3,6 +3,11 @@
 //   pair_style otfgp
 //   pair_coeff * * model.otfgp Al Cu      (one species symbol per LAMMPS atom type)
 //
+//   pair_style hybrid otfgp lj/cut 10.0
+//   pair_coeff * * otfgp model.otfgp Al NULL  (NULL: a type the model does not cover; its
+//   pair_coeff 1 2 lj/cut ...                  pairs are another sub-style's, as with
+//   pair_coeff 2 2 lj/cut ...                  eam/alloy or tersoff)
+//
 // Each owned atom's energy, force and virial share come from the pairs and triplets centred
 // at it (the core's predict_local), so no forces land on ghost atoms and newton on/off give
 // identical results.
@@ -85,11 +90,12 @@ class PairOTFGP : public Pair {
   std::unique_ptr<otfgp::Model> model_;
   std::string model_file_;
   std::vector<std::string> type_symbols_;  // per LAMMPS type (index 1..ntypes)
-  std::vector<int> type_species_;          // per LAMMPS type: model species index
+  std::vector<int> type_species_;          // per LAMMPS type: model species index, -1 for NULL
   double cutmax_ = 0.0;
   otfgp::LocalEnvironments env_;
   std::unordered_map<tagint, int> key_of_tag_;
-  std::vector<int> key_;
+  std::vector<int> key_;                   // per local+ghost atom: identity key, -1 for NULL types
+  std::vector<int> centres_;               // local atom index of each environment's centre
   // Not owning: a consumer's handle going away (unfix, uncompute) ends its registration.
   std::vector<std::weak_ptr<const otfgp_lammps::VarianceRequest>> variance_requests_;
   // Variances computed in the force pass (or by the last variances() call): step, mode, and

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
+from ase.calculators.calculator import BaseCalculator
 
 from .. import atomic_io
 from ..gp import GaussianProcess
@@ -102,9 +103,21 @@ def start(request: dict[str, Any]) -> tuple[float, float | None]:
         state.labeller = make_labeller(spec)  # imports a module:function now, not at the first call
     except Exception as exc:
         raise ValueError(f"labeller {spec}: {type(exc).__name__}: {exc}") from exc
+    _require_usable_labeller(spec, state.labeller)
     out = Path(request["output_dir"])
     state.checks = LabelChecks(options, spec, out, history=out / "dft", digits=9)
     return _thresholds(request, options, state.model)
+
+
+def _require_usable_labeller(spec: str, labeller: Any) -> None:
+    """ValueError unless ``labeller`` is something :func:`otfgp.learning.label` can call: an
+    ASE calculator or a callable. Checked at the start of the run, so that a
+    ``module:name`` naming e.g. a variable stops LAMMPS before the first step, not at the
+    first DFT call hours later."""
+    if isinstance(labeller, BaseCalculator) or callable(labeller):
+        return
+    raise ValueError(f"labeller {spec} is not callable (an object of type {type(labeller).__name__}): give a "
+                     "function that takes an ase.Atoms and returns an ASE calculator or a dict of results")
 
 
 def learn(request: dict[str, Any]) -> tuple[bytes, float, float | None]:
