@@ -49,6 +49,20 @@ def random_triclinic(rng: np.random.Generator, n: int = 6, species=("Al", "Cu"),
     return Atoms(symbols, positions=pos, cell=cell, pbc=pbc)
 
 
+def assert_gradient_matches_central_differences(value, grad: dict[str, float], point: dict[str, float],
+                                                rel_step: float = 1e-5, rel: float = 1e-4,
+                                                abs: float = 1e-6) -> None:
+    """``grad`` (name -> d value / d name at ``point``) equals central differences of
+    ``value(point)`` with a relative step per hyperparameter."""
+    for name in point:
+        h = rel_step * point[name]
+        plus, minus = dict(point), dict(point)
+        plus[name] += h
+        minus[name] -= h
+        fd = (value(plus) - value(minus)) / (2 * h)
+        assert grad[name] == pytest.approx(fd, rel=rel, abs=abs), name
+
+
 def trained_toy_model(rng: np.random.Generator, species=("Al", "Cu"), energy=True, stress=True,
                       cutoffs=None) -> otfgp.GaussianProcess:
     """A quickly trained multi-species model on EMT labels of random triclinic cells."""

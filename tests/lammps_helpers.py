@@ -70,3 +70,22 @@ def run_lmp(args: list[str], cwd: Path, nprocs: int = 1, timeout: float = 300) -
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
+
+
+def learn_deck(fix_args: str, thermo: str = "thermo_style custom step pe etotal f_learn[1] f_learn[2] f_learn[3]\n"
+               "thermo 10", steps: int = 60) -> str:
+    """An Al NVE input (al.data, model.otfgp, 1500 K) with ``fix learn all otfgp/learn
+    {fix_args}``: the deck of the fix's tests."""
+    return f"""
+units metal
+atom_style atomic
+read_data al.data
+pair_style otfgp
+pair_coeff * * model.otfgp Al
+velocity all create 1500 777 dist gaussian
+fix 1 all nve
+timestep 0.005
+fix learn all otfgp/learn {fix_args}
+{thermo}
+run {steps}
+"""

@@ -12,7 +12,7 @@ import pytest
 import otfgp
 from otfgp.lammps.thermo import thermo_rows
 from conftest import displaced_al
-from lammps_helpers import fixed_al_model, run_lmp, write_data
+from lammps_helpers import fixed_al_model, learn_deck, run_lmp, write_data
 
 LABELLERS = '''
 from ase.calculators.emt import EMT
@@ -46,20 +46,8 @@ def absurd_from_third_call(atoms):
     return out
 '''
 
-INPUT = """
-units metal
-atom_style atomic
-read_data al.data
-pair_style otfgp
-pair_coeff * * model.otfgp Al
-velocity all create 1500 777 dist gaussian
-fix 1 all nve
-timestep 0.005
-fix learn all otfgp/learn 5 threshold {threshold} labeller {labeller} output_dir learn_out
-thermo_style custom step pe etotal f_learn[1] f_learn[2] f_learn[3]
-thermo 10
-run 60
-"""
+# {threshold} and {labeller} filled in per test (str.format)
+INPUT = learn_deck("5 threshold {threshold} labeller {labeller} output_dir learn_out")
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import displaced_al
-from lammps_helpers import LMP, MPIRUN, fixed_al_model, write_data
+from lammps_helpers import LMP, MPIRUN, fixed_al_model, learn_deck, write_data
 
 SLEEP_S = 6.0
 
@@ -31,19 +31,7 @@ def slow_emt(atoms):
     return EMT()
 '''
 
-INPUT = """
-units metal
-atom_style atomic
-read_data al.data
-pair_style otfgp
-pair_coeff * * model.otfgp Al
-velocity all create 1500 777 dist gaussian
-fix 1 all nve
-timestep 0.005
-fix learn all otfgp/learn 5 threshold 0.001 labeller slowlab:slow_emt output_dir learn_out
-thermo 5
-run 5
-"""
+INPUT = learn_deck("5 threshold 0.001 labeller slowlab:slow_emt output_dir learn_out", thermo="thermo 5", steps=5)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

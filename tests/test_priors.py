@@ -9,7 +9,7 @@ from ase.calculators.emt import EMT
 import otfgp
 from otfgp.gp import DEFAULT_BOUNDS, MAXIMUM_LIKELIHOOD_BOUNDS
 from otfgp.priors import DEFAULT_PRIORS, LOG_10, LogNormal, Priors
-from conftest import displaced_al, random_alloy
+from conftest import assert_gradient_matches_central_differences, displaced_al, random_alloy
 
 _HYP = {"sigma2": 0.3, "ell2": 0.9, "sigma3": 0.05, "ell3": 0.6,
         "noise_force": 0.04, "noise_energy": 0.2, "noise_stress": 0.01}
@@ -49,14 +49,9 @@ def test_prior_gradient_matches_finite_differences(rng):
     gp = _mixed_model(rng)
     value, grad = gp.log_prior(_HYP)
     assert set(gp._active()) == set(_HYP)
-    for name in _HYP:
-        h = 1e-6 * _HYP[name]
-        plus, minus = dict(_HYP), dict(_HYP)
-        plus[name] += h
-        minus[name] -= h
-        fd = (gp.log_prior(plus)[0] - gp.log_prior(minus)[0]) / (2 * h)
-        assert grad[name] == pytest.approx(fd, rel=1e-6, abs=1e-8), name
-        assert grad[name] != 0.0, name  # every hyperparameter is off its prior median here
+    assert_gradient_matches_central_differences(lambda h: gp.log_prior(h)[0], grad, _HYP,
+                                                rel_step=1e-6, rel=1e-6, abs=1e-8)
+    assert all(grad[name] != 0.0 for name in _HYP)  # every hyperparameter is off its prior median here
 
 
 def test_log_posterior_is_likelihood_plus_prior_with_matching_gradient(rng):
@@ -64,13 +59,7 @@ def test_log_posterior_is_likelihood_plus_prior_with_matching_gradient(rng):
     value, grad = gp.log_posterior_gradient(_HYP)
     assert value == pytest.approx(gp.log_likelihood(_HYP) + gp.log_prior(_HYP)[0], rel=1e-12)
     assert value == pytest.approx(gp.log_posterior(_HYP), rel=1e-12)
-    for name in _HYP:
-        h = 1e-5 * _HYP[name]
-        plus, minus = dict(_HYP), dict(_HYP)
-        plus[name] += h
-        minus[name] -= h
-        fd = (gp.log_posterior(plus) - gp.log_posterior(minus)) / (2 * h)
-        assert grad[name] == pytest.approx(fd, rel=1e-4, abs=1e-6), name
+    assert_gradient_matches_central_differences(gp.log_posterior, grad, _HYP)
 
 
 def test_signal_medians_follow_the_force_labels(rng):

@@ -27,7 +27,9 @@ A config file (TOML, or YAML when PyYAML is installed) has five sections::
     # file = "start.extxyz" and index = 0  # ... or a structure file (relative to the config)
 
     [md]
-    integrator = "velocity_verlet"   # or "langevin" (friction, 1/fs), "npt_berendsen"
+    integrator = "velocity_verlet"   # or langevin, langevin_baoab, bussi, nose_hoover_chain, npt,
+                                     # npt_berendsen, isotropic_mtk_npt; bfgs / fire (fmax,
+                                     # relax_cell): the keys of each in docs/config.md
     timestep_fs = 5.0
     temperature_K = 300     # Maxwell-Boltzmann start (and thermostat target)
     seed = 2
@@ -47,7 +49,8 @@ A config file (TOML, or YAML when PyYAML is installed) has five sections::
     # priors = {noise_force = [0.02, 3.0]}   # [median, factor per std]; false: maximum likelihood
 
     [labeller]
-    type = "espresso"       # or "emt", or "module:function"; espresso keys: otfgp.labellers.espresso_calculator
+    type = "espresso"       # or "emt", "module:function", any ASE calculator by name ("cp2k",
+                            # "vasp", ...; docs/labellers.md); espresso keys: otfgp.labellers.espresso_calculator
     kpts = [2, 2, 2]
 
     [otf]                   # otfgp.OTFOptions fields
