@@ -19,15 +19,30 @@ from otfgp.learning import (DEFAULT_LOCAL_ENERGY_THRESHOLD, DEFAULT_STRESS_THRES
 from otfgp.otf import cell_can_change
 
 
-@pytest.fixture(scope="module")
-def model():
+def _rattled_model(energy: bool) -> otfgp.GaussianProcess:
     gp = otfgp.GaussianProcess(["Al"], {"twobody": 4.0})
     atoms = bulk("Al", "fcc", a=4.05, cubic=True)
     atoms.rattle(0.05, seed=1)
     atoms.calc = EMT()
-    gp.add_training_data(atoms)
+    gp.add_training_data(atoms, energy=energy)
     gp.train(optimize=False)
     return gp
+
+
+@pytest.fixture(scope="module")
+def model():
+    """Trained on forces and the energy: its local-energy std is meaningful."""
+    return _rattled_model(energy=True)
+
+
+def test_local_energy_check_needs_energy_labels():
+    """A force-trained model's local energy is fixed only up to a constant, so the default
+    local-energy bound does not apply to it (it would fire everywhere); an explicit one does."""
+    force_only = _rattled_model(energy=False)
+    quiet = FrameUncertainty(0.01, 0.02, 0.5 * DEFAULT_STRESS_THRESHOLD)
+    assert label_reasons(quiet, LearningOptions(threshold=0.05), force_only, cell_changes=True) == []
+    explicit = LearningOptions(threshold=0.05, local_energy_threshold=0.01)
+    assert label_reasons(quiet, explicit, force_only, cell_changes=True) == ["local-energy std 0.02 > 0.01 eV/atom"]
 
 
 def test_extrapolation_checks_follow_the_cell(model):
