@@ -7,7 +7,6 @@ import pytest
 
 import otfgp
 from otfgp.calibration import Calibration, ModelCalibration
-from otfgp.learning import DEFAULT_LOCAL_ENERGY_THRESHOLD
 from lammps_helpers import two_species_model, lammps_cell, run_lmp, write_data
 
 SPECIES = ["Al", "Cu"]
@@ -95,10 +94,13 @@ def test_learn_start_returns_force_and_local_energy_thresholds(calibrated_dir, t
     model = tmp_path / "model.otfgp"
     model.write_bytes((d / "exact.otfgp").read_bytes())
     request = {"fix_id": "t", "model_file": str(model), "labeller": "emt", "output_dir": str(tmp_path),
-               "options": {"threshold": 0.03}, "cell_changes": True}
-    # the box changes: the local-energy test is on with its default bound; a fixed box: off
-    assert learn.start(request) == (0.03, DEFAULT_LOCAL_ENERGY_THRESHOLD)
+               "options": {"threshold": 0.03, "local_energy_threshold": 0.02}, "cell_changes": True}
+    # the box changes: the local-energy test is on with its bound; a fixed box: off
+    assert learn.start(request) == (0.03, 0.02)
     assert learn.start({**request, "cell_changes": False}) == (0.03, None)
+    # the default bound is for models trained on energies, which this one is not
+    assert not otfgp.GaussianProcess.load(model).has_energy_labels
+    assert learn.start({**request, "options": {"threshold": 0.03}}) == (0.03, None)
     seen = []
 
     def rule(options, gp, cell_changes):
