@@ -156,5 +156,6 @@ def test_dask_local_cluster_with_injected_failure(tmp_path):
     assert result.indices == [0, 1, 2, 3, 5]
     (failure,) = result.failures
     assert failure.index == 4 and failure.attempts == 2 and "injected failure" in failure.error
+    assert [calls(tmp_path, i) for i in range(6)] == [1, 1, 1, 1, 2, 1]  # the retry really ran
     assert_emt_labels(result.labelled, [batch[i] for i in result.indices])
     assert len(hosts) == 2

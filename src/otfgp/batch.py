@@ -162,10 +162,14 @@ def _build_labeller(spec: LabellerSpec, job_dir: Path) -> Labeller:
 
 def label_job(frame: Atoms, labeller: LabellerSpec, job_dir: str | os.PathLike,
               stress: bool | None = False, checks: LabelChecks | None = None,
-              index: int | None = None) -> Atoms:
+              index: int | None = None, attempt: int = 1) -> Atoms:
     """Label one frame in ``job_dir`` (the function each worker runs): build the labeller
     from its specification, label through :func:`otfgp.learning.label` and store the
     result losslessly in ``job_dir/labelled.traj`` before returning it.
+
+    ``attempt`` (1, 2, ...) only makes each retry a distinct call: Dask's executor
+    identifies a task by a hash of its function and arguments, and would answer a retry
+    with the same arguments by the stored failure instead of running it again.
 
     Raises:
         JobFailed: building the labeller or labelling failed, the labels are unusable, or
@@ -316,7 +320,8 @@ def _run(pool: Executor, frames: list[Atoms], todo: list[int], labeller: Labelle
 
     def submit(i: int) -> Future:
         attempts[i] += 1
-        return pool.submit(label_job, frames[i], labeller, str(job_directory(directory, i)), stress, checks, i)
+        return pool.submit(label_job, frames[i], labeller, str(job_directory(directory, i)), stress, checks, i,
+                           attempts[i])
 
     pending: dict[Future, int] = {submit(i): i for i in todo}
     while pending:
