@@ -1,0 +1,120 @@
+"""Query strategies: which frames of a candidate pool to label next, as a batch.
+
+Each strategy returns the chosen frames' indices into ``pool`` (distinct, in the order they
+were picked), for :func:`otfgp.batch.label_batch`:
+
+- :func:`random_batch`: a uniform random sample (the baseline every other strategy must beat);
+- :func:`max_uncertainty_batch`: the ``k`` frames whose largest per-atom force std is
+  largest. Cheap, but blind to redundancy: near-identical frames score alike and are all
+  picked;
+- :func:`greedy_variance_batch`: frames picked one at a time, each pick conditioning the GP
+  on that frame before the next is scored, so a frame that the batch already explains is
+  not picked again. A GP can do this exactly without labels, because its posterior
+  variance does not depend on the label values.
+
+The uncertainty is the model's *epistemic* force std (:attr:`otfgp.gp.Prediction.epistemic_force_stds`):
+the calibrated part of the reported std that more training data reduce (a latent^p of the
+calibration; the latent std when uncalibrated). The calibration's floor, its
+force-proportional term and the label noise are left out because a label cannot remove
+them, so they carry no information about which frame to label; it is the quantity the
+on-the-fly DFT decision compares too (:class:`otfgp.learning.FrameUncertainty`). A frame's
+score is the largest std of any of its force components.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+from ase import Atoms
+
+from .gp import GaussianProcess
+from .learning import choose_atoms
+
+log = logging.getLogger(__name__)
+
+VARIANCE = "exact"
+"""The variance mode of every prediction here: the greedy strategy adds data to a copy of
+the model, which drops its maps, so all strategies compare exact variances (a mapped model's
+mapped variance would make the first pick incomparable with the later ones)."""
+
+
+def _check_k(pool: Sequence[Atoms], k: int) -> int:
+    if int(k) != k or k < 0:
+        raise ValueError(f"batch size k must be a non-negative integer, got {k!r}")
+    if k > len(pool):
+        raise ValueError(f"batch size k = {k} exceeds the pool of {len(pool)} frame(s)")
+    return int(k)
+
+
+def per_atom_std(model: GaussianProcess, frame: Atoms) -> np.ndarray:
+    """Per-atom epistemic force std of ``frame`` (largest of the three components, eV/A)."""
+    stds = model.predict(frame, variance=VARIANCE).epistemic_force_stds
+    return np.asarray(stds, dtype=float).max(axis=1)
+
+
+def frame_scores(model: GaussianProcess, pool: Sequence[Atoms]) -> np.ndarray:
+    """Each frame's score: its largest epistemic force-component std (eV/A)."""
+    return np.array([per_atom_std(model, f).max() if len(f) else 0.0 for f in pool])
+
+
+def random_batch(pool: Sequence[Atoms], k: int, rng: np.random.Generator | int | None = None) -> list[int]:
+    """``k`` distinct frames of ``pool`` drawn uniformly at random (``rng``: a generator or
+    a seed)."""
+    k = _check_k(pool, k)
+    return [int(i) for i in np.random.default_rng(rng).choice(len(pool), size=k, replace=False)]
+
+
+def max_uncertainty_batch(model: GaussianProcess, pool: Sequence[Atoms], k: int) -> list[int]:
+    """The ``k`` frames with the largest score (:func:`frame_scores`), most uncertain first
+    (ties: the earlier frame)."""
+    k = _check_k(pool, k)
+    scores = frame_scores(model, pool)
+    return [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
+
+
+def greedy_variance_batch(model: GaussianProcess, pool: Sequence[Atoms], k: int,
+                          atoms_per_frame: int | None = None, min_std: float | None = None) -> list[int]:
+    """``k`` frames picked greedily, each pick updating the GP variance before the next.
+
+    Round by round: score the remaining frames (:func:`frame_scores`), pick the highest,
+    and condition a copy of the model on it the way labelling would: the environments of
+    its ``atoms_per_frame`` most uncertain atoms (all atoms: ``None``; the same rule as the
+    on-the-fly learner's :func:`otfgp.learning.choose_atoms`) join the training set with
+    *fantasy* force labels, the copy's predicted mean, and the copy is re-solved with its
+    hyperparameters kept (``train(optimize=False)``). That is exact, not an approximation:
+    the GP posterior variance depends on where the labels are, not on their values. The
+    model itself is not changed.
+
+    Duplicated or near-identical frames are thus never both picked while more informative
+    frames remain (:func:`max_uncertainty_batch` picks them all). Once every remaining
+    frame's std is down at the label-noise level the pool has nothing left to teach and
+    the picks are near-ties; ``min_std`` (eV/A, e.g. the force noise sigma_n) stops the
+    batch there, so it may hold fewer than ``k`` frames.
+    """
+    k = _check_k(pool, k)
+    if atoms_per_frame is not None and (int(atoms_per_frame) != atoms_per_frame or atoms_per_frame < 1):
+        raise ValueError(f"atoms_per_frame must be a positive integer or None, got {atoms_per_frame!r}")
+    if k == 0:
+        return []
+    fantasy = model.copy()
+    remaining = list(range(len(pool)))
+    picked: list[int] = []
+    while len(picked) < k:
+        scores = frame_scores(fantasy, [pool[i] for i in remaining])
+        if min_std is not None and scores.max() < min_std:
+            log.info("greedy batch: stopped after %d pick(s), every remaining frame's std is below %.4g eV/A",
+                     len(picked), min_std)
+            break
+        best = remaining.pop(int(np.argmax(scores)))
+        picked.append(best)
+        log.debug("greedy batch: pick %d is frame %d (score %.4g eV/A)", len(picked), best, scores.max())
+        if len(picked) == k:
+            break
+        frame = pool[best]
+        pred = fantasy.predict(frame, variance=VARIANCE)
+        stds = np.asarray(pred.epistemic_force_stds).max(axis=1)
+        chosen = choose_atoms(stds, 0.0, atoms_per_frame if atoms_per_frame is not None else len(frame))
+        fantasy.add_training_data(frame, forces=np.asarray(pred.forces), atom_indices=chosen)
+        fantasy.train(optimize=False)
+    return picked
