@@ -265,10 +265,26 @@ def test_save_load_copy_pickle_keep_the_baseline(delta, tmp_path):
     assert otfgp.GaussianProcess.load(tmp_path / "m.otfgp").core.format_version == 5
 
 
-def test_old_files_load_without_baseline(tmp_path):
+def test_old_files_load_without_baseline():
+    """Format-3 and format-4 files (written by those versions, tests/data/make_v*_fixture.py)
+    load without a baseline; the v4 one (calibrated, mapped, energy and stress labels)
+    predicts exactly what format-4 otfgp predicted."""
     from pathlib import Path
-    gp = otfgp.GaussianProcess.load(Path(__file__).parent / "data" / "model_v3.otfgp")
+    data = Path(__file__).parent / "data"
+    gp = otfgp.GaussianProcess.load(data / "model_v3.otfgp")
     assert gp.baseline is None and gp.core.baseline is None
+    gp = otfgp.GaussianProcess.load(data / "model_v4.otfgp")
+    assert gp.core.format_version == 4 and gp.baseline is None
+    assert gp.calibration is not None and gp.mapped and gp.trained
+    ref = np.load(data / "model_v4_reference.npz")
+    probe = Atoms("Al8", positions=ref["positions"], cell=ref["cell"], pbc=True)
+    exact, mapped = gp.predict(probe, variance="exact"), gp.predict(probe, variance="mapped")
+    assert exact.energy == float(ref["energy"])
+    np.testing.assert_array_equal(exact.forces, ref["forces"])
+    np.testing.assert_array_equal(exact.stress, ref["stress"])
+    np.testing.assert_array_equal(exact.force_variances, ref["force_variances"])
+    np.testing.assert_array_equal(mapped.forces, ref["mapped_forces"])
+    np.testing.assert_array_equal(mapped.force_variances, ref["mapped_force_variances"])
 
 
 def test_mapped_delta_model_adds_the_baseline(delta):
