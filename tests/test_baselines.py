@@ -249,6 +249,38 @@ def test_prediction_is_baseline_plus_gp(delta):
     np.testing.assert_allclose(local["energies"], p.local_energies, atol=1e-10)
 
 
+def test_delta_model_forces_are_minus_energy_gradient(delta):
+    gp, _ = delta
+    atoms = displaced_al(np.random.default_rng(14), amplitude=0.06)
+    forces = gp.predict(atoms, variance=False).forces
+    h = 1e-5
+    for i in (0, 7):
+        for k in range(3):
+            e = []
+            for s in (h, -h):
+                b = atoms.copy()
+                b.positions[i, k] += s
+                e.append(gp.predict(b, variance=False).energy)
+            assert forces[i, k] == pytest.approx(-(e[0] - e[1]) / (2 * h), abs=1e-6)
+
+
+def test_corrupt_baseline_in_file_is_refused(delta):
+    import struct
+
+    gp, _ = delta
+    blob = bytearray(gp.core.to_bytes())
+    kind_at = 20 + 8 + 4 + 16 + 56 + 8 + 8  # one species: header, species, cutoffs, hyper, offsets
+    assert blob[kind_at] == 1  # Morse
+    blob[kind_at] = 9
+    payload = bytes(blob[20:-8])
+    h = 1469598103934665603
+    for byte in payload:
+        h = ((h ^ byte) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    blob[-8:] = struct.pack("<Q", h)
+    with pytest.raises(otfgp.ModelFileError, match="unknown baseline kind 9"):
+        otfgp._core.Model.from_bytes(bytes(blob))
+
+
 def test_save_load_copy_pickle_keep_the_baseline(delta, tmp_path):
     gp, _ = delta
     gp.save(tmp_path / "m.otfgp")
