@@ -115,6 +115,45 @@ otfgp::VarianceMap* calibration_map(otfgp::Calibration& c, int k) {
   return maps[k];
 }
 
+// The baseline crosses as a dict: kind ('morse', 'lennard_jones', 'zbl'), cutoff, elements
+// (atomic numbers), params (one triple per element), overrides (list of (z1, z2, triple)).
+constexpr const char* kBaselineKinds[4] = {"", "morse", "lennard_jones", "zbl"};
+
+otfgp::BaselineSpec baseline_spec_of(const py::dict& d) {
+  otfgp::BaselineSpec b;
+  for (auto item : d) {
+    const auto key = item.first.cast<std::string>();
+    if (key != "kind" && key != "cutoff" && key != "elements" && key != "params" && key != "overrides")
+      throw otfgp::InputError("unknown baseline key '" + key + "' (kind, cutoff, elements, params, overrides)");
+  }
+  if (!d.contains("kind") || !d.contains("cutoff"))
+    throw otfgp::InputError("a baseline needs 'kind' and 'cutoff'");
+  const auto kind = d["kind"].cast<std::string>();
+  int k = 1;
+  while (k < 4 && kind != kBaselineKinds[k]) ++k;
+  if (k == 4) throw otfgp::InputError("unknown baseline kind '" + kind + "' (morse, lennard_jones, zbl)");
+  b.kind = static_cast<otfgp::BaselineKind>(k);
+  b.cutoff = d["cutoff"].cast<double>();
+  if (d.contains("elements")) b.elements = d["elements"].cast<std::vector<int>>();
+  if (d.contains("params")) b.params = d["params"].cast<std::vector<std::array<double, 3>>>();
+  if (d.contains("overrides"))
+    for (const auto& o : d["overrides"].cast<std::vector<std::tuple<int, int, std::array<double, 3>>>>())
+      b.overrides.push_back({std::get<0>(o), std::get<1>(o), std::get<2>(o)});
+  return b;
+}
+
+py::dict baseline_dict(const otfgp::BaselineSpec& b) {
+  py::dict d;
+  d["kind"] = kBaselineKinds[static_cast<int>(b.kind)];
+  d["cutoff"] = b.cutoff;
+  d["elements"] = b.elements;
+  d["params"] = b.params;
+  py::list overrides;
+  for (const auto& o : b.overrides) overrides.append(py::make_tuple(o.z1, o.z2, o.params));
+  d["overrides"] = overrides;
+  return d;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -125,6 +164,26 @@ PYBIND11_MODULE(_core, m) {
   (void)input_error;
   m.attr("MODEL_FORMAT_VERSION") = otfgp::kModelFormatVersion;
   m.attr("CALIBRATION_FORMAT_VERSION") = otfgp::kCalibrationFormatVersion;
+  m.attr("BASELINE_FORMAT_VERSION") = otfgp::kBaselineFormatVersion;
+  m.def(
+      "evaluate_baseline",
+      [](const py::dict& spec, const std::vector<int>& atomic_numbers, const DoubleArray& cell,
+         const std::array<bool, 3>& pbc, const DoubleArray& positions, const IntArray& species) {
+        const otfgp::PairBaseline b(baseline_spec_of(spec), atomic_numbers);
+        const otfgp::Structure s = make_structure(cell, pbc, positions, species);
+        const otfgp::BaselineResult r = b.evaluate(s);
+        const auto n = static_cast<py::ssize_t>(s.size());
+        py::dict d;
+        d["energy"] = r.energy;
+        d["forces"] = to_array(r.forces, {n, 3});
+        d["local_energies"] = to_array(r.local_energies, {n});
+        d["virial"] = to_array({r.virial.begin(), r.virial.end()}, {6});
+        return d;
+      },
+      py::arg("spec"), py::arg("atomic_numbers"), py::arg("cell"), py::arg("pbc"), py::arg("positions"),
+      py::arg("species"),
+      "The baseline alone on a structure (species index atomic_numbers): energy, forces, "
+      "local_energies and virial (dE/d strain, eV, Voigt xx yy zz yz xz xy).");
 
   m.def(
       "apply_variance_map",
@@ -343,7 +402,7 @@ PYBIND11_MODULE(_core, m) {
             {
               py::gil_scoped_release release;
               env.neighbors = otfgp::build_neighbor_list(
-                  s, std::max(mdl.cutoff2(), mdl.cutoff3()), otfgp::kMinDistance);
+                  s, mdl.interaction_cutoff(), otfgp::kMinDistance);
               p = mdl.predict_local(env, true, mode);
             }
             const auto n = static_cast<py::ssize_t>(s.size());
@@ -523,6 +582,20 @@ PYBIND11_MODULE(_core, m) {
           "The variance calibration: dict of force, energy, stress, local_energy (each "
           "dict(a, p, b, c, e); left-out ones are the identity) and info (JSON string), or None "
           "(uncalibrated). Assigning None clears it.")
+      .def_property(
+          "baseline",
+          [](const Model& mdl) -> py::object {
+            return mdl.baseline() ? py::object(baseline_dict(mdl.baseline()->spec())) : py::none();
+          },
+          [](Model& mdl, const py::object& value) {
+            if (value.is_none())
+              mdl.set_baseline(std::nullopt);
+            else
+              mdl.set_baseline(baseline_spec_of(value.cast<py::dict>()));
+          },
+          "The analytic baseline as a dict (kind, cutoff, elements, params, overrides) or None. "
+          "Assigning recomputes the training targets and untrains the model.")
+      .def_property_readonly("interaction_cutoff", &Model::interaction_cutoff)
       .def_property_readonly("format_version", &Model::format_version,
                              "Format version of the file the model was read from (0: built in memory).")
       .def("save", [](const Model& mdl, const std::string& path) { otfgp::save_model(mdl, path); })

@@ -164,12 +164,22 @@ def _fnv1a(data: bytes) -> int:
     return h
 
 
+def _without_baseline_flag(payload: bytes) -> bytes:
+    """A version-5 payload without its "no baseline" flag (after the energy offsets): the
+    version-4 layout."""
+    ns = struct.unpack_from("<Q", payload, 0)[0]
+    offsets_at = 8 + 4 * ns + 16 + 56  # species, cutoffs, hyperparameters
+    pos = offsets_at + 8 + 8 * struct.unpack_from("<Q", payload, offsets_at)[0]
+    assert payload[pos] == 0
+    return payload[:pos] + payload[pos + 1:]
+
+
 def test_version_1_files_still_load(al):
     """A version-1 file (exact GP, no maps section) loads as an unmapped model."""
     _, exact, _ = al
     blob = exact.core.to_bytes()
-    assert struct.unpack_from("<I", blob, 8)[0] == _core.MODEL_FORMAT_VERSION == 4
-    payload = blob[20:-8]
+    assert struct.unpack_from("<I", blob, 8)[0] == _core.MODEL_FORMAT_VERSION == 5
+    payload = _without_baseline_flag(blob[20:-8])
     # "no maps" and "no calibration" flags, the only additions since version 1 when unmapped
     assert payload[-2:] == b"\0\0"
     v1 = payload[:-2]
@@ -183,10 +193,11 @@ def test_version_1_files_still_load(al):
 
 
 def _as_version_2(blob: bytes, unmapped: bytes) -> bytes:
-    """A version-4 uncalibrated mapped model file rewritten as version 2: the maps section
-    without the per-table variance degree (version 2 tables are always cubic) and without
-    the calibration flag (version 4)."""
+    """A version-5 uncalibrated mapped model file without a baseline rewritten as version 2:
+    the maps section without the per-table variance degree (version 2 tables are always
+    cubic), without the calibration flag (version 4) and the baseline flag (version 5)."""
     payload, plain = blob[20:-9], unmapped[20:-9]  # both end in a "no calibration" flag
+    payload, plain = _without_baseline_flag(payload), _without_baseline_flag(plain)
     assert blob[-9] == 0 and unmapped[-9] == 0
     head, maps = payload[:len(plain)], bytearray(payload[len(plain):])
     assert head[:-1] == plain[:-1] and head[-1] == 1  # same model, "has maps" flag

@@ -84,6 +84,50 @@ void Model::set_energy_offsets(const std::vector<double>& e) {
   if (energy_rows) invalidate_solution();
 }
 
+void Model::append_labels(int si, const BaselineResult& base) {
+  const TrainingStructure& t = training_[si];
+  const double volume = t.structure.volume();
+  for (std::size_t k = 0; k < t.force_atoms.size(); ++k)
+    for (int r = 0; r < 3; ++r) {
+      const double b = baseline_ ? base.forces[3 * t.force_atoms[k] + r] : 0.0;
+      labels_.push_back(t.forces[3 * k + r] - b);
+      row_kinds_.push_back(kForceRow);
+      row_structures_.push_back(si);
+    }
+  if (t.has_energy) {
+    labels_.push_back(t.energy - (baseline_ ? base.energy : 0.0));
+    row_kinds_.push_back(kEnergyRow);
+    row_structures_.push_back(si);
+  }
+  if (t.has_stress)
+    for (int r = 0; r < 6; ++r) {
+      labels_.push_back(t.stress[r] - (baseline_ ? base.virial[r] / volume : 0.0));
+      row_kinds_.push_back(kStressRow);
+      row_structures_.push_back(si);
+    }
+}
+
+void Model::set_baseline(std::optional<BaselineSpec> spec) {
+  std::optional<PairBaseline> b;
+  if (spec) b.emplace(std::move(*spec), atomic_numbers_);  // validates: nothing changed yet
+  // Evaluate on every training structure first, so that a failure (e.g. a neighbour limit
+  // at the baseline cutoff) leaves the model unchanged.
+  std::vector<BaselineResult> base(training_.size());
+  if (b)
+    for (std::size_t si = 0; si < training_.size(); ++si) base[si] = b->evaluate(training_[si].structure);
+  baseline_ = std::move(b);
+  labels_.clear();
+  row_kinds_.clear();
+  row_structures_.clear();
+  for (std::size_t si = 0; si < training_.size(); ++si) append_labels(static_cast<int>(si), base[si]);
+  invalidate_solution();
+}
+
+double Model::interaction_cutoff() const {
+  const double gp = std::max(cutoff2_, cutoff3_);
+  return baseline_ ? std::max(gp, baseline_->cutoff()) : gp;
+}
+
 ClusterSet Model::clusters_of(const Structure& s) const {
   validate_structure(s, n_species());
   const NeighborList nl = build_neighbor_list(s, std::max(cutoff2_, cutoff3_), kMinDistance);
@@ -132,26 +176,9 @@ void Model::add_training_structure(TrainingStructure ts) {
   if (ts.force_atoms.empty() && !ts.has_energy && !ts.has_stress)
     throw InputError("no labels: give force atoms, an energy or a stress");
   std::vector<LabelGroup> groups = groups_of(ts);  // may throw: nothing changed yet
+  const BaselineResult base = baseline_ ? baseline_->evaluate(ts.structure) : BaselineResult{};
   training_.push_back(std::move(ts));
-  const int si = static_cast<int>(training_.size()) - 1;
-  const TrainingStructure& t = training_.back();
-  for (std::size_t k = 0; k < t.force_atoms.size(); ++k)
-    for (int r = 0; r < 3; ++r) {
-      labels_.push_back(t.forces[3 * k + r]);
-      row_kinds_.push_back(kForceRow);
-      row_structures_.push_back(si);
-    }
-  if (t.has_energy) {
-    labels_.push_back(t.energy);
-    row_kinds_.push_back(kEnergyRow);
-    row_structures_.push_back(si);
-  }
-  if (t.has_stress)
-    for (int r = 0; r < 6; ++r) {
-      labels_.push_back(t.stress[r]);
-      row_kinds_.push_back(kStressRow);
-      row_structures_.push_back(si);
-    }
+  append_labels(static_cast<int>(training_.size()) - 1, base);
   for (auto& g : groups) {
     group_offsets_.push_back(group_offsets_.back() + g.rows);
     groups_.push_back(std::move(g));

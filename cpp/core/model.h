@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "baseline.h"
 #include "calibration.h"
 #include "clusters.h"
 #include "neighbors.h"
@@ -105,6 +106,17 @@ class Model {
   void set_hyperparameters(const Hyperparameters& h);
   const std::vector<double>& energy_offsets() const { return energy_offsets_; }
   void set_energy_offsets(const std::vector<double>& e);
+
+  // The analytic baseline (prior), absent by default. With one, the training targets
+  // (labels()) are the stored labels minus the baseline's energy, forces and stress, and
+  // every prediction (predict, predict_local, and so the maps and LAMMPS) adds the baseline
+  // to the GP mean; variances are the GP's alone. Setting or clearing it recomputes the
+  // targets and so invalidates the solution (and drops the maps).
+  void set_baseline(std::optional<BaselineSpec> spec);
+  const PairBaseline* baseline() const { return baseline_ ? &*baseline_ : nullptr; }
+  // Neighbour cutoff that predict_local's environments must cover: the GP's and the
+  // baseline's.
+  double interaction_cutoff() const;
 
   // Validates and appends; the solution stays valid for the old rows only, so the model
   // is untrained (and unmapped) until set_solution() is called again.
@@ -216,6 +228,9 @@ class Model {
   // InputError unless the model has maps with a variance basis.
   void require_variance_maps() const;
   void append_groups(int structure_index);
+  // Appends the training targets (label - baseline, base: the baseline's result on that
+  // structure, unused without a baseline) and row bookkeeping of one structure.
+  void append_labels(int structure_index, const BaselineResult& base);
   // The single place where the solution stops being current: untrained and unmapped.
   void invalidate_solution();
 
@@ -223,6 +238,7 @@ class Model {
   double cutoff2_, cutoff3_;
   Hyperparameters hyper_;
   std::vector<double> energy_offsets_;
+  std::optional<PairBaseline> baseline_;
   std::vector<TrainingStructure> training_;
   std::vector<LabelGroup> groups_;
   std::vector<int> group_offsets_{0};

@@ -83,6 +83,23 @@ std::string serialize_model(const Model& m) {
   w.put(m.cutoff3());
   for (double h : m.hyperparameters().as_array()) w.put(h);
   w.put_vec(m.energy_offsets());
+  // Version 5: the baseline, before the training data because it defines their targets.
+  const PairBaseline* base = m.baseline();
+  w.put<std::uint8_t>(base ? static_cast<std::uint8_t>(base->spec().kind) : 0);
+  if (base) {
+    const BaselineSpec& b = base->spec();
+    w.put(b.cutoff);
+    w.put_vec(b.elements);
+    std::vector<double> params;
+    for (const auto& p : b.params) params.insert(params.end(), p.begin(), p.end());
+    w.put_vec(params);
+    w.put<std::uint64_t>(b.overrides.size());
+    for (const auto& o : b.overrides) {
+      w.put<std::int32_t>(o.z1);
+      w.put<std::int32_t>(o.z2);
+      for (double x : o.params) w.put(x);
+    }
+  }
   w.put<std::uint64_t>(m.training_structures().size());
   for (const auto& ts : m.training_structures()) {
     for (double c : ts.structure.cell) w.put(c);
@@ -167,6 +184,30 @@ Model deserialize_model(const std::string& bytes) {
     Model m(species, c2, c3);
     m.set_hyperparameters(Hyperparameters::from_array(h));
     m.set_energy_offsets(offsets);
+    if (version >= kBaselineFormatVersion) {
+      const auto kind = r.get<std::uint8_t>();
+      if (kind != 0) {
+        BaselineSpec b;
+        b.kind = static_cast<BaselineKind>(kind);
+        b.cutoff = r.get<double>();
+        b.elements = r.get_vec<int>(limit);
+        const auto params = r.get_vec<double>(limit);
+        if (params.size() != 3 * b.elements.size())
+          throw ModelFileError("model file is corrupt: baseline parameters do not match its elements");
+        for (std::size_t k = 0; k < b.elements.size(); ++k)
+          b.params.push_back({params[3 * k], params[3 * k + 1], params[3 * k + 2]});
+        const auto no = r.get<std::uint64_t>();
+        if (no > limit) throw ModelFileError("model file is corrupt: implausible override count");
+        for (std::uint64_t k = 0; k < no; ++k) {
+          PairOverride o;
+          o.z1 = r.get<std::int32_t>();
+          o.z2 = r.get<std::int32_t>();
+          for (double& x : o.params) x = r.get<double>();
+          b.overrides.push_back(o);
+        }
+        m.set_baseline(std::move(b));  // before the training data: it defines their targets
+      }
+    }
     const auto ns = r.get<std::uint64_t>();
     if (ns > limit) throw ModelFileError("model file is corrupt: implausible structure count");
     for (std::uint64_t k = 0; k < ns; ++k) {

@@ -102,6 +102,13 @@ Prediction Model::predict(const Structure& s, VarianceMode variance) const {
         });
     for (int v = 0; v < c.nv; ++v) p.local_energies[c.atoms[v]] += share;
   }
+  if (baseline_) {  // the prior under the GP: added to the mean, no variance of its own
+    const BaselineResult b = baseline_->evaluate(s);
+    p.energy += b.energy;
+    for (std::size_t k = 0; k < p.forces.size(); ++k) p.forces[k] += b.forces[k];
+    for (int i = 0; i < n; ++i) p.local_energies[i] += b.local_energies[i];
+    for (int r = 0; r < 6; ++r) p.stress[r] += b.virial[r];
+  }
   for (int r = 0; r < 6; ++r)
     p.stress[r] = has_volume ? p.stress[r] / volume : std::numeric_limits<double>::quiet_NaN();
 
@@ -254,6 +261,11 @@ LocalPrediction Model::predict_local(const LocalEnvironments& env, bool mean, Va
         };
         for (const Cluster& c : cs.pairs) visit(c);
         for (const Cluster& c : cs.triplets) visit(c);
+        if (baseline_) {
+          const Neighbor* items = env.neighbors.items.data();
+          baseline_->add_centre(env.key_species[key], env.key_species, items + env.neighbors.offsets[row],
+                                items + env.neighbors.offsets[row + 1], e, f, vir);
+        }
         out.energies[row] = e;
         std::copy(f, f + 3, out.forces.begin() + 3 * row);
         std::copy(vir, vir + 6, out.virials.begin() + 6 * row);

@@ -99,7 +99,7 @@ void PairOTFGP::map_types() {
                  type_symbols_[t], t, model_file_, e.what());
     }
   }
-  cutmax_ = std::max(model_->cutoff2(), model_->cutoff3());
+  cutmax_ = model_->interaction_cutoff();  // the GP's cutoffs and the baseline's
 }
 
 void PairOTFGP::init_style() {

@@ -20,7 +20,7 @@ from ase import Atoms
 from ase.data import atomic_numbers as _atomic_numbers
 from ase.data import chemical_symbols
 
-from . import _core
+from . import _core, baselines
 
 from .calibration import Calibration, ModelCalibration, fit_calibration, force_scale_values
 from .map_report import MapReport
@@ -340,6 +340,9 @@ class GaussianProcess:
         priors: hyperparameter priors for maximum a posteriori training
             (:class:`otfgp.priors.Priors`, default :data:`otfgp.priors.DEFAULT_PRIORS`), or
             ``None`` for pure maximum likelihood. Not stored in model files.
+        baseline: an analytic prior (:mod:`otfgp.baselines`: ``Morse``, ``LennardJones``,
+            ``ZBL``) or ``None``. The GP then learns label - baseline and predicts
+            baseline + GP; stored in model files (see ``docs/baselines.md``).
 
     The energy is a sum of pair energies over pairs closer than r2 and triplet energies
     over triangles whose three sides are shorter than r3, each a Gaussian process with a
@@ -362,6 +365,7 @@ class GaussianProcess:
         hyperparameters: Mapping[str, float] | None = None,
         bounds: Mapping[str, tuple[float, float]] | None = None,
         priors: Priors | None = DEFAULT_PRIORS,
+        baseline: "baselines.Baseline | None" = None,
     ) -> None:
         numbers = [_as_atomic_number(s) for s in species]
         if not numbers:
@@ -377,6 +381,11 @@ class GaussianProcess:
         r2 = float(cutoffs.get("twobody", 0.0))
         r3 = float(cutoffs.get("threebody", 0.0))
         self._model = _core.Model(numbers, r2, r3)
+        if baseline is not None:
+            if not hasattr(baseline, "to_core"):
+                raise TypeError(f"baseline must be an otfgp.baselines Morse, LennardJones or ZBL, "
+                                f"got {type(baseline).__name__}")
+            self._model.baseline = baseline.to_core()
         if priors is not None and not isinstance(priors, Priors):
             raise TypeError(f"priors must be an otfgp.priors.Priors or None, got {type(priors).__name__}")
         self.priors = priors
@@ -404,6 +413,11 @@ class GaussianProcess:
     def species(self) -> list[str]:
         """Chemical symbols of the species the model knows."""
         return [chemical_symbols[z] for z in self._model.atomic_numbers]
+
+    @property
+    def baseline(self) -> "baselines.Baseline | None":
+        """The analytic baseline the GP is trained on top of, or ``None``."""
+        return baselines.from_core(self._model.baseline)
 
     @property
     def cutoffs(self) -> dict[str, float]:
