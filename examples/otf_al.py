@@ -213,10 +213,15 @@ def otfgp_frame(frame):
     return Atoms(frame.get_chemical_symbols(), positions=frame.positions, cell=frame.cell, pbc=frame.pbc)
 
 
+def _log(run_dir: Path) -> list[dict]:
+    """The entries of the run's log.jsonl."""
+    return [json.loads(line) for line in open(run_dir / "log.jsonl") if line.strip()]
+
+
 def _energy_steps(run_dir: Path, dft_calls: list[int]) -> dict:
     """How much the logged potential energy changes at the steps where the model was
     retrained, against the ordinary step-to-step change of the MD (eV)."""
-    pe = {e["step"]: e["potential_energy_eV"] for e in map(json.loads, open(run_dir / "log.jsonl"))}
+    pe = {e["step"]: e["potential_energy_eV"] for e in _log(run_dir)}
     retrain = [abs(pe[s] - pe[s - 1]) for s in dft_calls if s - 1 in pe]
     ordinary = [abs(pe[s] - pe[s - 1]) for s in pe if s - 1 in pe and s not in dft_calls]
     return {"max_change_at_retrain_eV": max(retrain, default=0.0),
@@ -226,8 +231,7 @@ def _energy_steps(run_dir: Path, dft_calls: list[int]) -> dict:
 
 
 def _mean_temperature(run_dir: Path, from_step: int) -> float:
-    entries = [json.loads(line) for line in open(run_dir / "log.jsonl") if line.strip()]
-    sel = [e["temperature_K"] for e in entries if e["step"] >= from_step]
+    sel = [e["temperature_K"] for e in _log(run_dir) if e["step"] >= from_step]
     return float(np.mean(sel)) if sel else float("nan")
 
 

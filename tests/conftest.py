@@ -49,6 +49,17 @@ def random_triclinic(rng: np.random.Generator, n: int = 6, species=("Al", "Cu"),
     return Atoms(symbols, positions=pos, cell=cell, pbc=pbc)
 
 
+def mixed_alloy_model(rng: np.random.Generator) -> otfgp.GaussianProcess:
+    """An untrained Cu-Au model with both body orders and force, energy and stress labels
+    (two random alloy cells, 4 force atoms each): every kernel part and hyperparameter is active."""
+    gp = otfgp.GaussianProcess(["Cu", "Au"], {"twobody": 4.5, "threebody": 3.3})
+    for _ in range(2):
+        atoms = random_alloy(rng)
+        gp.add_training_data(atoms, atom_indices=rng.choice(len(atoms), 4, replace=False),
+                             energy=True, stress=True)
+    return gp
+
+
 def assert_gradient_matches_central_differences(value, grad: dict[str, float], point: dict[str, float],
                                                 rel_step: float = 1e-5, rel: float = 1e-4,
                                                 abs: float = 1e-6) -> None:

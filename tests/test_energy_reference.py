@@ -3,8 +3,6 @@ energies after training (GaussianProcess.set_energy_reference), and its use in o
 learning so that the potential energy keeps the labeller's scale across retrains."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from ase import units
@@ -12,7 +10,7 @@ from ase.calculators.emt import EMT
 from ase.md.verlet import VelocityVerlet
 
 import otfgp
-from otf_helpers import CUTOFFS, emt_langevin_snapshots, jittered_al, small_al_model, thermalize
+from otf_helpers import CUTOFFS, emt_langevin_snapshots, jittered_al, read_log, small_al_model, thermalize
 
 
 def _labelled_frames(seed: int, n: int, jitter: float = 0.03):
@@ -90,7 +88,7 @@ def _otf_energies(tmp_path, energy_reference: bool) -> tuple[float, list[float]]
     liquid = emt_langevin_snapshots(3000.0, 3, seed=7)
     err = float(np.mean([abs(otf.model.predict(f, variance=False).energy - f.get_potential_energy()) / len(f)
                          for f in liquid]))
-    log = {e["step"]: e["potential_energy_eV"] for e in map(json.loads, open(out / "log.jsonl"))}
+    log = {e["step"]: e["potential_energy_eV"] for e in read_log(out)}
     jumps = [abs(log[s] - log[s - 1]) for s in summary["dft_call_steps"] if s > 2]
     otf.close()
     return err, jumps

@@ -3,20 +3,11 @@ import numpy as np
 import pytest
 
 import otfgp
-from conftest import assert_gradient_matches_central_differences, displaced_al, random_alloy
-
-
-def _mixed_model(rng):
-    gp = otfgp.GaussianProcess(["Cu", "Au"], {"twobody": 4.5, "threebody": 3.3})
-    for _ in range(2):
-        atoms = random_alloy(rng)
-        gp.add_training_data(atoms, atom_indices=rng.choice(len(atoms), 4, replace=False),
-                             energy=True, stress=True)
-    return gp
+from conftest import assert_gradient_matches_central_differences, displaced_al, mixed_alloy_model
 
 
 def test_kernel_matrix_symmetric_positive_semidefinite(rng):
-    gp = _mixed_model(rng)
+    gp = mixed_alloy_model(rng)
     g = gp.core.n_groups
     K2, K3, dK2, dK3 = gp.core.covariance(0, g, 0, g, True)
     for K in (K2, K3):
@@ -32,7 +23,7 @@ def test_kernel_matrix_symmetric_positive_semidefinite(rng):
 
 
 def test_length_scale_derivatives_match_finite_differences(rng):
-    gp = _mixed_model(rng)
+    gp = mixed_alloy_model(rng)
     g = gp.core.n_groups
     base = gp.hyperparameters
     h = 1e-6
@@ -48,7 +39,7 @@ def test_length_scale_derivatives_match_finite_differences(rng):
 
 
 def test_likelihood_gradient_matches_finite_differences(rng):
-    gp = _mixed_model(rng)
+    gp = mixed_alloy_model(rng)
     hyp = {"sigma2": 0.3, "ell2": 0.9, "sigma3": 0.05, "ell3": 0.6,
            "noise_force": 0.05, "noise_energy": 0.2, "noise_stress": 0.01}
     value, grad = gp.log_likelihood_gradient(hyp)

@@ -9,20 +9,10 @@ from ase.calculators.emt import EMT
 import otfgp
 from otfgp.gp import DEFAULT_BOUNDS, MAXIMUM_LIKELIHOOD_BOUNDS
 from otfgp.priors import DEFAULT_PRIORS, LOG_10, LogNormal, Priors
-from conftest import assert_gradient_matches_central_differences, displaced_al, random_alloy
+from conftest import assert_gradient_matches_central_differences, displaced_al, mixed_alloy_model
 
 _HYP = {"sigma2": 0.3, "ell2": 0.9, "sigma3": 0.05, "ell3": 0.6,
         "noise_force": 0.04, "noise_energy": 0.2, "noise_stress": 0.01}
-
-
-def _mixed_model(rng) -> otfgp.GaussianProcess:
-    """Two species, both body orders, force, energy and stress labels: every prior is active."""
-    gp = otfgp.GaussianProcess(["Cu", "Au"], {"twobody": 4.5, "threebody": 3.3})
-    for _ in range(2):
-        atoms = random_alloy(rng)
-        gp.add_training_data(atoms, atom_indices=rng.choice(len(atoms), 4, replace=False),
-                             energy=True, stress=True)
-    return gp
 
 
 def test_log_normal_density_and_validation():
@@ -46,7 +36,7 @@ def test_log_normal_density_and_validation():
 
 
 def test_prior_gradient_matches_finite_differences(rng):
-    gp = _mixed_model(rng)
+    gp = mixed_alloy_model(rng)
     value, grad = gp.log_prior(_HYP)
     assert set(gp._active()) == set(_HYP)
     assert_gradient_matches_central_differences(lambda h: gp.log_prior(h)[0], grad, _HYP,
@@ -55,7 +45,7 @@ def test_prior_gradient_matches_finite_differences(rng):
 
 
 def test_log_posterior_is_likelihood_plus_prior_with_matching_gradient(rng):
-    gp = _mixed_model(rng)
+    gp = mixed_alloy_model(rng)
     value, grad = gp.log_posterior_gradient(_HYP)
     assert value == pytest.approx(gp.log_likelihood(_HYP) + gp.log_prior(_HYP)[0], rel=1e-12)
     assert value == pytest.approx(gp.log_posterior(_HYP), rel=1e-12)

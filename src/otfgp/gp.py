@@ -701,37 +701,37 @@ class GaussianProcess:
         n = self.n_training_structures
         if len(energies) != n:
             raise ValueError(f"energies needs one entry per training structure ({n}), got {len(energies)}")
-        ns = len(self.species)
-        rows, targets = [], []
-        current = np.asarray(self._model.energy_offsets, dtype=float)
         for i, e in enumerate(energies):
-            if e is None:
-                continue
-            if not math.isfinite(float(e)):
+            if e is not None and not math.isfinite(float(e)):
                 raise ValueError(f"reference energy of training structure {i} is not finite: {e!r}")
-            atoms = self.training_structure(i)["atoms"]
-            counts = np.bincount(self._structure_arrays(atoms)[3], minlength=ns).astype(float)
-            predicted = self.predict(atoms, variance=False).energy - float(counts @ current)
-            rows.append(counts)
-            targets.append(float(e) - predicted)
-        offsets = np.zeros(ns)
-        if rows:
-            A = np.array(rows)
+        used = [i for i, e in enumerate(energies) if e is not None]
+        offsets = np.zeros(len(self.species))
+        if used:
+            A = self._compositions(used)
+            current = np.asarray(self._model.energy_offsets, dtype=float)
+            targets = []
+            for i, counts in zip(used, A):
+                # the GP's own energy: the prediction without the current offsets
+                gp_energy = self.predict(self.training_structure(i)["atoms"], variance=False).energy - counts @ current
+                targets.append(float(energies[i]) - float(gp_energy))
             present = A.sum(axis=0) > 0  # species never seen keep a zero offset
             offsets[present] = scipy.linalg.lstsq(A[:, present], np.array(targets))[0]
         self._model.energy_offsets = list(offsets)
         return self.energy_offsets
 
+    def _compositions(self, structures: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Atoms per species (columns) of the given training structures (rows)."""
+        species = self._model.structure_species
+        ns = len(self._model.atomic_numbers)
+        return np.array([np.bincount(species[s], minlength=ns) for s in structures], dtype=float)
+
     def _fit_energy_offsets(self) -> np.ndarray:
         """Per-species energies from a least-squares fit of energy labels to composition."""
         kinds = np.asarray(self._model.row_kinds)
         rows = np.flatnonzero(kinds == _ROW_ENERGY)
-        ns = len(self._model.atomic_numbers)
         if rows.size == 0:
-            return np.zeros(ns)
-        struct_of_row = np.asarray(self._model.row_structures)[rows]
-        species = self._model.structure_species
-        A = np.array([np.bincount(species[s], minlength=ns) for s in struct_of_row], dtype=float)
+            return np.zeros(len(self._model.atomic_numbers))
+        A = self._compositions(np.asarray(self._model.row_structures)[rows])
         y = self._model.labels[rows]
         return scipy.linalg.lstsq(A, y)[0]
 
