@@ -165,6 +165,7 @@ PYBIND11_MODULE(_core, m) {
   m.attr("MODEL_FORMAT_VERSION") = otfgp::kModelFormatVersion;
   m.attr("CALIBRATION_FORMAT_VERSION") = otfgp::kCalibrationFormatVersion;
   m.attr("BASELINE_FORMAT_VERSION") = otfgp::kBaselineFormatVersion;
+  m.attr("EXTERNAL_BASELINE_FORMAT_VERSION") = otfgp::kExternalBaselineFormatVersion;
   m.def(
       "evaluate_baseline",
       [](const py::dict& spec, const std::vector<int>& atomic_numbers, const DoubleArray& cell,
@@ -255,8 +256,9 @@ PYBIND11_MODULE(_core, m) {
           [](Model& mdl, const DoubleArray& cell, const std::array<bool, 3>& pbc,
              const DoubleArray& positions, const IntArray& species, const IntArray& force_atoms,
              const DoubleArray& forces, std::optional<double> energy,
-             std::optional<DoubleArray> stress) {
+             std::optional<DoubleArray> stress, std::optional<DoubleArray> prior) {
             otfgp::TrainingStructure ts;
+            if (prior) ts.prior.assign(prior->data(), prior->data() + prior->size());
             ts.structure = make_structure(cell, pbc, positions, species);
             ts.force_atoms.assign(force_atoms.data(), force_atoms.data() + force_atoms.size());
             ts.forces.assign(forces.data(), forces.data() + forces.size());
@@ -273,7 +275,7 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("cell"), py::arg("pbc"), py::arg("positions"), py::arg("species"),
           py::arg("force_atoms"), py::arg("forces"), py::arg("energy") = py::none(),
-          py::arg("stress") = py::none())
+          py::arg("stress") = py::none(), py::arg("prior") = py::none())
       .def(
           "training_structure",
           [](const Model& mdl, int k) {
@@ -292,9 +294,11 @@ PYBIND11_MODULE(_core, m) {
             d["energy"] = ts.has_energy ? py::object(py::float_(ts.energy)) : py::object(py::none());
             d["stress"] = ts.has_stress ? py::object(to_array({ts.stress.begin(), ts.stress.end()}, {6}))
                                         : py::object(py::none());
+            d["prior"] = to_array(ts.prior, {static_cast<py::ssize_t>(ts.prior.size())});
             return d;
           },
-          "The k-th training structure and its labels.")
+          "The k-th training structure and its labels (prior: the external baseline's values "
+          "of its label rows, empty without one).")
       .def_property_readonly("n_groups", &Model::n_groups)
       .def_property_readonly("n_labels", &Model::n_labels)
       .def_property_readonly("n_structures",
@@ -595,6 +599,9 @@ PYBIND11_MODULE(_core, m) {
           },
           "The analytic baseline as a dict (kind, cutoff, elements, params, overrides) or None. "
           "Assigning recomputes the training targets and untrains the model.")
+      .def_property("external_baseline", &Model::external_baseline, &Model::set_external_baseline,
+                    "Spec of the external (Python-evaluated) baseline, '' for none; set on a "
+                    "model without training data.")
       .def_property_readonly("interaction_cutoff", &Model::interaction_cutoff)
       .def_property_readonly("format_version", &Model::format_version,
                              "Format version of the file the model was read from (0: built in memory).")

@@ -294,7 +294,7 @@ def test_save_load_copy_pickle_keep_the_baseline(delta, tmp_path):
         np.testing.assert_array_equal(p.forces, ref.forces)
         np.testing.assert_array_equal(p.stress, ref.stress)
         np.testing.assert_array_equal(p.force_variances, ref.force_variances)
-    assert otfgp.GaussianProcess.load(tmp_path / "m.otfgp").core.format_version == 5
+    assert otfgp.GaussianProcess.load(tmp_path / "m.otfgp").core.format_version == otfgp._core.MODEL_FORMAT_VERSION
 
 
 def test_old_files_load_without_baseline():

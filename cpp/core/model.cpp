@@ -87,27 +87,45 @@ void Model::set_energy_offsets(const std::vector<double>& e) {
 void Model::append_labels(int si, const BaselineResult& base) {
   const TrainingStructure& t = training_[si];
   const double volume = t.structure.volume();
+  // The external baseline's values come in row order (t.prior); index them as rows append.
+  const std::size_t first = labels_.size();
+  const auto prior = [&]() { return t.prior.empty() ? 0.0 : t.prior[labels_.size() - first]; };
   for (std::size_t k = 0; k < t.force_atoms.size(); ++k)
     for (int r = 0; r < 3; ++r) {
-      const double b = baseline_ ? base.forces[3 * t.force_atoms[k] + r] : 0.0;
+      const double b = baseline_ ? base.forces[3 * t.force_atoms[k] + r] : prior();
       labels_.push_back(t.forces[3 * k + r] - b);
       row_kinds_.push_back(kForceRow);
       row_structures_.push_back(si);
     }
   if (t.has_energy) {
-    labels_.push_back(t.energy - (baseline_ ? base.energy : 0.0));
+    labels_.push_back(t.energy - (baseline_ ? base.energy : prior()));
     row_kinds_.push_back(kEnergyRow);
     row_structures_.push_back(si);
   }
   if (t.has_stress)
     for (int r = 0; r < 6; ++r) {
-      labels_.push_back(t.stress[r] - (baseline_ ? base.virial[r] / volume : 0.0));
+      labels_.push_back(t.stress[r] - (baseline_ ? base.virial[r] / volume : prior()));
       row_kinds_.push_back(kStressRow);
       row_structures_.push_back(si);
     }
 }
 
+void Model::set_external_baseline(std::string spec) {
+  if (spec == external_baseline_) return;
+  if (!training_.empty())
+    throw InputError("the external baseline is set on a model without training data (the "
+                     "stored targets depend on it)");
+  if (!spec.empty() && baseline_)
+    throw InputError("a model has one baseline: it already has an analytic one, so it cannot "
+                     "also take the external baseline '" + spec + "'");
+  external_baseline_ = std::move(spec);
+  invalidate_solution();
+}
+
 void Model::set_baseline(std::optional<BaselineSpec> spec) {
+  if (spec && !external_baseline_.empty())
+    throw InputError("a model has one baseline: it already has the external baseline '" +
+                     external_baseline_ + "', so it cannot also take an analytic one");
   std::optional<PairBaseline> b;
   if (spec) b.emplace(std::move(*spec), atomic_numbers_);  // validates: nothing changed yet
   // Evaluate on every training structure first, so that a failure (e.g. a neighbour limit
@@ -175,6 +193,14 @@ void Model::add_training_structure(TrainingStructure ts) {
   }
   if (ts.force_atoms.empty() && !ts.has_energy && !ts.has_stress)
     throw InputError("no labels: give force atoms, an energy or a stress");
+  const std::size_t rows = 3 * ts.force_atoms.size() + (ts.has_energy ? 1 : 0) + (ts.has_stress ? 6 : 0);
+  if (external_baseline_.empty() && !ts.prior.empty())
+    throw InputError("baseline values given for a model without an external baseline");
+  if (!external_baseline_.empty() && ts.prior.size() != rows)
+    throw InputError("the external baseline '" + external_baseline_ + "' needs its value of each of the " +
+                     std::to_string(rows) + " label rows, got " + std::to_string(ts.prior.size()));
+  for (double v : ts.prior)
+    if (!std::isfinite(v)) throw InputError("the external baseline's values contain NaN or inf");
   std::vector<LabelGroup> groups = groups_of(ts);  // may throw: nothing changed yet
   const BaselineResult base = baseline_ ? baseline_->evaluate(ts.structure) : BaselineResult{};
   training_.push_back(std::move(ts));

@@ -43,6 +43,11 @@ struct TrainingStructure {
   double energy = 0.0;            // eV
   bool has_stress = false;
   std::array<double, 6> stress{}; // Voigt xx yy zz yz xz xy, eV/Angstrom^3 (ASE sign)
+  // With an external baseline (Model::external_baseline): the baseline's value of each label
+  // row of this structure, in row order (forces of force_atoms, energy, stress), computed
+  // by the caller; empty otherwise. Kept with the raw labels, so the targets
+  // label - baseline are rebuilt exactly without re-evaluating the baseline.
+  std::vector<double> prior;
 };
 
 enum RowKind : int { kForceRow = 0, kEnergyRow = 1, kStressRow = 2 };
@@ -114,6 +119,14 @@ class Model {
   // targets and so invalidates the solution (and drops the maps).
   void set_baseline(std::optional<BaselineSpec> spec);
   const PairBaseline* baseline() const { return baseline_ ? &*baseline_ : nullptr; }
+  // An external (caller-evaluated, e.g. a Python ASE calculator) baseline, identified by its
+  // spec string; empty for none. The core never evaluates it: every training structure
+  // carries the baseline's value of its label rows (TrainingStructure::prior), the targets
+  // are label - prior, and predictions are the GP part only (the caller adds the baseline).
+  // MD codes (LAMMPS) cannot evaluate it and refuse such models. Set only on a model
+  // without training data and without an analytic baseline (InputError otherwise).
+  void set_external_baseline(std::string spec);
+  const std::string& external_baseline() const { return external_baseline_; }
   // Neighbour cutoff that predict_local's environments must cover: the GP's and the
   // baseline's.
   double interaction_cutoff() const;
@@ -239,6 +252,7 @@ class Model {
   Hyperparameters hyper_;
   std::vector<double> energy_offsets_;
   std::optional<PairBaseline> baseline_;
+  std::string external_baseline_;
   std::vector<TrainingStructure> training_;
   std::vector<LabelGroup> groups_;
   std::vector<int> group_offsets_{0};

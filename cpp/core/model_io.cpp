@@ -100,6 +100,9 @@ std::string serialize_model(const Model& m) {
       for (double x : o.params) w.put(x);
     }
   }
+  // Version 6: the external baseline's spec (empty: none); its values per structure below.
+  const std::string& external = m.external_baseline();
+  w.put_vec(std::vector<char>(external.begin(), external.end()));
   w.put<std::uint64_t>(m.training_structures().size());
   for (const auto& ts : m.training_structures()) {
     for (double c : ts.structure.cell) w.put(c);
@@ -112,6 +115,7 @@ std::string serialize_model(const Model& m) {
     w.put(ts.energy);
     w.put<std::uint8_t>(ts.has_stress ? 1 : 0);
     for (double v : ts.stress) w.put(v);
+    if (!external.empty()) w.put_vec(ts.prior);
   }
   w.put<std::uint8_t>(m.trained() ? 1 : 0);
   w.put_vec(m.alpha());
@@ -208,6 +212,10 @@ Model deserialize_model(const std::string& bytes) {
         m.set_baseline(std::move(b));  // before the training data: it defines their targets
       }
     }
+    if (version >= kExternalBaselineFormatVersion) {
+      const auto spec = r.get_vec<char>(limit);
+      m.set_external_baseline(std::string(spec.begin(), spec.end()));
+    }
     const auto ns = r.get<std::uint64_t>();
     if (ns > limit) throw ModelFileError("model file is corrupt: implausible structure count");
     for (std::uint64_t k = 0; k < ns; ++k) {
@@ -222,6 +230,7 @@ Model deserialize_model(const std::string& bytes) {
       ts.energy = r.get<double>();
       ts.has_stress = r.get<std::uint8_t>() != 0;
       for (double& v : ts.stress) v = r.get<double>();
+      if (!m.external_baseline().empty()) ts.prior = r.get_vec<double>(limit);
       m.add_training_structure(std::move(ts));
     }
     const bool trained = r.get<std::uint8_t>() != 0;

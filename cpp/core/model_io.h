@@ -9,13 +9,16 @@
 namespace otfgp {
 
 // 1: exact GP; 2: adds the optional maps; 3: the variance basis degree; 4: the optional
-// variance calibration; 5: the optional analytic baseline. Every older version still loads (a
-// file before 4 uncalibrated, before 5 without a baseline).
-constexpr unsigned kModelFormatVersion = 5;
+// variance calibration; 5: the optional analytic baseline; 6: the optional external
+// (Python-only) baseline's spec and its values per training structure. Every older version
+// still loads (a file before 4 uncalibrated, before 5 without a baseline).
+constexpr unsigned kModelFormatVersion = 6;
 // The first version that stores the calibration.
 constexpr unsigned kCalibrationFormatVersion = 4;
 // The first version that stores the baseline.
 constexpr unsigned kBaselineFormatVersion = 5;
+// The first version that stores an external baseline.
+constexpr unsigned kExternalBaselineFormatVersion = 6;
 
 std::string serialize_model(const Model& m);
 Model deserialize_model(const std::string& bytes);  // throws ModelFileError

@@ -63,6 +63,14 @@ void PairOTFGP::coeff(int narg, char **arg) {
   }
   if (!model_->trained())
     error->all(FLERR, "pair otfgp: model file {} holds an untrained model", arg[2]);
+  // A Python-only baseline (an ASE calculator) is not part of the file's numbers: without it
+  // the forces would be the GP's correction alone, silently wrong.
+  if (!model_->external_baseline().empty())
+    error->all(FLERR, "pair otfgp: model file {} was trained on top of the Python-only baseline '{}' "
+               "(an ASE calculator), which LAMMPS cannot evaluate; run it from Python "
+               "(otfgp.GPCalculator), or train a model with an analytic baseline "
+               "(Morse, LennardJones, ZBL) or none for LAMMPS",
+               arg[2], model_->external_baseline());
   model_file_ = arg[2];
   type_symbols_.assign(ntypes + 1, "");
   for (int t = 1; t <= ntypes; ++t) {

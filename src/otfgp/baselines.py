@@ -15,18 +15,27 @@ Example::
 """
 from __future__ import annotations
 
+import importlib
+import logging
 import math
+import os
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 from ase import Atoms
+from ase.calculators.calculator import PropertyNotImplementedError
 from ase.data import atomic_numbers as _atomic_numbers
 from ase.data import chemical_symbols
 
 from . import _core
 
-__all__ = ["Morse", "LennardJones", "ZBL", "Baseline", "from_core", "evaluate"]
+log = logging.getLogger(__name__)
+
+__all__ = ["Morse", "LennardJones", "ZBL", "Baseline", "from_core", "evaluate",
+           "CalculatorBaseline", "register_calculator", "calculator_baseline", "fit_morse", "MorseFit",
+           "dimer_frames", "scaled_frames"]
 
 Element = Union[str, int]
 
@@ -172,3 +181,251 @@ def evaluate(baseline: Baseline, atoms: Atoms) -> dict[str, Any]:
     periodic = bool(np.all(atoms.pbc)) and atoms.cell.volume > 1e-8
     out["stress"] = out["virial"] / atoms.cell.volume if periodic else np.full(6, np.nan)
     return out
+
+
+# ------------------------------------------------------------ ASE calculators as baselines
+def _emt() -> Any:
+    from ase.calculators.emt import EMT
+    return EMT()
+
+
+def _chgnet() -> Any:
+    """CHGNet's pretrained universal potential on the CPU (``pip install otfgp[umlip]``),
+    with its own logging quiet. Torch threads follow OMP_NUM_THREADS (default 1): a
+    baseline runs inside workers that the caller parallelises."""
+    try:
+        import torch
+        from chgnet.model import CHGNet
+        from chgnet.model.dynamics import CHGNetCalculator
+    except ImportError as e:
+        raise ImportError("the 'chgnet' baseline needs CHGNet: pip install 'otfgp[umlip]'") from e
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    # CHGNet's forward pass warns on every call about a tensor it converts (harmless)
+    warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad",
+                            module=r"chgnet\.")
+    model = CHGNet.load(verbose=False)
+    return CHGNetCalculator(model=model, use_device="cpu", check_cuda_mem=False,
+                            return_site_energies=True)
+
+
+# name -> factory: the spec strings a model file can record besides "module:function".
+_REGISTRY: dict[str, Callable[[], Any]] = {"emt": _emt, "chgnet": _chgnet}
+# calculator class name -> registered spec, so CalculatorBaseline(EMT()) knows its spec
+_CLASS_SPECS: dict[str, str] = {"EMT": "emt", "CHGNetCalculator": "chgnet"}
+
+
+def register_calculator(name: str, factory: Callable[[], Any]) -> None:
+    """Register a calculator factory (no arguments) under ``name``, so that a model saved
+    with ``baseline=name`` can be loaded (register it again before loading)."""
+    if not name or ":" in name:
+        raise ValueError(f"a registered baseline name is non-empty and has no ':', got {name!r}")
+    _REGISTRY[name] = factory
+
+
+def _normalise(spec: str) -> str:
+    spec = spec.strip()
+    return spec[4:] if spec.startswith("ase:") and spec[4:] in _REGISTRY else spec
+
+
+def _build(spec: str) -> Any:
+    """The calculator a spec names: a registered name (``emt``, ``ase:emt``, ``chgnet``) or
+    an importable factory ``package.module:function`` called without arguments."""
+    name = _normalise(spec)
+    if name in _REGISTRY:
+        return _REGISTRY[name]()
+    module, sep, attr = name.partition(":")
+    if not sep or not module or not attr:
+        raise ValueError(f"unknown baseline {spec!r}: use a registered name ({', '.join(sorted(_REGISTRY))}) "
+                         f"or an importable factory 'package.module:function'")
+    try:
+        factory = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot build baseline {spec!r}: {e}") from e
+    return factory()
+
+
+class CalculatorBaseline:
+    """Any ASE calculator as the baseline (prior) of a :class:`~otfgp.GaussianProcess`.
+
+    The GP learns label - calculator (energy, forces, stress) and predicts calculator + GP;
+    the variances are the GP's. The calculator runs in Python only: a model with it cannot
+    be run by ``pair_style otfgp`` (LAMMPS refuses it with an error naming the baseline).
+
+    Args:
+        calculator: the calculator instance, or ``None`` to build it from ``spec``.
+        spec: how to rebuild it when a model file is loaded: a registered name (``"emt"``
+            or ``"ase:emt"``, ``"chgnet"``, see :func:`register_calculator`) or an
+            importable factory ``"package.module:function"`` (called without arguments).
+            Optional for the registered calculator classes (EMT, CHGNet); a baseline without
+            a spec works in memory but its model cannot be saved.
+
+    Local energies: when the calculator provides per-atom energies (``"energies"``, e.g. EMT)
+    the predicted local energies are those plus the GP's; otherwise they are NaN (a total
+    energy has no per-atom split); the local-energy variances are the GP's either way.
+    """
+
+    def __init__(self, calculator: Any = None, spec: str | None = None) -> None:
+        if calculator is None and spec is None:
+            raise ValueError("CalculatorBaseline needs a calculator or a spec")
+        if spec is not None and not (isinstance(spec, str) and spec.strip()):
+            raise ValueError(f"a baseline spec is a non-empty string, got {spec!r}")
+        if spec is None:
+            spec = _CLASS_SPECS.get(type(calculator).__name__)
+        self.spec: str | None = None if spec is None else _normalise(spec)
+        self.calculator = _build(self.spec) if calculator is None else calculator
+
+    @property
+    def name(self) -> str:
+        """What the model file records: the spec, or a description if there is none."""
+        return self.spec or f"{type(self.calculator).__module__}.{type(self.calculator).__name__} (no spec)"
+
+    def evaluate(self, atoms: Atoms, stress: bool | None = None) -> dict[str, Any]:
+        """``energy``, ``forces``, ``stress`` (NaN unless asked for / fully periodic) and
+        ``local_energies`` (NaN unless the calculator provides them) of ``atoms``."""
+        periodic = bool(np.all(atoms.pbc)) and atoms.cell.volume > 1e-8
+        if stress is None:
+            stress = periodic
+        a = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        # From a clean state every time: calculators keep history (EMT its neighbour list with
+        # a skin), which would make the last bits depend on what was evaluated before, and
+        # saved, copied and loaded models must predict the same numbers.
+        self.calculator.reset()
+        a.calc = self.calculator
+        out: dict[str, Any] = {"energy": float(a.get_potential_energy()),
+                               "forces": np.array(a.get_forces(), dtype=float)}
+        out["stress"] = (np.array(a.get_stress(voigt=True), dtype=float) if stress
+                         else np.full(6, np.nan))
+        local = np.full(len(a), np.nan)
+        if "energies" in getattr(self.calculator, "implemented_properties", ()):
+            try:
+                local = np.array(a.get_potential_energies(), dtype=float)
+            except PropertyNotImplementedError:  # listed, but not computed in this setup
+                pass
+        out["local_energies"] = local
+        return out
+
+    # Pickle by spec when there is one (no torch models in pickles, and a fresh calculator
+    # has no stale results); otherwise the calculator itself travels.
+    def __getstate__(self) -> dict[str, Any]:
+        if self.spec is not None:
+            return {"spec": self.spec}
+        return {"spec": None, "calculator": self.calculator}
+
+    def __setstate__(self, state: Mapping[str, Any]) -> None:
+        self.spec = state["spec"]
+        self.calculator = _build(self.spec) if self.spec is not None else state["calculator"]
+
+    def __repr__(self) -> str:
+        return f"CalculatorBaseline(spec={self.name!r})"
+
+
+def calculator_baseline(spec: str | CalculatorBaseline | Any) -> CalculatorBaseline:
+    """A :class:`CalculatorBaseline` from a spec string, a calculator or itself."""
+    if isinstance(spec, CalculatorBaseline):
+        return spec
+    if isinstance(spec, str):
+        return CalculatorBaseline(spec=spec)
+    return CalculatorBaseline(spec)
+
+
+# ------------------------------------------------------------------------- Morse fitting
+def dimer_frames(element: Element, distances: Sequence[float], calculator: Any,
+                 vacuum: float = 20.0) -> list[Atoms]:
+    """Isolated dimers of ``element`` at ``distances`` (A) in a non-periodic box, labelled
+    by ``calculator`` (energies kept as single-point results), for :func:`fit_morse`."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = []
+    for r in distances:
+        a = Atoms([element, element], positions=[[0, 0, 0], [0, 0, float(r)]],
+                  cell=[vacuum, vacuum, vacuum + float(r)], pbc=False)
+        a.calc = calculator
+        e = a.get_potential_energy()
+        a.calc = SinglePointCalculator(a, energy=e)
+        frames.append(a)
+    return frames
+
+
+def scaled_frames(atoms: Atoms, scales: Sequence[float], calculator: Any) -> list[Atoms]:
+    """Copies of ``atoms`` uniformly scaled by each factor (compressed / expanded crystal),
+    labelled by ``calculator`` (energies), for :func:`fit_morse`."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = []
+    for s in scales:
+        a = atoms.copy()
+        a.set_cell(atoms.cell * float(s), scale_atoms=True)
+        a.calc = calculator
+        e = a.get_potential_energy()
+        a.calc = SinglePointCalculator(a, energy=e)
+        frames.append(a)
+    return frames
+
+
+@dataclass(frozen=True)
+class MorseFit:
+    """Result of :func:`fit_morse`: the baseline, the per-element reference energies
+    (eV/atom) added to the pair sum in the fit, and the RMS energy residual (eV/atom)."""
+
+    morse: Morse
+    reference_energies: dict[str, float]
+    rms_residual: float
+    success: bool
+    message: str
+
+
+def fit_morse(frames: Sequence[Atoms], cutoff: float, energies: Sequence[float] | None = None,
+              initial: Mapping[Element, tuple[float, float, float]] | None = None,
+              reference_energies: Mapping[Element, float] | None = None) -> MorseFit:
+    """Fit per-element Morse parameters (D_e, r_e, a) to labelled energies.
+
+    The model of each frame's energy is the pair sum of the shifted-force Morse baseline
+    (unlike pairs by the mixing rules of :class:`Morse`, exactly as a model evaluates it)
+    plus a reference energy per atom of each element; :func:`scipy.optimize.least_squares`
+    minimises the per-atom energy residuals. Use dimer scans (:func:`dimer_frames`),
+    compressed-crystal scans (:func:`scaled_frames`) or any labelled frames.
+
+    Args:
+        frames: structures; energies from their calculators unless ``energies`` is given.
+        cutoff: the baseline cutoff of the fitted :class:`Morse` (A).
+        energies: the energies (eV), one per frame.
+        initial: starting (D_e, r_e, a) per element (default 0.5 eV, 2.5 A, 1.5 /A).
+        reference_energies: fixed per-atom reference energies (e.g. of the isolated atom,
+            in the labeller's energy zero); elements left out are fitted. Fit them only when
+            the data pin them down (dimer scans out to where V has decayed do; crystal scans
+            alone leave them correlated with D_e).
+    """
+    from scipy.optimize import least_squares
+
+    if not frames:
+        raise ValueError("fit_morse needs labelled frames")
+    e = np.array([f.get_potential_energy() for f in frames] if energies is None else energies, dtype=float)
+    if e.shape != (len(frames),) or not np.all(np.isfinite(e)):
+        raise ValueError(f"need one finite energy per frame ({len(frames)}), got {e.shape}")
+    symbols = sorted({s for f in frames for s in f.get_chemical_symbols()}, key=_z)
+    initial = {chemical_symbols[_z(k)]: tuple(map(float, v)) for k, v in (initial or {}).items()}
+    fixed = {chemical_symbols[_z(k)]: float(v) for k, v in (reference_energies or {}).items()}
+    free_refs = [s for s in symbols if s not in fixed]
+    counts = np.array([[f.get_chemical_symbols().count(s) for s in symbols] for f in frames], dtype=float)
+    n_atoms = counts.sum(axis=1)
+    x0 = [np.log(v) for s in symbols for v in initial.get(s, (0.5, 2.5, 1.5))]
+    x0 += [0.0] * len(free_refs)
+
+    def unpack(x: np.ndarray) -> tuple[Morse, np.ndarray]:
+        p = np.exp(x[:3 * len(symbols)]).reshape(-1, 3)
+        refs = dict(fixed)
+        refs.update(zip(free_refs, x[3 * len(symbols):]))
+        return (Morse({s: tuple(p[i]) for i, s in enumerate(symbols)}, cutoff),
+                np.array([refs[s] for s in symbols]))
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        morse, refs = unpack(x)
+        pair = np.array([evaluate(morse, f)["energy"] for f in frames])
+        return (pair + counts @ refs - e) / n_atoms
+
+    # parameters in logs: positive by construction and of comparable scale
+    res = least_squares(residuals, np.array(x0), x_scale="jac")
+    morse, refs = unpack(res.x)
+    rms = float(np.sqrt(np.mean(res.fun ** 2)))
+    log.info("fit_morse: %s, rms residual %.4g eV/atom (%s)", morse.params, rms, res.message)
+    return MorseFit(morse, dict(zip(symbols, map(float, refs))), rms, bool(res.success), str(res.message))

@@ -341,8 +341,11 @@ class GaussianProcess:
             (:class:`otfgp.priors.Priors`, default :data:`otfgp.priors.DEFAULT_PRIORS`), or
             ``None`` for pure maximum likelihood. Not stored in model files.
         baseline: an analytic prior (:mod:`otfgp.baselines`: ``Morse``, ``LennardJones``,
-            ``ZBL``) or ``None``. The GP then learns label - baseline and predicts
-            baseline + GP; stored in model files (see ``docs/baselines.md``).
+            ``ZBL``), an ASE calculator as the prior (a
+            :class:`~otfgp.baselines.CalculatorBaseline`, a calculator instance or a spec
+            string such as ``"emt"`` or ``"chgnet"``; Python only) or ``None``. The GP then
+            learns label - baseline and predicts baseline + GP; stored in model files (see
+            ``docs/baselines.md``). A model has at most one baseline.
 
     The energy is a sum of pair energies over pairs closer than r2 and triplet energies
     over triangles whose three sides are shorter than r3, each a Gaussian process with a
@@ -365,7 +368,7 @@ class GaussianProcess:
         hyperparameters: Mapping[str, float] | None = None,
         bounds: Mapping[str, tuple[float, float]] | None = None,
         priors: Priors | None = DEFAULT_PRIORS,
-        baseline: "baselines.Baseline | None" = None,
+        baseline: "baselines.Baseline | baselines.CalculatorBaseline | str | Any | None" = None,
     ) -> None:
         numbers = [_as_atomic_number(s) for s in species]
         if not numbers:
@@ -381,11 +384,17 @@ class GaussianProcess:
         r2 = float(cutoffs.get("twobody", 0.0))
         r3 = float(cutoffs.get("threebody", 0.0))
         self._model = _core.Model(numbers, r2, r3)
+        self._calc_baseline: baselines.CalculatorBaseline | None = None
         if baseline is not None:
-            if not hasattr(baseline, "to_core"):
-                raise TypeError(f"baseline must be an otfgp.baselines Morse, LennardJones or ZBL, "
+            if hasattr(baseline, "to_core"):
+                self._model.baseline = baseline.to_core()
+            elif isinstance(baseline, (str, baselines.CalculatorBaseline)) or hasattr(baseline, "get_potential_energy"):
+                self._calc_baseline = baselines.calculator_baseline(baseline)
+                self._model.external_baseline = self._calc_baseline.name
+            else:
+                raise TypeError(f"baseline must be an otfgp.baselines Morse, LennardJones, ZBL or "
+                                f"CalculatorBaseline, an ASE calculator or a spec string, "
                                 f"got {type(baseline).__name__}")
-            self._model.baseline = baseline.to_core()
         if priors is not None and not isinstance(priors, Priors):
             raise TypeError(f"priors must be an otfgp.priors.Priors or None, got {type(priors).__name__}")
         self.priors = priors
@@ -415,9 +424,26 @@ class GaussianProcess:
         return [chemical_symbols[z] for z in self._model.atomic_numbers]
 
     @property
-    def baseline(self) -> "baselines.Baseline | None":
-        """The analytic baseline the GP is trained on top of, or ``None``."""
-        return baselines.from_core(self._model.baseline)
+    def baseline(self) -> "baselines.Baseline | baselines.CalculatorBaseline | None":
+        """The baseline the GP is trained on top of (analytic or a calculator), or ``None``."""
+        return self._calc_baseline or baselines.from_core(self._model.baseline)
+
+    # A model without __init__ (old pickles) has no calculator baseline.
+    _calc_baseline: "baselines.CalculatorBaseline | None" = None
+
+    def _baseline_rows(self, atoms: Atoms, force_atoms: np.ndarray, energy: float | None,
+                       stress: np.ndarray | None) -> np.ndarray | None:
+        """The calculator baseline's value of each label row of a structure (row order of
+        the core: forces of force_atoms, energy, stress), or None without one."""
+        if self._calc_baseline is None:
+            return None
+        b = self._calc_baseline.evaluate(atoms, stress=stress is not None)
+        rows = [b["forces"][force_atoms].ravel()]
+        if energy is not None:
+            rows.append([b["energy"]])
+        if stress is not None:
+            rows.append(b["stress"])
+        return np.concatenate(rows).astype(float)
 
     @property
     def cutoffs(self) -> dict[str, float]:
@@ -566,8 +592,10 @@ class GaussianProcess:
             if raw.shape != (6,):
                 raise _core.InputError(f"stress must have 6 Voigt components or shape (3, 3), got {raw.shape}")
             s = raw
+        prior = self._baseline_rows(atoms, force_atoms, e, s)  # once: stored with the raw labels
         with self._dropping_maps("adding training data"):
-            self._model.add_training_structure(cell, pbc, positions, species, force_atoms, force_values, e, s)
+            self._model.add_training_structure(cell, pbc, positions, species, force_atoms, force_values, e, s,
+                                               prior)
 
     def training_structure(self, index: int) -> dict[str, Any]:
         """The ``index``-th labelled structure: ``atoms`` (with its labels attached as a
@@ -1171,6 +1199,12 @@ class GaussianProcess:
         cell, pbc, positions, species = self._structure_arrays(atoms)
         d = self._model.predict(cell, pbc, positions, species, variance)
         has_var = "force_variances" in d
+        if self._calc_baseline is not None:  # the core predicted the GP part: add the prior
+            b = self._calc_baseline.evaluate(atoms)
+            d["energy"] = d["energy"] + b["energy"]
+            d["forces"] = d["forces"] + b["forces"]
+            d["local_energies"] = d["local_energies"] + b["local_energies"]
+            d["stress"] = d["stress"] + b["stress"]
 
         def epistemic(quantity: str, key: str) -> np.ndarray | None:
             latent = d.get(key)
@@ -1351,6 +1385,9 @@ class GaussianProcess:
         cell, pbc, positions, species = self._structure_arrays(atoms)
         if not all(pbc) or atoms.cell.volume <= 1e-8:
             raise ValueError("per-atom stresses need a fully periodic cell with a volume")
+        if self._calc_baseline is not None:
+            raise ValueError(f"per-atom stresses are not available with the calculator baseline "
+                             f"{self._calc_baseline.name!r} (it gives the total stress only)")
         virials = self._model.predict_local(cell, pbc, positions, species, False)["virials"]
         return -virials[:, [0, 1, 2, 5, 4, 3]] / atoms.get_volume()
 
@@ -1359,19 +1396,37 @@ class GaussianProcess:
         """Write the model (training data, hyperparameters, solution, maps, calibration) to
         ``path`` atomically. Any model can be saved and loaded again: one with new data or
         hyperparameters since its last :meth:`train` is saved untrained (its labels kept,
-        without the maps of the old solution, which changing it dropped)."""
+        without the maps of the old solution, which changing it dropped). A calculator
+        baseline is recorded by its spec (from which :meth:`load` rebuilds it)."""
+        self._require_baseline_spec()
         self._model.save(os.fspath(path))
+
+    def _require_baseline_spec(self) -> None:
+        if self._calc_baseline is not None and self._calc_baseline.spec is None:
+            raise ValueError(f"cannot save a model whose calculator baseline has no spec "
+                             f"({self._calc_baseline.name}): build it as CalculatorBaseline(calc, "
+                             f"spec='package.module:factory') or register_calculator(name, factory)")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "GaussianProcess":
         """Read a model written by :meth:`save` (or by the C++ core)."""
         core = _core.Model.load(os.fspath(path))
+        if core.external_baseline:
+            try:
+                calc_baseline = baselines.CalculatorBaseline(spec=core.external_baseline)
+            except Exception as e:
+                raise _core.ModelFileError(
+                    f"{os.fspath(path)}: the model was trained on top of the calculator baseline "
+                    f"{core.external_baseline!r}, which cannot be built here ({e}); install or "
+                    f"register it (otfgp.baselines.register_calculator) and load again") from e
+        else:
+            calc_baseline = None
         for warning in core.load_warnings:
             log.warning("%s: %s", os.fspath(path), warning)
         if core.format_version < _core.CALIBRATION_FORMAT_VERSION:
             log.info("model file format version %d predates calibration; loaded uncalibrated "
                      "(reported stds = latent + noise)", core.format_version)
-        return cls._from_core(core)
+        return cls._from_core(core, calc_baseline)
 
     def copy(self) -> "GaussianProcess":
         """An independent copy (training data, hyperparameters, solution, maps, calibration,
@@ -1379,13 +1434,20 @@ class GaussianProcess:
         return copy.deepcopy(self)
 
     @classmethod
-    def _from_core(cls, core: _core.Model) -> "GaussianProcess":
+    def _from_core(cls, core: _core.Model,
+                   calc_baseline: "baselines.CalculatorBaseline | None" = None) -> "GaussianProcess":
         gp = cls.__new__(cls)
-        gp._adopt_core(core)
+        gp._adopt_core(core, calc_baseline)
         return gp
 
-    def _adopt_core(self, core: _core.Model) -> None:
-        """Make ``core`` this object's model, with default bounds and no cached kernels."""
+    def _adopt_core(self, core: _core.Model,
+                    calc_baseline: "baselines.CalculatorBaseline | None" = None) -> None:
+        """Make ``core`` this object's model, with default bounds and no cached kernels;
+        ``calc_baseline`` is the calculator behind the core's external baseline (built from
+        its spec when not given)."""
+        if core.external_baseline and calc_baseline is None:
+            calc_baseline = baselines.CalculatorBaseline(spec=core.external_baseline)
+        self._calc_baseline = calc_baseline
         self._model = core
         self.bounds = dict(DEFAULT_BOUNDS)
         self._reset_cache()
@@ -1399,10 +1461,10 @@ class GaussianProcess:
     # file does not hold. Kernel caches are rebuilt on demand.
     def __getstate__(self) -> dict[str, Any]:
         return {"model": self._model.to_bytes(), "bounds": dict(self.bounds), "priors": self.priors,
-                "last_optimization": self.last_optimization}
+                "last_optimization": self.last_optimization, "calc_baseline": self._calc_baseline}
 
     def __setstate__(self, state: Mapping[str, Any]) -> None:
-        self._adopt_core(_core.Model.from_bytes(state["model"]))
+        self._adopt_core(_core.Model.from_bytes(state["model"]), state.get("calc_baseline"))
         self.bounds = dict(state["bounds"])
         self.priors = state.get("priors", DEFAULT_PRIORS)
         self.last_optimization = state.get("last_optimization")
