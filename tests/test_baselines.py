@@ -473,3 +473,50 @@ def test_zbl_force_matches_lammps_zbl():
     _, fc = _zbl_numpy(np.array([13.0]), np.array([29.0]), np.array([rc]))
     np.testing.assert_allclose(ours[1] - forces[1], [fc[0], 0, 0], rtol=1e-9, atol=1e-9 * abs(forces[1, 0]))
     np.testing.assert_allclose(ours[0] - forces[0], [-fc[0], 0, 0], rtol=1e-9, atol=1e-9 * abs(forces[1, 0]))
+
+
+def test_fit_morse_recovers_ase_morse_parameters():
+    """Dimer and compressed-crystal scans labelled by ASE's MorsePotential (negligible
+    beyond 9.9 A, so its smoothing and the shifted-force terms do not matter) give back its
+    parameters, with the reference energy fixed or fitted."""
+    D, re, a = 0.35, 2.9, 2.5
+    calc = MorsePotential(epsilon=D, r0=re, rho0=a * re, rcut1=3.4, rcut2=3.6)  # in units of r0
+    frames = (baselines.dimer_frames("Al", np.linspace(2.4, 6.0, 10), calc)
+              + baselines.scaled_frames(bulk("Al", "fcc", a=4.1), np.linspace(0.92, 1.08, 6), calc))
+    for refs in ({"Al": 0.0}, None):
+        fit = baselines.fit_morse(frames, cutoff=10.0, reference_energies=refs)
+        assert fit.success and fit.rms_residual < 1e-5
+        np.testing.assert_allclose(fit.morse.params["Al"], (D, re, a), rtol=1e-4)
+        assert fit.reference_energies["Al"] == pytest.approx(0.0, abs=1e-5)
+        assert fit.morse.cutoff == 10.0
+
+
+def test_fit_morse_gives_sane_values_on_emt_copper():
+    """An fcc scan of EMT Cu with the isolated-atom energy as reference: a Morse prior of
+    the right size, with EMT's lattice constant."""
+    atom = Atoms("Cu", cell=[20, 20, 20])
+    atom.calc = EMT()
+    e_atom = atom.get_potential_energy()
+    frames = baselines.scaled_frames(bulk("Cu", "fcc", a=3.6), np.linspace(0.9, 1.1, 9), EMT())
+    fit = baselines.fit_morse(frames, cutoff=6.5, reference_energies={"Cu": e_atom})
+    D, re, a = fit.morse.params["Cu"]
+    assert 0.1 < D < 1.5 and 2.2 < re < 3.2 and 0.7 < a < 2.5
+    assert fit.rms_residual < 0.01  # eV/atom
+    lattice = np.linspace(3.4, 3.8, 41)
+
+    def minimum(energy):
+        return lattice[int(np.argmin([energy(bulk("Cu", "fcc", a=x)) for x in lattice]))]
+
+    def emt(atoms):
+        atoms.calc = EMT()
+        return atoms.get_potential_energy()
+
+    assert minimum(lambda at: baselines.evaluate(fit.morse, at)["energy"]) == pytest.approx(minimum(emt), abs=0.05)
+
+
+def test_fit_morse_refuses_bad_input():
+    with pytest.raises(ValueError, match="labelled frames"):
+        baselines.fit_morse([], cutoff=6.0)
+    frames = baselines.scaled_frames(bulk("Cu", "fcc", a=3.6), [1.0, 1.05], EMT())
+    with pytest.raises(ValueError, match="one finite energy per frame"):
+        baselines.fit_morse(frames, cutoff=6.0, energies=[1.0])

@@ -15,7 +15,10 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
+import io
 import logging
 import math
 import os
@@ -189,23 +192,41 @@ def _emt() -> Any:
     return EMT()
 
 
-def _chgnet() -> Any:
-    """CHGNet's pretrained universal potential on the CPU (``pip install otfgp[umlip]``),
-    with its own logging quiet. Torch threads follow OMP_NUM_THREADS (default 1): a
-    baseline runs inside workers that the caller parallelises."""
+@functools.lru_cache(maxsize=1)
+def _chgnet_model() -> Any:
+    """The pretrained CHGNet weights, loaded once per process (3 s): every model, copy and
+    loaded file with the "chgnet" baseline shares them (they are read-only)."""
     try:
         import torch
         from chgnet.model import CHGNet
-        from chgnet.model.dynamics import CHGNetCalculator
     except ImportError as e:
         raise ImportError("the 'chgnet' baseline needs CHGNet: pip install 'otfgp[umlip]'") from e
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     # CHGNet's forward pass warns on every call about a tensor it converts (harmless)
     warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad",
                             module=r"chgnet\.")
-    model = CHGNet.load(verbose=False)
-    return CHGNetCalculator(model=model, use_device="cpu", check_cuda_mem=False,
-                            return_site_energies=True)
+    return _quietly(lambda: CHGNet.load(verbose=False))
+
+
+def _quietly(build: Callable[[], Any]) -> Any:
+    """``build()`` with its prints (CHGNet prints banners) sent to the debug log."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        result = build()
+    if out.getvalue().strip():
+        log.debug("%s", out.getvalue().strip())
+    return result
+
+
+def _chgnet() -> Any:
+    """CHGNet's pretrained universal potential on the CPU (``pip install otfgp[umlip]``),
+    with its per-atom energies and its output quiet. Torch threads follow OMP_NUM_THREADS
+    (default 1): a baseline runs inside workers that the caller parallelises."""
+    model = _chgnet_model()
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    return _quietly(lambda: CHGNetCalculator(model=model, use_device="cpu", check_cuda_mem=False,
+                                             return_site_energies=True))
 
 
 # name -> factory: the spec strings a model file can record besides "module:function".
@@ -415,7 +436,7 @@ def fit_morse(frames: Sequence[Atoms], cutoff: float, energies: Sequence[float] 
         p = np.exp(x[:3 * len(symbols)]).reshape(-1, 3)
         refs = dict(fixed)
         refs.update(zip(free_refs, x[3 * len(symbols):]))
-        return (Morse({s: tuple(p[i]) for i, s in enumerate(symbols)}, cutoff),
+        return (Morse({s: tuple(map(float, p[i])) for i, s in enumerate(symbols)}, cutoff),
                 np.array([refs[s] for s in symbols]))
 
     def residuals(x: np.ndarray) -> np.ndarray:
