@@ -176,11 +176,33 @@ def build_model(model: Mapping[str, Any]) -> "GaussianProcess":
 
     cutoffs = {k: model[k] for k in ("twobody", "threebody") if k in model}
     bounds = {k: tuple(v) for k, v in model.get("bounds", {}).items()} or None
+    baseline = build_baseline(model["baseline"]) if "baseline" in model else None
     try:
         return GaussianProcess(model["species"], cutoffs, hyperparameters=model.get("hyperparameters"),
-                               bounds=bounds, priors=build_priors(model))
+                               bounds=bounds, priors=build_priors(model), baseline=baseline)
     except ValueError as exc:
         raise ConfigError(f"[model]: {exc}") from exc
+
+
+def build_baseline(spec: Mapping[str, Any]) -> Any:
+    """The baseline of a resolved ``[model.baseline]`` section: ``Morse``, ``LennardJones``,
+    ``ZBL`` or a ``CalculatorBaseline`` (see docs/baselines.md).
+
+    Raises:
+        ConfigError: the parameters are rejected, or the calculator cannot be built.
+    """
+    from . import baselines
+
+    kind = spec["kind"]
+    try:
+        if kind == "calculator":
+            return baselines.CalculatorBaseline(spec=spec["spec"])
+        if kind == "zbl":
+            return baselines.ZBL(spec["cutoff"])
+        cls = baselines.Morse if kind == "morse" else baselines.LennardJones
+        return cls(spec["params"], spec["cutoff"], spec.get("pairs", {}))  # the model checks them
+    except (ValueError, ImportError) as exc:
+        raise ConfigError(f"[model.baseline]: {exc}") from exc
 
 
 def build_priors(model: Mapping[str, Any]) -> "Priors | None":

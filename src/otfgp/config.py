@@ -18,7 +18,10 @@ MD_KEYS = ("integrator", "timestep_fs", "temperature_K", "seed", "friction", "st
            "pressure_bar", "taut_fs", "taup_fs", "compressibility_per_bar", "zero_momentum", "fmax",
            "relax_cell")
 STAGE_KEYS = ("steps", "rescale_to_K", "temperature_K", "name")
-MODEL_KEYS = ("species", "twobody", "threebody", "hyperparameters", "bounds", "priors")
+MODEL_KEYS = ("species", "twobody", "threebody", "hyperparameters", "bounds", "priors", "baseline")
+# [model.baseline]: kind (morse / lj / zbl / calculator) and its parameters (docs/config.md)
+BASELINE_KEYS = ("kind", "cutoff", "params", "pairs", "spec")
+BASELINE_KINDS = {"morse": 3, "lj": 2, "zbl": 0, "calculator": 0}  # kind -> values per element
 # md.integrator -> the [md] keys of its own (besides integrator, seed, steps, stages, and
 # timestep_fs, temperature_K, zero_momentum for the MD integrators); built by
 # otfgp.builders.build_dynamics
@@ -103,6 +106,7 @@ def known_keys() -> dict[str, tuple[str, ...]]:
         "md.stages": STAGE_KEYS,
         "model": MODEL_KEYS,
         "model.hyperparameters": tuple(HYPERPARAMETER_NAMES),
+        "model.baseline": BASELINE_KEYS,
         "otf": tuple(f.name for f in fields(OTFOptions)),
     }
 
@@ -298,7 +302,55 @@ def _validate_model(mo: Mapping[str, Any], st: Mapping[str, Any]) -> dict[str, A
                           for k, v in d.items()}
     if "priors" in mo:
         model["priors"] = _validate_priors(mo["priors"])
+    if "baseline" in mo:
+        model["baseline"] = _validate_baseline(mo["baseline"])
     return model
+
+
+def _validate_baseline(b: Any) -> dict[str, Any]:
+    """``[model.baseline]``: an analytic prior (``kind`` morse / lj / zbl with ``cutoff``,
+    per-element ``params`` and optional per-pair ``pairs``) or an ASE calculator (``kind =
+    "calculator"`` with ``spec``). Values are checked here for shape; the baseline classes
+    check the physics (positive parameters, every species covered)."""
+    where = "model.baseline"
+    if not isinstance(b, Mapping):
+        raise ConfigError(f"{where} must be a table/mapping")
+    _check_keys(b, BASELINE_KEYS, where)
+    kind = b.get("kind")
+    if kind not in BASELINE_KINDS:
+        raise ConfigError(f"{where}.kind must be one of {', '.join(map(repr, BASELINE_KINDS))}, got {kind!r}")
+    out: dict[str, Any] = {"kind": kind}
+    if kind == "calculator":
+        extra = sorted(set(b) - {"kind", "spec"})
+        if extra:
+            raise ConfigError(f"{where}: kind = 'calculator' takes only spec, not {', '.join(extra)}")
+        spec = b.get("spec")
+        if not isinstance(spec, str) or not spec.strip():
+            raise ConfigError(f"{where}.spec must name the calculator: 'emt', 'chgnet' or 'package.module:factory'")
+        out["spec"] = spec
+        return out
+    if "spec" in b:
+        raise ConfigError(f"{where}.spec belongs to kind = 'calculator', not {kind!r}")
+    if "cutoff" not in b:
+        raise ConfigError(f"{where}.cutoff missing: the baseline's own cutoff (A)")
+    out["cutoff"] = float(_number(b, "cutoff", where, positive=True, allow_zero=False))
+    n = BASELINE_KINDS[kind]
+    for key in ("params", "pairs"):
+        if key not in b:
+            continue
+        if n == 0:
+            raise ConfigError(f"{where}.{key}: ZBL has no parameters")
+        table = b[key]
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{where}.{key} must be a table {'element' if key == 'params' else 'A-B'} -> list")
+        for name, v in table.items():
+            if (not isinstance(v, (list, tuple)) or len(v) != n
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+                raise ConfigError(f"{where}.{key}.{name} must be a list of {n} numbers, got {v!r}")
+        out[key] = {k: [float(x) for x in v] for k, v in table.items()}
+    if n and "params" not in out:
+        raise ConfigError(f"{where}.params missing: give each species' parameters")
+    return out
 
 
 def _validate_priors(p: Any) -> bool | dict[str, list[float]]:
