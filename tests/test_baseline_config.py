@@ -111,3 +111,36 @@ def test_otf_on_a_calculator_baseline_checkpoints_and_resumes(tmp_path, monkeypa
     emt.calc = EMT()
     trained = frame.arrays["force_trained"]
     np.testing.assert_allclose(frame.get_forces()[trained], emt.get_forces()[trained], atol=1e-6)
+
+
+def test_otfgp_train_on_a_calculator_baseline_maps_the_gp_part(tmp_path, capsys):
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    from otfgp.cli import main
+
+    rng = np.random.default_rng(4)
+    frames = []
+    for _ in range(3):
+        a = bulk("Al", "fcc", a=4.05, cubic=True)
+        a.positions += rng.uniform(-0.1, 0.1, a.positions.shape)
+        a.calc = MorsePotential(epsilon=0.3, r0=2.9, rho0=4.0, rcut1=1.5, rcut2=1.9)
+        a.calc = SinglePointCalculator(a, forces=a.get_forces(), energy=a.get_potential_energy())
+        frames.append(a)
+    write(tmp_path / "frames.extxyz", frames)
+    (tmp_path / "train.toml").write_text(
+        '[model]\ntwobody = 4.5\nthreebody = 3.2\n[model.baseline]\nkind = "calculator"\nspec = "emt"\n'
+        '[data]\nfiles = ["frames.extxyz"]\n[train]\noutput = "m.otfgp"\n')
+    assert main(["train", str(tmp_path / "train.toml"), "-o", str(tmp_path / "m.otfgp")]) == 0, capsys.readouterr()
+    gp = otfgp.GaussianProcess.load(tmp_path / "m.otfgp")
+    assert gp.baseline.spec == "emt" and gp.mapped
+    test = frames[0].copy()
+    test.positions += 0.02
+    unmapped = gp.copy()
+    unmapped.core.clear_maps()
+    mapped, exact = gp.predict(test, variance=False), unmapped.predict(test, variance=False)
+    assert np.abs(mapped.forces - exact.forces).max() > 0  # the maps were used
+    np.testing.assert_allclose(mapped.forces, exact.forces, atol=5e-3)  # maps of the GP part, EMT added
+    emt = test.copy()
+    emt.calc = EMT()
+    assert np.abs(exact.forces - emt.get_forces()).max() > 1e-2  # the GP part is not nothing

@@ -29,6 +29,7 @@ HEADINGS = {
     "## [[md.stages]]": "md.stages",
     "## [model]": "model",
     "### model.hyperparameters and model.bounds": "model.hyperparameters",
+    "### [model.baseline]": "model.baseline",
     "## [labeller]": "labeller",
     '### type = "espresso"': "labeller.espresso",
     "### type = any ASE calculator": "labeller.ase",
