@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <exception>
+#include <string>
 #include <unordered_map>
 
 #include "atom.h"
@@ -19,6 +20,21 @@
 #include "update.h"
 
 using namespace LAMMPS_NS;
+
+namespace {
+
+// Why a model cannot run here, or "": a Python-only baseline (an ASE calculator) is not part
+// of the model's numbers, so without it the forces would be the GP's correction alone,
+// silently wrong.
+std::string python_only_baseline(const otfgp::Model &m) {
+  if (m.external_baseline().empty()) return "";
+  return "was trained on top of the Python-only baseline '" + m.external_baseline() +
+         "' (an ASE calculator), which LAMMPS cannot evaluate; run it from Python "
+         "(otfgp.GPCalculator), or train a model with an analytic baseline (Morse, "
+         "LennardJones, ZBL) or none for LAMMPS";
+}
+
+}  // namespace
 
 PairOTFGP::PairOTFGP(LAMMPS *lmp) : Pair(lmp) {
   single_enable = 0;
@@ -63,14 +79,8 @@ void PairOTFGP::coeff(int narg, char **arg) {
   }
   if (!model_->trained())
     error->all(FLERR, "pair otfgp: model file {} holds an untrained model", arg[2]);
-  // A Python-only baseline (an ASE calculator) is not part of the file's numbers: without it
-  // the forces would be the GP's correction alone, silently wrong.
-  if (!model_->external_baseline().empty())
-    error->all(FLERR, "pair otfgp: model file {} was trained on top of the Python-only baseline '{}' "
-               "(an ASE calculator), which LAMMPS cannot evaluate; run it from Python "
-               "(otfgp.GPCalculator), or train a model with an analytic baseline "
-               "(Morse, LennardJones, ZBL) or none for LAMMPS",
-               arg[2], model_->external_baseline());
+  const std::string unusable = python_only_baseline(*model_);
+  if (!unusable.empty()) error->all(FLERR, "pair otfgp: model file {} {}", arg[2], unusable);
   model_file_ = arg[2];
   type_symbols_.assign(ntypes + 1, "");
   for (int t = 1; t <= ntypes; ++t) {
@@ -133,6 +143,8 @@ std::shared_ptr<const otfgp_lammps::VarianceRequest> PairOTFGP::request_variance
 double PairOTFGP::init_one(int, int) { return cutmax_; }
 
 void PairOTFGP::set_model(std::unique_ptr<otfgp::Model> model) {
+  const std::string unusable = python_only_baseline(*model);
+  if (!unusable.empty()) error->all(FLERR, "pair otfgp: the new model {}", unusable);
   model_ = std::move(model);
   map_types();
   pass_step_ = -1;  // the force pass's variances belong to the old model
