@@ -244,3 +244,30 @@ def test_chgnet_prior_corrected_by_a_few_emt_frames(tmp_path):
     loaded = otfgp.GaussianProcess.load(tmp_path / "m.otfgp")
     assert loaded.baseline.spec == "chgnet"
     np.testing.assert_array_equal(loaded.predict(test[0]).forces, gp.predict(test[0]).forces)
+
+
+class TotalOnlyEMT(EMT):
+    """EMT that does not offer per-atom energies."""
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+
+def test_local_energies_without_per_atom_energies_are_nan(frames):
+    gp = _delta(frames[:1], baseline=CalculatorBaseline(TotalOnlyEMT(), spec="x.y:z"))
+    p = gp.predict(frames[2], variance="exact")
+    assert np.isnan(p.local_energies).all()
+    assert np.isfinite(p.energy) and np.isfinite(p.forces).all()
+    assert np.isfinite(p.local_energy_variances).all()  # the GP's, as always
+
+
+def test_mapped_model_adds_the_calculator_to_the_maps(delta, frames):
+    """Maps tabulate the GP part: the mapped Delta-model's mean and mapped variance are the
+    mapped residual GP's plus EMT's forces and the same variance."""
+    gp, residual = delta.copy(), _residual(frames)
+    gp.map(variance=True, grid2=16, grid3=6)
+    residual.map(variance=True, grid2=16, grid3=6)
+    test = _frame(np.random.default_rng(12))
+    p, r = gp.predict(test, variance="mapped"), residual.predict(test, variance="mapped")
+    emt = test.copy()
+    emt.calc = EMT()
+    np.testing.assert_allclose(p.forces, r.forces + emt.get_forces(), atol=1e-10)
+    np.testing.assert_allclose(p.force_variances, r.force_variances, rtol=1e-10)
