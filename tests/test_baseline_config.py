@@ -66,18 +66,42 @@ def test_rejected_parameters_and_unbuildable_calculators_are_config_errors():
         build_model(_validate_model({**MODEL, "baseline": {"kind": "calculator", "spec": "no_such_module:f"}}, {}))
 
 
-def test_otf_cli_with_a_morse_baseline(tmp_path):
+def _otf_cli(tmp_path: Path, baseline: str, steps: int = 15) -> Path:
     text = (EXAMPLES / "otf_al_emt.toml").read_text().replace('output_dir = "otf_al_emt"', 'output_dir = "run"')
-    text = text.replace("steps = 100", "steps = 15").replace(
-        "threebody = 3.5\n", "threebody = 3.5\n\n[model.baseline]\nkind = \"morse\"\ncutoff = 7.0\n"
-                             "params = { Al = [0.27, 3.25, 1.17] }\n")
+    text = text.replace("steps = 100", f"steps = {steps}").replace("threebody = 3.5\n",
+                                                                   f"threebody = 3.5\n\n[model.baseline]\n{baseline}\n")
     assert "[model.baseline]" in text
     (tmp_path / "emt.toml").write_text(text)
     out = subprocess.run([OTFGP, "otf", "emt.toml"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["dft_calls"] >= 1
-    model = otfgp.GaussianProcess.load(tmp_path / "run" / "model.otfgp")
+    return tmp_path / "run"
+
+
+def test_otf_cli_with_a_morse_baseline(tmp_path):
+    run = _otf_cli(tmp_path, 'kind = "morse"\ncutoff = 7.0\nparams = { Al = [0.27, 3.25, 1.17] }')
+    model = otfgp.GaussianProcess.load(run / "model.otfgp")
     assert model.baseline == baselines.Morse({"Al": (0.27, 3.25, 1.17)}, 7.0)
+
+
+def test_otf_cli_with_a_calculator_baseline_resumes_from_a_checkpoint(tmp_path, monkeypatch):
+    """A calculator from a module next to the config ('mybase:morse'): the run learns on top
+    of it, and a resume from an earlier checkpoint (a new process) rebuilds it by its spec."""
+    (tmp_path / "mybase.py").write_text(
+        "from ase.calculators.morse import MorsePotential\n\n"
+        "def morse():\n    return MorsePotential(epsilon=0.27, r0=3.25, rho0=3.8, rcut1=1.6, rcut2=2.0)\n")
+    run = _otf_cli(tmp_path, 'kind = "calculator"\nspec = "mybase:morse"', steps=10)
+    kept = sorted(int(p.stem.split("_")[1]) for p in (run / "checkpoint").glob("state_*.json"))
+    assert len(kept) >= 2
+    first = json.loads((run / "checkpoint" / f"state_{kept[0]:05d}.json").read_text())["step"]
+    out = subprocess.run([OTFGP, "otf", "--resume", "run", "--checkpoint", str(kept[0])], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert f"resuming {run} at step {first}" in out.stderr or f"resuming run at step {first}" in out.stderr
+    monkeypatch.chdir(tmp_path)  # where mybase.py imports from
+    model = otfgp.GaussianProcess.load(run / "model.otfgp")
+    assert model.core.external_baseline == "mybase:morse" and model.trained
+    assert json.loads((run / "summary.json").read_text())["steps"] == 20
 
 
 def _dynamics(seed: int = 0) -> VelocityVerlet:

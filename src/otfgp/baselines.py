@@ -22,6 +22,7 @@ import io
 import logging
 import math
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence, Union
@@ -258,6 +259,9 @@ def _build(spec: str) -> Any:
     if not sep or not module or not attr:
         raise ValueError(f"unknown baseline {spec!r}: use a registered name ({', '.join(sorted(_REGISTRY))}) "
                          f"or an importable factory 'package.module:function'")
+    # as for 'module:function' labellers: a module next to the run's config imports
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         factory = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
@@ -276,7 +280,8 @@ class CalculatorBaseline:
         calculator: the calculator instance, or ``None`` to build it from ``spec``.
         spec: how to rebuild it when a model file is loaded: a registered name (``"emt"``
             or ``"ase:emt"``, ``"chgnet"``, see :func:`register_calculator`) or an
-            importable factory ``"package.module:function"`` (called without arguments).
+            importable factory ``"package.module:function"`` (called without arguments;
+            the working directory is on the import path, as for labellers).
             Optional for the registered calculator classes (EMT, CHGNet); a baseline without
             a spec works in memory but its model cannot be saved.
 
