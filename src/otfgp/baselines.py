@@ -1,10 +1,13 @@
-"""Analytic baselines (physical priors) for Delta-learning.
+"""Baselines (physical priors) for Delta-learning: analytic pair potentials evaluated by the
+C++ core (Morse, Lennard-Jones, ZBL; :func:`fit_morse` fits Morse parameters to scans), and
+any ASE calculator as a Python-only baseline (:class:`CalculatorBaseline`: EMT, CHGNet, ...).
 
 A :class:`~otfgp.GaussianProcess` built with ``baseline=`` learns the difference between its
 labels and the baseline and predicts baseline + GP (energies, forces, stresses, local
-energies; the variances are the GP's). The baseline is evaluated by the C++ core and stored
-in the model file, so Python, the mapped model and ``pair_style otfgp`` give the same numbers.
-See ``docs/baselines.md`` for the formulas, the mixing rules and the smooth cutoff.
+energies; the variances are the GP's). An analytic baseline is evaluated by the C++ core and
+stored in the model file, so Python, the mapped model and ``pair_style otfgp`` give the same
+numbers; a calculator is recorded by its spec and runs in Python only. See
+``docs/baselines.md`` for the formulas, the mixing rules, the smooth cutoff and calculators.
 
 Example::
 
