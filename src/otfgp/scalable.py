@@ -66,6 +66,9 @@ FLUSH_ROWS = 4096
 #: changes predictions by far less than the basis error.
 PRIOR_JITTER = 1e-10
 FILE_FORMAT = "otfgp-scalable-1"
+#: Largest basis accepted: the statistics take 3 x 8 bytes x basis^2 (384 MB here) and one
+#: likelihood evaluation ~ basis^3 (about 45 s at this size on one core; docs/scalable.md).
+MAX_COEFFICIENTS = 4000
 _KINDS = ("noise_force", "noise_energy", "noise_stress")
 
 
@@ -147,6 +150,13 @@ class ScalableGP:
         self._n_structures = 0
         self._solution: dict[str, np.ndarray] | None = None
         self._offsets = np.zeros(len(self._numbers))
+        size = _core.BasisDesign(len(self._numbers), self._r2, self._r3, 1.0 if lower is None else float(lower),
+                                 *self._nodes).columns
+        if size > MAX_COEFFICIENTS:
+            raise ValueError(
+                f"the basis is too large: {size} coefficients for {len(self._numbers)} species with "
+                f"nodes2={nodes2}, nodes3={nodes3} (limit {MAX_COEFFICIENTS}); use fewer triplet nodes "
+                f"(the size grows as species^3 x nodes3^3, docs/scalable.md)")
         if lower is not None:
             self._make_design(float(lower))
 
