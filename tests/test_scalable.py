@@ -160,3 +160,20 @@ def test_bad_input_is_a_clear_error():
         sg.add_training_data(random_alloy(rng))
     with pytest.raises(ValueError, match="too large"):
         otfgp.ScalableGP(["Cu", "Au", "Ag"], CUT, lower=1.5)
+
+
+def test_map_training_uses_the_exact_gps_prior_medians():
+    from otfgp.priors import DEFAULT_PRIORS
+
+    rng = np.random.default_rng(12)
+    frames = [displaced_al(rng) for _ in range(2)]
+    gp = otfgp.GaussianProcess(["Al"], CUT)
+    sg = otfgp.ScalableGP(["Al"], CUT, lower=1.8, priors=DEFAULT_PRIORS)
+    for a in frames:
+        gp.add_training_data(a, atom_indices=np.arange(10))
+        sg.add_training_data(a, atom_indices=np.arange(10))
+    exact, basis = gp.prior_medians(), sg.prior_medians()
+    for name in ("sigma2", "sigma3"):
+        assert basis[name].median == pytest.approx(exact[name].median, rel=1e-3)
+    with pytest.raises(ValueError, match="no priors"):
+        otfgp.ScalableGP(["Al"], CUT).prior_medians()

@@ -47,8 +47,9 @@ from ase.data import chemical_symbols
 from ase.neighborlist import neighbor_list
 
 from . import _core
-from .gp import (DEFAULT_HYPERPARAMETERS, HYPERPARAMETER_NAMES, MAXIMUM_LIKELIHOOD_BOUNDS, Prediction,
-                 _as_atomic_number, _label_atom_indices)
+from .gp import (DEFAULT_BOUNDS, DEFAULT_HYPERPARAMETERS, HYPERPARAMETER_NAMES, MAXIMUM_LIKELIHOOD_BOUNDS,
+                 Prediction, _as_atomic_number, _label_atom_indices)
+from .priors import LogNormal, Priors, log_prior
 from .mapping import LOWER_MARGIN, _basis_points
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,12 @@ class ScalableGP:
             that body order.
         hyperparameters: any subset of :data:`otfgp.gp.HYPERPARAMETER_NAMES`.
         bounds: optimisation bounds overriding :data:`otfgp.gp.MAXIMUM_LIKELIHOOD_BOUNDS`
-            (the length scales are also kept above :data:`MIN_ELL_PER_SPACING` node spacings).
+            (with priors: :data:`otfgp.gp.DEFAULT_BOUNDS`); the length scales are also kept
+            above :data:`MIN_ELL_PER_SPACING` node spacings.
+        priors: hyperparameter priors (:class:`otfgp.priors.Priors`) for maximum a
+            posteriori training, with the data-dependent signal medians of
+            :meth:`otfgp.GaussianProcess.prior_medians`; ``None`` (default): maximum
+            likelihood (docs/scalable.md has the measurements behind the default).
         lower: lower end of the basis (A); default: the shortest distance of the first
             training structure minus :data:`otfgp.mapping.LOWER_MARGIN`. Training clusters
             below it are an error; predictions there are extrapolated with a warning.
@@ -122,7 +128,8 @@ class ScalableGP:
     def __init__(self, species: Sequence[str | int], cutoffs: Mapping[str, float],
                  hyperparameters: Mapping[str, float] | None = None,
                  bounds: Mapping[str, tuple[float, float]] | None = None, lower: float | None = None,
-                 nodes2: int = DEFAULT_NODES2, nodes3: int = DEFAULT_NODES3) -> None:
+                 nodes2: int = DEFAULT_NODES2, nodes3: int = DEFAULT_NODES3,
+                 priors: Priors | None = None) -> None:
         self._numbers = [_as_atomic_number(s) for s in species]
         if not self._numbers or len(set(self._numbers)) != len(self._numbers):
             raise ValueError(f"species must list distinct elements, got {list(species)}")
@@ -138,7 +145,12 @@ class ScalableGP:
         self._check_names(hyperparameters or {})
         hyp.update({k: float(v) for k, v in (hyperparameters or {}).items()})
         self._hyp = hyp
-        self.bounds: dict[str, tuple[float, float]] = dict(MAXIMUM_LIKELIHOOD_BOUNDS)
+        if priors is not None and not isinstance(priors, Priors):
+            raise TypeError(f"priors must be an otfgp.priors.Priors or None, got {type(priors).__name__}")
+        self.priors = priors
+        self.evaluations = 0  # likelihood evaluations of the last optimisation
+        self.bounds: dict[str, tuple[float, float]] = dict(
+            MAXIMUM_LIKELIHOOD_BOUNDS if priors is None else DEFAULT_BOUNDS)
         self._check_names(bounds or {})
         self.bounds.update({k: (float(a), float(b)) for k, (a, b) in (bounds or {}).items()})
         self._nodes = (int(nodes2), int(nodes3))
@@ -461,6 +473,38 @@ class ScalableGP:
         hyp.update(hyperparameters or {})
         return self._evaluate(hyp, grad=True)[1]
 
+    def prior_medians(self) -> dict[str, LogNormal]:
+        """:attr:`priors` with every median concrete: a data-dependent signal std is the one
+        at which that body order alone, at the median length scale, gives a prior variance
+        of half the mean square label of the first label kind present (as
+        :meth:`otfgp.GaussianProcess.prior_medians`). The mean prior variance of the rows
+        is tr(S_unit G_k) / n_k, from the statistics alone."""
+        if self.priors is None:
+            raise ValueError("this model has no priors (priors=None: maximum likelihood)")
+        self._flush()
+        st = self._stats
+        if st is None or st.n.sum() == 0:
+            raise _core.NotTrainedError("no training data: call add_training_data() first")
+        needed = [k for k in ("sigma2", "sigma3") if self.priors.get(k).median is None]
+        data: dict[str, float] = {}
+        if needed:
+            ells = {"ell2": self.priors.ell2.median, "ell3": self.priors.ell3.median}
+            if None in ells.values():
+                raise ValueError("data-dependent signal medians need fixed length-scale medians")
+            kind = int(np.flatnonzero(st.n > 0)[0])
+            _, yy = self._kind_terms(self._offsets_fit())
+            mean_square = yy[kind] / st.n[kind]
+            S, _ = self._prior({**self._hyp, **ells, "sigma2": 1.0, "sigma3": 1.0}, grad=False)
+            for name, dim in (("sigma2", 1), ("sigma3", 3)):
+                if name not in needed:
+                    continue
+                cols = np.concatenate([np.arange(t["offset"], t["offset"] + t["size"])
+                                       for t in self._tables if t["dim"] == dim] or [np.zeros(0, int)])
+                mean_d = float(np.sum(S[np.ix_(cols, cols)] * st.G[kind][np.ix_(cols, cols)])) / st.n[kind]
+                ok = mean_square > 0 and mean_d > 0
+                data[name] = math.sqrt(0.5 * mean_square / mean_d) if ok else DEFAULT_HYPERPARAMETERS[name]
+        return self.priors.resolve(data)
+
     def _ell_floor(self, dim: int) -> float:
         t = next((t for t in self._tables if t["dim"] == dim), None)
         return 0.0 if t is None else MIN_ELL_PER_SPACING * (t["hi"] - t["lo"]) / (t["nodes"] - 1)
@@ -494,6 +538,7 @@ class ScalableGP:
         span = hi - lo
         base = self.hyperparameters
         self.evaluations = 0
+        priors = self.prior_medians() if self.priors is not None else None
 
         # log(theta) = lo + span * logistic(u): unconstrained, so L-BFGS-B's first step is
         # normalised (as in GaussianProcess._optimize).
@@ -510,6 +555,10 @@ class ScalableGP:
                 value, g, _ = self._evaluate(hyp, grad=True)
             except np.linalg.LinAlgError:
                 return 1e10, np.zeros_like(u)
+            if priors is not None:
+                p_value, p_grad = log_prior(hyp, priors, names)
+                value += p_value
+                g = {k: g[k] + p_grad[k] for k in g}
             return -value, -np.array([g[k] * hyp[k] for k in names]) * dlog
 
         margin = 0.05 * span
