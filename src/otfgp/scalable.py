@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 #: Default grid nodes per axis: pairs (cubic) and triplets (quadratic).
 DEFAULT_NODES2 = 48
 DEFAULT_NODES3 = 12
+#: Triplet nodes per axis by species count when nodes3 is not given: the basis grows as
+#: species^3 x nodes3^3, and these keep one likelihood evaluation at 0.1 / 1.7 / 5.6 s (one
+#: core; docs/scalable.md). Four species do not fit (4560 coefficients even at 6 nodes).
+AUTO_NODES3 = {1: DEFAULT_NODES3, 2: 8, 3: 6}
 #: The length scales are bounded below by this many basis node spacings: a shorter length
 #: scale than the basis resolves would be a different model, not a better fit.
 MIN_ELL_PER_SPACING = 2.5
@@ -122,13 +126,14 @@ class ScalableGP:
         lower: lower end of the basis (A); default: the shortest distance of the first
             training structure minus :data:`otfgp.mapping.LOWER_MARGIN`. Training clusters
             below it are an error; predictions there are extrapolated with a warning.
-        nodes2, nodes3: basis nodes per axis over [lower, cutoff] for pairs and triplets.
+        nodes2, nodes3: basis nodes per axis over [lower, cutoff] for pairs and triplets
+            (nodes3 default: :data:`AUTO_NODES3` by species count).
     """
 
     def __init__(self, species: Sequence[str | int], cutoffs: Mapping[str, float],
                  hyperparameters: Mapping[str, float] | None = None,
                  bounds: Mapping[str, tuple[float, float]] | None = None, lower: float | None = None,
-                 nodes2: int = DEFAULT_NODES2, nodes3: int = DEFAULT_NODES3,
+                 nodes2: int = DEFAULT_NODES2, nodes3: int | None = None,
                  priors: Priors | None = None) -> None:
         self._numbers = [_as_atomic_number(s) for s in species]
         if not self._numbers or len(set(self._numbers)) != len(self._numbers):
@@ -153,6 +158,8 @@ class ScalableGP:
             MAXIMUM_LIKELIHOOD_BOUNDS if priors is None else DEFAULT_BOUNDS)
         self._check_names(bounds or {})
         self.bounds.update({k: (float(a), float(b)) for k, (a, b) in (bounds or {}).items()})
+        if nodes3 is None:
+            nodes3 = AUTO_NODES3.get(len(self._numbers), min(AUTO_NODES3.values()))
         self._nodes = (int(nodes2), int(nodes3))
         self._lower = None if lower is None else float(lower)
         self._design: Any = None
