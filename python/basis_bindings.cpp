@@ -71,7 +71,7 @@ void bind_basis_design(py::module_& m) {
           "rows",
           [](const BasisDesign& d, const DoubleArray& cell, const std::array<bool, 3>& pbc,
              const DoubleArray& positions, const IntArray& species, const IntArray& force_atoms, bool energy,
-             bool stress) {
+             bool stress, bool local_energies) {
             if (cell.ndim() != 2 || cell.shape(0) != 3 || cell.shape(1) != 3)
               throw otfgp::InputError("cell must have shape (3, 3)");
             if (positions.ndim() != 2 || positions.shape(1) != 3)
@@ -87,14 +87,15 @@ void bind_basis_design(py::module_& m) {
             otfgp::DesignRows r;
             {
               py::gil_scoped_release release;
-              r = d.rows(s, fa, energy, stress);
+              r = d.rows(s, fa, energy, stress, local_energies);
             }
             py::array_t<double> phi({static_cast<py::ssize_t>(r.rows), static_cast<py::ssize_t>(d.columns())});
             std::copy(r.phi.begin(), r.phi.end(), phi.mutable_data());
             return py::make_tuple(phi, r.kinds, r.outside);
           },
           py::arg("cell"), py::arg("pbc"), py::arg("positions"), py::arg("species"), py::arg("force_atoms"),
-          py::arg("energy"), py::arg("stress"),
-          "(phi, kinds, outside): design rows (3 per force atom, energy, 6 stress), their "
-          "kinds (0 force, 1 energy, 2 stress) and the number of clusters below the basis.");
+          py::arg("energy"), py::arg("stress"), py::arg("local_energies") = false,
+          "(phi, kinds, outside): design rows (3 per force atom, energy, 6 stress, a local "
+          "energy per atom), their kinds (0 force, 1 energy, 2 stress, 3 local energy) and the "
+          "number of clusters below the basis among the force and structure rows.");
 }

@@ -44,6 +44,10 @@ def test_scalable_matches_exact_gp(al_models):
         assert np.abs(q.forces - p.forces).max() < 0.01 * scale
         assert q.energy == pytest.approx(p.energy, abs=1e-3 * len(atoms))
         np.testing.assert_allclose(q.stress, p.stress, atol=0.01 * np.abs(p.stress).max())
+        np.testing.assert_allclose(q.local_energies, p.local_energies, atol=2e-3)
+        assert q.local_energies.sum() == pytest.approx(q.energy, abs=1e-9)
+        np.testing.assert_allclose(np.sqrt(q.latent_local_energy_variances),
+                                   np.sqrt(p.latent_local_energy_variances), rtol=0.15)
         ratios.append((np.sqrt(q.latent_force_variances) / np.sqrt(p.latent_force_variances)).ravel())
     r = np.concatenate(ratios)
     assert np.median(np.abs(r - 1)) < 0.05

@@ -49,8 +49,9 @@ Weights axis_weights(const BasisTable& t, double x) {
 }
 
 // Adds the block's functionals (per cluster and row: a0 S + sum_m a_m dS/dd_m, cutoff
-// already folded in by label_groups) to rows [row0, row0 + blk.rows) of phi.
-std::size_t add_block(const BasisDesign& design, const KernelBlock& blk, int row0,
+// already folded in by label_groups) to phi: block row r goes to phi row row_of[r] (< 0:
+// skipped).
+std::size_t add_block(const BasisDesign& design, const KernelBlock& blk, const int* row_of,
                       std::vector<double>& phi, const std::vector<int>& lookup) {
   const std::size_t cols = design.columns();
   const int D = blk.dim, R = blk.rows;
@@ -70,8 +71,9 @@ std::size_t add_block(const BasisDesign& design, const KernelBlock& blk, int row
     for (int m = 0; m < D; ++m) ax[m] = axis_weights(t, d[m]);
     const int S = t.degree + 1;
     for (int r = 0; r < R; ++r) {
+      if (row_of[r] < 0) continue;
       const double* a = coef + r * (1 + D);
-      double* out = phi.data() + static_cast<std::size_t>(row0 + r) * cols + t.offset;
+      double* out = phi.data() + static_cast<std::size_t>(row_of[r]) * cols + t.offset;
       if (D == 1) {
         for (int k = 0; k < S; ++k) out[ax[0].first + k] += a[0] * ax[0].w[k] + a[1] * ax[0].dw[k];
         continue;
@@ -156,13 +158,15 @@ BasisDesign::BasisDesign(const BasisSpec& spec) : spec_(spec) {
 }
 
 DesignRows BasisDesign::rows(const Structure& s, const std::vector<int>& force_atoms, bool energy,
-                             bool stress) const {
+                             bool stress, bool local_energies) const {
   validate_structure(s, spec_.n_species);
   const int n = static_cast<int>(s.size());
-  std::vector<char> seen(n, 0);
-  for (int a : force_atoms) {
+  std::vector<int> force_slot(n, -1);  // position of each atom among the force atoms
+  for (std::size_t k = 0; k < force_atoms.size(); ++k) {
+    const int a = force_atoms[k];
     if (a < 0 || a >= n) throw InputError("force atom " + std::to_string(a) + " out of range for " + std::to_string(n) + " atoms");
-    if (seen[a]++) throw InputError("force atom " + std::to_string(a) + " given twice");
+    if (force_slot[a] >= 0) throw InputError("force atom " + std::to_string(a) + " given twice");
+    force_slot[a] = static_cast<int>(k);
   }
   if (stress && (s.volume() < 1e-8 || !(s.pbc[0] && s.pbc[1] && s.pbc[2])))
     throw InputError("a stress row needs a fully periodic cell with a volume");
@@ -170,27 +174,37 @@ DesignRows BasisDesign::rows(const Structure& s, const std::vector<int>& force_a
   const NeighborList nl = build_neighbor_list(s, std::max(rc2, rc3), kMinDistance);
   const ClusterSet cs = build_clusters(s, nl, rc2, rc3, spec_.n_species);
   const int nf = static_cast<int>(force_atoms.size());
+  const int structure_rows = (energy ? 1 : 0) + (stress ? 6 : 0);
+  const int local0 = 3 * nf + structure_rows;  // first local-energy row
   DesignRows out;
-  out.rows = 3 * nf + (energy ? 1 : 0) + (stress ? 6 : 0);
+  out.rows = local0 + (local_energies ? n : 0);
   out.phi.assign(static_cast<std::size_t>(out.rows) * columns_, 0.0);
   out.kinds.assign(static_cast<std::size_t>(3 * nf), 0);
   if (energy) out.kinds.push_back(1);
   if (stress) out.kinds.insert(out.kinds.end(), 6, 2);
+  if (local_energies) out.kinds.insert(out.kinds.end(), n, 3);
   std::size_t outside = 0;
-  // Each atom's three rows are written by the thread that owns the atom; the out-of-range
-  // count is an integer sum, exact in any order.
+  // Each atom's rows (its three force rows and its local energy) are written by the thread
+  // that owns the atom; the out-of-range count is an integer sum, exact in any order.
+  const int centres = local_energies ? n : nf;
 #pragma omp parallel for schedule(dynamic, 4) reduction(+ : outside)
-  for (int k = 0; k < nf; ++k) {
-    const int a = force_atoms[k];
-    const LabelGroup g = atom_group(cs, a, a, rc2, rc3, false, spec_.n_species);
-    outside += add_block(*this, g.two, 3 * k, out.phi, lookup_[0]);
-    outside += add_block(*this, g.three, 3 * k, out.phi, lookup_[1]);
+  for (int c = 0; c < centres; ++c) {
+    const int a = local_energies ? c : force_atoms[c];
+    const int k = force_slot[a];
+    const int row_of[4] = {k < 0 ? -1 : 3 * k, k < 0 ? -1 : 3 * k + 1, k < 0 ? -1 : 3 * k + 2,
+                           local_energies ? local0 + a : -1};
+    const LabelGroup g = atom_group(cs, a, a, rc2, rc3, local_energies, spec_.n_species);
+    const std::size_t o = add_block(*this, g.two, row_of, out.phi, lookup_[0]) +
+                          add_block(*this, g.three, row_of, out.phi, lookup_[1]);
+    if (k >= 0) outside += o;
   }
-  if (energy || stress) {
+  if (structure_rows) {
     const LabelGroup g = structure_group(cs, s.volume(), rc2, rc3, energy, stress, spec_.n_species);
+    int row_of[7];
+    for (int r = 0; r < structure_rows; ++r) row_of[r] = 3 * nf + r;
     // The whole-structure rows see the same clusters again: count them only without forces.
-    const std::size_t o = add_block(*this, g.two, 3 * nf, out.phi, lookup_[0]) +
-                          add_block(*this, g.three, 3 * nf, out.phi, lookup_[1]);
+    const std::size_t o = add_block(*this, g.two, row_of, out.phi, lookup_[0]) +
+                          add_block(*this, g.three, row_of, out.phi, lookup_[1]);
     if (nf == 0) outside += o;
   }
   out.outside = outside;

@@ -35,11 +35,12 @@ struct BasisTable {
 };
 
 // Rows of one structure: 3 per force atom (in the given order), then the energy, then the
-// 6 Voigt stress components (ASE sign), each a row of `columns` coefficients.
+// 6 Voigt stress components (ASE sign), then (if asked) the local energy of every atom,
+// each a row of `columns` coefficients.
 struct DesignRows {
   int rows = 0;
   std::vector<double> phi;   // rows x columns, row-major
-  std::vector<int> kinds;    // 0 force, 1 energy, 2 stress (as RowKind)
+  std::vector<int> kinds;    // 0 force, 1 energy, 2 stress (as RowKind), 3 local energy
   std::size_t outside = 0;   // clusters with an edge below `lower` (extrapolated)
 };
 
@@ -49,10 +50,10 @@ class BasisDesign {
   const BasisSpec& spec() const { return spec_; }
   const std::vector<BasisTable>& tables() const { return tables_; }
   std::size_t columns() const { return columns_; }
-  // OpenMP over the force atoms; each row is written by one thread in a fixed order, so the
+  // OpenMP over the atoms; each row is written by one thread in a fixed order, so the
   // result does not depend on the number of threads.
   DesignRows rows(const Structure& s, const std::vector<int>& force_atoms, bool energy,
-                  bool stress) const;
+                  bool stress, bool local_energies = false) const;
 
  private:
   BasisSpec spec_;

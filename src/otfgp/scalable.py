@@ -581,10 +581,12 @@ class ScalableGP:
 
     # ----------------------------------------------------------------- prediction
     def predict(self, atoms: Atoms, variance: bool = True) -> Prediction:
-        """Energy, forces and stress (with latent and reported variances if asked).
+        """Energy, forces, stress and local energies (with latent and reported variances if
+        asked).
 
-        Reported variances are latent + label noise (uncalibrated, as for an uncalibrated
-        :class:`otfgp.GaussianProcess`). Local energies are not produced (NaN).
+        Reported variances are latent + label noise (local energies: latent only), as for an
+        uncalibrated :class:`otfgp.GaussianProcess`. The per-species energy offsets go into
+        the energy and the local energies.
         """
         if self._solution is None:
             raise _core.NotTrainedError("the model is not trained: call train()")
@@ -592,28 +594,32 @@ class ScalableGP:
         n = len(atoms)
         with_stress = bool(all(pbc) and abs(np.linalg.det(cell)) > 1e-8)
         phi, _, outside = self._design.rows(cell, pbc, positions, species, np.arange(n, dtype=np.int32),
-                                            True, with_stress)
+                                            True, with_stress, True)
         if outside:
             log.warning("%d clusters lie below the basis lower end %.3f A: extrapolated", outside, self._lower)
+        e_row, s_rows, l_rows = 3 * n, slice(3 * n + 1, 3 * n + 7), slice(phi.shape[0] - n, phi.shape[0])
         mean = phi @ self._solution["m"]
-        energy = float(mean[3 * n] + np.sum(self._offsets[species]))
-        stress = mean[3 * n + 1:] if with_stress else np.full(6, np.nan)
-        out = Prediction(energy=energy, forces=mean[:3 * n].reshape(n, 3), local_energies=np.full(n, np.nan),
-                         stress=stress)
+        offsets = self._offsets[species]
+        out = Prediction(energy=float(mean[e_row] + np.sum(offsets)), forces=mean[:3 * n].reshape(n, 3),
+                         local_energies=mean[l_rows] + offsets,
+                         stress=mean[s_rows] if with_stress else np.full(6, np.nan))
         if variance:
             var = np.einsum("ij,ij->i", phi @ self._solution["P"], phi)
             np.maximum(var, 0.0, out=var)
             hyp = self._hyp
             lf = var[:3 * n].reshape(n, 3)
-            ls = var[3 * n + 1:] if with_stress else np.full(6, np.nan)
+            ls = var[s_rows] if with_stress else np.full(6, np.nan)
             out.latent_force_variances = lf
             out.force_variances = lf + hyp["noise_force"] ** 2
             out.epistemic_force_variances = lf
-            out.latent_energy_variance = float(var[3 * n])
-            out.energy_variance = float(var[3 * n]) + hyp["noise_energy"] ** 2
+            out.latent_energy_variance = float(var[e_row])
+            out.energy_variance = float(var[e_row]) + hyp["noise_energy"] ** 2
             out.latent_stress_variance = ls
             out.stress_variance = ls + hyp["noise_stress"] ** 2
             out.epistemic_stress_variance = ls
+            out.latent_local_energy_variances = var[l_rows]
+            out.local_energy_variances = var[l_rows]
+            out.epistemic_local_energy_variances = var[l_rows]
             out.noise_force_variance = hyp["noise_force"] ** 2
         return out
 
