@@ -54,6 +54,15 @@ def test_scalable_matches_exact_gp(al_models):
     assert np.percentile(np.abs(r - 1), 90) < 0.15
 
 
+def test_from_gaussian_process_takes_over_its_data(al_models):
+    gp, sg = al_models
+    copy = otfgp.ScalableGP.from_gaussian_process(gp, lower=sg.lower)
+    assert copy.n_labels == gp.n_labels == sg.n_labels
+    copy.train(optimize=False)
+    atoms = displaced_al(np.random.default_rng(13))
+    np.testing.assert_allclose(copy.predict(atoms).forces, sg.predict(atoms).forces, rtol=1e-9, atol=1e-10)
+
+
 def test_two_species_match_exact_gp():
     # Cu-Au: every pair and triplet type, including the triplet types with a two-fold
     # edge symmetry (their orbits differ from the single-element case).

@@ -179,6 +179,32 @@ class ScalableGP:
         if lower is not None:
             self._make_design(float(lower))
 
+    @classmethod
+    def from_gaussian_process(cls, gp: Any, **kwargs: Any) -> "ScalableGP":
+        """A scalable model with ``gp``'s species, cutoffs, hyperparameters and training
+        data (untrained: call :meth:`train`), e.g. to continue once the exact GP gets slow.
+        ``kwargs`` go to the constructor (``lower``, ``nodes2``, ``nodes3``, ``priors``, ...).
+
+        Raises:
+            NotImplementedError: ``gp`` has an analytic baseline (not yet supported here).
+        """
+        if gp.baseline is not None:
+            raise NotImplementedError("ScalableGP does not support analytic baselines yet; "
+                                      "this GaussianProcess has one")
+        kwargs.setdefault("hyperparameters", gp.hyperparameters)
+        model = cls(gp.species, gp.cutoffs, **kwargs)
+        for i in range(gp.n_training_structures):
+            d = gp.training_structure(i)
+            forces = None
+            if len(d["force_atoms"]):
+                forces = np.zeros((len(d["atoms"]), 3))
+                forces[d["force_atoms"]] = d["forces"]
+            model.add_training_data(d["atoms"], forces=False if forces is None else forces,
+                                    energy=False if d["energy"] is None else d["energy"],
+                                    stress=False if d["stress"] is None else d["stress"],
+                                    atom_indices=d["force_atoms"] if forces is not None else None)
+        return model
+
     # ----------------------------------------------------------------- properties
     @staticmethod
     def _check_names(d: Mapping[str, Any]) -> None:
