@@ -26,10 +26,10 @@ closed-form for the noises; each evaluation costs O(basis^3), independent of the
 The per-species energy offsets are fitted to the energy labels by least squares on the
 compositions, as in the exact GP (from accumulated normal equations).
 
-Scope of this first step: single- and multi-species bases are built alike (the basis has
-one pair block per species pair and one triplet block per species triple), maximum
-likelihood training (no hyperparameter priors), no analytic baseline, no calibration, no
-maps export or LAMMPS; see ``docs/scalable.md``.
+Scope of this first step: single- and multi-species bases are built alike (one pair block
+per species pair, one triplet block per species triple; up to :data:`MAX_COEFFICIENTS`),
+maximum-likelihood training by default (optionally MAP with the exact GP's priors); no
+analytic baseline, no calibration, no maps export or LAMMPS yet; see ``docs/scalable.md``.
 """
 from __future__ import annotations
 
