@@ -70,6 +70,8 @@ FLUSH_ROWS = 4096
 #: variance): keeps the Cholesky factor of a numerically singular SE prior finite; 1e-10
 #: changes predictions by far less than the basis error.
 PRIOR_JITTER = 1e-10
+#: Default relative eigenvalue cut of the fixed low-rank projection of the prior.
+RANK_TOLERANCE = 1e-9
 FILE_FORMAT = "otfgp-scalable-1"
 #: Largest basis accepted: the statistics take 3 x 8 bytes x basis^2 (384 MB here) and one
 #: likelihood evaluation ~ basis^3 (about 45 s at this size on one core; docs/scalable.md).
@@ -123,6 +125,10 @@ class ScalableGP:
             posteriori training, with the data-dependent signal medians of
             :meth:`otfgp.GaussianProcess.prior_medians`; ``None`` (default): maximum
             likelihood (docs/scalable.md has the measurements behind the default).
+        rank_tolerance: the coefficients are projected, once, onto the eigenvectors of each
+            block's prior at the smallest allowed length scale whose eigenvalues exceed this
+            fraction of the largest (the SE prior on a fine basis is numerically low rank);
+            ``None``: no projection. The projection is fixed, so gradients stay exact.
         lower: lower end of the basis (A); default: the shortest distance of the first
             training structure minus :data:`otfgp.mapping.LOWER_MARGIN`. Training clusters
             below it are an error; predictions there are extrapolated with a warning.
@@ -134,7 +140,7 @@ class ScalableGP:
                  hyperparameters: Mapping[str, float] | None = None,
                  bounds: Mapping[str, tuple[float, float]] | None = None, lower: float | None = None,
                  nodes2: int = DEFAULT_NODES2, nodes3: int | None = None,
-                 priors: Priors | None = None) -> None:
+                 priors: Priors | None = None, rank_tolerance: float | None = RANK_TOLERANCE) -> None:
         self._numbers = [_as_atomic_number(s) for s in species]
         if not self._numbers or len(set(self._numbers)) != len(self._numbers):
             raise ValueError(f"species must list distinct elements, got {list(species)}")
@@ -161,6 +167,9 @@ class ScalableGP:
         if nodes3 is None:
             nodes3 = AUTO_NODES3.get(len(self._numbers), min(AUTO_NODES3.values()))
         self._nodes = (int(nodes2), int(nodes3))
+        if rank_tolerance is not None and not (0 <= rank_tolerance < 1):
+            raise ValueError(f"rank_tolerance must be in [0, 1) or None, got {rank_tolerance!r}")
+        self._rank_tolerance = rank_tolerance
         self._lower = None if lower is None else float(lower)
         self._design: Any = None
         self._stats: _Statistics | None = None
@@ -261,6 +270,12 @@ class ScalableGP:
         return 0 if self._design is None else int(self._design.columns)
 
     @property
+    def rank(self) -> int:
+        """Number of projected coefficients the statistics and the algebra work with
+        (O(rank^3) per likelihood evaluation, 8 x 3 x rank^2 bytes of statistics)."""
+        return 0 if self._design is None else int(self._V.shape[1])
+
+    @property
     def lower(self) -> float | None:
         """Lower end of the basis (A), fixed by the first training structure unless given."""
         return self._lower
@@ -273,8 +288,36 @@ class ScalableGP:
     def _make_design(self, lower: float) -> None:
         self._lower = lower
         self._design = _core.BasisDesign(len(self._numbers), self._r2, self._r3, lower, *self._nodes)
-        self._stats = _Statistics(int(self._design.columns), len(self._numbers))
         self._tables = self._design.tables()
+        self._set_projection(self._projection())
+
+    def _projection(self) -> np.ndarray:
+        """The fixed projection V (basis x rank, block diagonal by table): per block the
+        prior's eigenvectors, at unit signal and the smallest allowed length scale (the
+        richest prior the optimiser may reach), above rank_tolerance of the largest."""
+        B = self.n_coefficients
+        if self._rank_tolerance is None:
+            return np.eye(B)
+        b = self.effective_bounds()
+        floor = {"sigma2": 1.0, "sigma3": 1.0, "ell2": b["ell2"][0], "ell3": b["ell3"][0]}
+        blocks = []
+        for t, block, _ in self._prior_blocks(floor, grad=False):
+            w, U = np.linalg.eigh(block)
+            blocks.append(U[:, w > self._rank_tolerance * w.max()][:, ::-1])
+        V = np.zeros((B, sum(v.shape[1] for v in blocks)))
+        col = 0
+        for t, v in zip(self._tables, blocks):
+            V[t["offset"]:t["offset"] + t["size"], col:col + v.shape[1]] = v
+            col += v.shape[1]
+        return V
+
+    def _set_projection(self, V: np.ndarray) -> None:
+        """Install V and the statistics in its space; records each table's column range."""
+        self._V = V
+        for t in self._tables:
+            cols = np.flatnonzero(np.any(V[t["offset"]:t["offset"] + t["size"]] != 0, axis=0))
+            t["roffset"], t["rsize"] = (int(cols[0]), len(cols)) if len(cols) else (0, 0)
+        self._stats = _Statistics(V.shape[1], len(self._numbers))
 
     def _arrays(self, atoms: Atoms) -> tuple[np.ndarray, list[bool], np.ndarray, np.ndarray]:
         if not isinstance(atoms, Atoms):
@@ -340,7 +383,7 @@ class ScalableGP:
                 f"{outside} clusters of this structure have an edge below the basis lower end "
                 f"{self._lower:.3f} A; build the model with a smaller lower=")
         comp = np.bincount(species, minlength=len(self._numbers)).astype(float)
-        self._buffer.append((phi, np.asarray(kinds), labels, comp))
+        self._buffer.append((phi @ self._V, np.asarray(kinds), labels, comp))
         self._buffered_rows += len(labels)
         self._n_structures += 1
         self._solution = None
@@ -376,14 +419,28 @@ class ScalableGP:
 
     # ----------------------------------------------------------------- prior
     def _prior(self, hyp: Mapping[str, float], grad: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Prior covariance of the coefficients (block diagonal by table) and, if grad, its
-        derivatives by sigma2, ell2, sigma3, ell3."""
-        B = self.n_coefficients
-        S = np.zeros((B, B))
-        dS = {k: np.zeros((B, B)) for k in ("sigma2", "ell2", "sigma3", "ell3")} if grad else {}
+        """Prior covariance of the projected coefficients (block diagonal by table) and, if
+        grad, its derivatives by sigma2, ell2, sigma3, ell3."""
+        R = self.rank
+        S = np.zeros((R, R))
+        dS = {k: np.zeros((R, R)) for k in ("sigma2", "ell2", "sigma3", "ell3")} if grad else {}
+        for t, block, dblock in self._prior_blocks(hyp, grad):
+            Vb = self._V[t["offset"]:t["offset"] + t["size"], t["roffset"]:t["roffset"] + t["rsize"]]
+            sl = slice(t["roffset"], t["roffset"] + t["rsize"])
+            sig = hyp["sigma2"] if t["dim"] == 1 else hyp["sigma3"]
+            pb = Vb.T @ block @ Vb
+            S[sl, sl] = sig * sig * pb
+            if grad:
+                names = ("sigma2", "ell2") if t["dim"] == 1 else ("sigma3", "ell3")
+                dS[names[0]][sl, sl] = 2 * sig * pb
+                dS[names[1]][sl, sl] = sig * sig * (Vb.T @ dblock @ Vb)
+        return S, dS
+
+    def _prior_blocks(self, hyp: Mapping[str, float], grad: bool) -> Any:
+        """Per table: (table, unit-signal prior block, its ell-derivative or None), in the
+        basis (before the projection)."""
         for t in self._tables:
-            sl = slice(t["offset"], t["offset"] + t["size"])
-            sig, ell = (hyp["sigma2"], hyp["ell2"]) if t["dim"] == 1 else (hyp["sigma3"], hyp["ell3"])
+            ell = hyp["ell2"] if t["dim"] == 1 else hyp["ell3"]
             x, Q = _basis_points(t["nodes"], t["lo"], t["hi"], t["degree"])
             diff2 = (x[:, None] - x[None, :]) ** 2
             K1 = np.exp(-diff2 / (2 * ell * ell))
@@ -405,13 +462,7 @@ class ScalableGP:
                         dblock += g[0] * f[1] * f[2] + f[0] * g[1] * f[2] + f[0] * f[1] * g[2]
             # A jitter proportional to the block's signal variance, part of the prior (and of
             # its sigma-derivative): the SE prior on a fine basis is numerically singular.
-            block = block + PRIOR_JITTER * np.eye(len(block))
-            S[sl, sl] = sig * sig * block
-            if grad:
-                names = ("sigma2", "ell2") if t["dim"] == 1 else ("sigma3", "ell3")
-                dS[names[0]][sl, sl] = 2 * sig * block
-                dS[names[1]][sl, sl] = sig * sig * dblock
-        return S, dS
+            yield t, block + PRIOR_JITTER * np.eye(len(block)), dblock if grad else None
 
     @staticmethod
     def _factor_prior(S: np.ndarray) -> np.ndarray:
@@ -531,7 +582,7 @@ class ScalableGP:
             for name, dim in (("sigma2", 1), ("sigma3", 3)):
                 if name not in needed:
                     continue
-                cols = np.concatenate([np.arange(t["offset"], t["offset"] + t["size"])
+                cols = np.concatenate([np.arange(t["roffset"], t["roffset"] + t["rsize"])
                                        for t in self._tables if t["dim"] == dim] or [np.zeros(0, int)])
                 mean_d = float(np.sum(S[np.ix_(cols, cols)] * st.G[kind][np.ix_(cols, cols)])) / st.n[kind]
                 ok = mean_square > 0 and mean_d > 0
@@ -624,6 +675,7 @@ class ScalableGP:
         if outside:
             log.warning("%d clusters lie below the basis lower end %.3f A: extrapolated", outside, self._lower)
         e_row, s_rows, l_rows = 3 * n, slice(3 * n + 1, 3 * n + 7), slice(phi.shape[0] - n, phi.shape[0])
+        phi = phi @ self._V
         mean = phi @ self._solution["m"]
         offsets = self._offsets[species]
         out = Prediction(energy=float(mean[e_row] + np.sum(offsets)), forces=mean[:3 * n].reshape(n, 3),
@@ -665,7 +717,9 @@ class ScalableGP:
             "n_structures": np.array(self._n_structures),
             "offsets": self._offsets,
         }
+        data["rank_tolerance"] = np.array(np.nan if self._rank_tolerance is None else self._rank_tolerance)
         if self._stats is not None:
+            data["V"] = self._V
             data.update({f"stat_{k}": v for k, v in self._stats.arrays().items()})
         if self._solution is not None:
             data["m"], data["P"] = self._solution["m"], self._solution["P"]
@@ -688,13 +742,16 @@ class ScalableGP:
         r2, r3 = map(float, d["cutoffs"])
         cutoffs = {k: v for k, v in (("twobody", r2), ("threebody", r3)) if v > 0}
         lower = float(d["lower"])
+        tol = float(d["rank_tolerance"])
         model = cls([int(z) for z in d["numbers"]], cutoffs,
                     dict(zip(HYPERPARAMETER_NAMES, map(float, d["hyperparameters"]))),
                     {k: tuple(map(float, b)) for k, b in zip(HYPERPARAMETER_NAMES, d["bounds"])},
-                    lower=None if math.isnan(lower) else lower, nodes2=int(d["nodes"][0]), nodes3=int(d["nodes"][1]))
+                    lower=None if math.isnan(lower) else lower, nodes2=int(d["nodes"][0]), nodes3=int(d["nodes"][1]),
+                    rank_tolerance=None if math.isnan(tol) else tol)
         model._n_structures = int(d["n_structures"])
         model._offsets = d["offsets"]
-        if model._stats is not None:
+        if "V" in d:  # the stored projection, bit for bit (not recomputed)
+            model._set_projection(d["V"])
             for k in model._stats.arrays():
                 setattr(model._stats, k, d[f"stat_{k}"])
         if "m" in d:
