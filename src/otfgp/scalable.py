@@ -11,9 +11,14 @@ between the basis points and Q the interpolation operator. Every label is then a
 functional of w, one row of a design matrix Phi built by the C++ core
 (``cpp/core/basis_design.cpp``) that does not depend on the hyperparameters.
 
+The SE prior on a fine basis is numerically low rank, so the coefficients are projected
+once (at the first data) onto the prior's significant eigenvectors at the smallest allowed
+length scales: w = V w_r with V fixed, the prior of w_r is V^T S V, and below Phi means
+Phi V and S means V^T S V.
+
 Training keeps only coefficient-space statistics per label kind k (forces, energies,
 stresses): G_k = Phi_k^T Phi_k, b_k = Phi_k^T y_k, y_k^T y_k and the label count, so
-adding data is a rank update and memory is basis^2, whatever the number of labels. With
+adding data is a rank update and memory is rank^2, whatever the number of labels. With
 Lambda the label noise and S = cov(w), G = sum G_k / s_k^2 and b = sum b_k / s_k^2,
 
     log p(y) = -1/2 [y^T Lambda^-1 y - b^T P b + log|I + L^T G L| + log|Lambda| + n log 2 pi]
@@ -73,8 +78,9 @@ PRIOR_JITTER = 1e-10
 #: Default relative eigenvalue cut of the fixed low-rank projection of the prior.
 RANK_TOLERANCE = 1e-9
 FILE_FORMAT = "otfgp-scalable-1"
-#: Largest basis accepted: the statistics take 3 x 8 bytes x basis^2 (384 MB here) and one
-#: likelihood evaluation ~ basis^3 (about 45 s at this size on one core; docs/scalable.md).
+#: Largest basis accepted: the prior's blocks are built and eigendecomposed at full size
+#: (basis^2 memory per block, basis^3 time), and one likelihood evaluation costs about
+#: rank^3 (a few seconds at this size on one core; docs/scalable.md).
 MAX_COEFFICIENTS = 4000
 _KINDS = ("noise_force", "noise_energy", "noise_stress")
 
