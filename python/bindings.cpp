@@ -18,6 +18,8 @@
 namespace py = pybind11;
 using otfgp::Model;
 
+void bind_basis_design(py::module_& m);  // basis_bindings.cpp
+
 namespace {
 
 using DoubleArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
@@ -161,6 +163,7 @@ PYBIND11_MODULE(_core, m) {
   auto input_error = py::register_exception<otfgp::InputError>(m, "InputError", PyExc_ValueError);
   py::register_exception<otfgp::ModelFileError>(m, "ModelFileError", PyExc_ValueError);
   py::register_exception<otfgp::NotTrainedError>(m, "NotTrainedError", PyExc_RuntimeError);
+  bind_basis_design(m);
   (void)input_error;
   m.attr("MODEL_FORMAT_VERSION") = otfgp::kModelFormatVersion;
   m.attr("CALIBRATION_FORMAT_VERSION") = otfgp::kCalibrationFormatVersion;

@@ -5,9 +5,11 @@ from .gp import GaussianProcess, KernelMatrixError, Prediction
 from .label_checks import LabelRejected
 from .logs import log_to_console
 from .otf import OTF, LabellerError, OTFOptions
+from .scalable import ScalableGP
 
 __all__ = [
     "GaussianProcess",
+    "ScalableGP",
     "GPCalculator",
     "OTF",
     "OTFOptions",

@@ -1,0 +1,765 @@
+"""A 2+3-body GP whose training cost is linear in the data: the reduced-rank basis model.
+
+The exact GP (:class:`otfgp.GaussianProcess`) writes the energy as a sum of a pair function
+and a triplet function, each a GP with the squared-exponential kernel. Here each
+cutoff-free cluster function is written in a fixed B-spline basis instead -- the basis of
+the mapped variance (:mod:`otfgp.mapping`): cubic B-splines for pairs, quadratic tensor
+products for triplets, one coefficient per edge-permutation orbit -- and the coefficients
+w get the Gaussian prior that makes the function values at the basis points the exact
+GP's: cov(w) = Q K Q^T with K the SE kernel (summed over the type's edge permutations)
+between the basis points and Q the interpolation operator. Every label is then a linear
+functional of w, one row of a design matrix Phi built by the C++ core
+(``cpp/core/basis_design.cpp``) that does not depend on the hyperparameters.
+
+The SE prior on a fine basis is numerically low rank, so the coefficients are projected
+once (at the first data) onto the prior's significant eigenvectors at the smallest allowed
+length scales: w = V w_r with V fixed, the prior of w_r is V^T S V, and below Phi means
+Phi V and S means V^T S V.
+
+Training keeps only coefficient-space statistics per label kind k (forces, energies,
+stresses): G_k = Phi_k^T Phi_k, b_k = Phi_k^T y_k, y_k^T y_k and the label count, so
+adding data is a rank update and memory is rank^2, whatever the number of labels. With
+Lambda the label noise and S = cov(w), G = sum G_k / s_k^2 and b = sum b_k / s_k^2,
+
+    log p(y) = -1/2 [y^T Lambda^-1 y - b^T P b + log|I + L^T G L| + log|Lambda| + n log 2 pi]
+
+with S = L L^T and P = (S^-1 + G)^-1 = L (I + L^T G L)^-1 L^T the posterior covariance of
+w (never S^-1: the SE prior on a fine grid is numerically singular). Its gradient is
+1/2 [u^T dS u - tr((G - G P G) dS)] with u = b - G P b for the prior's sigma and ell, and
+closed-form for the noises; each evaluation costs O(basis^3), independent of the labels.
+
+The per-species energy offsets are fitted to the energy labels by least squares on the
+compositions, as in the exact GP (from accumulated normal equations).
+
+Scope of this first step: single- and multi-species bases are built alike (one pair block
+per species pair, one triplet block per species triple; up to :data:`MAX_COEFFICIENTS`),
+maximum-likelihood training by default (optionally MAP with the exact GP's priors); no
+analytic baseline, no calibration, no maps export or LAMMPS yet; see ``docs/scalable.md``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import scipy.linalg
+import scipy.optimize
+from ase import Atoms
+from ase.data import chemical_symbols
+from ase.neighborlist import neighbor_list
+
+from . import _core
+from .gp import (DEFAULT_BOUNDS, DEFAULT_HYPERPARAMETERS, HYPERPARAMETER_NAMES, MAXIMUM_LIKELIHOOD_BOUNDS,
+                 Prediction, _as_atomic_number, _label_atom_indices)
+from .priors import LogNormal, Priors, log_prior
+from .mapping import LOWER_MARGIN, _basis_points
+
+log = logging.getLogger(__name__)
+
+#: Default grid nodes per axis: pairs (cubic) and triplets (quadratic).
+DEFAULT_NODES2 = 48
+DEFAULT_NODES3 = 12
+#: Triplet nodes per axis by species count when nodes3 is not given: the basis grows as
+#: species^3 x nodes3^3, and these keep one likelihood evaluation at 0.1 / 1.7 / 5.6 s (one
+#: core; docs/scalable.md). Four species do not fit (4560 coefficients even at 6 nodes).
+AUTO_NODES3 = {1: DEFAULT_NODES3, 2: 8, 3: 6}
+#: The length scales are bounded below by this many basis node spacings: a shorter length
+#: scale than the basis resolves would be a different model, not a better fit.
+MIN_ELL_PER_SPACING = 2.5
+#: Rows buffered before they are folded into the statistics (one matrix product per batch).
+FLUSH_ROWS = 4096
+#: Relative jitter on the diagonal of the coefficient prior (in units of the block's signal
+#: variance): keeps the Cholesky factor of a numerically singular SE prior finite; 1e-10
+#: changes predictions by far less than the basis error.
+PRIOR_JITTER = 1e-10
+#: Default relative eigenvalue cut of the fixed low-rank projection of the prior.
+RANK_TOLERANCE = 1e-9
+FILE_FORMAT = "otfgp-scalable-1"
+#: Largest basis accepted: the prior's blocks are built and eigendecomposed at full size
+#: (basis^2 memory per block, basis^3 time), and one likelihood evaluation costs about
+#: rank^3 (a few seconds at this size on one core; docs/scalable.md).
+MAX_COEFFICIENTS = 4000
+_KINDS = ("noise_force", "noise_energy", "noise_stress")
+
+
+@dataclass
+class _Statistics:
+    """Coefficient-space sufficient statistics of the labels, per kind (force, energy,
+    stress): G = Phi^T Phi, b = Phi^T y, yy = y^T y, n; and for the energy offsets the
+    compositions' normal equations (AtA, Aty) and Phi_E^T A."""
+
+    columns: int
+    n_species: int
+    G: np.ndarray = field(init=False)
+    b: np.ndarray = field(init=False)
+    yy: np.ndarray = field(init=False)
+    n: np.ndarray = field(init=False)
+    PhiA: np.ndarray = field(init=False)
+    AtA: np.ndarray = field(init=False)
+    Aty: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        B, ns = self.columns, self.n_species
+        self.G = np.zeros((3, B, B))
+        self.b = np.zeros((3, B))
+        self.yy = np.zeros(3)
+        self.n = np.zeros(3, dtype=np.int64)
+        self.PhiA = np.zeros((B, ns))
+        self.AtA = np.zeros((ns, ns))
+        self.Aty = np.zeros(ns)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k) for k in ("G", "b", "yy", "n", "PhiA", "AtA", "Aty")}
+
+
+class ScalableGP:
+    """Reduced-rank 2+3-body GP (see the module docstring); the API of
+    :class:`otfgp.GaussianProcess` for adding data, training, predicting and saving.
+
+    Args:
+        species: chemical symbols or atomic numbers.
+        cutoffs: ``{"twobody": r2, "threebody": r3}`` (Angstrom); leave a key out to drop
+            that body order.
+        hyperparameters: any subset of :data:`otfgp.gp.HYPERPARAMETER_NAMES`.
+        bounds: optimisation bounds overriding :data:`otfgp.gp.MAXIMUM_LIKELIHOOD_BOUNDS`
+            (with priors: :data:`otfgp.gp.DEFAULT_BOUNDS`); the length scales are also kept
+            above :data:`MIN_ELL_PER_SPACING` node spacings.
+        priors: hyperparameter priors (:class:`otfgp.priors.Priors`) for maximum a
+            posteriori training, with the data-dependent signal medians of
+            :meth:`otfgp.GaussianProcess.prior_medians`; ``None`` (default): maximum
+            likelihood (docs/scalable.md has the measurements behind the default).
+        rank_tolerance: the coefficients are projected, once, onto the eigenvectors of each
+            block's prior at the smallest allowed length scale whose eigenvalues exceed this
+            fraction of the largest (the SE prior on a fine basis is numerically low rank);
+            ``None``: no projection. The projection is fixed, so gradients stay exact.
+        lower: lower end of the basis (A); default: the shortest distance of the first
+            training structure minus :data:`otfgp.mapping.LOWER_MARGIN`. Training clusters
+            below it are an error; predictions there are extrapolated with a warning.
+        nodes2, nodes3: basis nodes per axis over [lower, cutoff] for pairs and triplets
+            (nodes3 default: :data:`AUTO_NODES3` by species count).
+    """
+
+    def __init__(self, species: Sequence[str | int], cutoffs: Mapping[str, float],
+                 hyperparameters: Mapping[str, float] | None = None,
+                 bounds: Mapping[str, tuple[float, float]] | None = None, lower: float | None = None,
+                 nodes2: int = DEFAULT_NODES2, nodes3: int | None = None,
+                 priors: Priors | None = None, rank_tolerance: float | None = RANK_TOLERANCE) -> None:
+        self._numbers = [_as_atomic_number(s) for s in species]
+        if not self._numbers or len(set(self._numbers)) != len(self._numbers):
+            raise ValueError(f"species must list distinct elements, got {list(species)}")
+        unknown = set(cutoffs) - {"twobody", "threebody"}
+        if unknown or not cutoffs:
+            raise ValueError(f"cutoffs needs 'twobody' and/or 'threebody' keys, got {sorted(cutoffs)}")
+        self._r2 = float(cutoffs.get("twobody", 0.0))
+        self._r3 = float(cutoffs.get("threebody", 0.0))
+        for v in (self._r2, self._r3):
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"cutoffs must be positive numbers of Angstrom, got {dict(cutoffs)}")
+        hyp = dict(DEFAULT_HYPERPARAMETERS)
+        self._check_names(hyperparameters or {})
+        hyp.update({k: float(v) for k, v in (hyperparameters or {}).items()})
+        self._hyp = hyp
+        if priors is not None and not isinstance(priors, Priors):
+            raise TypeError(f"priors must be an otfgp.priors.Priors or None, got {type(priors).__name__}")
+        self.priors = priors
+        self.evaluations = 0  # likelihood evaluations of the last optimisation
+        self.bounds: dict[str, tuple[float, float]] = dict(
+            MAXIMUM_LIKELIHOOD_BOUNDS if priors is None else DEFAULT_BOUNDS)
+        self._check_names(bounds or {})
+        self.bounds.update({k: (float(a), float(b)) for k, (a, b) in (bounds or {}).items()})
+        if nodes3 is None:
+            nodes3 = AUTO_NODES3.get(len(self._numbers), min(AUTO_NODES3.values()))
+        self._nodes = (int(nodes2), int(nodes3))
+        if rank_tolerance is not None and not (0 <= rank_tolerance < 1):
+            raise ValueError(f"rank_tolerance must be in [0, 1) or None, got {rank_tolerance!r}")
+        self._rank_tolerance = rank_tolerance
+        self._lower = None if lower is None else float(lower)
+        self._design: Any = None
+        self._stats: _Statistics | None = None
+        self._buffer: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._buffered_rows = 0
+        self._n_structures = 0
+        self._solution: dict[str, np.ndarray] | None = None
+        self._offsets = np.zeros(len(self._numbers))
+        size = _core.BasisDesign(len(self._numbers), self._r2, self._r3, 1.0 if lower is None else float(lower),
+                                 *self._nodes).columns
+        if size > MAX_COEFFICIENTS:
+            raise ValueError(
+                f"the basis is too large: {size} coefficients for {len(self._numbers)} species with "
+                f"nodes2={nodes2}, nodes3={nodes3} (limit {MAX_COEFFICIENTS}); use fewer triplet nodes "
+                f"(the size grows as species^3 x nodes3^3, docs/scalable.md)")
+        if lower is not None:
+            self._make_design(float(lower))
+
+    @classmethod
+    def from_gaussian_process(cls, gp: Any, **kwargs: Any) -> "ScalableGP":
+        """A scalable model with ``gp``'s species, cutoffs, hyperparameters and training
+        data (untrained: call :meth:`train`), e.g. to continue once the exact GP gets slow.
+        ``kwargs`` go to the constructor (``lower``, ``nodes2``, ``nodes3``, ``priors``, ...).
+
+        Raises:
+            NotImplementedError: ``gp`` has an analytic baseline (not yet supported here).
+        """
+        if gp.baseline is not None:
+            raise NotImplementedError("ScalableGP does not support analytic baselines yet; "
+                                      "this GaussianProcess has one")
+        kwargs.setdefault("hyperparameters", gp.hyperparameters)
+        model = cls(gp.species, gp.cutoffs, **kwargs)
+        for i in range(gp.n_training_structures):
+            d = gp.training_structure(i)
+            forces = None
+            if len(d["force_atoms"]):
+                forces = np.zeros((len(d["atoms"]), 3))
+                forces[d["force_atoms"]] = d["forces"]
+            model.add_training_data(d["atoms"], forces=False if forces is None else forces,
+                                    energy=False if d["energy"] is None else d["energy"],
+                                    stress=False if d["stress"] is None else d["stress"],
+                                    atom_indices=d["force_atoms"] if forces is not None else None)
+        return model
+
+    # ----------------------------------------------------------------- properties
+    @staticmethod
+    def _check_names(d: Mapping[str, Any]) -> None:
+        bad = set(d) - set(HYPERPARAMETER_NAMES)
+        if bad:
+            raise ValueError(f"unknown hyperparameters {sorted(bad)}; known: {list(HYPERPARAMETER_NAMES)}")
+
+    @property
+    def species(self) -> list[str]:
+        """Chemical symbols of the species the model knows."""
+        return [chemical_symbols[z] for z in self._numbers]
+
+    @property
+    def cutoffs(self) -> dict[str, float]:
+        """The 2- and 3-body cutoffs (A) of the enabled body orders."""
+        out = {}
+        if self._r2 > 0:
+            out["twobody"] = self._r2
+        if self._r3 > 0:
+            out["threebody"] = self._r3
+        return out
+
+    @property
+    def hyperparameters(self) -> dict[str, float]:
+        """Current hyperparameters (a copy); assigning any subset untrains the model."""
+        return dict(self._hyp)
+
+    @hyperparameters.setter
+    def hyperparameters(self, values: Mapping[str, float]) -> None:
+        self._check_names(values)
+        for k, v in values.items():
+            if not (math.isfinite(float(v)) and float(v) > 0):
+                raise ValueError(f"hyperparameter {k} must be positive and finite, got {v!r}")
+        self._hyp.update({k: float(v) for k, v in values.items()})
+        self._solution = None
+
+    @property
+    def energy_offsets(self) -> dict[str, float]:
+        """Per-species energy offsets fitted to the energy labels (zero without them)."""
+        return dict(zip(self.species, map(float, self._offsets)))
+
+    @property
+    def n_labels(self) -> int:
+        """Number of training labels (force components, energies, stress components)."""
+        return int(self._stats.n.sum() if self._stats is not None else 0) + self._buffered_rows
+
+    @property
+    def n_training_structures(self) -> int:
+        return self._n_structures
+
+    @property
+    def n_coefficients(self) -> int:
+        """Size of the basis (the model's cost is O(n_coefficients^3) per evaluation)."""
+        return 0 if self._design is None else int(self._design.columns)
+
+    @property
+    def rank(self) -> int:
+        """Number of projected coefficients the statistics and the algebra work with
+        (O(rank^3) per likelihood evaluation, 8 x 3 x rank^2 bytes of statistics)."""
+        return 0 if self._design is None else int(self._V.shape[1])
+
+    @property
+    def lower(self) -> float | None:
+        """Lower end of the basis (A), fixed by the first training structure unless given."""
+        return self._lower
+
+    @property
+    def trained(self) -> bool:
+        return self._solution is not None
+
+    # ----------------------------------------------------------------- data
+    def _make_design(self, lower: float) -> None:
+        self._lower = lower
+        self._design = _core.BasisDesign(len(self._numbers), self._r2, self._r3, lower, *self._nodes)
+        self._tables = self._design.tables()
+        self._set_projection(self._projection())
+
+    def _projection(self) -> np.ndarray:
+        """The fixed projection V (basis x rank, block diagonal by table): per block the
+        prior's eigenvectors, at unit signal and the smallest allowed length scale (the
+        richest prior the optimiser may reach), above rank_tolerance of the largest."""
+        B = self.n_coefficients
+        if self._rank_tolerance is None:
+            return np.eye(B)
+        b = self.effective_bounds()
+        floor = {"sigma2": 1.0, "sigma3": 1.0, "ell2": b["ell2"][0], "ell3": b["ell3"][0]}
+        blocks = []
+        for t, block, _ in self._prior_blocks(floor, grad=False):
+            w, U = np.linalg.eigh(block)
+            blocks.append(U[:, w > self._rank_tolerance * w.max()][:, ::-1])
+        V = np.zeros((B, sum(v.shape[1] for v in blocks)))
+        col = 0
+        for t, v in zip(self._tables, blocks):
+            V[t["offset"]:t["offset"] + t["size"], col:col + v.shape[1]] = v
+            col += v.shape[1]
+        return V
+
+    def _set_projection(self, V: np.ndarray) -> None:
+        """Install V and the statistics in its space; records each table's column range."""
+        self._V = V
+        for t in self._tables:
+            cols = np.flatnonzero(np.any(V[t["offset"]:t["offset"] + t["size"]] != 0, axis=0))
+            t["roffset"], t["rsize"] = (int(cols[0]), len(cols)) if len(cols) else (0, 0)
+        self._stats = _Statistics(V.shape[1], len(self._numbers))
+
+    def _arrays(self, atoms: Atoms) -> tuple[np.ndarray, list[bool], np.ndarray, np.ndarray]:
+        if not isinstance(atoms, Atoms):
+            raise TypeError(f"expected an ase.Atoms, got {type(atoms).__name__}")
+        known = {z: i for i, z in enumerate(self._numbers)}
+        numbers = atoms.get_atomic_numbers()
+        missing = sorted({int(z) for z in numbers} - set(known))
+        if missing:
+            raise _core.InputError(f"unknown species {[chemical_symbols[z] for z in missing]}; "
+                                   f"the model knows {self.species}")
+        species = np.array([known[int(z)] for z in numbers], dtype=np.int32)
+        return (np.asarray(atoms.cell.array, dtype=float), [bool(p) for p in atoms.pbc],
+                np.asarray(atoms.positions, dtype=float), species)
+
+    def add_training_data(self, atoms: Atoms, forces: bool | np.ndarray = True, energy: bool | float = False,
+                          stress: bool | np.ndarray = False,
+                          atom_indices: Sequence[int] | np.ndarray | None = None) -> None:
+        """Add a labelled structure (arguments as :meth:`otfgp.GaussianProcess.add_training_data`).
+
+        Only the structure's design rows are kept until the next batch is folded into the
+        coefficient-space statistics; the structure itself is not stored.
+        """
+        cell, pbc, positions, species = self._arrays(atoms)
+        n = len(atoms)
+        with_forces = forces is not False and forces is not None
+        if atom_indices is not None and not with_forces:
+            raise _core.InputError("atom_indices selects force labels, but forces=False")
+        idx = _label_atom_indices(atom_indices, n) if with_forces else np.zeros(0, dtype=np.int64)
+        y = []
+        if with_forces:
+            f = np.asarray(atoms.get_forces() if forces is True else forces, dtype=float)
+            if f.shape != (n, 3):
+                raise _core.InputError(f"forces must have shape ({n}, 3), got {f.shape}")
+            y.append(f[idx].ravel())
+        e = None
+        if energy is not False and energy is not None:
+            e = float(atoms.get_potential_energy()) if energy is True else float(energy)
+            y.append([e])
+        s = None
+        if stress is not False and stress is not None:
+            raw = np.asarray(atoms.get_stress(voigt=True) if stress is True else stress, dtype=float)
+            if raw.shape == (3, 3):
+                raw = raw[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+            if raw.shape != (6,):
+                raise _core.InputError(f"stress must have 6 Voigt components or shape (3, 3), got {raw.shape}")
+            s = raw
+            y.append(raw)
+        if not y or sum(len(v) for v in y) == 0:
+            raise _core.InputError("no labels: give force atoms, an energy or a stress")
+        labels = np.concatenate([np.asarray(v, dtype=float) for v in y])
+        if not np.all(np.isfinite(labels)):
+            raise _core.InputError("labels contain NaN or inf")
+        if self._design is None:
+            cut = max(self._r2, self._r3)
+            d = neighbor_list("d", atoms, cut)
+            shortest = float(d.min()) if len(d) else cut
+            self._make_design(max(0.5, shortest - LOWER_MARGIN))
+            log.info("scalable GP basis: lower end %.3f A, %d coefficients", self._lower, self._design.columns)
+        phi, kinds, outside = self._design.rows(cell, pbc, positions, species, idx.astype(np.int32),
+                                                e is not None, s is not None)
+        if outside:
+            raise _core.InputError(
+                f"{outside} clusters of this structure have an edge below the basis lower end "
+                f"{self._lower:.3f} A; build the model with a smaller lower=")
+        comp = np.bincount(species, minlength=len(self._numbers)).astype(float)
+        self._buffer.append((phi @ self._V, np.asarray(kinds), labels, comp))
+        self._buffered_rows += len(labels)
+        self._n_structures += 1
+        self._solution = None
+        if self._buffered_rows >= FLUSH_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Fold the buffered rows into the statistics: one symmetric rank-k update per kind."""
+        if not self._buffer:
+            return
+        st = self._stats
+        assert st is not None
+        phi = np.concatenate([b[0] for b in self._buffer])
+        kinds = np.concatenate([b[1] for b in self._buffer])
+        y = np.concatenate([b[2] for b in self._buffer])
+        for k in range(3):
+            rows = np.flatnonzero(kinds == k)
+            if rows.size == 0:
+                continue
+            P = phi[rows]
+            st.G[k] += P.T @ P
+            st.b[k] += P.T @ y[rows]
+            st.yy[k] += float(y[rows] @ y[rows])
+            st.n[k] += rows.size
+        erows = np.flatnonzero(kinds == 1)
+        if erows.size:
+            comps = np.concatenate([np.tile(b[3], (int(np.sum(b[1] == 1)), 1)) for b in self._buffer])
+            st.PhiA += phi[erows].T @ comps
+            st.AtA += comps.T @ comps
+            st.Aty += comps.T @ y[erows]
+        self._buffer.clear()
+        self._buffered_rows = 0
+
+    # ----------------------------------------------------------------- prior
+    def _prior(self, hyp: Mapping[str, float], grad: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Prior covariance of the projected coefficients (block diagonal by table) and, if
+        grad, its derivatives by sigma2, ell2, sigma3, ell3."""
+        R = self.rank
+        S = np.zeros((R, R))
+        dS = {k: np.zeros((R, R)) for k in ("sigma2", "ell2", "sigma3", "ell3")} if grad else {}
+        for t, block, dblock in self._prior_blocks(hyp, grad):
+            Vb = self._V[t["offset"]:t["offset"] + t["size"], t["roffset"]:t["roffset"] + t["rsize"]]
+            sl = slice(t["roffset"], t["roffset"] + t["rsize"])
+            sig = hyp["sigma2"] if t["dim"] == 1 else hyp["sigma3"]
+            pb = Vb.T @ block @ Vb
+            S[sl, sl] = sig * sig * pb
+            if grad:
+                names = ("sigma2", "ell2") if t["dim"] == 1 else ("sigma3", "ell3")
+                dS[names[0]][sl, sl] = 2 * sig * pb
+                dS[names[1]][sl, sl] = sig * sig * (Vb.T @ dblock @ Vb)
+        return S, dS
+
+    def _prior_blocks(self, hyp: Mapping[str, float], grad: bool) -> Any:
+        """Per table: (table, unit-signal prior block, its ell-derivative or None), in the
+        basis (before the projection)."""
+        for t in self._tables:
+            ell = hyp["ell2"] if t["dim"] == 1 else hyp["ell3"]
+            x, Q = _basis_points(t["nodes"], t["lo"], t["hi"], t["degree"])
+            diff2 = (x[:, None] - x[None, :]) ** 2
+            K1 = np.exp(-diff2 / (2 * ell * ell))
+            S1 = Q @ K1 @ Q.T
+            dS1 = Q @ (K1 * diff2 / ell ** 3) @ Q.T
+            if t["dim"] == 1:
+                block, dblock = S1, dS1
+            else:
+                N = len(S1)
+                rep = np.asarray(t["representatives"])
+                idx = np.stack([rep // (N * N), (rep // N) % N, rep % N], axis=1)
+                block = np.zeros((len(rep), len(rep)))
+                dblock = np.zeros_like(block)
+                for p in t["permutations"]:
+                    f = [S1[idx[:, e][:, None], idx[:, p[e]][None, :]] for e in range(3)]
+                    block += f[0] * f[1] * f[2]
+                    if grad:
+                        g = [dS1[idx[:, e][:, None], idx[:, p[e]][None, :]] for e in range(3)]
+                        dblock += g[0] * f[1] * f[2] + f[0] * g[1] * f[2] + f[0] * f[1] * g[2]
+            # A jitter proportional to the block's signal variance, part of the prior (and of
+            # its sigma-derivative): the SE prior on a fine basis is numerically singular.
+            yield t, block + PRIOR_JITTER * np.eye(len(block)), dblock if grad else None
+
+    @staticmethod
+    def _factor_prior(S: np.ndarray) -> np.ndarray:
+        """Lower Cholesky factor of the prior covariance."""
+        try:
+            return scipy.linalg.cholesky(S, lower=True)
+        except np.linalg.LinAlgError:
+            raise np.linalg.LinAlgError("the coefficient prior is not positive definite; "
+                                        "use a coarser basis (nodes2 / nodes3)") from None
+
+    # ----------------------------------------------------------------- likelihood
+    def _offsets_fit(self) -> np.ndarray:
+        st = self._stats
+        assert st is not None
+        ns = len(self._numbers)
+        if st.n[1] == 0:
+            return np.zeros(ns)
+        present = np.diag(st.AtA) > 0
+        out = np.zeros(ns)
+        out[present] = scipy.linalg.lstsq(st.AtA[np.ix_(present, present)], st.Aty[present])[0]
+        return out
+
+    def _kind_terms(self, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """b_k and y_k^T y_k of the targets with the energy offsets removed."""
+        st = self._stats
+        assert st is not None
+        b = st.b.copy()
+        yy = st.yy.copy()
+        b[1] -= st.PhiA @ offsets
+        yy[1] += -2 * float(offsets @ st.Aty) + float(offsets @ st.AtA @ offsets)
+        return b, yy
+
+    def _active(self) -> list[str]:
+        assert self._stats is not None
+        names = []
+        if self._r2 > 0:
+            names += ["sigma2", "ell2"]
+        if self._r3 > 0:
+            names += ["sigma3", "ell3"]
+        names += [name for k, name in enumerate(_KINDS) if self._stats.n[k] > 0]
+        return names
+
+    def _evaluate(self, hyp: Mapping[str, float], grad: bool) -> tuple[float, dict[str, float], dict[str, np.ndarray]]:
+        """Log marginal likelihood, its gradient and the posterior (m, P) at hyp."""
+        if self.n_labels == 0:
+            raise _core.NotTrainedError("no training data: call add_training_data() first")
+        self._flush()
+        st = self._stats
+        assert st is not None
+        offsets = self._offsets_fit()
+        bk, yyk = self._kind_terms(offsets)
+        s2 = np.array([hyp[k] ** 2 for k in _KINDS])
+        G = np.tensordot(1.0 / s2, st.G, axes=1)
+        b = (bk / s2[:, None]).sum(axis=0)
+        c = float(np.sum(yyk / s2))
+        n = int(st.n.sum())
+        S, dS = self._prior(hyp, grad)
+        L = self._factor_prior(S)
+        A = np.eye(len(S)) + L.T @ G @ L
+        LA = scipy.linalg.cholesky(A, lower=True)
+        W = scipy.linalg.solve_triangular(LA, L.T, lower=True)  # P = W^T W
+        P = W.T @ W
+        m = P @ b
+        logdet = 2.0 * float(np.sum(np.log(np.diag(LA))))
+        value = -0.5 * (c - float(b @ m) + logdet + float(np.sum(st.n * np.log(s2))) + n * math.log(2 * math.pi))
+        sol = {"m": m, "P": P, "offsets": offsets}
+        if not grad:
+            return value, {}, sol
+        GP = G @ P
+        u = b - G @ m
+        R = G - GP @ G
+        Gam = 0.5 * (np.outer(u, u) - R)
+        g = {k: float(np.sum(Gam * dS[k])) for k in dS}
+        for k, name in enumerate(_KINDS):
+            sk = hyp[name]
+            dG = -2.0 * st.G[k] / sk ** 3
+            db = -2.0 * bk[k] / sk ** 3
+            dc = -2.0 * yyk[k] / sk ** 3
+            g[name] = -0.5 * (dc - 2 * float(m @ db) + float(m @ dG @ m) + float(np.sum(P * dG))
+                              + 2 * st.n[k] / sk)
+        return value, g, sol
+
+    def log_likelihood(self, hyperparameters: Mapping[str, float] | None = None) -> float:
+        """Log marginal likelihood of the training labels at the given (or current) hyperparameters."""
+        hyp = self.hyperparameters
+        hyp.update(hyperparameters or {})
+        return self._evaluate(hyp, grad=False)[0]
+
+    def log_likelihood_gradient(self, hyperparameters: Mapping[str, float] | None = None) -> dict[str, float]:
+        """Gradient of :meth:`log_likelihood` with respect to every active hyperparameter."""
+        hyp = self.hyperparameters
+        hyp.update(hyperparameters or {})
+        return self._evaluate(hyp, grad=True)[1]
+
+    def prior_medians(self) -> dict[str, LogNormal]:
+        """:attr:`priors` with every median concrete: a data-dependent signal std is the one
+        at which that body order alone, at the median length scale, gives a prior variance
+        of half the mean square label of the first label kind present (as
+        :meth:`otfgp.GaussianProcess.prior_medians`). The mean prior variance of the rows
+        is tr(S_unit G_k) / n_k, from the statistics alone."""
+        if self.priors is None:
+            raise ValueError("this model has no priors (priors=None: maximum likelihood)")
+        self._flush()
+        st = self._stats
+        if st is None or st.n.sum() == 0:
+            raise _core.NotTrainedError("no training data: call add_training_data() first")
+        needed = [k for k in ("sigma2", "sigma3") if self.priors.get(k).median is None]
+        data: dict[str, float] = {}
+        if needed:
+            ells = {"ell2": self.priors.ell2.median, "ell3": self.priors.ell3.median}
+            if None in ells.values():
+                raise ValueError("data-dependent signal medians need fixed length-scale medians")
+            kind = int(np.flatnonzero(st.n > 0)[0])
+            _, yy = self._kind_terms(self._offsets_fit())
+            mean_square = yy[kind] / st.n[kind]
+            S, _ = self._prior({**self._hyp, **ells, "sigma2": 1.0, "sigma3": 1.0}, grad=False)
+            for name, dim in (("sigma2", 1), ("sigma3", 3)):
+                if name not in needed:
+                    continue
+                cols = np.concatenate([np.arange(t["roffset"], t["roffset"] + t["rsize"])
+                                       for t in self._tables if t["dim"] == dim] or [np.zeros(0, int)])
+                mean_d = float(np.sum(S[np.ix_(cols, cols)] * st.G[kind][np.ix_(cols, cols)])) / st.n[kind]
+                ok = mean_square > 0 and mean_d > 0
+                data[name] = math.sqrt(0.5 * mean_square / mean_d) if ok else DEFAULT_HYPERPARAMETERS[name]
+        return self.priors.resolve(data)
+
+    def _ell_floor(self, dim: int) -> float:
+        t = next((t for t in self._tables if t["dim"] == dim), None)
+        return 0.0 if t is None else MIN_ELL_PER_SPACING * (t["hi"] - t["lo"]) / (t["nodes"] - 1)
+
+    def effective_bounds(self) -> dict[str, tuple[float, float]]:
+        """:attr:`bounds` with the length scales kept resolvable by the basis."""
+        out = dict(self.bounds)
+        for name, dim in (("ell2", 1), ("ell3", 3)):
+            lo, hi = out[name]
+            out[name] = (max(lo, self._ell_floor(dim)), hi)
+        return out
+
+    # ----------------------------------------------------------------- training
+    def train(self, optimize: bool = True, max_iterations: int = 100) -> None:
+        """Fit the model: optionally maximise the log marginal likelihood over the
+        hyperparameters (L-BFGS-B in a bounded log parametrisation, within
+        :meth:`effective_bounds`), then compute the coefficients' posterior."""
+        if self.n_labels == 0:
+            raise _core.NotTrainedError("no training data: call add_training_data() first")
+        self._flush()
+        if optimize:
+            self._optimize(max_iterations)
+        _, _, self._solution = self._evaluate(self._hyp, grad=False)
+        self._offsets = self._solution["offsets"]
+
+    def _optimize(self, max_iterations: int) -> None:
+        names = self._active()
+        bounds = self.effective_bounds()
+        lo = np.log([bounds[k][0] for k in names])
+        hi = np.log([bounds[k][1] for k in names])
+        span = hi - lo
+        base = self.hyperparameters
+        self.evaluations = 0
+        priors = self.prior_medians() if self.priors is not None else None
+
+        # log(theta) = lo + span * logistic(u): unconstrained, so L-BFGS-B's first step is
+        # normalised (as in GaussianProcess._optimize).
+        def to_theta(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            sig = 0.5 * (1.0 + np.tanh(0.5 * u))
+            return np.exp(lo + span * sig), span * sig * (1.0 - sig)
+
+        def objective(u: np.ndarray) -> tuple[float, np.ndarray]:
+            theta, dlog = to_theta(u)
+            hyp = dict(base)
+            hyp.update(zip(names, theta))
+            self.evaluations += 1
+            try:
+                value, g, _ = self._evaluate(hyp, grad=True)
+            except np.linalg.LinAlgError:
+                return 1e10, np.zeros_like(u)
+            if priors is not None:
+                p_value, p_grad = log_prior(hyp, priors, names)
+                value += p_value
+                g = {k: g[k] + p_grad[k] for k in g}
+            return -value, -np.array([g[k] * hyp[k] for k in names]) * dlog
+
+        margin = 0.05 * span
+        start = np.clip(np.log([base[k] for k in names]), lo + margin, hi - margin)
+        frac = (start - lo) / span
+        u0 = np.log(frac / (1 - frac))
+        res = scipy.optimize.minimize(objective, u0, jac=True, method="L-BFGS-B", options={"maxiter": max_iterations})
+        log.info("scalable GP optimisation: -log L = %.6g after %d iterations, %d evaluations (%s)",
+                 res.fun, res.nit, self.evaluations, res.message)
+        if res.fun >= 1e10:
+            raise np.linalg.LinAlgError("no hyperparameters within the bounds give a positive definite posterior")
+        self._hyp.update(zip(names, map(float, to_theta(res.x)[0])))
+
+    # ----------------------------------------------------------------- prediction
+    def predict(self, atoms: Atoms, variance: bool = True) -> Prediction:
+        """Energy, forces, stress and local energies (with latent and reported variances if
+        asked).
+
+        Reported variances are latent + label noise (local energies: latent only), as for an
+        uncalibrated :class:`otfgp.GaussianProcess`. The per-species energy offsets go into
+        the energy and the local energies.
+        """
+        if self._solution is None:
+            raise _core.NotTrainedError("the model is not trained: call train()")
+        cell, pbc, positions, species = self._arrays(atoms)
+        n = len(atoms)
+        with_stress = bool(all(pbc) and abs(np.linalg.det(cell)) > 1e-8)
+        phi, _, outside = self._design.rows(cell, pbc, positions, species, np.arange(n, dtype=np.int32),
+                                            True, with_stress, True)
+        if outside:
+            log.warning("%d clusters lie below the basis lower end %.3f A: extrapolated", outside, self._lower)
+        e_row, s_rows, l_rows = 3 * n, slice(3 * n + 1, 3 * n + 7), slice(phi.shape[0] - n, phi.shape[0])
+        phi = phi @ self._V
+        mean = phi @ self._solution["m"]
+        offsets = self._offsets[species]
+        out = Prediction(energy=float(mean[e_row] + np.sum(offsets)), forces=mean[:3 * n].reshape(n, 3),
+                         local_energies=mean[l_rows] + offsets,
+                         stress=mean[s_rows] if with_stress else np.full(6, np.nan))
+        if variance:
+            var = np.einsum("ij,ij->i", phi @ self._solution["P"], phi)
+            np.maximum(var, 0.0, out=var)
+            hyp = self._hyp
+            lf = var[:3 * n].reshape(n, 3)
+            ls = var[s_rows] if with_stress else np.full(6, np.nan)
+            out.latent_force_variances = lf
+            out.force_variances = lf + hyp["noise_force"] ** 2
+            out.epistemic_force_variances = lf
+            out.latent_energy_variance = float(var[e_row])
+            out.energy_variance = float(var[e_row]) + hyp["noise_energy"] ** 2
+            out.latent_stress_variance = ls
+            out.stress_variance = ls + hyp["noise_stress"] ** 2
+            out.epistemic_stress_variance = ls
+            out.latent_local_energy_variances = var[l_rows]
+            out.local_energy_variances = var[l_rows]
+            out.epistemic_local_energy_variances = var[l_rows]
+            out.noise_force_variance = hyp["noise_force"] ** 2
+        return out
+
+    # ----------------------------------------------------------------- persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model (basis, hyperparameters, statistics and solution; no labels)
+        to a compressed ``.npz`` file whose size does not depend on the number of labels."""
+        self._flush()
+        data: dict[str, Any] = {
+            "format": np.array(FILE_FORMAT),
+            "numbers": np.array(self._numbers),
+            "cutoffs": np.array([self._r2, self._r3]),
+            "nodes": np.array(self._nodes),
+            "lower": np.array(np.nan if self._lower is None else self._lower),
+            "hyperparameters": np.array([self._hyp[k] for k in HYPERPARAMETER_NAMES]),
+            "bounds": np.array([self.bounds[k] for k in HYPERPARAMETER_NAMES]),
+            "n_structures": np.array(self._n_structures),
+            "offsets": self._offsets,
+        }
+        data["rank_tolerance"] = np.array(np.nan if self._rank_tolerance is None else self._rank_tolerance)
+        if self._stats is not None:
+            data["V"] = self._V
+            data.update({f"stat_{k}": v for k, v in self._stats.arrays().items()})
+        if self._solution is not None:
+            data["m"], data["P"] = self._solution["m"], self._solution["P"]
+        tmp = f"{os.fspath(path)}.tmp"
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **data)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ScalableGP":
+        """Read a model written by :meth:`save`; a file of another kind is a ValueError."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                d = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: not a readable scalable-GP model file ({exc})") from None
+        if str(d.get("format", "")) != FILE_FORMAT:
+            raise ValueError(f"{path}: not a scalable-GP model file (format {d.get('format')!r}, "
+                             f"expected {FILE_FORMAT})")
+        r2, r3 = map(float, d["cutoffs"])
+        cutoffs = {k: v for k, v in (("twobody", r2), ("threebody", r3)) if v > 0}
+        lower = float(d["lower"])
+        tol = float(d["rank_tolerance"])
+        model = cls([int(z) for z in d["numbers"]], cutoffs,
+                    dict(zip(HYPERPARAMETER_NAMES, map(float, d["hyperparameters"]))),
+                    {k: tuple(map(float, b)) for k, b in zip(HYPERPARAMETER_NAMES, d["bounds"])},
+                    lower=None if math.isnan(lower) else lower, nodes2=int(d["nodes"][0]), nodes3=int(d["nodes"][1]),
+                    rank_tolerance=None if math.isnan(tol) else tol)
+        model._n_structures = int(d["n_structures"])
+        model._offsets = d["offsets"]
+        if "V" in d:  # the stored projection, bit for bit (not recomputed)
+            model._set_projection(d["V"])
+            for k in model._stats.arrays():
+                setattr(model._stats, k, d[f"stat_{k}"])
+        if "m" in d:
+            model._solution = {"m": d["m"], "P": d["P"], "offsets": d["offsets"]}
+        return model
