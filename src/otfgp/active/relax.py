@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import BaseCalculator
+from ase.calculators.calculator import BaseCalculator, Calculator, all_changes
 
 from .task import IterationData, bare_frame, max_force
 
@@ -42,6 +42,40 @@ def optimizer_class(name: str) -> type:
     return classes[name]
 
 
+class AnchoredCalculator(Calculator):
+    """The model's surface tilted so that its forces equal the oracle's at an anchor
+    structure: F(x) = F_model(x) + (F_oracle(x0) - F_model(x0)), energy
+    E_model(x) - sum (F_oracle(x0) - F_model(x0)) . (x - x0) (conservative, so line
+    searches see consistent energies). Near a minimum the model's error is a smooth, nearly
+    constant force offset that the GP cannot resolve below its noise level; removing it at
+    the last labelled structure turns each model relaxation into a quasi-Newton step on the
+    oracle's forces with the model's curvature, instead of stopping where the model's own
+    forces vanish.
+    """
+
+    implemented_properties = ("energy", "forces")
+
+    def __init__(self, base: BaseCalculator, anchor: Atoms, oracle_forces: np.ndarray) -> None:
+        super().__init__()
+        self.base = base
+        self.origin = np.array(anchor.positions)
+        probe = anchor.copy()
+        probe.set_constraint()
+        probe.calc = base
+        self.offset = np.asarray(oracle_forces, dtype=float) - probe.get_forces()
+
+    def calculate(self, atoms: Atoms | None = None, properties: Sequence[str] = ("energy",),
+                  system_changes: Sequence[str] = all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        probe = self.atoms.copy()
+        probe.set_constraint()
+        probe.calc = self.base
+        self.results = {
+            "energy": float(probe.get_potential_energy()) - float(np.sum(self.offset * (probe.positions - self.origin))),
+            "forces": probe.get_forces() + self.offset,
+        }
+
+
 class RelaxTask:
     """Relax ``atoms`` (fixed cell; its constraints respected) to ``fmax`` on the oracle.
 
@@ -58,13 +92,16 @@ class RelaxTask:
         max_step: trust radius (A): the model relaxation also stops once an atom has moved
             this far from where the iteration started (``None``: no limit).
         optimizer_options: keyword arguments of the optimizer (e.g. ``{"maxstep": 0.1}``).
+        anchor: relax on the model's surface tilted to match the oracle's forces at the
+            last labelled structure (:class:`AnchoredCalculator`); ``False``: on the model's
+            own surface.
     """
 
     name = "relax"
 
     def __init__(self, atoms: Atoms, fmax: float = 0.05, optimizer: str = "bfgs", steps: int = 200,
                  model_fmax: float | None = None, max_step: float | None = 0.5,
-                 optimizer_options: Mapping[str, Any] | None = None) -> None:
+                 optimizer_options: Mapping[str, Any] | None = None, anchor: bool = True) -> None:
         for key, value in (("fmax", fmax), ("model_fmax", model_fmax), ("max_step", max_step)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not np.isfinite(value) or value <= 0):
@@ -81,6 +118,10 @@ class RelaxTask:
         self.model_fmax = float(model_fmax) if model_fmax is not None else self.fmax / 2
         self.max_step = None if max_step is None else float(max_step)
         self.optimizer_options = dict(optimizer_options or {})
+        if not isinstance(anchor, (bool, np.bool_)):
+            raise ValueError(f"anchor must be true or false, got {anchor!r}")
+        self.anchor = bool(anchor)
+        self.start_forces: np.ndarray | None = None  # the oracle's forces at the start (anchor)
         self.start = np.array(atoms.positions)  # where the next model relaxation starts
         self.last: dict[str, Any] = {}  # the last model relaxation: steps, why it stopped
         self.history: list[dict[str, Any]] = []  # oracle energy and fmax per labelled minimum
@@ -98,6 +139,8 @@ class RelaxTask:
 
         work = bare_frame(self.atoms)
         work.positions = self.start
+        if self.anchor and self.start_forces is not None:
+            calc = AnchoredCalculator(calc, work, self.start_forces)
         work.calc = calc
         opt = optimizer_class(self.optimizer)(work, logfile=None, **self.optimizer_options)
         pool: list[Atoms] = []
@@ -142,13 +185,15 @@ class RelaxTask:
                            predicted_fmax=max_force(frame, np.asarray(prediction.forces)))
         self.history.append({"iteration": data.iteration, "energy": energy, "fmax": fmax})
         self.start = np.array(frame.positions)
+        self.start_forces = np.array(forces)
         self.atoms.positions = frame.positions
         self.solved = fmax < self.fmax
         return self.solved, metrics
 
     def state(self) -> dict[str, Any]:
         """Where the next relaxation starts and the labelled minima so far."""
-        return {"start": self.start.tolist(), "history": self.history, "solved": self.solved}
+        return {"start": self.start.tolist(), "history": self.history, "solved": self.solved,
+                "start_forces": None if self.start_forces is None else self.start_forces.tolist()}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Take back a checkpointed :meth:`state`."""
@@ -157,6 +202,7 @@ class RelaxTask:
             raise ValueError(f"the checkpointed relaxation has {len(start)} atoms, this task {len(self.atoms)}")
         self.start = start
         self.atoms.positions = start
+        self.start_forces = None if state["start_forces"] is None else np.array(state["start_forces"], dtype=float)
         self.history = list(state["history"])
         self.solved = bool(state["solved"])
 
