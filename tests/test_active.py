@@ -67,6 +67,7 @@ def test_relaxation_converges_on_the_oracle_and_counts_its_calls(tmp_path):
     assert slab.constraints and np.allclose(slab.positions[slab.get_tags() == 3],
                                             adatom_slab().positions[slab.get_tags() == 3])  # fixed stay
     assert result.oracle_calls == labeller.calls == result.labels
+    assert learner.model.n_training_environments == result.labels * len(free_atoms(slab))  # free atoms only
     assert result.oracle_calls < 8  # ASE on this oracle: BFGS 17 calls, GPMin 8
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == list(range(result.iterations + 1))
@@ -241,3 +242,32 @@ def test_cli_config_needs_every_section(tmp_path, capsys):
     path.write_text('[labeller]\ntype = "emt"\n[active]\ntask = "relax"\n')
     assert main(["active", str(path)]) == 2
     assert "missing section [structure]" in capsys.readouterr().err
+
+
+def test_anchored_surface_has_the_oracle_forces_at_the_anchor_and_is_conservative():
+    from otfgp.active.relax import AnchoredCalculator
+
+    slab = adatom_slab()
+    labelled = label(slab, EMT())
+    gp = model()
+    gp.add_training_data(labelled, forces=labelled.get_forces(apply_constraint=False), atom_indices=free_atoms(slab))
+    gp.train(optimize=False)
+    from otfgp import GPCalculator
+
+    oracle = labelled.get_forces(apply_constraint=False)
+    calc = AnchoredCalculator(GPCalculator(gp, uncertainty=False), slab, oracle)
+    probe = slab.copy()
+    probe.set_constraint()
+    probe.calc = calc
+    np.testing.assert_allclose(probe.get_forces(), oracle, atol=1e-10)
+    probe.positions[-1] += [0.05, -0.03, 0.02]
+    forces = probe.get_forces()
+    h = 1e-4
+    for axis in range(3):  # F = -dE/dx on the moved adatom
+        plus, minus = probe.copy(), probe.copy()
+        plus.positions[-1, axis] += h
+        minus.positions[-1, axis] -= h
+        plus.calc = minus.calc = calc
+        e_plus = plus.get_potential_energy()
+        e_minus = minus.get_potential_energy()
+        assert forces[-1, axis] == pytest.approx(-(e_plus - e_minus) / (2 * h), abs=1e-5)
