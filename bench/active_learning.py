@@ -14,7 +14,8 @@ One function per benchmark, each writing its own section of the results JSON (a 
   and C parameters fitted here to EMT; see :func:`fit_morse`). Targets: fewer oracle calls
   than GPMin, final energy within 2 meV of the oracle-BFGS minimum (BFGS to fmax 0.001
   from the same start; the energy difference to BFGS at the same fmax is reported too).
-  ``--ablation`` adds the loop relaxing on the model's own surface (``anchor = False``).
+  ``--ablation unanchored no_trust_radius`` adds the loop relaxing on the model's own
+  surface (``anchor = False``) and without a trust radius (``max_step = None``).
 
     .venv/bin/python bench/active_learning.py [--only relax] [--seeds 0 1 2] [--output FILE]
 """
@@ -46,8 +47,9 @@ RELAX_MODEL = {"species": ["Cu", "C"], "cutoffs": {"twobody": 5.0, "threebody": 
 RELAX_OPTIONS = {"batch_size": 1, "hyperparameter_iterations": 50, "max_iterations": 30}
 RELAX_TASK = {"optimizer": "bfgs", "max_step": 0.5, "anchor": True}
 TIGHT_FMAX = 0.001  # eV/A: the oracle-BFGS minimum the final energies are compared with
-ABLATIONS = ("none_unanchored", "morse_unanchored")  # --ablation: relax on the model's own surface
-ABLATION_TASK = {"anchor": False}
+# --ablation NAME: the loop with one setting of RELAX_TASK changed, without and with the prior
+ABLATIONS = {"unanchored": {"anchor": False},  # relax on the model's own surface
+             "no_trust_radius": {"max_step": None}}  # no limit on a model relaxation's displacement
 
 
 def c_on_cu100(seed: int):
@@ -179,14 +181,14 @@ def bench_relax(args: argparse.Namespace) -> dict[str, Any]:
           f"(rms {morse['rms_Cu_eV_per_atom']:.4f} eV/atom), C {np.round(morse['C'], 4).tolist()} "
           f"(rms {morse['rms_C_binding_eV']:.3f} eV)")
     prior = Morse({"Cu": morse["Cu"], "C": morse["C"]}, MORSE_CUTOFF)
-    variants = {"none": None, "morse": prior}
-    if args.ablation:
-        variants.update({"none_unanchored": None, "morse_unanchored": prior})
+    variants: dict[str, tuple[Any, dict[str, Any]]] = {"none": (None, {}), "morse": (prior, {})}
+    for name in args.ablation or ():
+        variants.update({f"none_{name}": (None, ABLATIONS[name]), f"morse_{name}": (prior, ABLATIONS[name])})
     # the oracle-BFGS minimum of each start: BFGS to fmax 0.001
     tight = {seed: oracle_relaxation("BFGS", seed, TIGHT_FMAX) for seed in args.seeds}
     rows = []
     with tempfile.TemporaryDirectory(prefix="otfgp_active_bench_") as tmp:
-        for fmax in RELAX_FMAX:
+        for fmax in args.fmax:
             for seed in args.seeds:
                 row: dict[str, Any] = {"fmax": fmax, "seed": seed}
                 for name in ("BFGS", "FIRE", "GPMin"):
@@ -194,21 +196,21 @@ def bench_relax(args: argparse.Namespace) -> dict[str, Any]:
                 minimum = tight[seed]["energy"]
                 for name in ("BFGS", "FIRE", "GPMin"):
                     row[name]["energy_above_minimum_meV"] = 1000 * (row[name]["energy"] - minimum)
-                for label, baseline in variants.items():
+                for label, (baseline, changed) in variants.items():
                     key = f"active_{label}"
                     row[key] = r = active_relaxation(seed, fmax, baseline, Path(tmp) / f"{fmax}_{seed}_{label}",
-                                                     **(ABLATION_TASK if label in ABLATIONS else {}))
+                                                     **changed)
                     r["energy_minus_bfgs_meV"] = 1000 * (r["energy"] - row["BFGS"]["energy"])
                     r["energy_above_minimum_meV"] = 1000 * (r["energy"] - minimum)
                     r["fewer_calls_than_gpmin"] = r["oracle_calls"] < row["GPMin"]["oracle_calls"]
                     r["within_2meV_of_minimum"] = abs(r["energy_above_minimum_meV"]) <= 2.0
                 rows.append(row)
-                print(f"fmax {fmax} seed {seed}: calls BFGS {row['BFGS']['oracle_calls']}, FIRE "
-                      f"{row['FIRE']['oracle_calls']}, GPMin {row['GPMin']['oracle_calls']}, active "
-                      f"{row['active_none']['oracle_calls']} (dE {row['active_none']['energy_minus_bfgs_meV']:+.2f} meV, "
-                      f"{row['active_none']['seconds']:.0f} s), active+Morse {row['active_morse']['oracle_calls']} "
-                      f"(dE {row['active_morse']['energy_minus_bfgs_meV']:+.2f} meV, "
-                      f"{row['active_morse']['seconds']:.0f} s)", flush=True)
+                active = ", ".join(f"{label} {row['active_' + label]['oracle_calls']} "
+                                   f"({row['active_' + label]['energy_above_minimum_meV']:+.2f} meV, "
+                                   f"{row['active_' + label]['seconds']:.0f} s)" for label in variants)
+                print(f"fmax {fmax} seed {seed}: oracle calls BFGS {row['BFGS']['oracle_calls']}, FIRE "
+                      f"{row['FIRE']['oracle_calls']}, GPMin {row['GPMin']['oracle_calls']}; active (energy above "
+                      f"the minimum): {active}", flush=True)
     targets = {f"active_{key}": all(r[f"active_{key}"]["fewer_calls_than_gpmin"]
                                     and r[f"active_{key}"]["within_2meV_of_minimum"]
                                     and r[f"active_{key}"]["converged"] for r in rows) for key in variants}
@@ -231,9 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=SECTIONS, action="append",
                     help="run only this benchmark (repeatable; default: all implemented)")
     ap.add_argument("--seeds", type=int, nargs="+", default=list(RELAX_SEEDS))
+    ap.add_argument("--fmax", type=float, nargs="+", default=list(RELAX_FMAX))
     ap.add_argument("--output", type=Path, default=RESULTS)
-    ap.add_argument("--ablation", action="store_true",
-                    help="relax: also run the loop on the model's own surface (anchor = false)")
+    ap.add_argument("--ablation", nargs="+", choices=tuple(ABLATIONS),
+                    help="relax: also run the loop with these changes: unanchored (anchor = false), "
+                         "no_trust_radius (max_step = none)")
     args = ap.parse_args(argv)
     chosen = args.only or [s for s in SECTIONS if s in BENCHMARKS]
     missing = [s for s in chosen if s not in BENCHMARKS]
