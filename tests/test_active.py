@@ -271,3 +271,20 @@ def test_anchored_surface_has_the_oracle_forces_at_the_anchor_and_is_conservativ
         e_plus = plus.get_potential_energy()
         e_minus = minus.get_potential_energy()
         assert forces[-1, axis] == pytest.approx(-(e_plus - e_minus) / (2 * h), abs=1e-5)
+
+
+def test_a_batch_labelled_through_a_process_pool(tmp_path):
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    slab = adatom_slab()
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ActiveLearner(model(), "emt", RelaxTask(slab, fmax=FMAX), tmp_path, batch_size=3, query="greedy",
+                           max_iterations=2, executor=pool, **FAST) as learner:
+            result = learner.run()
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["batch"] for r in records[1:]] == [3] * result.iterations  # predicted minimum + 2 queried
+    assert all(len(set(r["queried"])) == 2 for r in records[1:])
+    assert result.oracle_calls == result.labels == 1 + 3 * result.iterations
+    frames = sorted((tmp_path / "labels" / "iteration_0001").glob("frame_*/labelled.traj"))
+    assert len(frames) == 3

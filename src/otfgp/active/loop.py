@@ -74,7 +74,8 @@ class ActiveOptions:
 
     Attributes:
         batch_size: frames labelled per iteration, the task's special frames included (1
-            with one special frame: only that one).
+            with one special frame: only that one; special frames beyond it are labelled
+            all the same, with no query).
         query: how the other frames are picked from the pool: ``"random"``,
             ``"uncertainty"`` (largest epistemic force std) or ``"greedy"`` (each pick
             conditions the GP's variance before the next; :mod:`otfgp.query`).
@@ -389,7 +390,7 @@ class ActiveLearner:
             return self.model
         fantasy = self.model.copy()
         for frame in frames:
-            bare = _training_copy_unlabelled(frame)
+            bare = _structure(frame)
             forces = np.asarray(fantasy.predict(bare, variance=False).forces)
             fantasy.add_training_data(bare, forces=forces, atom_indices=self._train_atoms(frame))
         fantasy.train(optimize=False)
@@ -399,7 +400,7 @@ class ActiveLearner:
         """The model's prediction of a frame before it learns it (None: no model yet)."""
         if not self.model.trained:
             return None
-        return self.model.predict(_training_copy_unlabelled(frame), variance="exact")
+        return self.model.predict(_structure(frame), variance="exact")
 
     def _label(self, frames: list[Atoms], predictions: list[Prediction | None], iteration: int) -> BatchResult:
         """Label the batch (reusing what an interrupted run stored) and count the calls."""
@@ -507,6 +508,6 @@ class ActiveLearner:
         return read(self.directory / path)
 
 
-def _training_copy_unlabelled(frame: Atoms) -> Atoms:
+def _structure(frame: Atoms) -> Atoms:
     """A frame's structure without constraints or calculator (for predictions)."""
     return Atoms(frame.numbers, positions=frame.positions, cell=frame.cell, pbc=frame.pbc)
