@@ -38,10 +38,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 

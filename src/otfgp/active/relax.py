@@ -70,10 +70,9 @@ class AnchoredCalculator(Calculator):
         probe = self.atoms.copy()
         probe.set_constraint()
         probe.calc = self.base
-        self.results = {
-            "energy": float(probe.get_potential_energy()) - float(np.sum(self.offset * (probe.positions - self.origin))),
-            "forces": probe.get_forces() + self.offset,
-        }
+        tilt = float(np.sum(self.offset * (probe.positions - self.origin)))
+        self.results = {"energy": float(probe.get_potential_energy()) - tilt,
+                        "forces": probe.get_forces() + self.offset}
 
 
 class RelaxTask:
