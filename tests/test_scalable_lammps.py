@@ -97,6 +97,8 @@ def test_untrained_and_mapped_only_rules(exported):
         gp.predict(test, variance="exact")
     with pytest.raises(ValueError, match="takes no training data"):
         gp.add_training_data(test, forces=np.zeros((len(test), 3)), energy=False, stress=False)
+    with pytest.raises(ValueError, match="already the maps"):
+        gp.map()
     assert gp.trained  # the refused data left the model as it was
     _assert_same(gp.predict(test), otfgp.GaussianProcess.load(d / "model.otfgp").predict(test))
 
