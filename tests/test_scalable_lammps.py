@@ -181,3 +181,26 @@ def test_below_the_basis_same_mean_and_the_prior_variance(exported):
     far = np.argmax(np.linalg.norm(atoms.get_distances(0, range(len(atoms)), mic=True)[:, None], axis=1))
     np.testing.assert_allclose(q.force_variances[far], p.force_variances[far], rtol=1e-9)
     assert np.all(q.force_variances[[0, 1]] > q.force_variances[far])
+
+
+def test_the_models_own_calibration_is_carried(exported, tmp_path):
+    """A ScalableGP's ``calibration`` attribute (what its calibrate() installs) goes into the
+    file when none is given; a relative map (c > 0, scaled by the predicted forces) too."""
+    from otfgp.calibration import force_scale_values
+
+    _, sg, test = exported
+    relative = ModelCalibration(force=Calibration("relative", {"a": 1.5, "c": 0.01}))
+    previous = getattr(sg, "calibration", None)
+    sg.calibration = relative
+    try:
+        sg.save_mapped(tmp_path / "own.otfgp")
+    finally:
+        sg.calibration = previous
+    ref = sg.predict(test)
+    got = otfgp.GaussianProcess.load(tmp_path / "own.otfgp")
+    assert got.calibration.force == relative.force
+    expected = relative.force.apply(ref.latent_force_variances, HYP["noise_force"] ** 2,
+                                    force_scale_values(ref.forces))
+    np.testing.assert_allclose(got.predict(test).force_variances, expected, rtol=1e-9)
+    with pytest.raises(TypeError, match="ModelCalibration"):
+        sg.save_mapped(tmp_path / "bad.otfgp", calibration={"force": 1.0})
