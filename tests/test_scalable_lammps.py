@@ -9,7 +9,7 @@ from ase.calculators.emt import EMT
 import otfgp
 from otfgp.calibration import Calibration, ModelCalibration
 from otfgp.lammps.thermo import thermo_rows
-from lammps_helpers import lammps_cell, run_lmp, write_data
+from lammps_helpers import lammps_cell, learn_deck, run_lmp, write_data
 
 SPECIES = ["Al", "Cu"]
 CUT = {"twobody": 4.5, "threebody": 3.3}
@@ -204,3 +204,25 @@ def test_the_models_own_calibration_is_carried(exported, tmp_path):
     np.testing.assert_allclose(got.predict(test).force_variances, expected, rtol=1e-9)
     with pytest.raises(TypeError, match="ModelCalibration"):
         sg.save_mapped(tmp_path / "bad.otfgp", calibration={"force": 1.0})
+
+
+def test_fix_learn_refuses_an_exported_model_at_the_start(tmp_path):
+    """A mapped-only file cannot learn: fix otfgp/learn stops when the run starts, before
+    any DFT call (not after the first one, when the data would be refused), naming why."""
+    from conftest import displaced_al
+
+    rng = np.random.default_rng(2)
+    sg = otfgp.ScalableGP(["Al"], {"twobody": 5.0, "threebody": 3.5}, HYP, lower=1.5, nodes3=6)
+    sg.add_training_data(displaced_al(rng), atom_indices=range(4))
+    sg.train(optimize=False)
+    sg.save_mapped(tmp_path / "model.otfgp")
+    write_data(displaced_al(rng, amplitude=0.01), tmp_path / "al.data", ["Al"])
+    # The labeller leaves a mark: a refusal at the start must come before any DFT call.
+    (tmp_path / "labels.py").write_text("from pathlib import Path\nfrom ase.calculators.emt import EMT\n\n"
+                                        "def emt(atoms):\n    Path('called').touch()\n"
+                                        "    atoms.calc = EMT()\n    return atoms\n")
+    (tmp_path / "in.learn").write_text(learn_deck("5 threshold 0.001 labeller labels:emt output_dir out", steps=5))
+    out = run_lmp(["-in", "in.learn", "-log", "none"], tmp_path)
+    assert out.returncode != 0
+    assert "exported ScalableGP" in out.stdout + out.stderr and "fix otfgp/learn needs" in out.stdout
+    assert not (tmp_path / "called").exists()
