@@ -76,6 +76,30 @@ DoubleArray descriptors(const DoubleArray& d, int& dim) {
 
 std::vector<double> as_vector(const DoubleArray& a) { return {a.data(), a.data() + a.size()}; }
 
+// Maps from Python dicts (see set_maps); a table gives `mean` (spline grid) and/or
+// `basis_mean` (the mean in the variance basis).
+otfgp::Maps maps_from_python(const otfgp::Model& mdl, const py::list& tables,
+                             const std::optional<DoubleArray>& covariance, const std::string& info) {
+  otfgp::Maps maps;
+  for (const auto& item : tables) {
+    const auto t = item.cast<py::dict>();
+    otfgp::SplineTable st;
+    st.dim = t["dim"].cast<int>();
+    st.type = t["type"].cast<int>();
+    st.n = t["n"].cast<int>();
+    st.lo = t["lo"].cast<double>();
+    st.hi = t["hi"].cast<double>();
+    if (t.contains("mean") && !t["mean"].is_none()) st.mean = as_vector(t["mean"].cast<DoubleArray>());
+    if (t.contains("nv")) st.nv = t["nv"].cast<int>();
+    if (t.contains("variance_degree")) st.vdeg = t["variance_degree"].cast<int>();
+    if (t.contains("basis_mean")) st.basis_mean = as_vector(t["basis_mean"].cast<DoubleArray>());
+    maps.add(std::move(st), mdl.n_species());
+  }
+  if (covariance) maps.set_covariance(as_vector(*covariance));
+  maps.info = info;
+  return maps;
+}
+
 // Calibration maps as Python sees them: dict(a, p, b, c, e); a tuple (a, p, b, c, e) is
 // accepted too. A dict may leave out coefficients, which then take the identity's values.
 otfgp::VarianceMap variance_map_of(const py::handle& h) {
@@ -485,28 +509,20 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "set_maps",
           [](Model& mdl, const py::list& tables, const std::optional<DoubleArray>& covariance,
-             const std::string& info) {
-            otfgp::Maps maps;
-            for (const auto& item : tables) {
-              const auto t = item.cast<py::dict>();
-              otfgp::SplineTable st;
-              st.dim = t["dim"].cast<int>();
-              st.type = t["type"].cast<int>();
-              st.n = t["n"].cast<int>();
-              st.lo = t["lo"].cast<double>();
-              st.hi = t["hi"].cast<double>();
-              st.mean = as_vector(t["mean"].cast<DoubleArray>());
-              if (t.contains("nv")) st.nv = t["nv"].cast<int>();
-              if (t.contains("variance_degree")) st.vdeg = t["variance_degree"].cast<int>();
-              maps.add(std::move(st), mdl.n_species());
-            }
-            if (covariance) maps.set_covariance(as_vector(*covariance));
-            maps.info = info;
-            mdl.set_maps(std::move(maps));
-          },
+             const std::string& info) { mdl.set_maps(maps_from_python(mdl, tables, covariance, info)); },
           py::arg("tables"), py::arg("covariance") = py::none(), py::arg("info") = "",
           "Install spline tables (dicts with dim, type, n, lo, hi, mean and optional nv, the "
-          "variance-basis nodes, and variance_degree, 3 or 2) and optionally the joint covariance of the variance bases.")
+          "variance-basis nodes, variance_degree, 3 or 2, and basis_mean, the mean in the "
+          "variance basis instead of mean) and optionally the joint covariance of the variance bases.")
+      .def(
+          "set_mapped_only",
+          [](Model& mdl, const py::list& tables, const DoubleArray& covariance, const std::string& info) {
+            mdl.set_mapped_only(maps_from_python(mdl, tables, covariance, info));
+          },
+          py::arg("tables"), py::arg("covariance"), py::arg("info") = "",
+          "Make this model (without training data) the given maps alone: every table with its "
+          "basis_mean, and the covariance (an exported ScalableGP).")
+      .def_property_readonly("mapped_only", &Model::mapped_only)
       .def("clear_maps", &Model::clear_maps)
       .def_property_readonly(
           "maps",
@@ -524,6 +540,8 @@ PYBIND11_MODULE(_core, m) {
               d["mean"] = to_array(t.mean, {static_cast<py::ssize_t>(t.mean.size())});
               d["nv"] = t.nv;
               d["variance_degree"] = t.vdeg;
+              if (t.has_basis_mean())
+                d["basis_mean"] = to_array(t.basis_mean, {static_cast<py::ssize_t>(t.basis_mean.size())});
               tables.append(d);
             }
             py::dict out;

@@ -165,7 +165,7 @@ def _fnv1a(data: bytes) -> int:
 
 
 def _without_baseline_flag(payload: bytes) -> bytes:
-    """A version-6 payload without its "no baseline" flag (after the energy offsets, version
+    """A version-6/7 payload without its "no baseline" flag (after the energy offsets, version
     5) and its empty external-baseline spec (version 6, a u64 length 0): the version-4 layout."""
     ns = struct.unpack_from("<Q", payload, 0)[0]
     offsets_at = 8 + 4 * ns + 16 + 56  # species, cutoffs, hyperparameters
@@ -178,7 +178,7 @@ def test_version_1_files_still_load(al):
     """A version-1 file (exact GP, no maps section) loads as an unmapped model."""
     _, exact, _ = al
     blob = exact.core.to_bytes()
-    assert struct.unpack_from("<I", blob, 8)[0] == _core.MODEL_FORMAT_VERSION == 6
+    assert struct.unpack_from("<I", blob, 8)[0] == _core.MODEL_FORMAT_VERSION == 7
     payload = _without_baseline_flag(blob[20:-8])
     # "no maps" and "no calibration" flags, the only additions since version 1 when unmapped
     assert payload[-2:] == b"\0\0"
@@ -193,10 +193,11 @@ def test_version_1_files_still_load(al):
 
 
 def _as_version_2(blob: bytes, unmapped: bytes) -> bytes:
-    """A version-6 uncalibrated mapped model file without a baseline rewritten as version 2:
+    """A version-7 uncalibrated mapped model file without a baseline rewritten as version 2:
     the maps section without the per-table variance degree (version 2 tables are always
-    cubic), without the calibration flag (version 4), the baseline flag (version 5) and the
-    external-baseline spec (version 6)."""
+    cubic) and the per-table variance-basis mean (version 7, empty here), without the
+    calibration flag (version 4), the baseline flag (version 5) and the external-baseline
+    spec (version 6)."""
     payload, plain = blob[20:-9], unmapped[20:-9]  # both end in a "no calibration" flag
     payload, plain = _without_baseline_flag(payload), _without_baseline_flag(plain)
     assert blob[-9] == 0 and unmapped[-9] == 0
@@ -219,6 +220,7 @@ def _as_version_2(blob: bytes, unmapped: bytes) -> bytes:
     for _ in range(struct.unpack("<Q", raw)[0]):
         out += take(12) + take(16) + take_vec(8) + take(4)  # dim type n, lo hi, mean, nv
         assert struct.unpack("<i", take(4))[0] == 3  # the dropped degree: cubic
+        assert take(8) == bytes(8)  # the dropped variance-basis mean: empty
     out += take_vec(8)  # covariance
     assert pos == len(maps)
     v2 = head + bytes(out)

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <string>
 
+#include "cutoff.h"
 #include "errors.h"
 #include "kernel_block.h"
 
@@ -120,13 +121,59 @@ void SplineTable::validate(int n_species) const {
   if (n < 4 || n > 4096) throw InputError(what + ": needs 4 to 4096 grid nodes per axis");
   if (!std::isfinite(lo) || !std::isfinite(hi) || !(lo > 0) || !(hi > lo))
     throw InputError(what + ": invalid range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
-  if (mean.size() != coefficients())
+  if (!has_basis_mean() && mean.size() != coefficients())
     throw InputError(what + ": expected " + std::to_string(coefficients()) + " mean coefficients, got " +
                      std::to_string(mean.size()));
   if (nv != 0 && (nv < 4 || nv > 256)) throw InputError(what + ": the variance basis needs 4 to 256 nodes per axis");
   if (vdeg != 2 && vdeg != 3) throw InputError(what + ": the variance basis degree must be 2 or 3");
   for (double x : mean)
     if (!std::isfinite(x)) throw InputError(what + ": coefficients contain NaN or inf");
+  if (has_basis_mean()) {
+    if (!mean.empty()) throw InputError(what + ": give the mean on the spline grid or in the variance basis, not both");
+    if (nv == 0) throw InputError(what + ": a mean in the variance basis needs a variance basis (nv > 0)");
+    std::size_t count = 0;
+    orbits(n_species, count);
+    if (basis_mean.size() != count)
+      throw InputError(what + ": expected " + std::to_string(count) + " variance-basis mean coefficients, got " +
+                       std::to_string(basis_mean.size()));
+    for (double x : basis_mean)
+      if (!std::isfinite(x)) throw InputError(what + ": variance-basis mean contains NaN or inf");
+  }
+}
+
+std::vector<int> SplineTable::orbits(int n_species, std::size_t& count) const {
+  const int N = variance_axis();
+  const std::size_t total = variance_grid();
+  std::vector<int> reduced(total, -1);
+  if (dim == 1) {
+    for (std::size_t k = 0; k < total; ++k) reduced[k] = static_cast<int>(k);
+    count = total;
+    return reduced;
+  }
+  const PermSet ps = allowed_permutations(3, type, n_species);
+  std::vector<int> rep(total);
+  for (std::size_t k = 0; k < total; ++k) {
+    const int idx[3] = {static_cast<int>(k / (N * N)), static_cast<int>((k / N) % N), static_cast<int>(k % N)};
+    std::size_t best = k;
+    for (int p = 0; p < ps.n; ++p) {
+      const std::size_t q = (static_cast<std::size_t>(idx[ps.map[p][0]]) * N + idx[ps.map[p][1]]) * N + idx[ps.map[p][2]];
+      best = std::min(best, q);
+    }
+    rep[k] = static_cast<int>(best);
+  }
+  int next = 0;
+  for (std::size_t k = 0; k < total; ++k)
+    if (rep[k] == static_cast<int>(k)) reduced[k] = next++;
+  for (std::size_t k = 0; k < total; ++k) reduced[k] = reduced[rep[k]];
+  count = static_cast<std::size_t>(next);
+  return reduced;
+}
+
+bool Maps::all_basis_means() const {
+  if (tables_.empty()) return false;
+  for (const auto& t : tables_)
+    if (!t.has_basis_mean()) return false;
+  return true;
 }
 
 void Maps::add(SplineTable t, int n_species) {
@@ -151,32 +198,7 @@ void Maps::assign_offsets(int n_species) {
     t.reduced.clear();
     t.n_reduced = 0;
     if (t.nv == 0) continue;
-    const int N = t.variance_axis();
-    const std::size_t total = t.variance_grid();
-    t.reduced.assign(total, -1);
-    if (t.dim == 1) {
-      for (std::size_t k = 0; k < total; ++k) t.reduced[k] = static_cast<int>(k);
-      t.n_reduced = total;
-    } else {
-      // Orbit representative = smallest flat index among the permuted index triples;
-      // orbits are numbered in the order of their representatives.
-      const PermSet ps = allowed_permutations(3, t.type, n_species);
-      std::vector<int> rep(total);
-      for (std::size_t k = 0; k < total; ++k) {
-        const int idx[3] = {static_cast<int>(k / (N * N)), static_cast<int>((k / N) % N), static_cast<int>(k % N)};
-        std::size_t best = k;
-        for (int p = 0; p < ps.n; ++p) {
-          const std::size_t q = (static_cast<std::size_t>(idx[ps.map[p][0]]) * N + idx[ps.map[p][1]]) * N + idx[ps.map[p][2]];
-          best = std::min(best, q);
-        }
-        rep[k] = static_cast<int>(best);
-      }
-      int next = 0;
-      for (std::size_t k = 0; k < total; ++k)
-        if (rep[k] == static_cast<int>(k)) t.reduced[k] = next++;
-      for (std::size_t k = 0; k < total; ++k) t.reduced[k] = t.reduced[rep[k]];
-      t.n_reduced = static_cast<std::size_t>(next);
-    }
+    t.reduced = t.orbits(n_species, t.n_reduced);
     off += t.n_reduced;
   }
   variance_size_ = off;
@@ -200,9 +222,62 @@ void Maps::set_covariance(std::vector<double> c) {
   covariance_ = std::move(c);
 }
 
+namespace {
+
+// Value and gradient of a table's cutoff-free function S written in its variance basis
+// (one coefficient per orbit), at d; the end intervals are continued outside [lo, hi].
+template <int S>
+double evaluate_basis(const SplineTable& t, const double* d, double* grad) {
+  AxisWeights ax[3];
+  for (int m = 0; m < t.dim; ++m)
+    ax[m] = S == 4 ? axis_weights(d[m], t.lo, t.inv_hv, t.nv) : axis_weights2(d[m], t.lo, t.inv_hv, t.nv);
+  const double* w = t.basis_mean.data();
+  if (t.dim == 1) {
+    double v = 0.0, g = 0.0;
+    for (int k = 0; k < S; ++k) {
+      v += ax[0].w[k] * w[ax[0].first + k];
+      g += ax[0].dw[k] * w[ax[0].first + k];
+    }
+    grad[0] = g;
+    return v;
+  }
+  const int N = t.variance_axis();
+  double v = 0.0, g0 = 0.0, g1 = 0.0, g2 = 0.0;
+  for (int a = 0; a < S; ++a)
+    for (int b = 0; b < S; ++b) {
+      const std::size_t base = (static_cast<std::size_t>(ax[0].first + a) * N + (ax[1].first + b)) * N + ax[2].first;
+      double s = 0.0, sz = 0.0;
+      for (int e = 0; e < S; ++e) {
+        const double c = w[t.reduced[base + e]];
+        s += ax[2].w[e] * c;
+        sz += ax[2].dw[e] * c;
+      }
+      v += ax[0].w[a] * ax[1].w[b] * s;
+      g0 += ax[0].dw[a] * ax[1].w[b] * s;
+      g1 += ax[0].w[a] * ax[1].dw[b] * s;
+      g2 += ax[0].w[a] * ax[1].w[b] * sz;
+    }
+  grad[0] = g0;
+  grad[1] = g1;
+  grad[2] = g2;
+  return v;
+}
+
+}  // namespace
+
 bool Maps::mean(const Cluster& c, double& phi, double* dphi) const {
   const SplineTable* t = table_of(c);
-  if (!t || !t->contains(c.d)) return false;
+  if (!t) return false;
+  if (t->has_basis_mean()) {
+    // Cluster energy fc(d) S(d): the cutoff is the table's upper end (set_maps checks it).
+    double g[3], f, fg[3];
+    const double v = t->vdeg == 2 ? evaluate_basis<3>(*t, c.d, g) : evaluate_basis<4>(*t, c.d, g);
+    cutoff_function(t->dim, t->hi, c.d, f, fg);
+    phi = f * v;
+    for (int m = 0; m < t->dim; ++m) dphi[m] = fg[m] * v + f * g[m];
+    return true;
+  }
+  if (!t->contains(c.d)) return false;
   phi = evaluate(*t, t->mean.data(), c.d, dphi);
   return true;
 }

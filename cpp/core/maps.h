@@ -36,6 +36,13 @@ struct SplineTable {
   int vdeg = 3;
   std::size_t offset = 0;
   std::vector<int> reduced;
+  // Optional: the mean written in the variance basis instead of `mean` (then empty) -- one
+  // coefficient of the cutoff-free cluster function per permutation orbit, as the
+  // reduced-rank ScalableGP (basis_design.h) represents it, so its export is exact. The
+  // cluster energy is then fc(d) S(d) with the body order's quadratic cutoff at hi, and
+  // below lo the end interval's polynomial is continued, as the ScalableGP does.
+  std::vector<double> basis_mean;
+  bool has_basis_mean() const { return !basis_mean.empty(); }
   // 1 / node spacing of the mean and of the variance basis, set by Maps (after validating
   // the table) so that the hot loops multiply instead of dividing.
   double inv_h = 0.0, inv_hv = 0.0;
@@ -53,6 +60,10 @@ struct SplineTable {
   }
   // Throws InputError naming the problem (shape, range, non-finite values).
   void validate(int n_species) const;
+  // Orbit index of every variance-basis coefficient (flat, last axis fastest) and the
+  // number of orbits: the smallest image under the type's edge permutations, numbered in
+  // the order of the representatives (the same rule as basis_design.cpp and mapping.py).
+  std::vector<int> orbits(int n_species, std::size_t& count) const;
 
  private:
   friend class Maps;
@@ -70,6 +81,8 @@ class Maps {
   // Validates the table and adds it, replacing any table of the same body order and type.
   void add(SplineTable t, int n_species);
   const std::vector<SplineTable>& tables() const { return tables_; }
+  // True if every table carries its mean in the variance basis (an exported ScalableGP).
+  bool all_basis_means() const;
   // True if every table has a variance basis and the covariance is set.
   bool has_variance() const { return !covariance_.empty(); }
   // Joint posterior covariance of all variance-basis coefficients (row-major, size^2, the

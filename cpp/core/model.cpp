@@ -67,6 +67,7 @@ void Model::set_hyperparameters(const Hyperparameters& h) {
 
 void Model::invalidate_solution() {
   trained_ = false;
+  mapped_only_ = false;
   maps_.reset();
 }
 
@@ -169,6 +170,9 @@ int Model::n_force_environments() const {
 }
 
 void Model::add_training_structure(TrainingStructure ts) {
+  if (mapped_only_)
+    throw InputError("this model is only the maps of an exported ScalableGP and takes no training data: "
+                     "add the data to the ScalableGP, train it and export it again");
   const Structure& s = ts.structure;
   validate_structure(s, n_species());
   const int n = static_cast<int>(s.size());
@@ -333,6 +337,36 @@ void Model::set_maps(Maps maps) {
                        std::to_string(t.hi));
   }
   maps_ = std::move(maps);
+}
+
+void Model::set_mapped_only(Maps maps) {
+  if (n_labels() != 0) throw InputError("a mapped-only model has no training data; this one has labels");
+  if (!maps.all_basis_means() || !maps.has_variance())
+    throw InputError("a mapped-only model needs every table's mean in the variance basis and the covariance");
+  for (int dim : {1, 3}) {
+    const double rc = dim == 1 ? cutoff2_ : cutoff3_;
+    if (!(rc > 0)) continue;
+    const auto count = std::count_if(maps.tables().begin(), maps.tables().end(),
+                                     [dim](const SplineTable& t) { return t.dim == dim; });
+    // No table would mean the exact GP's mean, which a model without data does not have.
+    const long ns = n_species();  // unordered species pairs / triples (types are a <= b <= c)
+    const long types = dim == 1 ? ns * (ns + 1) / 2 : ns * (ns + 1) * (ns + 2) / 6;
+    if (count != types)
+      throw InputError("a mapped-only model needs a table for every " + std::string(dim == 1 ? "pair" : "triplet") +
+                       " type");
+  }
+  trained_ = true;  // set_maps requires it, and checks that the tables fit the model
+  try {
+    set_maps(std::move(maps));
+  } catch (...) {
+    trained_ = false;
+    throw;
+  }
+  contracted2_ = KernelBlock(1, 1);
+  contracted3_ = KernelBlock(3, 1);
+  contracted2_.finalize(n_species());
+  contracted3_.finalize(n_species());
+  mapped_only_ = true;
 }
 
 void Model::set_calibration(Calibration c) {

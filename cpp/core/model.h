@@ -185,7 +185,16 @@ class Model {
   // never holds maps without the solution they came from (that is what keeps every saved
   // model loadable).
   void set_maps(Maps maps);
-  void clear_maps() { maps_.reset(); }
+  // A model that is only its maps (a ScalableGP exported for LAMMPS, see
+  // src/otfgp/scalable_maps.py): no training data, every table's mean in the variance basis
+  // with a table for every species type of each body order, and the covariance. It counts as
+  // trained; it takes no training data and has no exact variance (both are InputErrors).
+  void set_mapped_only(Maps maps);
+  bool mapped_only() const { return mapped_only_; }
+  void clear_maps() {
+    maps_.reset();
+    if (mapped_only_) invalidate_solution();
+  }
   const Maps* maps() const { return maps_ ? &*maps_ : nullptr; }
 
   // The variance calibration (see calibration.h); absent means uncalibrated (identity
@@ -240,6 +249,8 @@ class Model {
                              double* out) const;
   // InputError unless the model has maps with a variance basis.
   void require_variance_maps() const;
+  // InputError for the exact variance of a mapped-only model (it has no training data).
+  void require_variance_mode(VarianceMode variance) const;
   void append_groups(int structure_index);
   // Appends the training targets (label - baseline, base: the baseline's result on that
   // structure, unused without a baseline) and row bookkeeping of one structure.
@@ -259,6 +270,7 @@ class Model {
   std::vector<double> labels_;
   std::vector<int> row_kinds_, row_structures_;
   bool trained_ = false;
+  bool mapped_only_ = false;
   std::vector<double> alpha_, cholesky_;
   KernelBlock contracted2_{1, 1}, contracted3_{3, 1};
   std::optional<Maps> maps_;

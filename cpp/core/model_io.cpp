@@ -135,6 +135,7 @@ std::string serialize_model(const Model& m) {
       w.put_vec(t.mean);
       w.put<std::int32_t>(t.nv);
       w.put<std::int32_t>(t.vdeg);
+      w.put_vec(t.basis_mean);  // version 7
     }
     w.put_vec(maps->covariance());
   }
@@ -236,7 +237,10 @@ Model deserialize_model(const std::string& bytes) {
     const bool trained = r.get<std::uint8_t>() != 0;
     auto alpha = r.get_vec<double>(limit);
     auto chol = r.get_vec<double>(limit);
-    if (trained) m.set_solution(std::move(alpha), std::move(chol));
+    // A trained model without labels is the maps of an exported ScalableGP (version 7).
+    const bool mapped_only = trained && m.n_labels() == 0 && version >= kBasisMeanFormatVersion;
+    if (trained && !mapped_only) m.set_solution(std::move(alpha), std::move(chol));
+    bool maps_read = false;
     if (version >= 2 && r.get<std::uint8_t>() != 0) {
       // Earlier versions could save maps of a solution that new data or hyperparameters had
       // invalidated. The tables are stale, the training data are not: read past the maps
@@ -257,6 +261,7 @@ Model deserialize_model(const std::string& bytes) {
         t.mean = r.get_vec<double>(limit);
         t.nv = r.get<std::int32_t>();
         if (version >= 3) t.vdeg = r.get<std::int32_t>();  // version 2: always cubic
+        if (version >= kBasisMeanFormatVersion) t.basis_mean = r.get_vec<double>(limit);
         if (!stale) maps.add(std::move(t), m.n_species());
       }
       auto covariance = r.get_vec<double>(limit);
@@ -266,9 +271,15 @@ Model deserialize_model(const std::string& bytes) {
                            "and map() again");
       } else {
         if (!covariance.empty()) maps.set_covariance(std::move(covariance));
-        m.set_maps(std::move(maps));
+        if (mapped_only)
+          m.set_mapped_only(std::move(maps));
+        else
+          m.set_maps(std::move(maps));
+        maps_read = true;
       }
     }
+    if (mapped_only && !maps_read)
+      throw ModelFileError("model file is corrupt: trained without training data or maps");
     if (version >= kCalibrationFormatVersion && r.get<std::uint8_t>() != 0) {
       Calibration cal;
       for (VarianceMap* vm : {&cal.force, &cal.energy, &cal.stress, &cal.local_energy})

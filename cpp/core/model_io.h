@@ -12,13 +12,16 @@ namespace otfgp {
 // variance calibration; 5: the optional analytic baseline; 6: the optional external
 // (Python-only) baseline's spec and its values per training structure. Every older version
 // still loads (a file before 4 uncalibrated, before 5 without a baseline).
-constexpr unsigned kModelFormatVersion = 6;
+constexpr unsigned kModelFormatVersion = 7;
 // The first version that stores the calibration.
 constexpr unsigned kCalibrationFormatVersion = 4;
 // The first version that stores the baseline.
 constexpr unsigned kBaselineFormatVersion = 5;
 // The first version that stores an external baseline.
 constexpr unsigned kExternalBaselineFormatVersion = 6;
+// First version whose spline tables may carry their mean in the variance basis (an exported
+// ScalableGP, possibly a model without training data).
+constexpr unsigned kBasisMeanFormatVersion = 7;
 
 std::string serialize_model(const Model& m);
 Model deserialize_model(const std::string& bytes);  // throws ModelFileError

@@ -61,6 +61,7 @@ inline double add_cluster_mean(const Cluster& c, double phi, const double* dphi,
 Prediction Model::predict(const Structure& s, VarianceMode variance) const {
   if (!trained_)
     throw NotTrainedError("the model is not trained: add training data and call train() first");
+  require_variance_mode(variance);
   const ClusterSet cs = clusters_of(s);
   const int n = static_cast<int>(s.size());
   const double volume = s.volume();
@@ -205,6 +206,7 @@ LocalPrediction Model::predict_local(const LocalEnvironments& env, bool mean, Va
       throw InputError("two atoms are " + std::to_string(nb.d) + " Angstrom apart, closer than " +
                        std::to_string(kMinDistance) + " Angstrom (overlapping atoms or NaN positions)");
   if (variance == VarianceMode::kMapped) require_variance_maps();
+  require_variance_mode(variance);
   LocalPrediction out;
   const int ns = n_species();
   // A calibration that grows with the predicted value (c > 0) needs the mean even when the
@@ -384,6 +386,12 @@ void Model::force_variance(const ClusterSet& cs, int row, int key, VarianceWorks
   for (int k = cs.triplet_offsets[row]; inside && k < cs.triplet_offsets[row + 1]; ++k)
     inside = visit(cs.triplets[k]);
   finish_force_variance(cs, row, key, inside, work, out);
+}
+
+void Model::require_variance_mode(VarianceMode variance) const {
+  if (mapped_only_ && variance == VarianceMode::kExact)
+    throw InputError("this model is the maps of an exported ScalableGP: it has no exact GP variance, "
+                     "only the mapped one");
 }
 
 void Model::require_variance_maps() const {

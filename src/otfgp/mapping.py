@@ -390,6 +390,9 @@ def build_maps(gp: MappableModel, tolerance: float | None = DEFAULT_TOLERANCE, v
     """
     if not gp.trained:
         raise RuntimeError("map a trained model: call train() first")
+    if gp.core.mapped_only:
+        raise ValueError("this model is already the maps of an exported ScalableGP (no training data to "
+                         "map from); map the ScalableGP itself with save_mapped() / to_mapped()")
     tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
     if not tolerance > 0:
         raise ValueError(f"tolerance must be positive, got {tolerance}")

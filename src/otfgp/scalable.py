@@ -763,3 +763,20 @@ class ScalableGP:
         if "m" in d:
             model._solution = {"m": d["m"], "P": d["P"], "offsets": d["offsets"]}
         return model
+
+    # ----------------------------------------------------------------- export (maps)
+    def to_mapped(self, calibration: Any = None) -> Any:
+        """This trained model as a mapped-only :class:`otfgp.GaussianProcess` (exact: same
+        predictions to rounding); see :func:`otfgp.scalable_maps.to_mapped_model`."""
+        from .scalable_maps import to_mapped_model
+
+        return to_mapped_model(self, calibration)
+
+    def save_mapped(self, path: str | os.PathLike, calibration: Any = None) -> None:
+        """Write this trained model as an otfgp model file for ``pair_style otfgp`` and
+        ``compute otfgp/std/atom`` (size set by the basis, not the labels); see
+        :func:`otfgp.scalable_maps.save_mapped`."""
+        from .scalable_maps import save_mapped
+
+        save_mapped(self, path, calibration)
+

@@ -98,6 +98,9 @@ def start(request: dict[str, Any]) -> tuple[float, float | None]:
     reported local-energy std (eV, None: no such test)."""
     options = _options(request)
     state = _state(request)
+    if state.model.core.mapped_only:
+        raise ValueError(f"{request['model_file']} is the maps of an exported ScalableGP, which take no "
+                         f"training data: fix otfgp/learn needs a model that can learn (a GaussianProcess file)")
     spec = str(request["labeller"])
     try:
         state.labeller = make_labeller(spec)  # imports a module:function now, not at the first call
@@ -131,6 +134,9 @@ def learn(request: dict[str, Any]) -> tuple[bytes, float, float | None]:
     t0 = time.perf_counter()
     options = _options(request)
     state = _state(request)
+    if state.model.core.mapped_only:
+        raise ValueError(f"{request['model_file']} is the maps of an exported ScalableGP, which take no "
+                         f"training data: fix otfgp/learn needs a model that can learn (a GaussianProcess file)")
     gp = state.model
     symbols = [request["type_symbols"][t] for t in request["types"]]
     atoms = Atoms(symbols, positions=request["positions"], cell=request["cell"],
