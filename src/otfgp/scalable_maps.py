@@ -38,7 +38,11 @@ from .calibration import ModelCalibration
 
 if TYPE_CHECKING:
     from .gp import HYPERPARAMETER_NAMES, GaussianProcess
-    from .scalable import ScalableGP
+
+# The model argument is a trained otfgp.scalable.ScalableGP. It is typed as Any because
+# scalable.py reaches this module (its save_mapped/to_mapped), and the package imports one
+# way (tests/test_architecture.py), type-checking imports included.
+ScalableGP = Any
 
 log = logging.getLogger(__name__)
 
