@@ -15,6 +15,8 @@ except ModuleNotFoundError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
 from otfgp import OTFOptions
+from otfgp.active import ActiveOptions
+from otfgp.active.config import ACTIVE_SECTIONS, active_keys
 from otfgp.config import INTEGRATORS, known_keys
 from otfgp.gp import DEFAULT_HYPERPARAMETERS
 from otfgp.labellers import FUNCTION_KEYS, check_labeller_spec, espresso_calculator
@@ -34,6 +36,7 @@ HEADINGS = {
     "### type = any ASE calculator": "labeller.ase",
     '### type = "module:function"': "labeller.function",
     "## [otf]": "otf",
+    "## [active]": "active",
 }
 ROW = re.compile(r"^\| `([A-Za-z_0-9]+)` \|(.*)\|\s*$")
 
@@ -64,6 +67,7 @@ def _schema() -> dict[str, set[str]]:
     keys["labeller.espresso"] = set(inspect.signature(espresso_calculator).parameters)
     keys["labeller.ase"] = set(ASE_KEYS)
     keys["labeller.function"] = set(FUNCTION_KEYS)
+    keys["active"] = set(active_keys())
     return keys
 
 
@@ -82,7 +86,7 @@ def test_doc_lists_every_key_of_the_schema(section):
 
 def test_doc_has_a_heading_for_every_section():
     text = DOC.read_text()
-    for name in known_keys()["config"]:
+    for name in known_keys()["config"] + ACTIVE_SECTIONS:
         assert f"## [{name}]" in text
 
 
@@ -107,6 +111,9 @@ def test_documented_defaults_match_the_code():
     for f in fields(OTFOptions):
         if f.default is not MISSING and f.default is not None:
             assert _default(doc["otf"][f.name][1]) == f.default, f"otf.{f.name} default"
+    for f in fields(ActiveOptions):
+        if f.default is not MISSING and f.default is not None:
+            assert _default(doc["active"][f.name][1]) == f.default, f"active.{f.name} default"
     for name, value in DEFAULT_HYPERPARAMETERS.items():
         assert _default(doc["model.hyperparameters"][name][1]) == value, f"hyperparameter {name} default"
     for name, p in inspect.signature(espresso_calculator).parameters.items():

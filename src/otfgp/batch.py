@@ -102,12 +102,16 @@ class BatchResult:
         failures: the failed frames, by input index.
         reused: indices whose labels came from a previous run's stored files.
         directory: the batch directory.
+        attempts: how many times the labeller ran on each frame labelled in this call (by
+            input index; reused frames are not in it), failed attempts included: the
+            oracle calls the batch cost.
     """
 
     frames: list[Atoms | None]
     failures: list[FrameFailure] = field(default_factory=list)
     reused: list[int] = field(default_factory=list)
     directory: Path = Path(".")
+    attempts: dict[int, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -316,7 +320,8 @@ def label_batch(
 def _run(pool: Executor, frames: list[Atoms], todo: list[int], labeller: LabellerSpec, directory: Path,
          retries: int, stress: bool | None, checks: LabelChecks | None, result: BatchResult) -> None:
     """Submit the jobs, resubmit failures while attempts remain, collect into ``result``."""
-    attempts = {i: 0 for i in todo}
+    attempts = result.attempts
+    attempts.update({i: 0 for i in todo})
 
     def submit(i: int) -> Future:
         attempts[i] += 1

@@ -3,6 +3,8 @@
     otfgp otf config.toml [--output-dir DIR]   on-the-fly run described by a config file
     otfgp otf --resume RUN_DIR [--set otf.threshold=0.02] [--override FILE] [--checkpoint N]
                                                continue an interrupted run (changing settings)
+    otfgp active config.toml | --resume RUN_DIR
+                                               offline active learning (docs/active.md)
     otfgp plot RUN_DIR [--test frames.extxyz]  PNG plots of a run (and of a test set)
     otfgp map MODEL -o MAPPED [--tolerance T]  spline-tabulate a model (mapped GP)
     otfgp eval MODEL FRAMES... [--json OUT.json] [--png OUT.png]
@@ -284,6 +286,51 @@ def _resume(args: argparse.Namespace, run_dir: Path) -> int:
     return 0
 
 
+ACTIVE_INITIAL = "initial.traj"  # lossless: keeps the constraints (a slab's FixAtoms)
+
+
+def cmd_active(args: argparse.Namespace) -> int:
+    """``otfgp active CONFIG`` (a new active-learning run) or ``otfgp active --resume RUN_DIR``;
+    the run directory is locked for the whole command."""
+    from ase.io import read, write
+
+    from .active.config import format_active_summary, run_active, validate_active_config
+
+    if args.resume:
+        if args.config:
+            raise ConfigError("give a config file or --resume RUN_DIR, not both")
+        run_dir = Path(args.resume)
+        args.run_dir = str(run_dir)
+        if not (run_dir / RUN_CONFIG).is_file():
+            raise ConfigError(f"{run_dir}: not an otfgp run directory ({RUN_CONFIG} missing)")
+        cfg = read_json_file(run_dir / RUN_CONFIG, f"restore it, or start afresh from the config copy in {run_dir}")
+        with RunLock(run_dir), _run_log(run_dir, args):
+            atoms = read(run_dir / ACTIVE_INITIAL)
+            atoms.calc = None
+            result = run_active(cfg, run_dir, atoms, resume=True)
+    else:
+        if not args.config:
+            raise ConfigError("give a config file (otfgp active config.toml) or --resume RUN_DIR")
+        config_path = Path(args.config)
+        cfg = validate_active_config(load_config(config_path), base_dir=config_path.parent)
+        if args.output_dir:
+            cfg["active"]["output_dir"] = args.output_dir
+        run_dir = Path(cfg["active"]["output_dir"])
+        args.run_dir = str(run_dir)
+        with RunLock(run_dir):
+            if holds_run(run_dir):
+                raise ConfigError(f"output_dir {run_dir} already holds a run: continue it with "
+                                  f"'otfgp active --resume {run_dir}' or choose another active.output_dir")
+            with _run_log(run_dir, args):
+                atoms = build_structure(cfg["structure"])
+                _prepare_run_dir(cfg, config_path, run_dir)
+                write(run_dir / ACTIVE_INITIAL, atoms)
+                result = run_active(cfg, run_dir, atoms, resume=False)
+    print(f"otfgp: active learning finished in {run_dir}")
+    print(format_active_summary(result))
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     """``otfgp plot RUN_DIR [--test FRAMES]``: PNG plots of a run."""
     from .plots import plot_run
@@ -446,6 +493,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --resume: a TOML/YAML file of [otf] and [labeller] settings to change "
                         "(--set applies after it)")
     p.set_defaults(func=cmd_otf)
+    p = sub.add_parser("active", help="offline active learning (relaxation, ...) from a config file (or --resume)",
+                       description="Simulate with the model, label a batch, retrain, until the task's "
+                                   "termination test passes; see docs/active.md and docs/config.md ([active]).")
+    p.add_argument("config", nargs="?", help="config file: [structure], [model], [labeller], [active]")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    p.add_argument("--output-dir", help="override active.output_dir")
+    p.set_defaults(func=cmd_active)
     p = sub.add_parser("plot", help="PNG plots of a run: temperature, training (and parity, uncertainty)")
     p.add_argument("run_dir")
     p.add_argument("--test", help="extxyz frames with reference forces: parity.png and uncertainty.png")
@@ -529,6 +583,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from .label_checks import LabelRejected
     from .otf import DynamicsError, LabellerError
 
+    command = "active" if args.command == "active" else "otf"  # the command a resume uses
     try:
         return args.func(args)
     except (ConfigError, RunDirError) as exc:
@@ -538,16 +593,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"otfgp: error: {exc}", file=sys.stderr)
         return 1
     except LabelRejected as exc:  # absurd labels: a stop naming labeller, step and check
-        print(f"otfgp: error: {exc}\notfgp: continue with 'otfgp otf --resume "
+        print(f"otfgp: error: {exc}\notfgp: continue with 'otfgp {command} --resume "
               f"{getattr(args, 'run_dir', None) or 'RUN_DIR'}'", file=sys.stderr)
         return 1
     except LabellerError as exc:
         where = getattr(args, "run_dir", None) or "RUN_DIR"
         print(f"otfgp: DFT failed: {exc}\notfgp: everything up to the last checkpoint is saved; "
-              f"continue with 'otfgp otf --resume {where}'", file=sys.stderr)
+              f"continue with 'otfgp {command} --resume {where}'", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("otfgp: interrupted; continue with 'otfgp otf --resume RUN_DIR'", file=sys.stderr)
+        print(f"otfgp: interrupted; continue with 'otfgp {command} --resume RUN_DIR'", file=sys.stderr)
         return 130
 
 

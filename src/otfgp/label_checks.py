@@ -259,7 +259,7 @@ class LabelChecks:
                    predicted_stds: np.ndarray | None = None) -> list[Violation]:
         """Every check the labelled frame fails (empty: it passes)."""
         o = self.options
-        forces = np.asarray(labelled.get_forces(), dtype=float)
+        forces = np.asarray(labelled.get_forces(apply_constraint=False), dtype=float)  # the labeller's, all atoms
         energy = labelled_energy(labelled)
         n = len(labelled)
         found = [check_force_cap(forces, o.label_max_force),

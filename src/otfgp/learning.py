@@ -388,7 +388,10 @@ def label(frame: Atoms, labeller: Labeller, stress: bool | None = False,
             calc = result
             work = frame.copy()
             work.calc = calc
-            results: dict[str, Any] = {"energy": work.get_potential_energy(), "forces": work.get_forces()}
+            # the labeller's own forces: a constrained frame (a slab's FixAtoms) must not get
+            # zeros as the labels of its fixed atoms (they are real forces to learn from)
+            results: dict[str, Any] = {"energy": work.get_potential_energy(),
+                                       "forces": work.get_forces(apply_constraint=False)}
             if stress:
                 results["stress"] = work.get_stress(voigt=True)
             elif stress is None and _has_volume(frame):
@@ -576,12 +579,27 @@ def add_and_retrain(model: GaussianProcess, labelled: Atoms, atoms: Sequence[int
     structure) gets the frame's energy appended (``None`` if the labeller gave none); with
     ``options.energy_reference`` and no energy training they refit the energy reference
     (:meth:`GaussianProcess.set_energy_reference`)."""
+    add_labelled(model, labelled, atoms, options, reference_energies)
+    return retrain(model, options, calls, samples, reference_energies)
+
+
+def add_labelled(model: GaussianProcess, labelled: Atoms, atoms: Sequence[int] | np.ndarray,
+                 options: LearningOptions, reference_energies: list[float | None] | None = None) -> None:
+    """The adding half of :func:`add_and_retrain` (a batch adds every frame, then retrains
+    once): the force environments of ``atoms``, energy and stress as ``options`` say, and
+    the frame's energy appended to ``reference_energies``."""
     energy, stress = trained_labels(labelled, options)
     model.add_training_data(labelled, forces=True, energy=energy, stress=stress,
                             atom_indices=atoms)
     if reference_energies is not None:
         results = labelled.calc.results if labelled.calc is not None else {}
         reference_energies.append(float(results["energy"]) if "energy" in results else None)
+
+
+def retrain(model: GaussianProcess, options: LearningOptions, calls: int,
+            samples: Sequence[Mapping[str, Any]] = (),
+            reference_energies: list[float | None] | None = None) -> RetrainResult:
+    """The retraining half of :func:`add_and_retrain`, after :func:`add_labelled`."""
     optimize = (options.optimize
                 and (options.optimize_until_calls is None or calls <= options.optimize_until_calls)
                 and (options.optimize_until_size is None
