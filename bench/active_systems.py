@@ -133,7 +133,7 @@ def run_md(atoms: Atoms, calc: Calculator, steps: int, temperature: float = 300.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ASE's deprecation notices of these two
         MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
-        dyn = Langevin(atoms, timestep * units.fs, temperature_K=temperature, friction=friction, rng=rng)
+        dyn = Langevin(atoms, timestep * units.fs, temperature_K=temperature, friction=friction / units.fs, rng=rng)
     frames: list[Atoms] = []
 
     def snapshot() -> None:
