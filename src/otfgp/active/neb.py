@@ -37,6 +37,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import BaseCalculator
 
+from .. import _core
 from .task import IterationData, bare_frame, free_atoms
 
 log = logging.getLogger(__name__)
@@ -139,15 +140,21 @@ class NEBTask:
         work.calc = calc
         opt = BFGS(work, logfile=None)
         why = "steps"
-        for done in opt.irun(fmax=self.fmax, steps=self.relax_steps):
-            pool.append(bare_frame(work))
-            if done:
-                why = "fmax"
-                break
-            if self._moved_too_far([work], [start]):
-                why = "max_step"
-                break
-        self.band[index] = np.array(work.positions)
+        good = np.array(start)
+        try:
+            for done in opt.irun(fmax=self.fmax, steps=self.relax_steps):
+                pool.append(bare_frame(work))
+                good = np.array(work.positions)
+                if done:
+                    why = "fmax"
+                    break
+                if self._moved_too_far([work], [start]):
+                    why = "max_step"
+                    break
+        except _core.InputError as exc:  # the model cannot evaluate the structure it made
+            why = f"model error: {exc}"
+            log.warning("neb: end-point relaxation stopped: %s", exc)
+        self.band[index] = good
         return {"steps": int(opt.nsteps), "stopped_by": why}
 
     def _run_band(self, calc: BaseCalculator, pool: list[Atoms]) -> dict[str, Any]:
@@ -163,15 +170,23 @@ class NEBTask:
             warnings.simplefilter("ignore")  # ASE's notes on the NEB defaults
             opt = BFGS(band, logfile=None)
         why = "steps"
-        for done in opt.irun(fmax=self.fmax, steps=self.steps):
-            if done:
-                why = "fmax"
-                break
-            if opt.nsteps % self.pool_every == 0:
-                pool.extend(bare_frame(im) for im in images[1:-1])
-            if self._moved_too_far(images[1:-1], starts[1:-1]):
-                why = "max_step"
-                break
+        good = [np.array(im.positions) for im in images]
+        try:
+            for done in opt.irun(fmax=self.fmax, steps=self.steps):
+                good = [np.array(im.positions) for im in images]
+                if done:
+                    why = "fmax"
+                    break
+                if opt.nsteps % self.pool_every == 0:
+                    pool.extend(bare_frame(im) for im in images[1:-1])
+                if self._moved_too_far(images[1:-1], starts[1:-1]):
+                    why = "max_step"
+                    break
+        except _core.InputError as exc:  # back to the last band the model could evaluate
+            why = f"model error: {exc}"
+            log.warning("neb: band optimisation stopped: %s", exc)
+            for image, positions in zip(images, good):
+                image.positions = positions
         pool.extend(bare_frame(im) for im in images[1:-1])
         energies = [float(im.get_potential_energy()) for im in images]
         self.band = [np.array(im.positions) for im in images]
