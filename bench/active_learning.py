@@ -225,7 +225,7 @@ def bench_relax(args: argparse.Namespace) -> dict[str, Any]:
 # Systems and oracle references: bench/active_systems.py.
 NEB_FMAX = (0.05, 0.03)
 NEB_MODEL = {"species": ["Cu", "O"], "cutoffs": {"twobody": 4.5, "threebody": 3.3}}
-NEB_OPTIONS = {"batch_size": 3, "add_energy": True, "hyperparameter_iterations": 30, "max_iterations": 10,
+NEB_OPTIONS = {"batch_size": 3, "add_energy": True, "hyperparameter_iterations": 30, "max_iterations": 8, "map": True,
                "label_max_z": None, "label_energy_jump": None, "label_max_force": None}
 NEB_TASK = {"energy_tol": 0.01, "max_step": 0.3}
 # Per-element Morse priors (D_e eV, r_e A, a 1/A): Cu from its fcc cohesive curve
@@ -233,7 +233,7 @@ NEB_TASK = {"energy_tol": 0.01, "max_step": 0.3}
 MORSE_PRIOR = {"Cu": (0.343, 2.866, 1.359), "O": (5.2, 1.21, 2.65), "C": (6.2, 1.24, 2.0)}
 MD_MODEL = {"species": ["Cu", "C", "O"], "cutoffs": {"twobody": 4.5, "threebody": 3.3}}
 MD_OPTIONS = {"batch_size": 2, "query": "greedy", "add_energy": True, "hyperparameter_iterations": 30,
-              "max_iterations": 12, "label_max_z": None, "label_energy_jump": None, "label_max_force": None}
+              "max_iterations": 12, "map": True, "label_max_z": None, "label_energy_jump": None, "label_max_force": None}
 MD_TASK = {"steps": 200, "pool_every": 10, "target_error": 0.1, "stop_std": 0.5}
 MD_STEPS = 2000  # the oracle's and the final model's MD (RDF)
 

@@ -123,12 +123,12 @@ def test_md_task_stops_by_its_audit_error(tmp_path, target, converges):
 
 def test_md_task_uncertainty_target(tmp_path):
     start, _ = adatom_endpoints()
-    task = MDTask(start, steps=40, pool_every=5, target_std=0.05, stop_std=0.5, seed=2)
-    with ActiveLearner(model(), EMT(), task, tmp_path / "run", FAST, batch_size=2, query="greedy",
-                       max_iterations=6) as learner:
+    task = MDTask(start, steps=20, pool_every=5, target_std=0.1, stop_std=0.5, seed=2)
+    with ActiveLearner(model(), EMT(), task, tmp_path / "run", {**FAST, "hyperparameter_iterations": 10},
+                       batch_size=2, query="greedy", max_iterations=6) as learner:
         result = learner.run()
     assert result.converged
-    assert result.metrics["pool_max_std"] < 0.05
+    assert result.metrics["pool_max_std"] < 0.1
     assert all(h["pool_max_std"] is not None for h in task.history)
 
 
