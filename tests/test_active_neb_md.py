@@ -15,6 +15,7 @@ from ase.optimize import BFGS
 
 from otfgp import GaussianProcess, GPCalculator
 from otfgp.active import ActiveLearner, MDTask, NEBTask, max_force
+from otfgp.baselines import Morse
 
 FMAX = 0.05
 FAST = {"hyperparameter_iterations": 20, "add_energy": True, "label_max_z": None, "label_energy_jump": None}
@@ -31,8 +32,10 @@ def adatom_endpoints():
     return initial, final
 
 
-def model() -> GaussianProcess:
-    return GaussianProcess(["Cu"], {"twobody": 4.0, "threebody": 3.0})
+def model(prior: bool = False) -> GaussianProcess:
+    """The test model; ``prior``: with a Cu Morse prior (Girifalco-Weizer parameters)."""
+    baseline = Morse({"Cu": (0.343, 2.866, 1.359)}, cutoff=6.0) if prior else None
+    return GaussianProcess(["Cu"], {"twobody": 4.0, "threebody": 3.0}, baseline=baseline)
 
 
 def oracle_neb(initial, final) -> tuple[float, list]:
@@ -58,7 +61,8 @@ def test_neb_task_converges_to_the_oracle_barrier(tmp_path):
     initial, final = adatom_endpoints()
     reference, _ = oracle_neb(initial, final)
     task = NEBTask(initial, final, fmax=FMAX, energy_tol=0.01, max_step=0.2)
-    with ActiveLearner(model(), EMT(), task, tmp_path / "run", FAST, batch_size=3, max_iterations=8) as learner:
+    with ActiveLearner(model(prior=True), EMT(), task, tmp_path / "run", FAST, batch_size=3, map=True,
+                       max_iterations=6) as learner:
         result = learner.run()
     assert result.converged, result.metrics
     errors = result.metrics["energy_errors"]
