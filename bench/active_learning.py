@@ -230,7 +230,7 @@ NEB_MODEL = {"species": ["Cu", "O"], "cutoffs": {"twobody": 4.5, "threebody": 3.
 NEB_OPTIONS = {"batch_size": 3, "add_energy": True, "hyperparameter_iterations": 30, "max_iterations": 8,
                "optimize_until_calls": 8,
                "label_max_z": None, "label_energy_jump": None, "label_max_force": None}
-NEB_TASK = {"energy_tol": 0.01, "max_step": 0.3, "reuse_band": False}
+NEB_TASK = {"energy_tol": 0.01, "max_step": 0.6, "reuse_band": False}
 # Per-element Morse priors (D_e eV, r_e A, a 1/A): Cu from its fcc cohesive curve
 # (Girifalco-Weizer), O and C from their dimers; unlike pairs by the mixing rules.
 MORSE_PRIOR = {"Cu": (0.343, 2.866, 1.359), "O": (5.2, 1.21, 2.65), "C": (6.2, 1.24, 2.0)}
