@@ -76,6 +76,9 @@ class NEBTask:
         skip_std: see the module docstring (``None``: always label both end points).
         max_skip_move: see the module docstring (A).
         climb: climbing image on (the saddle is then an image of the band).
+        reuse_band: start each band optimisation from the previous iteration's band;
+            ``False``: from a fresh linear interpolation between the relaxed end points
+            (a band the trust radius stopped far off the path is then not carried on).
     """
 
     name = "neb"
@@ -83,7 +86,8 @@ class NEBTask:
     def __init__(self, initial: Atoms, final: Atoms, n_images: int = 5, fmax: float = 0.05,
                  energy_tol: float = 0.01, force_tol: float | None = None, steps: int = 300,
                  relax_steps: int = 200, max_step: float | None = 0.5, pool_every: int = 5,
-                 skip_std: float | None = None, max_skip_move: float = 0.01, climb: bool = True) -> None:
+                 skip_std: float | None = None, max_skip_move: float = 0.01, climb: bool = True,
+                 reuse_band: bool = True) -> None:
         for end, label in ((initial, "initial"), (final, "final")):
             if not isinstance(end, Atoms) or len(end) == 0:
                 raise ValueError(f"{label} must be a non-empty ase.Atoms")
@@ -102,6 +106,7 @@ class NEBTask:
         self.skip_std = _positive("skip_std", skip_std, allow_none=True)
         self.max_skip_move = _positive("max_skip_move", max_skip_move)
         self.climb = bool(climb)
+        self.reuse_band = bool(reuse_band)
         self.template = bare_frame(initial)
         # the band: n_images position arrays; the end points are where the next relaxation starts
         self.band = self._interpolate(np.array(initial.positions), np.array(final.positions))
@@ -208,6 +213,8 @@ class NEBTask:
         self._model = getattr(calc, "model", None)
         pool: list[Atoms] = []
         ends = [self._relax_end(0, calc, pool), self._relax_end(len(self.band) - 1, calc, pool)]
+        if not self.reuse_band:
+            self.band = self._interpolate(self.band[0], self.band[-1])
         band = self._run_band(calc, pool)
         self.last = {"endpoint_relaxations": ends, "band": band}
         write(str(Path(workdir) / "band.traj"), [self._frame(p) for p in self.band])
