@@ -28,9 +28,11 @@ The per-iteration evaluation runs the learner with ``max_iterations`` = 0, 1, 2,
 ``resume=True`` on the same run directory (the documented way to extend a run), evaluating
 the model after each.
 
+``--prior none`` runs the same loop with a bare GP (no baseline): what the prior buys.
+``--volumes 1.0`` runs the MD at one volume only (see ``VolumesMD``).
 ``--oracle emt`` labels with ASE's EMT instead of pw.x (a minute; a smoke run of this script).
 
-    .venv/bin/python bench/umlip_finetune.py [--iterations 5] [--batch 3] [--output bench/results/umlip_finetune.json]
+    .venv/bin/python bench/umlip_finetune.py [--iterations 8] [--batch 3] [--output bench/results/umlip_finetune.json]
 """
 from __future__ import annotations
 
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--amplitude", type=float, default=0.15, help="held-out displacement bound (A)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scan", type=int, default=7, help="lattice-constant scan points")
-    p.add_argument("--iterations", type=int, default=5, help="simulate-label-refit iterations after iteration 0")
+    p.add_argument("--iterations", type=int, default=8, help="simulate-label-refit iterations after iteration 0")
     p.add_argument("--batch", type=int, default=3, help="frames labelled per iteration")
     p.add_argument("--steps", type=int, default=100, help="MD steps per iteration")
     p.add_argument("--pool-every", type=int, default=5, help="MD steps between pool snapshots")
@@ -206,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--twobody", type=float, default=5.0, help="GP two-body cutoff (A)")
     p.add_argument("--threebody", type=float, default=4.0, help="GP three-body cutoff (A)")
     p.add_argument("--oracle", choices=("qe", "emt"), default="qe")
+    p.add_argument("--prior", choices=("chgnet", "none"), default="chgnet",
+                   help="the model's baseline (none: a bare GP through the same loop, an ablation; "
+                        "'prior_alone' is CHGNet's either way)")
     p.add_argument("--run-dir", default=None, help="keep the active-learning run here (default: a temporary directory)")
     p.add_argument("--output", default=None, help="results JSON (default: print only)")
     args = p.parse_args(argv)
@@ -231,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
 
         # the loop: MD from a rattled cell (seed + 1: not a held-out frame)
         start = rattled(1, args.cell, args.start_amplitude, args.seed + 1)[0]
-        model = GaussianProcess(["Al"], {"twobody": args.twobody, "threebody": args.threebody}, baseline=prior)
+        model = GaussianProcess(["Al"], {"twobody": args.twobody, "threebody": args.threebody},
+                                baseline=prior if args.prior == "chgnet" else None)
         scales = [float(v) for v in args.volumes.split(",")]
         steps = max(args.pool_every, args.steps // len(scales))
         tasks = []
@@ -271,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": cpu_model(), "git_commit": git_commit(), "modified": modified_paths(),
         "otfgp_version": otfgp_version(),
         "settings": {**vars(args), "qe": QE if args.oracle == "qe" else None},
-        "prior": "chgnet",
+        "prior": args.prior,
         "held_out": {"frames": args.frames, "atoms_per_frame": len(frames[0])},
         "lattice_constant_oracle": lat_oracle,
         "prior_alone": prior_alone,
