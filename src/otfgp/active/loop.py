@@ -389,9 +389,10 @@ class ActiveLearner:
             return self.model
         fantasy = self.model.copy()
         for frame in frames:
+            # zero fantasy forces: a model with data added is untrained until train(), so it
+            # cannot predict the next frame's; the variance does not depend on them anyway
             bare = _structure(frame)
-            forces = np.asarray(fantasy.predict(bare, variance=False).forces)
-            fantasy.add_training_data(bare, forces=forces, atom_indices=self._train_atoms(frame))
+            fantasy.add_training_data(bare, forces=np.zeros((len(bare), 3)), atom_indices=self._train_atoms(frame))
         fantasy.train(optimize=False)
         return fantasy
 

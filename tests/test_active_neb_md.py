@@ -1,0 +1,147 @@
+"""The NEB and MD tasks of otfgp.active: the NEB task converges to the oracle NEB's barrier,
+its special queries are the predicted saddle and the relaxed end points, the MD task stops
+by its termination test, and the greedy query works with several special frames."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from ase.build import add_adsorbate, fcc100
+from ase.calculators.emt import EMT
+from ase.constraints import FixAtoms
+from ase.mep import NEB
+from ase.optimize import BFGS
+
+from otfgp import GaussianProcess, GPCalculator
+from otfgp.active import ActiveLearner, MDTask, NEBTask, max_force
+from otfgp.baselines import Morse
+
+FMAX = 0.05
+FAST = {"hyperparameter_iterations": 20, "add_energy": True, "label_max_z": None, "label_energy_jump": None,
+        "label_max_force": None}  # an early model explores wild structures: their labels teach it
+
+
+def adatom_endpoints():
+    """Cu adatom hollow-to-hollow on a 2x2x2 Cu(100) slab (bottom layer fixed), not relaxed."""
+    initial = fcc100("Cu", (2, 2, 2), vacuum=5.0)
+    add_adsorbate(initial, "Cu", 1.8, "hollow")
+    initial.set_constraint(FixAtoms(mask=initial.get_tags() == 2))
+    final = initial.copy()
+    final.positions[-1, 0] += initial.cell[0, 0] / 2
+    final.set_constraint(initial.constraints)
+    return initial, final
+
+
+def model(prior: bool = False) -> GaussianProcess:
+    """The test model; ``prior``: with a Cu Morse prior (Girifalco-Weizer parameters)."""
+    baseline = Morse({"Cu": (0.343, 2.866, 1.359)}, cutoff=6.0) if prior else None
+    return GaussianProcess(["Cu"], {"twobody": 4.0, "threebody": 3.0}, baseline=baseline)
+
+
+def oracle_neb(initial, final) -> tuple[float, list]:
+    """The oracle reference: end points relaxed on EMT, then a CI-NEB on EMT; the barrier
+    and the band."""
+    ends = [initial.copy(), final.copy()]
+    for end in ends:
+        end.calc = EMT()
+        BFGS(end, logfile=None).run(fmax=FMAX)
+    images = [ends[0]] + [ends[0].copy() for _ in range(3)] + [ends[1]]
+    for image in images:
+        image.calc = EMT()
+    band = NEB(images, climb=True, method="improvedtangent")
+    band.interpolate(mic=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert BFGS(band, logfile=None).run(fmax=FMAX, steps=300)
+    energies = [im.get_potential_energy() for im in images]
+    return max(energies) - energies[0], images
+
+
+def test_neb_task_converges_to_the_oracle_barrier(tmp_path):
+    initial, final = adatom_endpoints()
+    reference, _ = oracle_neb(initial, final)
+    task = NEBTask(initial, final, fmax=FMAX, energy_tol=0.01, max_step=0.2)
+    with ActiveLearner(model(prior=True), EMT(), task, tmp_path / "run", FAST, batch_size=3, map=True,
+                       max_iterations=6) as learner:
+        result = learner.run()
+    assert result.converged, result.metrics
+    errors = result.metrics["energy_errors"]
+    assert max(errors.values()) < 0.01
+    assert abs(result.task["barrier"] - reference) < 0.02, (result.task, reference)
+    assert abs(result.task["reverse_barrier"] - reference) < 0.02
+
+
+def test_neb_special_queries_are_the_saddle_and_the_relaxed_end_points(tmp_path):
+    initial, final = adatom_endpoints()
+    gp = model()  # a model that knows the path: trained on the oracle's band and the start
+    for frame in [initial, final] + oracle_neb(initial, final)[1]:
+        probe = frame.copy()
+        probe.calc = EMT()
+        gp.add_training_data(probe, forces=True, energy=True)
+    gp.train()
+    calc = GPCalculator(gp, uncertainty=False)
+    task = NEBTask(initial, final, fmax=FMAX, max_step=None)
+    pool = task.simulate(calc, tmp_path)
+    special = task.special(pool)
+    band = task.images()
+    assert len(special) == 3 and len(pool) > len(band)
+    energies = []
+    for image in band:
+        image.calc = calc
+        energies.append(image.get_potential_energy())
+    saddle = 1 + int(np.argmax(energies[1:-1]))
+    assert np.allclose(special[0].positions, band[saddle].positions)
+    for frame, end in zip(special[1:], (band[0], band[-1])):
+        assert np.allclose(frame.positions, end.positions)
+        frame.calc = calc
+        assert max_force(frame, frame.get_forces(apply_constraint=False)) < FMAX  # relaxed on the model
+    # the end points moved: they were relaxed, not taken as given
+    assert np.abs(special[1].positions - initial.positions).max() > 0.01
+
+
+def test_greedy_query_with_several_special_frames(tmp_path):
+    """The loop's greedy query conditions on all three NEB special frames before picking
+    the fourth frame of the batch."""
+    initial, final = adatom_endpoints()
+    task = NEBTask(initial, final, fmax=FMAX, energy_tol=1e-6)
+    with ActiveLearner(model(), EMT(), task, tmp_path / "run", FAST, batch_size=4, query="greedy",
+                       max_iterations=1) as learner:
+        result = learner.run()
+    assert result.labels == 2 + 4
+
+
+@pytest.mark.parametrize("target, converges", [(0.5, True), (1e-6, False)])
+def test_md_task_stops_by_its_audit_error(tmp_path, target, converges):
+    start, _ = adatom_endpoints()
+    task = MDTask(start, steps=20, pool_every=5, target_error=target, stop_std=0.3, seed=1)
+    with ActiveLearner(model(), EMT(), task, tmp_path / "run", {**FAST, "hyperparameter_iterations": 10},
+                       batch_size=2, query="uncertainty", max_iterations=4) as learner:
+        result = learner.run()
+    assert result.converged is converges
+    audit = result.metrics["audit_rmse"]
+    assert (audit < target) is converges
+    assert result.iterations == (len(task.history) if converges else 4)
+    # two per iteration, one when the guard stopped the trajectory at its first snapshot
+    assert 1 + result.iterations <= result.labels <= 1 + 2 * result.iterations
+
+
+def test_md_task_uncertainty_target(tmp_path):
+    start, _ = adatom_endpoints()
+    task = MDTask(start, steps=20, pool_every=5, target_std=0.1, stop_std=0.5, seed=2)
+    with ActiveLearner(model(), EMT(), task, tmp_path / "run", {**FAST, "hyperparameter_iterations": 10},
+                       batch_size=2, query="greedy", max_iterations=6) as learner:
+        result = learner.run()
+    assert result.converged
+    assert result.metrics["pool_max_std"] < 0.1
+    assert all(h["pool_max_std"] is not None for h in task.history)
+
+
+def test_bad_task_arguments_are_named():
+    initial, final = adatom_endpoints()
+    with pytest.raises(ValueError, match="n_images"):
+        NEBTask(initial, final, n_images=2)
+    with pytest.raises(ValueError, match="same atoms"):
+        NEBTask(initial, final[:-1])
+    with pytest.raises(ValueError, match="target_std"):
+        MDTask(initial, target_std=-1.0)
