@@ -84,7 +84,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from .atomic_io import write_json
-from .builders import (build_dynamics, build_labeller, build_model, build_structure,
+from .builders import (build_dynamics, build_labeller, build_model, build_structure, otf_model_options,
                        restore_hyperparameter_settings, set_velocities)
 from .config import ConfigError, apply_overrides, load_config, parse_set, stage_bounds, validate_config
 from .run_dir import (OVERRIDES_FILE, RunDirError, RunLock, holds_run, read_checkpoint, read_json_file,
@@ -222,7 +222,7 @@ def _new_run(cfg: dict[str, Any], config_path: Path, run_dir: Path) -> int:
     write(run_dir / INITIAL_STRUCTURE, atoms, format="extxyz")
     set_velocities(atoms, cfg["md"])
     dyn = build_dynamics(atoms, cfg["md"])
-    with OTF(dyn, model, labeller, **cfg["otf"]) as otf:
+    with OTF(dyn, model, labeller, **cfg["otf"], **otf_model_options(cfg["model"])) as otf:
         summary = run_stages(otf, cfg, run_dir)
     print(f"otfgp: run finished in {run_dir}")
     print(format_summary(summary))
@@ -276,7 +276,8 @@ def _resume(args: argparse.Namespace, run_dir: Path) -> int:
         if changed:
             record_overrides(run_dir, {"step": 0, "checkpoint": 0, **changed})
         print(f"otfgp: {run_dir} has no checkpoint yet; starting it from step 0", file=sys.stderr)
-        otf = OTF(dyn, build_model(cfg["model"]), labeller, **{**cfg["otf"], "output_dir": str(run_dir)})
+        otf = OTF(dyn, build_model(cfg["model"]), labeller,
+                  **{**cfg["otf"], **otf_model_options(cfg["model"]), "output_dir": str(run_dir)})
     with otf:
         summary = run_stages(otf, cfg, run_dir)
     print(f"otfgp: run finished in {run_dir}")

@@ -586,6 +586,15 @@ def add_and_retrain(model: GaussianProcess, labelled: Atoms, atoms: Sequence[int
                 and (options.optimize_until_calls is None or calls <= options.optimize_until_calls)
                 and (options.optimize_until_size is None
                      or model.n_training_environments <= options.optimize_until_size))
+    return _train_and_finish(model, optimize, options, samples, reference_energies)
+
+
+def _train_and_finish(model: GaussianProcess, optimize: bool, options: LearningOptions,
+                      samples: Sequence[Mapping[str, Any]],
+                      reference_energies: list[float | None] | None) -> RetrainResult:
+    """Train, recalibrate, re-map and refit the energy reference (see :func:`add_and_retrain`)."""
+    from .models import is_scalable
+
     result = RetrainResult()
     t = time.perf_counter()
     model.train(optimize=optimize, max_iterations=options.max_iterations)
@@ -594,9 +603,11 @@ def add_and_retrain(model: GaussianProcess, labelled: Atoms, atoms: Sequence[int
         result.warnings = model.last_optimization.warnings()
     if options.calibration is not None:
         t = time.perf_counter()
-        model.calibrate(samples=list(samples), loo=True, form=options.calibration)
+        # a ScalableGP keeps no label rows, hence no leave-one-out residuals: its calibration
+        # is fitted on the pre-update errors alone (docs/scalable.md)
+        model.calibrate(samples=list(samples), loo=not is_scalable(model), form=options.calibration)
         result.training += time.perf_counter() - t
-    if options.map:
+    if options.map and not getattr(model, "mapped_by_construction", False):
         t = time.perf_counter()
         model.map(tolerance=options.map_tolerance, variance=options.uncertainty == "mapped")  # logs its report
         result.mapping = time.perf_counter() - t
@@ -613,3 +624,18 @@ def add_and_retrain(model: GaussianProcess, labelled: Atoms, atoms: Sequence[int
         model.set_energy_reference([None] * (n - len(reference_energies)) + list(reference_energies))
         result.training += time.perf_counter() - t
     return result
+
+
+def switch_to_scalable(gp: GaussianProcess, options: LearningOptions,
+                       samples: Sequence[Mapping[str, Any]] = (),
+                       reference_energies: list[float | None] | None = None) -> tuple[Any, RetrainResult]:
+    """The automatic switch of on-the-fly learning: a :class:`otfgp.ScalableGP` with
+    ``gp``'s species, cutoffs, hyperparameters (the optimiser's start) and training data
+    (:meth:`otfgp.ScalableGP.from_gaussian_process`), trained with its hyperparameters
+    optimised (cheap: O(basis^3) per evaluation, whatever the data), calibrated on the
+    pre-update errors ``samples`` when ``options.calibration`` is set, and with the energy
+    reference refitted as after a retrain. Returns the new model and the retrain's times."""
+    from .scalable import ScalableGP
+
+    model = ScalableGP.from_gaussian_process(gp)
+    return model, _train_and_finish(model, options.optimize, options, samples, reference_energies)
