@@ -20,6 +20,8 @@ MD_KEYS = ("integrator", "timestep_fs", "temperature_K", "seed", "friction", "st
 STAGE_KEYS = ("steps", "rescale_to_K", "temperature_K", "name")
 MODEL_KEYS = ("species", "twobody", "threebody", "hyperparameters", "bounds", "priors", "baseline", "kind",
               "scalable_after")
+# OTFOptions fields set by [model] (kind = "auto": model.scalable_after), not [otf] keys
+MODEL_OTF_OPTIONS = ("scalable_after",)
 # [model.baseline]: kind (morse / lj / zbl / calculator) and its parameters (docs/config.md)
 BASELINE_KEYS = ("kind", "cutoff", "params", "pairs", "spec")
 BASELINE_KINDS = {"morse": 3, "lj": 2, "zbl": 0, "calculator": 0}  # kind -> values per element
@@ -108,7 +110,7 @@ def known_keys() -> dict[str, tuple[str, ...]]:
         "model": MODEL_KEYS,
         "model.hyperparameters": tuple(HYPERPARAMETER_NAMES),
         "model.baseline": BASELINE_KEYS,
-        "otf": tuple(f.name for f in fields(OTFOptions)),
+        "otf": tuple(f.name for f in fields(OTFOptions) if f.name not in MODEL_OTF_OPTIONS),
     }
 
 
@@ -417,7 +419,7 @@ def _validate_otf(o: Mapping[str, Any]) -> dict[str, Any]:
     """The ``[otf]`` section: any :class:`otfgp.OTFOptions` field; ``output_dir`` defaults to otf_run."""
     from .otf import OTFOptions
 
-    known = [f.name for f in fields(OTFOptions)]
+    known = [f.name for f in fields(OTFOptions) if f.name not in MODEL_OTF_OPTIONS]
     _check_keys(o, known, "otf")
     o = dict(o)
     if "relative_threshold" in o and "threshold" not in o:
