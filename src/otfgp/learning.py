@@ -626,6 +626,10 @@ def _train_and_finish(model: GaussianProcess, optimize: bool, options: LearningO
     return result
 
 
+#: Angstrom: how far below the shortest training distance the switched model's basis starts.
+SWITCH_LOWER_MARGIN = 1.0
+
+
 def switch_to_scalable(gp: GaussianProcess, options: LearningOptions,
                        samples: Sequence[Mapping[str, Any]] = (),
                        reference_energies: list[float | None] | None = None) -> tuple[Any, RetrainResult]:
@@ -637,5 +641,7 @@ def switch_to_scalable(gp: GaussianProcess, options: LearningOptions,
     reference refitted as after a retrain. Returns the new model and the retrain's times."""
     from .scalable import ScalableGP
 
-    model = ScalableGP.from_gaussian_process(gp)
+    # the basis starts SWITCH_LOWER_MARGIN below the shortest distance learnt so far: the
+    # run goes on, often hotter, and a training cluster below the basis is an error
+    model = ScalableGP.from_gaussian_process(gp, lower_margin=SWITCH_LOWER_MARGIN)
     return model, _train_and_finish(model, options.optimize, options, samples, reference_energies)

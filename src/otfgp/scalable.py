@@ -216,7 +216,10 @@ class ScalableGP:
     def from_gaussian_process(cls, gp: Any, **kwargs: Any) -> "ScalableGP":
         """A scalable model with ``gp``'s species, cutoffs, hyperparameters and training
         data (untrained: call :meth:`train`), e.g. to continue once the exact GP gets slow.
-        ``kwargs`` go to the constructor (``lower``, ``nodes2``, ``nodes3``, ``priors``, ...).
+        ``kwargs`` go to the constructor (``lower``, ``nodes2``, ``nodes3``, ``priors``, ...);
+        ``lower`` defaults to the shortest distance of all of ``gp``'s training structures
+        minus ``lower_margin`` (A; default :data:`otfgp.mapping.LOWER_MARGIN`), so that later
+        data (hotter MD) has room below what was seen.
 
         Raises:
             NotImplementedError: ``gp`` has an analytic baseline (not yet supported here).
@@ -225,9 +228,15 @@ class ScalableGP:
             raise NotImplementedError("ScalableGP does not support analytic baselines yet; "
                                       "this GaussianProcess has one")
         kwargs.setdefault("hyperparameters", gp.hyperparameters)
+        margin = float(kwargs.pop("lower_margin", LOWER_MARGIN))
+        structures = [gp.training_structure(i) for i in range(gp.n_training_structures)]
+        if "lower" not in kwargs and structures:
+            cut = max(gp.cutoffs.values())
+            shortest = min((float(d.min()) for d in (neighbor_list("d", s["atoms"], cut) for s in structures)
+                            if len(d)), default=cut)
+            kwargs["lower"] = max(0.5, shortest - margin)
         model = cls(gp.species, gp.cutoffs, **kwargs)
-        for i in range(gp.n_training_structures):
-            d = gp.training_structure(i)
+        for d in structures:
             forces = None
             if len(d["force_atoms"]):
                 forces = np.zeros((len(d["atoms"]), 3))
