@@ -207,3 +207,21 @@ def test_auto_switch_happens_at_the_threshold_is_logged_and_resumed(tmp_path):
     assert sizes[switch["step"]] == switch["training_environments"] > limit
     assert all(sizes[s] <= limit for s in summary["dft_call_steps"] if s < switch["step"])
     assert len([s for s in summary["dft_call_steps"] if s > switch["step"]]) >= 1  # learns on, scalable
+
+
+# ------------------------------------------------------------------ otfgp train
+def test_otfgp_train_fits_a_scalable_model(tmp_path, capsys):
+    from ase.io import write
+
+    from otfgp.cli import main
+
+    write(tmp_path / "frames.extxyz", _frames(4, seed=8))
+    args = ["train", "--data", str(tmp_path / "frames.extxyz"), "--twobody", "4.5", "--threebody", "3.2",
+            "-o", str(tmp_path / "m.otfgp")]
+    assert main([*args, "--kind", "scalable", "--no-optimize"]) == 0
+    model = load_model(tmp_path / "m.otfgp")
+    assert isinstance(model, otfgp.ScalableGP) and model.trained and model.n_labels == 4 * (24 + 1 + 6)
+    summary = json.loads((tmp_path / "m_summary.json").read_text())
+    assert summary["model_kind"] == "ScalableGP" and summary["mapped"] and summary["map"] is None
+    assert main([*args, "--kind", "scalable", "--calibrate", "scale_floor"]) == 2
+    assert "no leave-one-out residuals" in capsys.readouterr().err

@@ -371,7 +371,7 @@ def _train_config(args: argparse.Namespace) -> dict[str, Any]:
         raw = load_config(args.config)
         base_dir = Path(args.config).parent
     model = raw.setdefault("model", {})
-    for key in ("species", "twobody", "threebody"):
+    for key in ("species", "twobody", "threebody", "kind"):
         if getattr(args, key) is not None:
             model[key] = getattr(args, key)
     if args.data:
@@ -480,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--species", nargs="+", help="model.species (default: the data's)")
     p.add_argument("--twobody", type=float, help="model.twobody cutoff, A")
     p.add_argument("--threebody", type=float, help="model.threebody cutoff, A")
+    p.add_argument("--kind", choices=("exact", "scalable", "auto"),
+                   help="model.kind: the exact GP, the scalable one (linear in the data; docs/scalable.md) or auto")
     p.add_argument("--labels", help="comma-separated labels to train: forces,energy,stress (default all)")
     p.add_argument("--select", choices=("all", "uncertainty"), help="train all atoms or choose by uncertainty")
     p.add_argument("--atoms-per-frame", type=int, help="with --select uncertainty: atoms added per frame")
