@@ -200,7 +200,7 @@ class ScalableGP:
         # rank + species numbers per structure, linear in the data)
         self._energy_rows: list[np.ndarray] = []
         self._structure_compositions: list[np.ndarray] = []
-        self.calibration: ModelCalibration | None = None
+        self._calibration: ModelCalibration | None = None
         self.last_optimization: OptimizationReport | None = None
         size = _core.BasisDesign(len(self._numbers), self._r2, self._r3, 1.0 if lower is None else float(lower),
                                  *self._nodes).columns
@@ -316,6 +316,18 @@ class ScalableGP:
     @property
     def trained(self) -> bool:
         return self._solution is not None
+
+    @property
+    def calibration(self) -> ModelCalibration | None:
+        """The installed variance calibration (:class:`otfgp.calibration.ModelCalibration`),
+        or None (uncalibrated: latent + noise variance)."""
+        return self._calibration
+
+    @calibration.setter
+    def calibration(self, value: ModelCalibration | None) -> None:
+        if value is not None and not isinstance(value, ModelCalibration):
+            raise TypeError(f"calibration must be a ModelCalibration or None, got {type(value).__name__}")
+        self._calibration = value
 
     #: The mean and variance are basis expansions already: there is nothing to map (the
     #: on-the-fly learner and ``otfgp train`` skip :meth:`otfgp.GaussianProcess.map` for it).
