@@ -142,11 +142,16 @@ def worker_melt() -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dyn = Langevin(atoms, 5 * units.fs, temperature_K=800.0, friction=0.02 / units.fs, fixcm=False, rng=rng)
-    # the uncertainty is checked every 5th step, hyperparameters optimised (20 iterations) for
+    # the uncertainty is checked every 5th step, no spline maps (the exact mean is cheap at a few
+    # hundred environments; re-mapping at every call is not), hyperparameters optimised (20 iterations) for
     # the first 10 DFT calls: the exact GP's cost at a few hundred environments would
     # otherwise dominate the benchmark on a shared 2-core machine
-    options = dict(threshold=0.05, max_atoms_added=8, init_atoms=8, calibration="relative", every=5,
-                   optimize_until_calls=10, max_iterations=20, scalable_after=AUTO_SWITCH_ENVIRONMENTS,
+    # (--melt-threshold, --melt-add-threshold, --scalable-after: passed on in the environment)
+    add = os.environ.get("MELT_ADD_THRESHOLD")
+    options = dict(threshold=float(os.environ.get("MELT_THRESHOLD", "0.05")), max_atoms_added=8, init_atoms=8,
+                   add_threshold=None if add is None else float(add), calibration="relative", every=5, map=False,
+                   optimize_until_calls=10, max_iterations=20,
+                   scalable_after=int(os.environ.get("MELT_SCALABLE_AFTER", AUTO_SWITCH_ENVIRONMENTS)),
                    progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -221,8 +226,15 @@ def main() -> None:
     ap.add_argument("--sections", nargs="+", choices=list(WORKERS), default=list(WORKERS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    ap.add_argument("--melt-threshold", type=float, help="melt: DFT threshold, eV/A (default 0.05)")
+    ap.add_argument("--melt-add-threshold", type=float, help="melt: add_threshold, eV/A (default: the threshold)")
+    ap.add_argument("--scalable-after", type=int, help="melt: the switch threshold (default 300)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    for name, value in (("MELT_THRESHOLD", args.melt_threshold), ("MELT_ADD_THRESHOLD", args.melt_add_threshold),
+                        ("MELT_SCALABLE_AFTER", args.scalable_after)):
+        if value is not None:
+            os.environ[name] = str(value)
     if args.worker:
         print(json.dumps(WORKERS[args.worker]()))
         return
