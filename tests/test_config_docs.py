@@ -17,7 +17,7 @@ except ModuleNotFoundError:  # Python 3.10
 from otfgp import OTFOptions
 from otfgp.active import ActiveOptions
 from otfgp.active.config import ACTIVE_SECTIONS, active_keys
-from otfgp.config import INTEGRATORS, known_keys
+from otfgp.config import INTEGRATORS, MODEL_OTF_OPTIONS, known_keys
 from otfgp.gp import DEFAULT_HYPERPARAMETERS
 from otfgp.labellers import FUNCTION_KEYS, check_labeller_spec, espresso_calculator
 from otfgp.labellers.ase_calculator import ASE_KEYS
@@ -63,7 +63,8 @@ def _doc_tables() -> dict[str, dict[str, list[str]]]:
 
 def _schema() -> dict[str, set[str]]:
     keys = {k: set(v) for k, v in known_keys().items() if k != "config"}
-    assert keys["otf"] == {f.name for f in fields(OTFOptions)}
+    # every OTFOptions field but those [model] sets (kind = "auto": model.scalable_after)
+    assert keys["otf"] == {f.name for f in fields(OTFOptions)} - set(MODEL_OTF_OPTIONS)
     keys["labeller"] = {"type"}
     keys["labeller.espresso"] = set(inspect.signature(espresso_calculator).parameters)
     keys["labeller.ase"] = set(ASE_KEYS)

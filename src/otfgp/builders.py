@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # ASE and the model are imported lazily: the CLI starts fast
 
     from .gp import GaussianProcess
     from .priors import Priors
+    from .scalable import ScalableGP
 
 
 def build_structure(st: Mapping[str, Any]) -> "Atoms":
@@ -165,23 +166,47 @@ def _build_optimizer(atoms: "Atoms", md: Mapping[str, Any]) -> "Optimizer":
     return opt
 
 
-def build_model(model: Mapping[str, Any]) -> "GaussianProcess":
-    """The (untrained) GaussianProcess of a resolved ``[model]`` section.
+def build_model(model: Mapping[str, Any], environments: int | None = None) -> "GaussianProcess | ScalableGP":
+    """The (untrained) model of a resolved ``[model]`` section: a GaussianProcess for
+    ``kind = "exact"`` (and ``"auto"``, which the on-the-fly learner switches later: see
+    :func:`otf_model_options`), a ScalableGP for ``kind = "scalable"`` -- and for
+    ``"auto"`` when ``environments`` (the force environments about to be trained on,
+    ``otfgp train``) exceed ``scalable_after``.
+
+    The ScalableGP trains by maximum likelihood unless the section gives ``priors``
+    explicitly (its default, docs/scalable.md; the exact GP's default is the priors).
 
     Raises:
         ConfigError: the model rejected a setting (e.g. an unknown species).
     """
     from .gp import GaussianProcess
-    from .priors import Priors
+    from .scalable import ScalableGP
 
     cutoffs = {k: model[k] for k in ("twobody", "threebody") if k in model}
     bounds = {k: tuple(v) for k, v in model.get("bounds", {}).items()} or None
-    baseline = build_baseline(model["baseline"]) if "baseline" in model else None
+    kind = model.get("kind", "exact")
     try:
+        if kind == "scalable" or (kind == "auto" and environments is not None
+                                  and environments > model["scalable_after"]):
+            return ScalableGP(model["species"], cutoffs, hyperparameters=model.get("hyperparameters"),
+                              bounds=bounds, priors=scalable_priors(model))
+        baseline = build_baseline(model["baseline"]) if "baseline" in model else None
         return GaussianProcess(model["species"], cutoffs, hyperparameters=model.get("hyperparameters"),
                                bounds=bounds, priors=build_priors(model), baseline=baseline)
     except ValueError as exc:
         raise ConfigError(f"[model]: {exc}") from exc
+
+
+def otf_model_options(model: Mapping[str, Any]) -> dict[str, Any]:
+    """The :class:`otfgp.OTFOptions` a resolved ``[model]`` section sets: with ``kind =
+    "auto"`` the automatic switch ``scalable_after``."""
+    return {"scalable_after": model["scalable_after"]} if model.get("kind") == "auto" else {}
+
+
+def scalable_priors(model: Mapping[str, Any]) -> "Priors | None":
+    """The priors of a ScalableGP built from a resolved ``[model]`` section: none (maximum
+    likelihood) unless ``priors`` is given."""
+    return build_priors(model) if "priors" in model else None
 
 
 def build_baseline(spec: Mapping[str, Any]) -> Any:
@@ -221,9 +246,15 @@ def build_priors(model: Mapping[str, Any]) -> "Priors | None":
 
 def restore_hyperparameter_settings(gp: "GaussianProcess", model: Mapping[str, Any]) -> None:
     """Priors and bounds of a resolved ``[model]`` section on a model read from a file
-    (model files keep hyperparameters but neither priors nor optimisation bounds)."""
+    (model files keep hyperparameters but neither priors nor optimisation bounds). A
+    ScalableGP's file keeps its bounds; it gets :func:`scalable_priors` for ``kind =
+    "scalable"`` and none after the automatic switch (``kind = "auto"``), as it had."""
     from .gp import DEFAULT_BOUNDS, MAXIMUM_LIKELIHOOD_BOUNDS
+    from .models import is_scalable
 
+    if is_scalable(gp):
+        gp.priors = scalable_priors(model) if model.get("kind") == "scalable" else None
+        return
     gp.priors = build_priors(model)
     gp.bounds = dict(DEFAULT_BOUNDS if gp.priors is not None else MAXIMUM_LIKELIHOOD_BOUNDS)
     gp.bounds.update({k: (float(v[0]), float(v[1])) for k, v in model.get("bounds", {}).items()})

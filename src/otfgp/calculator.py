@@ -51,7 +51,7 @@ class GPCalculator(Calculator):
     asked for.
 
     Args:
-        model: a trained GaussianProcess.
+        model: a trained GaussianProcess or ScalableGP.
         uncertainty: ``True`` (the mapped force std if the model has variance maps, else
             the exact variances, which cost about 10x the exact mean), ``"exact"``,
             ``"mapped"`` or ``False``.
@@ -70,8 +70,10 @@ class GPCalculator(Calculator):
     def __init__(self, model: GaussianProcess, uncertainty: bool | str = True, uncertainty_every: int = 1,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not isinstance(model, GaussianProcess):
-            raise TypeError(f"model must be an otfgp.GaussianProcess, got {type(model).__name__}")
+        from .models import is_scalable
+
+        if not (isinstance(model, GaussianProcess) or is_scalable(model)):
+            raise TypeError(f"model must be an otfgp.GaussianProcess or otfgp.ScalableGP, got {type(model).__name__}")
         if int(uncertainty_every) < 1:
             raise ValueError("uncertainty_every must be >= 1")
         self.model = model
@@ -127,7 +129,7 @@ class GPCalculator(Calculator):
         """The model and settings behind this calculator as plain JSON types."""
         m = self.model
         return {
-            "model": "otfgp.GaussianProcess",
+            "model": f"otfgp.{type(m).__name__}",
             "species": m.species,
             "cutoffs": m.cutoffs,
             "trained": m.trained,
@@ -135,8 +137,9 @@ class GPCalculator(Calculator):
             "training_environments": m.n_training_environments,
             "training_labels": m.n_labels,
             "hyperparameters": m.hyperparameters,
-            "mapped": m.mapped,
-            "variance_maps": m.has_variance_maps,
+            # a ScalableGP is its own map (mean and variance are basis expansions)
+            "mapped": getattr(m, "mapped_by_construction", False) or m.mapped,
+            "variance_maps": getattr(m, "mapped_by_construction", False) or m.has_variance_maps,
             "calibrated": m.calibration is not None,
             "uncertainty": self.uncertainty,
             "uncertainty_every": self.uncertainty_every,

@@ -66,7 +66,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import scipy.optimize
@@ -316,3 +316,102 @@ def fit_calibration(residuals: Any, latent_var: Any, noise_var: Any, form: str =
     cal = Calibration(form, params, m)
     cal.nll = gaussian_nll(r, np.maximum(cal.apply(v, n, mu), tiny * v0))
     return cal
+
+
+def model_calibration(pooled: Mapping[str, Sequence[tuple[np.ndarray, ...]]], counts: Mapping[str, Any],
+                      noise: Mapping[str, float], form: str, min_samples: int) -> ModelCalibration:
+    """The :class:`ModelCalibration` a model installs from pooled held-out samples, the rule
+    :meth:`otfgp.GaussianProcess.calibrate` documents (shared by every model kind).
+
+    ``pooled[q]`` lists (residuals, latent variances, noise variances, scale values) arrays
+    per quantity ``"force"``, ``"energy"``, ``"stress"``; ``counts`` the sample counts per
+    quantity and source (recorded in ``info``); ``noise`` the label-noise variances."""
+
+    def fit(q: str) -> Calibration:
+        parts = pooled.get(q, [])
+        r, v, n, m = (np.concatenate([p[k] for p in parts]) if parts else np.zeros(0) for k in range(4))
+        # a total energy or stress has no "distortion" of its own to scale with
+        f = form if q == "force" or form != "relative" else "scale_floor"
+        return fit_calibration(r, v, n, form=f, min_samples=min_samples, mean=m if f == "relative" else None)
+
+    force = fit("force")
+    s = math.sqrt(force.coefficients()["a"])
+    transferred = Calibration("latent_scale", {"s": s}, force.n_samples, fallback=force.fallback)
+    maps = {"force": force, "local_energy": transferred}
+    from_force: list[str] = ["local_energy"]
+    for q in ("energy", "stress"):
+        if sum(p[0].size for p in pooled.get(q, [])) >= min_samples:
+            maps[q] = fit(q)
+        else:
+            maps[q] = transferred
+            from_force.append(q)
+    info = {"form": form, "min_samples": int(min_samples), "samples": dict(counts),
+            "transferred_from_force": from_force, "fallback": bool(force.fallback),
+            "noise_variances": dict(noise)}
+    log.info("calibration: force %s %s from %d samples%s; %s from the force map's latent scale",
+             force.form, force.params, force.n_samples, " (fallback: identity)" if force.fallback else "",
+             ", ".join(from_force))
+    return ModelCalibration(**maps, info=info)
+
+
+def epistemic_variances(cal: Calibration, latent_var: Any) -> np.ndarray:
+    """The part of ``cal``'s reported variance a new label can reduce: a max(v, 0)^p of the
+    latent variance (no floor, force-proportional or noise term), as the C++ core's
+    ``VarianceMap::epistemic``."""
+    c = cal.coefficients()
+    v = np.maximum(np.asarray(latent_var, dtype=float), 0.0)
+    return c["a"] * v ** c["p"]
+
+
+class SamplePool:
+    """Held-out samples pooled per quantity for :func:`model_calibration`: (residuals,
+    latent variances, noise variances, scale values) arrays and counts per source."""
+
+    def __init__(self) -> None:
+        self.pooled: dict[str, list[tuple[np.ndarray, ...]]] = {q: [] for q in ("force", "energy", "stress")}
+        self.counts: dict[str, dict[str, int]] = {q: {} for q in self.pooled}
+
+    def add(self, quantity: str, source: str, residuals: Any, latent: Any, noise_var: Any,
+            predicted: Any = None) -> None:
+        """Pool one source's samples (non-finite ones dropped); ``predicted`` forces give the
+        relative form's scale values."""
+        r = np.asarray(residuals, dtype=float).ravel()
+        v = np.asarray(latent, dtype=float).ravel()
+        if r.shape != v.shape:
+            raise ValueError(f"{source}: {r.size} residuals but {v.size} latent variances")
+        n = np.broadcast_to(np.asarray(noise_var, dtype=float), r.shape).ravel()
+        # the value a relative map scales with: for forces the atom's RMS component
+        m = np.full(r.shape, np.nan) if predicted is None else np.asarray(predicted, dtype=float).ravel()
+        if quantity == "force" and predicted is not None:
+            m = force_scale_values(m).ravel()
+        ok = np.isfinite(r) & np.isfinite(v)
+        self.pooled[quantity].append((r[ok], v[ok], n[ok], m[ok]))
+        self.counts[quantity][source] = self.counts[quantity].get(source, 0) + int(ok.sum())
+
+    def add_samples(self, samples: Any, noise_force: float) -> None:
+        """Caller-collected force samples (see :meth:`otfgp.GaussianProcess.calibrate`): a
+        mapping or object with ``residuals``, ``latent_variances``, optionally ``forces`` and
+        ``noise_variances``, or a list of those; None adds nothing."""
+        if samples is None:
+            return
+        for item in samples if isinstance(samples, (list, tuple)) else [samples]:
+            get = item.get if isinstance(item, Mapping) else lambda k, d=None, o=item: getattr(o, k, d)
+            nv = get("noise_variances", None)
+            self.add("force", "samples", get("residuals"), get("latent_variances"),
+                     noise_force if nv is None else nv, get("forces", None))
+
+    def add_frames(self, frames: Any, predict: Callable[[Any], Any], noise: Mapping[str, float]) -> None:
+        """Structures with reference labels (their calculator's forces, and energy and stress
+        if it has them), predicted by ``predict(atoms)`` (a :class:`otfgp.gp.Prediction`
+        with latent variances): reference minus prediction against the latent variance."""
+        for atoms in frames or ():
+            pred = predict(atoms)
+            self.add("force", "frames", np.asarray(atoms.get_forces(), dtype=float) - pred.forces,
+                     pred.latent_force_variances, noise["force"], pred.forces)
+            results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
+            if "energy" in results:
+                self.add("energy", "frames", float(atoms.get_potential_energy()) - pred.energy,
+                         pred.latent_energy_variance, noise["energy"])
+            if "stress" in results and np.all(np.isfinite(pred.stress)):
+                self.add("stress", "frames", np.asarray(atoms.get_stress(voigt=True)) - pred.stress,
+                         pred.latent_stress_variance, noise["stress"])

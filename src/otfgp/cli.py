@@ -86,7 +86,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from .atomic_io import write_json
-from .builders import (build_dynamics, build_labeller, build_model, build_structure,
+from .builders import (build_dynamics, build_labeller, build_model, build_structure, otf_model_options,
                        restore_hyperparameter_settings, set_velocities)
 from .config import ConfigError, apply_overrides, load_config, parse_set, stage_bounds, validate_config
 from .run_dir import (OVERRIDES_FILE, RunDirError, RunLock, holds_run, read_checkpoint, read_json_file,
@@ -224,7 +224,7 @@ def _new_run(cfg: dict[str, Any], config_path: Path, run_dir: Path) -> int:
     write(run_dir / INITIAL_STRUCTURE, atoms, format="extxyz")
     set_velocities(atoms, cfg["md"])
     dyn = build_dynamics(atoms, cfg["md"])
-    with OTF(dyn, model, labeller, **cfg["otf"]) as otf:
+    with OTF(dyn, model, labeller, **cfg["otf"], **otf_model_options(cfg["model"])) as otf:
         summary = run_stages(otf, cfg, run_dir)
     print(f"otfgp: run finished in {run_dir}")
     print(format_summary(summary))
@@ -278,7 +278,8 @@ def _resume(args: argparse.Namespace, run_dir: Path) -> int:
         if changed:
             record_overrides(run_dir, {"step": 0, "checkpoint": 0, **changed})
         print(f"otfgp: {run_dir} has no checkpoint yet; starting it from step 0", file=sys.stderr)
-        otf = OTF(dyn, build_model(cfg["model"]), labeller, **{**cfg["otf"], "output_dir": str(run_dir)})
+        otf = OTF(dyn, build_model(cfg["model"]), labeller,
+                  **{**cfg["otf"], **otf_model_options(cfg["model"]), "output_dir": str(run_dir)})
     with otf:
         summary = run_stages(otf, cfg, run_dir)
     print(f"otfgp: run finished in {run_dir}")
@@ -417,7 +418,7 @@ def _train_config(args: argparse.Namespace) -> dict[str, Any]:
         raw = load_config(args.config)
         base_dir = Path(args.config).parent
     model = raw.setdefault("model", {})
-    for key in ("species", "twobody", "threebody"):
+    for key in ("species", "twobody", "threebody", "kind"):
         if getattr(args, key) is not None:
             model[key] = getattr(args, key)
     if args.data:
@@ -533,6 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--species", nargs="+", help="model.species (default: the data's)")
     p.add_argument("--twobody", type=float, help="model.twobody cutoff, A")
     p.add_argument("--threebody", type=float, help="model.threebody cutoff, A")
+    p.add_argument("--kind", choices=("exact", "scalable", "auto"),
+                   help="model.kind: the exact GP, the scalable one (linear in the data; docs/scalable.md) or auto")
     p.add_argument("--labels", help="comma-separated labels to train: forces,energy,stress (default all)")
     p.add_argument("--select", choices=("all", "uncertainty"), help="train all atoms or choose by uncertainty")
     p.add_argument("--atoms-per-frame", type=int, help="with --select uncertainty: atoms added per frame")

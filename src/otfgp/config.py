@@ -18,7 +18,10 @@ MD_KEYS = ("integrator", "timestep_fs", "temperature_K", "seed", "friction", "st
            "pressure_bar", "taut_fs", "taup_fs", "compressibility_per_bar", "zero_momentum", "fmax",
            "relax_cell")
 STAGE_KEYS = ("steps", "rescale_to_K", "temperature_K", "name")
-MODEL_KEYS = ("species", "twobody", "threebody", "hyperparameters", "bounds", "priors", "baseline")
+MODEL_KEYS = ("species", "twobody", "threebody", "hyperparameters", "bounds", "priors", "baseline", "kind",
+              "scalable_after")
+# OTFOptions fields set by [model] (kind = "auto": model.scalable_after), not [otf] keys
+MODEL_OTF_OPTIONS = ("scalable_after",)
 # [model.baseline]: kind (morse / lj / zbl / calculator) and its parameters (docs/config.md)
 BASELINE_KEYS = ("kind", "cutoff", "params", "pairs", "spec")
 BASELINE_KINDS = {"morse": 3, "lj": 2, "zbl": 0, "calculator": 0}  # kind -> values per element
@@ -107,7 +110,7 @@ def known_keys() -> dict[str, tuple[str, ...]]:
         "model": MODEL_KEYS,
         "model.hyperparameters": tuple(HYPERPARAMETER_NAMES),
         "model.baseline": BASELINE_KEYS,
-        "otf": tuple(f.name for f in fields(OTFOptions)),
+        "otf": tuple(f.name for f in fields(OTFOptions) if f.name not in MODEL_OTF_OPTIONS),
     }
 
 
@@ -304,7 +307,33 @@ def _validate_model(mo: Mapping[str, Any], st: Mapping[str, Any]) -> dict[str, A
         model["priors"] = _validate_priors(mo["priors"])
     if "baseline" in mo:
         model["baseline"] = _validate_baseline(mo["baseline"])
+    model.update(_validate_kind(mo, "baseline" in model))
     return model
+
+
+def _validate_kind(mo: Mapping[str, Any], baseline: bool) -> dict[str, Any]:
+    """``model.kind`` (exact / scalable / auto, otfgp.models) and, for auto,
+    ``model.scalable_after`` (training environments; default
+    :data:`otfgp.scalable.AUTO_SWITCH_ENVIRONMENTS`)."""
+    from .models import MODEL_KINDS
+    from .scalable import AUTO_SWITCH_ENVIRONMENTS
+
+    kind = mo.get("kind", "exact")
+    if kind not in MODEL_KINDS:
+        raise ConfigError(f"model.kind must be one of {', '.join(map(repr, MODEL_KINDS))}, got {kind!r}")
+    out: dict[str, Any] = {"kind": kind}
+    if kind != "exact" and baseline:
+        raise ConfigError(f"model.kind = {kind!r}: the scalable GP has no baselines yet; "
+                          f"use kind = 'exact' with model.baseline")
+    if "scalable_after" in mo:
+        if kind != "auto":
+            raise ConfigError(f"model.scalable_after is the threshold of kind = 'auto' (kind is {kind!r})")
+        v = mo["scalable_after"]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"model.scalable_after must be a positive integer (training environments), got {v!r}")
+    if kind == "auto":
+        out["scalable_after"] = int(mo.get("scalable_after", AUTO_SWITCH_ENVIRONMENTS))
+    return out
 
 
 def _validate_baseline(b: Any) -> dict[str, Any]:
@@ -390,7 +419,7 @@ def _validate_otf(o: Mapping[str, Any]) -> dict[str, Any]:
     """The ``[otf]`` section: any :class:`otfgp.OTFOptions` field; ``output_dir`` defaults to otf_run."""
     from .otf import OTFOptions
 
-    known = [f.name for f in fields(OTFOptions)]
+    known = [f.name for f in fields(OTFOptions) if f.name not in MODEL_OTF_OPTIONS]
     _check_keys(o, known, "otf")
     o = dict(o)
     if "relative_threshold" in o and "threshold" not in o:

@@ -22,7 +22,7 @@ from ase.data import chemical_symbols
 
 from . import _core, baselines
 
-from .calibration import Calibration, ModelCalibration, fit_calibration, force_scale_values
+from .calibration import ModelCalibration, SamplePool, model_calibration
 from .map_report import MapReport
 from .priors import DEFAULT_PRIORS, LogNormal, Priors, log_prior
 
@@ -1277,23 +1277,8 @@ class GaussianProcess:
         hyp = self.hyperparameters
         noise = {"force": hyp["noise_force"] ** 2, "energy": hyp["noise_energy"] ** 2,
                  "stress": hyp["noise_stress"] ** 2}
-        pooled: dict[str, list[tuple[np.ndarray, ...]]] = {q: [] for q in noise}
-        counts: dict[str, dict[str, int]] = {q: {} for q in noise}
-
-        def add(quantity: str, source: str, residuals: Any, latent: Any, noise_var: Any,
-                predicted: Any = None) -> None:
-            r = np.asarray(residuals, dtype=float).ravel()
-            v = np.asarray(latent, dtype=float).ravel()
-            if r.shape != v.shape:
-                raise ValueError(f"{source}: {r.size} residuals but {v.size} latent variances")
-            n = np.broadcast_to(np.asarray(noise_var, dtype=float), r.shape).ravel()
-            # the value a relative map scales with: for forces the atom's RMS component
-            m = np.full(r.shape, np.nan) if predicted is None else np.asarray(predicted, dtype=float).ravel()
-            if quantity == "force" and predicted is not None:
-                m = force_scale_values(m).ravel()
-            ok = np.isfinite(r) & np.isfinite(v)
-            pooled[quantity].append((r[ok], v[ok], n[ok], m[ok]))
-            counts[quantity][source] = counts[quantity].get(source, 0) + int(ok.sum())
+        pool = SamplePool()
+        add = pool.add
 
         if loo:
             res = self.loo_residuals("environment")
@@ -1305,50 +1290,10 @@ class GaussianProcess:
                     rows = np.flatnonzero(res.kinds == kind)
                     predicted = labels[rows] - part.residuals if kind == _ROW_FORCE else None
                     add(q, "loo", part.residuals, part.latent_variances, part.noise_variances, predicted)
-        for atoms in frames or ():
-            pred = self.predict(atoms, variance="exact")
-            add("force", "frames", np.asarray(atoms.get_forces(), dtype=float) - pred.forces,
-                pred.latent_force_variances, noise["force"], pred.forces)
-            results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
-            if "energy" in results:
-                add("energy", "frames", float(atoms.get_potential_energy()) - pred.energy,
-                    pred.latent_energy_variance, noise["energy"])
-            if "stress" in results and np.all(np.isfinite(pred.stress)):
-                add("stress", "frames", np.asarray(atoms.get_stress(voigt=True)) - pred.stress,
-                    pred.latent_stress_variance, noise["stress"])
-        if samples is not None:
-            for item in samples if isinstance(samples, (list, tuple)) else [samples]:
-                get = item.get if isinstance(item, Mapping) else lambda k, d=None, o=item: getattr(o, k, d)
-                nv = get("noise_variances", None)
-                add("force", "samples", get("residuals"), get("latent_variances"),
-                    noise["force"] if nv is None else nv, get("forces", None))
-
-        def fit(q: str) -> Calibration:
-            parts = pooled[q]
-            r, v, n, m = (np.concatenate([p[k] for p in parts]) if parts else np.zeros(0) for k in range(4))
-            # a total energy or stress has no "distortion" of its own to scale with
-            f = form if q == "force" or form != "relative" else "scale_floor"
-            return fit_calibration(r, v, n, form=f, min_samples=min_samples, mean=m if f == "relative" else None)
-
-        force = fit("force")
-        s = math.sqrt(force.coefficients()["a"])
-        transferred = Calibration("latent_scale", {"s": s}, force.n_samples, fallback=force.fallback)
-        maps = {"force": force, "local_energy": transferred}
-        from_force: list[str] = ["local_energy"]
-        for q in ("energy", "stress"):
-            if sum(p[0].size for p in pooled[q]) >= min_samples:
-                maps[q] = fit(q)
-            else:
-                maps[q] = transferred
-                from_force.append(q)
-        info = {"form": form, "min_samples": int(min_samples), "samples": counts,
-                "transferred_from_force": from_force, "fallback": bool(force.fallback),
-                "noise_variances": noise}
-        cal = ModelCalibration(**maps, info=info)
+        pool.add_frames(frames, lambda atoms: self.predict(atoms, variance="exact"), noise)
+        pool.add_samples(samples, noise["force"])
+        cal = model_calibration(pool.pooled, pool.counts, noise, form, min_samples)
         self.calibration = cal
-        log.info("calibration: force %s %s from %d samples%s; %s from the force map's latent scale",
-                 force.form, force.params, force.n_samples, " (fallback: identity)" if force.fallback else "",
-                 ", ".join(from_force))
         return cal
 
     # ---------------------------------------------------------------- mapping

@@ -604,6 +604,15 @@ def retrain(model: GaussianProcess, options: LearningOptions, calls: int,
                 and (options.optimize_until_calls is None or calls <= options.optimize_until_calls)
                 and (options.optimize_until_size is None
                      or model.n_training_environments <= options.optimize_until_size))
+    return _train_and_finish(model, optimize, options, samples, reference_energies)
+
+
+def _train_and_finish(model: GaussianProcess, optimize: bool, options: LearningOptions,
+                      samples: Sequence[Mapping[str, Any]],
+                      reference_energies: list[float | None] | None) -> RetrainResult:
+    """Train, recalibrate, re-map and refit the energy reference (see :func:`add_and_retrain`)."""
+    from .models import is_scalable
+
     result = RetrainResult()
     t = time.perf_counter()
     model.train(optimize=optimize, max_iterations=options.max_iterations)
@@ -612,9 +621,11 @@ def retrain(model: GaussianProcess, options: LearningOptions, calls: int,
         result.warnings = model.last_optimization.warnings()
     if options.calibration is not None:
         t = time.perf_counter()
-        model.calibrate(samples=list(samples), loo=True, form=options.calibration)
+        # a ScalableGP keeps no label rows, hence no leave-one-out residuals: its calibration
+        # is fitted on the pre-update errors alone (docs/scalable.md)
+        model.calibrate(samples=list(samples), loo=not is_scalable(model), form=options.calibration)
         result.training += time.perf_counter() - t
-    if options.map:
+    if options.map and not getattr(model, "mapped_by_construction", False):
         t = time.perf_counter()
         model.map(tolerance=options.map_tolerance, variance=options.uncertainty == "mapped")  # logs its report
         result.mapping = time.perf_counter() - t
@@ -631,3 +642,24 @@ def retrain(model: GaussianProcess, options: LearningOptions, calls: int,
         model.set_energy_reference([None] * (n - len(reference_energies)) + list(reference_energies))
         result.training += time.perf_counter() - t
     return result
+
+
+#: Angstrom: how far below the shortest training distance the switched model's basis starts.
+SWITCH_LOWER_MARGIN = 1.0
+
+
+def switch_to_scalable(gp: GaussianProcess, options: LearningOptions,
+                       samples: Sequence[Mapping[str, Any]] = (),
+                       reference_energies: list[float | None] | None = None) -> tuple[Any, RetrainResult]:
+    """The automatic switch of on-the-fly learning: a :class:`otfgp.ScalableGP` with
+    ``gp``'s species, cutoffs, hyperparameters (the optimiser's start) and training data
+    (:meth:`otfgp.ScalableGP.from_gaussian_process`), trained with its hyperparameters
+    optimised (cheap: O(basis^3) per evaluation, whatever the data), calibrated on the
+    pre-update errors ``samples`` when ``options.calibration`` is set, and with the energy
+    reference refitted as after a retrain. Returns the new model and the retrain's times."""
+    from .scalable import ScalableGP
+
+    # the basis starts SWITCH_LOWER_MARGIN below the shortest distance learnt so far: the
+    # run goes on, often hotter, and a training cluster below the basis is an error
+    model = ScalableGP.from_gaussian_process(gp, lower_margin=SWITCH_LOWER_MARGIN)
+    return model, _train_and_finish(model, options.optimize, options, samples, reference_energies)

@@ -48,7 +48,7 @@ from .label_checks import LabelChecks, LabelRejected, labeller_name
 from .labellers import make_labeller
 from .learning import (FrameUncertainty, LabellerError, Labeller, LearningOptions, add_and_retrain,
                        add_threshold_value, calibration_sample, choose_atoms, label, label_reasons,
-                       pre_update_record, running_calibration, threshold_value)
+                       pre_update_record, running_calibration, switch_to_scalable, threshold_value)
 from .run_dir import RunDirError, RunLock
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,15 @@ class OTFOptions(LearningOptions):
     steps and every ``checkpoint_minutes`` minutes of wall time (``None``: not on that
     count), so a killed run redoes little; the last ``keep_checkpoints`` checkpoints are
     kept, so a run can go back to one from before a problem.
+
+    ``scalable_after`` (training environments; ``None``: never) is the automatic switch:
+    once an exact :class:`otfgp.GaussianProcess` holds more environments than this after a
+    retrain, the run goes on with :meth:`otfgp.ScalableGP.from_gaussian_process` of it
+    (trained, calibrated and energy-referenced like a retrain; :func:`otfgp.learning.switch_to_scalable`),
+    whose cost no longer grows with the data. The switch is logged (``"model_switch"`` in
+    that step's ``log.jsonl`` record, ``summary["model_switch"]``) and checkpointed; a
+    resume after it continues with the scalable model. Threshold and measurements:
+    docs/scalable.md.
     """
 
     every: int = 1
@@ -89,9 +98,13 @@ class OTFOptions(LearningOptions):
     checkpoint_every: int | None = 100
     checkpoint_minutes: float | None = 10.0
     keep_checkpoints: int = 3
+    scalable_after: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        v = self.scalable_after
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"scalable_after must be a positive integer (training environments) or None, got {v!r}")
         for name in ("every", "trajectory_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -183,7 +196,7 @@ class OTF:
             :class:`GPCalculator` of ``model``. How each type is driven and checkpointed:
             :mod:`otfgp.dynamics_state` (another type runs too, with a warning that a
             resume will not continue its internal state exactly).
-        model: the GaussianProcess to train (may be empty: step 0 seeds it).
+        model: the GaussianProcess (or ScalableGP) to train (may be empty: step 0 seeds it).
         labeller: an ASE calculator giving reference energies/forces/stresses (DFT), a
             callable ``f(atoms)`` returning a calculator or a dict of results (see
             :data:`otfgp.learning.Labeller`), or a specification that
@@ -249,6 +262,8 @@ class OTF:
         self.calibration_samples: list[dict[str, list[float]]] = []
         # the labeller's energy of every training structure this run added (energy reference)
         self.reference_energies: list[float | None] = []
+        # the automatic switch to a ScalableGP (OTFOptions.scalable_after), once it happened
+        self.model_switch: dict[str, Any] | None = None
         self.step = 0
         (self.out / "dft").mkdir(parents=True, exist_ok=True)
         (self.out / "checkpoint").mkdir(parents=True, exist_ok=True)
@@ -403,6 +418,7 @@ class OTF:
         self.timers.mapping += retrain.mapping
         if retrain.warnings:
             self.hyperparameter_warnings.append({"step": self.step, "warnings": retrain.warnings})
+        self._maybe_switch()
         self._uncertainty()  # re-predict this step with the updated model (stds for the trajectory)
         dynamics_state.model_changed(self.dyn)  # nothing the dynamics kept from the old model's forces
         why = "seed" if initial else ("audit" if audit else "; ".join(reasons))
@@ -410,6 +426,30 @@ class OTF:
                  len(self.dft_calls), why, chosen.tolist(), self.model.n_training_environments)
         self._dft_since_checkpoint = True  # checkpointed once this step is logged
         return True, max_std
+
+    def _maybe_switch(self) -> None:
+        """The automatic switch to a ScalableGP (see :class:`OTFOptions`), when due."""
+        from .models import is_scalable
+
+        limit = self.options.scalable_after
+        if limit is None or is_scalable(self.model) or self.model.n_training_environments <= limit:
+            return
+        t = time.perf_counter()
+        model, retrain = switch_to_scalable(self.model, self.options, samples=self.calibration_samples,
+                                            reference_energies=self.reference_energies)
+        elapsed = time.perf_counter() - t
+        self.timers.training += elapsed
+        if retrain.warnings:
+            self.hyperparameter_warnings.append({"step": self.step, "warnings": retrain.warnings})
+        self.model = model
+        self.calc.model = model
+        self.calc.reset()
+        self.model_switch = {"step": self.step, "training_environments": model.n_training_environments,
+                             "threshold": limit, "to": "scalable", "coefficients": model.n_coefficients,
+                             "rank": model.rank}
+        log.info("step %d: switched to the scalable GP at %d training environments (threshold %d; "
+                 "%d coefficients, rank %d) in %.2f s", self.step, model.n_training_environments, limit,
+                 model.n_coefficients, model.rank, elapsed)
 
     def _timestep(self) -> float:
         """The MD time step (ASE units); 0 for optimizers (their ``dt``, if any, is no time)."""
@@ -431,6 +471,8 @@ class OTF:
             "training_labels": self.model.n_labels,
             "hyperparameters": self.model.hyperparameters,
         }
+        if self.model_switch is not None and self.model_switch["step"] == self.step:
+            entry["model_switch"] = self.model_switch  # the event, in the record of its step
         if self.optimizer:  # the optimizer's convergence measure, on the model's forces
             entry["fmax_eV_per_A"] = dynamics_state.max_force(self.dyn)
         if atoms.pbc.all() and atoms.cell.volume > 1e-8:
@@ -481,6 +523,7 @@ class OTF:
             "pre_update_errors": self.pre_update_errors,
             "calibration_samples": self.calibration_samples,
             "reference_energies": self.reference_energies,
+            "model_switch": self.model_switch,
             "timers": timers,
             "options": asdict(self.options),
             "model": model_name,
@@ -573,6 +616,7 @@ class OTF:
         otf.pre_update_errors = list(state.get("pre_update_errors", []))
         otf.calibration_samples = list(state.get("calibration_samples", []))
         otf.reference_energies = list(state.get("reference_energies", []))
+        otf.model_switch = state.get("model_switch")
         otf.timers = Timers(**state["timers"])
         otf.calc.timers = otf.timers
         otf._rng.bit_generator.state = state["otf_rng"]
@@ -704,7 +748,8 @@ class OTF:
         at mapped speed. The variance is mapped on a copy: the run's own model (and hence
         every later decision of this run) stays as it was."""
         model = self.model
-        if not (self.options.map and model.trained and model.mapped) or model.has_variance_maps:
+        if getattr(model, "mapped_by_construction", False) or not (self.options.map and model.trained and model.mapped) \
+                or model.has_variance_maps:
             return model
         t = time.perf_counter()
         final = model.copy()
@@ -732,6 +777,8 @@ class OTF:
             "audit_steps": [r["step"] for r in self.pre_update_errors if r.get("audit")],
             "audit_calibration": running_calibration([r for r in self.pre_update_errors if r.get("audit")]),
             "wall_time_s": asdict(self.timers),
+            "model": type(self.model).__name__,
+            "model_switch": self.model_switch,
         }
         if self.optimizer:
             out["converged"] = self.converged

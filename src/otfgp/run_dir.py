@@ -192,13 +192,14 @@ def read_checkpoint(run_dir: str | os.PathLike, index: int | None = None) -> dic
 
 
 def load_checkpoint_model(run_dir: str | os.PathLike, state: dict[str, Any]) -> "GaussianProcess":
-    """The model a checkpoint state refers to; a missing or unloadable one is a RunDirError."""
-    from .gp import GaussianProcess
+    """The model a checkpoint state refers to (an exact or a scalable GP, :func:`otfgp.models.load_model`);
+    a missing or unloadable one is a RunDirError."""
+    from .models import load_model
 
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT_DIR / str(state["model"])
     try:
-        return GaussianProcess.load(path)
+        return load_model(path)
     except (ValueError, RuntimeError, OSError) as exc:  # ModelFileError is a ValueError
         raise RunDirError(f"{path} cannot be loaded ({exc}): "
                           f"{_recovery(run_dir, exclude=state.get('checkpoint_index'))}") from None

@@ -34,10 +34,11 @@ compositions, as in the exact GP (from accumulated normal equations).
 Scope of this first step: single- and multi-species bases are built alike (one pair block
 per species pair, one triplet block per species triple; up to :data:`MAX_COEFFICIENTS`),
 maximum-likelihood training by default (optionally MAP with the exact GP's priors); no
-analytic baseline, no calibration, no maps export or LAMMPS yet; see ``docs/scalable.md``.
+analytic baseline, no maps export or LAMMPS yet; see ``docs/scalable.md``.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -52,8 +53,9 @@ from ase.data import chemical_symbols
 from ase.neighborlist import neighbor_list
 
 from . import _core
-from .gp import (DEFAULT_BOUNDS, DEFAULT_HYPERPARAMETERS, HYPERPARAMETER_NAMES, MAXIMUM_LIKELIHOOD_BOUNDS,
-                 Prediction, _as_atomic_number, _label_atom_indices)
+from .calibration import ModelCalibration, SamplePool, epistemic_variances, model_calibration
+from .gp import (AT_BOUND_FRACTION, DEFAULT_BOUNDS, DEFAULT_HYPERPARAMETERS, HYPERPARAMETER_NAMES,
+                 MAXIMUM_LIKELIHOOD_BOUNDS, OptimizationReport, Prediction, _as_atomic_number, _label_atom_indices)
 from .priors import LogNormal, Priors, log_prior
 from .mapping import LOWER_MARGIN, _basis_points
 
@@ -69,6 +71,11 @@ AUTO_NODES3 = {1: DEFAULT_NODES3, 2: 8, 3: 6}
 #: The length scales are bounded below by this many basis node spacings: a shorter length
 #: scale than the basis resolves would be a different model, not a better fit.
 MIN_ELL_PER_SPACING = 2.5
+#: Training environments above which on-the-fly learning with ``[model] kind = "auto"``
+#: switches from the exact GP to this model (otfgp.OTFOptions.scalable_after), and above
+#: which ``otfgp train`` builds this model: the exact GP's optimised retrain then takes
+#: tens of seconds per DFT call and grows as N^2-N^3 (docs/scalable.md has the measurement).
+AUTO_SWITCH_ENVIRONMENTS = 300
 #: Rows buffered before they are folded into the statistics (one matrix product per batch).
 FLUSH_ROWS = 4096
 #: Relative jitter on the diagonal of the coefficient prior (in units of the block's signal
@@ -78,6 +85,9 @@ PRIOR_JITTER = 1e-10
 #: Default relative eigenvalue cut of the fixed low-rank projection of the prior.
 RANK_TOLERANCE = 1e-9
 FILE_FORMAT = "otfgp-scalable-1"
+#: Format of files with the on-the-fly learner's state (calibration, per-structure energy
+#: rows, environment count); files of FILE_FORMAT still load.
+FILE_FORMAT_2 = "otfgp-scalable-2"
 #: Largest basis accepted: the prior's blocks are built and eigendecomposed at full size
 #: (basis^2 memory per block, basis^3 time), and one likelihood evaluation costs about
 #: rank^3 (a few seconds at this size on one core; docs/scalable.md).
@@ -184,6 +194,14 @@ class ScalableGP:
         self._n_structures = 0
         self._solution: dict[str, np.ndarray] | None = None
         self._offsets = np.zeros(len(self._numbers))
+        self._n_environments = 0
+        # per training structure: its projected energy design row and composition (the
+        # energy reference of a model trained without energy labels needs E_GP of each;
+        # rank + species numbers per structure, linear in the data)
+        self._energy_rows: list[np.ndarray] = []
+        self._structure_compositions: list[np.ndarray] = []
+        self._calibration: ModelCalibration | None = None
+        self.last_optimization: OptimizationReport | None = None
         size = _core.BasisDesign(len(self._numbers), self._r2, self._r3, 1.0 if lower is None else float(lower),
                                  *self._nodes).columns
         if size > MAX_COEFFICIENTS:
@@ -198,7 +216,10 @@ class ScalableGP:
     def from_gaussian_process(cls, gp: Any, **kwargs: Any) -> "ScalableGP":
         """A scalable model with ``gp``'s species, cutoffs, hyperparameters and training
         data (untrained: call :meth:`train`), e.g. to continue once the exact GP gets slow.
-        ``kwargs`` go to the constructor (``lower``, ``nodes2``, ``nodes3``, ``priors``, ...).
+        ``kwargs`` go to the constructor (``lower``, ``nodes2``, ``nodes3``, ``priors``, ...);
+        ``lower`` defaults to the shortest distance of all of ``gp``'s training structures
+        minus ``lower_margin`` (A; default :data:`otfgp.mapping.LOWER_MARGIN`), so that later
+        data (hotter MD) has room below what was seen.
 
         Raises:
             NotImplementedError: ``gp`` has an analytic baseline (not yet supported here).
@@ -207,9 +228,15 @@ class ScalableGP:
             raise NotImplementedError("ScalableGP does not support analytic baselines yet; "
                                       "this GaussianProcess has one")
         kwargs.setdefault("hyperparameters", gp.hyperparameters)
+        margin = float(kwargs.pop("lower_margin", LOWER_MARGIN))
+        structures = [gp.training_structure(i) for i in range(gp.n_training_structures)]
+        if "lower" not in kwargs and structures:
+            cut = max(gp.cutoffs.values())
+            shortest = min((float(d.min()) for d in (neighbor_list("d", s["atoms"], cut) for s in structures)
+                            if len(d)), default=cut)
+            kwargs["lower"] = max(0.5, shortest - margin)
         model = cls(gp.species, gp.cutoffs, **kwargs)
-        for i in range(gp.n_training_structures):
-            d = gp.training_structure(i)
+        for d in structures:
             forces = None
             if len(d["force_atoms"]):
                 forces = np.zeros((len(d["atoms"]), 3))
@@ -290,6 +317,52 @@ class ScalableGP:
     def trained(self) -> bool:
         return self._solution is not None
 
+    @property
+    def calibration(self) -> ModelCalibration | None:
+        """The installed variance calibration (:class:`otfgp.calibration.ModelCalibration`),
+        or None (uncalibrated: latent + noise variance)."""
+        return self._calibration
+
+    @calibration.setter
+    def calibration(self, value: ModelCalibration | None) -> None:
+        if value is not None and not isinstance(value, ModelCalibration):
+            raise TypeError(f"calibration must be a ModelCalibration or None, got {type(value).__name__}")
+        self._calibration = value
+
+    #: The mean and variance are basis expansions already: there is nothing to map (the
+    #: on-the-fly learner and ``otfgp train`` skip :meth:`otfgp.GaussianProcess.map` for it).
+    mapped_by_construction = True
+
+    @property
+    def n_training_environments(self) -> int:
+        """Number of force-labelled atoms (environments) added."""
+        return self._n_environments
+
+    @property
+    def has_energy_labels(self) -> bool:
+        """True if any training structure was added with its energy."""
+        return self.n_labels > 0 and bool(self._stats.n[1] > 0 or any(np.any(b[1] == 1) for b in self._buffer))
+
+    def copy(self) -> "ScalableGP":
+        """An independent copy (data, solution, calibration)."""
+        import copy
+
+        return copy.deepcopy(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the C++ design object does not pickle; it is rebuilt from lower and the nodes
+        state = dict(self.__dict__)
+        state["_design"] = None
+        state.pop("_tables", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self._lower is not None:
+            self._design = _core.BasisDesign(len(self._numbers), self._r2, self._r3, self._lower, *self._nodes)
+            self._tables = self._design.tables()
+            self._table_columns()
+
     # ----------------------------------------------------------------- data
     def _make_design(self, lower: float) -> None:
         self._lower = lower
@@ -320,10 +393,15 @@ class ScalableGP:
     def _set_projection(self, V: np.ndarray) -> None:
         """Install V and the statistics in its space; records each table's column range."""
         self._V = V
+        self._table_columns()
+        self._stats = _Statistics(V.shape[1], len(self._numbers))
+
+    def _table_columns(self) -> None:
+        """Each table's column range in the projected space (from V)."""
+        V = self._V
         for t in self._tables:
             cols = np.flatnonzero(np.any(V[t["offset"]:t["offset"] + t["size"]] != 0, axis=0))
             t["roffset"], t["rsize"] = (int(cols[0]), len(cols)) if len(cols) else (0, 0)
-        self._stats = _Statistics(V.shape[1], len(self._numbers))
 
     def _arrays(self, atoms: Atoms) -> tuple[np.ndarray, list[bool], np.ndarray, np.ndarray]:
         if not isinstance(atoms, Atoms):
@@ -382,14 +460,25 @@ class ScalableGP:
             shortest = float(d.min()) if len(d) else cut
             self._make_design(max(0.5, shortest - LOWER_MARGIN))
             log.info("scalable GP basis: lower end %.3f A, %d coefficients", self._lower, self._design.columns)
+        # the energy row always: the energy reference (set_energy_reference) needs it
         phi, kinds, outside = self._design.rows(cell, pbc, positions, species, idx.astype(np.int32),
-                                                e is not None, s is not None)
+                                                True, s is not None)
         if outside:
             raise _core.InputError(
                 f"{outside} clusters of this structure have an edge below the basis lower end "
                 f"{self._lower:.3f} A; build the model with a smaller lower=")
         comp = np.bincount(species, minlength=len(self._numbers)).astype(float)
-        self._buffer.append((phi @ self._V, np.asarray(kinds), labels, comp))
+        phi = phi @ self._V
+        kinds = np.asarray(kinds)
+        e_row = 3 * len(idx)
+        assert kinds[e_row] == 1
+        self._energy_rows.append(phi[e_row].copy())
+        self._structure_compositions.append(comp)
+        if e is None:
+            keep = np.arange(len(kinds)) != e_row
+            phi, kinds = phi[keep], kinds[keep]
+        self._buffer.append((phi, kinds, labels, comp))
+        self._n_environments += len(idx)
         self._buffered_rows += len(labels)
         self._n_structures += 1
         self._solution = None
@@ -608,10 +697,20 @@ class ScalableGP:
         return out
 
     # ----------------------------------------------------------------- training
-    def train(self, optimize: bool = True, max_iterations: int = 100) -> None:
+    def train(self, optimize: bool = True, max_iterations: int = 100, restarts: int = 0,
+              seed: int | None = None) -> None:
         """Fit the model: optionally maximise the log marginal likelihood over the
         hyperparameters (L-BFGS-B in a bounded log parametrisation, within
-        :meth:`effective_bounds`), then compute the coefficients' posterior."""
+        :meth:`effective_bounds`; :attr:`last_optimization` reports how it ended), then
+        compute the coefficients' posterior. A calibration stays installed (as for the
+        exact GP; refit it with :meth:`calibrate`).
+
+        Raises:
+            ValueError: ``restarts`` > 0 (random restarts are not implemented here; ``seed``
+                is accepted for the exact GP's signature and unused).
+        """
+        if restarts:
+            raise ValueError(f"ScalableGP.train has no random restarts (restarts={restarts!r}); use restarts=0")
         if self.n_labels == 0:
             raise _core.NotTrainedError("no training data: call add_training_data() first")
         self._flush()
@@ -661,6 +760,15 @@ class ScalableGP:
         if res.fun >= 1e10:
             raise np.linalg.LinAlgError("no hyperparameters within the bounds give a positive definite posterior")
         self._hyp.update(zip(names, map(float, to_theta(res.x)[0])))
+        frac = (np.log([self._hyp[k] for k in names]) - lo) / span
+        at_bounds = {k: ("lower" if f < AT_BOUND_FRACTION else "upper")
+                     for k, f in zip(names, frac) if f < AT_BOUND_FRACTION or f > 1 - AT_BOUND_FRACTION}
+        message = res.message.decode() if isinstance(res.message, bytes) else str(res.message)
+        p_value = log_prior(self._hyp, priors, names)[0] if priors is not None else 0.0
+        self.last_optimization = OptimizationReport(
+            log_likelihood=float(-res.fun - p_value), iterations=int(res.nit), converged=bool(res.success),
+            message=message, abnormal="ABNORMAL" in message.upper(),
+            at_bounds=at_bounds, log_prior=float(p_value))
 
     # ----------------------------------------------------------------- prediction
     def predict(self, atoms: Atoms, variance: bool = True) -> Prediction:
@@ -690,22 +798,94 @@ class ScalableGP:
         if variance:
             var = np.einsum("ij,ij->i", phi @ self._solution["P"], phi)
             np.maximum(var, 0.0, out=var)
-            hyp = self._hyp
-            lf = var[:3 * n].reshape(n, 3)
-            ls = var[s_rows] if with_stress else np.full(6, np.nan)
-            out.latent_force_variances = lf
-            out.force_variances = lf + hyp["noise_force"] ** 2
-            out.epistemic_force_variances = lf
-            out.latent_energy_variance = float(var[e_row])
-            out.energy_variance = float(var[e_row]) + hyp["noise_energy"] ** 2
-            out.latent_stress_variance = ls
-            out.stress_variance = ls + hyp["noise_stress"] ** 2
-            out.epistemic_stress_variance = ls
-            out.latent_local_energy_variances = var[l_rows]
-            out.local_energy_variances = var[l_rows]
-            out.epistemic_local_energy_variances = var[l_rows]
-            out.noise_force_variance = hyp["noise_force"] ** 2
+            self._set_variances(out, var[:3 * n].reshape(n, 3), float(var[e_row]),
+                                var[s_rows] if with_stress else np.full(6, np.nan), var[l_rows])
         return out
+
+    def _set_variances(self, out: Prediction, lf: np.ndarray, le: float, ls: np.ndarray, ll: np.ndarray) -> None:
+        """Latent, reported and epistemic variances into ``out``: latent + label noise while
+        uncalibrated, else the calibration's maps (:mod:`otfgp.calibration`; the rules of the
+        exact GP: forces scaled with the predicted force, local energies without noise)."""
+        hyp = self._hyp
+        nf, ne, ns = hyp["noise_force"] ** 2, hyp["noise_energy"] ** 2, hyp["noise_stress"] ** 2
+        out.latent_force_variances, out.latent_energy_variance = lf, le
+        out.latent_stress_variance, out.latent_local_energy_variances = ls, ll
+        out.noise_force_variance = nf
+        cal = self.calibration
+        if cal is None:
+            out.force_variances, out.energy_variance = lf + nf, le + ne
+            out.stress_variance, out.local_energy_variances = ls + ns, ll
+            out.epistemic_force_variances, out.epistemic_stress_variance = lf, ls
+            out.epistemic_local_energy_variances = ll
+            return
+        from .calibration import force_scale_values
+
+        out.force_variances = cal.force.apply(lf, nf, force_scale_values(out.forces))
+        out.energy_variance = float(np.ravel(cal.energy.apply(np.array([le]), ne))[0])
+        out.stress_variance = cal.stress.apply(ls, ns)
+        out.local_energy_variances = cal.local_energy.apply(ll, 0.0)
+        out.epistemic_force_variances = epistemic_variances(cal.force, lf)
+        out.epistemic_stress_variance = epistemic_variances(cal.stress, ls)
+        out.epistemic_local_energy_variances = epistemic_variances(cal.local_energy, ll)
+
+    # ----------------------------------------------------------------- calibration and energy reference
+    def calibrate(self, frames: Sequence[Atoms] | None = None, samples: Any = None, loo: bool = False,
+                  form: str = "relative", min_samples: int = 30) -> ModelCalibration:
+        """Fit the variance calibration on held-out errors, install it and return it: the
+        rule of :meth:`otfgp.GaussianProcess.calibrate` (same forms, transfer of the force
+        map's latent scale, ``info``), on ``frames`` (structures with reference labels) and
+        ``samples`` (e.g. the on-the-fly learner's pre-update errors).
+
+        Raises:
+            ValueError: ``loo=True``: leave-one-out residuals need the stored label rows,
+                which this model does not keep (its statistics are Phi^T Phi and Phi^T y).
+        """
+        if loo:
+            raise ValueError("ScalableGP keeps no label rows, so it has no leave-one-out residuals "
+                             "(loo=True); calibrate it on held-out frames or samples")
+        if not self.trained:
+            raise _core.NotTrainedError("calibrate a trained model: call train() first")
+        hyp = self._hyp
+        noise = {"force": hyp["noise_force"] ** 2, "energy": hyp["noise_energy"] ** 2,
+                 "stress": hyp["noise_stress"] ** 2}
+        pool = SamplePool()
+        pool.add_frames(frames, lambda atoms: self.predict(atoms, variance=True), noise)
+        pool.add_samples(samples, noise["force"])
+        self.calibration = model_calibration(pool.pooled, pool.counts, noise, form, min_samples)
+        return self.calibration
+
+    def set_energy_reference(self, energies: Sequence[float | None]) -> dict[str, float]:
+        """Fit the per-species energy offsets of a model trained without energy labels to
+        reference energies of its training structures (one entry per structure, in the
+        order added; ``None``: not used), as :meth:`otfgp.GaussianProcess.set_energy_reference`:
+        least squares of ``energies[i] - E_GP(structure i)`` on the compositions, from the
+        stored energy rows. Returns the offsets.
+
+        Raises:
+            ValueError: the model trains on energy labels, is not trained, or ``energies``
+                has the wrong length or a non-finite entry.
+        """
+        if self.has_energy_labels:
+            raise ValueError("this model trains on energy labels, which fit its energy offsets; "
+                             "set_energy_reference is for models without them")
+        if not self.trained:
+            raise ValueError("set_energy_reference needs a trained model (call train() first)")
+        n = self._n_structures
+        if len(energies) != n or len(self._energy_rows) != n:
+            raise ValueError(f"energies needs one entry per training structure ({n}), got {len(energies)}")
+        for i, e in enumerate(energies):
+            if e is not None and not math.isfinite(float(e)):
+                raise ValueError(f"reference energy of training structure {i} is not finite: {e!r}")
+        used = [i for i, e in enumerate(energies) if e is not None]
+        offsets = np.zeros(len(self._numbers))
+        if used:
+            A = np.array([self._structure_compositions[i] for i in used])
+            gp_energy = np.array([self._energy_rows[i] for i in used]) @ self._solution["m"]
+            targets = np.array([float(energies[i]) for i in used]) - gp_energy
+            present = A.sum(axis=0) > 0
+            offsets[present] = scipy.linalg.lstsq(A[:, present], targets)[0]
+        self._offsets = offsets
+        return self.energy_offsets
 
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> None:
@@ -713,7 +893,7 @@ class ScalableGP:
         to a compressed ``.npz`` file whose size does not depend on the number of labels."""
         self._flush()
         data: dict[str, Any] = {
-            "format": np.array(FILE_FORMAT),
+            "format": np.array(FILE_FORMAT_2),
             "numbers": np.array(self._numbers),
             "cutoffs": np.array([self._r2, self._r3]),
             "nodes": np.array(self._nodes),
@@ -724,6 +904,12 @@ class ScalableGP:
             "offsets": self._offsets,
         }
         data["rank_tolerance"] = np.array(np.nan if self._rank_tolerance is None else self._rank_tolerance)
+        data["n_environments"] = np.array(self._n_environments)
+        data["energy_rows"] = np.array(self._energy_rows).reshape(len(self._energy_rows), self.rank)
+        data["structure_compositions"] = np.array(self._structure_compositions).reshape(
+            len(self._structure_compositions), len(self._numbers))
+        if self.calibration is not None:
+            data["calibration"] = np.array(json.dumps(self.calibration.to_dict()))
         if self._stats is not None:
             data["V"] = self._V
             data.update({f"stat_{k}": v for k, v in self._stats.arrays().items()})
@@ -739,12 +925,14 @@ class ScalableGP:
         """Read a model written by :meth:`save`; a file of another kind is a ValueError."""
         try:
             with np.load(path, allow_pickle=False) as z:
-                d = {k: z[k] for k in z.files}
+                # fresh (aligned) copies: the BLAS kernels numpy picks can depend on the
+                # alignment, and a resumed run must repeat the uninterrupted one bit for bit
+                d = {k: np.array(z[k], copy=True) for k in z.files}
         except (OSError, ValueError) as exc:
             raise ValueError(f"{path}: not a readable scalable-GP model file ({exc})") from None
-        if str(d.get("format", "")) != FILE_FORMAT:
+        if str(d.get("format", "")) not in (FILE_FORMAT, FILE_FORMAT_2):
             raise ValueError(f"{path}: not a scalable-GP model file (format {d.get('format')!r}, "
-                             f"expected {FILE_FORMAT})")
+                             f"expected {FILE_FORMAT_2})")
         r2, r3 = map(float, d["cutoffs"])
         cutoffs = {k: v for k, v in (("twobody", r2), ("threebody", r3)) if v > 0}
         lower = float(d["lower"])
@@ -762,6 +950,12 @@ class ScalableGP:
                 setattr(model._stats, k, d[f"stat_{k}"])
         if "m" in d:
             model._solution = {"m": d["m"], "P": d["P"], "offsets": d["offsets"]}
+        if "n_environments" in d:  # FILE_FORMAT_2
+            model._n_environments = int(d["n_environments"])
+            model._energy_rows = list(d["energy_rows"])
+            model._structure_compositions = list(d["structure_compositions"])
+        if "calibration" in d:
+            model.calibration = ModelCalibration.from_dict(json.loads(str(d["calibration"])))
         return model
 
     # ----------------------------------------------------------------- export (maps)

@@ -292,7 +292,7 @@ def fit(model: "GaussianProcess", frames: Sequence[tuple[str, int, "Atoms"]], op
         model.calibrate(loo=True, form=options.calibrate)
         times["calibration"] = time.perf_counter() - t
     report = None
-    if options.map:
+    if options.map and not getattr(model, "mapped_by_construction", False):
         t = time.perf_counter()
         report = model.map(tolerance=options.map_tolerance)
         times["mapping"] = time.perf_counter() - t
@@ -311,7 +311,8 @@ def fit(model: "GaussianProcess", frames: Sequence[tuple[str, int, "Atoms"]], op
         "optimization": None if opt is None else {"converged": opt.converged, "iterations": opt.iterations,
                                                   "message": opt.message, "warnings": opt.warnings()},
         "calibrated": model.calibration is not None,
-        "mapped": model.mapped,
+        "mapped": getattr(model, "mapped_by_construction", False) or model.mapped,
+        "model_kind": type(model).__name__,
         "map": None if report is None else report.summary(),
         "wall_time_s": times,
     }
@@ -326,6 +327,7 @@ def run_train(cfg: Mapping[str, Any]) -> dict[str, Any]:
     from . import __version__
     from .atomic_io import write_json, write_model
     from .builders import build_model
+    from .models import is_scalable
 
     t0 = time.perf_counter()
     frames = read_frames(cfg["data"])
@@ -334,10 +336,17 @@ def run_train(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if "species" not in model_cfg:
         found = {s for _, _, a in frames for s in a.get_chemical_symbols()}
         model_cfg["species"] = sorted(found, key=lambda s: atomic_numbers[s])
-    model = build_model(_validate_model(model_cfg, {}))
     train = dict(cfg["train"])
     output, summary_path = train.pop("output"), train.pop("summary")
     options = TrainOptions(**train)
+    # kind = "auto": the exact GP up to scalable_after force environments, beyond that the
+    # scalable one (the frames' atoms bound the environments from above)
+    model = build_model(_validate_model(model_cfg, {}), environments=sum(len(a) for _, _, a in frames))
+    if options.calibrate and is_scalable(model):
+        raise ConfigError("train.calibrate: the scalable model keeps no label rows, so it has no "
+                          "leave-one-out residuals to calibrate on; leave calibrate unset (or use "
+                          "model.kind = 'exact') and calibrate it on held-out frames "
+                          "(ScalableGP.calibrate(frames=...))")
     log.info("training on %d frames from %s", len(frames), ", ".join(cfg["data"]["files"]))
     summary = fit(model, frames, options)
     write_model(output, model)
