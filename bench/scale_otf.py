@@ -3,14 +3,14 @@
 
 Sections (each run in its own subprocess; results in bench/results/scale_otf.json):
 
-* ``switch``: why the automatic switch is at 300 environments -- the exact GP's retrain
+* ``switch``: why the automatic switch is at 150 environments -- the exact GP's retrain
   time (10 L-BFGS-B iterations, and the solution alone) and one 32-atom prediction with the
   exact variance against the training-set size, on environments of hot 32-atom Al
   (Langevin at 1500 K); at each size the scalable model made from that GP
   (``ScalableGP.from_gaussian_process``, trained) and its force MAE / variance against the
   exact GP's on held-out frames.
 * ``melt``: on-the-fly Al melt, 32 atoms, Langevin 500 steps at 800 K + 500 steps at
-  1800 K (5 fs), ``[model] kind = "auto"`` (OTFOptions.scalable_after = 300): DFT calls,
+  1800 K (5 fs), ``[model] kind = "auto"`` (OTFOptions.scalable_after = 150): DFT calls,
   the switch step, wall time, held-out force MAE and calibration of the final model on EMT
   frames of both temperatures.
 * ``train``: ``otfgp train`` (the CLI) with ``kind = "scalable"`` on 2000 EMT frames of
@@ -228,7 +228,7 @@ def main() -> None:
     ap.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     ap.add_argument("--melt-threshold", type=float, help="melt: DFT threshold, eV/A (default 0.05)")
     ap.add_argument("--melt-add-threshold", type=float, help="melt: add_threshold, eV/A (default: the threshold)")
-    ap.add_argument("--scalable-after", type=int, help="melt: the switch threshold (default 300)")
+    ap.add_argument("--scalable-after", type=int, help="melt: the switch threshold (default: AUTO_SWITCH_ENVIRONMENTS, 150)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     for name, value in (("MELT_THRESHOLD", args.melt_threshold), ("MELT_ADD_THRESHOLD", args.melt_add_threshold),

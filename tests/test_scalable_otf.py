@@ -100,6 +100,18 @@ def test_scalable_after_option_is_checked():
         otfgp.OTFOptions(scalable_after=0)
 
 
+def test_auto_switch_refuses_a_model_with_a_baseline_before_the_run(tmp_path):
+    from otfgp.baselines import Morse
+
+    model = otfgp.GaussianProcess(["Al"], CUTOFFS, hyperparameters=FIXED_HYPERPARAMETERS,
+                                  baseline=Morse({"Al": (0.27, 3.25, 1.17)}, 5.0))
+    atoms = _atoms()
+    with pytest.raises(ValueError, match="no baselines yet"):
+        otfgp.OTF(VelocityVerlet(atoms, 2 * units.fs), model, _emt, output_dir=tmp_path / "run",
+                  scalable_after=50, **OPTIONS)
+    assert not (tmp_path / "run" / "dft").exists()  # refused before any label
+
+
 # ------------------------------------------------------------------ calibration, energy reference, copies
 def test_scalable_calibration_from_samples_survives_save_load_copy_and_pickle(tmp_path):
     model = _scalable()

@@ -223,6 +223,10 @@ class OTF:
     def _setup(self, dynamics: Any, model: GaussianProcess, labeller: Labeller | str | Mapping[str, Any],
                options: Mapping[str, Any], resuming: bool) -> None:
         self.options = OTFOptions.from_dict(options)
+        if self.options.scalable_after is not None and getattr(model, "baseline", None) is not None:
+            # refused now, not at the switch after hours of DFT calls
+            raise ValueError("scalable_after: the scalable GP has no baselines yet, so a model with a baseline "
+                             "cannot switch to it; give scalable_after=None or a model without a baseline")
         self.out = Path(self.options.output_dir)
         self._lock = RunLock(self.out).acquire()
         try:

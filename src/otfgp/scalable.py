@@ -34,7 +34,7 @@ compositions, as in the exact GP (from accumulated normal equations).
 Scope of this first step: single- and multi-species bases are built alike (one pair block
 per species pair, one triplet block per species triple; up to :data:`MAX_COEFFICIENTS`),
 maximum-likelihood training by default (optionally MAP with the exact GP's priors); no
-analytic baseline, no maps export or LAMMPS yet; see ``docs/scalable.md``.
+analytic baseline; the LAMMPS export is :mod:`otfgp.scalable_maps`; see ``docs/scalable.md``.
 """
 from __future__ import annotations
 
@@ -73,9 +73,10 @@ AUTO_NODES3 = {1: DEFAULT_NODES3, 2: 8, 3: 6}
 MIN_ELL_PER_SPACING = 2.5
 #: Training environments above which on-the-fly learning with ``[model] kind = "auto"``
 #: switches from the exact GP to this model (otfgp.OTFOptions.scalable_after), and above
-#: which ``otfgp train`` builds this model: the exact GP's optimised retrain then takes
-#: tens of seconds per DFT call and grows as N^2-N^3 (docs/scalable.md has the measurement).
-AUTO_SWITCH_ENVIRONMENTS = 300
+#: which ``otfgp train`` builds this model: from about 100 environments on the scalable model
+#: made from the same data is as accurate as the exact GP, whose optimised retrain then
+#: takes seconds per DFT call and grows as N^2-N^3 (docs/scalable.md has the measurements).
+AUTO_SWITCH_ENVIRONMENTS = 150
 #: Rows buffered before they are folded into the statistics (one matrix product per batch).
 FLUSH_ROWS = 4096
 #: Relative jitter on the diagonal of the coefficient prior (in units of the block's signal
