@@ -13,6 +13,7 @@ import pytest
 from ase import Atoms
 
 import otfgp
+from otfgp.calibration import Calibration, ModelCalibration
 from otfgp.lammps.thermo import thermo_rows
 from conftest import displaced_al
 from lammps_helpers import FIXED_AL_HYPERPARAMETERS, fixed_al_model, learn_deck, run_lmp, write_data
@@ -94,11 +95,12 @@ def _assert_pair_is_the_scalable_model(workdir, sg):
                                atol=1e-9 * np.abs(ref.forces).max())
 
 
-def test_switch_to_the_scalable_model_and_learn_on(exact_workdir):
+@pytest.mark.parametrize("nprocs", [1, 2])
+def test_switch_to_the_scalable_model_and_learn_on(exact_workdir, nprocs):
     d = exact_workdir
     pristine = (d / "model.otfgp").read_bytes()
     (d / "in.learn").write_text(learn_deck(f"{FIX} scalable_after {SWITCH_AFTER}", steps=60) + FINAL)
-    out = run_lmp(["-in", "in.learn", "-log", "none"], d)
+    out = run_lmp(["-in", "in.learn", "-log", "none"], d, nprocs=nprocs)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
 
     log = _log(d)
@@ -179,6 +181,7 @@ def _other_export(d):
 @pytest.mark.parametrize("case,expected", [
     ("mapped_only", ["exported ScalableGP", "fix otfgp/learn needs", "scalable_model FILE"]),
     ("other_export", ["is not the mapped export of scalable_model", "other basis coefficients"]),
+    ("other_calibration", ["is not the mapped export of scalable_model", "another calibration"]),
     ("exact_file", ["is not the mapped export of scalable_model", "exact GaussianProcess"]),
     ("gp_as_scalable", ["is a GaussianProcess file, not a ScalableGP"]),
     ("bad_threshold", ["scalable_after must be a positive integer"]),
@@ -193,6 +196,10 @@ def test_files_and_values_that_do_not_fit_are_errors_before_the_first_call(tmp_p
         pass
     elif case == "other_export":
         _other_export(d)
+        fix += " scalable_model scalable.npz"
+    elif case == "other_calibration":
+        otfgp.ScalableGP.load(d / "scalable.npz").save_mapped(d / "model.otfgp", calibration=ModelCalibration(
+            force=Calibration("scale", {"s": 2.0})))
         fix += " scalable_model scalable.npz"
     elif case == "exact_file":
         fixed_al_model(displaced_al(np.random.default_rng(3)), range(4), d / "model.otfgp")

@@ -156,7 +156,11 @@ def _export_mismatch(gp: GaussianProcess, model: Any) -> str | None:
         return f"species / cutoffs {gp.species} {gp.cutoffs} against {model.species} {model.cutoffs}"
     if gp.hyperparameters != model.hyperparameters:
         return "other hyperparameters"
-    mine, theirs = gp.core.maps, model.to_mapped().core.maps
+    export = model.to_mapped()
+    if gp.calibration != export.calibration:
+        # a calibration given to save_mapped only: the first retrain's export would drop it
+        return "another calibration (export it with the ScalableGP's own, save_mapped without calibration=)"
+    mine, theirs = gp.core.maps, export.core.maps
     # the export's arrays are products (V m, V P V^T), equal to rounding on another machine
     # or thread count, hence a tolerance, far below any retrain's change
     same = len(mine["tables"]) == len(theirs["tables"]) and all(
