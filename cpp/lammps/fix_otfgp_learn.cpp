@@ -161,6 +161,10 @@ void FixOTFGPLearn::parse_keywords(int narg, char **arg) {
     } else if (std::optional<double> *check = label_check(o, key)) {
       // `none` switches a check off: infinity, which no label exceeds (Python's rule too).
       *check = std::string(value) == "none" ? std::numeric_limits<double>::infinity() : real();
+    } else if (key == "scalable_after") {
+      o.scalable_after = integer();  // checked by Python (a positive number of environments)
+    } else if (key == "scalable_model") {
+      setup_.scalable_model = value;
     } else if (key == "output_dir") {
       setup_.output_dir = value;
     } else if (key == "labeller") {
@@ -211,16 +215,26 @@ void FixOTFGPLearn::init() {
     if (symbols[t] == "NULL")
       error->all(FLERR, "fix otfgp/learn: atom type {} is NULL in pair_coeff otfgp; on-the-fly "
                  "learning needs every atom type mapped to a species of the model", t);
-  // The check of end_of_step(), every N steps; exact unless the mapped variance is asked for.
-  variance_request_ = pair_->request_variances(
-      {[this](bigint step) { return step % nevery == 0; }, !mapped_uncertainty_});
+  request_variances();
   // Every run: the pair's model (file) may have changed since the last one, and so may the
   // fixes that change the box (Domain::init, which sets box_change, runs before the fixes').
   setup_.model_file = pair_->model_file();
   setup_.cell_changes = domain->box_change != 0;
-  if (const auto failure = on_rank0([this] { thresholds_ = otfgp_lammps::python_start(setup_); }))
+  if (const auto failure = on_rank0([this] {
+        thresholds_ = otfgp_lammps::python_start(setup_);
+        training_environments_ = otfgp_lammps::python_training_environments(setup_);
+      }))
     error->all(FLERR, "fix otfgp/learn: {}", *failure);
   broadcast(thresholds_, world);
+  MPI_Bcast(&training_environments_, 1, MPI_LONG, 0, world);
+}
+
+void FixOTFGPLearn::request_variances() {
+  // The check of end_of_step(), every N steps; exact unless the mapped variance is asked for
+  // or the model is mapped-only (an exported ScalableGP): it has no exact GP variance, and
+  // its maps are the ScalableGP's own variance (to rounding), so they are the exact one.
+  exact_variance_ = !mapped_uncertainty_ && !pair_->model()->mapped_only();
+  variance_request_ = pair_->request_variances({[this](bigint step) { return step % nevery == 0; }, exact_variance_});
 }
 
 void FixOTFGPLearn::setup(int) {
@@ -235,7 +249,7 @@ std::vector<double> FixOTFGPLearn::measure_uncertainty() {
   // The decision uses the exact GP variance unless the mapped one is asked for, and the
   // epistemic part of the calibrated stds (what a DFT call can reduce), as the Python
   // learner does.
-  const otfgp_lammps::AtomVariances &var = pair_->variances(!mapped_uncertainty_);
+  const otfgp_lammps::AtomVariances &var = pair_->variances(exact_variance_);
   std::vector<double> force(var.latent_force.size()), local_energy(var.latent_local_energy.size());
   const otfgp::Model &model = *pair_->model();
   model.epistemic_variances(otfgp::VarianceQuantity::kForce, force.size(), var.latent_force.data(), force.data());
@@ -318,17 +332,21 @@ void FixOTFGPLearn::learn(const double *per_atom_max, const char *fired) {
     req.fired = fired;
     req.audit = audit;
     result = otfgp_lammps::python_learn(req);
+    training_environments_ = otfgp_lammps::python_training_environments(setup_);
   });
   if (failure)
     error->all(FLERR, "fix otfgp/learn: labeller {} failed at step {}: {}", setup_.labeller,
                update->ntimestep, *failure);
   broadcast(result.model, world);
   broadcast(result.thresholds, world);
+  MPI_Bcast(&training_environments_, 1, MPI_LONG, 0, world);
   try {
     pair_->set_model(std::make_unique<otfgp::Model>(otfgp::deserialize_model(result.model)));
   } catch (const std::exception &e) {
     error->all(FLERR, "fix otfgp/learn: retrained model is unusable: {}", e.what());
   }
+  // The model may have become mapped-only (the automatic switch to a ScalableGP).
+  if (exact_variance_ != (!mapped_uncertainty_ && !pair_->model()->mapped_only())) request_variances();
   ++calls_;
   if (comm->me == 0) {
     // Which test fired, with both stds against their thresholds.
@@ -341,14 +359,14 @@ void FixOTFGPLearn::learn(const double *per_atom_max, const char *fired) {
     utils::logmesg(lmp, "otfgp/learn: step {} {} test fired: max force std {:.4g} eV/A {} threshold {:.4g} eV/A, "
                    "{}: DFT call {}{}, {} training environments\n", update->ntimestep, fired,
                    last_max_std_, force_fired ? ">" : "<=", thresholds_.force, local_energy, calls_,
-                   audit ? " (audit)" : "", pair_->model()->n_force_environments());
+                   audit ? " (audit)" : "", training_environments_);
   }
   thresholds_ = result.thresholds;
 }
 
 double FixOTFGPLearn::compute_vector(int n) {
   if (n == 0) return calls_;
-  if (n == 1) return pair_ ? pair_->model()->n_force_environments() : 0.0;
+  if (n == 1) return static_cast<double>(training_environments_);
   if (n == 2) return last_max_std_;
   return last_max_local_energy_std_;
 }

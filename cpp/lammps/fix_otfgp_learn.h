@@ -21,6 +21,10 @@
 // environments, last max force std, last max local-energy std]; the stds are measured at
 // the run's setup too, so the first thermo row shows those of the starting configuration.
 // While rank 0 is in Python (labelling, retraining) the other ranks sleep, not spin.
+// With `scalable_after M` Python switches to a ScalableGP once the training set passes M
+// environments, and `scalable_model FILE` starts from one (the pair's model file being its
+// mapped export); the pair then gets the mapped export, whose maps are the model's own
+// variance, so the fix asks the pair for the mapped variance from then on.
 #pragma once
 
 #include <functional>
@@ -49,6 +53,8 @@ class FixOTFGPLearn : public Fix {
 
  private:
   void parse_keywords(int narg, char **arg);
+  // (Re-)registers the every-N-steps variance request with the pair for its current model.
+  void request_variances();
   // The group's largest force and local-energy stds (into last_max_*, on every rank);
   // returns each local atom's largest force-component std.
   std::vector<double> measure_uncertainty();
@@ -61,9 +67,11 @@ class FixOTFGPLearn : public Fix {
 
   otfgp_lammps::StartRequest setup_;  // fix ID, labeller, output dir, options; model at init
   bool mapped_uncertainty_ = false;   // keyword uncertainty mapped
+  bool exact_variance_ = true;        // what the current request asks for (request_variances)
   bigint audit_every_ = 0;            // keyword audit_every (MD steps; 0: no audits)
   otfgp_lammps::Thresholds thresholds_;  // from Python for the current model
   int calls_ = 0;
+  long training_environments_ = 0;  // of the model Python learns on (thermo f_ID[2])
   double last_max_std_ = 0.0;            // eV/A
   double last_max_local_energy_std_ = 0.0;  // eV
   class PairOTFGP *pair_ = nullptr;

@@ -71,6 +71,7 @@ py::dict options_dict(const LearnOptions& o) {
   put("label_energy_jump", o.label_energy_jump);
   put("label_max_z", o.label_max_z);
   put("label_z_min_error", o.label_z_min_error);
+  put("scalable_after", o.scalable_after);
   return d;
 }
 
@@ -80,6 +81,7 @@ py::dict start_dict(const StartRequest& r) {
   req["model_file"] = r.model_file;
   req["labeller"] = r.labeller;
   req["output_dir"] = r.output_dir;
+  req["scalable_model"] = r.scalable_model.empty() ? py::object(py::none()) : py::object(py::str(r.scalable_model));
   req["options"] = options_dict(r.options);
   req["cell_changes"] = r.cell_changes;
   return req;
@@ -145,6 +147,11 @@ LearnResult python_learn(const LearnRequest& r) {
     if (triple.size() != 3) throw py::cast_error();
     return LearnResult{triple[0].cast<py::bytes>(), thresholds_of(py::make_tuple(triple[1], triple[2]))};
   });
+}
+
+long python_training_environments(const StartRequest& r) {
+  return call_learn_module("training_environments", [&r] { return start_dict(r); },
+                           [](const py::object& result) { return result.cast<long>(); });
 }
 
 }  // namespace otfgp_lammps

@@ -32,11 +32,13 @@ struct LearnOptions {
   std::optional<double> label_energy_jump;          // eV/atom
   std::optional<double> label_max_z;                // reported stds
   std::optional<double> label_z_min_error;          // eV/A
+  std::optional<int> scalable_after;  // training environments: the automatic switch to a ScalableGP
 };
 
 // What otfgp.lammps.learn.start gets: the fix's setup, once per run.
 struct StartRequest {
   std::string fix_id, model_file, labeller, output_dir;
+  std::string scalable_model;  // the ScalableGP (.npz) model_file is the export of; empty: none
   LearnOptions options;
   bool cell_changes = false;  // the box can change during the run (barostat, deform, ...)
 };
@@ -64,7 +66,7 @@ struct LearnRequest : StartRequest {
 };
 
 struct LearnResult {
-  std::string model;      // the retrained model file's bytes
+  std::string model;      // the retrained model file's bytes (a ScalableGP's: its mapped export)
   Thresholds thresholds;  // the DFT-call thresholds for that model
 };
 
@@ -75,5 +77,10 @@ Thresholds python_start(const StartRequest& request);
 // otfgp.lammps.learn.learn(request): labels, retrains and returns the new model and its
 // thresholds. Throws std::runtime_error with the Python error.
 LearnResult python_learn(const LearnRequest& request);
+
+// otfgp.lammps.learn.training_environments(request): the training environments of the
+// model the fix learns on (a ScalableGP's count is not in its mapped export, which has no
+// training data). Throws std::runtime_error with the Python error.
+long python_training_environments(const StartRequest& request);
 
 }  // namespace otfgp_lammps

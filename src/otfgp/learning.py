@@ -129,6 +129,12 @@ class LearningOptions:
     rejects a frame with a force component more than ``label_max_z`` reported stds and more
     than ``label_z_min_error`` from the model's pre-update prediction. A frame that fails
     is quarantined and the run stops with :class:`otfgp.label_checks.LabelRejected`.
+
+    ``scalable_after`` (training environments; ``None``: never) is the automatic switch of
+    both drivers: once an exact :class:`otfgp.GaussianProcess` holds more environments than
+    this after a retrain (:func:`switch_due`), learning goes on with a
+    :class:`otfgp.ScalableGP` made from it (:func:`switch_to_scalable`), whose cost no
+    longer grows with the data (threshold and measurements: docs/scalable.md).
     """
 
     threshold: float | None = 0.05
@@ -166,8 +172,12 @@ class LearningOptions:
     #   label_checks.check_z_score for why both).
     label_max_z: float | None = 50.0
     label_z_min_error: float = 1.0
+    scalable_after: int | None = None
 
     def __post_init__(self) -> None:
+        v = self.scalable_after
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"scalable_after must be a positive integer (training environments) or None, got {v!r}")
         if self.threshold is None and self.relative_threshold is None:
             raise ValueError("give threshold (eV/A) or relative_threshold (x sigma_n)")
         if self.threshold is not None and self.relative_threshold is not None:
@@ -646,6 +656,23 @@ def _train_and_finish(model: GaussianProcess, optimize: bool, options: LearningO
 
 #: Angstrom: how far below the shortest training distance the switched model's basis starts.
 SWITCH_LOWER_MARGIN = 1.0
+
+
+def switch_due(model: Any, options: LearningOptions) -> bool:
+    """Whether a driver switches ``model`` to a :class:`otfgp.ScalableGP` now (after a
+    retrain): an exact GP holding more than ``options.scalable_after`` training environments."""
+    from .models import is_scalable
+
+    limit = options.scalable_after
+    return limit is not None and not is_scalable(model) and model.n_training_environments > limit
+
+
+def switch_record(model: Any, options: LearningOptions, step: int) -> dict[str, Any]:
+    """The ``"model_switch"`` record both drivers log for a switch at ``step`` to the
+    scalable ``model``."""
+    return {"step": step, "training_environments": model.n_training_environments,
+            "threshold": options.scalable_after, "to": "scalable", "coefficients": model.n_coefficients,
+            "rank": model.rank}
 
 
 def switch_to_scalable(gp: GaussianProcess, options: LearningOptions,

@@ -48,7 +48,8 @@ from .label_checks import LabelChecks, LabelRejected, labeller_name
 from .labellers import make_labeller
 from .learning import (FrameUncertainty, LabellerError, Labeller, LearningOptions, add_and_retrain,
                        add_threshold_value, calibration_sample, choose_atoms, label, label_reasons,
-                       pre_update_record, running_calibration, switch_to_scalable, threshold_value)
+                       pre_update_record, running_calibration, switch_due, switch_record, switch_to_scalable,
+                       threshold_value)
 from .run_dir import RunDirError, RunLock
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,8 @@ class OTFOptions(LearningOptions):
     count), so a killed run redoes little; the last ``keep_checkpoints`` checkpoints are
     kept, so a run can go back to one from before a problem.
 
-    ``scalable_after`` (training environments; ``None``: never) is the automatic switch:
-    once an exact :class:`otfgp.GaussianProcess` holds more environments than this after a
+    ``scalable_after`` (training environments; ``None``: never; a :class:`LearningOptions`
+    field, so ``fix otfgp/learn`` has it too) is the automatic switch: once an exact :class:`otfgp.GaussianProcess` holds more environments than this after a
     retrain, the run goes on with :meth:`otfgp.ScalableGP.from_gaussian_process` of it
     (trained, calibrated and energy-referenced like a retrain; :func:`otfgp.learning.switch_to_scalable`),
     whose cost no longer grows with the data. The switch is logged (``"model_switch"`` in
@@ -98,13 +99,9 @@ class OTFOptions(LearningOptions):
     checkpoint_every: int | None = 100
     checkpoint_minutes: float | None = 10.0
     keep_checkpoints: int = 3
-    scalable_after: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        v = self.scalable_after
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ValueError(f"scalable_after must be a positive integer (training environments) or None, got {v!r}")
         for name in ("every", "trajectory_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -433,11 +430,9 @@ class OTF:
 
     def _maybe_switch(self) -> None:
         """The automatic switch to a ScalableGP (see :class:`OTFOptions`), when due."""
-        from .models import is_scalable
-
-        limit = self.options.scalable_after
-        if limit is None or is_scalable(self.model) or self.model.n_training_environments <= limit:
+        if not switch_due(self.model, self.options):
             return
+        limit = self.options.scalable_after
         t = time.perf_counter()
         model, retrain = switch_to_scalable(self.model, self.options, samples=self.calibration_samples,
                                             reference_energies=self.reference_energies)
@@ -448,9 +443,7 @@ class OTF:
         self.model = model
         self.calc.model = model
         self.calc.reset()
-        self.model_switch = {"step": self.step, "training_environments": model.n_training_environments,
-                             "threshold": limit, "to": "scalable", "coefficients": model.n_coefficients,
-                             "rank": model.rank}
+        self.model_switch = switch_record(model, self.options, self.step)
         log.info("step %d: switched to the scalable GP at %d training environments (threshold %d; "
                  "%d coefficients, rank %d) in %.2f s", self.step, model.n_training_environments, limit,
                  model.n_coefficients, model.rank, elapsed)

@@ -24,6 +24,19 @@ Models are never overwritten in place: each retrained model is written to
 the fix started from is kept as ``models/model_start.otfgp``), then the pair style's model
 file is replaced by it atomically (temporary file and rename), so it always holds a
 complete model, the newest.
+
+The scalable model (:class:`otfgp.ScalableGP`): the pair style reads its mapped export
+(:meth:`otfgp.ScalableGP.to_mapped`, no training data), the fix learns on the ScalableGP
+itself. It is reached two ways. ``options["scalable_after"]`` (fix keyword
+``scalable_after``) is the automatic switch of the ASE driver
+(:func:`otfgp.learning.switch_due`, :func:`otfgp.learning.switch_to_scalable`); the switch
+goes into that call's ``learn_log.jsonl`` line as ``"model_switch"``, and the learner state
+is kept in ``<output_dir>/`` :data:`SCALABLE_MODEL`. ``request["scalable_model"]`` (fix
+keyword ``scalable_model``) names a ScalableGP file (:meth:`otfgp.ScalableGP.save`) of which
+the pair's model file is the export: the run starts from it, and it is then kept up to date
+like the model file. Each retrain of a ScalableGP writes ``models/model_<step>.npz`` (the
+learner state) and ``models/model_<step>.otfgp`` (its export), then replaces the learner
+state's file and the pair's model file atomically.
 """
 from __future__ import annotations
 
@@ -32,7 +45,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ase import Atoms
@@ -43,21 +56,31 @@ from ..gp import GaussianProcess
 from ..label_checks import LabelChecks
 from ..labellers import make_labeller
 from ..learning import (LearningOptions, add_and_retrain, add_threshold_value, calibration_sample, choose_atoms,
-                        label, local_energy_threshold_value, pre_update_record, threshold_value)
+                        label, local_energy_threshold_value, pre_update_record, switch_due, switch_record,
+                        switch_to_scalable, threshold_value)
+from ..models import is_scalable, load_model
+
+if TYPE_CHECKING:
+    from ..models import Model
 
 log = logging.getLogger(__name__)
 
 KEEP_MODELS = 3
 """Retrained models kept in ``<output_dir>/models/`` (the newest and the ones before it)."""
 
+SCALABLE_MODEL = "scalable_model.npz"
+"""Where (in the output folder) the ScalableGP of an automatic switch is kept, the newest."""
+
 
 class _FixState:
     """What one fix keeps between calls in a LAMMPS process: the model (retraining then
     extends it in memory instead of re-reading the file), the labeller and the DFT-call
-    count."""
+    count. ``scalable_file`` is the file that holds a ScalableGP's learner state (None
+    while the model is an exact GP)."""
 
-    def __init__(self, model: GaussianProcess) -> None:
+    def __init__(self, model: Model, scalable_file: Path | None = None) -> None:
         self.model = model
+        self.scalable_file = scalable_file
         self.labeller: Any = None
         self.checks: LabelChecks | None = None
         self.calls = 0
@@ -78,8 +101,75 @@ def _state(request: dict[str, Any]) -> _FixState:
     key = (str(request["fix_id"]), str(request["model_file"]))
     state = _fixes.get(key)
     if state is None:
-        state = _fixes[key] = _FixState(GaussianProcess.load(request["model_file"]))
+        state = _fixes[key] = _FixState(*_starting_model(request))
     return state
+
+
+def _starting_model(request: dict[str, Any]) -> tuple[Model, Path | None]:
+    """The model the fix starts learning on, and the file of its ScalableGP state (None for
+    an exact GP): the pair's model file, or the ScalableGP ``request["scalable_model"]`` of
+    which that file is the mapped export.
+
+    Raises:
+        ValueError: a mapped-only model file without ``scalable_model``; a
+            ``scalable_model`` that is no trained ScalableGP, or whose export the model file
+            is not.
+    """
+    model_file = Path(request["model_file"])
+    gp = GaussianProcess.load(model_file)
+    scalable = request.get("scalable_model")
+    if scalable is None:
+        if gp.core.mapped_only:
+            switched = Path(request["output_dir"]) / SCALABLE_MODEL
+            hint = (f" ({switched} is the ScalableGP of this output folder's automatic switch)"
+                    if switched.exists() else "")
+            raise ValueError(f"{model_file} is the maps of an exported ScalableGP, which take no training data: "
+                             f"fix otfgp/learn needs a model that can learn: a GaussianProcess file, or the "
+                             f"ScalableGP it was exported from, given with the keyword 'scalable_model FILE' "
+                             f"(the .npz ScalableGP.save writes){hint}")
+        return gp, None
+    path = Path(scalable)
+    try:
+        model = load_model(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"scalable_model {path}: {exc}") from exc
+    if not is_scalable(model):
+        raise ValueError(f"scalable_model {path} is a GaussianProcess file, not a ScalableGP (the .npz "
+                         f"ScalableGP.save writes); an exact GP is given as the pair style's model file alone")
+    if not model.trained:
+        raise ValueError(f"scalable_model {path} is not trained: train it (and export it as the pair style's "
+                         f"model file with ScalableGP.save_mapped) before the run")
+    problem = _export_mismatch(gp, model)
+    if problem:
+        raise ValueError(f"the pair style's model file {model_file} is not the mapped export of scalable_model "
+                         f"{path} ({problem}): write it with ScalableGP.save_mapped from that model")
+    return model, path
+
+
+def _export_mismatch(gp: GaussianProcess, model: Any) -> str | None:
+    """What tells the model file ``gp`` apart from the mapped export of the ScalableGP
+    ``model`` (None: it is that export, to rounding), so that the pair style never predicts
+    with another model than the one the fix learns on."""
+    if not gp.core.mapped_only:
+        return "it is an exact GaussianProcess, not a mapped-only file"
+    if gp.species != model.species or gp.cutoffs != model.cutoffs:
+        return f"species / cutoffs {gp.species} {gp.cutoffs} against {model.species} {model.cutoffs}"
+    if gp.hyperparameters != model.hyperparameters:
+        return "other hyperparameters"
+    export = model.to_mapped()
+    if gp.calibration != export.calibration:
+        # a calibration given to save_mapped only: the first retrain's export would drop it
+        return "another calibration (export it with the ScalableGP's own, save_mapped without calibration=)"
+    mine, theirs = gp.core.maps, export.core.maps
+    # the export's arrays are products (V m, V P V^T), equal to rounding on another machine
+    # or thread count, hence a tolerance, far below any retrain's change
+    same = len(mine["tables"]) == len(theirs["tables"]) and all(
+        a["basis_mean"].shape == b["basis_mean"].shape and np.allclose(a["basis_mean"], b["basis_mean"], rtol=1e-9,
+                                                                       atol=1e-12)
+        for a, b in zip(mine["tables"], theirs["tables"]))
+    if not same or not np.allclose(mine["covariance"], theirs["covariance"], rtol=1e-9, atol=1e-15):
+        return "other basis coefficients"
+    return None
 
 
 def _options(request: dict[str, Any]) -> LearningOptions:
@@ -98,9 +188,6 @@ def start(request: dict[str, Any]) -> tuple[float, float | None]:
     reported local-energy std (eV, None: no such test)."""
     options = _options(request)
     state = _state(request)
-    if state.model.core.mapped_only:
-        raise ValueError(f"{request['model_file']} is the maps of an exported ScalableGP, which take no "
-                         f"training data: fix otfgp/learn needs a model that can learn (a GaussianProcess file)")
     spec = str(request["labeller"])
     try:
         state.labeller = make_labeller(spec)  # imports a module:function now, not at the first call
@@ -123,20 +210,28 @@ def _require_usable_labeller(spec: str, labeller: Any) -> None:
                      "function that takes an ase.Atoms and returns an ASE calculator or a dict of results")
 
 
+def training_environments(request: dict[str, Any]) -> int:
+    """The training environments of the model the fix learns on (thermo ``f_ID[2]``; the
+    pair style's copy of a ScalableGP, its mapped export, holds no training data)."""
+    return int(_state(request).model.n_training_environments)
+
+
 def learn(request: dict[str, Any]) -> tuple[bytes, float, float | None]:
     """Label the frame, add its most uncertain environments, retrain, save model and frame;
-    returns the new model file bytes (for LAMMPS to broadcast) and the new thresholds (as
-    :func:`start`).
+    returns the new model file bytes (for LAMMPS to broadcast; a ScalableGP's mapped export)
+    and the new thresholds (as :func:`start`). After the retrain that takes an exact GP past
+    ``scalable_after`` environments the fix goes on with a ScalableGP (see the module
+    docstring).
 
     ``learn_log.jsonl`` gets one line per call, with ``pre_update``: the model's force errors
     on this frame before learning it (sums, see :func:`otfgp.learning.pre_update_record`;
-    ``audit`` marks frames labelled on the audit schedule although below the threshold)."""
+    ``audit`` marks frames labelled on the audit schedule although below the threshold),
+    ``model``: the class of the model after the call, and ``model_switch`` on the call that
+    switched (:func:`otfgp.learning.switch_record`, with the switch's ``seconds`` and the
+    ``scalable_model`` file)."""
     t0 = time.perf_counter()
     options = _options(request)
     state = _state(request)
-    if state.model.core.mapped_only:
-        raise ValueError(f"{request['model_file']} is the maps of an exported ScalableGP, which take no "
-                         f"training data: fix otfgp/learn needs a model that can learn (a GaussianProcess file)")
     gp = state.model
     symbols = [request["type_symbols"][t] for t in request["types"]]
     atoms = Atoms(symbols, positions=request["positions"], cell=request["cell"],
@@ -157,8 +252,21 @@ def learn(request: dict[str, Any]) -> tuple[bytes, float, float | None]:
     state.samples.append(calibration_sample(before.forces, before.latent_force_variances, labelled))
     retrain = add_and_retrain(gp, labelled, chosen, options, calls=state.calls, samples=state.samples,
                               reference_energies=state.reference_energies)
+    warnings = list(retrain.warnings)
     out = Path(request["output_dir"])
-    _save_model(gp, Path(request["model_file"]), out / "models", step)
+    switch = None
+    if switch_due(gp, options):
+        t = time.perf_counter()
+        gp, switched = switch_to_scalable(gp, options, samples=state.samples,
+                                          reference_energies=state.reference_energies)
+        warnings += switched.warnings
+        state.model, state.scalable_file = gp, out / SCALABLE_MODEL
+        switch = {**switch_record(gp, options, step), "seconds": time.perf_counter() - t,
+                  "scalable_model": str(state.scalable_file)}
+        log.info("step %d: switched to the scalable GP at %d training environments (threshold %d; "
+                 "%d coefficients, rank %d) in %.2f s", step, gp.n_training_environments, options.scalable_after,
+                 gp.n_coefficients, gp.rank, switch["seconds"])
+    payload = _save_model(state, Path(request["model_file"]), out / "models", step)
     (out / "dft").mkdir(parents=True, exist_ok=True)
     labelled.info["lammps_step"] = step
     atomic_io.write_atoms(out / "dft" / f"frame_{step:09d}.extxyz", labelled)
@@ -168,23 +276,44 @@ def learn(request: dict[str, Any]) -> tuple[bytes, float, float | None]:
              "added_atoms": chosen.tolist(),
              "training_environments": gp.n_training_environments,
              "audit": bool(request.get("audit", False)), "pre_update": pre_update,
-             "hyperparameters": gp.hyperparameters, "hyperparameter_warnings": retrain.warnings,
-             "seconds": time.perf_counter() - t0}
+             "hyperparameters": gp.hyperparameters, "hyperparameter_warnings": warnings,
+             "model": type(gp).__name__, "seconds": time.perf_counter() - t0}
+    if switch is not None:
+        entry["model_switch"] = switch
     with open(out / "learn_log.jsonl", "a") as f:
         f.write(json.dumps(entry) + "\n")
-    return (gp.core.to_bytes(), *_thresholds(request, options, gp))
+    return (payload, *_thresholds(request, options, gp))
 
 
-def _save_model(gp: GaussianProcess, model_file: Path, models: Path, step: int) -> None:
+def _save_model(state: _FixState, model_file: Path, models: Path, step: int) -> bytes:
     """Save the retrained model under a new name in ``models`` (after keeping the model the
     fix started from, once), prune all but the last :data:`KEEP_MODELS`, and replace
     ``model_file`` atomically and durably (:func:`otfgp.atomic_io.write_model`), so that it is
-    never torn and the previous models stay on disk."""
+    never torn and the previous models stay on disk. A ScalableGP is saved twice, its
+    learner state (``.npz``, also replacing ``state.scalable_file``) and its mapped export
+    (``.otfgp``, the pair style's model file). Returns the bytes of the pair's new model."""
     models.mkdir(parents=True, exist_ok=True)
-    start = models / "model_start.otfgp"
-    if not start.exists() and model_file.exists():
-        atomic_io.replace_with(start, lambda tmp: shutil.copyfile(model_file, tmp))
-    atomic_io.write_model(models / f"model_{step:09d}.otfgp", gp)
-    for old in sorted(models.glob("model_[0-9]*.otfgp"))[:-KEEP_MODELS]:
+    _keep_start(model_file, models / "model_start.otfgp")
+    model = state.model
+    if is_scalable(model):
+        assert state.scalable_file is not None
+        _keep_start(state.scalable_file, models / "model_start.npz")
+        atomic_io.write_model(models / f"model_{step:09d}.npz", model)
+        _prune(models, "npz")
+        atomic_io.write_model(state.scalable_file, model)
+        model = model.to_mapped()
+    atomic_io.write_model(models / f"model_{step:09d}.otfgp", model)
+    _prune(models, "otfgp")
+    atomic_io.write_model(model_file, model)
+    return model.core.to_bytes()
+
+
+def _keep_start(path: Path, start: Path) -> None:
+    """Copy ``path`` (if it exists) to ``start`` unless that was done before."""
+    if not start.exists() and path.exists():
+        atomic_io.replace_with(start, lambda tmp: shutil.copyfile(path, tmp))
+
+
+def _prune(models: Path, suffix: str) -> None:
+    for old in sorted(models.glob(f"model_[0-9]*.{suffix}"))[:-KEEP_MODELS]:
         old.unlink(missing_ok=True)
-    atomic_io.write_model(model_file, gp)
