@@ -72,6 +72,27 @@ def test_neb_task_converges_to_the_oracle_barrier(tmp_path):
     assert abs(result.task["reverse_barrier"] - reference) < 0.02
 
 
+def test_neb_skip_std_infers_the_equivalent_end_point(tmp_path):
+    """The final state is the initial one translated by a surface lattice vector: with
+    ``skip_std`` the oracle never labels it (iteration 0 labels the initial end point only,
+    each later batch determines the final one), and its inferred energy still gives the
+    oracle NEB's reverse barrier."""
+    initial, final = adatom_endpoints()
+    reference, _ = oracle_neb(initial, final)
+    task = NEBTask(initial, final, fmax=FMAX, energy_tol=0.01, max_step=0.2, skip_std=0.01)
+    with ActiveLearner(model(prior=True), EMT(), task, tmp_path / "run", FAST, batch_size=3, map=True,
+                       max_iterations=6) as learner:
+        result = learner.run()
+    assert result.converged, result.metrics
+    assert result.metrics["labelled_ends"] == ["initial"]
+    assert result.metrics["inferred_ends"] == ["final"]
+    assert task.labelled_ends[1]["inferred"]
+    # one end point at iteration 0, then the saddle and the initial end point per iteration
+    assert result.labels == 1 + 2 * result.iterations
+    assert abs(result.task["barrier"] - reference) < 0.02, (result.task, reference)
+    assert abs(result.task["reverse_barrier"] - reference) < 0.02
+
+
 def test_neb_special_queries_are_the_saddle_and_the_relaxed_end_points(tmp_path):
     initial, final = adatom_endpoints()
     gp = model()  # a model that knows the path: trained on the oracle's band and the start
