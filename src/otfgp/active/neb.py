@@ -16,18 +16,20 @@ stopped is no saddle of the model) and the oracle's energy at each of them is wi
 within ``2 energy_tol``), and, with ``force_tol``, the model's saddle forces within
 ``force_tol`` of the oracle's.
 
-``skip_std``: an end point whose largest epistemic force std, with the model's variance
-already conditioned on the saddle and the other end point, is below ``skip_std`` (eV/A) is
-not labelled; the batch already determines it (e.g. an end point equal to the other one up
-to a lattice translation, as in hollow-to-hollow diffusion, where its environments are the
-other's). If it has moved less than ``max_skip_move`` (A) since its last oracle label, that
-label stands for it; otherwise, and only when the other end point is in the batch, its
-energy is *inferred*: the prediction of a copy of the model trained on the labelled batch
-(which determines it), and its termination error is
-the pre-training prediction's distance from that (an inferred end point is flagged in the
-metrics; a model without energy labels never infers, it labels). Iteration 0 then labels
-only the initial end point: the final one is labelled at the first iteration whose batch
-does not determine it.
+``skip_std``: an end point whose largest epistemic force std over the free atoms, with the
+model's variance already conditioned on the saddle and the other end point, is below
+``skip_std`` (eV/A) is not labelled; the batch already determines it (e.g. an end point
+equal to the other one up to a lattice translation, as in hollow-to-hollow diffusion, where
+its environments are the other's). If it has moved less than ``max_skip_move`` (A) since its
+last oracle label, that label stands for it; otherwise, and only when the other end point
+is in the batch or has an oracle label where it is, its energy is *inferred*: the
+prediction of a copy of the model trained on the labelled batch (which determines it),
+corrected by that copy's residual at the other end point's oracle label (exact for an end
+point that is the other one translated), and its termination error is the pre-training
+prediction's distance from that (an inferred end point is flagged in the metrics; a model
+without energy labels never infers, it labels). Iteration 0 then labels only the initial
+end point: the final one is labelled at the first iteration whose batch does not determine
+it.
 
 Like :class:`otfgp.active.RelaxTask`, ``max_step`` (A) is a trust radius: an end-point
 relaxation or the band optimisation stops once an atom has moved that far from where the
@@ -244,7 +246,8 @@ class NEBTask:
         """Whether end point ``end`` (0 or 1) may go unlabelled (``skip_std``)."""
         if self.skip_std is None or self._model is None or not self._model.trained:
             return False
-        if self._has_moved(end) and (not self._model.has_energy_labels or (1 - end) not in self._special_ends):
+        other_known = (1 - end) in self._special_ends or not self._has_moved(1 - end)
+        if self._has_moved(end) and (not self._model.has_energy_labels or not other_known):
             return False  # its energy could not be inferred (module docstring)
         position = self.band[0 if end == 0 else -1]
         fantasy = self._model.copy()
@@ -335,7 +338,15 @@ class NEBTask:
         for end in ends:
             frame = self._frame(self.band[0 if end == 0 else -1])
             bare = Atoms(frame.numbers, positions=frame.positions, cell=frame.cell, pbc=frame.pbc)
-            energy = float(trained.predict(bare).energy)
+            # plus the other end point's residual after training: a GP fits its energy labels
+            # only to within its noise, and for an end point that is the other one translated
+            # the two predictions are the same, so the inferred energy is then the oracle's
+            other = self.labelled_ends[1 - end]
+            residual = 0.0
+            if other is not None and not other.get("inferred"):
+                known = Atoms(frame.numbers, positions=np.array(other["positions"]), cell=frame.cell, pbc=frame.pbc)
+                residual = other["energy"] - float(trained.predict(known).energy)
+            energy = float(trained.predict(bare).energy) + residual
             before = float(self._model.predict(bare).energy)
             self.labelled_ends[end] = {"positions": np.array(frame.positions).tolist(), "energy": energy,
                                        "error": abs(before - energy), "inferred": True}
