@@ -72,6 +72,37 @@ def test_neb_task_converges_to_the_oracle_barrier(tmp_path):
     assert abs(result.task["reverse_barrier"] - reference) < 0.02
 
 
+def test_neb_skip_std_infers_the_equivalent_end_point(tmp_path):
+    """The final state is the initial one translated by a surface lattice vector: with
+    ``skip_std`` the oracle never labels it (iteration 0 labels the initial end point only,
+    later the batch or the training set determines the final one), and its inferred energy
+    is the oracle's there."""
+    import json
+
+    initial, final = adatom_endpoints()
+    gp = model(prior=True)
+    gp.hyperparameters = {"sigma2": 0.5, "ell2": 1.0, "sigma3": 0.5, "ell3": 1.0, "noise_force": 0.01,
+                          "noise_energy": 0.005}
+    task = NEBTask(initial, final, fmax=FMAX, energy_tol=0.01, max_step=0.2, skip_std=0.02)
+    with ActiveLearner(gp, EMT(), task, tmp_path / "run", FAST, batch_size=1, optimize=False,
+                       max_iterations=3) as learner:
+        result = learner.run()
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert records[0]["labels"] == 1
+    assert all("final" not in r["metrics"].get("labelled_ends", []) for r in records)
+    assert all("final" in r["metrics"]["inferred_ends"] for r in records[1:])
+    # the saddle and the initial end point at most, per iteration
+    assert result.labels <= 1 + 2 * result.iterations
+    end = task.labelled_ends[1]
+    assert end["inferred"]
+    oracle = task.images()[-1]
+    assert np.allclose(oracle.positions, end["positions"])
+    oracle.calc = EMT()
+    assert abs(end["energy"] - oracle.get_potential_energy()) < 0.01
+    # and the equivalent initial end point's label (translation: the same energy)
+    assert abs(end["energy"] - task.labelled_ends[0]["energy"]) < 0.01
+
+
 def test_neb_special_queries_are_the_saddle_and_the_relaxed_end_points(tmp_path):
     initial, final = adatom_endpoints()
     gp = model()  # a model that knows the path: trained on the oracle's band and the start

@@ -10,16 +10,26 @@ Each iteration, on the model's surface:
 The pool is every frame of both end-point relaxations and the band every ``pool_every``
 optimizer steps (the intermediate paths). The special queries are the *predicted saddle*
 (the highest interior image of the final band) and both end points; the task is solved
-when the oracle's energy at each of them is within ``energy_tol`` of the model's prediction
-made before training on it (so the barrier is within ``2 energy_tol``), and, with
-``force_tol``, the model's saddle forces within ``force_tol`` of the oracle's.
+when the model's band converged (to ``fmax``: a band the trust radius or the step limit
+stopped is no saddle of the model) and the oracle's energy at each of them is within
+``energy_tol`` of the model's prediction made before training on it (so the barrier is
+within ``2 energy_tol``), and, with ``force_tol``, the model's saddle forces within
+``force_tol`` of the oracle's.
 
-``skip_std``: an end point whose largest epistemic force std, with the model's variance
-already conditioned on the saddle and the other end point, is below ``skip_std`` (eV/A) is
-not labelled; the batch already determines it (e.g. an end point equal to the other one up
-to a lattice translation, as in hollow-to-hollow diffusion). Its termination test then uses
-the last oracle label of that end point, if it has moved less than ``max_skip_move`` (A)
-since; otherwise it is labelled.
+``skip_std``: an end point whose largest epistemic force std over the free atoms, with the
+model's variance already conditioned on the saddle and the other end point, is below
+``skip_std`` (eV/A) is not labelled; the batch already determines it (e.g. an end point
+equal to the other one up to a lattice translation, as in hollow-to-hollow diffusion, where
+its environments are the other's). If it has moved less than ``max_skip_move`` (A) since its
+last oracle label, that label stands for it; otherwise, and only when the other end point
+is in the batch or has an oracle label where it is, its energy is *inferred*: the
+prediction of a copy of the model trained on the labelled batch (which determines it),
+corrected by that copy's residual at the other end point's oracle label (exact for an end
+point that is the other one translated), and its termination error is the pre-training
+prediction's distance from that (an inferred end point is flagged in the metrics; a model
+without energy labels never infers, it labels). Iteration 0 then labels only the initial
+end point: the final one is labelled at the first iteration whose batch does not determine
+it.
 
 Like :class:`otfgp.active.RelaxTask`, ``max_step`` (A) is a trust radius: an end-point
 relaxation or the band optimisation stops once an atom has moved that far from where the
@@ -201,9 +211,10 @@ class NEBTask:
 
     # ----------------------------------------------------------------- protocol
     def initial_frames(self) -> list[Atoms]:
-        """Both end points as given (the oracle's first look at them)."""
-        self._special_ends = [0, 1]
-        return [self._frame(self.band[0]), self._frame(self.band[-1])]
+        """Both end points as given (the oracle's first look at them); with ``skip_std``
+        only the initial one (see the module docstring)."""
+        self._special_ends = [0] if self.skip_std is not None else [0, 1]
+        return [self._frame(self.band[0 if end == 0 else -1]) for end in self._special_ends]
 
     def simulate(self, calc: BaseCalculator, workdir: Path) -> list[Atoms]:
         """Relax both end points on ``calc``, then run the CI-NEB between them; writes the
@@ -222,15 +233,23 @@ class NEBTask:
                  ends[0]["steps"], ends[1]["steps"], band["steps"], band["stopped_by"], band["model_barrier"])
         return pool
 
+    def _has_moved(self, end: int) -> bool:
+        """Whether end point ``end`` moved more than ``max_skip_move`` since its last oracle
+        label (or has none)."""
+        last = self.labelled_ends[end]
+        if last is None or last.get("inferred"):
+            return True
+        position = self.band[0 if end == 0 else -1]
+        return float(np.linalg.norm(position - np.array(last["positions"]), axis=1).max()) > self.max_skip_move
+
     def _end_is_determined(self, end: int, others: list[Atoms]) -> bool:
         """Whether end point ``end`` (0 or 1) may go unlabelled (``skip_std``)."""
         if self.skip_std is None or self._model is None or not self._model.trained:
             return False
-        last = self.labelled_ends[end]
+        other_known = (1 - end) in self._special_ends or not self._has_moved(1 - end)
+        if self._has_moved(end) and (not self._model.has_energy_labels or not other_known):
+            return False  # its energy could not be inferred (module docstring)
         position = self.band[0 if end == 0 else -1]
-        if last is None or float(np.linalg.norm(position - np.array(last["positions"]), axis=1).max()) \
-                > self.max_skip_move:
-            return False
         fantasy = self._model.copy()
         for frame in others:  # fantasy labels: the GP's variance does not depend on their values
             bare = Atoms(frame.numbers, positions=frame.positions, cell=frame.cell, pbc=frame.pbc)
@@ -238,7 +257,12 @@ class NEBTask:
         fantasy.train(optimize=False)
         frame = self._frame(position)
         bare = Atoms(frame.numbers, positions=frame.positions, cell=frame.cell, pbc=frame.pbc)
-        std = float(np.max(fantasy.predict(bare, variance="exact").epistemic_force_stds))
+        # the free atoms only: fixed ones have no force labels, so their std stays high
+        stds = fantasy.predict(bare, variance="exact").epistemic_force_stds[free_atoms(frame)]
+        std = float(np.max(stds))
+        self._end_stds[end] = std
+        log.info("neb: %s end point: epistemic force std %.4g eV/A given the batch (skip_std %g)",
+                 ("initial", "final")[end], std, self.skip_std)
         return std < self.skip_std
 
     def special(self, pool: Sequence[Atoms]) -> list[Atoms]:
@@ -247,6 +271,7 @@ class NEBTask:
         saddle = self._frame(self.band[self.saddle_index])
         frames = [saddle]
         self._special_ends = []
+        self._end_stds: dict[int, float] = {}
         ends = {0: self._frame(self.band[0]), 1: self._frame(self.band[-1])}
         for end in (0, 1):
             others = [saddle] + [ends[e] for e in self._special_ends]  # the batch so far
@@ -260,7 +285,7 @@ class NEBTask:
         training on them) are within ``energy_tol`` of the oracle's (see the module
         docstring). Records the oracle barrier of the labelled frames."""
         if data.iteration == 0:
-            for end, frame in zip((0, 1), data.special):
+            for end, frame in zip(self._special_ends, data.special):
                 self._remember_end(end, frame, None)
             return False, {}
         metrics: dict[str, Any] = dict(self.last)
@@ -268,6 +293,11 @@ class NEBTask:
         errors: dict[str, float | None] = {}
         for end, frame, pred in zip(self._special_ends, data.special[1:], data.special_predictions[1:]):
             self._remember_end(end, frame, pred)
+        inferred = [e for e in (0, 1) if e not in self._special_ends and self._has_moved(e)]
+        if inferred:
+            self._infer_ends(inferred, data)
+        metrics["inferred_ends"] = [("initial", "final")[e] for e in inferred]
+        metrics["end_point_stds"] = {("initial", "final")[e]: v for e, v in getattr(self, "_end_stds", {}).items()}
         for end, key in ((0, "initial"), (1, "final")):
             errors[key] = self.labelled_ends[end]["error"] if self.labelled_ends[end] else None
         metrics["labelled_ends"] = [("initial", "final")[e] for e in self._special_ends]
@@ -282,7 +312,9 @@ class NEBTask:
             ends = [self.labelled_ends[e] for e in (0, 1)]
             metrics["oracle_barrier"] = e_saddle - ends[0]["energy"] if ends[0] else None
             metrics["oracle_reverse_barrier"] = e_saddle - ends[1]["energy"] if ends[1] else None
-            solved = all(v is not None and v < self.energy_tol for v in errors.values())
+            # a band the trust radius or the step limit stopped is no saddle of the model
+            band_converged = self.last.get("band", {}).get("stopped_by") == "fmax"
+            solved = band_converged and all(v is not None and v < self.energy_tol for v in errors.values())
             if self.force_tol is not None:
                 solved = solved and force_error < self.force_tol
         metrics["energy_errors"] = errors
@@ -291,6 +323,33 @@ class NEBTask:
             "model_barrier": self.last.get("band", {}).get("model_barrier")})
         self.solved = bool(solved)
         return self.solved, metrics
+
+    def _infer_ends(self, ends: list[int], data: IterationData) -> None:
+        """The energies of the unlabelled end points ``ends`` the batch determines: the
+        predictions of a model copy trained on the labelled batch (module docstring)."""
+        trained = self._model.copy()
+        for frame in list(data.special) + list(data.queried):
+            if frame is None:
+                continue
+            bare = Atoms(frame.numbers, positions=frame.positions, cell=frame.cell, pbc=frame.pbc)
+            trained.add_training_data(bare, forces=frame.get_forces(apply_constraint=False),
+                                      energy=float(frame.get_potential_energy()), atom_indices=free_atoms(frame))
+        trained.train(optimize=False)
+        for end in ends:
+            frame = self._frame(self.band[0 if end == 0 else -1])
+            bare = Atoms(frame.numbers, positions=frame.positions, cell=frame.cell, pbc=frame.pbc)
+            # plus the other end point's residual after training: a GP fits its energy labels
+            # only to within its noise, and for an end point that is the other one translated
+            # the two predictions are the same, so the inferred energy is then the oracle's
+            other = self.labelled_ends[1 - end]
+            residual = 0.0
+            if other is not None and not other.get("inferred"):
+                known = Atoms(frame.numbers, positions=np.array(other["positions"]), cell=frame.cell, pbc=frame.pbc)
+                residual = other["energy"] - float(trained.predict(known).energy)
+            energy = float(trained.predict(bare).energy) + residual
+            before = float(self._model.predict(bare).energy)
+            self.labelled_ends[end] = {"positions": np.array(frame.positions).tolist(), "energy": energy,
+                                       "error": abs(before - energy), "inferred": True}
 
     def _remember_end(self, end: int, frame: Atoms | None, pred: Any) -> None:
         if frame is None:
