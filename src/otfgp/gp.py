@@ -327,6 +327,14 @@ def _label_atom_indices(atom_indices: Sequence[int] | np.ndarray | None, n: int)
     return unique.astype(np.int64)
 
 
+
+def check_hyperparameter_names(d: Mapping[str, Any]) -> None:
+    """ValueError naming the keys of ``d`` that are not hyperparameter names (both model
+    kinds take hyperparameters, bounds and priors by these names)."""
+    bad = set(d) - set(HYPERPARAMETER_NAMES)
+    if bad:
+        raise ValueError(f"unknown hyperparameters {sorted(bad)}; known: {list(HYPERPARAMETER_NAMES)}")
+
 class GaussianProcess:
     """Bayesian 2+3-body force field (FLARE model) with analytic mean and variance.
 
@@ -412,11 +420,7 @@ class GaussianProcess:
         self.last_optimization: OptimizationReport | None = None
 
     # ----------------------------------------------------------------- properties
-    @staticmethod
-    def _check_names(d: Mapping[str, Any]) -> None:
-        bad = set(d) - set(HYPERPARAMETER_NAMES)
-        if bad:
-            raise ValueError(f"unknown hyperparameters {sorted(bad)}; known: {list(HYPERPARAMETER_NAMES)}")
+    _check_names = staticmethod(check_hyperparameter_names)
 
     @property
     def species(self) -> list[str]:

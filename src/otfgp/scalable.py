@@ -55,7 +55,8 @@ from ase.neighborlist import neighbor_list
 from . import _core
 from .calibration import ModelCalibration, SamplePool, epistemic_variances, model_calibration
 from .gp import (AT_BOUND_FRACTION, DEFAULT_BOUNDS, DEFAULT_HYPERPARAMETERS, HYPERPARAMETER_NAMES,
-                 MAXIMUM_LIKELIHOOD_BOUNDS, OptimizationReport, Prediction, _as_atomic_number, _label_atom_indices)
+                 MAXIMUM_LIKELIHOOD_BOUNDS, OptimizationReport, Prediction, _as_atomic_number, _label_atom_indices,
+                 check_hyperparameter_names)
 from .priors import LogNormal, Priors, log_prior
 from .mapping import LOWER_MARGIN, _basis_points
 
@@ -249,11 +250,7 @@ class ScalableGP:
         return model
 
     # ----------------------------------------------------------------- properties
-    @staticmethod
-    def _check_names(d: Mapping[str, Any]) -> None:
-        bad = set(d) - set(HYPERPARAMETER_NAMES)
-        if bad:
-            raise ValueError(f"unknown hyperparameters {sorted(bad)}; known: {list(HYPERPARAMETER_NAMES)}")
+    _check_names = staticmethod(check_hyperparameter_names)
 
     @property
     def species(self) -> list[str]:
