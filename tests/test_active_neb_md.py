@@ -58,18 +58,44 @@ def oracle_neb(initial, final) -> tuple[float, list]:
     return max(energies) - energies[0], images
 
 
+def o_diffusion_endpoints():
+    """O hollow-to-hollow on a 3x3x3 Cu(100) slab (a = 3.61 A, bottom two layers fixed), the
+    final state one surface lattice vector along x; not relaxed (bench/active_systems.py)."""
+    initial = fcc100("Cu", (3, 3, 3), a=3.61, vacuum=6.0)
+    initial.set_constraint(FixAtoms(indices=[a.index for a in initial if a.tag > 1]))
+    add_adsorbate(initial, "O", 1.2, "hollow")
+    final = initial.copy()
+    final.positions[-1, 0] += initial.cell[0, 0] / 3
+    final.set_constraint(initial.constraints)
+    return initial, final
+
+
+# The settings of bench/active_learning.py's NEB benchmark: fixed hyperparameters (optimised
+# on the first few labels the length scales collapse to their bound, and the optimiser's
+# path then depends on rounding: on the Cu adatom slab a run with 2 OpenMP threads did not
+# converge where 1 thread did), only the special frames per batch, the translation-equivalent
+# final state inferred, and Morse parameters fitted to EMT there (Cu: fcc binding curve; O:
+# O over the slab's sites, the bonding window).
+NEB_HYPERPARAMETERS = {"sigma2": 0.5, "ell2": 1.0, "sigma3": 0.5, "ell3": 1.0, "noise_force": 0.01,
+                       "noise_energy": 0.005}
+NEB_MORSE = {"Cu": (0.48856, 2.82108, 1.24122), "O": (2.90758, 2.55451, 0.3)}
+
+
 def test_neb_task_converges_to_the_oracle_barrier(tmp_path):
-    initial, final = adatom_endpoints()
+    initial, final = o_diffusion_endpoints()
     reference, _ = oracle_neb(initial, final)
-    task = NEBTask(initial, final, fmax=FMAX, energy_tol=0.01, max_step=0.2)
-    with ActiveLearner(model(prior=True), EMT(), task, tmp_path / "run", FAST, batch_size=3, map=True,
-                       max_iterations=6) as learner:
+    task = NEBTask(initial, final, fmax=FMAX, energy_tol=0.01, max_step=0.3, reuse_band=False, skip_std=0.02)
+    gp = GaussianProcess(["Cu", "O"], {"twobody": 4.5, "threebody": 3.3}, hyperparameters=NEB_HYPERPARAMETERS,
+                         baseline=Morse(NEB_MORSE, cutoff=6.0))
+    with ActiveLearner(gp, EMT(), task, tmp_path / "run", FAST, batch_size=1, optimize=False,
+                       max_iterations=8) as learner:
         result = learner.run()
     assert result.converged, result.metrics
     errors = result.metrics["energy_errors"]
-    assert max(errors.values()) < 0.01
+    assert max(v for v in errors.values() if v is not None) < 0.01
     assert abs(result.task["barrier"] - reference) < 0.02, (result.task, reference)
     assert abs(result.task["reverse_barrier"] - reference) < 0.02
+    assert result.oracle_calls <= 0.2 * 61  # the oracle NEB's 61 calls (bench/results/active_learning.json)
 
 
 def test_neb_skip_std_infers_the_equivalent_end_point(tmp_path):
