@@ -119,7 +119,9 @@ def test_two_otfgp_otf_on_one_run_dir(tmp_path):
     """While ``otfgp otf`` runs, a second one (new run or --resume) on its directory stops
     with exit 2 and writes nothing; after the first is killed, a resume completes with
     every step logged once."""
-    config = _config(tmp_path, steps=400, threshold=0.005)
+    # more steps than can run before it is killed: a first run that ended on its own before
+    # the second started would make the test a race (it did once in CI, with 400 steps)
+    config = _config(tmp_path, steps=4000, threshold=0.005)
     first = subprocess.Popen([OTFGP, "otf", str(config)], cwd=tmp_path, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     logf = tmp_path / "run" / "log.jsonl"
@@ -137,7 +139,7 @@ def test_two_otfgp_otf_on_one_run_dir(tmp_path):
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    config.write_text(config.read_text().replace("steps = 400", "steps = 30"))
+    config.write_text(config.read_text().replace("steps = 4000", "steps = 30"))
     done = _run_cli(["otf", "--resume", "run"], tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     steps = [e["step"] for e in read_log(tmp_path / "run")]
