@@ -328,6 +328,29 @@ def _label_atom_indices(atom_indices: Sequence[int] | np.ndarray | None, n: int)
 
 
 
+
+def energy_stress_labels(atoms: Atoms, energy: bool | float | None,
+                         stress: bool | np.ndarray | None) -> tuple[float | None, np.ndarray | None]:
+    """The energy and the Voigt stress (xx, yy, zz, yz, xz, xy) labels that
+    ``add_training_data`` is given (``True``: the atoms' calculator's; ``False``/``None``:
+    none), as both model kinds read them.
+
+    Raises:
+        otfgp._core.InputError: a stress of neither 6 components nor shape (3, 3).
+    """
+    e = None
+    if energy is not False and energy is not None:
+        e = float(atoms.get_potential_energy()) if energy is True else float(energy)
+    s = None
+    if stress is not False and stress is not None:
+        raw = np.asarray(atoms.get_stress(voigt=True) if stress is True else stress, dtype=float)
+        if raw.shape == (3, 3):
+            raw = raw[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+        if raw.shape != (6,):
+            raise _core.InputError(f"stress must have 6 Voigt components or shape (3, 3), got {raw.shape}")
+        s = raw
+    return e, s
+
 def check_hyperparameter_names(d: Mapping[str, Any]) -> None:
     """ValueError naming the keys of ``d`` that are not hyperparameter names (both model
     kinds take hyperparameters, bounds and priors by these names)."""
@@ -585,17 +608,7 @@ class GaussianProcess:
                     f"forces must have shape ({n}, 3), one row per atom of the structure (row i: "
                     f"atom i), got {f.shape}; atom_indices selects the rows that become labels")
             force_atoms, force_values = idx.astype(np.int32), f[idx]
-        e = None
-        if energy is not False and energy is not None:
-            e = float(atoms.get_potential_energy()) if energy is True else float(energy)
-        s = None
-        if stress is not False and stress is not None:
-            raw = np.asarray(atoms.get_stress(voigt=True) if stress is True else stress, dtype=float)
-            if raw.shape == (3, 3):
-                raw = raw[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
-            if raw.shape != (6,):
-                raise _core.InputError(f"stress must have 6 Voigt components or shape (3, 3), got {raw.shape}")
-            s = raw
+        e, s = energy_stress_labels(atoms, energy, stress)
         prior = self._baseline_rows(atoms, force_atoms, e, s)  # once: stored with the raw labels
         with self._dropping_maps("adding training data"):
             self._model.add_training_structure(cell, pbc, positions, species, force_atoms, force_values, e, s,

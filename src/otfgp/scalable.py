@@ -56,7 +56,7 @@ from . import _core
 from .calibration import ModelCalibration, SamplePool, epistemic_variances, model_calibration
 from .gp import (AT_BOUND_FRACTION, DEFAULT_BOUNDS, DEFAULT_HYPERPARAMETERS, HYPERPARAMETER_NAMES,
                  MAXIMUM_LIKELIHOOD_BOUNDS, OptimizationReport, Prediction, _as_atomic_number, _label_atom_indices,
-                 check_hyperparameter_names)
+                 check_hyperparameter_names, energy_stress_labels)
 from .priors import LogNormal, Priors, log_prior
 from .mapping import LOWER_MARGIN, _basis_points
 
@@ -434,19 +434,11 @@ class ScalableGP:
             if f.shape != (n, 3):
                 raise _core.InputError(f"forces must have shape ({n}, 3), got {f.shape}")
             y.append(f[idx].ravel())
-        e = None
-        if energy is not False and energy is not None:
-            e = float(atoms.get_potential_energy()) if energy is True else float(energy)
+        e, s = energy_stress_labels(atoms, energy, stress)
+        if e is not None:
             y.append([e])
-        s = None
-        if stress is not False and stress is not None:
-            raw = np.asarray(atoms.get_stress(voigt=True) if stress is True else stress, dtype=float)
-            if raw.shape == (3, 3):
-                raw = raw[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
-            if raw.shape != (6,):
-                raise _core.InputError(f"stress must have 6 Voigt components or shape (3, 3), got {raw.shape}")
-            s = raw
-            y.append(raw)
+        if s is not None:
+            y.append(s)
         if not y or sum(len(v) for v in y) == 0:
             raise _core.InputError("no labels: give force atoms, an energy or a stress")
         labels = np.concatenate([np.asarray(v, dtype=float) for v in y])
