@@ -173,9 +173,14 @@ def run_emt(args: argparse.Namespace) -> dict:
     if args.calibration:
         for opts in variants.values():
             opts["calibration"] = args.calibration
+    if args.labels is not None:
+        train = None if args.labels == "all" else False  # None: whatever the labeller returns
+        for opts in variants.values():
+            opts.update(add_energy=train, add_stress=train)
     results: dict = {"protocol": {"atoms": 32, "jitter_A": 0.01 * A, "dt_fs": 5.0, "solid_steps": args.solid_steps,
                                   "liquid_steps": args.liquid_steps, "start_K": 300, "melt_rescale_K": 3000,
                                   "init_atoms": 1, "max_atoms_added": 1, "cutoffs": CUTOFFS, "oracle": "EMT",
+                                  "labels": args.labels or "package default",
                                   "test_set_mean_temperature_K": test_temps},
                      "variants": {}, "flare_1_4_reference": FLARE}
     with tempfile.TemporaryDirectory() as tmp:
@@ -266,6 +271,8 @@ def main() -> None:
     ap.add_argument("--mpi-ranks", type=int, default=1)
     ap.add_argument("--calibration", default=None,
                     help="emt: calibration form refitted on the fly (e.g. relative); default none")
+    ap.add_argument("--labels", choices=["forces", "all"], default=None,
+                    help="emt: train on forces only, or on forces, energies and stresses (default: the package default)")
     ap.add_argument("--output", type=Path, default=None)
     args = ap.parse_args()
     short = args.labeller == "qe"

@@ -53,6 +53,9 @@ def main() -> None:
     ap.add_argument("--test-frames", type=int, default=None,
                     help="liquid frames from the trajectory labelled afterwards as a held-out test "
                          "(default 2 with qe, 10 with emt; 0: none)")
+    ap.add_argument("--energies", choices=["train", "reference"], default="reference",
+                    help="train on the DFT energies (train), or use them only as the energy reference of a "
+                         "force-trained model (reference, default)")
     ap.add_argument("--output", default=None, help="run directory (default otf_al_<oracle>)")
     ap.add_argument("--overwrite", action="store_true", help="delete an earlier run in the run directory")
     args = ap.parse_args()
@@ -84,7 +87,7 @@ def main() -> None:
     model = otfgp.GaussianProcess(["Al"], {"twobody": 5.0, "threebody": 3.5})
     dyn = VelocityVerlet(atoms, timestep=5.0 * units.fs)
     otf = otfgp.OTF(dyn, model, labeller, threshold=args.threshold, max_atoms_added=args.max_atoms_added,
-                    init_atoms=4, output_dir=str(out))
+                    init_atoms=4, output_dir=str(out), add_energy=args.energies == "train")
 
     t0 = time.perf_counter()
     otf.run(args.solid_steps)

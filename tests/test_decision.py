@@ -111,7 +111,11 @@ def test_trained_labels_follow_what_the_labeller_returns():
     assert trained_labels(full, auto) == (True, True)
     forces_only = label(atoms, lambda a: {"forces": np.zeros((len(a), 3))}, stress=None)
     assert trained_labels(forces_only, auto) == (False, False)
-    assert trained_labels(full, LearningOptions()) == (False, False)
+    # the default "auto": what the labeller returns when the cell can change, else forces only
+    assert trained_labels(full, LearningOptions().for_cell(True)) == (True, True)
+    assert trained_labels(full, LearningOptions().for_cell(False)) == (False, False)
+    with pytest.raises(ValueError, match="resolved by the driver"):
+        trained_labels(full, LearningOptions())
     with pytest.raises(LabellerError, match="add_energy is true"):
         trained_labels(forces_only, LearningOptions(add_energy=True))
     dict_stress = label(atoms, lambda a: {"forces": np.zeros((len(a), 3)), "stress": np.zeros(6)}, stress=False)
@@ -121,5 +125,7 @@ def test_trained_labels_follow_what_the_labeller_returns():
 def test_options_reject_non_booleans():
     with pytest.raises(ValueError, match="extrapolation_checks"):
         LearningOptions(extrapolation_checks="yes")
+    with pytest.raises(ValueError, match="add_stress must be true, false, 'auto'"):
+        LearningOptions(add_stress="yes")
     with pytest.raises(ValueError, match="local_energy_threshold"):
         LearningOptions(local_energy_threshold=-1.0)

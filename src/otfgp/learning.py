@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence, TypeVar, Union
 
@@ -77,14 +77,17 @@ class LearningOptions:
     ``add_stress`` train on the frame's energy / stress: ``None`` whenever the labeller
     returns them (DFT does; the per-species energy offsets then give the potential energy a
     fixed reference across retrains, and stresses make pressures right), ``True`` always (an
-    error if the labeller cannot), ``False`` (default) never. Energy labels are costly in
-    the exact GP (each couples every cluster of its frame: 16 DFT calls of the
-    ``tests/test_otf.py`` protocol trained in 782 s against 8.5 s with forces only), so by
-    default the energies only set the reference: with ``energy_reference`` (default on) the
-    per-species energy offsets are refitted after every retrain to the labeller's energies of
-    all DFT frames so far (:meth:`GaussianProcess.set_energy_reference`), which keeps the
-    potential energy on the labeller's scale across retrains at the cost of one energy
-    prediction per frame.
+    error if the labeller cannot), ``False`` never, ``"auto"`` (default) as ``None`` when
+    the cell can change (NPT, cell relaxation: the volume follows the pressure, which a
+    force-trained model gets wrong) and as ``False`` at fixed cell. Energy and stress labels
+    couple every cluster of their frame, so they make the exact GP's training and variance
+    costlier (training fits the length scales on the forces alone:
+    :meth:`GaussianProcess.train`); at fixed cell the energies only set the reference: with
+    ``energy_reference`` (default on) the per-species energy offsets of a model without
+    energy labels are refitted after every retrain to the labeller's energies of all DFT
+    frames so far (:meth:`GaussianProcess.set_energy_reference`), which keeps the potential
+    energy on the labeller's scale across retrains at the cost of one energy prediction per
+    frame.
 
     Forces can look fine where the model extrapolates in density: a model learnt at the
     equilibrium lattice constant predicts small force stds for a crystal strained by 10-20 %
@@ -142,8 +145,8 @@ class LearningOptions:
     min_threshold: float = 0.005
     add_threshold: float | None = None
     max_atoms_added: int = 1
-    add_energy: bool | None = False
-    add_stress: bool | None = False
+    add_energy: bool | str | None = "auto"
+    add_stress: bool | str | None = "auto"
     energy_reference: bool = True
     local_energy_threshold: float | None = None
     stress_threshold: float | None = None
@@ -184,10 +187,13 @@ class LearningOptions:
             raise ValueError("give either threshold or relative_threshold, not both")
         if not isinstance(self.energy_reference, (bool, np.bool_)):
             raise ValueError(f"energy_reference must be true or false, got {self.energy_reference!r}")
-        for name in ("add_energy", "add_stress", "extrapolation_checks"):
+        for name in ("add_energy", "add_stress"):
             v = getattr(self, name)
-            if v is not None and not isinstance(v, (bool, np.bool_)):
-                raise ValueError(f"{name} must be true, false or unset (None), got {v!r}")
+            if v is not None and v != "auto" and not isinstance(v, (bool, np.bool_)):
+                raise ValueError(f"{name} must be true, false, 'auto' or unset (None), got {v!r}")
+        v = self.extrapolation_checks
+        if v is not None and not isinstance(v, (bool, np.bool_)):
+            raise ValueError(f"extrapolation_checks must be true, false or unset (None), got {v!r}")
         for name in ("threshold", "relative_threshold", "add_threshold", "min_threshold",
                      "local_energy_threshold", "stress_threshold"):
             v = getattr(self, name)
@@ -218,6 +224,13 @@ class LearningOptions:
                 raise ValueError(f"calibration must be one of {list(FORMS)} or None, got {self.calibration!r}")
         if not (isinstance(self.map_tolerance, (int, float)) and self.map_tolerance > 0):
             raise ValueError(f"map_tolerance must be a positive number, got {self.map_tolerance!r}")
+
+    def for_cell(self: _Options, cell_changes: bool) -> _Options:
+        """These options with ``"auto"`` of ``add_energy`` / ``add_stress`` resolved for a
+        run whose cell can (``None``: train what the labeller returns) or cannot change
+        (``False``)."""
+        auto = None if cell_changes else False
+        return replace(self, **{name: auto for name in ("add_energy", "add_stress") if getattr(self, name) == "auto"})
 
     @classmethod
     def from_dict(cls: type[_Options], d: Mapping[str, Any]) -> _Options:
@@ -559,6 +572,8 @@ def trained_labels(labelled: Atoms, options: LearningOptions) -> tuple[bool, boo
     out = []
     for name, key in (("add_energy", "energy"), ("add_stress", "stress")):
         want = getattr(options, name)
+        if want == "auto":
+            raise ValueError(f"{name} = 'auto' is resolved by the driver (LearningOptions.for_cell) before labelling")
         if want and key not in results:
             raise LabellerError(f"{name} is true but the labeller returned no {key}")
         out.append(bool(want) if want is not None else key in results)

@@ -219,7 +219,9 @@ class OTF:
 
     def _setup(self, dynamics: Any, model: GaussianProcess, labeller: Labeller | str | Mapping[str, Any],
                options: Mapping[str, Any], resuming: bool) -> None:
-        self.options = OTFOptions.from_dict(options)
+        # a changing cell turns the extrapolation checks and energy + stress training on by default
+        self.cell_changes = cell_can_change(dynamics)
+        self.options = OTFOptions.from_dict(options).for_cell(self.cell_changes)
         if self.options.scalable_after is not None and getattr(model, "baseline", None) is not None:
             # refused now, not at the switch after hours of DFT calls
             raise ValueError("scalable_after: the scalable GP has no baselines yet, so a model with a baseline "
@@ -273,7 +275,6 @@ class OTF:
         self.calc = _TimedGPCalculator(model, self.timers)
         self.atoms.calc = self.calc
         self._rng = np.random.default_rng(self.options.seed)
-        self.cell_changes = cell_can_change(dynamics)  # turns the extrapolation checks on by default
         self._checkpoint_index = 0
         self._learned_at = -1  # step whose uncertainty check already happened (resume)
         self._logged_at = -1  # step already checked and logged by an earlier run() call

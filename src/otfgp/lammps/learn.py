@@ -173,7 +173,8 @@ def _export_mismatch(gp: GaussianProcess, model: Any) -> str | None:
 
 
 def _options(request: dict[str, Any]) -> LearningOptions:
-    return LearningOptions.from_dict(dict(request.get("options", {})))
+    options = LearningOptions.from_dict(dict(request.get("options", {})))
+    return options.for_cell(bool(request.get("cell_changes", False)))
 
 
 def _thresholds(request: dict[str, Any], options: LearningOptions,
