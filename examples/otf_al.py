@@ -166,6 +166,9 @@ def main() -> None:
               f"{1000 * cal['rmse']:.0f} meV/A, within 1 latent std {cal['coverage_1std_latent']:.0%}, "
               f"within 1 std with sigma_n {cal['coverage_1std_total']:.0%} (calibrated: 68%)")
     pe = result["potential_energy_at_retrains"]
+    print(f"  potential energy discontinuity at retrains (model energy of the same configuration before and "
+          f"after learning it): median {pe['median_discontinuity_at_retrain_eV']:.3f}, "
+          f"max {pe['max_discontinuity_at_retrain_eV']:.3f} eV")
     print(f"  potential energy change at retrain steps: median {pe['median_change_at_retrain_eV']:.3f}, "
           f"max {pe['max_change_at_retrain_eV']:.3f} eV (an MD step: median "
           f"{pe['median_change_per_md_step_eV']:.3f}, max {pe['max_change_per_md_step_eV']:.3f} eV)")
@@ -222,12 +225,25 @@ def _log(run_dir: Path) -> list[dict]:
 
 
 def _energy_steps(run_dir: Path, dft_calls: list[int]) -> dict:
-    """How much the logged potential energy changes at the steps where the model was
-    retrained, against the ordinary step-to-step change of the MD (eV)."""
+    """Is the potential energy continuous across retrains (eV)? The discontinuity at a
+    retrain is the change of the model's energy of the same configuration: the energy the
+    model predicted before learning the frame (``gp_energy`` of ``dft/frame_<step>.extxyz``)
+    against the retrained model's (the logged one). Next to it, how much the logged
+    potential energy changes at those steps and at ordinary MD steps (physics included:
+    right after the melt the potential energy climbs by eV per step)."""
+    from ase.io import read
+
     pe = {e["step"]: e["potential_energy_eV"] for e in _log(run_dir)}
+    jumps = []
+    for s in dft_calls:
+        info = read(run_dir / "dft" / f"frame_{s:07d}.extxyz").info
+        if "gp_energy" in info and s in pe:
+            jumps.append(abs(pe[s] - float(info["gp_energy"])))
     retrain = [abs(pe[s] - pe[s - 1]) for s in dft_calls if s - 1 in pe]
     ordinary = [abs(pe[s] - pe[s - 1]) for s in pe if s - 1 in pe and s not in dft_calls]
-    return {"max_change_at_retrain_eV": max(retrain, default=0.0),
+    return {"max_discontinuity_at_retrain_eV": max(jumps, default=0.0),
+            "median_discontinuity_at_retrain_eV": float(np.median(jumps)) if jumps else 0.0,
+            "max_change_at_retrain_eV": max(retrain, default=0.0),
             "median_change_at_retrain_eV": float(np.median(retrain)) if retrain else 0.0,
             "median_change_per_md_step_eV": float(np.median(ordinary)) if ordinary else 0.0,
             "max_change_per_md_step_eV": max(ordinary, default=0.0)}

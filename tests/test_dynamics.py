@@ -103,6 +103,10 @@ def test_md_runs_on_the_fly(kind, tmp_path):
             assert not np.allclose(otf.atoms.cell.array, cell0, atol=1e-6)
         else:
             assert np.array_equal(otf.atoms.cell.array, cell0)
+        # add_energy / add_stress "auto": trained when the cell can change, else forces only
+        trained = [otf.model.training_structure(i) for i in range(otf.model.n_training_structures)]
+        changing = kind in BAROSTATS
+        assert all((d["energy"] is not None) == changing and (d["stress"] is not None) == changing for d in trained)
 
 
 def test_langevin_baoab_uses_the_model_forces_from_the_first_step(tmp_path):

@@ -11,7 +11,7 @@ directory is locked by the run, see :mod:`otfgp.run_dir`):
   (with a lossless ``frame_<step>.traj`` copy from which a resumed run reuses it), with the
   model's prediction made before it learnt the frame (arrays ``gp_forces``,
   ``gp_force_stds``: reported stds (the decision compares their epistemic part), and
-  ``gp_latent_force_stds``: the GP's latent stds);
+  ``gp_latent_force_stds``: the GP's latent stds; info ``gp_energy``: its potential energy);
 - ``quarantine/frame_<step>.traj`` + ``.json``: a labelled frame that failed the label
   sanity checks (:mod:`otfgp.label_checks`), never trained on, and why;
 - ``checkpoint/state.json`` + ``checkpoint/model_<n>.otfgp``: model and MD state after
@@ -391,6 +391,7 @@ class OTF:
             frame.arrays["gp_forces"] = np.array(self.calc.results["forces"])
             frame.arrays["gp_force_stds"] = np.array(self.calc.results["force_stds"])
             frame.arrays["gp_latent_force_stds"] = np.array(self.calc.results["latent_force_stds"])
+            frame.info["gp_energy"] = float(self.calc.results["energy"])
             sigma_n = self.model.hyperparameters["noise_force"]
         try:
             labelled = self._label(frame)
