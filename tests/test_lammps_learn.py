@@ -332,3 +332,20 @@ def test_std_outputs_are_measured_at_step_0(workdir):
     assert rows[0, 5] == pytest.approx(ref.epistemic_force_stds.max(), rel=1e-8)
     assert rows[0, 6] == pytest.approx(ref.epistemic_local_energy_stds.max(), rel=1e-8)
     assert rows[1, 5] > 0 and rows[1, 5] != rows[0, 5]  # step 10: the moved atoms' stds
+
+
+@pytest.mark.parametrize("integrator,trains_all", [
+    ("fix 1 all nve", False),
+    ("fix 1 all npt temp 1500 1500 0.1 iso 0.0 0.0 1.0", True),
+])
+def test_box_changing_runs_train_energies_and_stresses(workdir, integrator, trains_all):
+    """add_energy / add_stress "auto": a run whose box can change (fix npt) trains on the
+    labeller's energies and stresses, a fixed-box run on forces only."""
+    deck = INPUT.format(threshold=0.004, labeller="mylabels:emt").replace("fix 1 all nve", integrator)
+    (workdir / "in.learn").write_text(deck)
+    res = run_lmp(["-in", "in.learn"], workdir)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    model = otfgp.GaussianProcess.load(workdir / "model.otfgp")
+    new = [model.training_structure(i) for i in range(1, model.n_training_structures)]  # 0: the start model's
+    assert new
+    assert all((d["energy"] is not None) == trains_all and (d["stress"] is not None) == trains_all for d in new)
