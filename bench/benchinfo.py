@@ -43,6 +43,26 @@ def busy_seconds() -> float | None:
         return None
 
 
+def run_worker(script: str, args: list[str], threads: int) -> dict:
+    """Run ``script args`` in a fresh Python with ``threads`` OpenMP / OpenBLAS threads and
+    return the JSON object its last stdout line holds, plus ``threads`` and the cores other
+    processes kept busy meanwhile (``machine_busy_cores``). Its stderr (progress, logs)
+    goes to ours; a failure is a RuntimeError."""
+    import json
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+    b0, t0 = busy_seconds(), time.perf_counter()
+    res = subprocess.run([sys.executable, script, *args], env=env, stdout=subprocess.PIPE, text=True, check=False)
+    if res.returncode:
+        raise RuntimeError(f"worker {script} {' '.join(args)} failed (exit {res.returncode}; its stderr is above)")
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    wall, b1 = time.perf_counter() - t0, busy_seconds()
+    if b0 is not None and b1 is not None:
+        out["machine_busy_cores"] = (b1 - b0) / wall
+    out["threads"] = threads
+    return out
+
+
 def own_cpu_seconds() -> float:
     """CPU seconds of this process plus its waited-for descendants."""
     s = resource.getrusage(resource.RUSAGE_SELF)

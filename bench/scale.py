@@ -27,14 +27,14 @@ import datetime
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchinfo import busy_seconds, cpu_model, git_commit, modified_paths
+import benchinfo
+from benchinfo import cpu_model, git_commit, modified_paths
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "scale.json"
@@ -169,19 +169,7 @@ def worker_exact() -> dict:
 
 
 def run_worker(args: list[str], threads: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
-    b0 = busy_seconds()
-    t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True, text=True, check=False)
-    if res.returncode:
-        raise RuntimeError(f"worker {args} failed:\n{res.stderr}")
-    out = json.loads(res.stdout.strip().splitlines()[-1])
-    wall = time.perf_counter() - t0
-    b1 = busy_seconds()
-    if b0 is not None and b1 is not None:
-        out["machine_busy_cores"] = (b1 - b0) / wall
-    out["threads"] = threads
-    return out
+    return benchinfo.run_worker(__file__, args, threads)
 
 
 def main() -> None:

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchinfo import busy_seconds, cpu_model, git_commit, modified_paths
+import benchinfo
+from benchinfo import cpu_model, git_commit, modified_paths
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "scale_otf.json"
@@ -207,18 +208,7 @@ WORKERS = {"switch": worker_switch, "melt": worker_melt, "train": worker_train}
 
 
 def run_worker(section: str, threads: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
-    b0, t0 = busy_seconds(), time.perf_counter()
-    res = subprocess.run([sys.executable, __file__, "--worker", section], env=env, stdout=subprocess.PIPE,
-                         text=True, check=False)
-    if res.returncode:
-        raise RuntimeError(f"worker {section} failed")
-    out = json.loads(res.stdout.strip().splitlines()[-1])
-    wall, b1 = time.perf_counter() - t0, busy_seconds()
-    if b0 is not None and b1 is not None:
-        out["machine_busy_cores"] = (b1 - b0) / wall
-    out["threads"] = threads
-    return out
+    return benchinfo.run_worker(__file__, ["--worker", section], threads)
 
 
 def main() -> None:
