@@ -227,18 +227,16 @@ def _log(run_dir: Path) -> list[dict]:
 def _energy_steps(run_dir: Path, dft_calls: list[int]) -> dict:
     """Is the potential energy continuous across retrains (eV)? The discontinuity at a
     retrain is the change of the model's energy of the same configuration: the energy the
-    model predicted before learning the frame (``gp_energy`` of ``dft/frame_<step>.extxyz``)
-    against the retrained model's (the logged one). Next to it, how much the logged
-    potential energy changes at those steps and at ordinary MD steps (physics included:
-    right after the melt the potential energy climbs by eV per step)."""
+    model predicted before learning the frame (``gp_energy`` of the run's
+    ``dft_frames.extxyz``) against the retrained model's (the logged one). Next to it, how
+    much the logged potential energy changes at those steps and at ordinary MD steps
+    (physics included: right after the melt the potential energy climbs by eV per step)."""
     from ase.io import read
 
     pe = {e["step"]: e["potential_energy_eV"] for e in _log(run_dir)}
-    jumps = []
-    for s in dft_calls:
-        info = read(run_dir / "dft" / f"frame_{s:07d}.extxyz").info
-        if "gp_energy" in info and s in pe:
-            jumps.append(abs(pe[s] - float(info["gp_energy"])))
+    before = {int(f.info["otf_step"]): float(f.info["gp_energy"])
+              for f in read(run_dir / "dft_frames.extxyz", index=":") if "gp_energy" in f.info}
+    jumps = [abs(pe[s] - before[s]) for s in dft_calls if s in before and s in pe]
     retrain = [abs(pe[s] - pe[s - 1]) for s in dft_calls if s - 1 in pe]
     ordinary = [abs(pe[s] - pe[s - 1]) for s in pe if s - 1 in pe and s not in dft_calls]
     return {"max_discontinuity_at_retrain_eV": max(jumps, default=0.0),
