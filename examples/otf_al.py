@@ -102,7 +102,7 @@ def main() -> None:
     # Calibrate the final model on honest errors it never trained on: every DFT frame's
     # prediction made before it was learnt, plus leave-one-out residuals (otfgp.calibration);
     # the run's own decisions used the uncalibrated std. The model file keeps the calibration.
-    calibration = otf.model.calibrate(samples=otf.calibration_samples, loo=True, form="relative")
+    calibration = otf.model.calibrate(samples=otf.calibration_samples, loo=True)
     otf.model.save(out / "model.otfgp")
 
     # held-out check: liquid frames of the trajectory that were not labelled during the run

@@ -100,25 +100,28 @@ otfgp::Maps maps_from_python(const otfgp::Model& mdl, const py::list& tables,
   return maps;
 }
 
-// Calibration maps as Python sees them: dict(a, p, b, c, e); a tuple (a, p, b, c, e) is
-// accepted too. A dict may leave out coefficients, which then take the identity's values.
+// Calibration maps as Python sees them: dict(a, p, b, c, e, radius); a tuple (a, p, b, c, e)
+// or (a, p, b, c, e, radius) is accepted too. A dict may leave out coefficients, which then
+// take the identity's values (radius 0: the atom's own force scale).
 otfgp::VarianceMap variance_map_of(const py::handle& h) {
   otfgp::VarianceMap m;
-  double* fields[5] = {&m.a, &m.p, &m.b, &m.c, &m.e};
-  static const char* names[5] = {"a", "p", "b", "c", "e"};
+  double* fields[6] = {&m.a, &m.p, &m.b, &m.c, &m.e, &m.radius};
+  static const char* names[6] = {"a", "p", "b", "c", "e", "radius"};
   if (py::isinstance<py::dict>(h)) {
     const auto d = h.cast<py::dict>();
     for (auto item : d) {
       const auto key = item.first.cast<std::string>();
       int k = 0;
-      while (k < 5 && key != names[k]) ++k;
-      if (k == 5) throw otfgp::InputError("unknown calibration coefficient '" + key + "' (a, p, b, c, e)");
+      while (k < 6 && key != names[k]) ++k;
+      if (k == 6)
+        throw otfgp::InputError("unknown calibration coefficient '" + key + "' (a, p, b, c, e, radius)");
       *fields[k] = item.second.cast<double>();
     }
   } else {
     const auto t = h.cast<std::vector<double>>();
-    if (t.size() != 5) throw otfgp::InputError("a calibration map has 5 coefficients (a, p, b, c, e)");
-    for (int k = 0; k < 5; ++k) *fields[k] = t[k];
+    if (t.size() != 5 && t.size() != 6)
+      throw otfgp::InputError("a calibration map has 5 coefficients (a, p, b, c, e) and optionally a radius");
+    for (std::size_t k = 0; k < t.size(); ++k) *fields[k] = t[k];
   }
   return m;
 }
@@ -130,6 +133,7 @@ py::dict variance_map_dict(const otfgp::VarianceMap& m) {
   d["b"] = m.b;
   d["c"] = m.c;
   d["e"] = m.e;
+  d["radius"] = m.radius;
   return d;
 }
 
@@ -248,6 +252,28 @@ PYBIND11_MODULE(_core, m) {
       py::arg("forces"),
       "The values a force calibration map scales with: each atom's RMS force component "
       "|F_i|/sqrt(3), repeated for its three components (same shape as forces).");
+  m.def(
+      "neighbourhood_scale_values",
+      [](const DoubleArray& cell, const std::array<bool, 3>& pbc, const DoubleArray& positions,
+         const DoubleArray& forces, double radius) {
+        if (!(radius >= 0.0)) throw otfgp::InputError("the radius must be non-negative");
+        const auto n = static_cast<py::ssize_t>(positions.shape(0));
+        if (forces.ndim() != 2 || forces.shape(0) != n || forces.shape(1) != 3)
+          throw otfgp::InputError("forces must be N x 3 for N positions");
+        IntArray species(std::vector<py::ssize_t>{n});
+        std::fill(species.mutable_data(), species.mutable_data() + n, 0);
+        const otfgp::Structure s = make_structure(cell, pbc, positions, species);
+        std::vector<double> out;
+        {
+          py::gil_scoped_release release;
+          out = otfgp::structure_force_scales(s, forces.data(), radius);
+        }
+        return to_array(out, {n, 3});
+      },
+      py::arg("cell"), py::arg("pbc"), py::arg("positions"), py::arg("forces"), py::arg("radius"),
+      "The scale values (N x 3) of a force calibration map with this radius on a structure "
+      "with predicted forces: the RMS of |F_j|/sqrt(3) over each atom and its neighbours "
+      "closer than radius, every periodic image counted (radius 0: force_scale_values).");
 
   m.def("set_num_threads", [](int n) {
 #ifdef _OPENMP
@@ -442,6 +468,8 @@ PYBIND11_MODULE(_core, m) {
             d["forces"] = to_array(p.forces, {n, 3});
             d["virials"] = to_array(p.virials, {n, 6});
             if (mode != otfgp::VarianceMode::kNone) {
+              if (p.force_variances_pending)  // every neighbour is a centre here
+                throw otfgp::InputError("internal: force variances left pending on a whole structure");
               d["force_variances"] = to_array(p.force_variances, {n, 3});
               d["latent_force_variances"] = to_array(p.latent_force_variances, {n, 3});
               d["local_energy_variances"] = to_array(p.energy_variances, {n});

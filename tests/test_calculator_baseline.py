@@ -115,7 +115,7 @@ def test_emt_labels_on_emt_baseline_leave_nothing_to_learn():
 def test_save_load_copy_pickle_are_exact_and_keep_raw_labels(delta, frames, tmp_path):
     delta.save(tmp_path / "m.otfgp")
     loaded = otfgp.GaussianProcess.load(tmp_path / "m.otfgp")
-    assert loaded.core.format_version == otfgp._core.MODEL_FORMAT_VERSION == 7
+    assert loaded.core.format_version == otfgp._core.MODEL_FORMAT_VERSION == 8
     test = _frame(np.random.default_rng(10))
     ref = delta.predict(test)
     for other in (loaded, delta.copy(), copy.deepcopy(delta), pickle.loads(pickle.dumps(delta))):

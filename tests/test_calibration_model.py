@@ -79,18 +79,25 @@ def test_python_apply_equals_the_core_rule(toy_model, rng):
 
 
 def test_calibration_coefficients_of_the_forms():
-    assert Calibration().coefficients() == {"a": 1.0, "p": 1.0, "b": 0.0, "c": 0.0, "e": 1.0}
-    assert Calibration("scale", {"s": 2.0}).coefficients() == {"a": 4.0, "p": 1.0, "b": 0.0, "c": 0.0, "e": 4.0}
+    assert Calibration().coefficients() == {"a": 1.0, "p": 1.0, "b": 0.0, "c": 0.0, "e": 1.0, "radius": 0.0}
+    assert Calibration("scale", {"s": 2.0}).coefficients() == {"a": 4.0, "p": 1.0, "b": 0.0, "c": 0.0, "e": 4.0,
+                                                               "radius": 0.0}
     assert Calibration("latent_scale", {"s": 2.0}).coefficients()["e"] == 1.0
     assert Calibration("scale_floor", {"a": 3.0, "b": 0.1}).coefficients() == {"a": 3.0, "p": 1.0, "b": 0.1,
-                                                                               "c": 0.0, "e": 0.0}
+                                                                               "c": 0.0, "e": 0.0, "radius": 0.0}
     assert Calibration("power", {"a": 3.0, "p": 0.5, "b": 0.1}).coefficients()["p"] == 0.5
+    assert Calibration("neighbourhood", {"a": 2.0, "c": 0.1, "radius": 3.5}).coefficients() == {
+        "a": 2.0, "p": 1.0, "b": 0.0, "c": 0.1, "e": 0.0, "radius": 3.5}
+    # a general map described without a radius (before it existed) scales with the atom's own force
+    assert Calibration("general", {"a": 1.0, "p": 1.0, "b": 0.0, "c": 0.1, "e": 0.0}).params["radius"] == 0.0
+    with pytest.raises(ValueError, match="radius"):
+        fit_calibration(np.ones(40), np.ones(40), 0.0, form="neighbourhood", mean=np.ones(40))
     with pytest.raises(ValueError, match="fitted forms"):
         fit_calibration(np.ones(40), np.ones(40), 0.0, form="general")
 
 
 def test_bad_calibration_is_rejected(toy_model):
-    for bad in ({"a": 0.0}, {"p": -1.0}, {"b": -1e-3}, {"c": np.nan}, {"e": np.inf}):
+    for bad in ({"a": 0.0}, {"p": -1.0}, {"b": -1e-3}, {"c": np.nan}, {"e": np.inf}, {"radius": -1.0}):
         with pytest.raises(ValueError, match="calibration"):
             toy_model.core.calibration = {"force": bad}
     with pytest.raises(ValueError, match="unknown calibration key"):

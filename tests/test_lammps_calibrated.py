@@ -15,6 +15,12 @@ SPECIES = ["Al", "Cu"]
 CALIBRATION = ModelCalibration(
     force=Calibration("general", {"a": 2.3, "p": 1.0, "b": 4e-4, "c": 0.02, "e": 0.7}),
     local_energy=Calibration("power", {"a": 1.8, "p": 0.9, "b": 1e-5}))
+# The same with a force scale averaged over each atom's neighbourhood (radius 3 A): under MPI
+# the neighbours' scales of ghost atoms come from the processes that own them.
+NEIGHBOURHOOD = ModelCalibration(
+    force=Calibration("general", {"a": 2.3, "p": 1.0, "b": 4e-4, "c": 0.02, "e": 0.7, "radius": 3.0}),
+    local_energy=CALIBRATION.local_energy)
+CALIBRATIONS = {"atom": CALIBRATION, "nb": NEIGHBOURHOOD}
 
 INPUT = """
 units metal
@@ -39,13 +45,18 @@ def calibrated_dir(tmp_path_factory):
     rng = np.random.default_rng(23)
     gp = two_species_model(rng)
     gp.calibration = CALIBRATION
-    gp.save(d / "exact.otfgp")
     mapped = gp.copy()
     mapped.map()
-    mapped.save(d / "mapped.otfgp")
+    models = {}
+    for name, cal in CALIBRATIONS.items():
+        for kind, m in (("exact", gp), ("mapped", mapped)):
+            m = m.copy()
+            m.calibration = cal
+            m.save(d / f"{kind}_{name}.otfgp")
+            models[kind, name] = m
     test = lammps_cell(rng, 14)
     write_data(test, d / "cell.data", SPECIES)
-    return d, {"exact": gp, "mapped": mapped}, test
+    return d, models, test
 
 
 def _python_stds(gp, atoms, uncertainty: str) -> dict:
@@ -57,16 +68,17 @@ def _python_stds(gp, atoms, uncertainty: str) -> dict:
 
 @pytest.mark.parametrize("nprocs", [1, 2])
 @pytest.mark.parametrize("model,keywords", [("exact", ""), ("mapped", ""), ("mapped", "exact")])
-def test_compute_std_atom_is_calibrated(calibrated_dir, model, keywords, nprocs):
+@pytest.mark.parametrize("scale", list(CALIBRATIONS))
+def test_compute_std_atom_is_calibrated(calibrated_dir, model, keywords, nprocs, scale):
     d, models, atoms = calibrated_dir
-    (d / "in.std").write_text(INPUT.format(model=f"{model}.otfgp", keywords=keywords))
+    (d / "in.std").write_text(INPUT.format(model=f"{model}_{scale}.otfgp", keywords=keywords))
     (d / "stds.txt").unlink(missing_ok=True)
     out = run_lmp(["-in", "in.std", "-log", "none"], d, nprocs=nprocs)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     rows = np.loadtxt(d / "stds.txt", skiprows=9)
     uncertainty = "exact" if model == "exact" or keywords == "exact" else "mapped"
-    ref = _python_stds(models[model], atoms, uncertainty)
-    assert models[model].calibration == CALIBRATION
+    ref = _python_stds(models[model, scale], atoms, uncertainty)
+    assert models[model, scale].calibration == CALIBRATIONS[scale]
     reported, latent = rows[:, 1:6], rows[:, 6:11]
     np.testing.assert_allclose(reported[:, :3], ref["force_stds"], rtol=1e-9)
     np.testing.assert_allclose(reported[:, 3], ref["force_stds"].max(axis=1), rtol=1e-9)
@@ -80,7 +92,7 @@ def test_compute_std_atom_is_calibrated(calibrated_dir, model, keywords, nprocs)
 
 def test_bad_keyword_is_an_error(calibrated_dir):
     d, _, _ = calibrated_dir
-    (d / "in.bad").write_text(INPUT.format(model="exact.otfgp", keywords="bogus"))
+    (d / "in.bad").write_text(INPUT.format(model="exact_atom.otfgp", keywords="bogus"))
     out = run_lmp(["-in", "in.bad", "-log", "none"], d, timeout=120)
     assert out.returncode != 0 and "unknown keyword bogus" in out.stdout + out.stderr
 
@@ -92,7 +104,7 @@ def test_learn_start_returns_force_and_local_energy_thresholds(calibrated_dir, t
 
     d, _, _ = calibrated_dir
     model = tmp_path / "model.otfgp"
-    model.write_bytes((d / "exact.otfgp").read_bytes())
+    model.write_bytes((d / "exact_atom.otfgp").read_bytes())
     request = {"fix_id": "t", "model_file": str(model), "labeller": "emt", "output_dir": str(tmp_path),
                "options": {"threshold": 0.03, "local_energy_threshold": 0.02}, "cell_changes": True}
     # the box changes: the local-energy test is on with its bound; a fixed box: off

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import otfgp
-from otfgp.calibration import FORMS, Calibration, fit_calibration
+from otfgp.calibration import FORMS, Calibration, fit_calibration, gaussian_nll
 from otfgp.gp import LooResiduals
 
 from conftest import displaced_al, trained_toy_model
@@ -167,7 +167,7 @@ def test_few_samples_fall_back_to_identity(caplog):
 def test_round_trip_exact(form):
     err, latent, noise = _synthetic(300, 2.5, 1e-3, seed=2)
     mean = np.random.default_rng(3).normal(0.0, 0.5, err.shape)
-    cal = fit_calibration(err, latent, noise, form=form, mean=mean)
+    cal = fit_calibration(err, latent, noise, form=form, mean=mean, radius=3.5 if form == "neighbourhood" else None)
     d = json.loads(json.dumps(cal.to_dict()))
     back = Calibration.from_dict(d)
     assert back == cal
@@ -194,3 +194,19 @@ def test_bad_input():
         fit_calibration(np.zeros(50), np.ones(49), np.ones(50))
     with pytest.raises(ValueError):
         Calibration.from_dict({"form": "scale", "params": {}})
+
+
+@pytest.mark.parametrize("form", ["relative", "neighbourhood"])
+def test_scaled_fit_finds_the_latent_branch(form):
+    """600 pooled samples of an on-the-fly NPT run (tests/data/calibration_two_branches.npz:
+    residual, latent and noise variance, force scale): a v + c m^2 has a branch where v
+    explains the errors (a ~ 80) and a worse one where m^2 does (a at its bound); the fit
+    must not stop in the second (it did from its two former starts: a = 2e-9, mean NLL -1.42)."""
+    from pathlib import Path
+
+    d = np.load(Path(__file__).parent / "data" / "calibration_two_branches.npz")
+    r, v, n, m = d["r"], d["v"], d["n"], d["m"]
+    cal = fit_calibration(r, v, n, form=form, mean=m, radius=3.5 if form == "neighbourhood" else None)
+    c_only = np.mean(r**2 / m**2)  # the maximum-likelihood map var = c m^2
+    assert cal.params["a"] > 10.0
+    assert cal.nll < gaussian_nll(r, c_only * m**2) - 0.1

@@ -178,7 +178,7 @@ def test_version_1_files_still_load(al):
     """A version-1 file (exact GP, no maps section) loads as an unmapped model."""
     _, exact, _ = al
     blob = exact.core.to_bytes()
-    assert struct.unpack_from("<I", blob, 8)[0] == _core.MODEL_FORMAT_VERSION == 7
+    assert struct.unpack_from("<I", blob, 8)[0] == _core.MODEL_FORMAT_VERSION == 8
     payload = _without_baseline_flag(blob[20:-8])
     # "no maps" and "no calibration" flags, the only additions since version 1 when unmapped
     assert payload[-2:] == b"\0\0"

@@ -122,7 +122,7 @@ def test_scalable_calibration_from_samples_survives_save_load_copy_and_pickle(tm
     samples = []
     for atoms in heldout:
         pred = model.predict(atoms)
-        samples.append(calibration_sample(pred.forces, pred.latent_force_variances, atoms))
+        samples.append(calibration_sample(pred.forces, pred.latent_force_variances, atoms, model.force_scale_radius))
     uncalibrated = model.predict(heldout[0])
     cal = model.calibrate(samples=samples, form="scale_floor")
     assert not cal.force.fallback and cal.info["samples"]["force"] == {"samples": 72}

@@ -8,6 +8,9 @@
 #include <cmath>
 #include <cstddef>
 #include <string>
+#include <vector>
+
+#include "neighbors.h"
 
 namespace otfgp {
 
@@ -16,8 +19,14 @@ namespace otfgp {
 // label-noise variance of the quantity and `mean` its predicted value (so that a form can
 // grow with the force magnitude). The defaults are the identity of an uncalibrated model:
 // latent + noise, the GP's own predictive variance.
+//
+// For forces, `mean` is a scale value of the atom (force_scale_values), and `radius` says
+// which: 0, the atom's own RMS force component; r > 0, the RMS of that value over the atom and
+// its neighbours closer than r (neighbourhood_scale_values). The radius matters only where
+// the scale values are computed from a structure; applying the map takes them as given.
 struct VarianceMap {
   double a = 1.0, p = 1.0, b = 0.0, c = 0.0, e = 1.0;
+  double radius = 0.0;
 
   double operator()(double latent, double noise, double mean) const {
     // `latent < 0 ? 0 : latent` rather than std::max: a NaN latent (a variance that was
@@ -26,12 +35,14 @@ struct VarianceMap {
     const double vp = p == 1.0 ? v : std::pow(v, p);  // the common p == 1 skips pow
     return a * vp + b + c * mean * mean + e * noise;
   }
-  // InputError naming `what` unless all finite, a > 0, p > 0 and b, c, e >= 0.
+  // InputError naming `what` unless all finite, a > 0, p > 0 and b, c, e, radius >= 0.
   void validate(const std::string& what) const;
   // The part of the map that more training data can reduce, a * latent^p: the floor, the
   // value-proportional term and the label noise stay whatever the model learns, so the
   // on-the-fly DFT decision looks at this part only (uncalibrated: the latent variance).
-  VarianceMap epistemic() const { return VarianceMap{a, p, 0.0, 0.0, 0.0}; }
+  VarianceMap epistemic() const { return VarianceMap{a, p, 0.0, 0.0, 0.0, 0.0}; }
+  // Whether the map's force scale averages over neighbours (needs more than the atom).
+  bool scales_with_neighbourhood() const { return c > 0.0 && radius > 0.0; }
 };
 
 // The quantities a model reports variances of; each has its own map.
@@ -60,5 +71,19 @@ void apply_variance_map(const VarianceMap& map, std::size_t n, const double* lat
 // direction of its force. Used by the model's predictions and, through the bindings, by the
 // calibration fit, so that fit and prediction scale alike.
 void force_scale_values(std::size_t n, const double* forces, double* out);
+
+// The neighbourhood scale: for each of n_centres rows of `nl` (neighbours closer than
+// `radius` count), the RMS of `own` over the centre and those neighbours, written to the
+// centre's three components of out (3 * n_centres). `own` holds one value per index the list
+// uses (own[centre_index[i]] for centre i, own[j] for neighbour j): an atom's |F|/sqrt(3). A
+// model error follows how distorted the environment is; in a liquid an atom in a disordered
+// shell can feel a small net force, which its own value alone misses (bench/calibration_scale.py).
+// Every image of an atom counts, as in the neighbour list. NaN in a needed value gives NaN.
+void neighbourhood_scale_values(const NeighborList& nl, std::size_t n_centres, const int* centre_index,
+                                const double* own, double radius, double* out);
+
+// The scale values (3 per atom) a force map with `radius` uses on a whole structure with
+// predicted forces (3 per atom): force_scale_values for radius 0, else the neighbourhood's.
+std::vector<double> structure_force_scales(const Structure& s, const double* forces, double radius);
 
 }  // namespace otfgp

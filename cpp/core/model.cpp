@@ -371,6 +371,13 @@ void Model::set_mapped_only(Maps maps) {
 
 void Model::set_calibration(Calibration c) {
   c.validate();
+  // An MD code's environments hold neighbours up to the interaction cutoff only, so a wider
+  // neighbourhood would be averaged over fewer atoms there than in a whole-structure prediction.
+  const double cut = std::max(cutoff2_, cutoff3_);
+  for (const VarianceMap* vm : {&c.force, &c.energy, &c.stress, &c.local_energy})
+    if (vm->radius > cut)
+      throw InputError("calibration: the force-scale radius " + std::to_string(vm->radius) +
+                       " A exceeds the model's cutoff " + std::to_string(cut) + " A");
   calibration_ = std::move(c);
 }
 

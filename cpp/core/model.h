@@ -93,6 +93,12 @@ struct LocalPrediction {
   // force and 1 for the local energy.
   std::vector<double> force_variances, latent_force_variances;
   std::vector<double> energy_variances, latent_energy_variances;
+  // A force map that scales with the neighbourhood (VarianceMap::radius) needs the scale of
+  // every neighbour; when a neighbour is no centre here (a ghost atom another process owns),
+  // force_variances stay empty, `force_scales` holds each centre's own scale and the caller
+  // completes them with Model::finish_local_force_variances once it has the neighbours'.
+  bool force_variances_pending = false;
+  std::vector<double> force_scales;
 };
 
 class Model {
@@ -173,6 +179,11 @@ class Model {
   // Each atom's force comes from the clusters centred at it alone, so no forces on ghost
   // atoms are produced and the result does not depend on Newton's-third-law bookkeeping.
   LocalPrediction predict_local(const LocalEnvironments& env, bool mean, VarianceMode variance) const;
+  // Completes the pending force variances of a predict_local result (see LocalPrediction):
+  // key_scales[k] is the own scale (|F|/sqrt(3)) of the atom with identity key k, for every
+  // key of the environments' centres and neighbours.
+  void finish_local_force_variances(const LocalEnvironments& env, const std::vector<double>& key_scales,
+                                    LocalPrediction& p) const;
 
   // Exact GP quantities of single clusters given by their species type and descriptor
   // (edge lengths, dim = 1 for pairs and 3 for triplets; any lengths in (0, cutoff], they
@@ -210,7 +221,9 @@ class Model {
   // Reported variances of n values of quantity q from their latent variances and means
   // (mean may be null when the map does not use it): the calibration rule, applied the same
   // way for Python's predictions, the mapped variance and the LAMMPS styles. Forces come as
-  // 3 components per atom and are scaled by the atom's RMS component (see the definition).
+  // 3 components per atom and are scaled by the atom's RMS component (see the definition);
+  // a force map that scales with the neighbourhood is applied by the callers, which know the
+  // neighbours (predict, predict_local).
   void report_variances(VarianceQuantity q, std::size_t n, const double* latent, const double* mean,
                         double* out) const;
   // The reducible (epistemic) part of the reported variances: VarianceMap::epistemic.

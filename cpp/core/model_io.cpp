@@ -144,7 +144,7 @@ std::string serialize_model(const Model& m) {
   w.put<std::uint8_t>(cal ? 1 : 0);
   if (cal) {
     for (const VarianceMap* vm : {&cal->force, &cal->energy, &cal->stress, &cal->local_energy})
-      for (double x : {vm->a, vm->p, vm->b, vm->c, vm->e}) w.put(x);
+      for (double x : {vm->a, vm->p, vm->b, vm->c, vm->e, vm->radius}) w.put(x);  // radius: version 8
     w.put_vec(std::vector<char>(cal->info.begin(), cal->info.end()));
   }
 
@@ -282,8 +282,10 @@ Model deserialize_model(const std::string& bytes) {
       throw ModelFileError("model file is corrupt: trained without training data or maps");
     if (version >= kCalibrationFormatVersion && r.get<std::uint8_t>() != 0) {
       Calibration cal;
-      for (VarianceMap* vm : {&cal.force, &cal.energy, &cal.stress, &cal.local_energy})
+      for (VarianceMap* vm : {&cal.force, &cal.energy, &cal.stress, &cal.local_energy}) {
         for (double* x : {&vm->a, &vm->p, &vm->b, &vm->c, &vm->e}) *x = r.get<double>();
+        if (version >= kScaleRadiusFormatVersion) vm->radius = r.get<double>();
+      }
       const auto info = r.get_vec<char>(limit);
       cal.info.assign(info.begin(), info.end());
       m.set_calibration(std::move(cal));

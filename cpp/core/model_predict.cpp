@@ -152,8 +152,15 @@ Prediction Model::predict(const Structure& s, VarianceMode variance) const {
   }
   p.force_variances.resize(p.latent_force_variances.size());
   p.local_energy_variances.resize(n);
-  report_variances(VarianceQuantity::kForce, p.force_variances.size(), p.latent_force_variances.data(),
-                   p.forces.data(), p.force_variances.data());
+  if (const VarianceMap fm = variance_map(VarianceQuantity::kForce); fm.scales_with_neighbourhood()) {
+    const double noise = noise_variance(VarianceQuantity::kForce);
+    const std::vector<double> scales = structure_force_scales(s, p.forces.data(), fm.radius);
+    apply_variance_map(fm, p.force_variances.size(), p.latent_force_variances.data(), &noise, 0, scales.data(), 1,
+                       p.force_variances.data());
+  } else {
+    report_variances(VarianceQuantity::kForce, p.force_variances.size(), p.latent_force_variances.data(),
+                     p.forces.data(), p.force_variances.data());
+  }
   report_variances(VarianceQuantity::kLocalEnergy, n, p.latent_local_energy_variances.data(),
                    p.local_energies.data(), p.local_energy_variances.data());
   report_variances(VarianceQuantity::kEnergy, 1, &p.latent_energy_variance, &p.energy, &p.energy_variance);
@@ -186,6 +193,24 @@ void Model::report_variances(VarianceQuantity q, std::size_t n, const double* la
   std::vector<double> scale(n);  // forces scale with their atom's RMS component
   force_scale_values(n, mean, scale.data());
   apply_variance_map(variance_map(q), n, latent, &noise, 0, scale.data(), 1, out);
+}
+
+void Model::finish_local_force_variances(const LocalEnvironments& env, const std::vector<double>& key_scales,
+                                         LocalPrediction& p) const {
+  const VarianceMap fm = variance_map(VarianceQuantity::kForce);
+  const std::size_t n = env.centre_keys.size();
+  if (p.latent_force_variances.size() != 3 * n) throw InputError("no force variances to complete");
+  if (key_scales.size() != env.key_species.size())
+    throw InputError("one scale per identity key is needed, got " + std::to_string(key_scales.size()) + " for " +
+                     std::to_string(env.key_species.size()) + " keys");
+  std::vector<double> scales(3 * n);
+  neighbourhood_scale_values(env.neighbors, n, env.centre_keys.data(), key_scales.data(), fm.radius,
+                             scales.data());
+  const double noise = noise_variance(VarianceQuantity::kForce);
+  p.force_variances.resize(3 * n);
+  apply_variance_map(fm, 3 * n, p.latent_force_variances.data(), &noise, 0, scales.data(), 1,
+                     p.force_variances.data());
+  p.force_variances_pending = false;
 }
 
 void Model::epistemic_variances(VarianceQuantity q, std::size_t n, const double* latent, double* out) const {
@@ -287,8 +312,31 @@ LocalPrediction Model::predict_local(const LocalEnvironments& env, bool mean, Va
   if (variance != VarianceMode::kNone) {
     out.force_variances.resize(out.latent_force_variances.size());
     out.energy_variances.resize(n);
-    report_variances(VarianceQuantity::kForce, out.force_variances.size(), out.latent_force_variances.data(),
-                     mean ? out.forces.data() : nullptr, out.force_variances.data());
+    if (variance_map(VarianceQuantity::kForce).scales_with_neighbourhood()) {
+      // Every key's own scale from the centres; complete here if the neighbours within the
+      // radius are all centres (a whole structure, a serial MD run), else leave it to the caller.
+      const double radius = variance_map(VarianceQuantity::kForce).radius;
+      std::vector<double> own(out.forces.size());
+      force_scale_values(own.size(), out.forces.data(), own.data());
+      out.force_scales.resize(n);
+      std::vector<double> key_scales(env.key_species.size(), std::numeric_limits<double>::quiet_NaN());
+      for (int i = 0; i < n; ++i) {
+        out.force_scales[i] = own[3 * static_cast<std::size_t>(i)];
+        key_scales[env.centre_keys[i]] = out.force_scales[i];
+      }
+      bool complete = true;
+      for (const Neighbor& nb : env.neighbors.items)
+        if (nb.d < radius && std::isnan(key_scales[nb.j])) complete = false;
+      if (complete) {
+        finish_local_force_variances(env, key_scales, out);
+      } else {
+        out.force_variances.clear();
+        out.force_variances_pending = true;
+      }
+    } else {
+      report_variances(VarianceQuantity::kForce, out.force_variances.size(), out.latent_force_variances.data(),
+                       mean ? out.forces.data() : nullptr, out.force_variances.data());
+    }
     report_variances(VarianceQuantity::kLocalEnergy, n, out.latent_energy_variances.data(),
                      mean ? out.energies.data() : nullptr, out.energy_variances.data());
   }

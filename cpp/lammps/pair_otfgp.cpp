@@ -42,6 +42,7 @@ PairOTFGP::PairOTFGP(LAMMPS *lmp) : Pair(lmp) {
   one_coeff = 1;
   manybody_flag = 1;
   no_virial_fdotr_compute = 1;  // the virial is summed explicitly; ghosts carry no forces
+  comm_forward = 1;             // the own force scales of a neighbourhood calibration
   centroidstressflag = CENTROID_NOTAVAIL;
 }
 
@@ -218,15 +219,49 @@ otfgp::VarianceMode PairOTFGP::variance_due() const {
   return otfgp::VarianceMode::kNone;
 }
 
-void PairOTFGP::compute(int eflag, int vflag) {
-  ev_init(eflag, vflag);
+bool PairOTFGP::neighbourhood_scales() const {
+  return model_->variance_map(otfgp::VarianceQuantity::kForce).scales_with_neighbourhood();
+}
+
+otfgp::LocalPrediction PairOTFGP::predict(bool mean, otfgp::VarianceMode mode, const char *what) {
   otfgp::LocalPrediction p;
-  const otfgp::VarianceMode due = variance_due();
   try {
-    p = model_->predict_local(environments(), true, due);
+    p = model_->predict_local(environments(), mean, mode);
+  } catch (const std::exception &e) {
+    error->one(FLERR, "{}: {}", what, e.what());
+  }
+  if (mode != otfgp::VarianceMode::kNone && neighbourhood_scales()) complete_force_variances(p);
+  return p;
+}
+
+void PairOTFGP::complete_force_variances(otfgp::LocalPrediction &p) {
+  const int nall = atom->nlocal + atom->nghost;
+  comm_scales_.assign(nall, std::nan(""));
+  for (std::size_t ii = 0; ii < centres_.size(); ++ii) comm_scales_[centres_[ii]] = p.force_scales[ii];
+  comm->forward_comm(this);
+  std::vector<double> key_scales(env_.key_species.size(), std::nan(""));
+  for (int j = 0; j < nall; ++j)
+    if (key_[j] >= 0) key_scales[key_[j]] = comm_scales_[j];
+  try {
+    model_->finish_local_force_variances(env_, key_scales, p);
   } catch (const std::exception &e) {
     error->one(FLERR, "pair otfgp: {}", e.what());
   }
+}
+
+int PairOTFGP::pack_forward_comm(int n, int *list, double *buf, int, int *) {
+  for (int k = 0; k < n; ++k) buf[k] = comm_scales_[list[k]];
+  return n;
+}
+
+void PairOTFGP::unpack_forward_comm(int n, int first, double *buf) {
+  for (int k = 0; k < n; ++k) comm_scales_[first + k] = buf[k];
+}
+
+void PairOTFGP::compute(int eflag, int vflag) {
+  ev_init(eflag, vflag);
+  const otfgp::VarianceMode due = variance_due();
+  const otfgp::LocalPrediction p = predict(true, due, "pair otfgp");
   double **f = atom->f;
   for (std::size_t ii = 0; ii < centres_.size(); ++ii) {
     const int i = centres_[ii];
@@ -267,15 +302,17 @@ const otfgp_lammps::AtomVariances &PairOTFGP::variances(bool exact) {
   // since (a fix could move atoms between the force pass and the output).
   const double *x = atom->x[0];
   const std::size_t n3 = 3 * static_cast<std::size_t>(atom->nlocal);
-  if (pass_mode_ == mode && pass_step_ == update->ntimestep && pass_x_.size() == n3 &&
-      std::equal(pass_x_.begin(), pass_x_.end(), x))
-    return pass_variances_;
-  otfgp::LocalPrediction p;
-  try {
-    p = model_->predict_local(environments(), false, mode);
-  } catch (const std::exception &e) {
-    error->one(FLERR, "otfgp uncertainty: {}", e.what());
+  int reuse = pass_mode_ == mode && pass_step_ == update->ntimestep && pass_x_.size() == n3 &&
+              std::equal(pass_x_.begin(), pass_x_.end(), x);
+  // A neighbourhood calibration communicates while predicting, so all processes must agree
+  // on whether to predict again.
+  if (neighbourhood_scales()) {
+    int all = 0;
+    MPI_Allreduce(&reuse, &all, 1, MPI_INT, MPI_MIN, world);
+    reuse = all;
   }
+  if (reuse) return pass_variances_;
+  const otfgp::LocalPrediction p = predict(false, mode, "otfgp uncertainty");
   // Kept like a force pass's, so that a second consumer on this step reuses them.
   pass_variances_ = local_variances(p);
   pass_mode_ = mode;

@@ -55,6 +55,10 @@ class PairOTFGP : public Pair {
   void coeff(int, char **) override;
   void init_style() override;
   double init_one(int, int) override;
+  // Forward communication of each atom's own force scale to the ghost atoms, for a force
+  // calibration that scales with the neighbourhood (see complete_force_variances).
+  int pack_forward_comm(int n, int *list, double *buf, int pbc_flag, int *pbc) override;
+  void unpack_forward_comm(int n, int first, double *buf) override;
 
   // Per-atom force and local-energy variances, reported and latent, at the current
   // positions, from the pair's current neighbour list. The mapped variance when the model
@@ -84,6 +88,15 @@ class PairOTFGP : public Pair {
   otfgp::VarianceMode variance_mode(bool exact) const;
   // Per-centre rows (cols values each, neighbour-list order) as per-local-atom rows.
   std::vector<double> local_order(const std::vector<double> &per_centre, int cols) const;
+  // The whole prediction with variances for `mode`: predict_local, then, when the force
+  // calibration scales with the neighbourhood, the neighbours' scales from their owners
+  // (complete_force_variances). Collective: every process calls it together.
+  otfgp::LocalPrediction predict(bool mean, otfgp::VarianceMode mode, const char *what);
+  // Completes a prediction's force variances from the ghost atoms' scales, communicated
+  // from their owners (on every process, even one whose ghosts are all its own images, so
+  // that the communication stays collective).
+  void complete_force_variances(otfgp::LocalPrediction &p);
+  bool neighbourhood_scales() const;
   // All four variance arrays of a prediction in per-local-atom order.
   otfgp_lammps::AtomVariances local_variances(const otfgp::LocalPrediction &p) const;
 
@@ -96,6 +109,7 @@ class PairOTFGP : public Pair {
   std::unordered_map<tagint, int> key_of_tag_;
   std::vector<int> key_;                   // per local+ghost atom: identity key, -1 for NULL types
   std::vector<int> centres_;               // local atom index of each environment's centre
+  std::vector<double> comm_scales_;        // per local+ghost atom: own force scale (forward comm)
   // Not owning: a consumer's handle going away (unfix, uncompute) ends its registration.
   std::vector<std::weak_ptr<const otfgp_lammps::VarianceRequest>> variance_requests_;
   // Variances computed in the force pass (or by the last variances() call): step, mode, and

@@ -19,20 +19,22 @@ Forms (``var`` is the reported variance of a force component):
 * ``scale_floor``:  var = a v + b
 * ``power``:        var = a v^p + b
 * ``relative``:     var = a v + c m^2, m the atom's predicted RMS force component |F_i|/sqrt(3)
-  (the default of :meth:`otfgp.GaussianProcess.calibrate`; see below)
+* ``neighbourhood``: var = a v + c m^2, m the RMS of |F_j|/sqrt(3) over the atom and its
+  neighbours within ``radius`` (the model's 3-body cutoff, :func:`scale_radius`; the
+  default of :meth:`otfgp.GaussianProcess.calibrate`, see below)
 * ``general``:      var = a v^p + b + c m^2 + e n (the core's rule; not fitted, it describes
   maps set through the core directly)
 
 Every form is a special case of the core's one rule (``cpp/core/calibration.h``),
 var = a max(v, 0)^p + b + c m^2 + e n with m the predicted value (for forces the atom's RMS
-component, the same for its three components);
-:meth:`Calibration.coefficients` gives a form's (a, p, b, c, e) from the table
+component, the same for its three components, or with a ``radius`` > 0 its neighbourhood's);
+:meth:`Calibration.coefficients` gives a form's (a, p, b, c, e, radius) from the table
 :data:`FORM_COEFFICIENTS`, and :meth:`Calibration.apply` evaluates the rule in C++, so
 Python, the mapped variance and LAMMPS cannot disagree. The model stores one map per
 quantity (:class:`ModelCalibration`: force, energy, stress, local energy), fitted by
 :meth:`otfgp.GaussianProcess.calibrate`.
 
-Why ``relative`` is the default (bench/uq_calibration.py, three seeds of the anchor workload,
+Why a force-proportional term with no floor (bench/uq_calibration.py, three seeds of the anchor workload,
 fits on leave-one-environment-out residuals only): the GP's error against the reference has
 two parts. Extrapolation, which the latent variance v sees, scaled by a; and the model-class
 error of a 2+3-body model against a many-body reference, which v cannot see. That second part
@@ -46,6 +48,15 @@ then understate the extrapolation error 5-13x: leave-one-out data from one displ
 amplitude cannot tell b, e n and c m^2 apart, so the form fixes b = e = 0 on that physical
 argument. Held-out errors that span the conditions (the on-the-fly learner's pre-update
 errors and audits) pin the map better than leave-one-out alone.
+
+Why ``neighbourhood`` replaced ``relative`` as the default (bench/calibration_scale.py, the
+on-the-fly Al melt of bench/otf_al.py calibrated after the run, three seeds): in a liquid an
+atom in a disordered shell can feel a small net force, and with the atom's own |F_i| the
+third of the liquid atoms with the smallest forces had squared errors 2.7-2.9 times their
+reported variance; 1-std coverage in the liquid was 0.57-0.65. Averaging m over the first
+shell (the 3-body cutoff) follows how distorted the environment is: the same z^2 are 0.8-1.1,
+coverage 0.63-0.72 in the liquid and 0.73-0.77 in the solid, and on the anchor workload's
+leave-one-out fit it changes little (2 % set 0.36-0.51 against 0.38-0.47).
 
 The three components of one held-out atom are correlated; the fit treats them as
 independent samples (a pseudo-likelihood), which leaves the point estimate unbiased and
@@ -79,14 +90,18 @@ FORM_COEFFICIENTS: dict[str, tuple[tuple[str, ...], Callable[[Mapping[str, float
     # form: (its parameters, its (a, p, b, c, e) in the core's rule). The one table of the
     # forms: a new form (e.g. one with c > 0, variance growing with the predicted force
     # squared) is one line here plus its fit in fit_calibration.
-    "identity": ((), lambda q: {"a": 1.0, "p": 1.0, "b": 0.0, "c": 0.0, "e": 1.0}),
-    "scale": (("s",), lambda q: {"a": q["s"] ** 2, "p": 1.0, "b": 0.0, "c": 0.0, "e": q["s"] ** 2}),
-    "latent_scale": (("s",), lambda q: {"a": q["s"] ** 2, "p": 1.0, "b": 0.0, "c": 0.0, "e": 1.0}),
-    "scale_floor": (("a", "b"), lambda q: {"a": q["a"], "p": 1.0, "b": q["b"], "c": 0.0, "e": 0.0}),
-    "power": (("a", "p", "b"), lambda q: {"a": q["a"], "p": q["p"], "b": q["b"], "c": 0.0, "e": 0.0}),
-    "relative": (("a", "c"), lambda q: {"a": q["a"], "p": 1.0, "b": 0.0, "c": q["c"], "e": 0.0}),
+    "identity": ((), lambda q: {"a": 1.0, "p": 1.0, "b": 0.0, "c": 0.0, "e": 1.0, "radius": 0.0}),
+    "scale": (("s",), lambda q: {"a": q["s"] ** 2, "p": 1.0, "b": 0.0, "c": 0.0, "e": q["s"] ** 2, "radius": 0.0}),
+    "latent_scale": (("s",), lambda q: {"a": q["s"] ** 2, "p": 1.0, "b": 0.0, "c": 0.0, "e": 1.0, "radius": 0.0}),
+    "scale_floor": (("a", "b"), lambda q: {"a": q["a"], "p": 1.0, "b": q["b"], "c": 0.0, "e": 0.0, "radius": 0.0}),
+    "power": (("a", "p", "b"), lambda q: {"a": q["a"], "p": q["p"], "b": q["b"], "c": 0.0, "e": 0.0,
+                                          "radius": 0.0}),
+    "relative": (("a", "c"), lambda q: {"a": q["a"], "p": 1.0, "b": 0.0, "c": q["c"], "e": 0.0, "radius": 0.0}),
+    # radius is not fitted: the model's force-scale radius (scale_radius) at the fit
+    "neighbourhood": (("a", "c", "radius"), lambda q: {"a": q["a"], "p": 1.0, "b": 0.0, "c": q["c"], "e": 0.0,
+                                                       "radius": q["radius"]}),
     # The rule itself, not fitted: how a map set through the core alone is described.
-    "general": (("a", "p", "b", "c", "e"), lambda q: dict(q)),
+    "general": (("a", "p", "b", "c", "e", "radius"), lambda q: dict(q)),
 }
 
 FORMS: tuple[str, ...] = tuple(f for f in FORM_COEFFICIENTS if f != "general")
@@ -129,6 +144,9 @@ class Calibration:
         if self.form not in FORM_COEFFICIENTS:
             raise ValueError(f"unknown calibration form {self.form!r}; known: {list(FORM_COEFFICIENTS)}")
         need = set(PARAMETERS[self.form])
+        if self.form == "general" and "radius" not in self.params:
+            # maps described before the radius existed scale with the atom's own force
+            self.params = {**self.params, "radius": 0.0}
         if set(self.params) != need:
             raise ValueError(f"form {self.form!r} takes parameters {sorted(need)}, got {sorted(self.params)}")
         self.params = {k: float(self.params[k]) for k in PARAMETERS[self.form]}
@@ -218,6 +236,24 @@ def force_scale_values(forces: Any) -> np.ndarray:
     return _core.force_scale_values(np.asarray(forces, dtype=float))
 
 
+def scale_radius(cutoffs: Mapping[str, float]) -> float:
+    """The radius of a model's neighbourhood force scale (the ``neighbourhood`` form): its
+    3-body cutoff, the first neighbour shell of a close-packed metal (the 2-body cutoff for
+    a model without 3-body terms)."""
+    r3 = float(cutoffs.get("threebody") or 0.0)
+    return r3 if r3 > 0 else float(cutoffs["twobody"])
+
+
+def neighbourhood_scale_values(atoms: Any, forces: Any, radius: float) -> np.ndarray:
+    """Per component (N x 3) the RMS of |F_j|/sqrt(3) over each atom of ``atoms`` and its
+    neighbours closer than ``radius`` (every periodic image counted), from the predicted
+    ``forces``; radius 0 gives :func:`force_scale_values`. The core's rule
+    (``otfgp::structure_force_scales``), the one predictions apply."""
+    return _core.neighbourhood_scale_values(np.asarray(atoms.cell[:], dtype=float), [bool(x) for x in atoms.pbc],
+                                            np.asarray(atoms.positions, dtype=float),
+                                            np.asarray(forces, dtype=float).reshape(-1, 3), float(radius))
+
+
 def gaussian_nll(residuals: Any, variances: Any) -> float:
     """Mean negative log likelihood of residuals under N(0, variances)."""
     r = np.asarray(residuals, dtype=float)
@@ -226,7 +262,7 @@ def gaussian_nll(residuals: Any, variances: Any) -> float:
 
 
 def fit_calibration(residuals: Any, latent_var: Any, noise_var: Any, form: str = "scale_floor",
-                    min_samples: int = MIN_SAMPLES, mean: Any = None) -> Calibration:
+                    min_samples: int = MIN_SAMPLES, mean: Any = None, radius: float | None = None) -> Calibration:
     """Fit a calibration map by maximum Gaussian likelihood on held-out samples.
 
     Args:
@@ -236,8 +272,10 @@ def fit_calibration(residuals: Any, latent_var: Any, noise_var: Any, form: str =
         form: one of :data:`FORMS`.
         min_samples: below this many finite samples return the identity map
             (``fallback=True``) and log a warning.
-        mean: the value a ``relative`` map scales with, per sample (same shape; for forces
-            the atom's predicted RMS component |F_i|/sqrt(3), as the core applies it).
+        mean: the value a ``relative`` or ``neighbourhood`` map scales with, per sample
+            (same shape; for forces the atom's predicted RMS component |F_i|/sqrt(3), or
+            its neighbourhood's (:func:`neighbourhood_scale_values`), as the core applies it).
+        radius: the ``neighbourhood`` form's radius, the one ``mean`` was computed with.
     """
     if form not in FORMS:
         raise ValueError(f"unknown calibration form {form!r}; fitted forms: {list(FORMS)}")
@@ -246,8 +284,11 @@ def fit_calibration(residuals: Any, latent_var: Any, noise_var: Any, form: str =
     if v.shape != r.shape:
         raise ValueError(f"residuals ({r.size}) and latent variances ({v.size}) differ in size")
     n = np.broadcast_to(np.asarray(noise_var, dtype=float), np.shape(latent_var)).ravel()
-    if form == "relative" and mean is None:
-        raise ValueError("the relative form needs the predicted values (mean=...)")
+    scaled = form in ("relative", "neighbourhood")
+    if scaled and mean is None:
+        raise ValueError(f"the {form} form needs the predicted values (mean=...)")
+    if form == "neighbourhood" and not (radius is not None and math.isfinite(radius) and radius > 0):
+        raise ValueError(f"the neighbourhood form needs the radius its scale values were computed with, got {radius!r}")
     mu = np.zeros_like(r) if mean is None else np.asarray(mean, dtype=float).ravel()
     if mu.shape != r.shape:
         raise ValueError(f"residuals ({r.size}) and means ({mu.size}) differ in size")
@@ -285,7 +326,7 @@ def fit_calibration(residuals: Any, latent_var: Any, noise_var: Any, form: str =
             def var_of(t):
                 return math.exp(t[0]) * x + math.exp(t[1])
             t0, bounds = [0.0, math.log(max(float(np.median(e)), 1e-3))], [(-20.0, 20.0), (-25.0, 10.0)]
-        elif form == "relative":
+        elif scaled:
             def var_of(t):
                 return math.exp(t[0]) * x + math.exp(t[1]) * m2
             t0, bounds = [0.0, math.log(1e-4)], [(-20.0, 20.0), (-30.0, 5.0)]
@@ -295,11 +336,21 @@ def fit_calibration(residuals: Any, latent_var: Any, noise_var: Any, form: str =
             t0 = [0.0, 1.0, math.log(max(float(np.median(e)), 1e-3))]
             bounds = [(-20.0, 20.0), _P_BOUNDS, (-25.0, 10.0)]
         best = None
-        # two starts: from the scale-only optimum and from the GP's own variance
+        # starts: from the scale-only optimum and from the GP's own variance
         s2 = float(np.mean(r2 / np.maximum(x + e, tiny)))
+        starts = []
         for a0 in (0.0, math.log(max(s2, 1e-6))):
             start = list(t0)
             start[0] = a0
+            starts.append(start)
+        if scaled:
+            # and from the scale-only optimum with the c term all but off: a v + c m^2 has two
+            # branches (v explains the errors, or m^2 does); from the starts above L-BFGS-B can
+            # slide into the c branch, where the likelihood is flat in a, and return a at its
+            # bound with a worse likelihood (seen on an on-the-fly NPT run: a = 2e-9, mean NLL
+            # -1.42 against -1.62 at a = 70, c = 0.004)
+            starts.append([math.log(max(s2, 1e-6)), bounds[1][0] + 5.0])
+        for start in starts:
             res = scipy.optimize.minimize(lambda t: nll_of(var_of(t)), start, method="L-BFGS-B", bounds=bounds)
             if best is None or res.fun < best.fun:
                 best = res
@@ -308,8 +359,10 @@ def fit_calibration(residuals: Any, latent_var: Any, noise_var: Any, form: str =
             params = {"s": math.sqrt(math.exp(t[0]))}
         elif form == "scale_floor":
             params = {"a": math.exp(t[0]), "b": math.exp(t[1]) * v0}
-        elif form == "relative":
+        elif scaled:
             params = {"a": math.exp(t[0]), "c": math.exp(t[1])}
+            if form == "neighbourhood":
+                params["radius"] = float(radius)
         else:
             p = float(t[1])
             params = {"a": math.exp(t[0]) * v0 ** (1.0 - p), "p": p, "b": math.exp(t[2]) * v0}
@@ -319,20 +372,32 @@ def fit_calibration(residuals: Any, latent_var: Any, noise_var: Any, form: str =
 
 
 def model_calibration(pooled: Mapping[str, Sequence[tuple[np.ndarray, ...]]], counts: Mapping[str, Any],
-                      noise: Mapping[str, float], form: str, min_samples: int) -> ModelCalibration:
+                      noise: Mapping[str, float], form: str, min_samples: int,
+                      radius: float | None = None) -> ModelCalibration:
     """The :class:`ModelCalibration` a model installs from pooled held-out samples, the rule
     :meth:`otfgp.GaussianProcess.calibrate` documents (shared by every model kind).
 
-    ``pooled[q]`` lists (residuals, latent variances, noise variances, scale values) arrays
-    per quantity ``"force"``, ``"energy"``, ``"stress"``; ``counts`` the sample counts per
-    quantity and source (recorded in ``info``); ``noise`` the label-noise variances."""
+    ``pooled[q]`` lists (residuals, latent variances, noise variances, atom scale values,
+    neighbourhood scale values) arrays per quantity ``"force"``, ``"energy"``, ``"stress"``
+    (:class:`SamplePool`); ``counts`` the sample counts per quantity and source (recorded in
+    ``info``); ``noise`` the label-noise variances; ``radius`` the neighbourhood scale's
+    (:func:`scale_radius` of the model), needed by the ``neighbourhood`` form."""
 
     def fit(q: str) -> Calibration:
         parts = pooled.get(q, [])
-        r, v, n, m = (np.concatenate([p[k] for p in parts]) if parts else np.zeros(0) for k in range(4))
+        r, v, n, m_atom, m_nb = (np.concatenate([p[k] for p in parts]) if parts else np.zeros(0) for k in range(5))
         # a total energy or stress has no "distortion" of its own to scale with
-        f = form if q == "force" or form != "relative" else "scale_floor"
-        return fit_calibration(r, v, n, form=f, min_samples=min_samples, mean=m if f == "relative" else None)
+        scaled = form in ("relative", "neighbourhood")
+        f = form if q == "force" or not scaled else "scale_floor"
+        m = (m_nb if f == "neighbourhood" else m_atom) if f in ("relative", "neighbourhood") else None
+        if m is not None and f == "neighbourhood":
+            # samples recorded without neighbourhood scales (an older checkpoint) cannot enter
+            missing = ~np.isfinite(m)
+            if missing.any():
+                log.warning("calibration: %d of %d force samples have no neighbourhood scale (recorded "
+                            "before it was kept); they are left out of the fit", int(missing.sum()), m.size)
+                r, v, n, m = r[~missing], v[~missing], n[~missing], m[~missing]
+        return fit_calibration(r, v, n, form=f, min_samples=min_samples, mean=m, radius=radius)
 
     force = fit("force")
     s = math.sqrt(force.coefficients()["a"])
@@ -365,16 +430,19 @@ def epistemic_variances(cal: Calibration, latent_var: Any) -> np.ndarray:
 
 class SamplePool:
     """Held-out samples pooled per quantity for :func:`model_calibration`: (residuals,
-    latent variances, noise variances, scale values) arrays and counts per source."""
+    latent variances, noise variances, atom scale values, neighbourhood scale values) arrays
+    and counts per source. ``radius`` is the neighbourhood scale's (:func:`scale_radius`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, radius: float = 0.0) -> None:
+        self.radius = float(radius)
         self.pooled: dict[str, list[tuple[np.ndarray, ...]]] = {q: [] for q in ("force", "energy", "stress")}
         self.counts: dict[str, dict[str, int]] = {q: {} for q in self.pooled}
 
     def add(self, quantity: str, source: str, residuals: Any, latent: Any, noise_var: Any,
-            predicted: Any = None) -> None:
+            predicted: Any = None, neighbourhood: Any = None) -> None:
         """Pool one source's samples (non-finite ones dropped); ``predicted`` forces give the
-        relative form's scale values."""
+        relative form's scale values, ``neighbourhood`` the neighbourhood form's (per
+        component, :func:`neighbourhood_scale_values`; NaN when unknown)."""
         r = np.asarray(residuals, dtype=float).ravel()
         v = np.asarray(latent, dtype=float).ravel()
         if r.shape != v.shape:
@@ -384,21 +452,24 @@ class SamplePool:
         m = np.full(r.shape, np.nan) if predicted is None else np.asarray(predicted, dtype=float).ravel()
         if quantity == "force" and predicted is not None:
             m = force_scale_values(m).ravel()
+        nb = np.full(r.shape, np.nan) if neighbourhood is None else np.asarray(neighbourhood, dtype=float).ravel()
+        if nb.shape != r.shape:
+            raise ValueError(f"{source}: {r.size} residuals but {nb.size} neighbourhood scale values")
         ok = np.isfinite(r) & np.isfinite(v)
-        self.pooled[quantity].append((r[ok], v[ok], n[ok], m[ok]))
+        self.pooled[quantity].append((r[ok], v[ok], n[ok], m[ok], nb[ok]))
         self.counts[quantity][source] = self.counts[quantity].get(source, 0) + int(ok.sum())
 
     def add_samples(self, samples: Any, noise_force: float) -> None:
         """Caller-collected force samples (see :meth:`otfgp.GaussianProcess.calibrate`): a
-        mapping or object with ``residuals``, ``latent_variances``, optionally ``forces`` and
-        ``noise_variances``, or a list of those; None adds nothing."""
+        mapping or object with ``residuals``, ``latent_variances``, optionally ``forces``,
+        ``neighbourhood_scales`` and ``noise_variances``, or a list of those; None adds nothing."""
         if samples is None:
             return
         for item in samples if isinstance(samples, (list, tuple)) else [samples]:
             get = item.get if isinstance(item, Mapping) else lambda k, d=None, o=item: getattr(o, k, d)
             nv = get("noise_variances", None)
             self.add("force", "samples", get("residuals"), get("latent_variances"),
-                     noise_force if nv is None else nv, get("forces", None))
+                     noise_force if nv is None else nv, get("forces", None), get("neighbourhood_scales", None))
 
     def add_frames(self, frames: Any, predict: Callable[[Any], Any], noise: Mapping[str, float]) -> None:
         """Structures with reference labels (their calculator's forces, and energy and stress
@@ -406,8 +477,9 @@ class SamplePool:
         with latent variances): reference minus prediction against the latent variance."""
         for atoms in frames or ():
             pred = predict(atoms)
+            nb = neighbourhood_scale_values(atoms, pred.forces, self.radius) if self.radius > 0 else None
             self.add("force", "frames", np.asarray(atoms.get_forces(), dtype=float) - pred.forces,
-                     pred.latent_force_variances, noise["force"], pred.forces)
+                     pred.latent_force_variances, noise["force"], pred.forces, nb)
             results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
             if "energy" in results:
                 self.add("energy", "frames", float(atoms.get_potential_energy()) - pred.energy,

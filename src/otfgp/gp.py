@@ -22,7 +22,8 @@ from ase.data import chemical_symbols
 
 from . import _core, baselines
 
-from .calibration import ModelCalibration, SamplePool, model_calibration
+from .calibration import (ModelCalibration, SamplePool, model_calibration,
+                          neighbourhood_scale_values, scale_radius)
 from .map_report import MapReport
 from .priors import DEFAULT_PRIORS, LogNormal, Priors, log_prior
 
@@ -1374,7 +1375,7 @@ class GaussianProcess:
         self._model.calibration = None if value is None else value.to_core()
 
     def calibrate(self, frames: Sequence[Atoms] | None = None, samples: Any = None, loo: bool = True,
-                  form: str = "relative", min_samples: int = 30) -> ModelCalibration:
+                  form: str = "neighbourhood", min_samples: int = 30) -> ModelCalibration:
         """Fit the variance calibration on held-out errors, install it and return it.
 
         Force samples are pooled from up to three sources: ``loo`` (the training set's
@@ -1387,6 +1388,10 @@ class GaussianProcess:
         ``relative`` form), optionally ``noise_variances``, default sigma_n^2; or a list
         of those). The force map is :func:`otfgp.calibration.fit_calibration` of ``form``
         on them (the identity, flagged as a fallback with a warning, below ``min_samples``).
+        The default ``neighbourhood`` form scales with the RMS predicted force of each atom's
+        neighbourhood within :attr:`force_scale_radius` (samples carry it as
+        ``neighbourhood_scales``; for leave-one-out residuals every force atom of a training
+        structure takes its leave-one-out force, the other atoms the model's prediction).
 
         The energy and stress maps are fitted the same way on held-out energies and
         stresses (leave-one-out energy / stress rows; reference energies and stresses of
@@ -1405,7 +1410,8 @@ class GaussianProcess:
         hyp = self.hyperparameters
         noise = {"force": hyp["noise_force"] ** 2, "energy": hyp["noise_energy"] ** 2,
                  "stress": hyp["noise_stress"] ** 2}
-        pool = SamplePool()
+        radius = self.force_scale_radius
+        pool = SamplePool(radius)
         add = pool.add
 
         if loo:
@@ -1417,12 +1423,41 @@ class GaussianProcess:
                     # the leave-one-out prediction (label minus residual), never the label
                     rows = np.flatnonzero(res.kinds == kind)
                     predicted = labels[rows] - part.residuals if kind == _ROW_FORCE else None
-                    add(q, "loo", part.residuals, part.latent_variances, part.noise_variances, predicted)
+                    nb = self._loo_neighbourhood_scales(predicted, radius) if kind == _ROW_FORCE else None
+                    add(q, "loo", part.residuals, part.latent_variances, part.noise_variances, predicted, nb)
         pool.add_frames(frames, lambda atoms: self.predict(atoms, variance="exact"), noise)
         pool.add_samples(samples, noise["force"])
-        cal = model_calibration(pool.pooled, pool.counts, noise, form, min_samples)
+        cal = model_calibration(pool.pooled, pool.counts, noise, form, min_samples, radius=radius)
         self.calibration = cal
         return cal
+
+    @property
+    def force_scale_radius(self) -> float:
+        """Radius (A) of the ``neighbourhood`` calibration's force scale
+        (:func:`otfgp.calibration.scale_radius`: the 3-body cutoff)."""
+        return scale_radius(self.cutoffs)
+
+    def _loo_neighbourhood_scales(self, loo_forces: np.ndarray, radius: float) -> np.ndarray:
+        """Neighbourhood scale values of the leave-one-out force rows (in row order: training
+        structure by structure, its force atoms in stored order): the force atoms of a
+        structure take their leave-one-out forces ``loo_forces``, the other atoms the
+        model's prediction."""
+        loo = np.asarray(loo_forces, dtype=float).reshape(-1, 3)
+        out, k = [], 0
+        for i in range(self.n_training_structures):
+            d = self._model.training_structure(i)
+            atoms_idx = np.asarray(d["force_atoms"], dtype=int)
+            if not atoms_idx.size:
+                continue
+            numbers = np.asarray(self._model.atomic_numbers)[np.asarray(d["species"], dtype=int)]
+            atoms = Atoms(numbers=numbers, positions=d["positions"], cell=d["cell"], pbc=d["pbc"])
+            forces = np.array(self.predict(atoms, variance=False).forces, dtype=float)
+            forces[atoms_idx] = loo[k:k + atoms_idx.size]
+            out.append(neighbourhood_scale_values(atoms, forces, radius)[atoms_idx])
+            k += atoms_idx.size
+        if k != len(loo):
+            raise RuntimeError(f"{len(loo)} leave-one-out force atoms but {k} in the training structures")
+        return np.concatenate(out).ravel() if out else np.zeros(0)
 
     # ---------------------------------------------------------------- mapping
     def map(self, tolerance: float | None = None, variance: bool = True,

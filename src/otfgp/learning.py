@@ -523,16 +523,20 @@ def pre_update_record(predicted_forces: np.ndarray, latent_stds: np.ndarray, lab
 
 
 def calibration_sample(predicted_forces: np.ndarray, latent_variances: np.ndarray,
-                       labelled: Atoms) -> dict[str, list[float]]:
+                       labelled: Atoms, radius: float) -> dict[str, list[float]]:
     """The held-out sample a pre-update prediction gives the calibration fit
     (:meth:`otfgp.GaussianProcess.calibrate`): per force component the residual (label
-    minus prediction), the latent variance and the predicted force (JSON-ready lists, so a
-    checkpoint keeps them exactly)."""
+    minus prediction), the latent variance, the predicted force and the neighbourhood scale
+    within ``radius`` (the model's ``force_scale_radius``) of the predicted forces
+    (JSON-ready lists, so a checkpoint keeps them exactly)."""
+    from .calibration import neighbourhood_scale_values
+
     predicted = np.asarray(predicted_forces, dtype=float)
     residuals = np.asarray(labelled.get_forces(), dtype=float) - predicted
     return {"residuals": residuals.ravel().tolist(),
             "latent_variances": np.asarray(latent_variances, dtype=float).ravel().tolist(),
-            "forces": predicted.ravel().tolist()}
+            "forces": predicted.ravel().tolist(),
+            "neighbourhood_scales": neighbourhood_scale_values(labelled, predicted, radius).ravel().tolist()}
 
 
 def running_calibration(records: Sequence[Mapping[str, float]]) -> dict[str, float] | None:

@@ -413,7 +413,8 @@ class OTF:
                                        labelled, sigma_n, reported_stds=frame.arrays["gp_force_stds"])
             self.pre_update_errors.append({"step": self.step, "audit": audit, **record})
             latent = frame.arrays["gp_latent_force_stds"] ** 2
-            self.calibration_samples.append(calibration_sample(frame.arrays["gp_forces"], latent, labelled))
+            self.calibration_samples.append(calibration_sample(frame.arrays["gp_forces"], latent, labelled,
+                                                               self.model.force_scale_radius))
         self.dft_calls.append(self.step)
         retrain = add_and_retrain(self.model, labelled, chosen, self.options, calls=len(self.dft_calls),
                                   samples=self.calibration_samples, reference_energies=self.reference_energies)

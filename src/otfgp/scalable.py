@@ -53,7 +53,8 @@ from ase.data import chemical_symbols
 from ase.neighborlist import neighbor_list
 
 from . import _core
-from .calibration import ModelCalibration, SamplePool, epistemic_variances, model_calibration
+from .calibration import (ModelCalibration, SamplePool, epistemic_variances, model_calibration,
+                          neighbourhood_scale_values, scale_radius)
 from .gp import (AT_BOUND_FRACTION, DEFAULT_BOUNDS, DEFAULT_HYPERPARAMETERS, HYPERPARAMETER_NAMES,
                  MAXIMUM_LIKELIHOOD_BOUNDS, OptimizationReport, Prediction, _as_atomic_number, _label_atom_indices,
                  check_hyperparameter_names, energy_stress_labels)
@@ -797,13 +798,15 @@ class ScalableGP:
             var = np.einsum("ij,ij->i", phi @ self._solution["P"], phi)
             np.maximum(var, 0.0, out=var)
             self._set_variances(out, var[:3 * n].reshape(n, 3), float(var[e_row]),
-                                var[s_rows] if with_stress else np.full(6, np.nan), var[l_rows])
+                                var[s_rows] if with_stress else np.full(6, np.nan), var[l_rows], atoms)
         return out
 
-    def _set_variances(self, out: Prediction, lf: np.ndarray, le: float, ls: np.ndarray, ll: np.ndarray) -> None:
+    def _set_variances(self, out: Prediction, lf: np.ndarray, le: float, ls: np.ndarray, ll: np.ndarray,
+                       atoms: Atoms) -> None:
         """Latent, reported and epistemic variances into ``out``: latent + label noise while
         uncalibrated, else the calibration's maps (:mod:`otfgp.calibration`; the rules of the
-        exact GP: forces scaled with the predicted force, local energies without noise)."""
+        exact GP: forces scaled with the predicted force of the atom or of its
+        neighbourhood, local energies without noise)."""
         hyp = self._hyp
         nf, ne, ns = hyp["noise_force"] ** 2, hyp["noise_energy"] ** 2, hyp["noise_stress"] ** 2
         out.latent_force_variances, out.latent_energy_variance = lf, le
@@ -816,9 +819,9 @@ class ScalableGP:
             out.epistemic_force_variances, out.epistemic_stress_variance = lf, ls
             out.epistemic_local_energy_variances = ll
             return
-        from .calibration import force_scale_values
-
-        out.force_variances = cal.force.apply(lf, nf, force_scale_values(out.forces))
+        radius = cal.force.coefficients()["radius"]
+        scales = neighbourhood_scale_values(atoms, out.forces, radius)  # radius 0: the atom's own
+        out.force_variances = cal.force.apply(lf, nf, scales)
         out.energy_variance = float(np.ravel(cal.energy.apply(np.array([le]), ne))[0])
         out.stress_variance = cal.stress.apply(ls, ns)
         out.local_energy_variances = cal.local_energy.apply(ll, 0.0)
@@ -827,8 +830,14 @@ class ScalableGP:
         out.epistemic_local_energy_variances = epistemic_variances(cal.local_energy, ll)
 
     # ----------------------------------------------------------------- calibration and energy reference
+    @property
+    def force_scale_radius(self) -> float:
+        """Radius (A) of the ``neighbourhood`` calibration's force scale, as
+        :attr:`otfgp.GaussianProcess.force_scale_radius`."""
+        return scale_radius(self.cutoffs)
+
     def calibrate(self, frames: Sequence[Atoms] | None = None, samples: Any = None, loo: bool = False,
-                  form: str = "relative", min_samples: int = 30) -> ModelCalibration:
+                  form: str = "neighbourhood", min_samples: int = 30) -> ModelCalibration:
         """Fit the variance calibration on held-out errors, install it and return it: the
         rule of :meth:`otfgp.GaussianProcess.calibrate` (same forms, transfer of the force
         map's latent scale, ``info``), on ``frames`` (structures with reference labels) and
@@ -846,10 +855,11 @@ class ScalableGP:
         hyp = self._hyp
         noise = {"force": hyp["noise_force"] ** 2, "energy": hyp["noise_energy"] ** 2,
                  "stress": hyp["noise_stress"] ** 2}
-        pool = SamplePool()
+        radius = self.force_scale_radius
+        pool = SamplePool(radius)
         pool.add_frames(frames, lambda atoms: self.predict(atoms, variance=True), noise)
         pool.add_samples(samples, noise["force"])
-        self.calibration = model_calibration(pool.pooled, pool.counts, noise, form, min_samples)
+        self.calibration = model_calibration(pool.pooled, pool.counts, noise, form, min_samples, radius=radius)
         return self.calibration
 
     def set_energy_reference(self, energies: Sequence[float | None]) -> dict[str, float]:

@@ -250,7 +250,8 @@ def learn(request: dict[str, Any]) -> tuple[bytes, float, float | None]:
                           options.max_atoms_added)
     threshold, le_threshold = _thresholds(request, options, gp)  # the ones this step was tested against
     state.calls += 1
-    state.samples.append(calibration_sample(before.forces, before.latent_force_variances, labelled))
+    state.samples.append(calibration_sample(before.forces, before.latent_force_variances, labelled,
+                                            gp.force_scale_radius))
     retrain = add_and_retrain(gp, labelled, chosen, options, calls=state.calls, samples=state.samples,
                               reference_energies=state.reference_energies)
     warnings = list(retrain.warnings)
