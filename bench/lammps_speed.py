@@ -411,6 +411,9 @@ def _arguments() -> argparse.Namespace:
                     help="with --wait-quiet: repeat an invocation during which other processes "
                          "used more than --quiet-threshold cores up to this many times and keep "
                          "the least contended attempt")
+    ap.add_argument("--calibration", default="none",
+                    help="calibrate the model on its leave-one-out residuals in this form (e.g. neighbourhood, "
+                         "relative), so that the std runs pay for the calibration rule; default none")
     ap.add_argument("--lmp")
     ap.add_argument("--mpirun")
     ap.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
@@ -444,7 +447,7 @@ class Prepared:
 
 def _prepare(args: argparse.Namespace, tools: LammpsTools, work: str) -> Prepared:
     """Build (and map) the model and write the sw files in `work`; print what they are."""
-    models, model_info = make_model(tools.python, work, mapped=not args.exact)
+    models, model_info = make_model(tools.python, work, mapped=not args.exact, calibration=args.calibration)
     cut2 = model_info["cutoffs"].get("twobody", 0.0)
     cut3 = model_info["cutoffs"].get("threebody", 0.0)
     coord_cutoffs = sorted({c for c in (cut2, cut3) if c > 0}, reverse=True)
