@@ -461,6 +461,9 @@ PYBIND11_MODULE(_core, m) {
               env.neighbors = otfgp::build_neighbor_list(
                   s, mdl.interaction_cutoff(), otfgp::kMinDistance);
               p = mdl.predict_local(env, true, mode);
+              // every atom is a centre here and its key its index, so the centres' own scales
+              // are every key's
+              if (p.force_variances_pending) mdl.finish_local_force_variances(env, p.force_scales, p);
             }
             const auto n = static_cast<py::ssize_t>(s.size());
             py::dict d;
@@ -468,8 +471,6 @@ PYBIND11_MODULE(_core, m) {
             d["forces"] = to_array(p.forces, {n, 3});
             d["virials"] = to_array(p.virials, {n, 6});
             if (mode != otfgp::VarianceMode::kNone) {
-              if (p.force_variances_pending)  // every neighbour is a centre here
-                throw otfgp::InputError("internal: force variances left pending on a whole structure");
               d["force_variances"] = to_array(p.force_variances, {n, 3});
               d["latent_force_variances"] = to_array(p.latent_force_variances, {n, 3});
               d["local_energy_variances"] = to_array(p.energy_variances, {n});

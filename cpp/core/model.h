@@ -94,9 +94,10 @@ struct LocalPrediction {
   std::vector<double> force_variances, latent_force_variances;
   std::vector<double> energy_variances, latent_energy_variances;
   // A force map that scales with the neighbourhood (VarianceMap::radius) needs the scale of
-  // every neighbour; when a neighbour is no centre here (a ghost atom another process owns),
-  // force_variances stay empty, `force_scales` holds each centre's own scale and the caller
-  // completes them with Model::finish_local_force_variances once it has the neighbours'.
+  // every neighbour, and a neighbour may be no centre here (a ghost atom another process
+  // owns): force_variances stay empty, `force_scales` holds each centre's own scale and the
+  // caller completes them with Model::finish_local_force_variances once it has the
+  // neighbours'.
   bool force_variances_pending = false;
   std::vector<double> force_scales;
 };

@@ -310,30 +310,17 @@ LocalPrediction Model::predict_local(const LocalEnvironments& env, bool mean, Va
     }
   }
   if (variance != VarianceMode::kNone) {
-    out.force_variances.resize(out.latent_force_variances.size());
     out.energy_variances.resize(n);
     if (variance_map(VarianceQuantity::kForce).scales_with_neighbourhood()) {
-      // Every key's own scale from the centres; complete here if the neighbours within the
-      // radius are all centres (a whole structure, a serial MD run), else leave it to the caller.
-      const double radius = variance_map(VarianceQuantity::kForce).radius;
+      // The neighbours' scales may belong to atoms that are no centre here (ghost atoms of
+      // other processes): the caller completes them (finish_local_force_variances).
       std::vector<double> own(out.forces.size());
       force_scale_values(own.size(), out.forces.data(), own.data());
       out.force_scales.resize(n);
-      std::vector<double> key_scales(env.key_species.size(), std::numeric_limits<double>::quiet_NaN());
-      for (int i = 0; i < n; ++i) {
-        out.force_scales[i] = own[3 * static_cast<std::size_t>(i)];
-        key_scales[env.centre_keys[i]] = out.force_scales[i];
-      }
-      bool complete = true;
-      for (const Neighbor& nb : env.neighbors.items)
-        if (nb.d < radius && std::isnan(key_scales[nb.j])) complete = false;
-      if (complete) {
-        finish_local_force_variances(env, key_scales, out);
-      } else {
-        out.force_variances.clear();
-        out.force_variances_pending = true;
-      }
+      for (int i = 0; i < n; ++i) out.force_scales[i] = own[3 * static_cast<std::size_t>(i)];
+      out.force_variances_pending = true;
     } else {
+      out.force_variances.resize(out.latent_force_variances.size());
       report_variances(VarianceQuantity::kForce, out.force_variances.size(), out.latent_force_variances.data(),
                        mean ? out.forces.data() : nullptr, out.force_variances.data());
     }

@@ -92,9 +92,9 @@ class PairOTFGP : public Pair {
   // calibration scales with the neighbourhood, the neighbours' scales from their owners
   // (complete_force_variances). Collective: every process calls it together.
   otfgp::LocalPrediction predict(bool mean, otfgp::VarianceMode mode, const char *what);
-  // Completes a prediction's force variances from the ghost atoms' scales, communicated
-  // from their owners (on every process, even one whose ghosts are all its own images, so
-  // that the communication stays collective).
+  // Completes a prediction's pending force variances from the ghost atoms' scales,
+  // communicated from their owners (on every process, even one whose ghosts are all its own
+  // images, so that the communication stays collective).
   void complete_force_variances(otfgp::LocalPrediction &p);
   bool neighbourhood_scales() const;
   // All four variance arrays of a prediction in per-local-atom order.

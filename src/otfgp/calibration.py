@@ -111,6 +111,9 @@ describes stored maps)."""
 PARAMETERS: dict[str, tuple[str, ...]] = {form: spec[0] for form, spec in FORM_COEFFICIENTS.items()}
 """Each form's parameter names."""
 
+SCALED_FORMS: tuple[str, ...] = ("relative", "neighbourhood")
+"""The forms whose force variance grows with a force scale value (c m^2; fitted with ``mean``)."""
+
 QUANTITIES: tuple[str, ...] = ("force", "energy", "stress", "local_energy")
 """The quantities a model calibrates, each with its own map (:class:`ModelCalibration`)."""
 
@@ -249,6 +252,8 @@ def neighbourhood_scale_values(atoms: Any, forces: Any, radius: float) -> np.nda
     neighbours closer than ``radius`` (every periodic image counted), from the predicted
     ``forces``; radius 0 gives :func:`force_scale_values`. The core's rule
     (``otfgp::structure_force_scales``), the one predictions apply."""
+    if radius == 0:  # the atom's own: no structure needed
+        return force_scale_values(np.asarray(forces, dtype=float).reshape(-1, 3))
     return _core.neighbourhood_scale_values(np.asarray(atoms.cell[:], dtype=float), [bool(x) for x in atoms.pbc],
                                             np.asarray(atoms.positions, dtype=float),
                                             np.asarray(forces, dtype=float).reshape(-1, 3), float(radius))
@@ -284,7 +289,7 @@ def fit_calibration(residuals: Any, latent_var: Any, noise_var: Any, form: str =
     if v.shape != r.shape:
         raise ValueError(f"residuals ({r.size}) and latent variances ({v.size}) differ in size")
     n = np.broadcast_to(np.asarray(noise_var, dtype=float), np.shape(latent_var)).ravel()
-    scaled = form in ("relative", "neighbourhood")
+    scaled = form in SCALED_FORMS
     if scaled and mean is None:
         raise ValueError(f"the {form} form needs the predicted values (mean=...)")
     if form == "neighbourhood" and not (radius is not None and math.isfinite(radius) and radius > 0):
@@ -387,10 +392,9 @@ def model_calibration(pooled: Mapping[str, Sequence[tuple[np.ndarray, ...]]], co
         parts = pooled.get(q, [])
         r, v, n, m_atom, m_nb = (np.concatenate([p[k] for p in parts]) if parts else np.zeros(0) for k in range(5))
         # a total energy or stress has no "distortion" of its own to scale with
-        scaled = form in ("relative", "neighbourhood")
-        f = form if q == "force" or not scaled else "scale_floor"
-        m = (m_nb if f == "neighbourhood" else m_atom) if f in ("relative", "neighbourhood") else None
-        if m is not None and f == "neighbourhood":
+        f = form if q == "force" or form not in SCALED_FORMS else "scale_floor"
+        m = (m_nb if f == "neighbourhood" else m_atom) if f in SCALED_FORMS else None
+        if f == "neighbourhood":
             # samples recorded without neighbourhood scales (an older checkpoint) cannot enter
             missing = ~np.isfinite(m)
             if missing.any():
@@ -431,7 +435,8 @@ def epistemic_variances(cal: Calibration, latent_var: Any) -> np.ndarray:
 class SamplePool:
     """Held-out samples pooled per quantity for :func:`model_calibration`: (residuals,
     latent variances, noise variances, atom scale values, neighbourhood scale values) arrays
-    and counts per source. ``radius`` is the neighbourhood scale's (:func:`scale_radius`)."""
+    and counts per source. ``radius`` is the neighbourhood scale's (:func:`scale_radius`);
+    0 when the form to be fitted does not use it, so that frames skip computing it."""
 
     def __init__(self, radius: float = 0.0) -> None:
         self.radius = float(radius)

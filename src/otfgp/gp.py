@@ -1411,7 +1411,10 @@ class GaussianProcess:
         noise = {"force": hyp["noise_force"] ** 2, "energy": hyp["noise_energy"] ** 2,
                  "stress": hyp["noise_stress"] ** 2}
         radius = self.force_scale_radius
-        pool = SamplePool(radius)
+        # the neighbourhood scales cost a prediction of every training structure: only for the
+        # form that uses them
+        neighbourhood = form == "neighbourhood"
+        pool = SamplePool(radius if neighbourhood else 0.0)
         add = pool.add
 
         if loo:
@@ -1423,7 +1426,8 @@ class GaussianProcess:
                     # the leave-one-out prediction (label minus residual), never the label
                     rows = np.flatnonzero(res.kinds == kind)
                     predicted = labels[rows] - part.residuals if kind == _ROW_FORCE else None
-                    nb = self._loo_neighbourhood_scales(predicted, radius) if kind == _ROW_FORCE else None
+                    nb = (self._loo_neighbourhood_scales(predicted, radius)
+                          if kind == _ROW_FORCE and neighbourhood else None)
                     add(q, "loo", part.residuals, part.latent_variances, part.noise_variances, predicted, nb)
         pool.add_frames(frames, lambda atoms: self.predict(atoms, variance="exact"), noise)
         pool.add_samples(samples, noise["force"])

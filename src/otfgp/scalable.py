@@ -856,7 +856,7 @@ class ScalableGP:
         noise = {"force": hyp["noise_force"] ** 2, "energy": hyp["noise_energy"] ** 2,
                  "stress": hyp["noise_stress"] ** 2}
         radius = self.force_scale_radius
-        pool = SamplePool(radius)
+        pool = SamplePool(radius if form == "neighbourhood" else 0.0)  # the scales only for the form using them
         pool.add_frames(frames, lambda atoms: self.predict(atoms, variance=True), noise)
         pool.add_samples(samples, noise["force"])
         self.calibration = model_calibration(pool.pooled, pool.counts, noise, form, min_samples, radius=radius)
