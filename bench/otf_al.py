@@ -170,9 +170,12 @@ def run_emt(args: argparse.Namespace) -> dict:
         "relative": {"threshold": None, "relative_threshold": 1.0, "min_threshold": 0.005},
     }
     variants = {k: v for k, v in variants.items() if k in args.variants}
-    if args.calibration:
+    if args.calibration is not None:  # else the package default
         for opts in variants.values():
-            opts["calibration"] = args.calibration
+            opts["calibration"] = None if args.calibration == "none" else args.calibration
+    if args.force_decision is not None:
+        for opts in variants.values():
+            opts["force_decision"] = args.force_decision
     if args.labels is not None:
         train = None if args.labels == "all" else False  # None: whatever the labeller returns
         for opts in variants.values():
@@ -182,6 +185,8 @@ def run_emt(args: argparse.Namespace) -> dict:
                                   "init_atoms": 1, "max_atoms_added": 1, "cutoffs": CUTOFFS, "oracle": "EMT",
                                   "labels": args.labels or "package default",
                                   "calibrate_after": args.calibrate_after,
+                                  "calibration": args.calibration or "package default",
+                                  "force_decision": args.force_decision or "package default",
                                   "test_set_mean_temperature_K": test_temps},
                      "variants": {}, "flare_1_4_reference": FLARE}
     with tempfile.TemporaryDirectory() as tmp:
@@ -280,7 +285,10 @@ def main() -> None:
                     help="emt: which threshold variants to run (default both)")
     ap.add_argument("--mpi-ranks", type=int, default=1)
     ap.add_argument("--calibration", default=None,
-                    help="emt: calibration form refitted on the fly (e.g. relative); default none")
+                    help="emt: calibration form refitted on the fly (e.g. relative), or none; default the "
+                         "package's (neighbourhood)")
+    ap.add_argument("--force-decision", default=None, choices=("latent", "calibrated"),
+                    help="emt: force std the threshold compares; default the package's (latent)")
     ap.add_argument("--calibrate-after", nargs="+", default=None,
                     help="emt: calibrate the final model after the run in these forms (pre-update errors + "
                          "leave-one-out), the decisions staying uncalibrated; the first form's model is tested")

@@ -5,8 +5,10 @@ Forces alone miss it: in a crystal strained uniformly every atom still sits at a
 site, the forces stay small and so do their stds, while energy and pressure are far off.
 
 Part 1, flagging. A model is learnt on the fly at a0 (32-atom fcc Al, a0 = 4.05 A, EMT
-labels, Langevin 300 K, dt 5 fs, 100 steps, threshold 10 meV/A (``--threshold``), up to 4 atoms per call, and
-training on the energies and stresses EMT returns; a calibrated model with ``--calibration``). It then predicts 32-atom
+labels, Langevin 300 K, dt 5 fs, 100 steps, threshold 10 meV/A (``--threshold``), up to 4 atoms per call,
+training on the energies and stresses EMT returns, the calibration refitted on the fly in the form
+``--calibration``, default the package's, and the force decision ``--force-decision``, default the
+package's latent one). It then predicts 32-atom
 cells at a/a0 = 1.0, 1.05, 1.1, 1.2 (each coordinate rattled by 1 % of a, fixed seed);
 for each: energy error per atom, pressure error, the largest reported force,
 local-energy and stress stds, and the DFT decision of :func:`otfgp.learning.label_reasons`
@@ -19,7 +21,8 @@ changes, the extrapolation checks are on and energies and stresses are trained),
 on the fly training on forces only. Reported: mean volume per atom over the second half
 of each run, its ratio to EMT's, and the oracle calls.
 
-    .venv/bin/python bench/strained_lattice.py [--npt-steps 400] [--output bench/results/strained_lattice.json]
+    .venv/bin/python bench/strained_lattice.py [--npt-steps 400] [--calibration none|FORM]
+        [--force-decision latent|calibrated] [--output bench/results/strained_lattice.json]
 """
 from __future__ import annotations
 
@@ -76,7 +79,7 @@ def flagging(model: otfgp.GaussianProcess) -> list[dict]:
         atoms.calc = calc
         e = atoms.get_potential_energy()
         p_gp = -np.mean(atoms.get_stress()[:3]) / units.GPa
-        u = FrameUncertainty.from_results(calc.results)
+        u = FrameUncertainty.from_results(calc.results, options.force_decision)
         ref = atoms.copy()
         ref.calc = EMT()
         p_ref = -np.mean(ref.get_stress()[:3]) / units.GPa
@@ -123,9 +126,14 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.01,
                     help="force-std threshold of the learning at a0, eV/A (default 0.01; calibrated stds are "
                          "larger than latent ones, so a calibrated run needs a larger one)")
-    ap.add_argument("--calibration", default=None, help="calibration form refitted on the fly (default: none)")
+    ap.add_argument("--calibration", default="neighbourhood",
+                    help="calibration form refitted on the fly (default: neighbourhood, the package default; "
+                         "'none': uncalibrated)")
+    ap.add_argument("--force-decision", default="latent", choices=("latent", "calibrated"),
+                    help="force std the thresholds compare (default: latent, the package default)")
     args = ap.parse_args()
-    options = {**TRAIN_ALL, "calibration": args.calibration}
+    calibration = None if args.calibration == "none" else args.calibration
+    options = {**TRAIN_ALL, "calibration": calibration, "force_decision": args.force_decision}
     otfgp.set_num_threads(1)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,7 +153,7 @@ def main() -> None:
                   f"{ss if ss is None else f'{ss:9.3f}'}  {'; '.join(r['reasons']) or 'no DFT'}", flush=True)
         ref = npt(crystal(1.0, np.random.default_rng(2)), args.npt_steps, None, {})
         # package defaults (energies and stresses trained, as the cell changes), and forces only
-        npt_options = {"calibration": args.calibration}
+        npt_options = {"calibration": calibration, "force_decision": args.force_decision}
         otf_npt = npt(crystal(1.0, np.random.default_rng(2)), args.npt_steps, Path(tmp) / "npt", npt_options)
         forces_npt = npt(crystal(1.0, np.random.default_rng(2)), args.npt_steps, Path(tmp) / "npt_forces",
                          {**npt_options, "add_energy": False, "add_stress": False})
@@ -161,7 +169,7 @@ def main() -> None:
         "cpu": cpu_model(), "python": sys.version.split()[0],
         "protocol": {"a0": A0, "strains": STRAINS, "learn_steps": args.learn_steps, "npt_steps": args.npt_steps,
                      "threshold_eV_per_A": args.threshold,
-                     "calibration": args.calibration},
+                     "calibration": calibration, "force_decision": args.force_decision},
         "model_at_a0": {"dft_calls": len(otf.dft_calls), "training_environments": model.n_training_environments},
         "flagging": rows, "npt": {"emt": ref, "otf": otf_npt, "volume_ratio": ratio, "otf_forces_only": forces_npt,
                 "forces_only_volume_ratio": forces_ratio},

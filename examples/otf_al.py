@@ -99,9 +99,12 @@ def main() -> None:
     summary = otf.run(args.liquid_steps)
     wall = time.perf_counter() - t0
 
-    # Calibrate the final model on honest errors it never trained on: every DFT frame's
-    # prediction made before it was learnt, plus leave-one-out residuals (otfgp.calibration);
-    # the run's own decisions used the uncalibrated std. The model file keeps the calibration.
+    # The calibration of the final model, fitted on honest errors it never trained on: every
+    # DFT frame's prediction made before it was learnt, plus leave-one-out residuals
+    # (otfgp.calibration). On-the-fly learning refits it after every retrain (the force
+    # decisions compare the latent std, which the calibration does not move); calling
+    # calibrate() here fits the same samples once more and returns the map. The model file
+    # keeps the calibration.
     calibration = otf.model.calibrate(samples=otf.calibration_samples, loo=True)
     otf.model.save(out / "model.otfgp")
 

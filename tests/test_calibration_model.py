@@ -182,19 +182,33 @@ def test_calibrate_recovers_a_known_scale(toy_model):
     # 1440 samples: a within ~10 %; the floor is negligible against 4 x latent.
     assert a == pytest.approx(4.0, rel=0.1), a
     assert cal.info["samples"]["force"] == {"frames": 1440}
-    # Too few energy / stress samples: their maps and the local-energy map take the force
-    # map's latent scale; noise is added as is (none for local energies).
-    assert set(cal.info["transferred_from_force"]) == {"energy", "stress", "local_energy"}
-    for q in ("energy", "stress", "local_energy"):
-        c = getattr(cal, q)
-        assert c.form == "latent_scale"
-        assert c.coefficients()["a"] == pytest.approx(a, rel=1e-15)
+    # Too few stress samples: the stress map takes the force map's latent scale, noise added
+    # as is. The model is trained on energies: with too few held-out energies the energy and
+    # local-energy maps stay the GP's own.
+    assert cal.info["transferred_from_force"] == ["stress"]
+    assert cal.info["uncalibrated"] == ["energy", "local_energy"] and cal.info["local_energy_from"] == "none"
+    assert cal.stress.form == "latent_scale" and cal.stress.coefficients()["a"] == pytest.approx(a, rel=1e-15)
+    assert cal.energy.form == cal.local_energy.form == "identity"
     assert toy_model.calibration == cal
     atoms = random_triclinic(np.random.default_rng(9))
     p = toy_model.predict(atoms, variance="exact")
+    np.testing.assert_array_equal(p.local_energy_variances, p.latent_local_energy_variances)
+    np.testing.assert_allclose(p.energy_variance,
+                               p.latent_energy_variance + toy_model.hyperparameters["noise_energy"] ** 2, rtol=1e-12)
+    # A model without energy labels: energies and local energies take the force map's scale
+    forces_only = trained_toy_model(np.random.default_rng(2), energy=False, stress=False)
+    cal = forces_only.calibrate(frames=_frames_with_scaled_errors(forces_only, 20, 4.0, seed=6), loo=False,
+                                form="scale_floor")
+    a = cal.force.params["a"]
+    assert cal.info["transferred_from_force"] == ["energy", "stress", "local_energy"]
+    assert cal.info["local_energy_from"] == "force"
+    for q in ("energy", "stress", "local_energy"):
+        c = getattr(cal, q)
+        assert c.form == "latent_scale" and c.coefficients()["a"] == pytest.approx(a, rel=1e-15)
+    p = forces_only.predict(atoms, variance="exact")
     np.testing.assert_allclose(p.local_energy_variances, a * p.latent_local_energy_variances, rtol=1e-12)
     np.testing.assert_allclose(p.energy_variance,
-                               a * p.latent_energy_variance + toy_model.hyperparameters["noise_energy"] ** 2,
+                               a * p.latent_energy_variance + forces_only.hyperparameters["noise_energy"] ** 2,
                                rtol=1e-12)
 
 

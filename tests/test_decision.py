@@ -66,11 +66,16 @@ def test_uncertainty_from_calculator_results(model):
     calc = otfgp.GPCalculator(model, uncertainty="exact")
     atoms.calc = calc
     atoms.get_forces()
-    u = FrameUncertainty.from_results(calc.results)
+    u = FrameUncertainty.from_results(calc.results, "calibrated")
     assert u.max_force_std == pytest.approx(float(np.max(calc.results["epistemic_force_stds"])))
+    latent = FrameUncertainty.from_results(calc.results)  # the default force decision
+    assert latent.max_force_std == pytest.approx(float(np.max(calc.results["latent_force_stds"])))
+    assert latent.max_local_energy_std == u.max_local_energy_std and latent.max_stress_std == u.max_stress_std
     assert u.max_local_energy_std == pytest.approx(float(np.max(calc.results["epistemic_energies_stds"])))
     assert u.max_stress_std == pytest.approx(float(np.max(calc.results["epistemic_stress_stds"])) / units.GPa)
-    assert FrameUncertainty.from_results({"epistemic_force_stds": np.ones((2, 3))}).max_stress_std is None
+    assert FrameUncertainty.from_results({"latent_force_stds": np.ones((2, 3))}).max_stress_std is None
+    with pytest.raises(ValueError, match="force_decision"):
+        LearningOptions(force_decision="reported")
 
 
 def test_epistemic_part_is_what_more_data_can_reduce(model):

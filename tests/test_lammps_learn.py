@@ -10,6 +10,7 @@ from ase.io import read as ase_read
 import pytest
 
 import otfgp
+from otfgp.calibration import Calibration, ModelCalibration
 from otfgp.lammps.thermo import thermo_rows
 from conftest import displaced_al
 from lammps_helpers import fixed_al_model, learn_deck, run_lmp, write_data
@@ -68,6 +69,8 @@ def _check_learning(workdir, output, n_envs_before=6):
     model = otfgp.GaussianProcess.load(workdir / "model.otfgp")
     assert model.n_training_environments == n_envs_before + calls  # the model file grew
     assert model.mapped  # re-mapped after every retrain (map yes is the default)
+    # recalibrated after every retrain (calibration neighbourhood is the default)
+    assert model.calibration is not None and model.calibration.force.form == "neighbourhood"
     frames = sorted((workdir / "learn_out" / "dft").glob("frame_*.extxyz"))
     assert len(frames) == calls
     log = [json.loads(line) for line in (workdir / "learn_out" / "learn_log.jsonl").read_text().splitlines()]
@@ -82,6 +85,14 @@ def test_learning_under_lmp(workdir, nprocs):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert "otfgp/learn: step" in out.stdout
     _check_learning(workdir, out.stdout)
+
+
+def test_calibration_none_leaves_the_model_uncalibrated(workdir):
+    (workdir / "in.learn").write_text(INPUT.format(threshold=0.004, labeller="mylabels:emt calibration none"))
+    out = run_lmp(["-in", "in.learn", "-log", "none"], workdir)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    model = otfgp.GaussianProcess.load(workdir / "model.otfgp")
+    assert model.n_training_environments > 6 and model.calibration is None
 
 
 def test_mpi_learning_matches_serial(workdir):
@@ -135,6 +146,8 @@ def test_labeller_errors_are_lammps_errors(workdir, labeller, expected, nprocs):
     ("5 threshold 0.02 labeller nocolon", "module:function"),
     ("5 threshold 0.02 labeller mylabels:emt bogus 1", "unknown keyword bogus"),
     ("5 threshold 0.02 labeller mylabels:emt uncertainty maybe", "exact or mapped"),
+    ("5 threshold 0.02 labeller mylabels:emt force_decision reported", "force_decision must be latent or calibrated"),
+    ("5 threshold 0.02 labeller mylabels:emt calibration bogus", "calibration must be one of"),
     ("5 threshold 0.02 relative_threshold 2 labeller mylabels:emt", "exactly one of"),
     ("5 threshold 2 relative yes relative_threshold 2 labeller mylabels:emt", "exactly one of"),
     # Values are checked by the Python learner (otfgp.lammps.learn.start), at init.
@@ -314,22 +327,30 @@ def test_unusable_labeller_stops_lammps_before_the_first_step(workdir, labeller,
     assert not (workdir / "learn_out" / "dft").exists()
 
 
-def test_std_outputs_are_measured_at_step_0(workdir):
-    """f_learn[3] and f_learn[4] in the first thermo row are the epistemic stds of the
-    starting configuration (they read 0 until the first N-th step before)."""
+@pytest.mark.parametrize("force_decision", [None, "calibrated"])
+def test_std_outputs_are_measured_at_step_0(workdir, force_decision):
+    """f_learn[3] and f_learn[4] in the first thermo row are the decision's stds of the
+    starting configuration (they read 0 until the first N-th step before): of a calibrated
+    model the latent force std by default, its epistemic part with force_decision
+    calibrated, and the epistemic local-energy std."""
+    gp = otfgp.GaussianProcess.load(workdir / "model.otfgp")
+    gp.calibration = ModelCalibration(force=Calibration("latent_scale", {"s": 2.0}),
+                                      local_energy=Calibration("latent_scale", {"s": 1.5}))
+    gp.save(workdir / "model.otfgp")
+    keyword = "" if force_decision is None else f" force_decision {force_decision}"
     (workdir / "in.learn").write_text(
-        INPUT.format(threshold=10.0, labeller="mylabels:emt")
+        INPUT.format(threshold=10.0, labeller="mylabels:emt" + keyword)
         .replace("f_learn[3]", "f_learn[3] f_learn[4]")
         .replace("thermo 10", "thermo 10\nthermo_modify format float %20.15g").replace("run 60", "run 10"))
     out = run_lmp(["-in", "in.learn", "-log", "none"], workdir)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     rows = thermo_rows(out.stdout)
     assert rows[0, 0] == 0
-    gp = otfgp.GaussianProcess.load(workdir / "model.otfgp")
     start = ase_read(workdir / "al.data", format="lammps-data", atom_style="atomic")
     start.set_chemical_symbols(["Al"] * len(start))
     ref = gp.predict(start)
-    assert rows[0, 5] == pytest.approx(ref.epistemic_force_stds.max(), rel=1e-8)
+    want = ref.latent_force_stds if force_decision is None else ref.epistemic_force_stds
+    assert rows[0, 5] == pytest.approx(want.max(), rel=1e-8)
     assert rows[0, 6] == pytest.approx(ref.epistemic_local_energy_stds.max(), rel=1e-8)
     assert rows[1, 5] > 0 and rows[1, 5] != rows[0, 5]  # step 10: the moved atoms' stds
 

@@ -123,6 +123,11 @@ void FixOTFGPLearn::parse_keywords(int narg, char **arg) {
     const auto real = [&] { return utils::numeric(FLERR, value, false, lmp); };
     const auto integer = [&] { return utils::inumeric(FLERR, value, false, lmp); };
     const auto yes_no = [&] { return utils::logical(FLERR, value, false, lmp) == 1; };
+    const auto one_of = [&](const char *a, const char *b) {
+      const std::string v = value;
+      if (v != a && v != b) error->all(FLERR, "fix otfgp/learn: {} must be {} or {}, got {}", key, a, b, v);
+      return v;
+    };
     if (key == "threshold") {
       o.threshold = real();
     } else if (key == "relative_threshold") {
@@ -147,11 +152,14 @@ void FixOTFGPLearn::parse_keywords(int narg, char **arg) {
       o.map = yes_no();
     } else if (key == "uncertainty") {
       // Parsed here too: the fix must know which variance to ask the pair for.
-      const std::string v = value;
-      if (v != "exact" && v != "mapped")
-        error->all(FLERR, "fix otfgp/learn: uncertainty must be exact or mapped, got {}", v);
-      mapped_uncertainty_ = v == "mapped";
-      o.uncertainty = v;
+      o.uncertainty = one_of("exact", "mapped");
+      mapped_uncertainty_ = *o.uncertainty == "mapped";
+    } else if (key == "force_decision") {
+      // Parsed here too: the fix compares the force std itself.
+      o.force_decision = one_of("latent", "calibrated");
+      latent_force_decision_ = *o.force_decision == "latent";
+    } else if (key == "calibration") {
+      o.calibration = std::string(value);  // a form or none, checked by Python
     } else if (key == "audit_every") {
       // A schedule, like N: the fix's own (Python's learning rule is the same for audits).
       audit_every_ = utils::bnumeric(FLERR, value, false, lmp);
@@ -246,13 +254,14 @@ void FixOTFGPLearn::setup(int) {
 
 std::vector<double> FixOTFGPLearn::measure_uncertainty() {
   const int nlocal = atom->nlocal;
-  // The decision uses the exact GP variance unless the mapped one is asked for, and the
-  // epistemic part of the calibrated stds (what a DFT call can reduce), as the Python
-  // learner does.
+  // The decision uses the exact GP variance unless the mapped one is asked for; for forces
+  // the latent or the epistemic std (force_decision), for local energies the epistemic part
+  // of the calibrated std (what a DFT call can reduce), as the Python learner does.
   const otfgp_lammps::AtomVariances &var = pair_->variances(exact_variance_);
-  std::vector<double> force(var.latent_force.size()), local_energy(var.latent_local_energy.size());
+  std::vector<double> force(var.latent_force), local_energy(var.latent_local_energy.size());
   const otfgp::Model &model = *pair_->model();
-  model.epistemic_variances(otfgp::VarianceQuantity::kForce, force.size(), var.latent_force.data(), force.data());
+  if (!latent_force_decision_)
+    model.epistemic_variances(otfgp::VarianceQuantity::kForce, force.size(), var.latent_force.data(), force.data());
   model.epistemic_variances(otfgp::VarianceQuantity::kLocalEnergy, local_energy.size(),
                             var.latent_local_energy.data(), local_energy.data());
   std::vector<double> per_atom(nlocal, 0.0);

@@ -4,10 +4,12 @@
 //   fix learn all otfgp/learn 10 relative_threshold 2.0 labeller mylabels:qe &
 //       max_atoms_added 4 add_threshold 1.5 add_energy yes output_dir learn_out uncertainty exact
 //
-// Every N steps the largest epistemic force std of the group is compared with a threshold
-// (eV/A), and the largest epistemic local-energy std with a second threshold (eV) when
-// Python gives one. Epistemic: the part of the model's reported (calibrated) stds that
-// more data reduce, what the ASE learner compares, so a threshold means the same in both. Above either, rank 0 gathers the system and hands it to Python
+// Every N steps the largest force std of the group is compared with a threshold (eV/A): the
+// latent one, or with `force_decision calibrated` its epistemic part; and the largest
+// epistemic local-energy std with a second threshold (eV) when Python gives one.
+// Epistemic: the part of the model's reported (calibrated) stds that more data reduce. The
+// ASE learner compares the same, so a threshold means the same in both; `calibration FORM`
+// (or none) is the form refitted after every retrain (default neighbourhood). Above either, rank 0 gathers the system and hands it to Python
 // (otfgp.lammps.learn), which labels it with the user's labeller (module:function), decides
 // what to add, retrains, re-maps, saves, and returns the new model and the thresholds for
 // it; all ranks load the new model. Everything of the learning rule but those comparisons
@@ -67,6 +69,7 @@ class FixOTFGPLearn : public Fix {
 
   otfgp_lammps::StartRequest setup_;  // fix ID, labeller, output dir, options; model at init
   bool mapped_uncertainty_ = false;   // keyword uncertainty mapped
+  bool latent_force_decision_ = true;  // keyword force_decision (latent, default, or calibrated)
   bool exact_variance_ = true;        // what the current request asks for (request_variances)
   bigint audit_every_ = 0;            // keyword audit_every (MD steps; 0: no audits)
   otfgp_lammps::Thresholds thresholds_;  // from Python for the current model

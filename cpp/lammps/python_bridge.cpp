@@ -66,6 +66,13 @@ py::dict options_dict(const LearnOptions& o) {
   put("optimize_until_calls", o.optimize_until_calls);
   put("map", o.map);
   put("uncertainty", o.uncertainty);
+  put("force_decision", o.force_decision);
+  if (o.calibration) {
+    if (*o.calibration == "none")
+      d["calibration"] = py::none();
+    else
+      d["calibration"] = *o.calibration;
+  }
   put("label_max_force", o.label_max_force);
   put("label_max_energy_per_atom", o.label_max_energy_per_atom);
   put("label_energy_jump", o.label_energy_jump);

@@ -26,6 +26,8 @@ struct LearnOptions {
   std::optional<int> optimize_until_calls;
   std::optional<bool> map;
   std::optional<std::string> uncertainty;  // "exact" or "mapped"
+  std::optional<std::string> force_decision;  // "latent" or "calibrated"
+  std::optional<std::string> calibration;     // a form of otfgp.calibration, or "none"
   // Label sanity checks (otfgp.label_checks); infinity (keyword value `none`) turns one off.
   std::optional<double> label_max_force;            // eV/A
   std::optional<double> label_max_energy_per_atom;  // eV/atom

@@ -13,11 +13,12 @@ from .gp import GaussianProcess
 STD_PROPERTIES: tuple[str, ...] = (
     "force_stds", "latent_force_stds", "epistemic_force_stds",
     "energies_stds", "latent_energies_stds", "epistemic_energies_stds",
-    "energy_std", "stress_stds", "epistemic_stress_stds",
+    "energy_std", "latent_energy_std", "stress_stds", "latent_stress_stds", "epistemic_stress_stds",
 )
 """The uncertainty results of :class:`GPCalculator` (also through ``get_property``)."""
 
-_EXACT_ONLY = ("energy_std", "stress_stds", "epistemic_stress_stds")  # the mapped variance has none
+_EXACT_ONLY = ("energy_std", "latent_energy_std", "stress_stds", "latent_stress_stds",
+               "epistemic_stress_stds")  # the mapped variance has none
 
 
 class GPCalculator(Calculator):
@@ -33,7 +34,8 @@ class GPCalculator(Calculator):
       latent (noise-free GP) part;
     - ``energies_stds`` (N, eV), the local energies' reported stds, and
       ``latent_energies_stds``;
-    - ``energy_std`` (eV) and ``stress_stds`` (6, eV/A^3) (exact variance only).
+    - ``energy_std`` (eV) and ``stress_stds`` (6, eV/A^3), and their latent parts
+      ``latent_energy_std`` and ``latent_stress_stds`` (exact variance only).
 
     All of them (:data:`STD_PROPERTIES`) are implemented properties:
     ``calc.get_property("force_stds", atoms)`` computes them when the last calculation did
@@ -118,8 +120,10 @@ class GPCalculator(Calculator):
             self.results["epistemic_energies_stds"] = pred.epistemic_local_energy_stds
             if np.isfinite(pred.energy_variance):  # NaN for the mapped (force, local energy) variance
                 self.results["energy_std"] = pred.energy_std
+                self.results["latent_energy_std"] = pred.latent_energy_std
                 if "stress" in self.results:
                     self.results["stress_stds"] = pred.stress_stds
+                    self.results["latent_stress_stds"] = pred.latent_stress_stds
                     self.results["epistemic_stress_stds"] = pred.epistemic_stress_stds
             atoms.arrays["force_stds"] = force_stds.copy()
         elif "force_stds" in atoms.arrays:

@@ -378,7 +378,7 @@ def fit_calibration(residuals: Any, latent_var: Any, noise_var: Any, form: str =
 
 def model_calibration(pooled: Mapping[str, Sequence[tuple[np.ndarray, ...]]], counts: Mapping[str, Any],
                       noise: Mapping[str, float], form: str, min_samples: int,
-                      radius: float | None = None) -> ModelCalibration:
+                      radius: float | None = None, energy_labels: bool = False) -> ModelCalibration:
     """The :class:`ModelCalibration` a model installs from pooled held-out samples, the rule
     :meth:`otfgp.GaussianProcess.calibrate` documents (shared by every model kind).
 
@@ -386,7 +386,9 @@ def model_calibration(pooled: Mapping[str, Sequence[tuple[np.ndarray, ...]]], co
     neighbourhood scale values) arrays per quantity ``"force"``, ``"energy"``, ``"stress"``
     (:class:`SamplePool`); ``counts`` the sample counts per quantity and source (recorded in
     ``info``); ``noise`` the label-noise variances; ``radius`` the neighbourhood scale's
-    (:func:`scale_radius` of the model), needed by the ``neighbourhood`` form."""
+    (:func:`scale_radius` of the model), needed by the ``neighbourhood`` form;
+    ``energy_labels`` whether the model is trained on energies (then energies and local
+    energies keep the GP's own variance until enough held-out energies are measured)."""
 
     def fit(q: str) -> Calibration:
         parts = pooled.get(q, [])
@@ -403,23 +405,47 @@ def model_calibration(pooled: Mapping[str, Sequence[tuple[np.ndarray, ...]]], co
                 r, v, n, m = r[~missing], v[~missing], n[~missing], m[~missing]
         return fit_calibration(r, v, n, form=f, min_samples=min_samples, mean=m, radius=radius)
 
+    def latent_scale_of(cal: Calibration) -> Calibration:
+        return Calibration("latent_scale", {"s": math.sqrt(cal.coefficients()["a"])}, cal.n_samples,
+                           fallback=cal.fallback)
+
     force = fit("force")
-    s = math.sqrt(force.coefficients()["a"])
-    transferred = Calibration("latent_scale", {"s": s}, force.n_samples, fallback=force.fallback)
-    maps = {"force": force, "local_energy": transferred}
-    from_force: list[str] = ["local_energy"]
+    transferred = latent_scale_of(force)
+    maps = {"force": force}
+    from_force: list[str] = []
+    own: list[str] = []  # kept at the GP's own variance (identity), not yet measured
     for q in ("energy", "stress"):
         if sum(p[0].size for p in pooled.get(q, [])) >= min_samples:
             maps[q] = fit(q)
+        elif q == "energy" and energy_labels:
+            # the GP's own until measured: the force map's a says little about energies the
+            # model is fitted to directly (measured: otfgp.GaussianProcess.calibrate)
+            maps[q] = Calibration()
+            own.append(q)
         else:
             maps[q] = transferred
             from_force.append(q)
+    # A local energy is never a label, so never held out; it is a share of the total energy
+    # (the same latent function), so it follows the energy map: that map's latent scale when
+    # it was measured on held-out energies, the GP's own while it was not, the force map's
+    # latent scale for a model without energy labels.
+    if "energy" not in from_force and "energy" not in own:
+        maps["local_energy"] = latent_scale_of(maps["energy"])
+        source = "energy"
+    elif "energy" in own:
+        maps["local_energy"] = Calibration()
+        own.append("local_energy")
+        source = "none"
+    else:
+        maps["local_energy"] = transferred
+        from_force.append("local_energy")
+        source = "force"
     info = {"form": form, "min_samples": int(min_samples), "samples": dict(counts),
-            "transferred_from_force": from_force, "fallback": bool(force.fallback),
-            "noise_variances": dict(noise)}
-    log.info("calibration: force %s %s from %d samples%s; %s from the force map's latent scale",
+            "transferred_from_force": from_force, "uncalibrated": own, "local_energy_from": source,
+            "fallback": bool(force.fallback), "noise_variances": dict(noise)}
+    log.info("calibration: force %s %s from %d samples%s; %s from the force map's latent scale; %s uncalibrated",
              force.form, force.params, force.n_samples, " (fallback: identity)" if force.fallback else "",
-             ", ".join(from_force))
+             ", ".join(from_force) or "nothing", ", ".join(own) or "nothing")
     return ModelCalibration(**maps, info=info)
 
 
@@ -464,17 +490,26 @@ class SamplePool:
         self.pooled[quantity].append((r[ok], v[ok], n[ok], m[ok], nb[ok]))
         self.counts[quantity][source] = self.counts[quantity].get(source, 0) + int(ok.sum())
 
-    def add_samples(self, samples: Any, noise_force: float) -> None:
-        """Caller-collected force samples (see :meth:`otfgp.GaussianProcess.calibrate`): a
-        mapping or object with ``residuals``, ``latent_variances``, optionally ``forces``,
-        ``neighbourhood_scales`` and ``noise_variances``, or a list of those; None adds nothing."""
+    def add_samples(self, samples: Any, noise: Mapping[str, float] | float) -> None:
+        """Caller-collected samples (see :meth:`otfgp.GaussianProcess.calibrate`): a mapping
+        or object with force ``residuals``, ``latent_variances``, optionally ``forces``,
+        ``neighbourhood_scales`` and ``noise_variances``, and optionally held-out energies
+        and stresses (``energy_residuals`` / ``energy_latent_variances``, ``stress_residuals``
+        / ``stress_latent_variances``, :func:`otfgp.learning.calibration_sample`), or a list
+        of those; None adds nothing. ``noise``: the label-noise variances by quantity (a
+        number: the force's, for callers with force samples only)."""
         if samples is None:
             return
+        noise = noise if isinstance(noise, Mapping) else {"force": float(noise)}
         for item in samples if isinstance(samples, (list, tuple)) else [samples]:
             get = item.get if isinstance(item, Mapping) else lambda k, d=None, o=item: getattr(o, k, d)
             nv = get("noise_variances", None)
             self.add("force", "samples", get("residuals"), get("latent_variances"),
-                     noise_force if nv is None else nv, get("forces", None), get("neighbourhood_scales", None))
+                     noise["force"] if nv is None else nv, get("forces", None), get("neighbourhood_scales", None))
+            for q in ("energy", "stress"):
+                r = get(f"{q}_residuals", None)
+                if r is not None and q in noise:
+                    self.add(q, "samples", r, get(f"{q}_latent_variances"), noise[q])
 
     def add_frames(self, frames: Any, predict: Callable[[Any], Any], noise: Mapping[str, float]) -> None:
         """Structures with reference labels (their calculator's forces, and energy and stress

@@ -205,9 +205,19 @@ class Prediction:
         return None if self.energy_variance is None else float(np.sqrt(self.energy_variance))
 
     @property
+    def latent_energy_std(self) -> float | None:
+        """Latent standard deviation of the energy (eV; NaN for the mapped variance)."""
+        return None if self.latent_energy_variance is None else float(np.sqrt(max(self.latent_energy_variance, 0.0)))
+
+    @property
     def stress_stds(self) -> np.ndarray | None:
         """Reported standard deviations of the stress components (6, eV/A^3)."""
         return self._sqrt(self.stress_variance)
+
+    @property
+    def latent_stress_stds(self) -> np.ndarray | None:
+        """Latent standard deviations of the stress components (6, eV/A^3)."""
+        return None if self.latent_stress_variance is None else np.sqrt(np.maximum(self.latent_stress_variance, 0.0))
 
     @property
     def epistemic_force_stds(self) -> np.ndarray | None:
@@ -1395,15 +1405,28 @@ class GaussianProcess:
 
         The energy and stress maps are fitted the same way on held-out energies and
         stresses (leave-one-out energy / stress rows; reference energies and stresses of
-        ``frames``) when there are at least ``min_samples`` of them. Otherwise, and always
-        for local energies (never labels, so never held out), they take the force map's
-        latent scale: ``latent_scale`` with s^2 = the force map's ``a``, label noise added
-        as is (for local energies there is none, so a * latent). The assumption behind the
-        transfer is that the latent variances of all quantities share one mis-scaling, that
-        of the signal variance, while the label noise is the likelihood's own estimate.
+        ``frames``; ``energy_residuals`` / ``energy_latent_variances`` and
+        ``stress_residuals`` / ``stress_latent_variances`` of ``samples``, which the
+        on-the-fly learners record from each DFT frame's pre-update prediction) when there
+        are at least ``min_samples`` of them. Otherwise the stress map, and the energy map of
+        a model without energy labels, take the force map's latent scale (``latent_scale``
+        with s^2 = the force map's ``a``, label noise added as is), on the assumption that
+        the latent variances of all quantities share one mis-scaling, that of the signal
+        variance. A model trained on energies keeps the GP's own energy variance until
+        enough held-out energies are measured: its energy labels fit the energies directly,
+        and the force map's a, which also books the model's force misfit, says little about
+        them (measured on an on-the-fly NPT run of fcc Al: a = 20 from forces gave
+        local-energy stds of 10-17 meV/atom where the pre-update energy errors were
+        0.01-2.5 meV/atom). Local energies are never labels, so never held out; a local
+        energy is a share of the total energy (the same latent function), so its map
+        follows the energy map: the energy map's latent scale when that was fitted on
+        held-out energies, the latent variance itself while a model with energy labels has
+        too few, the force map's latent scale for a model without energy labels (there is
+        no label noise: a * latent).
 
-        ``info`` records the form, the sample counts per source and quantity and which maps
-        were transferred.
+        ``info`` records the form, the sample counts per source and quantity, which maps
+        were transferred from the force map (``transferred_from_force``), which were left
+        uncalibrated (``uncalibrated``) and where the local-energy map came from.
         """
         if not self.trained:
             raise _core.NotTrainedError("calibrate a trained model: call train() first")
@@ -1430,8 +1453,9 @@ class GaussianProcess:
                           if kind == _ROW_FORCE and neighbourhood else None)
                     add(q, "loo", part.residuals, part.latent_variances, part.noise_variances, predicted, nb)
         pool.add_frames(frames, lambda atoms: self.predict(atoms, variance="exact"), noise)
-        pool.add_samples(samples, noise["force"])
-        cal = model_calibration(pool.pooled, pool.counts, noise, form, min_samples, radius=radius)
+        pool.add_samples(samples, noise)
+        cal = model_calibration(pool.pooled, pool.counts, noise, form, min_samples, radius=radius,
+                                energy_labels=self.has_energy_labels)
         self.calibration = cal
         return cal
 

@@ -30,6 +30,7 @@ from ase import Atoms
 from ase.calculators.calculator import BaseCalculator, PropertyNotImplementedError
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from .calibration import MIN_SAMPLES
 from .gp import GaussianProcess
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,10 @@ class LabellerError(RuntimeError):
     def __init__(self, message: str, program_output: str = "") -> None:
         super().__init__(message)
         self.program_output = program_output
+
+
+FORCE_DECISION_STDS: dict[str, str] = {"latent": "latent_force_stds", "calibrated": "epistemic_force_stds"}
+"""The force stds each ``force_decision`` compares, as :class:`otfgp.GPCalculator` result keys."""
 
 
 @dataclass
@@ -114,15 +119,28 @@ class LearningOptions:
     (default; the GP's own variance, paid only on the steps that are checked) or
     ``"mapped"`` (the reduced variance, whose cost does not grow with the training set).
 
-    The stds compared with the thresholds are the epistemic part of the model's reported
-    stds (:class:`otfgp.gp.Prediction`; the latent std while uncalibrated): a DFT call can
-    reduce only that part, while the calibration's floor, force-proportional term and the
-    label noise stay. With
-    ``calibration`` set to a form of :mod:`otfgp.calibration` the calibration is refitted
-    after every retrain (:meth:`GaussianProcess.calibrate`) on the leave-one-out residuals
-    of the training set pooled with the pre-update errors of all DFT frames so far (each
-    frame predicted before it was learnt, audits included). The default ``None`` keeps the
-    model uncalibrated (reported = latent + noise).
+    ``calibration`` (a form of :mod:`otfgp.calibration`, default ``"neighbourhood"``;
+    ``None``: uncalibrated, reported = latent + noise) is refitted after every retrain
+    (:meth:`GaussianProcess.calibrate`) on the leave-one-out residuals of the training set
+    pooled with the pre-update errors of all DFT frames so far (each frame's forces, and
+    its energy and stress when the model is trained on them, predicted before it was
+    learnt, audits included), so the model's reported stds - in the run's frames, its
+    model files and anything that loads them - are calibrated error bars as soon as there
+    are 30 held-out samples.
+
+    The stds compared with the local-energy and stress thresholds are the epistemic part of
+    the model's reported stds (:class:`otfgp.gp.Prediction`; the latent std while
+    uncalibrated): a DFT call can reduce only that part, while the calibration's floor,
+    force-proportional term and the label noise stay; their thresholds are in honest
+    eV/atom and GPa. ``force_decision`` says which force std the force threshold and
+    ``add_threshold`` compare: ``"latent"`` (default) the GP's latent std, the distance from
+    the training data in units of the fitted signal variance (FLARE's convention), which a
+    refit of the calibration does not move; ``"calibrated"`` its epistemic part, sqrt(a v)
+    of the force map. Why latent is the default (measured; README, "Calibration"): the
+    calibrated force decision follows the refitted a, and the force map books the model's
+    error floor there (the 2+3-body model's misfit to the labels, which more labels do not
+    reduce), so an on-the-fly NPT run of fcc Al called DFT at almost every step once that
+    floor exceeded the threshold, and the calls in the Al melt spread from 3 to 57 per seed.
 
     Every fresh label passes the sanity checks of :mod:`otfgp.label_checks` before it is
     trained on or saved (``None`` or ``inf`` switches a check off): ``label_max_force``
@@ -158,7 +176,8 @@ class LearningOptions:
     map: bool = True
     map_tolerance: float = 5e-4
     uncertainty: str = "exact"
-    calibration: str | None = None
+    calibration: str | None = "neighbourhood"
+    force_decision: str = "latent"
     # Label sanity checks (otfgp.label_checks). The defaults only catch labels no physical
     # system gives, so that honest DFT never trips them:
     # - forces in MD, even of hot liquids or compressed solids, stay below ~10 eV/A; 50 eV/A
@@ -218,6 +237,8 @@ class LearningOptions:
             raise ValueError(f"uncertainty must be 'exact' or 'mapped', got {self.uncertainty!r}")
         if self.uncertainty == "mapped" and not self.map:
             raise ValueError("uncertainty = 'mapped' needs map = true")
+        if self.force_decision not in FORCE_DECISION_STDS:
+            raise ValueError(f"force_decision must be one of {list(FORCE_DECISION_STDS)}, got {self.force_decision!r}")
         if self.calibration is not None:
             from .calibration import FORMS
             if self.calibration not in FORMS:
@@ -325,10 +346,11 @@ class FrameUncertainty:
     max_stress_std: float | None = None
 
     @classmethod
-    def from_results(cls, results: Mapping[str, Any]) -> "FrameUncertainty":
-        """From a :class:`otfgp.GPCalculator`'s results: the epistemic stds
-        (``epistemic_force_stds``, ``epistemic_energies_stds``, ``epistemic_stress_stds``
-        in eV/A^3), the part a DFT call can reduce (see :class:`otfgp.gp.Prediction`)."""
+    def from_results(cls, results: Mapping[str, Any], force_decision: str = "latent") -> "FrameUncertainty":
+        """From a :class:`otfgp.GPCalculator`'s results: the force stds ``force_decision``
+        names (:data:`FORCE_DECISION_STDS`) and the epistemic local-energy and stress stds
+        (``epistemic_energies_stds``, ``epistemic_stress_stds`` in eV/A^3), the part a DFT
+        call can reduce (see :class:`otfgp.gp.Prediction`)."""
         from ase import units
 
         def finite_max(key: str, scale: float = 1.0) -> float | None:
@@ -338,7 +360,7 @@ class FrameUncertainty:
             v = np.asarray(v, dtype=float)
             return float(np.max(v)) / scale if v.size and np.all(np.isfinite(v)) else None
 
-        return cls(float(np.max(results["epistemic_force_stds"])), finite_max("epistemic_energies_stds"),
+        return cls(float(np.max(results[FORCE_DECISION_STDS[force_decision]])), finite_max("epistemic_energies_stds"),
                    finite_max("epistemic_stress_stds", units.GPa))
 
 
@@ -349,7 +371,8 @@ def label_reasons(u: FrameUncertainty, options: LearningOptions, model: Gaussian
     not computed is not tested; the stress test needs the exact variance)."""
     reasons = []
     if needs_label(u.max_force_std, options, model):
-        reasons.append(f"force std {u.max_force_std:.4g} > {threshold_value(options, model):.4g} eV/A")
+        reasons.append(f"{options.force_decision} force std {u.max_force_std:.4g} > "
+                       f"{threshold_value(options, model):.4g} eV/A")
     le = local_energy_threshold_value(options, model, cell_changes)
     if le is not None and u.max_local_energy_std is not None and u.max_local_energy_std > le:
         reasons.append(f"local-energy std {u.max_local_energy_std:.4g} > {le:.4g} eV/atom")
@@ -523,20 +546,54 @@ def pre_update_record(predicted_forces: np.ndarray, latent_stds: np.ndarray, lab
 
 
 def calibration_sample(predicted_forces: np.ndarray, latent_variances: np.ndarray,
-                       labelled: Atoms, radius: float) -> dict[str, list[float]]:
+                       labelled: Atoms, radius: float, energy: tuple[float, float] | None = None,
+                       stress: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, list[float]]:
     """The held-out sample a pre-update prediction gives the calibration fit
     (:meth:`otfgp.GaussianProcess.calibrate`): per force component the residual (label
     minus prediction), the latent variance, the predicted force and the neighbourhood scale
     within ``radius`` (the model's ``force_scale_radius``) of the predicted forces
-    (JSON-ready lists, so a checkpoint keeps them exactly)."""
+    (JSON-ready lists, so a checkpoint keeps them exactly).
+
+    ``energy`` (predicted energy, its latent variance) and ``stress`` (predicted Voigt
+    stress, its 6 latent variances), when the pre-update prediction had them, add the
+    frame's energy and stress residuals against the label's (``energy_residuals``,
+    ``energy_latent_variances``, ``stress_residuals``, ``stress_latent_variances``): the
+    held-out samples the energy and stress maps are fitted on, instead of taking the force
+    map's scale. A non-finite latent variance (the mapped variance has none) adds nothing."""
     from .calibration import neighbourhood_scale_values
 
     predicted = np.asarray(predicted_forces, dtype=float)
     residuals = np.asarray(labelled.get_forces(), dtype=float) - predicted
-    return {"residuals": residuals.ravel().tolist(),
-            "latent_variances": np.asarray(latent_variances, dtype=float).ravel().tolist(),
-            "forces": predicted.ravel().tolist(),
-            "neighbourhood_scales": neighbourhood_scale_values(labelled, predicted, radius).ravel().tolist()}
+    out = {"residuals": residuals.ravel().tolist(),
+           "latent_variances": np.asarray(latent_variances, dtype=float).ravel().tolist(),
+           "forces": predicted.ravel().tolist(),
+           "neighbourhood_scales": neighbourhood_scale_values(labelled, predicted, radius).ravel().tolist()}
+    results = labelled.calc.results if labelled.calc is not None else {}
+    for name, pred, key in (("energy", energy, "energy"), ("stress", stress, "stress")):
+        if pred is None or key not in results:
+            continue
+        value, var = (np.atleast_1d(np.asarray(x, dtype=float)).ravel() for x in pred)
+        label_value = np.atleast_1d(np.asarray(results[key], dtype=float)).ravel()
+        if var.shape == label_value.shape == value.shape and np.all(np.isfinite(var)) and np.all(np.isfinite(value)):
+            out[f"{name}_residuals"] = (label_value - value).tolist()
+            out[f"{name}_latent_variances"] = var.tolist()
+    return out
+
+
+def held_out_energy_stress(model: Any, energy: float | None, latent_energy_std: float | None,
+                           stress: np.ndarray | None, latent_stress_stds: np.ndarray | None
+                           ) -> tuple[tuple[float, float] | None, tuple[np.ndarray, np.ndarray] | None]:
+    """The ``energy`` and ``stress`` arguments of :func:`calibration_sample` from a
+    pre-update prediction (values and latent stds; None where not computed): the energy only
+    for a model trained on energies (without them its energy is fixed only up to a constant
+    per species, whose prior variance swamps the latent variance)."""
+    e = None
+    if model.has_energy_labels and energy is not None and latent_energy_std is not None:
+        e = (float(energy), float(latent_energy_std) ** 2)
+    st = None
+    if stress is not None and latent_stress_stds is not None:
+        st = (np.asarray(stress, dtype=float), np.asarray(latent_stress_stds, dtype=float) ** 2)
+    return e, st
 
 
 def running_calibration(records: Sequence[Mapping[str, float]]) -> dict[str, float] | None:
@@ -648,7 +705,11 @@ def _train_and_finish(model: GaussianProcess, optimize: bool, options: LearningO
     result.training = time.perf_counter() - t
     if optimize and model.last_optimization is not None:
         result.warnings = model.last_optimization.warnings()
-    if options.calibration is not None:
+    held_out = 3 * model.n_training_environments + sum(len(s.get("residuals", ())) for s in samples)
+    if options.calibration is not None and held_out < MIN_SAMPLES:
+        # the first retrains of a run: too few samples to fit, and every run would warn
+        log.info("calibration: %d held-out force samples so far (< %d); not refitted yet", held_out, MIN_SAMPLES)
+    elif options.calibration is not None:
         t = time.perf_counter()
         # a ScalableGP keeps no label rows, hence no leave-one-out residuals: its calibration
         # is fitted on the pre-update errors alone (docs/scalable.md)

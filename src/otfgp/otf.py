@@ -46,10 +46,10 @@ from .calculator import GPCalculator
 from .gp import GaussianProcess
 from .label_checks import LabelChecks, LabelRejected, labeller_name
 from .labellers import make_labeller
-from .learning import (FrameUncertainty, LabellerError, Labeller, LearningOptions, add_and_retrain,
-                       add_threshold_value, calibration_sample, choose_atoms, label, label_reasons,
-                       pre_update_record, running_calibration, switch_due, switch_record, switch_to_scalable,
-                       threshold_value)
+from .learning import (FORCE_DECISION_STDS, FrameUncertainty, LabellerError, Labeller, LearningOptions,
+                       add_and_retrain, add_threshold_value, calibration_sample, choose_atoms, held_out_energy_stress,
+                       label, label_reasons, pre_update_record, running_calibration, switch_due, switch_record,
+                       switch_to_scalable, threshold_value)
 from .run_dir import RunDirError, RunLock
 
 log = logging.getLogger(__name__)
@@ -357,15 +357,15 @@ class OTF:
             + (f"; program output ends: {detail}" if detail else ""), detail)
 
     def _uncertainty(self) -> np.ndarray:
-        """Epistemic force-component stds at the current positions (N x 3, eV/A), the ones
-        the DFT decision compares; the reported and latent ones are left in
-        ``self.calc.results`` (``force_stds``, ``latent_force_stds``)."""
+        """The force-component stds the DFT decision compares at the current positions
+        (N x 3, eV/A; latent or epistemic as ``force_decision`` says); the reported, latent
+        and epistemic ones are left in ``self.calc.results``."""
         self.calc.uncertainty = self.options.uncertainty
         self.calc.reset()
         self._uncertainty_at = self.step
         try:
             self.atoms.get_forces()
-            stds = self.calc.results["epistemic_force_stds"]
+            stds = self.calc.results[FORCE_DECISION_STDS[self.options.force_decision]]
         finally:
             self.calc.uncertainty = False
         return stds
@@ -379,8 +379,8 @@ class OTF:
         else:
             stds = self._uncertainty()
             max_std = float(stds.max())
-            reasons = label_reasons(FrameUncertainty.from_results(self.calc.results), self.options,
-                                    self.model, self.cell_changes)
+            u = FrameUncertainty.from_results(self.calc.results, self.options.force_decision)
+            reasons = label_reasons(u, self.options, self.model, self.cell_changes)
             if not reasons:
                 if not (self.options.audit_every and self.step % self.options.audit_every == 0):
                     return False, max_std
@@ -392,6 +392,9 @@ class OTF:
             frame.arrays["gp_force_stds"] = np.array(self.calc.results["force_stds"])
             frame.arrays["gp_latent_force_stds"] = np.array(self.calc.results["latent_force_stds"])
             frame.info["gp_energy"] = float(self.calc.results["energy"])
+            r = self.calc.results
+            held_out = held_out_energy_stress(self.model, r["energy"], r.get("latent_energy_std"),
+                                              r.get("stress"), r.get("latent_stress_stds"))
             sigma_n = self.model.hyperparameters["noise_force"]
         try:
             labelled = self._label(frame)
@@ -414,7 +417,7 @@ class OTF:
             self.pre_update_errors.append({"step": self.step, "audit": audit, **record})
             latent = frame.arrays["gp_latent_force_stds"] ** 2
             self.calibration_samples.append(calibration_sample(frame.arrays["gp_forces"], latent, labelled,
-                                                               self.model.force_scale_radius))
+                                                               self.model.force_scale_radius, *held_out))
         self.dft_calls.append(self.step)
         retrain = add_and_retrain(self.model, labelled, chosen, self.options, calls=len(self.dft_calls),
                                   samples=self.calibration_samples, reference_energies=self.reference_energies)

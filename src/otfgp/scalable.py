@@ -858,8 +858,9 @@ class ScalableGP:
         radius = self.force_scale_radius
         pool = SamplePool(radius if form == "neighbourhood" else 0.0)  # the scales only for the form using them
         pool.add_frames(frames, lambda atoms: self.predict(atoms, variance=True), noise)
-        pool.add_samples(samples, noise["force"])
-        self.calibration = model_calibration(pool.pooled, pool.counts, noise, form, min_samples, radius=radius)
+        pool.add_samples(samples, noise)
+        self.calibration = model_calibration(pool.pooled, pool.counts, noise, form, min_samples, radius=radius,
+                                             energy_labels=self.has_energy_labels)
         return self.calibration
 
     def set_energy_reference(self, energies: Sequence[float | None]) -> dict[str, float]:

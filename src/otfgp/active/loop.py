@@ -144,8 +144,10 @@ class ActiveOptions:
 
     def learning_options(self) -> LearningOptions:
         """The :class:`otfgp.learning.LearningOptions` of the shared training and label-check code."""
+        # calibration=None: the loop refits no calibration (its stds and stop rules are the
+        # model's as given; a calibrated model stays calibrated as it was)
         return LearningOptions(
-            add_energy=self.add_energy, add_stress=False, energy_reference=self.energy_reference,
+            add_energy=self.add_energy, add_stress=False, energy_reference=self.energy_reference, calibration=None,
             optimize=self.optimize, optimize_until_calls=self.optimize_until_calls,
             max_iterations=self.hyperparameter_iterations, map=self.map,
             label_max_force=self.label_max_force, label_max_energy_per_atom=self.label_max_energy_per_atom,

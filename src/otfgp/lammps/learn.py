@@ -2,11 +2,13 @@
 for frames that come from LAMMPS.
 
 Called on MPI rank 0 from inside LAMMPS (cpp/lammps/python_bridge.cpp). The C++ fix only
-tests, every N steps, whether the largest reported force std exceeds the force threshold
-these functions return, or the largest reported local-energy std the local-energy threshold
+tests, every N steps, whether the largest force std exceeds the force threshold
+these functions return, or the largest local-energy std the local-energy threshold
 (None: that test is off); the threshold rules, the choice of atoms, labelling, retraining and
-re-mapping are the ASE learner's (:mod:`otfgp.learning`). Both stds are the model's reported
-(calibrated) ones, as in the ASE learner, so a threshold means the same in both.
+re-mapping are the ASE learner's (:mod:`otfgp.learning`). The stds are those the ASE learner
+compares (the latent force std, or its calibrated epistemic part with ``force_decision
+calibrated``; the epistemic part of the calibrated local-energy std), so a threshold means the
+same in both.
 ``request["cell_changes"]`` says whether the LAMMPS box can change during the run.
 
 ``request["options"]`` holds the fix keywords the input script gave, under their
@@ -56,7 +58,7 @@ from ..gp import GaussianProcess
 from ..label_checks import LabelChecks
 from ..labellers import make_labeller
 from ..learning import (LearningOptions, add_and_retrain, add_threshold_value, calibration_sample, choose_atoms,
-                        label, local_energy_threshold_value, pre_update_record, switch_due, switch_record,
+                        held_out_energy_stress, label, local_energy_threshold_value, pre_update_record, switch_due, switch_record,
                         switch_to_scalable, threshold_value)
 from ..models import is_scalable, load_model
 
@@ -185,8 +187,8 @@ def _thresholds(request: dict[str, Any], options: LearningOptions,
 
 def start(request: dict[str, Any]) -> tuple[float, float | None]:
     """Check the fix's options and labeller (ValueError naming the problem); returns the
-    DFT-call thresholds for the current model: on the reported force std (eV/A) and on the
-    reported local-energy std (eV, None: no such test)."""
+    DFT-call thresholds for the current model: on the force std (eV/A) and on the
+    epistemic local-energy std (eV, None: no such test)."""
     options = _options(request)
     state = _state(request)
     spec = str(request["labeller"])
@@ -251,7 +253,9 @@ def learn(request: dict[str, Any]) -> tuple[bytes, float, float | None]:
     threshold, le_threshold = _thresholds(request, options, gp)  # the ones this step was tested against
     state.calls += 1
     state.samples.append(calibration_sample(before.forces, before.latent_force_variances, labelled,
-                                            gp.force_scale_radius))
+                                            gp.force_scale_radius, *held_out_energy_stress(
+                                                gp, before.energy, before.latent_energy_std, before.stress,
+                                                before.latent_stress_stds)))
     retrain = add_and_retrain(gp, labelled, chosen, options, calls=state.calls, samples=state.samples,
                               reference_energies=state.reference_energies)
     warnings = list(retrain.warnings)
