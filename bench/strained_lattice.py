@@ -70,8 +70,8 @@ def learn_at_a0(out: Path, steps: int, threshold: float, options: dict) -> otfgp
     return otf
 
 
-def flagging(model: otfgp.GaussianProcess) -> list[dict]:
-    options = LearningOptions()
+def flagging(model: otfgp.GaussianProcess, force_decision: str) -> list[dict]:
+    options = LearningOptions(force_decision=force_decision)
     rows = []
     for scale in STRAINS:
         atoms = crystal(scale, np.random.default_rng(5))
@@ -141,7 +141,7 @@ def main() -> None:
         model = otf.model
         print(f"model learnt at a0: {len(otf.dft_calls)} DFT calls, {model.n_training_environments} "
               f"environments, {model.n_training_structures} labelled frames")
-        rows = flagging(model)
+        rows = flagging(model, args.force_decision)
         print(f"{'a/a0':>5} {'dE meV/at':>9} {'P GPa':>7} {'P ref':>7} {'max |dF|':>8} {'F std':>7} "
               f"{'E_i std':>7} {'S std GPa':>9}  decision")
         for r in rows:
