@@ -150,7 +150,8 @@ def worker_melt() -> dict:
     # (--melt-threshold, --melt-add-threshold, --scalable-after: passed on in the environment)
     add = os.environ.get("MELT_ADD_THRESHOLD")
     options = dict(threshold=float(os.environ.get("MELT_THRESHOLD", "0.05")), max_atoms_added=8, init_atoms=8,
-                   add_threshold=None if add is None else float(add), calibration="relative", every=5, map=False,
+                   add_threshold=None if add is None else float(add), calibration="relative",
+                   force_decision="calibrated", every=5, map=False,
                    optimize_until_calls=10, max_iterations=20,
                    scalable_after=int(os.environ.get("MELT_SCALABLE_AFTER", AUTO_SWITCH_ENVIRONMENTS)),
                    progress=False)

@@ -24,6 +24,11 @@ def _labelled_and_prediction(model, seed: int, variance="exact"):
     return label(atoms, EMT(), stress=None), p
 
 
+def _voigt_to_full(v):
+    xx, yy, zz, yz, xz, xy = v
+    return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+
+
 def _sample(model, labelled, p):
     return calibration_sample(p.forces, p.latent_force_variances, labelled, model.force_scale_radius,
                               *held_out_energy_stress(model, p.energy, p.latent_energy_std, p.stress,
@@ -40,6 +45,10 @@ def test_sample_records_energy_and_stress_residuals_against_the_labels():
     np.testing.assert_allclose(s["stress_residuals"], np.asarray(ref["stress"]) - p.stress, rtol=0, atol=1e-14)
     np.testing.assert_allclose(s["stress_latent_variances"], p.latent_stress_variance, rtol=1e-12)
     assert len(s["residuals"]) == 3 * len(labelled)
+    # a labeller that returns the stress as a 3 x 3 tensor gives the same 6 Voigt residuals
+    full = _voigt_to_full(ref["stress"])
+    as_tensor = label(labelled, lambda a: {"forces": ref["forces"], "energy": ref["energy"], "stress": full}, stress=None)
+    np.testing.assert_allclose(_sample(model, as_tensor, p)["stress_residuals"], s["stress_residuals"], atol=1e-15)
 
 
 def test_no_energy_sample_from_a_force_only_model_and_none_from_the_mapped_variance():

@@ -569,14 +569,15 @@ def calibration_sample(predicted_forces: np.ndarray, latent_variances: np.ndarra
            "forces": predicted.ravel().tolist(),
            "neighbourhood_scales": neighbourhood_scale_values(labelled, predicted, radius).ravel().tolist()}
     results = labelled.calc.results if labelled.calc is not None else {}
-    for name, pred, key in (("energy", energy, "energy"), ("stress", stress, "stress")):
+    for key, pred in (("energy", energy), ("stress", stress)):
         if pred is None or key not in results:
             continue
         value, var = (np.atleast_1d(np.asarray(x, dtype=float)).ravel() for x in pred)
-        label_value = np.atleast_1d(np.asarray(results[key], dtype=float)).ravel()
+        label_value = np.atleast_1d(np.asarray(labelled.get_potential_energy() if key == "energy"
+                                               else labelled.get_stress(voigt=True), dtype=float)).ravel()
         if var.shape == label_value.shape == value.shape and np.all(np.isfinite(var)) and np.all(np.isfinite(value)):
-            out[f"{name}_residuals"] = (label_value - value).tolist()
-            out[f"{name}_latent_variances"] = var.tolist()
+            out[f"{key}_residuals"] = (label_value - value).tolist()
+            out[f"{key}_latent_variances"] = var.tolist()
     return out
 
 
