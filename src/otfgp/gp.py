@@ -154,8 +154,9 @@ class Prediction:
     - *epistemic* (``epistemic_*``, forces, local energies and stress): the part of the
       reported variance that more training data reduce, a latent^p of the calibration
       (the latent variance when uncalibrated); the floor, the force-proportional term and
-      the label noise are not. The on-the-fly DFT decision compares these, since a DFT
-      call can only shrink this part.
+      the label noise are not. The on-the-fly local-energy and stress checks compare
+      these (and the force test with ``force_decision = "calibrated"``; by default it
+      compares the latent std), since a DFT call can only shrink this part.
     """
 
     energy: float

@@ -10,7 +10,7 @@ directory is locked by the run, see :mod:`otfgp.run_dir`):
 - ``dft/frame_<step>.extxyz``: every labelled frame, written as soon as the labeller returns
   (with a lossless ``frame_<step>.traj`` copy from which a resumed run reuses it), with the
   model's prediction made before it learnt the frame (arrays ``gp_forces``,
-  ``gp_force_stds``: reported stds (the decision compares their epistemic part), and
+  ``gp_force_stds``: reported stds, and
   ``gp_latent_force_stds``: the GP's latent stds; info ``gp_energy``: its potential energy);
 - ``quarantine/frame_<step>.traj`` + ``.json``: a labelled frame that failed the label
   sanity checks (:mod:`otfgp.label_checks`), never trained on, and why;

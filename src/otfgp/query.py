@@ -17,7 +17,9 @@ the calibrated part of the reported std that more training data reduce (a latent
 calibration; the latent std when uncalibrated). The calibration's floor, its
 force-proportional term and the label noise are left out because a label cannot remove
 them, so they carry no information about which frame to label; it is the quantity the
-on-the-fly DFT decision compares too (:class:`otfgp.learning.FrameUncertainty`). A frame's
+on-the-fly force decision compares with ``force_decision = "calibrated"``
+(:class:`otfgp.learning.FrameUncertainty`; the latent std by default, which ranks frames the
+same way for the calibration's a v). A frame's
 score is the largest std of any of its force components.
 """
 from __future__ import annotations
