@@ -102,10 +102,10 @@ def main() -> None:
     # The calibration of the final model, fitted on honest errors it never trained on: every
     # DFT frame's prediction made before it was learnt, plus leave-one-out residuals
     # (otfgp.calibration). On-the-fly learning refits it after every retrain (the force
-    # decisions compare the latent std, which the calibration does not move); calling
-    # calibrate() here fits the same samples once more and returns the map. The model file
-    # keeps the calibration.
-    calibration = otf.model.calibrate(samples=otf.calibration_samples, loo=True)
+    # decisions compare the latent std, which the calibration does not move), so the final
+    # model has it; only a run too short for a fit (< 30 held-out samples) is fitted here,
+    # where calibrate() falls back to the identity map. The model file keeps the calibration.
+    calibration = otf.model.calibration or otf.model.calibrate(samples=otf.calibration_samples, loo=True)
     otf.model.save(out / "model.otfgp")
 
     # held-out check: liquid frames of the trajectory that were not labelled during the run

@@ -5,6 +5,7 @@ energy reference (kept by save/load, copy and pickle)."""
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 
 import numpy as np
@@ -113,6 +114,21 @@ def test_auto_switch_refuses_a_model_with_a_baseline_before_the_run(tmp_path):
 
 
 # ------------------------------------------------------------------ calibration, energy reference, copies
+def test_a_retrain_refits_the_calibration_only_with_enough_samples_of_its_own(caplog):
+    """A ScalableGP has no leave-one-out residuals, so its training environments are no
+    held-out samples: with 9 environments and no pre-update errors a retrain leaves it
+    uncalibrated, without fitting (and warning about) an identity fallback."""
+    from otfgp.learning import LearningOptions, retrain
+
+    model = _scalable()
+    for atoms in _frames(3):
+        model.add_training_data(atoms, atom_indices=[0, 1, 2])
+    with caplog.at_level(logging.INFO, logger="otfgp"):
+        retrain(model, LearningOptions(optimize=False, map=False), calls=3)
+    assert model.calibration is None
+    assert "0 held-out force samples so far" in caplog.text and "identity map" not in caplog.text
+
+
 def test_scalable_calibration_from_samples_survives_save_load_copy_and_pickle(tmp_path):
     model = _scalable()
     for atoms in _frames(3):

@@ -412,36 +412,28 @@ def model_calibration(pooled: Mapping[str, Sequence[tuple[np.ndarray, ...]]], co
     force = fit("force")
     transferred = latent_scale_of(force)
     maps = {"force": force}
-    from_force: list[str] = []
-    own: list[str] = []  # kept at the GP's own variance (identity), not yet measured
+    source: dict[str, str] = {}  # where each other map came from: fitted, uncalibrated, force
     for q in ("energy", "stress"):
         if sum(p[0].size for p in pooled.get(q, [])) >= min_samples:
-            maps[q] = fit(q)
+            maps[q], source[q] = fit(q), "fitted"
         elif q == "energy" and energy_labels:
             # the GP's own until measured: the force map's a says little about energies the
             # model is fitted to directly (measured: otfgp.GaussianProcess.calibrate)
-            maps[q] = Calibration()
-            own.append(q)
+            maps[q], source[q] = Calibration(), "uncalibrated"
         else:
-            maps[q] = transferred
-            from_force.append(q)
+            maps[q], source[q] = transferred, "force"
     # A local energy is never a label, so never held out; it is a share of the total energy
     # (the same latent function), so it follows the energy map: that map's latent scale when
     # it was measured on held-out energies, the GP's own while it was not, the force map's
     # latent scale for a model without energy labels.
-    if "energy" not in from_force and "energy" not in own:
-        maps["local_energy"] = latent_scale_of(maps["energy"])
-        source = "energy"
-    elif "energy" in own:
-        maps["local_energy"] = Calibration()
-        own.append("local_energy")
-        source = "none"
-    else:
-        maps["local_energy"] = transferred
-        from_force.append("local_energy")
-        source = "force"
+    source["local_energy"] = source["energy"]
+    maps["local_energy"] = {"fitted": latent_scale_of(maps["energy"]), "uncalibrated": Calibration(),
+                            "force": transferred}[source["energy"]]
+    from_force = [q for q in ("energy", "stress", "local_energy") if source[q] == "force"]
+    own = [q for q in ("energy", "stress", "local_energy") if source[q] == "uncalibrated"]
     info = {"form": form, "min_samples": int(min_samples), "samples": dict(counts),
-            "transferred_from_force": from_force, "uncalibrated": own, "local_energy_from": source,
+            "transferred_from_force": from_force, "uncalibrated": own,
+            "local_energy_from": {"fitted": "energy", "uncalibrated": "none", "force": "force"}[source["energy"]],
             "fallback": bool(force.fallback), "noise_variances": dict(noise)}
     log.info("calibration: force %s %s from %d samples%s; %s from the force map's latent scale; %s uncalibrated",
              force.form, force.params, force.n_samples, " (fallback: identity)" if force.fallback else "",

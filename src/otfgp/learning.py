@@ -706,15 +706,16 @@ def _train_and_finish(model: GaussianProcess, optimize: bool, options: LearningO
     result.training = time.perf_counter() - t
     if optimize and model.last_optimization is not None:
         result.warnings = model.last_optimization.warnings()
-    held_out = 3 * model.n_training_environments + sum(len(s.get("residuals", ())) for s in samples)
+    # a ScalableGP keeps no label rows, hence no leave-one-out residuals: its calibration is
+    # fitted on the pre-update errors alone (docs/scalable.md)
+    loo = not is_scalable(model)
+    held_out = (3 * model.n_training_environments if loo else 0) + sum(len(s.get("residuals", ())) for s in samples)
     if options.calibration is not None and held_out < MIN_SAMPLES:
         # the first retrains of a run: too few samples to fit, and every run would warn
         log.info("calibration: %d held-out force samples so far (< %d); not refitted yet", held_out, MIN_SAMPLES)
     elif options.calibration is not None:
         t = time.perf_counter()
-        # a ScalableGP keeps no label rows, hence no leave-one-out residuals: its calibration
-        # is fitted on the pre-update errors alone (docs/scalable.md)
-        model.calibrate(samples=list(samples), loo=not is_scalable(model), form=options.calibration)
+        model.calibrate(samples=list(samples), loo=loo, form=options.calibration)
         result.training += time.perf_counter() - t
     if options.map and not getattr(model, "mapped_by_construction", False):
         t = time.perf_counter()

@@ -388,11 +388,11 @@ class OTF:
         frame = Atoms(self.atoms.get_chemical_symbols(), positions=self.atoms.positions,
                       cell=self.atoms.cell, pbc=self.atoms.pbc)
         if stds is not None:  # the prediction before this frame is learnt goes with its labels
-            frame.arrays["gp_forces"] = np.array(self.calc.results["forces"])
-            frame.arrays["gp_force_stds"] = np.array(self.calc.results["force_stds"])
-            frame.arrays["gp_latent_force_stds"] = np.array(self.calc.results["latent_force_stds"])
-            frame.info["gp_energy"] = float(self.calc.results["energy"])
             r = self.calc.results
+            frame.arrays["gp_forces"] = np.array(r["forces"])
+            frame.arrays["gp_force_stds"] = np.array(r["force_stds"])
+            frame.arrays["gp_latent_force_stds"] = np.array(r["latent_force_stds"])
+            frame.info["gp_energy"] = float(r["energy"])
             held_out = held_out_energy_stress(self.model, r["energy"], r.get("latent_energy_std"),
                                               r.get("stress"), r.get("latent_stress_stds"))
             sigma_n = self.model.hyperparameters["noise_force"]

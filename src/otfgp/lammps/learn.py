@@ -58,8 +58,8 @@ from ..gp import GaussianProcess
 from ..label_checks import LabelChecks
 from ..labellers import make_labeller
 from ..learning import (LearningOptions, add_and_retrain, add_threshold_value, calibration_sample, choose_atoms,
-                        held_out_energy_stress, label, local_energy_threshold_value, pre_update_record, switch_due, switch_record,
-                        switch_to_scalable, threshold_value)
+                        held_out_energy_stress, label, local_energy_threshold_value, pre_update_record, switch_due,
+                        switch_record, switch_to_scalable, threshold_value)
 from ..models import is_scalable, load_model
 
 if TYPE_CHECKING:
