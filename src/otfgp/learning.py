@@ -658,7 +658,7 @@ def add_and_retrain(model: GaussianProcess, labelled: Atoms, atoms: Sequence[int
                     samples: Sequence[Mapping[str, Any]] = (),
                     reference_energies: list[float | None] | None = None) -> RetrainResult:
     """Add the force environments of ``atoms`` of a labelled frame, and its energy and
-    stress as :class:`LearningOptions` says, retrain, recalibrate and re-map. ``calls``
+    stress as :class:`LearningOptions` says, retrain, re-map and recalibrate. ``calls``
     counts the DFT calls so far, this one included (it decides whether the hyperparameters
     are still optimised); ``samples`` are the pre-update errors so far
     (:func:`calibration_sample`), pooled with the leave-one-out residuals for the
@@ -697,7 +697,7 @@ def retrain(model: GaussianProcess, options: LearningOptions, calls: int,
 def _train_and_finish(model: GaussianProcess, optimize: bool, options: LearningOptions,
                       samples: Sequence[Mapping[str, Any]],
                       reference_energies: list[float | None] | None) -> RetrainResult:
-    """Train, recalibrate, re-map and refit the energy reference (see :func:`add_and_retrain`)."""
+    """Train, re-map, recalibrate and refit the energy reference (see :func:`add_and_retrain`)."""
     from .models import is_scalable
 
     result = RetrainResult()
@@ -710,6 +710,15 @@ def _train_and_finish(model: GaussianProcess, optimize: bool, options: LearningO
     # fitted on the pre-update errors alone (docs/scalable.md)
     loo = not is_scalable(model)
     held_out = (3 * model.n_training_environments if loo else 0) + sum(len(s.get("residuals", ())) for s in samples)
+    # Mapped before the calibration: the neighbourhood scales of the leave-one-out residuals
+    # need the mean force on every atom of every training structure, which the maps give at
+    # MD speed (measured: 0.04 s against 2.6 s exact at 152 environments in 38 structures);
+    # the calibration sits on top of the (latent) variance maps, so the order does not
+    # change them.
+    if options.map and not getattr(model, "mapped_by_construction", False):
+        t = time.perf_counter()
+        model.map(tolerance=options.map_tolerance, variance=options.uncertainty == "mapped")  # logs its report
+        result.mapping = time.perf_counter() - t
     if options.calibration is not None and held_out < MIN_SAMPLES:
         # the first retrains of a run: too few samples to fit, and every run would warn
         log.info("calibration: %d held-out force samples so far (< %d); not refitted yet", held_out, MIN_SAMPLES)
@@ -717,10 +726,6 @@ def _train_and_finish(model: GaussianProcess, optimize: bool, options: LearningO
         t = time.perf_counter()
         model.calibrate(samples=list(samples), loo=loo, form=options.calibration)
         result.training += time.perf_counter() - t
-    if options.map and not getattr(model, "mapped_by_construction", False):
-        t = time.perf_counter()
-        model.map(tolerance=options.map_tolerance, variance=options.uncertainty == "mapped")  # logs its report
-        result.mapping = time.perf_counter() - t
     if (options.energy_reference and reference_energies is not None and not model.has_energy_labels
             and any(e is not None for e in reference_energies)):
         # The list covers the structures added by this driver, the newest last; a model
