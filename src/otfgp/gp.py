@@ -845,7 +845,8 @@ class GaussianProcess:
             kinds = np.asarray(self._model.row_kinds)
         else:
             K2, K3, dK2, dK3 = self._force_kernel_parts(hyp["ell2"], hyp["ell3"], with_dk)
-            y = self._targets(self._fit_energy_offsets())[rows]
+            # force rows: the energy offsets do not enter their targets
+            y = np.asarray(self._model.labels, dtype=float)[rows]
             noise = self.noise_diagonal(hyp)[rows]
             kinds = np.asarray(self._model.row_kinds)[rows]
         K = hyp["sigma2"] ** 2 * K2 + hyp["sigma3"] ** 2 * K3
@@ -1067,7 +1068,8 @@ class GaussianProcess:
     def _optimize(self, restarts: int, max_iterations: int, seed: int, from_defaults: bool = True,
                   length_scales_from: str = "auto") -> None:
         names = self._active()
-        kinds = set(np.asarray(self._model.row_kinds).tolist())
+        row_kinds = np.asarray(self._model.row_kinds)
+        kinds = set(row_kinds.tolist())
         has_structure_rows = bool(kinds - {_ROW_FORCE})
         if length_scales_from == "forces" and _ROW_FORCE not in kinds:
             raise ValueError("length_scales_from='forces' needs force labels; the model has none")
@@ -1081,7 +1083,7 @@ class GaussianProcess:
             # matrix once and only Cholesky factors after that.
             ells = [k for k in names if k in ("ell2", "ell3")]
             force_names = [k for k in names if k in ("sigma2", "ell2", "sigma3", "ell3", "noise_force")]
-            rows = np.flatnonzero(np.asarray(self._model.row_kinds) == _ROW_FORCE)
+            rows = np.flatnonzero(row_kinds == _ROW_FORCE)
             hyp1, first = self._maximise(force_names, restarts, max_iterations, seed, from_defaults, rows=rows)
             base = self.hyperparameters
             base.update({k: hyp1[k] for k in force_names})
