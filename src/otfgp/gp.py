@@ -98,6 +98,18 @@ AT_BOUND_FRACTION = 0.01
 #: largest gradient component of the optimiser's objective (-log posterior, per unit of its
 #: logistic coordinate) at which an L-BFGS-B exit counts as a stationary point
 STATIONARY_GRADIENT = 0.1
+#: how many times an L-BFGS-B run that stopped ABNORMAL away from a stationary point is
+#: restarted from where it stopped (with a fresh curvature memory)
+ABNORMAL_RESTARTS = 2
+#: a restart that lowers -log posterior by less than this (nats) found the point converged:
+#: hyperparameters that differ by so little in posterior are the same fit
+NEGLIGIBLE_GAIN = 1e-3
+
+
+
+def _stationary(jac: np.ndarray) -> bool:
+    """True if an optimiser's gradient has vanished (:data:`STATIONARY_GRADIENT`)."""
+    return bool(np.max(np.abs(jac), initial=0.0) < STATIONARY_GRADIENT)
 
 
 @dataclass
@@ -109,7 +121,9 @@ class OptimizationReport:
     the data would have it further out, so the bound, not the data, sets it. ``abnormal``
     is an L-BFGS-B exit other than convergence or the iteration limit (a line search that
     failed, usually a badly scaled or noisy likelihood) away from a stationary point (an
-    ABNORMAL exit with a gradient below :data:`STATIONARY_GRADIENT` is a converged one).
+    ABNORMAL exit with a gradient below :data:`STATIONARY_GRADIENT`, or one from which up to
+    :data:`ABNORMAL_RESTARTS` restarts gain less than :data:`NEGLIGIBLE_GAIN`, is a
+    converged one).
     """
 
     log_likelihood: float
@@ -1162,6 +1176,23 @@ class GaussianProcess:
         for u0 in starts:
             res = scipy.optimize.minimize(objective, u0, jac=True, method="L-BFGS-B",
                                           options={"maxiter": max_iterations})
+            res.settled = False
+            for _ in range(ABNORMAL_RESTARTS):
+                # A line search that failed with a gradient away from zero. Either L-BFGS-B's
+                # curvature memory no longer fits the (badly conditioned) objective - a
+                # restart from that point with an empty memory goes on - or the gradient is
+                # no more accurate than that and the objective is flat there to its rounding:
+                # a restart then gains nothing that matters, and the point is converged.
+                if "ABNORMAL" not in str(res.message).upper() or _stationary(res.jac):
+                    break
+                again = scipy.optimize.minimize(objective, res.x, jac=True, method="L-BFGS-B",
+                                                options={"maxiter": max_iterations})
+                if res.fun - again.fun < NEGLIGIBLE_GAIN:
+                    res.settled = True  # and kept: a point that good is the same fit
+                    break
+                again.nit += res.nit
+                again.settled = False
+                res = again
             log.info("hyperparameter optimisation (%s): -log %s = %.6g after %d iterations (%s)",
                      ", ".join(names), "L" if priors is None else "(L p)", res.fun, res.nit, res.message)
             if best is None or res.fun < best.fun:
@@ -1179,10 +1210,11 @@ class GaussianProcess:
                      for k, f in zip(names, frac) if f < AT_BOUND_FRACTION or f > 1 - AT_BOUND_FRACTION}
         message = best.message if isinstance(best.message, str) else best.message.decode()
         prior_value = log_prior(hyp, priors, names)[0] if priors is not None else 0.0
-        # An ABNORMAL exit where the gradient has vanished is the line search meeting the
-        # rounding floor of the likelihood (energy rows make the kernel matrix badly
-        # conditioned: its value is then exact to ~1e-5 only), i.e. a converged optimum.
-        stationary = bool(np.max(np.abs(best.jac), initial=0.0) < STATIONARY_GRADIENT)
+        # An ABNORMAL exit where the gradient has vanished, or from which a restart gains
+        # less than NEGLIGIBLE_GAIN, is the line search meeting the rounding floor of the
+        # likelihood (energy and stress rows make the kernel matrix badly conditioned: its
+        # value and gradient are then inexact), i.e. a converged optimum.
+        stationary = _stationary(best.jac) or best.settled
         abnormal = "ABNORMAL" in message.upper() and not stationary
         report = OptimizationReport(
             log_likelihood=-float(best.fun) - prior_value, iterations=int(best.nit),
