@@ -105,3 +105,41 @@ def test_abnormal_exits_that_keep_gaining_are_warned(monkeypatch, caplog):
     assert "stopped abnormally" in caplog.text
     # one start (an untrained model's warm start is the defaults), then every restart
     assert calls["n"] == 1 + gpmod.ABNORMAL_RESTARTS
+
+
+def test_scalable_gp_follows_the_same_rule(monkeypatch, caplog):
+    """ScalableGP's optimisation uses the same restarts: an ABNORMAL exit at its optimum is
+    converged, not abnormal."""
+    def frames():
+        rng = np.random.default_rng(5)
+        out = []
+        for _ in range(2):
+            atoms = bulk("Al", "fcc", a=4.05, cubic=True)
+            atoms.positions += rng.normal(0.0, 0.08, atoms.positions.shape)
+            atoms.calc = EMT()
+            out.append(atoms)
+        return out
+
+    def model() -> otfgp.ScalableGP:
+        sg = otfgp.ScalableGP(["Al"], {"twobody": 4.5}, lower=1.8)
+        for atoms in frames():
+            sg.add_training_data(atoms)
+        return sg
+
+    ref = model()
+    ref.train(max_iterations=30)
+    calls = {"n": 0}
+
+    def fake(fun, x0, **kw):
+        calls["n"] += 1
+        res = REAL_MINIMIZE(fun, x0, **kw)
+        return abnormal(res) if calls["n"] == 1 else res
+
+    monkeypatch.setattr(gpmod.scipy.optimize, "minimize", fake)
+    sg = model()
+    with caplog.at_level(logging.WARNING, logger="otfgp"):
+        sg.train(max_iterations=30)
+    assert calls["n"] == 2
+    assert not sg.last_optimization.abnormal and sg.last_optimization.converged
+    for k, v in ref.hyperparameters.items():
+        assert sg.hyperparameters[k] == pytest.approx(v, rel=1e-3), k

@@ -112,6 +112,46 @@ def _stationary(jac: np.ndarray) -> bool:
     return bool(np.max(np.abs(jac), initial=0.0) < STATIONARY_GRADIENT)
 
 
+def _message(res: scipy.optimize.OptimizeResult) -> str:
+    return res.message.decode() if isinstance(res.message, bytes) else str(res.message)
+
+
+def minimize_hyperparameters(objective: Any, u0: np.ndarray, max_iterations: int) -> scipy.optimize.OptimizeResult:
+    """L-BFGS-B on ``objective`` (value and gradient) from ``u0``, restarted after an
+    ABNORMAL exit away from a stationary point (see :func:`exit_state`). The result's
+    ``settled`` says whether a restart found the point converged."""
+    res = scipy.optimize.minimize(objective, u0, jac=True, method="L-BFGS-B", options={"maxiter": max_iterations})
+    res.settled = False
+    for _ in range(ABNORMAL_RESTARTS):
+        # A line search that failed with a gradient away from zero. Either L-BFGS-B's
+        # curvature memory no longer fits the (badly conditioned) objective - a restart
+        # from that point with an empty memory goes on - or the gradient is no more
+        # accurate than that and the objective is flat there to its rounding: a restart
+        # then gains nothing that matters, and the point is converged.
+        if "ABNORMAL" not in _message(res).upper() or _stationary(res.jac):
+            break
+        again = scipy.optimize.minimize(objective, res.x, jac=True, method="L-BFGS-B",
+                                        options={"maxiter": max_iterations})
+        if res.fun - again.fun < NEGLIGIBLE_GAIN:
+            res.settled = True  # and kept: a point that good is the same fit
+            break
+        again.nit += res.nit
+        again.settled = False
+        res = again
+    return res
+
+
+def exit_state(res: scipy.optimize.OptimizeResult) -> tuple[str, bool, bool]:
+    """(message, converged, abnormal) of a :func:`minimize_hyperparameters` result. An
+    ABNORMAL exit where the gradient has vanished, or from which a restart gained less than
+    :data:`NEGLIGIBLE_GAIN`, is the line search meeting the rounding floor of the
+    likelihood (energy and stress rows make the kernel matrix badly conditioned: its value
+    and gradient are then inexact), i.e. a converged optimum."""
+    message = _message(res)
+    stationary = _stationary(res.jac) or bool(getattr(res, "settled", False))
+    return message, bool(res.success) or stationary, "ABNORMAL" in message.upper() and not stationary
+
+
 @dataclass
 class OptimizationReport:
     """How the last hyperparameter optimisation ended (:attr:`GaussianProcess.last_optimization`).
@@ -1174,25 +1214,7 @@ class GaussianProcess:
         starts += [to_u(rng.uniform(lo, hi)) for _ in range(restarts)]
         best = None
         for u0 in starts:
-            res = scipy.optimize.minimize(objective, u0, jac=True, method="L-BFGS-B",
-                                          options={"maxiter": max_iterations})
-            res.settled = False
-            for _ in range(ABNORMAL_RESTARTS):
-                # A line search that failed with a gradient away from zero. Either L-BFGS-B's
-                # curvature memory no longer fits the (badly conditioned) objective - a
-                # restart from that point with an empty memory goes on - or the gradient is
-                # no more accurate than that and the objective is flat there to its rounding:
-                # a restart then gains nothing that matters, and the point is converged.
-                if "ABNORMAL" not in str(res.message).upper() or _stationary(res.jac):
-                    break
-                again = scipy.optimize.minimize(objective, res.x, jac=True, method="L-BFGS-B",
-                                                options={"maxiter": max_iterations})
-                if res.fun - again.fun < NEGLIGIBLE_GAIN:
-                    res.settled = True  # and kept: a point that good is the same fit
-                    break
-                again.nit += res.nit
-                again.settled = False
-                res = again
+            res = minimize_hyperparameters(objective, u0, max_iterations)
             log.info("hyperparameter optimisation (%s): -log %s = %.6g after %d iterations (%s)",
                      ", ".join(names), "L" if priors is None else "(L p)", res.fun, res.nit, res.message)
             if best is None or res.fun < best.fun:
@@ -1208,17 +1230,11 @@ class GaussianProcess:
         frac = (np.log(theta) - lo) / span
         at_bounds = {k: ("lower" if f < AT_BOUND_FRACTION else "upper")
                      for k, f in zip(names, frac) if f < AT_BOUND_FRACTION or f > 1 - AT_BOUND_FRACTION}
-        message = best.message if isinstance(best.message, str) else best.message.decode()
         prior_value = log_prior(hyp, priors, names)[0] if priors is not None else 0.0
-        # An ABNORMAL exit where the gradient has vanished, or from which a restart gains
-        # less than NEGLIGIBLE_GAIN, is the line search meeting the rounding floor of the
-        # likelihood (energy and stress rows make the kernel matrix badly conditioned: its
-        # value and gradient are then inexact), i.e. a converged optimum.
-        stationary = _stationary(best.jac) or best.settled
-        abnormal = "ABNORMAL" in message.upper() and not stationary
+        message, converged, abnormal = exit_state(best)
         report = OptimizationReport(
             log_likelihood=-float(best.fun) - prior_value, iterations=int(best.nit),
-            converged=bool(best.success) or stationary, message=message, abnormal=abnormal, at_bounds=at_bounds,
+            converged=converged, message=message, abnormal=abnormal, at_bounds=at_bounds,
             log_prior=prior_value)
         return hyp, report
 

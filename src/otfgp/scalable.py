@@ -47,7 +47,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import scipy.linalg
-import scipy.optimize
 from ase import Atoms
 from ase.data import chemical_symbols
 from ase.neighborlist import neighbor_list
@@ -57,7 +56,7 @@ from .calibration import (ModelCalibration, SamplePool, epistemic_variances, mod
                           neighbourhood_scale_values, scale_radius)
 from .gp import (AT_BOUND_FRACTION, DEFAULT_BOUNDS, DEFAULT_HYPERPARAMETERS, HYPERPARAMETER_NAMES,
                  MAXIMUM_LIKELIHOOD_BOUNDS, OptimizationReport, Prediction, _as_atomic_number, _label_atom_indices,
-                 check_hyperparameter_names, energy_stress_labels)
+                 check_hyperparameter_names, energy_stress_labels, exit_state, minimize_hyperparameters)
 from .priors import LogNormal, Priors, log_prior
 from .mapping import LOWER_MARGIN, _basis_points
 
@@ -753,7 +752,7 @@ class ScalableGP:
         start = np.clip(np.log([base[k] for k in names]), lo + margin, hi - margin)
         frac = (start - lo) / span
         u0 = np.log(frac / (1 - frac))
-        res = scipy.optimize.minimize(objective, u0, jac=True, method="L-BFGS-B", options={"maxiter": max_iterations})
+        res = minimize_hyperparameters(objective, u0, max_iterations)
         log.info("scalable GP optimisation: -log L = %.6g after %d iterations, %d evaluations (%s)",
                  res.fun, res.nit, self.evaluations, res.message)
         if res.fun >= 1e10:
@@ -762,12 +761,11 @@ class ScalableGP:
         frac = (np.log([self._hyp[k] for k in names]) - lo) / span
         at_bounds = {k: ("lower" if f < AT_BOUND_FRACTION else "upper")
                      for k, f in zip(names, frac) if f < AT_BOUND_FRACTION or f > 1 - AT_BOUND_FRACTION}
-        message = res.message.decode() if isinstance(res.message, bytes) else str(res.message)
+        message, converged, abnormal = exit_state(res)
         p_value = log_prior(self._hyp, priors, names)[0] if priors is not None else 0.0
         self.last_optimization = OptimizationReport(
-            log_likelihood=float(-res.fun - p_value), iterations=int(res.nit), converged=bool(res.success),
-            message=message, abnormal="ABNORMAL" in message.upper(),
-            at_bounds=at_bounds, log_prior=float(p_value))
+            log_likelihood=float(-res.fun - p_value), iterations=int(res.nit), converged=converged,
+            message=message, abnormal=abnormal, at_bounds=at_bounds, log_prior=float(p_value))
 
     # ----------------------------------------------------------------- prediction
     def predict(self, atoms: Atoms, variance: bool = True) -> Prediction:
