@@ -34,6 +34,16 @@ def abnormal(res: scipy.optimize.OptimizeResult, jac_value: float = 5.0) -> scip
     return res
 
 
+def first_run_abnormal(calls: dict[str, int]):
+    """A stand-in for scipy.optimize.minimize that runs the real one but reports its first
+    run as ABNORMAL with a large gradient (counting the runs in ``calls["n"]``)."""
+    def fake(fun, x0, **kw):
+        calls["n"] += 1
+        res = REAL_MINIMIZE(fun, x0, **kw)
+        return abnormal(res) if calls["n"] == 1 else res
+    return fake
+
+
 def reference() -> tuple[dict[str, float], float]:
     gp = small_model()
     gp.train()
@@ -45,13 +55,7 @@ def test_abnormal_exit_at_the_optimum_is_converged(monkeypatch, caplog):
     point counts as converged, with the same hyperparameters and no warning."""
     ref, ll = reference()
     calls = {"n": 0}
-
-    def fake(fun, x0, **kw):
-        calls["n"] += 1
-        res = REAL_MINIMIZE(fun, x0, **kw)
-        return abnormal(res) if calls["n"] == 1 else res
-
-    monkeypatch.setattr(gpmod.scipy.optimize, "minimize", fake)
+    monkeypatch.setattr(gpmod.scipy.optimize, "minimize", first_run_abnormal(calls))
     gp = small_model()
     with caplog.at_level(logging.WARNING, logger="otfgp"):
         gp.train()
@@ -129,13 +133,7 @@ def test_scalable_gp_follows_the_same_rule(monkeypatch, caplog):
     ref = model()
     ref.train(max_iterations=30)
     calls = {"n": 0}
-
-    def fake(fun, x0, **kw):
-        calls["n"] += 1
-        res = REAL_MINIMIZE(fun, x0, **kw)
-        return abnormal(res) if calls["n"] == 1 else res
-
-    monkeypatch.setattr(gpmod.scipy.optimize, "minimize", fake)
+    monkeypatch.setattr(gpmod.scipy.optimize, "minimize", first_run_abnormal(calls))
     sg = model()
     with caplog.at_level(logging.WARNING, logger="otfgp"):
         sg.train(max_iterations=30)
