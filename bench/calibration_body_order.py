@@ -44,7 +44,10 @@ from otfgp.calibration import gaussian_nll, neighbourhood_scale_values
 from benchinfo import git_commit, modified_paths, otfgp_version
 from uq_calibration import CUTOFFS, TEST_SETS, displaced, test_sets
 
-FORMS = ("scale", "body_order", "neighbourhood", "body_order_neighbourhood")
+#: each form's parameters, in the order of its log-parameter vector
+PARAMETERS = {"scale": ("a",), "body_order": ("a2", "a3"), "neighbourhood": ("a", "c"),
+              "body_order_neighbourhood": ("a2", "a3", "c")}
+FORMS = tuple(PARAMETERS)
 
 
 def training_set(seed: int) -> tuple[otfgp.GaussianProcess, list[tuple]]:
@@ -104,7 +107,7 @@ def fit(form: str, r: np.ndarray, parts: np.ndarray, v: np.ndarray, m2: np.ndarr
     """Maximum-likelihood log-parameters of ``form`` (m2 is rescaled to v's median for the
     optimiser; the returned c multiplies the raw m2)."""
     s = np.median(v) / np.median(m2)
-    n = {"scale": 1, "body_order": 2, "neighbourhood": 2, "body_order_neighbourhood": 3}[form]
+    n = len(PARAMETERS[form])
     nll = lambda t: gaussian_nll(r, variance(form, t, parts, v, s * m2))  # noqa: E731
     starts = [np.full(n, 3.0), np.r_[np.zeros(n - 1), 4.0], np.r_[4.0, np.zeros(n - 1)]]
     best = min((scipy.optimize.minimize(nll, t0, method="Nelder-Mead",
@@ -152,9 +155,7 @@ def run_seed(seed: int) -> dict:
     out = {"seed": seed, "hyperparameters": gp.hyperparameters, "forms": {}}
     for form in FORMS:
         theta, nll = fit(form, loo.residuals, loo_parts, loo.latent_variances, loo_m2)
-        row = {"params": dict(zip({"scale": ["a"], "body_order": ["a2", "a3"], "neighbourhood": ["a", "c"],
-                                   "body_order_neighbourhood": ["a2", "a3", "c"]}[form], np.exp(theta).tolist())),
-               "loo_nll": nll, "test": {}}
+        row = {"params": dict(zip(PARAMETERS[form], np.exp(theta).tolist())), "loo_nll": nll, "test": {}}
         for name, (err, parts, v, m2) in sets.items():
             var = variance(form, theta, parts, v, m2)
             row["test"][name] = {"rmse_over_rms_std": float(np.sqrt(np.mean(err**2) / np.mean(var))),

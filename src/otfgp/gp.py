@@ -106,7 +106,6 @@ ABNORMAL_RESTARTS = 2
 NEGLIGIBLE_GAIN = 1e-3
 
 
-
 def _stationary(jac: np.ndarray) -> bool:
     """True if an optimiser's gradient has vanished (:data:`STATIONARY_GRADIENT`)."""
     return bool(np.max(np.abs(jac), initial=0.0) < STATIONARY_GRADIENT)
@@ -114,6 +113,11 @@ def _stationary(jac: np.ndarray) -> bool:
 
 def _message(res: scipy.optimize.OptimizeResult) -> str:
     return res.message.decode() if isinstance(res.message, bytes) else str(res.message)
+
+
+def _stopped_abnormally(res: scipy.optimize.OptimizeResult) -> bool:
+    """An ABNORMAL L-BFGS-B exit (a failed line search) where the gradient has not vanished."""
+    return "ABNORMAL" in _message(res).upper() and not _stationary(res.jac)
 
 
 def minimize_hyperparameters(objective: Any, u0: np.ndarray, max_iterations: int) -> scipy.optimize.OptimizeResult:
@@ -128,7 +132,7 @@ def minimize_hyperparameters(objective: Any, u0: np.ndarray, max_iterations: int
         # from that point with an empty memory goes on - or the gradient is no more
         # accurate than that and the objective is flat there to its rounding: a restart
         # then gains nothing that matters, and the point is converged.
-        if "ABNORMAL" not in _message(res).upper() or _stationary(res.jac):
+        if not _stopped_abnormally(res):
             break
         again = scipy.optimize.minimize(objective, res.x, jac=True, method="L-BFGS-B",
                                         options={"maxiter": max_iterations})
@@ -147,9 +151,9 @@ def exit_state(res: scipy.optimize.OptimizeResult) -> tuple[str, bool, bool]:
     :data:`NEGLIGIBLE_GAIN`, is the line search meeting the rounding floor of the
     likelihood (energy and stress rows make the kernel matrix badly conditioned: its value
     and gradient are then inexact), i.e. a converged optimum."""
-    message = _message(res)
-    stationary = _stationary(res.jac) or bool(getattr(res, "settled", False))
-    return message, bool(res.success) or stationary, "ABNORMAL" in message.upper() and not stationary
+    settled = bool(getattr(res, "settled", False))
+    converged = bool(res.success) or _stationary(res.jac) or settled
+    return _message(res), converged, _stopped_abnormally(res) and not settled
 
 
 @dataclass
