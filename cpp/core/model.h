@@ -227,6 +227,10 @@ class Model {
   // neighbours (predict, predict_local).
   void report_variances(VarianceQuantity q, std::size_t n, const double* latent, const double* mean,
                         double* out) const;
+  // The force map applied to n force components whose scale values (one per component,
+  // force_scale_values or neighbourhood_scale_values) the caller computed: the one place the
+  // force noise meets the force map.
+  void report_scaled_force_variances(std::size_t n, const double* latent, const double* scales, double* out) const;
   // The reducible (epistemic) part of the reported variances: VarianceMap::epistemic.
   void epistemic_variances(VarianceQuantity q, std::size_t n, const double* latent, double* out) const;
 

@@ -153,10 +153,9 @@ Prediction Model::predict(const Structure& s, VarianceMode variance) const {
   p.force_variances.resize(p.latent_force_variances.size());
   p.local_energy_variances.resize(n);
   if (const VarianceMap fm = variance_map(VarianceQuantity::kForce); fm.scales_with_neighbourhood()) {
-    const double noise = noise_variance(VarianceQuantity::kForce);
     const std::vector<double> scales = structure_force_scales(s, p.forces.data(), fm.radius);
-    apply_variance_map(fm, p.force_variances.size(), p.latent_force_variances.data(), &noise, 0, scales.data(), 1,
-                       p.force_variances.data());
+    report_scaled_force_variances(p.force_variances.size(), p.latent_force_variances.data(), scales.data(),
+                                  p.force_variances.data());
   } else {
     report_variances(VarianceQuantity::kForce, p.force_variances.size(), p.latent_force_variances.data(),
                      p.forces.data(), p.force_variances.data());
@@ -185,14 +184,20 @@ double Model::noise_variance(VarianceQuantity q) const {
 
 void Model::report_variances(VarianceQuantity q, std::size_t n, const double* latent, const double* mean,
                              double* out) const {
-  const double noise = noise_variance(q);
   if (q != VarianceQuantity::kForce || mean == nullptr || variance_map(q).c == 0.0) {
+    const double noise = noise_variance(q);
     apply_variance_map(variance_map(q), n, latent, &noise, 0, mean, 1, out);
     return;
   }
   std::vector<double> scale(n);  // forces scale with their atom's RMS component
   force_scale_values(n, mean, scale.data());
-  apply_variance_map(variance_map(q), n, latent, &noise, 0, scale.data(), 1, out);
+  report_scaled_force_variances(n, latent, scale.data(), out);
+}
+
+void Model::report_scaled_force_variances(std::size_t n, const double* latent, const double* scales,
+                                          double* out) const {
+  const double noise = noise_variance(VarianceQuantity::kForce);
+  apply_variance_map(variance_map(VarianceQuantity::kForce), n, latent, &noise, 0, scales, 1, out);
 }
 
 void Model::finish_local_force_variances(const LocalEnvironments& env, const std::vector<double>& key_scales,
@@ -206,10 +211,8 @@ void Model::finish_local_force_variances(const LocalEnvironments& env, const std
   std::vector<double> scales(3 * n);
   neighbourhood_scale_values(env.neighbors, n, env.centre_keys.data(), key_scales.data(), fm.radius,
                              scales.data());
-  const double noise = noise_variance(VarianceQuantity::kForce);
   p.force_variances.resize(3 * n);
-  apply_variance_map(fm, 3 * n, p.latent_force_variances.data(), &noise, 0, scales.data(), 1,
-                     p.force_variances.data());
+  report_scaled_force_variances(3 * n, p.latent_force_variances.data(), scales.data(), p.force_variances.data());
   p.force_variances_pending = false;
 }
 

@@ -378,8 +378,8 @@ class OTF:
             max_std = math.inf
         else:
             stds = self._uncertainty()
-            max_std = float(stds.max())
             u = FrameUncertainty.from_results(self.calc.results, self.options.force_decision)
+            max_std = u.max_force_std
             reasons = label_reasons(u, self.options, self.model, self.cell_changes)
             if not reasons:
                 if not (self.options.audit_every and self.step % self.options.audit_every == 0):
