@@ -12,6 +12,23 @@ import otfgp
 A_AL = 4.05
 
 
+#: How closely a prediction must match one that an older otfgp recorded (tests/data
+#: fixtures), relative to the largest recorded value. Not bit for bit: the machine that
+#: wrote a fixture may have another CPU, and OpenBLAS picks its kernels by CPU at run time
+#: and -march=native sets the core's vector width, both of which reorder sums (measured:
+#: up to 3e-11 for exact variances, 3e-12 for forces, on an AVX-512 machine reading
+#: fixtures written elsewhere). A wrong load - a lost calibration, baseline, map or
+#: hyperparameter - is off by 1e-4 or more.
+RECORDED_RTOL = 1e-9
+
+
+def assert_matches_recorded(actual, recorded, rtol: float = RECORDED_RTOL) -> None:
+    """``actual`` equals a value recorded by an older otfgp up to another CPU's rounding."""
+    recorded = np.asarray(recorded, dtype=float)
+    scale = float(np.abs(recorded).max()) if recorded.size else 0.0
+    np.testing.assert_allclose(actual, recorded, rtol=0.0, atol=rtol * scale)
+
+
 def displaced_al(rng: np.random.Generator, amplitude: float = 0.05, repeat=(2, 2, 2)) -> Atoms:
     """fcc Al (a = 4.05 A) with every coordinate displaced uniformly within +-amplitude*a, EMT attached."""
     atoms = bulk("Al", "fcc", a=A_AL, cubic=True).repeat(repeat)
@@ -85,6 +102,29 @@ def trained_toy_model(rng: np.random.Generator, species=("Al", "Cu"), energy=Tru
         atoms = random_triclinic(rng, species=species)
         atoms.calc = EMT()
         gp.add_training_data(atoms, energy=energy, stress=stress)
+    gp.train(optimize=False)
+    return gp
+
+
+def delta_model(frames, cutoffs: dict, hyper: dict, baseline, n_atoms: int) -> otfgp.GaussianProcess:
+    """A Delta model: a GP on top of ``baseline`` trained on the forces of the first
+    ``n_atoms`` atoms, the energy and the stress of each frame (fixed hyperparameters)."""
+    gp = otfgp.GaussianProcess(["Al"], cutoffs, hyperparameters=hyper, baseline=baseline)
+    for a in frames:
+        gp.add_training_data(a, energy=True, stress=True, atom_indices=range(n_atoms))
+    gp.train(optimize=False)
+    return gp
+
+
+def residual_model(frames, cutoffs: dict, hyper: dict, evaluate, n_atoms: int) -> otfgp.GaussianProcess:
+    """The plain GP trained on the labels minus ``evaluate(atoms)`` (a dict with energy,
+    forces and stress): what the GP part of the matching :func:`delta_model` must be."""
+    gp = otfgp.GaussianProcess(["Al"], cutoffs, hyperparameters=hyper)
+    for a in frames:
+        b = evaluate(a)
+        gp.add_training_data(a, forces=a.get_forces() - b["forces"],
+                             energy=a.get_potential_energy() - b["energy"],
+                             stress=a.get_stress() - b["stress"], atom_indices=range(n_atoms))
     gp.train(optimize=False)
     return gp
 

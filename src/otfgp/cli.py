@@ -83,7 +83,7 @@ import logging
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .atomic_io import write_json
 from .builders import (build_dynamics, build_labeller, build_model, build_structure, otf_model_options,
@@ -179,34 +179,53 @@ def _resume_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return overrides
 
 
+def _resume_dir(args: argparse.Namespace) -> Path:
+    """The run directory of ``--resume RUN_DIR``, checked to hold a run."""
+    if args.config:
+        raise ConfigError("give a config file or --resume RUN_DIR, not both")
+    run_dir = Path(args.resume)
+    args.run_dir = str(run_dir)
+    if not (run_dir / RUN_CONFIG).is_file():
+        raise ConfigError(f"{run_dir}: not an otfgp run directory ({RUN_CONFIG} missing)")
+    return run_dir
+
+
+def _new_run_config(args: argparse.Namespace, command: str,
+                    validate: Callable[..., dict[str, Any]]) -> tuple[dict[str, Any], Path, Path]:
+    """The validated config of a new ``otfgp COMMAND CONFIG`` run, the config's path and
+    the run directory (``--output-dir`` overrides the config's ``COMMAND.output_dir``)."""
+    if not args.config:
+        raise ConfigError(f"give a config file (otfgp {command} config.toml) or --resume RUN_DIR")
+    config_path = Path(args.config)
+    cfg = validate(load_config(config_path), base_dir=config_path.parent)
+    if args.output_dir:
+        cfg[command]["output_dir"] = args.output_dir
+    run_dir = Path(cfg[command]["output_dir"])
+    cfg[command]["output_dir"] = str(run_dir)
+    args.run_dir = str(run_dir)
+    return cfg, config_path, run_dir
+
+
+def _refuse_held_run_dir(run_dir: Path, command: str) -> None:
+    """A new run never writes over another: continuing one is ``--resume``."""
+    if holds_run(run_dir):
+        raise ConfigError(f"output_dir {run_dir} already holds a run: continue it with "
+                          f"'otfgp {command} --resume {run_dir}' or choose another {command}.output_dir")
+
+
 def cmd_otf(args: argparse.Namespace) -> int:
     """``otfgp otf CONFIG`` (a new run) or ``otfgp otf --resume RUN_DIR``; the run directory
     is locked for the whole command."""
     if args.resume:
-        args.run_dir = args.resume
-        if args.config:
-            raise ConfigError("give a config file or --resume RUN_DIR, not both")
-        run_dir = Path(args.resume)
-        if not (run_dir / RUN_CONFIG).is_file():
-            raise ConfigError(f"{run_dir}: not an otfgp run directory ({RUN_CONFIG} missing)")
+        run_dir = _resume_dir(args)
         with RunLock(run_dir), _run_log(run_dir, args):
             return _resume(args, run_dir)
     if args.set or args.override or args.checkpoint is not None:
         raise ConfigError("--set, --override and --checkpoint go with --resume RUN_DIR "
                           "(a new run takes its settings from the config file)")
-    if not args.config:
-        raise ConfigError("give a config file (otfgp otf config.toml) or --resume RUN_DIR")
-    config_path = Path(args.config)
-    cfg = validate_config(load_config(config_path), base_dir=config_path.parent)
-    if args.output_dir:
-        cfg["otf"]["output_dir"] = args.output_dir
-    run_dir = Path(cfg["otf"]["output_dir"])
-    args.run_dir = str(run_dir)
-    cfg["otf"]["output_dir"] = str(run_dir)
+    cfg, config_path, run_dir = _new_run_config(args, "otf", validate_config)
     with RunLock(run_dir):
-        if holds_run(run_dir):
-            raise ConfigError(f"output_dir {run_dir} already holds a run: continue it with "
-                              f"'otfgp otf --resume {run_dir}' or choose another otf.output_dir")
+        _refuse_held_run_dir(run_dir, "otf")
         with _run_log(run_dir, args):
             return _new_run(cfg, config_path, run_dir)
 
@@ -298,30 +317,16 @@ def cmd_active(args: argparse.Namespace) -> int:
     from .active.config import format_active_summary, run_active, validate_active_config
 
     if args.resume:
-        if args.config:
-            raise ConfigError("give a config file or --resume RUN_DIR, not both")
-        run_dir = Path(args.resume)
-        args.run_dir = str(run_dir)
-        if not (run_dir / RUN_CONFIG).is_file():
-            raise ConfigError(f"{run_dir}: not an otfgp run directory ({RUN_CONFIG} missing)")
+        run_dir = _resume_dir(args)
         cfg = read_json_file(run_dir / RUN_CONFIG, f"restore it, or start afresh from the config copy in {run_dir}")
         with RunLock(run_dir), _run_log(run_dir, args):
             atoms = read(run_dir / ACTIVE_INITIAL)
             atoms.calc = None
             result = run_active(cfg, run_dir, atoms, resume=True)
     else:
-        if not args.config:
-            raise ConfigError("give a config file (otfgp active config.toml) or --resume RUN_DIR")
-        config_path = Path(args.config)
-        cfg = validate_active_config(load_config(config_path), base_dir=config_path.parent)
-        if args.output_dir:
-            cfg["active"]["output_dir"] = args.output_dir
-        run_dir = Path(cfg["active"]["output_dir"])
-        args.run_dir = str(run_dir)
+        cfg, config_path, run_dir = _new_run_config(args, "active", validate_active_config)
         with RunLock(run_dir):
-            if holds_run(run_dir):
-                raise ConfigError(f"output_dir {run_dir} already holds a run: continue it with "
-                                  f"'otfgp active --resume {run_dir}' or choose another active.output_dir")
+            _refuse_held_run_dir(run_dir, "active")
             with _run_log(run_dir, args):
                 atoms = build_structure(cfg["structure"])
                 _prepare_run_dir(cfg, config_path, run_dir)
