@@ -29,9 +29,9 @@ from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms
 from ase.geometry.rdf import get_rdf
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.mep import NEB
 from ase.optimize import BFGS
+from otfgp.builders import maxwell_boltzmann
 
 N_IMAGES = 5
 """Images of the NEB, end points included."""
@@ -131,8 +131,8 @@ def run_md(atoms: Atoms, calc: Calculator, steps: int, temperature: float = 300.
     atoms.calc = calc
     rng = np.random.default_rng(seed)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ASE's deprecation notices of these two
-        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+        warnings.simplefilter("ignore")  # ASE >= 3.28 warns of Langevin's default fixcm=True
+        maxwell_boltzmann(atoms, temperature, rng)
         dyn = Langevin(atoms, timestep * units.fs, temperature_K=temperature, friction=friction / units.fs, rng=rng)
     frames: list[Atoms] = []
 

@@ -52,12 +52,12 @@ def snapshots(temperature_K: float, n: int, seed: int, spacing: int = 10, equili
     from ase.calculators.emt import EMT
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from otfgp.builders import maxwell_boltzmann
 
     rng = np.random.default_rng(seed)
     atoms = bulk("Al", "fcc", a=4.05, cubic=True).repeat((2, 2, 2))
     atoms.calc = EMT()
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+    maxwell_boltzmann(atoms, temperature_K, rng)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dyn = Langevin(atoms, 5 * units.fs, temperature_K=temperature_K, friction=0.02 / units.fs,
@@ -131,14 +131,15 @@ def worker_melt() -> dict:
     from ase.build import bulk
     from ase.calculators.emt import EMT
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md.velocitydistribution import Stationary
 
     import otfgp
+    from otfgp.builders import maxwell_boltzmann
     from otfgp.scalable import AUTO_SWITCH_ENVIRONMENTS
 
     rng = np.random.default_rng(5)
     atoms = bulk("Al", "fcc", a=4.05, cubic=True).repeat((2, 2, 2))
-    MaxwellBoltzmannDistribution(atoms, temperature_K=800.0, rng=rng)
+    maxwell_boltzmann(atoms, 800.0, rng)
     Stationary(atoms)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

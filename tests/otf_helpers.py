@@ -11,22 +11,15 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 
 import otfgp
+from otfgp.builders import maxwell_boltzmann
 
 A_AL = 4.05
 CUTOFFS = {"twobody": 5.0, "threebody": 3.5}
 FIXED_HYPERPARAMETERS = {"sigma2": 0.1, "ell2": 1.0, "sigma3": 0.01, "ell3": 0.8, "noise_force": 0.01}
 
 
-def thermalize(atoms: Atoms, temperature_K: float, rng: np.random.Generator) -> None:
-    """Maxwell-Boltzmann momenta (ASE >= 3.29 renamed the function; both spellings work)."""
-    try:
-        from ase.md.velocitydistribution import thermalize_momenta
-    except ImportError:  # ASE < 3.29
-        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-
-        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
-        return
-    thermalize_momenta(atoms, temperature_K, rng=rng)
+#: Maxwell-Boltzmann momenta, the library's one rule (ASE 3.29 renamed the function)
+thermalize = maxwell_boltzmann
 
 
 def jittered_al(rng: np.random.Generator, repeat=(2, 2, 2), jitter: float = 0.01) -> Atoms:

@@ -102,10 +102,10 @@ class MDTask:
         if atoms.has("momenta") and np.any(atoms.get_momenta()):
             self.momenta = np.array(atoms.get_momenta())
         else:
-            from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+            from ..builders import maxwell_boltzmann
 
             probe = atoms.copy()
-            MaxwellBoltzmannDistribution(probe, temperature_K=self.temperature, rng=np.random.default_rng(seed))
+            maxwell_boltzmann(probe, self.temperature, np.random.default_rng(seed))
             self.momenta = np.array(probe.get_momenta())
         self.iteration = 0
         self.last: dict[str, Any] = {}
