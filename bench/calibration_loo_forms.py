@@ -38,9 +38,15 @@ on seed 1 it shrinks a3 to 0.6 and under-reports the liquid 2.4x. With a free ex
 likelihood drives q to 0, a constant floor, and wins by 0.01 nats (2 % at 0.24 / 0.22 /
 0.29): within one displacement amplitude the held-out errors do not grow with m. Leaving
 whole cells out raises the 2 % ratios by 0.01-0.07 (neighbourhood 0.46 / 0.39 / 0.52, still
-0.39 at 9 % on seed 2; per body order + neighbourhood 0.47 / 0.41 / 0.61). No form meets
-[0.5, 2] on every set: the leave-one-out residuals of one displacement amplitude do not pin
-down how the error falls towards the perfect lattice.
+0.39 at 9 % on seed 2; per body order + neighbourhood 0.47 / 0.41 / 0.61). The fixed-shape
+product c v m^2 gets 2 % right (0.79 / 0.69 / 1.01) but over-reports 9 % and the liquid 4-14x
+(0.07-0.26): the latent std already grows with distortion about as fast as the error does
+away from the training amplitude, so a factor m on top doubles that growth. With
+``--maximum-likelihood`` (no priors, ``results/calibration_loo_forms_ml.json``) the numbers
+move by at most 0.1 at 2 % and no form meets the target either (closest: per body order +
+neighbourhood on whole cells, 0.48 / 0.52 / 0.58 at 2 % and 2.19 on seed 1's liquid). No
+form meets [0.5, 2] on every set: the leave-one-out residuals of one displacement amplitude
+do not pin down how the error falls towards the perfect lattice.
 """
 from __future__ import annotations
 
