@@ -89,6 +89,9 @@ def test_threshold_and_mapped_variance(model, frames):
     assert m.energy["mae"] > 0 and m.energy["uncertainty"] is None  # mapped: no energy variance
     with pytest.raises(ValueError, match="group labels"):
         evaluate(model, frames, groups=["a"])
+    for bad in (0.0, -0.01, float("nan")):
+        with pytest.raises(ValueError, match="error_threshold must be a positive"):
+            evaluate(model, frames[:2], error_threshold=bad)
 
 
 def test_frames_without_forces_raise(model, frames):
@@ -129,3 +132,7 @@ def test_cli_eval_bad_input_exits_2(model, frames, tmp_path, capsys):
     write(tmp_path / "bare.extxyz", bare)
     assert main(["-q", "eval", str(model_path), str(tmp_path / "bare.extxyz")]) == 2
     assert "bare.extxyz): no reference forces" in capsys.readouterr().err
+    frames[0].get_forces()
+    write(tmp_path / "good.extxyz", frames[0])
+    assert main(["-q", "eval", str(model_path), str(tmp_path / "good.extxyz"), "--error-threshold", "-1"]) == 2
+    assert "error_threshold must be a positive" in capsys.readouterr().err

@@ -225,6 +225,9 @@ def evaluate(model: GaussianProcess, frames: Sequence[Atoms], groups: Sequence[s
     """
     if variance not in VARIANCE_MODES:
         raise ValueError(f"variance must be one of {VARIANCE_MODES}, got {variance!r}")
+    if error_threshold is not None and not (np.isfinite(error_threshold) and error_threshold > 0):
+        # an error norm is never negative: every atom would be a positive and the ROC-AUC undefined
+        raise ValueError(f"error_threshold must be a positive force in eV/A, got {error_threshold!r}")
     frames = list(frames)
     if not frames:
         raise ValueError("no frames to evaluate")
