@@ -202,3 +202,6 @@ def test_bad_task_arguments_are_named():
         NEBTask(initial, final[:-1])
     with pytest.raises(ValueError, match="target_std"):
         MDTask(initial, target_std=-1.0)
+    with pytest.raises(ValueError, match="fmax must be a positive number, got None"):
+        NEBTask(initial, final, fmax=None)  # required, unlike the optional skip_std
+    assert NEBTask(initial, final, skip_std=None).skip_std is None

@@ -29,6 +29,7 @@ import numpy as np
 from ase import Atoms
 
 from . import uq_metrics as uq
+from .arguments import positive_number
 from .gp import GaussianProcess
 from .plots import agg_pyplot
 
@@ -225,9 +226,8 @@ def evaluate(model: GaussianProcess, frames: Sequence[Atoms], groups: Sequence[s
     """
     if variance not in VARIANCE_MODES:
         raise ValueError(f"variance must be one of {VARIANCE_MODES}, got {variance!r}")
-    if error_threshold is not None and not (np.isfinite(error_threshold) and error_threshold > 0):
-        # an error norm is never negative: every atom would be a positive and the ROC-AUC undefined
-        raise ValueError(f"error_threshold must be a positive force in eV/A, got {error_threshold!r}")
+    # an error norm is never negative: at a threshold <= 0 every atom would be a positive
+    positive_number("error_threshold", error_threshold)
     frames = list(frames)
     if not frames:
         raise ValueError("no frames to evaluate")

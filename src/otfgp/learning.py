@@ -30,6 +30,7 @@ from ase import Atoms
 from ase.calculators.calculator import BaseCalculator, PropertyNotImplementedError
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from .arguments import positive_number
 from .calibration import MIN_SAMPLES
 from .gp import GaussianProcess
 
@@ -215,10 +216,7 @@ class LearningOptions:
             raise ValueError(f"extrapolation_checks must be true, false or unset (None), got {v!r}")
         for name in ("threshold", "relative_threshold", "add_threshold", "min_threshold",
                      "local_energy_threshold", "stress_threshold"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
-                                  or not math.isfinite(v) or v <= 0):
-                raise ValueError(f"{name} must be a positive number, got {v!r}")
+            positive_number(name, getattr(self, name))
         for name in ("label_max_force", "label_max_energy_per_atom", "label_energy_jump", "label_max_z",
                      "label_z_min_error"):
             v = getattr(self, name)  # inf allowed: the check is off

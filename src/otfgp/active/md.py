@@ -31,6 +31,7 @@ from ase import Atoms
 from ase.calculators.calculator import BaseCalculator
 
 from .. import _core
+from ..arguments import positive_number
 from .task import IterationData, bare_frame
 
 log = logging.getLogger(__name__)
@@ -56,14 +57,6 @@ def langevin(temperature: float = 300.0, timestep: float = 1.0, friction: float 
                             rng=np.random.default_rng([seed, iteration]))
 
     return make
-
-
-def _positive(name: str, value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
 
 
 class MDTask:
@@ -92,10 +85,10 @@ class MDTask:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.steps, self.pool_every = int(steps), int(pool_every)
-        self.temperature = _positive("temperature", temperature)
-        self.target_std = _positive("target_std", target_std)
-        self.target_error = _positive("target_error", target_error)
-        self.stop_std = _positive("stop_std", stop_std)
+        self.temperature = positive_number("temperature", temperature)
+        self.target_std = positive_number("target_std", target_std)
+        self.target_error = positive_number("target_error", target_error)
+        self.stop_std = positive_number("stop_std", stop_std)
         self.dynamics = dynamics or langevin(self.temperature, seed=seed)
         self.template = bare_frame(atoms)
         self.positions = np.array(atoms.positions)

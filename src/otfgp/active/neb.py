@@ -48,17 +48,10 @@ from ase import Atoms
 from ase.calculators.calculator import BaseCalculator
 
 from .. import _core
+from ..arguments import positive_number
 from .task import IterationData, bare_frame, free_atoms
 
 log = logging.getLogger(__name__)
-
-
-def _positive(name: str, value: Any, allow_none: bool = False) -> float | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
 
 
 def _count(name: str, value: Any, low: int) -> int:
@@ -106,15 +99,15 @@ class NEBTask:
         if not np.allclose(initial.cell.array, final.cell.array):
             raise ValueError("initial and final must have the same cell")
         self.n_images = _count("n_images", n_images, 3)
-        self.fmax = _positive("fmax", fmax)
-        self.energy_tol = _positive("energy_tol", energy_tol)
-        self.force_tol = _positive("force_tol", force_tol, allow_none=True)
+        self.fmax = positive_number("fmax", fmax, allow_none=False)
+        self.energy_tol = positive_number("energy_tol", energy_tol, allow_none=False)
+        self.force_tol = positive_number("force_tol", force_tol)
         self.steps = _count("steps", steps, 1)
         self.relax_steps = _count("relax_steps", relax_steps, 1)
-        self.max_step = _positive("max_step", max_step, allow_none=True)
+        self.max_step = positive_number("max_step", max_step)
         self.pool_every = _count("pool_every", pool_every, 1)
-        self.skip_std = _positive("skip_std", skip_std, allow_none=True)
-        self.max_skip_move = _positive("max_skip_move", max_skip_move)
+        self.skip_std = positive_number("skip_std", skip_std)
+        self.max_skip_move = positive_number("max_skip_move", max_skip_move, allow_none=False)
         self.climb = bool(climb)
         self.reuse_band = bool(reuse_band)
         self.template = bare_frame(initial)

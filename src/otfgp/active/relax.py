@@ -23,6 +23,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import BaseCalculator, Calculator, all_changes
 
+from ..arguments import positive_number
 from .task import IterationData, bare_frame, max_force
 
 log = logging.getLogger(__name__)
@@ -102,9 +103,7 @@ class RelaxTask:
                  model_fmax: float | None = None, max_step: float | None = 0.5,
                  optimizer_options: Mapping[str, Any] | None = None, anchor: bool = True) -> None:
         for key, value in (("fmax", fmax), ("model_fmax", model_fmax), ("max_step", max_step)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not np.isfinite(value) or value <= 0):
-                raise ValueError(f"{key} must be a positive number, got {value!r}")
+            positive_number(key, value)
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
         optimizer_class(optimizer)  # an unknown name fails here, not at the first iteration
