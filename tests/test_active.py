@@ -225,7 +225,7 @@ def test_cli_relaxes_and_resumes_a_finished_run(tmp_path, capsys):
     ('task = "relax"\nfmax = -0.1', "active.fmax must be > 0"),
     ('task = "relax"\noptimizer = "newton"', "active.optimizer 'newton' unknown"),
     ('task = "relax"\nquery = "best"', "query must be one of"),
-    ('task = "relax"\nbatch_size = 0', "batch_size must be an integer >= 1"),
+    ('task = "relax"\nbatch_size = 0', "batch_size must be a positive integer"),
     ('task = "relax"\nworkers = 0', "active.workers must be >= 1"),
 ])
 def test_cli_names_the_bad_key(tmp_path, capsys, active, match):

@@ -1,11 +1,15 @@
-"""The one positive-number rule (otfgp.arguments) and the entry points that use it."""
+"""The one positive-number rule and the one count rule (otfgp.arguments), and the entry points that use them."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from otfgp.arguments import positive_number
+from otfgp.active.loop import ActiveOptions
+from otfgp.arguments import count, positive_number
+from otfgp.labellers.launch import launch_command
 from otfgp.learning import LearningOptions
+from otfgp.otf import OTFOptions
+from otfgp.train import TrainOptions
 
 
 @pytest.mark.parametrize("value", [0, 0.0, -1e-9, float("nan"), float("inf"), True, "0.1", [0.1]])
@@ -26,3 +30,40 @@ def test_learning_thresholds_use_the_rule():
     with pytest.raises(ValueError, match="stress_threshold must be a positive number, got -1.0"):
         LearningOptions(stress_threshold=-1.0)
     assert LearningOptions(stress_threshold=None).stress_threshold is None
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.0, float("nan"), True, "3", None])
+def test_count_refuses(value):
+    with pytest.raises(ValueError, match=r"^steps must be a positive integer, got "):
+        count("steps", value)
+
+
+def test_count_names_its_lower_bound_and_none():
+    with pytest.raises(ValueError, match=r"^retries must be a non-negative integer, got -1$"):
+        count("retries", -1, 0)
+    with pytest.raises(ValueError, match=r"^n_images must be an integer >= 3, got 2$"):
+        count("n_images", 2, 3)
+    with pytest.raises(ValueError, match=r"^k must be a positive integer or None, got 0$"):
+        count("k", 0, allow_none=True)
+
+
+def test_count_passes_and_converts():
+    assert count("steps", np.int64(4)) == 4 and type(count("steps", np.int64(4))) is int
+    assert count("retries", 0, 0) == 0
+    assert count("k", None, allow_none=True) is None
+
+
+@pytest.mark.parametrize("make", [
+    lambda: LearningOptions(scalable_after=0),
+    lambda: TrainOptions(atoms_per_frame=0),
+    lambda: TrainOptions(restarts=-1),
+    lambda: ActiveOptions(retries=1.0),
+    lambda: LearningOptions(max_atoms_added=1.5),
+    lambda: OTFOptions(every=0),
+    lambda: OTFOptions(init_atoms=-1),
+    lambda: OTFOptions(checkpoint_every=2.5),
+    lambda: launch_command("pw.x", 0),
+])
+def test_counts_of_the_entry_points_use_the_rule(make):
+    with pytest.raises(ValueError, match="must be a (positive|non-negative) integer"):
+        make()

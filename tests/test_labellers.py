@@ -148,7 +148,7 @@ def test_program_path_with_spaces_stays_one_argument():
     ({"launcher": "srun -n {ranks"}, "not a valid template"),
     ({"launcher": "  "}, "non-empty"),
     ({"launcher": "srun -n {ranks}", "mpirun": "/usr/bin/mpirun"}, "either launcher or mpirun"),
-    ({"launcher": "srun -n {ranks}", "ranks": 0}, "mpi_ranks must be >= 1"),
+    ({"launcher": "srun -n {ranks}", "ranks": 0}, "mpi_ranks must be a positive integer"),
 ])
 def test_bad_launcher_is_a_clear_error(kwargs, match):
     ranks = kwargs.pop("ranks", 2)

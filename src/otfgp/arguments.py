@@ -1,9 +1,10 @@
 """Checks of the numbers users pass to the public API, one rule each, so every entry point
-(on-the-fly learning, the offline active-learning tasks, ``evaluate``) refuses bad input
-with the same message."""
+(on-the-fly learning, offline training, the active-learning tasks and loop, ``evaluate``)
+refuses bad input with the same message."""
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 
@@ -16,3 +17,16 @@ def positive_number(name: str, value: Any, allow_none: bool = True) -> float | N
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
     return float(value)
+
+
+def count(name: str, value: Any, low: int = 1, allow_none: bool = False) -> int | None:
+    """``value`` as an int when it is an integer >= ``low`` (numpy integers included;
+    ``None`` passes, as ``None``, when ``allow_none``); otherwise a ValueError naming
+    ``name``. Booleans and integral floats such as ``3.0`` are refused: a count that
+    arrives as either is a caller's mistake, not a number to round."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        kind = {0: "a non-negative integer", 1: "a positive integer"}.get(low, f"an integer >= {low}")
+        raise ValueError(f"{name} must be {kind}{' or None' if allow_none else ''}, got {value!r}")
+    return int(value)

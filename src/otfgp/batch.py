@@ -47,6 +47,7 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from . import atomic_io
+from .arguments import count
 from .label_checks import LabelChecks, LabelRejected
 from .learning import Labeller, LabellerError, describe, label
 
@@ -271,8 +272,7 @@ def label_batch(
     """
     if on_failure not in ("skip", "raise"):
         raise ValueError(f"on_failure must be 'skip' or 'raise', got {on_failure!r}")
-    if int(retries) != retries or retries < 0:
-        raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
+    count("retries", retries, 0)
     if isinstance(labeller, (str, Mapping)):
         from .labellers import check_labeller_spec
 

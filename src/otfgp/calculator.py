@@ -7,6 +7,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
+from .arguments import count
 from .gp import GaussianProcess
 
 
@@ -76,8 +77,7 @@ class GPCalculator(Calculator):
 
         if not (isinstance(model, GaussianProcess) or is_scalable(model)):
             raise TypeError(f"model must be an otfgp.GaussianProcess or otfgp.ScalableGP, got {type(model).__name__}")
-        if int(uncertainty_every) < 1:
-            raise ValueError("uncertainty_every must be >= 1")
+        count("uncertainty_every", uncertainty_every)
         self.model = model
         if not isinstance(uncertainty, (bool, np.bool_)) and uncertainty not in ("auto", "exact", "mapped"):
             raise ValueError(f"uncertainty must be True, False, 'auto', 'exact' or 'mapped', got {uncertainty!r}")

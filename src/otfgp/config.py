@@ -11,6 +11,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .arguments import count
+
 CONFIG_SECTIONS = ("structure", "md", "model", "labeller", "otf")
 STRUCTURE_KEYS = ("lattice", "element", "a", "c", "cubic", "orthorhombic", "repeat", "jitter",
                   "seed", "file", "index")
@@ -329,8 +331,10 @@ def _validate_kind(mo: Mapping[str, Any], baseline: bool) -> dict[str, Any]:
         if kind != "auto":
             raise ConfigError(f"model.scalable_after is the threshold of kind = 'auto' (kind is {kind!r})")
         v = mo["scalable_after"]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"model.scalable_after must be a positive integer (training environments), got {v!r}")
+        try:
+            count("model.scalable_after", v)  # training environments
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     if kind == "auto":
         out["scalable_after"] = int(mo.get("scalable_after", AUTO_SWITCH_ENVIRONMENTS))
     return out

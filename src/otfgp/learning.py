@@ -30,7 +30,7 @@ from ase import Atoms
 from ase.calculators.calculator import BaseCalculator, PropertyNotImplementedError
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from .arguments import positive_number
+from .arguments import count, positive_number
 from .calibration import MIN_SAMPLES
 from .gp import GaussianProcess
 
@@ -198,9 +198,7 @@ class LearningOptions:
     scalable_after: int | None = None
 
     def __post_init__(self) -> None:
-        v = self.scalable_after
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ValueError(f"scalable_after must be a positive integer (training environments) or None, got {v!r}")
+        count("scalable_after", self.scalable_after, allow_none=True)  # training environments
         if self.threshold is None and self.relative_threshold is None:
             raise ValueError("give threshold (eV/A) or relative_threshold (x sigma_n)")
         if self.threshold is not None and self.relative_threshold is not None:
@@ -225,12 +223,9 @@ class LearningOptions:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or v < 0 \
                     or (v == 0 and name != "label_z_min_error"):
                 raise ValueError(f"{name} must be a positive number (inf or None: check off), got {v!r}")
-        if int(self.max_atoms_added) < 1:
-            raise ValueError("max_atoms_added must be >= 1")
+        count("max_atoms_added", self.max_atoms_added)
         for name in ("optimize_until_calls", "optimize_until_size"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-                raise ValueError(f"{name} must be a non-negative integer or None, got {v!r}")
+            count(name, getattr(self, name), 0, allow_none=True)
         if self.uncertainty not in ("exact", "mapped"):
             raise ValueError(f"uncertainty must be 'exact' or 'mapped', got {self.uncertainty!r}")
         if self.uncertainty == "mapped" and not self.map:
@@ -241,8 +236,7 @@ class LearningOptions:
             from .calibration import FORMS
             if self.calibration not in FORMS:
                 raise ValueError(f"calibration must be one of {list(FORMS)} or None, got {self.calibration!r}")
-        if not (isinstance(self.map_tolerance, (int, float)) and self.map_tolerance > 0):
-            raise ValueError(f"map_tolerance must be a positive number, got {self.map_tolerance!r}")
+        positive_number("map_tolerance", self.map_tolerance, allow_none=False)
 
     def for_cell(self: _Options, cell_changes: bool) -> _Options:
         """These options with ``"auto"`` of ``add_energy`` / ``add_stress`` resolved for a

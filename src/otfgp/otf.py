@@ -41,6 +41,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read
 
 from . import atomic_io, dynamics_state, run_dir
+from .arguments import count, positive_number
 from ._core import InputError
 from .calculator import GPCalculator
 from .gp import GaussianProcess
@@ -102,24 +103,16 @@ class OTFOptions(LearningOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("every", "trajectory_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        for name, kind in (("checkpoint_every", int), ("checkpoint_minutes", (int, float)),
-                           ("keep_checkpoints", int)):
-            v = getattr(self, name)
-            if v is None and name != "keep_checkpoints":
-                continue
-            if isinstance(v, bool) or not isinstance(v, kind) or not v > 0 or not math.isfinite(v):
-                raise ValueError(f"{name} must be a positive {'integer' if kind is int else 'number'}"
-                                 f"{'' if name == 'keep_checkpoints' else ' or None'}, got {v!r}")
+        for name in ("every", "trajectory_every", "keep_checkpoints"):
+            count(name, getattr(self, name))
+        count("checkpoint_every", self.checkpoint_every, allow_none=True)
+        positive_number("checkpoint_minutes", self.checkpoint_minutes)
         if self.audit_every is not None:
-            if isinstance(self.audit_every, bool) or not isinstance(self.audit_every, int) \
-                    or self.audit_every < 1 or self.audit_every % int(self.every):
+            count("audit_every", self.audit_every)
+            if self.audit_every % self.every:
                 raise ValueError(f"audit_every must be a positive multiple of every ({self.every}), "
                                  f"got {self.audit_every!r}")
-        if self.init_atoms < 0:
-            raise ValueError("init_atoms must be >= 0")
+        count("init_atoms", self.init_atoms, 0)
         if self.on_dft_failure not in ("raise", "skip"):
             raise ValueError("on_dft_failure must be 'raise' or 'skip'")
 

@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 from ase import Atoms
 
+from .arguments import count
 from .gp import GaussianProcess
 from .learning import choose_atoms
 
@@ -42,8 +43,7 @@ mapped variance would make the first pick incomparable with the later ones)."""
 
 
 def _check_k(pool: Sequence[Atoms], k: int) -> int:
-    if int(k) != k or k < 0:
-        raise ValueError(f"batch size k must be a non-negative integer, got {k!r}")
+    k = count("batch size k", k, 0)
     if k > len(pool):
         raise ValueError(f"batch size k = {k} exceeds the pool of {len(pool)} frame(s)")
     return int(k)
@@ -95,8 +95,7 @@ def greedy_variance_batch(model: GaussianProcess, pool: Sequence[Atoms], k: int,
     batch there, so it may hold fewer than ``k`` frames.
     """
     k = _check_k(pool, k)
-    if atoms_per_frame is not None and (int(atoms_per_frame) != atoms_per_frame or atoms_per_frame < 1):
-        raise ValueError(f"atoms_per_frame must be a positive integer or None, got {atoms_per_frame!r}")
+    count("atoms_per_frame", atoms_per_frame, allow_none=True)
     if k == 0:
         return []
     fantasy = model.copy()

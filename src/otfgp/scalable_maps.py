@@ -37,7 +37,7 @@ from . import _core
 from .calibration import ModelCalibration
 
 if TYPE_CHECKING:
-    from .gp import HYPERPARAMETER_NAMES, GaussianProcess
+    from .gp import GaussianProcess
 
 # The model argument is a trained otfgp.scalable.ScalableGP. It is typed as Any because
 # scalable.py reaches this module (its save_mapped/to_mapped), and the package imports one

@@ -27,7 +27,6 @@ A train config has three sections (keys: docs/training.md; ``[model]`` is the on
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, fields
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from .arguments import count, positive_number
 from .config import ConfigError, _check_keys, _validate_model
 
 if TYPE_CHECKING:
@@ -89,17 +89,11 @@ class TrainOptions:
             raise ValueError(f"labels must be a non-empty list of {', '.join(LABELS)}, got {list(self.labels)}")
         if self.select not in SELECT:
             raise ValueError(f"select must be one of {', '.join(SELECT)}, got {self.select!r}")
-        for name in ("atoms_per_frame", "init_atoms", "seed", "max_iterations", "restarts"):
-            v = getattr(self, name)
-            if v is None and name == "atoms_per_frame":
-                continue
-            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "atoms_per_frame" else 0):
-                raise ValueError(f"{name} must be an integer >= {1 if name == 'atoms_per_frame' else 0}, got {v!r}")
+        count("atoms_per_frame", self.atoms_per_frame, allow_none=True)
+        for name in ("init_atoms", "seed", "max_iterations", "restarts"):
+            count(name, getattr(self, name), 0)
         for name in ("std_threshold", "map_tolerance"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
-                                  or not math.isfinite(v) or v <= 0):
-                raise ValueError(f"{name} must be a positive number, got {v!r}")
+            positive_number(name, getattr(self, name))
         if self.select == "all" and (self.atoms_per_frame is not None or self.std_threshold is not None):
             raise ValueError('atoms_per_frame and std_threshold select atoms: they need select = "uncertainty"')
         for name in ("optimize", "map"):

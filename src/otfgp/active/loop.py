@@ -49,6 +49,7 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from .. import atomic_io, run_dir
+from ..arguments import count
 from ..batch import BatchLabelError, BatchResult, label_batch
 from ..calculator import GPCalculator
 from ..gp import GaussianProcess, Prediction
@@ -123,12 +124,8 @@ class ActiveOptions:
     def __post_init__(self) -> None:
         for name, low in (("batch_size", 1), ("max_iterations", 0), ("hyperparameter_iterations", 1),
                           ("retries", 0), ("keep_checkpoints", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
-        v = self.optimize_until_calls
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-            raise ValueError(f"optimize_until_calls must be a non-negative integer or None, got {v!r}")
+            count(name, getattr(self, name), low)
+        count("optimize_until_calls", self.optimize_until_calls, 0, allow_none=True)
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         choices = {"query": QUERIES, "train_atoms": ("free", "all"), "on_failure": ("raise", "skip")}

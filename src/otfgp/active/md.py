@@ -31,7 +31,7 @@ from ase import Atoms
 from ase.calculators.calculator import BaseCalculator
 
 from .. import _core
-from ..arguments import positive_number
+from ..arguments import count, positive_number
 from .task import IterationData, bare_frame
 
 log = logging.getLogger(__name__)
@@ -81,10 +81,7 @@ class MDTask:
                  target_error: float | None = None, stop_std: float | None = None, seed: int = 0) -> None:
         if not isinstance(atoms, Atoms) or len(atoms) == 0:
             raise ValueError("atoms must be a non-empty ase.Atoms")
-        for name, value in (("steps", steps), ("pool_every", pool_every)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        self.steps, self.pool_every = int(steps), int(pool_every)
+        self.steps, self.pool_every = count("steps", steps), count("pool_every", pool_every)
         self.temperature = positive_number("temperature", temperature)
         self.target_std = positive_number("target_std", target_std)
         self.target_error = positive_number("target_error", target_error)

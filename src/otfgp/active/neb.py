@@ -48,16 +48,10 @@ from ase import Atoms
 from ase.calculators.calculator import BaseCalculator
 
 from .. import _core
-from ..arguments import positive_number
+from ..arguments import count, positive_number
 from .task import IterationData, bare_frame, free_atoms
 
 log = logging.getLogger(__name__)
-
-
-def _count(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 class NEBTask:
@@ -98,14 +92,14 @@ class NEBTask:
             raise ValueError("initial and final must hold the same atoms in the same order")
         if not np.allclose(initial.cell.array, final.cell.array):
             raise ValueError("initial and final must have the same cell")
-        self.n_images = _count("n_images", n_images, 3)
+        self.n_images = count("n_images", n_images, 3)
         self.fmax = positive_number("fmax", fmax, allow_none=False)
         self.energy_tol = positive_number("energy_tol", energy_tol, allow_none=False)
         self.force_tol = positive_number("force_tol", force_tol)
-        self.steps = _count("steps", steps, 1)
-        self.relax_steps = _count("relax_steps", relax_steps, 1)
+        self.steps = count("steps", steps, 1)
+        self.relax_steps = count("relax_steps", relax_steps, 1)
         self.max_step = positive_number("max_step", max_step)
-        self.pool_every = _count("pool_every", pool_every, 1)
+        self.pool_every = count("pool_every", pool_every, 1)
         self.skip_std = positive_number("skip_std", skip_std)
         self.max_skip_move = positive_number("max_skip_move", max_skip_move, allow_none=False)
         self.climb = bool(climb)

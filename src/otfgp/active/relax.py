@@ -23,7 +23,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import BaseCalculator, Calculator, all_changes
 
-from ..arguments import positive_number
+from ..arguments import count, positive_number
 from .task import IterationData, bare_frame, max_force
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,7 @@ class RelaxTask:
                  optimizer_options: Mapping[str, Any] | None = None, anchor: bool = True) -> None:
         for key, value in (("fmax", fmax), ("model_fmax", model_fmax), ("max_step", max_step)):
             positive_number(key, value)
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        count("steps", steps)
         optimizer_class(optimizer)  # an unknown name fails here, not at the first iteration
         if not isinstance(atoms, Atoms) or len(atoms) == 0:
             raise ValueError("atoms must be a non-empty ase.Atoms")

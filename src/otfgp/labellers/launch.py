@@ -16,6 +16,8 @@ import string
 import subprocess
 from typing import Mapping, Sequence
 
+from ..arguments import count
+
 OPENMPI_MPIRUN = "/usr/bin/mpirun"
 
 MPI_ENV_PREFIXES = ("PMI_", "PMIX_", "OMPI_", "MPICH_", "HYDRA_", "I_MPI_")
@@ -84,9 +86,7 @@ def launch_command(program: str, ranks: int = 1, launcher: str | None = None,
         ValueError: a bad template, ranks < 1, or a launcher together with mpirun/mpi_args.
         FileNotFoundError: no OpenMPI mpirun for the default multi-rank launch.
     """
-    ranks = int(ranks)
-    if ranks < 1:
-        raise ValueError(f"mpi_ranks must be >= 1, got {ranks!r}")
+    ranks = count("mpi_ranks", ranks)
     if launcher is not None:
         if mpirun is not None or tuple(mpi_args):
             raise ValueError("give either launcher or mpirun/mpi_args, not both "
