@@ -155,6 +155,66 @@ def test_lock_is_reentrant_within_a_process_and_released(tmp_path):
     assert other.stdout.strip() == "ok", other.stderr
 
 
+# A finaliser (OTF.__del__ releases its lock) that the garbage collector runs inside
+# acquire() or release() on the same thread: it is simulated by a release of another lock
+# from inside os.fstat (called by acquire) or os.close (called by the last release). Run in
+# a subprocess, because the old plain-Lock guard deadlocked there (a CI run hung).
+FINALISER_INSIDE = textwrap.dedent("""
+    import fcntl, os, sys
+    from pathlib import Path
+    from otfgp import run_dir
+    from otfgp.run_dir import RunLock
+
+    root, hook, same_dir = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "same"
+
+    def locked(d):
+        fd = os.open(d / run_dir.LOCK_FILE, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a second open file description
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    run, old_dir = root / "run", root / ("run" if same_dir else "old")
+    collected = RunLock(old_dir).acquire()  # the lock of the OTF the collector finalises
+    real = getattr(os, hook)
+    def with_finaliser(*args):
+        collected.release()
+        return real(*args)
+    new = RunLock(run)
+    if hook == "fstat":
+        setattr(os, hook, with_finaliser)
+        new.acquire()
+    else:
+        new.acquire()
+        other = RunLock(root / "other").acquire()
+        setattr(os, hook, with_finaliser)
+        other.release()  # its os.close runs the finaliser
+        setattr(os, hook, real)
+        print("other", other.held, locked(root / "other"))
+    setattr(os, hook, real)
+    print("collected", collected.held, locked(old_dir) if not same_dir else "-")
+    print("new", new.held, locked(run))
+    new.release()
+    print("released", new.held, locked(run))
+""")
+
+
+@pytest.mark.parametrize("hook, same_dir", [("fstat", "same"), ("fstat", "other"), ("close", "other")])
+def test_a_finaliser_releasing_a_lock_inside_another_neither_hangs_nor_drops_a_lock(tmp_path, hook, same_dir):
+    out = subprocess.run([sys.executable, "-c", FINALISER_INSIDE, str(tmp_path), hook, same_dir],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    assert lines["collected"] == ("False -" if same_dir == "same" else "False False")
+    assert lines["new"] == "True True", "the new holder keeps the directory locked"
+    assert lines["released"] == "False False"
+    if hook == "close":
+        assert lines["other"] == "False False"
+
+
 # --------------------------------------------------------------------------- existing runs
 def test_new_otf_refuses_a_run_dir_holding_a_run(tmp_path):
     out = tmp_path / "run"

@@ -63,7 +63,14 @@ class RunLock:
     """
 
     _held: ClassVar[dict[tuple[int, int], list[int]]] = {}  # lock file (dev, inode) -> [fd, holders]
-    _guard: ClassVar[threading.Lock] = threading.Lock()
+    # The guard is re-entrant and a release that re-enters it waits in _pending: a lock is
+    # also released by OTF.__del__, and the garbage collector may run that finaliser at any
+    # allocation, also inside acquire() or release() on the same thread. With a plain Lock
+    # that deadlocked (seen in CI); done at once, it could drop the entry acquire() is
+    # counting on. _busy is only set and read by the thread that holds the guard.
+    _guard: ClassVar[threading.RLock] = threading.RLock()
+    _busy: ClassVar[bool] = False
+    _pending: ClassVar[list["RunLock"]] = []
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.run_dir = Path(run_dir)
@@ -76,41 +83,70 @@ class RunLock:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / LOCK_FILE
         with self._guard:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            st = os.fstat(fd)
-            key = (st.st_dev, st.st_ino)
-            if key in self._held:
-                os.close(fd)
-                self._held[key][1] += 1
-            else:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    owner = path.read_text(errors="replace").strip() or "unknown"
-                    os.close(fd)
-                    raise RunDirError(
-                        f"{self.run_dir} is in use by another otfgp run (process {owner}): two runs in "
-                        f"one directory would log every step twice. Wait for it to finish (or stop "
-                        f"it), then continue with 'otfgp otf --resume {self.run_dir}', or use another "
-                        f"output directory") from None
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode())
-                self._held[key] = [fd, 1]
-            self._key = key
+            RunLock._busy = True
+            try:
+                self._take(path)
+            finally:
+                self._finish_pending()
         return self
+
+    def _take(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        if key in self._held:
+            os.close(fd)
+            self._held[key][1] += 1
+        else:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = path.read_text(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise RunDirError(
+                    f"{self.run_dir} is in use by another otfgp run (process {owner}): two runs in "
+                    f"one directory would log every step twice. Wait for it to finish (or stop "
+                    f"it), then continue with 'otfgp otf --resume {self.run_dir}', or use another "
+                    f"output directory") from None
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode())
+            self._held[key] = [fd, 1]
+        self._key = key
 
     def release(self) -> None:
         """Give the lock back (the file is unlocked when its last holder in the process
         releases it)."""
+        if self._key is None:
+            return
         with self._guard:
-            if self._key is None:
+            if RunLock._busy:  # re-entered on this thread by a finaliser: done on the way out
+                RunLock._pending.append(self)
                 return
-            entry = self._held[self._key]
-            entry[1] -= 1
-            if entry[1] == 0:
-                del self._held[self._key]
-                os.close(entry[0])  # closing the last descriptor drops the flock
-            self._key = None
+            RunLock._busy = True
+            try:
+                self._give_back()
+            finally:
+                self._finish_pending()
+
+    def _give_back(self) -> None:
+        if self._key is None:
+            return
+        entry = self._held[self._key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self._held[self._key]
+            os.close(entry[0])  # closing the last descriptor drops the flock
+        self._key = None
+
+    @classmethod
+    def _finish_pending(cls) -> None:
+        """The releases that re-entered the guard, then the guard is free again (called by
+        its holder; a release queued while these run is done here too)."""
+        try:
+            while cls._pending:
+                cls._pending.pop()._give_back()
+        finally:
+            cls._busy = False
 
     @property
     def held(self) -> bool:
