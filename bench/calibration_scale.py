@@ -41,6 +41,7 @@ from otfgp.calibration import force_scale_values
 
 # bench/ is on sys.path when run as a script
 import otf_al
+from al_frames import emt_langevin_frames
 import uq_calibration
 
 FORMS = ("relative", "neighbourhood")
@@ -99,8 +100,8 @@ def main() -> None:
     ap.add_argument("--output", default=str(otf_al.RESULTS / "calibration_scale.json"))
     args = ap.parse_args()
     otfgp.set_num_threads(1)
-    tests = {"solid_300K": otf_al.test_set(300.0, 1000), "liquid_1500K": otf_al.test_set(1500.0, 3000),
-             "liquid_3000K": otf_al.test_set(3000.0, 2000)}
+    tests = {"solid_300K": emt_langevin_frames(300.0, 10, 1000), "liquid_1500K": emt_langevin_frames(1500.0, 10, 3000),
+             "liquid_3000K": emt_langevin_frames(3000.0, 10, 2000)}
     melt_runs = {s: melt(s, tests) for s in args.seeds}
     print_rows("on-the-fly melt (pre-update errors + leave-one-out)", melt_runs)
     anchor_runs = {s: anchor(s) for s in args.seeds}

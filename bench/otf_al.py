@@ -40,7 +40,6 @@ import numpy as np
 from ase import Atoms, units
 from ase.build import bulk
 from ase.calculators.emt import EMT
-from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary
 from ase.md.verlet import VelocityVerlet
 
@@ -49,6 +48,7 @@ from otfgp.builders import maxwell_boltzmann
 from otfgp.labellers import espresso_calculator
 
 # bench/ is on sys.path when run as a script
+from al_frames import emt_langevin_frames
 from benchinfo import git_commit, modified_paths
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,28 +69,6 @@ def start_structure(seed: int) -> Atoms:
     maxwell_boltzmann(atoms, 300.0, rng)
     Stationary(atoms)
     return atoms
-
-
-def test_set(temperature_K: float, seed: int, n: int = 10, equilibrate: int = 200, every: int = 10) -> list[Atoms]:
-    """Snapshots with EMT forces from a seeded Langevin run at ``temperature_K``."""
-    from ase.calculators.singlepoint import SinglePointCalculator
-
-    rng = np.random.default_rng(seed)
-    atoms = bulk("Al", "fcc", a=A, cubic=True).repeat((2, 2, 2))
-    atoms.positions += rng.uniform(-0.01 * A, 0.01 * A, atoms.positions.shape)
-    maxwell_boltzmann(atoms, temperature_K, rng)
-    atoms.calc = EMT()
-    dyn = Langevin(atoms, 5.0 * units.fs, temperature_K=temperature_K, friction=0.02 / units.fs,
-                   fixcm=False, rng=rng)
-    dyn.run(equilibrate)
-    frames = []
-    for _ in range(n):
-        dyn.run(every)
-        f = Atoms(atoms.get_chemical_symbols(), positions=atoms.positions, cell=atoms.cell, pbc=True)
-        f.calc = SinglePointCalculator(f, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
-        f.info["temperature_K"] = atoms.get_temperature()
-        frames.append(f)
-    return frames
 
 
 def evaluate(model: otfgp.GaussianProcess, frames: list[Atoms]) -> dict:
@@ -163,7 +141,7 @@ def machine_info() -> dict:
 
 
 def run_emt(args: argparse.Namespace) -> dict:
-    tests = {"solid_300K": test_set(300.0, 1000), "liquid_3000K": test_set(3000.0, 2000)}
+    tests = {"solid_300K": emt_langevin_frames(300.0, 10, 1000), "liquid_3000K": emt_langevin_frames(3000.0, 10, 2000)}
     test_temps = {k: float(np.mean([f.info["temperature_K"] for f in v])) for k, v in tests.items()}
     variants = {
         "absolute": {"threshold": args.emt_threshold},

@@ -27,7 +27,6 @@ import datetime
 import json
 import os
 import resource
-import sys
 import time
 from pathlib import Path
 

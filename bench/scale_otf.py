@@ -43,34 +43,12 @@ CUTOFFS = {"twobody": 5.0, "threebody": 3.5}
 SWITCH_SIZES = (100, 200, 300)
 
 
-def snapshots(temperature_K: float, n: int, seed: int, spacing: int = 10, equilibrate: int = 200) -> list:
-    """``n`` EMT-labelled 32-atom Al frames of a Langevin run (5 fs) at ``temperature_K``."""
-    import warnings
+def snapshots(temperature_K: float, n: int, seed: int, spacing: int = 10) -> list:
+    """``n`` EMT-labelled 32-atom Al frames of a Langevin run at ``temperature_K`` from the
+    unjittered lattice."""
+    from al_frames import emt_langevin_frames
 
-    from ase import units
-    from ase.build import bulk
-    from ase.calculators.emt import EMT
-    from ase.calculators.singlepoint import SinglePointCalculator
-    from ase.md.langevin import Langevin
-    from otfgp.builders import maxwell_boltzmann
-
-    rng = np.random.default_rng(seed)
-    atoms = bulk("Al", "fcc", a=4.05, cubic=True).repeat((2, 2, 2))
-    atoms.calc = EMT()
-    maxwell_boltzmann(atoms, temperature_K, rng)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dyn = Langevin(atoms, 5 * units.fs, temperature_K=temperature_K, friction=0.02 / units.fs,
-                       fixcm=False, rng=rng)
-    dyn.run(equilibrate)
-    out = []
-    for _ in range(n):
-        dyn.run(spacing)
-        snap = atoms.copy()
-        snap.calc = SinglePointCalculator(snap, energy=atoms.get_potential_energy(), forces=atoms.get_forces(),
-                                          stress=atoms.get_stress())
-        out.append(snap)
-    return out
+    return emt_langevin_frames(temperature_K, n, seed, every=spacing, jitter=0.0)
 
 
 def errors(model, frames: list) -> dict:

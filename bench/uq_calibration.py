@@ -67,12 +67,9 @@ from pathlib import Path
 
 import numpy as np
 import scipy.stats
-from ase import Atoms, units
+from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
-from ase.calculators.singlepoint import SinglePointCalculator
-from ase.md.langevin import Langevin
-from otfgp.builders import maxwell_boltzmann
 
 import math
 
@@ -80,6 +77,7 @@ import scipy.optimize
 
 import otfgp
 from otfgp.calibration import FORMS, fit_calibration, gaussian_nll
+from al_frames import emt_langevin_frames
 from benchinfo import cpu_model, git_commit, modified_paths, otfgp_version
 
 A = 4.05
@@ -99,23 +97,6 @@ def displaced(rng: np.random.Generator, amplitude: float) -> Atoms:
     return atoms
 
 
-def liquid_frames(seed: int = 2000, n: int = 10, equilibrate: int = 200, every: int = 10) -> list[Atoms]:
-    rng = np.random.default_rng(seed)
-    atoms = bulk("Al", "fcc", a=A, cubic=True).repeat((2, 2, 2))
-    atoms.positions += rng.uniform(-0.01 * A, 0.01 * A, atoms.positions.shape)
-    maxwell_boltzmann(atoms, 3000.0, rng)
-    atoms.calc = EMT()
-    dyn = Langevin(atoms, 5.0 * units.fs, temperature_K=3000.0, friction=0.02 / units.fs, fixcm=False, rng=rng)
-    dyn.run(equilibrate)
-    frames = []
-    for _ in range(n):
-        dyn.run(every)
-        f = Atoms(atoms.get_chemical_symbols(), positions=atoms.positions, cell=atoms.cell, pbc=True)
-        f.calc = SinglePointCalculator(f, forces=atoms.get_forces())
-        frames.append(f)
-    return frames
-
-
 def train(seed: int = 0) -> otfgp.GaussianProcess:
     rng = np.random.default_rng(seed)
     gp = otfgp.GaussianProcess(["Al"], CUTOFFS)
@@ -130,7 +111,7 @@ def test_sets(seed: int = 0) -> dict[str, list[Atoms]]:
     for k, amp in enumerate((0.02, 0.05, 0.09)):
         rng = np.random.default_rng(100 + k + 1000 * seed)
         out[TEST_SETS[k]] = [displaced(rng, amp) for _ in range(5)]
-    out["liquid"] = liquid_frames(seed=2000 + 1000 * seed)
+    out["liquid"] = emt_langevin_frames(3000.0, 10, seed=2000 + 1000 * seed)
     return out
 
 
@@ -359,7 +340,7 @@ def run_seed(seed: int, bootstrap: bool) -> dict:
     accept = {vname: meets_target(table[vname], table["latent"]) for vname in variants}
 
     rmse = {col: float(np.sqrt(np.mean(data[col][0] ** 2))) for col in columns}
-    print(f"\nforce RMSE (meV/A): " + ", ".join(f"{c} {1e3 * rmse[c]:.1f}" for c in columns))
+    print("\nforce RMSE (meV/A): " + ", ".join(f"{c} {1e3 * rmse[c]:.1f}" for c in columns))
     for key, label in (("rmse_over_rms_std", "RMSE / RMS(std)"), ("coverage_1std", "coverage |err| < 1 std"),
                        ("coverage_2std", "coverage |err| < 2 std"),
                        ("spearman_atoms", "Spearman over atoms"), ("nll", "Gaussian NLL per component")):
