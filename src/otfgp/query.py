@@ -46,7 +46,7 @@ def _check_k(pool: Sequence[Atoms], k: int) -> int:
     k = count("batch size k", k, 0)
     if k > len(pool):
         raise ValueError(f"batch size k = {k} exceeds the pool of {len(pool)} frame(s)")
-    return int(k)
+    return k
 
 
 def per_atom_std(model: GaussianProcess, frame: Atoms) -> np.ndarray:

@@ -16,6 +16,7 @@ Every problem found here is a :class:`RunDirError` naming the file and how to re
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -82,12 +83,8 @@ class RunLock:
             return self
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / LOCK_FILE
-        with self._guard:
-            RunLock._busy = True
-            try:
-                self._take(path)
-            finally:
-                self._finish_pending()
+        with self._guarded():
+            self._take(path)
         return self
 
     def _take(self, path: Path) -> None:
@@ -122,11 +119,8 @@ class RunLock:
             if RunLock._busy:  # re-entered on this thread by a finaliser: done on the way out
                 RunLock._pending.append(self)
                 return
-            RunLock._busy = True
-            try:
+            with self._guarded():
                 self._give_back()
-            finally:
-                self._finish_pending()
 
     def _give_back(self) -> None:
         if self._key is None:
@@ -139,14 +133,20 @@ class RunLock:
         self._key = None
 
     @classmethod
-    def _finish_pending(cls) -> None:
-        """The releases that re-entered the guard, then the guard is free again (called by
-        its holder; a release queued while these run is done here too)."""
-        try:
-            while cls._pending:
-                cls._pending.pop()._give_back()
-        finally:
-            cls._busy = False
+    @contextlib.contextmanager
+    def _guarded(cls) -> Iterator[None]:
+        """The guard, busy while held; on the way out the releases that re-entered it are
+        done (a release queued while these run is done here too)."""
+        with cls._guard:
+            cls._busy = True
+            try:
+                yield
+            finally:
+                try:
+                    while cls._pending:
+                        cls._pending.pop()._give_back()
+                finally:
+                    cls._busy = False
 
     @property
     def held(self) -> bool:
