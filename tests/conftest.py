@@ -1,10 +1,6 @@
 """Shared structures and models for the tests."""
 from __future__ import annotations
 
-import faulthandler
-import os
-from typing import IO
-
 import numpy as np
 import pytest
 from ase import Atoms
@@ -14,31 +10,6 @@ from ase.calculators.emt import EMT
 import otfgp
 
 A_AL = 4.05
-
-#: A test (setup, call and teardown) still running after this long is stuck - the slowest
-#: take about 1 min. faulthandler then writes every thread's traceback and ends the run,
-#: so CI fails with the place of the hang instead of idling to its 90-min limit (a deadlock
-#: in RunLock did that once; pytest's own faulthandler_timeout only writes the traceback).
-STUCK_AFTER_S = 600
-_REAL_STDERR = pytest.StashKey[IO[str]]()
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # the traceback goes to the real stderr: the test's own is captured and would be lost
-    config.stash[_REAL_STDERR] = os.fdopen(os.dup(2), "w")
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    config.stash[_REAL_STDERR].close()
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
-    faulthandler.dump_traceback_later(STUCK_AFTER_S, exit=True, file=item.config.stash[_REAL_STDERR])
-    try:
-        yield
-    finally:
-        faulthandler.cancel_dump_traceback_later()
 
 
 #: How closely a prediction must match one that an older otfgp recorded (tests/data
