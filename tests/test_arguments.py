@@ -1,11 +1,12 @@
-"""The one positive-number rule and the one count rule (otfgp.arguments), and the entry points that use them."""
+"""The one positive-number rule, the one count rule and the one flag rule (otfgp.arguments),
+and the entry points that use them."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from otfgp.active.loop import ActiveOptions
-from otfgp.arguments import count, positive_number
+from otfgp.arguments import count, flag, positive_number
 from otfgp.labellers.launch import launch_command
 from otfgp.learning import LearningOptions
 from otfgp.otf import OTFOptions
@@ -66,4 +67,33 @@ def test_count_passes_and_converts():
 ])
 def test_counts_of_the_entry_points_use_the_rule(make):
     with pytest.raises(ValueError, match="must be a (positive|non-negative) integer"):
+        make()
+
+
+@pytest.mark.parametrize("value", ["false", "no", 0, 1, [], None])
+def test_flag_refuses(value):
+    with pytest.raises(ValueError, match=r"^optimize must be true or false, got "):
+        flag("optimize", value)
+
+
+def test_flag_passes_and_converts():
+    assert flag("map", np.bool_(False)) is False and flag("map", True) is True
+    assert flag("progress", None, allow_none=True) is None
+    assert positive_number("tol", np.float32(0.5)) == 0.5  # numpy's real types are numbers too
+    with pytest.raises(ValueError, match="must be a positive number"):
+        positive_number("tol", np.bool_(True))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: LearningOptions(optimize="false"),
+    lambda: LearningOptions(map="false"),
+    lambda: LearningOptions(max_iterations="50"),
+    lambda: OTFOptions(progress="no"),
+    lambda: TrainOptions(optimize="no"),
+    lambda: ActiveOptions(energy_reference=1),
+])
+def test_flags_and_counts_the_options_used_to_miss(make):
+    """Strings are truthy and '50' fails only deep inside scipy after a DFT call: each is
+    refused when the options are made."""
+    with pytest.raises(ValueError, match="must be (true or false|a non-negative integer)"):
         make()

@@ -65,7 +65,7 @@ def test_threebody_cutoff_larger_than_twobody_is_supported():
 
 
 def test_bad_hyperparameters():
-    with pytest.raises(ValueError, match="sigma2 must be positive"):
+    with pytest.raises(ValueError, match="sigma2 must be a positive number"):
         otfgp.GaussianProcess(["Al"], {"twobody": 5.0}, hyperparameters={"sigma2": -1.0})
     with pytest.raises(ValueError, match="unknown hyperparameters"):
         otfgp.GaussianProcess(["Al"], {"twobody": 5.0}, hyperparameters={"sigma_x": 1.0})
@@ -137,3 +137,44 @@ def test_bad_bounds_set_later_are_named_at_train(al_gp):
     al_gp.bounds["noise_force"] = (0.2, 0.01)
     with pytest.raises(otfgp.InputError, match="bounds of noise_force are inverted"):
         al_gp.train()
+
+
+@pytest.mark.parametrize("make,expected", [
+    (lambda: otfgp.GaussianProcess("CO", {"twobody": 4.0}), r"species must be a list of chemical symbols, e.g. \['CO'\]"),
+    (lambda: otfgp.GaussianProcess([True], {"twobody": 4.0}), "species must be chemical symbols"),
+    (lambda: otfgp.ScalableGP("Al", {"twobody": 4.0}), "species must be a list"),
+    (lambda: otfgp.GaussianProcess(["Al"], {"twobody": True}), "cutoff 'twobody' must be a positive number"),
+    (lambda: otfgp.ScalableGP(["Al"], {"twobody": 4.0, "threebody": -1.0}), "cutoff 'threebody' must be a positive"),
+    (lambda: otfgp.GaussianProcess(["Al"], {"twobody": 4.0}, hyperparameters={"sigma2": "1"}),
+     "hyperparameter sigma2 must be a positive number, got '1'"),
+    (lambda: otfgp.ScalableGP(["Al"], {"twobody": 4.0}, hyperparameters={"ell2": True}),
+     "hyperparameter ell2 must be a positive number, got True"),
+])
+def test_model_arguments_that_used_to_be_misread(make, expected):
+    """A string species was read letter by letter ("CO": carbon and oxygen), True as a 1 A
+    cutoff or a 1.0 hyperparameter, "1" converted: all refused now."""
+    with pytest.raises(ValueError, match=expected):
+        make()
+
+
+@pytest.mark.parametrize("kwargs,expected", [
+    ({"optimize": "no"}, "optimize must be true or false"),
+    ({"max_iterations": "5"}, "max_iterations must be a non-negative integer"),
+    ({"restarts": -1}, "restarts must be a non-negative integer"),
+    ({"seed": -1}, "seed must be a non-negative integer"),
+])
+def test_train_arguments(al_gp, kwargs, expected):
+    before = al_gp.hyperparameters
+    with pytest.raises(ValueError, match=expected):
+        al_gp.train(**kwargs)
+    assert al_gp.hyperparameters == before
+
+
+def test_numpy_bool_label_flags_are_flags():
+    """np.False_ used to become a 0 eV energy label and np.True_ a 1 eV one."""
+    atoms = displaced_al(np.random.default_rng(1))
+    gp = otfgp.GaussianProcess(["Al"], {"twobody": 5.0})
+    gp.add_training_data(atoms, forces=np.True_, energy=np.False_, atom_indices=[0])
+    assert gp.n_labels == 3 and gp.training_structure(0)["energy"] is None
+    gp.add_training_data(atoms, forces=np.False_, energy=np.True_)
+    assert gp.training_structure(1)["energy"] == pytest.approx(atoms.get_potential_energy(), rel=1e-12)

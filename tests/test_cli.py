@@ -42,6 +42,11 @@ def test_otf_run_resume_and_plot(tmp_path):
     (("[labeller]\ntype = \"emt\"", "[labeller]\ntype = \"vasp_std\""), "vasp_std"),
     (("threshold = 0.04", "threshold = 0.04\nthreshhold = 1"), "threshhold"),
     (("[model]", "[modle]\n[model]"), "modle"),
+    (("threshold = 0.04", "threshold = 0.04\noptimize = \"false\""), "optimize must be true or false"),
+    (("threshold = 0.04", "threshold = 0.04\nmax_iterations = \"5\""), "max_iterations must be a non-negative"),
+    (('integrator = "velocity_verlet"', 'integrator = "velocity_verlet"\nzero_momentum = "false"'),
+     "md.zero_momentum must be true or false"),
+    (('species = ["Al"]', 'species = ["Cu"]'), "model.species: the structure holds Al, which the model does not know"),
 ])
 def test_bad_config_exits_2_naming_the_key(tmp_path, mutation, expected):
     text = (EXAMPLES / "otf_al_emt.toml").read_text()

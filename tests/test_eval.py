@@ -136,3 +136,53 @@ def test_cli_eval_bad_input_exits_2(model, frames, tmp_path, capsys):
     write(tmp_path / "good.extxyz", frames[0])
     assert main(["-q", "eval", str(model_path), str(tmp_path / "good.extxyz"), "--error-threshold", "-1"]) == 2
     assert "error_threshold must be a positive" in capsys.readouterr().err
+
+
+def test_export_frames_evaluate_their_labelled_atoms_only(model, frames, tmp_path, capsys):
+    """An otfgp export holds NaN forces for untrained atoms (force_trained false): those are
+    left out, and the result equals the evaluation of the labelled atoms alone."""
+    gp = small_al_model(seed=5, frames=2, atoms_per_frame=5)
+    gp.save(tmp_path / "other.otfgp")
+    assert gp.export_training_data(tmp_path / "export.extxyz") == 2
+    model.save(tmp_path / "al.otfgp")
+    assert main(["-q", "eval", str(tmp_path / "al.otfgp"), str(tmp_path / "export.extxyz"),
+                 "--json", str(tmp_path / "e.json")]) == 0, capsys.readouterr().err
+    data = json.loads((tmp_path / "e.json").read_text())
+    errors = []
+    for i in range(2):
+        d = gp.training_structure(i)
+        errors.append(model.predict(d["atoms"]).forces[d["force_atoms"]] - d["forces"])
+    errors = np.concatenate(errors)
+    assert data["forces"]["n_atoms"] == len(errors) == 10
+    assert data["forces"]["mae"] == pytest.approx(np.abs(errors).mean(), rel=1e-6)
+
+
+def test_empty_and_non_finite_frames_are_named(model, frames):
+    empty = frames[0][[]]
+    with pytest.raises(ValueError, match="frame 1: the frame has no atoms"):
+        evaluate(model, [frames[0], empty])
+    bad = frames[0].copy()
+    f = frames[0].get_forces().copy()
+    f[5, 1] = np.nan
+    from ase.calculators.singlepoint import SinglePointCalculator
+    bad.calc = SinglePointCalculator(bad, forces=f)
+    with pytest.raises(ValueError, match="frame 0: the reference force of atom 5 is not finite"):
+        evaluate(model, [bad])
+
+
+def test_cli_eval_refuses_outputs_before_the_work(model, frames, tmp_path, capsys):
+    model.save(tmp_path / "al.otfgp")
+    frames[0].get_forces()
+    write(tmp_path / "f.extxyz", frames[0])
+    before = (tmp_path / "f.extxyz").read_bytes()
+    assert main(["-q", "eval", str(tmp_path / "al.otfgp"), str(tmp_path / "f.extxyz"),
+                 "--json", str(tmp_path / "f.extxyz")]) == 2
+    assert "--json" in capsys.readouterr().err and (tmp_path / "f.extxyz").read_bytes() == before
+    assert main(["-q", "eval", str(tmp_path / "al.otfgp"), str(tmp_path / "f.extxyz"),
+                 "--json", str(tmp_path / "nodir" / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--json" in err and "does not exist" in err
+    assert main(["-q", "eval", str(tmp_path / "al.otfgp"), str(tmp_path / "f.extxyz"),
+                 "--png", str(tmp_path / "plotfile")]) == 0
+    assert str(tmp_path / "plotfile") in capsys.readouterr().out
+    assert (tmp_path / "plotfile").read_bytes()[:4] == b"\x89PNG"

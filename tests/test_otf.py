@@ -239,6 +239,22 @@ def test_bad_options_raise_value_error(tmp_path, options, name):
     assert not out.exists(), "a rejected configuration must not create output"
 
 
+def test_species_the_model_lacks_stop_before_the_first_dft_call(tmp_path):
+    """The first labeller call used to run (minutes to hours of DFT) before the model
+    refused the frame's unknown species."""
+    calls = []
+
+    def labeller(atoms):
+        calls.append(1)
+        return EMT()
+
+    atoms = jittered_al(np.random.default_rng(0), repeat=(1, 1, 1))
+    with pytest.raises(ValueError, match="the structure holds Al, which the model does not know"):
+        otfgp.OTF(VelocityVerlet(atoms, 5 * units.fs), otfgp.GaussianProcess(["Cu"], CUTOFFS), labeller,
+                  output_dir=str(tmp_path / "run"), progress=False)
+    assert calls == [] and not list(tmp_path.rglob("frame_*"))
+
+
 @pytest.mark.parametrize("spec, per_frame", [("emt", False), ({"type": "emt"}, False),
                                              ("otf_labellers_for_test:emt", True)])
 def test_labeller_specs_learn_like_a_calculator(tmp_path, monkeypatch, spec, per_frame):

@@ -235,3 +235,41 @@ def test_doc_lists_every_train_key():
         block = text.split(f"## [{section}]", 1)[1].split("\n## ", 1)[0]
         documented = {line.split("`")[1] for line in block.splitlines() if line.startswith("| `")}
         assert documented == set(keys), (section, sorted(set(keys) ^ documented))
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--data", "f.extxyz", "-o", "f.extxyz"], "train.output (-o): f.extxyz is also a data file"),
+    (["--data", "f.extxyz", "-o", "m.otfgp", "--summary", "m.otfgp"], "m.otfgp is also the model output"),
+    (["--data", "f.extxyz", "-o", "nodir/m.otfgp"], "directory nodir does not exist"),
+    (["--data", "f.extxyz", "-o", "m.otfgp", "--summary", "nodir/s.json"], "directory nodir does not exist"),
+    (["--data", "f.extxyz", "-o", "adir"], "adir is a directory"),
+])
+def test_train_refuses_outputs_before_the_work(tmp_path, args, expected, capsys, monkeypatch):
+    """An output that would replace the data or the other output, or that cannot be
+    written, stops the command before training (it used to replace the labelled frames,
+    or fail with a traceback once the work was done)."""
+    write(tmp_path / "f.extxyz", _frames(1))
+    (tmp_path / "adir").mkdir()
+    before = (tmp_path / "f.extxyz").read_bytes()
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *args, "--twobody", "4", "--no-optimize", "--no-map"]) == 2
+    assert expected in capsys.readouterr().err
+    assert (tmp_path / "f.extxyz").read_bytes() == before and not (tmp_path / "m.otfgp").exists()
+
+
+def test_export_and_map_refuse_bad_outputs(tmp_path, capsys):
+    gp = _partially_labelled_model(rounded=False)
+    gp.save(tmp_path / "m.otfgp")
+    before = (tmp_path / "m.otfgp").read_bytes()
+    assert main(["export", str(tmp_path / "m.otfgp"), "-o", str(tmp_path / "m.otfgp")]) == 2
+    assert "is also the model" in capsys.readouterr().err
+    assert (tmp_path / "m.otfgp").read_bytes() == before
+    assert main(["map", str(tmp_path / "m.otfgp"), "-o", str(tmp_path / "nodir" / "x.otfgp")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    for option, value, expected in (("--grid2", "1", "grid2 must be an integer >= 4"),
+                                    ("--grid2", "0", "grid2 must be an integer >= 4"),
+                                    ("--grid3", "100000", "grid3 must be at most"),
+                                    ("--tolerance", "-1", "tolerance must be a positive number")):
+        assert main(["map", str(tmp_path / "m.otfgp"), "-o", str(tmp_path / "x.otfgp"), option, value]) == 2
+        assert expected in capsys.readouterr().err
+    assert not (tmp_path / "x.otfgp").exists()

@@ -88,7 +88,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from .atomic_io import write_json
 from .builders import (build_dynamics, build_labeller, build_model, build_structure, otf_model_options,
                        restore_hyperparameter_settings, set_velocities)
-from .config import ConfigError, apply_overrides, load_config, parse_set, stage_bounds, validate_config
+from .config import (ConfigError, apply_overrides, check_output_path, load_config, parse_set, stage_bounds,
+                     validate_config)
 from .run_dir import (OVERRIDES_FILE, RunDirError, RunLock, holds_run, read_checkpoint, read_json_file,
                       record_overrides)
 from .stages import STAGES_FILE, read_stages_state, run_stages
@@ -230,6 +231,17 @@ def cmd_otf(args: argparse.Namespace) -> int:
             return _new_run(cfg, config_path, run_dir)
 
 
+def _check_structure_species(cfg: Mapping[str, Any], atoms: Any) -> None:
+    """ConfigError unless model.species covers the elements of the built structure (a
+    structure file may hold any), before the run directory is prepared or DFT runs."""
+    from .learning import check_species
+
+    try:
+        check_species(cfg["model"]["species"], [atoms])
+    except ValueError as exc:
+        raise ConfigError(f"model.species: {exc}") from None
+
+
 def _new_run(cfg: dict[str, Any], config_path: Path, run_dir: Path) -> int:
     """A new run of the resolved ``cfg`` in ``run_dir`` (locked by the caller)."""
     from ase.io import write
@@ -237,6 +249,7 @@ def _new_run(cfg: dict[str, Any], config_path: Path, run_dir: Path) -> int:
     from .otf import OTF
 
     atoms = build_structure(cfg["structure"])
+    _check_structure_species(cfg, atoms)
     model = build_model(cfg["model"])
     labeller = build_labeller(cfg["labeller"], run_dir)
     _prepare_run_dir(cfg, config_path, run_dir)
@@ -329,6 +342,7 @@ def cmd_active(args: argparse.Namespace) -> int:
             _refuse_held_run_dir(run_dir, "active")
             with _run_log(run_dir, args):
                 atoms = build_structure(cfg["structure"])
+                _check_structure_species(cfg, atoms)
                 _prepare_run_dir(cfg, config_path, run_dir)
                 write(run_dir / ACTIVE_INITIAL, atoms)
                 result = run_active(cfg, run_dir, atoms, resume=False)
@@ -346,7 +360,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
         raise ConfigError(f"{run_dir}: no log.jsonl (not an otfgp run directory)")
     if args.test and not Path(args.test).is_file():
         raise ConfigError(f"--test: {args.test} not found")
-    for p in plot_run(run_dir, test=args.test):
+    try:
+        written = plot_run(run_dir, test=args.test)
+    except ValueError as exc:  # test frames without reference forces, ...
+        raise ConfigError(str(exc)) from exc
+    for p in written:
         print(p)
     return 0
 
@@ -364,8 +382,12 @@ def cmd_map(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from exc
     if not gp.trained:
         raise ConfigError(f"{src}: the model is not trained")
-    grids = {k: v for k, v in (("grid2", args.grid2), ("grid3", args.grid3)) if v}
-    report = gp.map(tolerance=args.tolerance, variance=not args.no_variance, **grids)
+    check_output_path("-o", args.output)  # the model file itself may be replaced by its mapped version
+    grids = {k: v for k, v in (("grid2", args.grid2), ("grid3", args.grid3)) if v is not None}
+    try:
+        report = gp.map(tolerance=args.tolerance, variance=not args.no_variance, **grids)
+    except ValueError as exc:  # a grid or tolerance out of range
+        raise ConfigError(str(exc)) from exc
     gp.save(args.output)
     print(f"otfgp: wrote {args.output}: {report.summary()}")
     return 0
@@ -385,6 +407,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     missing = [f for f in args.frames if not Path(f).is_file()]
     if missing:
         raise ConfigError(f"no such frames file: {', '.join(missing)}")
+    inputs = [("the model", src), *(("a frames file", f) for f in args.frames)]
+    if args.json:
+        check_output_path("--json", args.json, inputs)
+    if args.png:
+        check_output_path("--png", args.png, inputs + ([("the --json output", args.json)] if args.json else []))
     try:
         gp = GaussianProcess.load(src)
     except ValueError as exc:  # corrupt, truncated or foreign file
@@ -407,8 +434,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         write_json(args.json, report.to_dict(), indent=2)
         print(f"otfgp: wrote {args.json}")
     if args.png:
-        plot(report, args.png)
-        print(f"otfgp: wrote {args.png}")
+        print(f"otfgp: wrote {plot(report, args.png)}")
     return 0
 
 
@@ -469,6 +495,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from exc
     if gp.n_training_structures == 0:
         raise ConfigError(f"{src}: the model has no training data")
+    check_output_path("-o", args.output, [("the model", src)])
     n = gp.export_training_data(args.output)
     print(f"otfgp: wrote {args.output}: {n} frames, {gp.n_training_environments} force environments")
     return 0
@@ -608,6 +635,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         where = getattr(args, "run_dir", None) or "RUN_DIR"
         print(f"otfgp: DFT failed: {exc}\notfgp: everything up to the last checkpoint is saved; "
               f"continue with 'otfgp {command} --resume {where}'", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file that cannot be written (permissions, a full disk, ...)
+        print(f"otfgp: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"otfgp: interrupted; continue with 'otfgp {command} --resume RUN_DIR'", file=sys.stderr)

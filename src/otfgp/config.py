@@ -11,7 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .arguments import count
+from .arguments import count, flag
 
 CONFIG_SECTIONS = ("structure", "md", "model", "labeller", "otf")
 STRUCTURE_KEYS = ("lattice", "element", "a", "c", "cubic", "orthorhombic", "repeat", "jitter",
@@ -116,6 +116,22 @@ def known_keys() -> dict[str, tuple[str, ...]]:
     }
 
 
+def check_output_path(option: str, path: str | os.PathLike,
+                      others: Sequence[tuple[str, str | os.PathLike]] = ()) -> None:
+    """ConfigError unless ``path`` can be written as the output ``option`` names: its
+    directory exists, it is not a directory, and it is none of ``others`` (``(what, path)``
+    pairs: the files the command reads, or its other outputs), which the write would
+    replace. Checked before the work, which may take long, not found when it is done."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{option}: {p} is a directory; give a file name")
+    if not p.parent.is_dir():
+        raise ConfigError(f"{option}: {p}: directory {p.parent} does not exist")
+    for what, other in others:
+        if p.resolve() == Path(other).resolve():
+            raise ConfigError(f"{option}: {p} is also {what}, which writing it would replace")
+
+
 def _check_keys(section: Mapping[str, Any], known: Sequence[str], where: str) -> None:
     """Raise :class:`ConfigError` unless ``section`` is a mapping of ``known`` keys only."""
     if not isinstance(section, Mapping):
@@ -139,6 +155,15 @@ def _number(section: Mapping[str, Any], key: str, where: str, default: Any = Non
     if positive and (v < 0 or (v == 0 and not allow_zero)):
         raise ConfigError(f"{where}.{key} must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
     return v
+
+
+def _flag(section: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
+    """``section[key]`` checked to be true or false (:func:`otfgp.arguments.flag`), or
+    ``default`` when the key is absent."""
+    try:
+        return bool(flag(f"{where}.{key}", section.get(key, default)))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def validate_config(cfg: Mapping[str, Any], base_dir: str | os.PathLike = ".") -> dict[str, Any]:
@@ -189,9 +214,7 @@ def _validate_structure(s: Mapping[str, Any], base_dir: str | os.PathLike) -> di
                 st[key] = float(_number(s, key, "structure", positive=True, allow_zero=False))
         for key in ("cubic", "orthorhombic"):
             if key in s:
-                if not isinstance(s[key], bool):
-                    raise ConfigError(f"structure.{key} must be true or false, got {s[key]!r}")
-                st[key] = s[key]
+                st[key] = _flag(s, key, "structure", False)
     rep = s.get("repeat", [1, 1, 1])
     if isinstance(rep, int) and not isinstance(rep, bool):
         rep = [rep] * 3
@@ -222,7 +245,7 @@ def _validate_md(m: Mapping[str, Any]) -> dict[str, Any]:
             raise ConfigError("md.timestep_fs missing")
         md["timestep_fs"] = float(_number(m, "timestep_fs", "md", positive=True, allow_zero=False))
         md["temperature_K"] = _number(m, "temperature_K", "md", None, positive=True)
-        md["zero_momentum"] = bool(m.get("zero_momentum", True))
+        md["zero_momentum"] = _flag(m, "zero_momentum", "md", True)
         if integ != "velocity_verlet" and md["temperature_K"] is None:
             raise ConfigError(f"md.temperature_K missing (the {integ} thermostat target)")
     own = INTEGRATOR_KEYS[integ]
@@ -232,9 +255,7 @@ def _validate_md(m: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"md.{other[0]} applies to the {', '.join(users)} integrator(s) only, not {integ}")
     for key in own:
         if key == "relax_cell":
-            if not isinstance(m.get(key, False), bool):
-                raise ConfigError(f"md.relax_cell must be true or false, got {m[key]!r}")
-            md[key] = m.get(key, False)
+            md[key] = _flag(m, key, "md", False)
         elif key == "pressure_bar":
             md[key] = float(_number(m, key, "md", _MD_DEFAULTS[key]))
         else:

@@ -30,7 +30,7 @@ from ase import Atoms
 
 from . import uq_metrics as uq
 from .arguments import positive_number
-from .gp import GaussianProcess
+from .gp import GaussianProcess, labelled_force_atoms
 from .plots import agg_pyplot
 
 STD_KINDS = ("latent", "latent+noise", "reported")
@@ -220,9 +220,11 @@ def evaluate(model: GaussianProcess, frames: Sequence[Atoms], groups: Sequence[s
     default one group ``"all"``. ``variance``: ``"auto"``, ``"exact"`` or ``"mapped"`` (as
     in :meth:`GaussianProcess.predict`). ``error_threshold`` (eV/A): an atom is a positive
     for the ROC-AUC when its largest absolute force-component error exceeds it; default the
-    median of those errors over all atoms. Energies are evaluated (per atom) when every
-    frame has one; their uncertainty metrics need the exact variance (the mapped variance
-    gives none).
+    median of those errors over all atoms. Only atoms whose forces are labels enter (all
+    atoms, except in an otfgp export, whose ``force_trained`` array marks them); a frame
+    with no atoms, or with a NaN or infinite reference force, is an error naming it.
+    Energies are evaluated (per atom) when every frame has one; their uncertainty metrics
+    need the exact variance (the mapped variance gives none).
     """
     if variance not in VARIANCE_MODES:
         raise ValueError(f"variance must be one of {VARIANCE_MODES}, got {variance!r}")
@@ -237,31 +239,41 @@ def evaluate(model: GaussianProcess, frames: Sequence[Atoms], groups: Sequence[s
     groups = ["all"] * len(frames) if groups is None else [str(g) for g in groups]
     if len(groups) != len(frames):
         raise ValueError(f"{len(groups)} group labels for {len(frames)} frames")
-    refs = []
+    refs, rows = [], []  # reference forces, and the atoms whose forces are labels
     for i, a in enumerate(frames):
         where = f"frame {i}" + (f" (group {groups[i]})" if named else "")
+        if len(a) == 0:
+            raise ValueError(f"{where}: the frame has no atoms")
         try:
             f = reference_forces(a)
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
         if f.shape != (len(a), 3):
             raise ValueError(f"{where}: reference forces of shape {f.shape} for {len(a)} atoms")
+        r = labelled_force_atoms(a)  # an otfgp export marks them; its other rows are NaN
+        bad = r[~np.isfinite(f[r]).all(axis=1)]
+        if bad.size:
+            raise ValueError(f"{where}: the reference force of atom {int(bad[0])} is not finite (NaN or inf)"
+                             + (f", and {bad.size - 1} more" if bad.size > 1 else ""))
+        if r.size == 0:
+            raise ValueError(f"{where}: no atom's force is a label (force_trained is false for every atom)")
         refs.append(f)
+        rows.append(r)
     ref_energies = [reference_energy(a) for a in frames]
     sigma_n = float(model.hyperparameters["noise_force"])
     sigma_e = float(model.hyperparameters.get("noise_energy", 0.0))
 
     err, std, reported, symbols, frame_of_atom = [], [], [], [], []
     e_err, e_std, e_reported, used = [], [], [], set()
-    for i, (atoms, f_ref) in enumerate(zip(frames, refs)):
+    for i, (atoms, f_ref, r) in enumerate(zip(frames, refs, rows)):
         pred = model.predict(atoms, variance=variance)
         if pred.force_variances is None:
             raise ValueError("the model returned no force variances")
-        err.append(pred.forces - f_ref)
-        std.append(np.sqrt(np.maximum(pred.latent_force_variances, 0.0)))
-        reported.append(pred.force_stds)
-        symbols += atoms.get_chemical_symbols()
-        frame_of_atom += [i] * len(atoms)
+        err.append(pred.forces[r] - f_ref[r])
+        std.append(np.sqrt(np.maximum(pred.latent_force_variances[r], 0.0)))
+        reported.append(pred.force_stds[r])
+        symbols += [atoms.get_chemical_symbols()[j] for j in r]
+        frame_of_atom += [i] * r.size
         ev = pred.energy_variance
         exact = ev is not None and math.isfinite(ev)
         used.add("exact" if exact else "mapped")
@@ -363,7 +375,7 @@ def plot(report: EvalReport, path: str | Path) -> Path:
         ax.set_title("force components")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")  # the name as given, even without .png
     plt.close(fig)
     return path
 

@@ -21,6 +21,7 @@ from ase.data import atomic_numbers as _atomic_numbers
 from ase.data import chemical_symbols
 
 from . import _core, baselines
+from .arguments import count, flag, positive_number
 
 from .calibration import (ModelCalibration, SamplePool, model_calibration,
                           neighbourhood_scale_values, scale_radius)
@@ -87,6 +88,12 @@ _ROW_FORCE, _ROW_ENERGY, _ROW_STRESS = 0, 1, 2
 
 FORCE_TRAINED = "force_trained"
 """Per-atom boolean array of exported training frames: the atoms whose forces are labels."""
+
+
+def labelled_force_atoms(atoms: Atoms) -> np.ndarray:
+    """The indices of the atoms of a read frame whose forces are labels: those marked in
+    :data:`FORCE_TRAINED` (an export holds NaN forces for the others), else all."""
+    return np.flatnonzero(np.asarray(atoms.arrays.get(FORCE_TRAINED, np.ones(len(atoms), dtype=bool)), dtype=bool))
 
 
 class KernelMatrixError(RuntimeError):
@@ -343,11 +350,61 @@ class LooResiduals:
 
 
 def _as_atomic_number(s: str | int) -> int:
+    if isinstance(s, (bool, np.bool_)):
+        raise ValueError(f"species must be chemical symbols or atomic numbers, got {s!r}")
     if isinstance(s, (int, np.integer)):
         return int(s)
     if s not in _atomic_numbers:
         raise ValueError(f"unknown chemical symbol {s!r}")
     return _atomic_numbers[s]
+
+
+def model_species(species: Sequence[str | int]) -> list[int]:
+    """The atomic numbers of a model's ``species`` (both model kinds), or a ValueError: an
+    empty list, an unknown symbol, a repeated element, or a single string, which would be
+    read letter by letter ("CO" as carbon and oxygen, "Al" as the unknown "A" and "l")."""
+    if isinstance(species, str):
+        raise ValueError(f"species must be a list of chemical symbols, e.g. [{species!r}], got {species!r}")
+    numbers = [_as_atomic_number(s) for s in species]
+    if not numbers:
+        raise ValueError("species must list at least one element")
+    if len(set(numbers)) != len(numbers):
+        raise ValueError(f"species must list distinct elements, got {list(species)}")
+    return numbers
+
+
+def model_cutoffs(cutoffs: Mapping[str, float]) -> tuple[float, float]:
+    """The 2- and 3-body cutoffs (A; 0: body order off) of a model's ``cutoffs`` mapping
+    (both model kinds), or a ValueError: an unknown key, no key, or a value that is not a
+    finite positive number (booleans included, which Python would read as 1 A)."""
+    unknown = set(cutoffs) - {"twobody", "threebody"}
+    if unknown:
+        raise ValueError(f"unknown cutoff keys {sorted(unknown)}; use 'twobody', 'threebody'")
+    for key, value in cutoffs.items():
+        if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating))
+                or not math.isfinite(value) or value <= 0):
+            raise ValueError(f"cutoff {key!r} must be a positive number of Angstrom, got {value!r}")
+    if not cutoffs:
+        raise ValueError("give at least one cutoff: {'twobody': r2, 'threebody': r3}")
+    return float(cutoffs.get("twobody", 0.0)), float(cutoffs.get("threebody", 0.0))
+
+
+def check_train_arguments(optimize: Any, restarts: Any, max_iterations: Any, seed: Any) -> None:
+    """ValueError naming the first bad argument of ``train`` (both model kinds): ``optimize``
+    true or false, ``restarts`` and ``max_iterations`` non-negative integers, ``seed`` a
+    non-negative integer or None (numpy's random generator takes no negative seed)."""
+    flag("optimize", optimize)
+    count("restarts", restarts, 0)
+    count("max_iterations", max_iterations, 0)
+    count("seed", seed, 0, allow_none=True)
+
+
+def label_flag(value: Any) -> Any:
+    """``value`` with a numpy bool made a Python bool, so that the ``is True`` / ``is
+    False`` tests of the label arguments (``forces``, ``energy``, ``stress``: a flag or the
+    label itself) read a flag taken from a boolean array as the flag, not as a 1 or 0 eV
+    label."""
+    return bool(value) if isinstance(value, np.bool_) else value
 
 
 def _checked_bounds(bounds: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
@@ -412,6 +469,7 @@ def energy_stress_labels(atoms: Atoms, energy: bool | float | None,
     Raises:
         otfgp._core.InputError: a stress of neither 6 components nor shape (3, 3).
     """
+    energy, stress = label_flag(energy), label_flag(stress)
     e = None
     if energy is not False and energy is not None:
         e = float(atoms.get_potential_energy()) if energy is True else float(energy)
@@ -431,6 +489,14 @@ def check_hyperparameter_names(d: Mapping[str, Any]) -> None:
     bad = set(d) - set(HYPERPARAMETER_NAMES)
     if bad:
         raise ValueError(f"unknown hyperparameters {sorted(bad)}; known: {list(HYPERPARAMETER_NAMES)}")
+
+
+def hyperparameter_values(d: Mapping[str, Any]) -> dict[str, float]:
+    """``d`` as floats (both model kinds), or a ValueError naming an unknown name or a value
+    that is not a finite positive number: a string such as ``"1"`` or a boolean is refused,
+    not converted."""
+    check_hyperparameter_names(d)
+    return {k: float(positive_number(f"hyperparameter {k}", v, allow_none=False)) for k, v in d.items()}
 
 class GaussianProcess:
     """Bayesian 2+3-body force field (FLARE model) with analytic mean and variance.
@@ -475,19 +541,8 @@ class GaussianProcess:
         priors: Priors | None = DEFAULT_PRIORS,
         baseline: "baselines.Baseline | baselines.CalculatorBaseline | str | Any | None" = None,
     ) -> None:
-        numbers = [_as_atomic_number(s) for s in species]
-        if not numbers:
-            raise ValueError("species must list at least one element")
-        unknown = set(cutoffs) - {"twobody", "threebody"}
-        if unknown:
-            raise ValueError(f"unknown cutoff keys {sorted(unknown)}; use 'twobody', 'threebody'")
-        for key, value in cutoffs.items():
-            if not (isinstance(value, (int, float, np.floating)) and math.isfinite(value)) or value <= 0:
-                raise ValueError(f"cutoff {key!r} must be a positive number of Angstrom, got {value!r}")
-        if not cutoffs:
-            raise ValueError("give at least one cutoff: {'twobody': r2, 'threebody': r3}")
-        r2 = float(cutoffs.get("twobody", 0.0))
-        r3 = float(cutoffs.get("threebody", 0.0))
+        numbers = model_species(species)
+        r2, r3 = model_cutoffs(cutoffs)
         self._model = _core.Model(numbers, r2, r3)
         self._calc_baseline: baselines.CalculatorBaseline | None = None
         if baseline is not None:
@@ -510,8 +565,7 @@ class GaussianProcess:
             self.bounds.update(_checked_bounds(bounds))
         hyp = dict(DEFAULT_HYPERPARAMETERS)
         if hyperparameters:
-            self._check_names(hyperparameters)
-            hyp.update({k: float(v) for k, v in hyperparameters.items()})
+            hyp.update(hyperparameter_values(hyperparameters))
         self._model.hyperparameters = [hyp[k] for k in HYPERPARAMETER_NAMES]
         self._reset_cache()
         self.last_optimization: OptimizationReport | None = None
@@ -563,9 +617,8 @@ class GaussianProcess:
 
     @hyperparameters.setter
     def hyperparameters(self, values: Mapping[str, float]) -> None:
-        self._check_names(values)
         hyp = self.hyperparameters
-        hyp.update({k: float(v) for k, v in values.items()})
+        hyp.update(hyperparameter_values(values))
         with self._dropping_maps("setting hyperparameters"):
             self._model.hyperparameters = [hyp[k] for k in HYPERPARAMETER_NAMES]
         self._chol = None  # the solution no longer matches
@@ -668,6 +721,7 @@ class GaussianProcess:
         """
         cell, pbc, positions, species = self._structure_arrays(atoms)
         n = len(atoms)
+        forces = label_flag(forces)
         with_forces = forces is not False and forces is not None
         if atom_indices is not None and not with_forces:
             raise _core.InputError("atom_indices selects force labels, but forces=False: "
@@ -967,22 +1021,20 @@ class GaussianProcess:
         self._force_cache = (key, result)
         return result
 
+    def _hyperparameters_with(self, given: Mapping[str, float] | None) -> dict[str, float]:
+        """The current hyperparameters with ``given`` (checked) in place of theirs."""
+        return {**self.hyperparameters, **hyperparameter_values(given or {})}
+
     def log_likelihood(self, hyperparameters: Mapping[str, float] | None = None) -> float:
         """Log marginal likelihood of the training labels at the given (or current) hyperparameters."""
-        hyp = self.hyperparameters
-        if hyperparameters:
-            self._check_names(hyperparameters)
-            hyp.update(hyperparameters)
+        hyp = self._hyperparameters_with(hyperparameters)
         return self._likelihood(hyp, grad=False)[0]
 
     def log_likelihood_gradient(
         self, hyperparameters: Mapping[str, float] | None = None
     ) -> tuple[float, dict[str, float]]:
         """Log marginal likelihood and its analytic gradient with respect to every hyperparameter."""
-        hyp = self.hyperparameters
-        if hyperparameters:
-            self._check_names(hyperparameters)
-            hyp.update(hyperparameters)
+        hyp = self._hyperparameters_with(hyperparameters)
         return self._likelihood(hyp, grad=True)
 
     # ------------------------------------------------------------------ priors
@@ -1054,10 +1106,7 @@ class GaussianProcess:
         Only the hyperparameters the data inform (those :meth:`train` optimises) count;
         the others' gradients are 0. ``(0.0, zeros)`` for a model without priors.
         """
-        hyp = self.hyperparameters
-        if hyperparameters:
-            self._check_names(hyperparameters)
-            hyp.update(hyperparameters)
+        hyp = self._hyperparameters_with(hyperparameters)
         if self.priors is None:
             return 0.0, {k: 0.0 for k in hyp}
         return log_prior(hyp, self.prior_medians(), self._active())
@@ -1070,10 +1119,7 @@ class GaussianProcess:
         self, hyperparameters: Mapping[str, float] | None = None, grad: bool = True
     ) -> tuple[float, dict[str, float]]:
         """Log posterior (up to the evidence) and its gradient with respect to every hyperparameter."""
-        hyp = self.hyperparameters
-        if hyperparameters:
-            self._check_names(hyperparameters)
-            hyp.update(hyperparameters)
+        hyp = self._hyperparameters_with(hyperparameters)
         value, g = self._likelihood(hyp, grad=grad)
         prior, g_prior = self.log_prior(hyp)
         if not grad:
@@ -1114,6 +1160,7 @@ class GaussianProcess:
                 two stages need the full kernel matrix once (8 frames of 32 Al atoms with
                 energies and stresses: 0.55 s against 13.2 s, bench/energy_training.py).
         """
+        check_train_arguments(optimize, restarts, max_iterations, seed)
         if self.n_labels == 0:
             raise _core.NotTrainedError("no training data: call add_training_data() first")
         if length_scales_from not in ("auto", "all", "forces"):

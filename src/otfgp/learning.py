@@ -30,7 +30,7 @@ from ase import Atoms
 from ase.calculators.calculator import BaseCalculator, PropertyNotImplementedError
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from .arguments import count, positive_number
+from .arguments import count, flag, positive_number
 from .calibration import MIN_SAMPLES
 from .gp import GaussianProcess
 
@@ -203,15 +203,13 @@ class LearningOptions:
             raise ValueError("give threshold (eV/A) or relative_threshold (x sigma_n)")
         if self.threshold is not None and self.relative_threshold is not None:
             raise ValueError("give either threshold or relative_threshold, not both")
-        if not isinstance(self.energy_reference, (bool, np.bool_)):
-            raise ValueError(f"energy_reference must be true or false, got {self.energy_reference!r}")
+        for name in ("energy_reference", "optimize", "map"):
+            flag(name, getattr(self, name))
         for name in ("add_energy", "add_stress"):
             v = getattr(self, name)
             if v is not None and v != "auto" and not isinstance(v, (bool, np.bool_)):
                 raise ValueError(f"{name} must be true, false, 'auto' or unset (None), got {v!r}")
-        v = self.extrapolation_checks
-        if v is not None and not isinstance(v, (bool, np.bool_)):
-            raise ValueError(f"extrapolation_checks must be true, false or unset (None), got {v!r}")
+        flag("extrapolation_checks", self.extrapolation_checks, allow_none=True)
         for name in ("threshold", "relative_threshold", "add_threshold", "min_threshold",
                      "local_energy_threshold", "stress_threshold"):
             positive_number(name, getattr(self, name))
@@ -224,6 +222,7 @@ class LearningOptions:
                     or (v == 0 and name != "label_z_min_error"):
                 raise ValueError(f"{name} must be a positive number (inf or None: check off), got {v!r}")
         count("max_atoms_added", self.max_atoms_added)
+        count("max_iterations", self.max_iterations, 0)
         for name in ("optimize_until_calls", "optimize_until_size"):
             count(name, getattr(self, name), 0, allow_none=True)
         if self.uncertainty not in ("exact", "mapped"):
@@ -262,6 +261,16 @@ _Options = TypeVar("_Options", bound=LearningOptions)
 
 
 # ---------------------------------------------------------------------- thresholds
+def check_species(species: Sequence[str], frames: Sequence[Atoms]) -> None:
+    """ValueError naming the elements of ``frames`` that are not among a model's
+    ``species``: checked before the first labeller call, which would otherwise be spent
+    (minutes to hours of DFT) on a frame the model then refuses to learn."""
+    unknown = sorted({s for f in frames for s in f.get_chemical_symbols()} - set(species))
+    if unknown:
+        raise ValueError(f"the structure holds {', '.join(unknown)}, which the model does not know "
+                         f"(model species: {', '.join(species)}); add them to the model's species")
+
+
 def _scaled(value: float, options: LearningOptions, model: GaussianProcess) -> float:
     """``value`` in eV/A: as given (absolute mode) or x sigma_n, floored (relative mode)."""
     if options.threshold is not None:

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 import numpy as np
 import scipy.stats
 
+from .arguments import count, positive_number
 from .map_report import DEFAULT_TOLERANCE, MapReport
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ log = logging.getLogger(__name__)
 
 #: Tabulated range starts this far below the shortest training distance (Angstrom).
 LOWER_MARGIN = 0.5
+MAX_GRID_NODES = 4096  # per axis: the core's spline tables (cpp/core/maps.cpp)
 #: Largest number of variance-basis coefficients over all triplet tables.
 VARIANCE_BASIS_LIMIT = 3000
 # Triplet variance basis: quadratic B-splines (27 coefficients per triplet instead of 64,
@@ -393,9 +395,12 @@ def build_maps(gp: MappableModel, tolerance: float | None = DEFAULT_TOLERANCE, v
     if gp.core.mapped_only:
         raise ValueError("this model is already the maps of an exported ScalableGP (no training data to "
                          "map from); map the ScalableGP itself with save_mapped() / to_mapped()")
-    tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
-    if not tolerance > 0:
-        raise ValueError(f"tolerance must be positive, got {tolerance}")
+    tolerance = DEFAULT_TOLERANCE if tolerance is None else positive_number("tolerance", tolerance)
+    # the core's spline tables take 4 to 4096 nodes per axis; the triplet table grows as
+    # nodes^3, so a fixed grid3 stays within the automatic choice's maximum
+    for name, value, high in (("grid2", grid2, MAX_GRID_NODES), ("grid3", grid3, max_grid3)):
+        if count(name, value, 4, allow_none=True) is not None and value > high:
+            raise ValueError(f"{name} must be at most {high} nodes, got {value!r}")
     t0 = time.perf_counter()
     core = gp.core
     core.clear_maps()

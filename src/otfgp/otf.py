@@ -41,16 +41,16 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read
 
 from . import atomic_io, dynamics_state, run_dir
-from .arguments import count, positive_number
+from .arguments import count, flag, positive_number
 from ._core import InputError
 from .calculator import GPCalculator
 from .gp import GaussianProcess
 from .label_checks import LabelChecks, LabelRejected, labeller_name
 from .labellers import make_labeller
 from .learning import (FORCE_DECISION_STDS, FrameUncertainty, LabellerError, Labeller, LearningOptions,
-                       add_and_retrain, add_threshold_value, calibration_sample, choose_atoms, held_out_energy_stress,
-                       label, label_reasons, pre_update_record, running_calibration, switch_due, switch_record,
-                       switch_to_scalable, threshold_value)
+                       add_and_retrain, add_threshold_value, calibration_sample, check_species, choose_atoms,
+                       held_out_energy_stress, label, label_reasons, pre_update_record, running_calibration,
+                       switch_due, switch_record, switch_to_scalable, threshold_value)
 from .run_dir import RunDirError, RunLock
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ class OTFOptions(LearningOptions):
                 raise ValueError(f"audit_every must be a positive multiple of every ({self.every}), "
                                  f"got {self.audit_every!r}")
         count("init_atoms", self.init_atoms, 0)
+        flag("progress", self.progress, allow_none=True)
         if self.on_dft_failure not in ("raise", "skip"):
             raise ValueError("on_dft_failure must be 'raise' or 'skip'")
 
@@ -238,6 +239,7 @@ class OTF:
                     labeller: Labeller | str | Mapping[str, Any]) -> None:
         self.dyn = dynamics
         self.atoms: Atoms = dynamics_state.physical_atoms(dynamics)  # under a cell filter, if any
+        check_species(model.species, [self.atoms])
         dynamics_state.check_supported(dynamics)
         self.optimizer = dynamics_state.is_optimizer(dynamics)
         # optimizers: whether the last run() stopped at fmax (None: not run yet / MD)

@@ -55,8 +55,9 @@ from . import _core
 from .calibration import (ModelCalibration, SamplePool, epistemic_variances, model_calibration,
                           neighbourhood_scale_values, scale_radius)
 from .gp import (AT_BOUND_FRACTION, DEFAULT_BOUNDS, DEFAULT_HYPERPARAMETERS, HYPERPARAMETER_NAMES,
-                 MAXIMUM_LIKELIHOOD_BOUNDS, OptimizationReport, Prediction, _as_atomic_number, _label_atom_indices,
-                 check_hyperparameter_names, energy_stress_labels, exit_state, minimize_hyperparameters)
+                 MAXIMUM_LIKELIHOOD_BOUNDS, OptimizationReport, Prediction, _label_atom_indices,
+                 check_hyperparameter_names, check_train_arguments, energy_stress_labels, exit_state,
+                 hyperparameter_values, label_flag, minimize_hyperparameters, model_cutoffs, model_species)
 from .priors import LogNormal, Priors, log_prior
 from .mapping import LOWER_MARGIN, _basis_points
 
@@ -159,20 +160,10 @@ class ScalableGP:
                  bounds: Mapping[str, tuple[float, float]] | None = None, lower: float | None = None,
                  nodes2: int = DEFAULT_NODES2, nodes3: int | None = None,
                  priors: Priors | None = None, rank_tolerance: float | None = RANK_TOLERANCE) -> None:
-        self._numbers = [_as_atomic_number(s) for s in species]
-        if not self._numbers or len(set(self._numbers)) != len(self._numbers):
-            raise ValueError(f"species must list distinct elements, got {list(species)}")
-        unknown = set(cutoffs) - {"twobody", "threebody"}
-        if unknown or not cutoffs:
-            raise ValueError(f"cutoffs needs 'twobody' and/or 'threebody' keys, got {sorted(cutoffs)}")
-        self._r2 = float(cutoffs.get("twobody", 0.0))
-        self._r3 = float(cutoffs.get("threebody", 0.0))
-        for v in (self._r2, self._r3):
-            if not (math.isfinite(v) and v >= 0):
-                raise ValueError(f"cutoffs must be positive numbers of Angstrom, got {dict(cutoffs)}")
+        self._numbers = model_species(species)
+        self._r2, self._r3 = model_cutoffs(cutoffs)
         hyp = dict(DEFAULT_HYPERPARAMETERS)
-        self._check_names(hyperparameters or {})
-        hyp.update({k: float(v) for k, v in (hyperparameters or {}).items()})
+        hyp.update(hyperparameter_values(hyperparameters or {}))
         self._hyp = hyp
         if priors is not None and not isinstance(priors, Priors):
             raise TypeError(f"priors must be an otfgp.priors.Priors or None, got {type(priors).__name__}")
@@ -274,11 +265,7 @@ class ScalableGP:
 
     @hyperparameters.setter
     def hyperparameters(self, values: Mapping[str, float]) -> None:
-        self._check_names(values)
-        for k, v in values.items():
-            if not (math.isfinite(float(v)) and float(v) > 0):
-                raise ValueError(f"hyperparameter {k} must be positive and finite, got {v!r}")
-        self._hyp.update({k: float(v) for k, v in values.items()})
+        self._hyp.update(hyperparameter_values(values))
         self._solution = None
 
     @property
@@ -424,6 +411,7 @@ class ScalableGP:
         """
         cell, pbc, positions, species = self._arrays(atoms)
         n = len(atoms)
+        forces = label_flag(forces)
         with_forces = forces is not False and forces is not None
         if atom_indices is not None and not with_forces:
             raise _core.InputError("atom_indices selects force labels, but forces=False")
@@ -707,6 +695,7 @@ class ScalableGP:
             ValueError: ``restarts`` > 0 (random restarts are not implemented here; ``seed``
                 is accepted for the exact GP's signature and unused).
         """
+        check_train_arguments(optimize, restarts, max_iterations, seed)
         if restarts:
             raise ValueError(f"ScalableGP.train has no random restarts (restarts={restarts!r}); use restarts=0")
         if self.n_labels == 0:

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from .arguments import count, positive_number
-from .config import ConfigError, _check_keys, _validate_model
+from .arguments import count, flag, positive_number
+from .config import ConfigError, _check_keys, _validate_model, check_output_path
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -97,8 +97,7 @@ class TrainOptions:
         if self.select == "all" and (self.atoms_per_frame is not None or self.std_threshold is not None):
             raise ValueError('atoms_per_frame and std_threshold select atoms: they need select = "uncertainty"')
         for name in ("optimize", "map"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+            flag(name, getattr(self, name))
         if self.calibrate is not None:
             from .calibration import FORMS
 
@@ -154,6 +153,9 @@ def validate_train_config(cfg: Mapping[str, Any], base_dir: str | os.PathLike = 
     output = str(train.pop("output", "model.otfgp"))
     summary = train.pop("summary", None)
     summary = str(summary) if summary is not None else str(Path(output).with_name(Path(output).stem + "_summary.json"))
+    data_files = [("a data file", f) for f in resolved]
+    check_output_path("train.output (-o)", output, data_files)
+    check_output_path("train.summary (--summary)", summary, [*data_files, ("the model output", output)])
     try:
         options = TrainOptions(**train)
     except (TypeError, ValueError) as exc:
@@ -189,14 +191,13 @@ def frame_labels(atoms: "Atoms", labels: Sequence[str]) -> dict[str, Any]:
     """The labels of a read frame that ``labels`` asks for: ``forces`` (N x 3) with
     ``force_atoms`` (the atoms whose forces are labels: ``force_trained`` of an export,
     else all), ``energy``, ``stress`` (Voigt, periodic cells only); absent ones are None."""
-    from .gp import FORCE_TRAINED
+    from .gp import labelled_force_atoms
 
     results = atoms.calc.results if atoms.calc is not None else {}
     out: dict[str, Any] = {"forces": None, "force_atoms": np.zeros(0, dtype=int), "energy": None, "stress": None}
     if "forces" in labels and results.get("forces") is not None:
-        mask = np.asarray(atoms.arrays.get(FORCE_TRAINED, np.ones(len(atoms), dtype=bool)), dtype=bool)
         out["forces"] = np.asarray(results["forces"], dtype=float)
-        out["force_atoms"] = np.flatnonzero(mask)
+        out["force_atoms"] = labelled_force_atoms(atoms)
     if "energy" in labels and results.get("energy") is not None:
         out["energy"] = float(results["energy"])
     if ("stress" in labels and results.get("stress") is not None and atoms.pbc.all()

@@ -14,7 +14,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from ..config import (ConfigError, _check_keys, _number, _validate_labeller, _validate_model,
+from ..config import (ConfigError, _check_keys, _flag, _number, _validate_labeller, _validate_model,
                       _validate_structure)
 from .loop import ActiveOptions
 
@@ -96,9 +96,7 @@ def _validate_relax(a: Mapping[str, Any]) -> dict[str, Any]:
     for key, default in (("model_fmax", None), ("max_step", 0.5)):
         value = _number(a, key, "active", default, positive=True, allow_zero=False)
         out[key] = None if value is None else float(value)
-    if not isinstance(a.get("anchor", True), bool):
-        raise ConfigError(f"active.anchor must be true or false, got {a['anchor']!r}")
-    out["anchor"] = a.get("anchor", True)
+    out["anchor"] = _flag(a, "anchor", "active", True)
     if "fix_below" in a:
         out["fix_below"] = float(_number(a, "fix_below", "active"))
     return out

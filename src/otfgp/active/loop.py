@@ -49,12 +49,12 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from .. import atomic_io, run_dir
-from ..arguments import count
+from ..arguments import count, flag
 from ..batch import BatchLabelError, BatchResult, label_batch
 from ..calculator import GPCalculator
 from ..gp import GaussianProcess, Prediction
 from ..label_checks import LabelChecks, labeller_name
-from ..learning import Labeller, LearningOptions, add_labelled, retrain
+from ..learning import Labeller, LearningOptions, add_labelled, check_species, retrain
 from ..query import greedy_variance_batch, max_uncertainty_batch, random_batch
 from .task import IterationData, Task, free_atoms, same_structure
 
@@ -133,10 +133,8 @@ class ActiveOptions:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
         for name in ("optimize", "map", "energy_reference"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if self.add_energy is not None and not isinstance(self.add_energy, (bool, np.bool_)):
-            raise ValueError(f"add_energy must be true, false or unset (None), got {self.add_energy!r}")
+            flag(name, getattr(self, name))
+        flag("add_energy", self.add_energy, allow_none=True)
         self.learning_options()  # the label_* checks are validated there
 
     def learning_options(self) -> LearningOptions:
@@ -318,6 +316,7 @@ class ActiveLearner:
         pool: list[Atoms] = []
         if iteration == 0:
             special = list(self.task.initial_frames())
+            check_species(self.model.species, special)
             queried: list[int] = []
         else:
             workdir = self.directory / ITERATIONS_DIR / f"{iteration:04d}"

@@ -23,7 +23,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import BaseCalculator, Calculator, all_changes
 
-from ..arguments import count, positive_number
+from ..arguments import count, flag, positive_number
 from .task import IterationData, bare_frame, max_force
 
 log = logging.getLogger(__name__)
@@ -115,9 +115,7 @@ class RelaxTask:
         self.model_fmax = float(model_fmax) if model_fmax is not None else self.fmax / 2
         self.max_step = None if max_step is None else float(max_step)
         self.optimizer_options = dict(optimizer_options or {})
-        if not isinstance(anchor, (bool, np.bool_)):
-            raise ValueError(f"anchor must be true or false, got {anchor!r}")
-        self.anchor = bool(anchor)
+        self.anchor = flag("anchor", anchor)
         self.start_forces: np.ndarray | None = None  # the oracle's forces at the start (anchor)
         self.start = np.array(atoms.positions)  # where the next model relaxation starts
         self.last: dict[str, Any] = {}  # the last model relaxation: steps, why it stopped
