@@ -152,6 +152,50 @@ run 0
         assert "ERROR" in text and expected in text, text[-1500:]
 
 
+@pytest.mark.parametrize("case,expected", [
+    ("hybrid", "supports one pair_style otfgp, but pair_style hybrid holds several"),
+    ("bonds", "with bonds it needs 'special_bonds lj 1 1 1'"),
+])
+def test_setups_the_pair_cannot_serve_give_lammps_errors(model_dir, tmp_path, case, expected):
+    """Two otfgp sub-styles used to be reported as none; bonded neighbours were silently
+    dropped from the model's environments by the default special_bonds."""
+    d, _, _ = model_dir
+    model = d / "model.otfgp"
+    if case == "hybrid":
+        deck = f"""units metal
+atom_style atomic
+read_data {d / 'cell.data'}
+pair_style hybrid otfgp otfgp lj/cut 5.0
+pair_coeff * * otfgp 1 {model} Al NULL
+pair_coeff * * otfgp 2 {model} NULL Cu
+pair_coeff 1 2 lj/cut 0.01 2.5
+compute std all otfgp/std/atom
+run 0
+"""
+    else:
+        deck = f"""units metal
+atom_style bond
+region b block 0 8.1 0 8.1 0 8.1
+create_box 1 b bond/types 1 extra/bond/per/atom 2
+create_atoms 1 single 1 1 1
+create_atoms 1 single 3.6 1 1
+mass 1 27
+create_bonds single/bond 1 1 2
+bond_style harmonic
+bond_coeff 1 0.0 2.6
+pair_style otfgp
+pair_coeff * * {model} Al
+run 0
+"""
+    (tmp_path / "in.bad").write_text(deck)
+    out = run_lmp(["-in", "in.bad", "-log", "none"], tmp_path, timeout=120)
+    assert out.returncode != 0 and expected in out.stdout + out.stderr, (out.stdout + out.stderr)[-1500:]
+    if case == "bonds":  # with the factors the model needs, the same system runs
+        (tmp_path / "in.ok").write_text(deck.replace("pair_style otfgp", "special_bonds lj 1 1 1\npair_style otfgp"))
+        ok = run_lmp(["-in", "in.ok", "-log", "none"], tmp_path, timeout=120)
+        assert ok.returncode == 0, ok.stdout[-1500:]
+
+
 def test_al_model_in_lammps_matches_calculator(tmp_path):
     """Single-species, orthorhombic, via the lmp executable's dump (independent of the
     Python module)."""

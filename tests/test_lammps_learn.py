@@ -11,7 +11,7 @@ import pytest
 
 import otfgp
 from otfgp.calibration import Calibration, ModelCalibration
-from otfgp.lammps.thermo import thermo_rows
+from otfgp.lammps.thermo import thermo_blocks, thermo_rows
 from conftest import displaced_al
 from lammps_helpers import fixed_al_model, learn_deck, run_lmp, write_data
 
@@ -370,3 +370,65 @@ def test_box_changing_runs_train_energies_and_stresses(workdir, integrator, trai
     new = [model.training_structure(i) for i in range(1, model.n_training_structures)]  # 0: the start model's
     assert new
     assert all((d["energy"] is not None) == trains_all and (d["stress"] is not None) == trains_all for d in new)
+
+
+# ------------------------------------------------------------------ inputs that used to lose data or mislead
+def _first_error(out) -> str:
+    text = out.stdout + out.stderr
+    return next((line for line in text.splitlines() if line.startswith("ERROR")), text[-2000:])
+
+
+def test_unusable_output_dir_stops_before_the_first_step(workdir):
+    """It used to pass init(), run MD, call the labeller and then fail saving, blaming the
+    labeller and dropping the label."""
+    (workdir / "afile").write_text("not a folder")
+    (workdir / "in.learn").write_text(INPUT.format(threshold=0.004, labeller="mylabels:emt")
+                                      .replace("output_dir learn_out", "output_dir afile"))
+    out = run_lmp(["-in", "in.learn", "-log", "none"], workdir, timeout=120)
+    assert out.returncode != 0 and "output_dir afile is a file, not a folder" in _first_error(out)
+    assert thermo_rows(out.stdout).size == 0
+
+
+def test_a_label_is_kept_when_learning_from_it_fails(workdir):
+    """A failure after the DFT call (here: learn_out/models cannot be a folder) says what
+    failed, not "labeller failed", and the label is on disk."""
+    (workdir / "learn_out").mkdir()
+    (workdir / "learn_out" / "models").write_text("in the way")
+    (workdir / "in.learn").write_text(INPUT.format(threshold=0.004, labeller="mylabels:emt"))
+    out = run_lmp(["-in", "in.learn", "-log", "none"], workdir, timeout=120)
+    error = _first_error(out)
+    assert out.returncode != 0 and "but learning from it failed" in error and "labeller" not in error, error
+    frames = list((workdir / "learn_out" / "dft").glob("frame_*.extxyz"))
+    assert len(frames) == 1 and len(ase_read(frames[0]).get_forces()) == 32
+
+
+def test_a_model_file_replaced_between_runs_is_learnt_from(workdir):
+    """The fix kept the model it had read first and overwrote a new model copied over the
+    pair's file (here one of 3 training environments replaces one of 6)."""
+    rng = np.random.default_rng(8)
+    fixed_al_model(displaced_al(rng), range(3), workdir / "other.otfgp")
+    deck = INPUT.format(threshold=0.004, labeller="mylabels:emt").replace("run 60", "run 0")
+    deck += ("shell cp other.otfgp model.otfgp\npair_coeff * * model.otfgp Al\n"
+             "fix learn all otfgp/learn 1 threshold 0.0001 labeller mylabels:emt output_dir learn_out\nrun 1\n")
+    (workdir / "in.learn").write_text(deck)
+    out = run_lmp(["-in", "in.learn", "-log", "none"], workdir, timeout=120)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    first, last = (b.last() for b in thermo_blocks(out.stdout))
+    assert first["f_learn[2]"] == 6 and last["f_learn[1]"] == 1 and last["f_learn[2]"] == 3 + 1, (first, last)
+    assert otfgp.GaussianProcess.load(workdir / "model.otfgp").n_training_environments == 4
+
+
+@pytest.mark.parametrize("change,expected", [
+    (lambda deck: deck.replace("fix learn all otfgp/learn", "fix other all otfgp/learn 5 threshold 0.004 labeller "
+                               "mylabels:emt output_dir other_out\nfix learn all otfgp/learn"),
+     "only one otfgp/learn fix"),
+    (lambda deck: deck.replace("read_data al.data", "dimension 2\nlattice sq 2.8\nregion box block 0 2 0 2 -0.5 0.5\n"
+                               "create_box 1 box\ncreate_atoms 1 box\nmass 1 26.98"), "dimension 2 is not supported"),
+])
+def test_fix_setups_that_would_learn_wrong_labels(workdir, change, expected):
+    """Two fixes used to discard each other's labels at every call; in 2-d the labeller got a
+    3-d periodic stack of layers 1 A apart."""
+    (workdir / "in.learn").write_text(change(INPUT.format(threshold=0.004, labeller="mylabels:emt")))
+    out = run_lmp(["-in", "in.learn", "-log", "none"], workdir, timeout=120)
+    assert out.returncode != 0 and expected in _first_error(out), _first_error(out)
+    assert not (workdir / "learn_out" / "dft").exists()

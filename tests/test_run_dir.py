@@ -4,7 +4,6 @@ kept checkpoints, MD collisions, and settings changed on resume."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -226,3 +226,21 @@ def test_fix_learn_refuses_an_exported_model_at_the_start(tmp_path):
     assert out.returncode != 0
     assert "exported ScalableGP" in out.stdout + out.stderr and "fix otfgp/learn needs" in out.stdout
     assert not (tmp_path / "called").exists()
+
+
+def test_compute_exact_refuses_an_exported_model_at_init(exported):
+    """It used to fail in the force pass, from "pair otfgp", with MPI_Abort."""
+    d, _, _ = exported
+    (d / "in.exact").write_text(f"""units metal
+atom_style atomic
+read_data {d / 'cell.data'}
+pair_style otfgp
+pair_coeff * * {d / 'model.otfgp'} {' '.join(SPECIES)}
+compute std all otfgp/std/atom exact
+thermo_style custom step pe
+run 0
+""")
+    out = run_lmp(["-in", "in.exact", "-log", "none"], d, timeout=120)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and "compute otfgp/std/atom: keyword exact needs a model with training data" in text
+    assert "MPI_Abort" not in text

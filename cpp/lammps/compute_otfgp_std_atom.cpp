@@ -38,8 +38,11 @@ ComputeOTFGPStdAtom::ComputeOTFGPStdAtom(LAMMPS *lmp, int narg, char **arg) : Co
 ComputeOTFGPStdAtom::~ComputeOTFGPStdAtom() { memory->destroy(stds_); }
 
 void ComputeOTFGPStdAtom::init() {
-  pair_ = dynamic_cast<PairOTFGP *>(force->pair_match("^otfgp", 0));
-  if (!pair_) error->all(FLERR, "compute otfgp/std/atom requires pair_style otfgp");
+  pair_ = PairOTFGP::find(lmp, "compute otfgp/std/atom");
+  if (exact_ && pair_->model()->mapped_only())
+    error->all(FLERR, "compute otfgp/std/atom: keyword exact needs a model with training data; {} is the "
+               "maps of an exported ScalableGP, whose mapped variance is its exact one (drop exact)",
+               pair_->model_file());
   variance_request_ = pair_->request_variances(
       {[this](bigint step) { return matchstep(step) != 0; }, exact_});
 }

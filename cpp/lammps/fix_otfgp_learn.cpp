@@ -23,6 +23,7 @@
 #include "force.h"
 #include "metal_units.h"
 #include "model_io.h"
+#include "modify.h"
 #include "pair_otfgp.h"
 #include "update.h"
 #include "utils.h"
@@ -214,8 +215,16 @@ std::optional<std::string> FixOTFGPLearn::on_rank0(const std::function<void()> &
 }
 
 void FixOTFGPLearn::init() {
-  pair_ = dynamic_cast<PairOTFGP *>(force->pair_match("^otfgp", 0));
-  if (!pair_) error->all(FLERR, "fix otfgp/learn requires pair_style otfgp");
+  pair_ = PairOTFGP::find(lmp, "fix otfgp/learn");
+  // Each fix retrains its own copy of the pair's model and then replaces the pair's model
+  // and file with it: two would discard each other's labels at every DFT call.
+  if (modify->get_fix_by_style("^otfgp/learn$").size() > 1)
+    error->all(FLERR, "fix otfgp/learn: only one otfgp/learn fix may learn the pair's model; unfix the others");
+  // A 2-d box is one layer in a z-periodic cell of thickness zprd: a labeller given that
+  // cell labels a stack of layers zprd apart, not the system LAMMPS simulates.
+  if (domain->dimension == 2)
+    error->all(FLERR, "fix otfgp/learn: dimension 2 is not supported (the labeller would see a 3-d periodic "
+               "stack of layers); simulate a slab in 3-d with vacuum instead");
   // The labeller labels the whole system and the model learns all of it, so every type
   // must be a species of the model.
   const std::vector<std::string> &symbols = pair_->type_symbols();
@@ -344,8 +353,7 @@ void FixOTFGPLearn::learn(const double *per_atom_max, const char *fired) {
     training_environments_ = otfgp_lammps::python_training_environments(setup_);
   });
   if (failure)
-    error->all(FLERR, "fix otfgp/learn: labeller {} failed at step {}: {}", setup_.labeller,
-               update->ntimestep, *failure);
+    error->all(FLERR, "fix otfgp/learn: DFT call at step {}: {}", update->ntimestep, *failure);
   broadcast(result.model, world);
   broadcast(result.thresholds, world);
   MPI_Bcast(&training_environments_, 1, MPI_LONG, 0, world);

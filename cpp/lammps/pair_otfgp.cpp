@@ -36,6 +36,15 @@ std::string python_only_baseline(const otfgp::Model &m) {
 
 }  // namespace
 
+PairOTFGP *PairOTFGP::find(LAMMPS *lmp, const std::string &who) {
+  if (auto *pair = dynamic_cast<PairOTFGP *>(lmp->force->pair_match("^otfgp", 0))) return pair;
+  // pair_match finds nothing both without an otfgp sub-style and with several
+  if (lmp->force->pair_match("^otfgp", 0, 1))
+    lmp->error->all(FLERR, "{} supports one pair_style otfgp, but pair_style hybrid holds several", who);
+  lmp->error->all(FLERR, "{} requires pair_style otfgp", who);
+  return nullptr;
+}
+
 PairOTFGP::PairOTFGP(LAMMPS *lmp) : Pair(lmp) {
   single_enable = 0;
   restartinfo = 0;
@@ -124,6 +133,14 @@ void PairOTFGP::map_types() {
 void PairOTFGP::init_style() {
   if (atom->tag_enable == 0) error->all(FLERR, "pair otfgp requires atom IDs");
   if (!model_) error->all(FLERR, "pair otfgp: pair_coeff has not been given");
+  // With bonds, LAMMPS leaves pairs whose special_bonds factors are 0 out of the neighbour
+  // list, and the GP would ignore factors between 0 and 1: its energy needs every pair in
+  // full, which an lj factor of 1 keeps (whatever the coul factor).
+  if (atom->molecular != Atom::ATOMIC)
+    for (int k = 1; k < 4; ++k)
+      if (force->special_lj[k] != 1.0)
+        error->all(FLERR, "pair otfgp: with bonds it needs 'special_bonds lj 1 1 1' (the default 0 0 0 drops "
+                   "bonded neighbours from the model's environments; the GP has no special factors)");
   neighbor->add_request(this, NeighConst::REQ_FULL);
   // LAMMPS::init() runs force->init() (which calls this) before modify->init() (the fixes'
   // and computes' init()), on every run and minimize except `run ... pre no`. Clearing the

@@ -49,6 +49,9 @@ class PairOTFGP : public Pair {
  public:
   explicit PairOTFGP(class LAMMPS *);
   ~PairOTFGP() override;
+  // The otfgp pair style of this LAMMPS instance, for the consumer `who` (its init());
+  // a LAMMPS error when there is none, or when pair_style hybrid holds several.
+  static PairOTFGP *find(class LAMMPS *lmp, const std::string &who);
 
   void compute(int, int) override;
   void settings(int, char **) override;

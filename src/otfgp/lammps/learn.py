@@ -21,6 +21,12 @@ Every label passes the sanity checks of :mod:`otfgp.label_checks` (the ``label_*
 before anything is trained or saved; a rejected frame goes to ``<output_dir>/quarantine/``
 and :class:`~otfgp.label_checks.LabelRejected` becomes the fix's LAMMPS error.
 
+``output_dir`` is created when the run starts (:func:`start`; an unusable one is an error
+then), and each label is written to ``<output_dir>/dft/`` as soon as the labeller returns,
+before the retrain, so a failure after the DFT call loses no label; the fix's model is then
+read from its file again at the next run, as it is when the file was replaced since the fix
+last read or wrote it.
+
 Models are never overwritten in place: each retrained model is written to
 ``<output_dir>/models/model_<step>.otfgp`` (the last :data:`KEEP_MODELS` are kept; the model
 the fix started from is kept as ``models/model_start.otfgp``), then the pair style's model
@@ -44,6 +50,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -55,9 +62,9 @@ from ase.calculators.calculator import BaseCalculator
 
 from .. import atomic_io
 from ..gp import GaussianProcess
-from ..label_checks import LabelChecks
+from ..label_checks import LabelChecks, LabelRejected
 from ..labellers import make_labeller
-from ..learning import (LearningOptions, add_and_retrain, add_threshold_value, calibration_sample, choose_atoms,
+from ..learning import (LabellerError, LearningOptions, add_and_retrain, add_threshold_value, calibration_sample, choose_atoms,
                         held_out_energy_stress, label, local_energy_threshold_value, pre_update_record, switch_due,
                         switch_record, switch_to_scalable, threshold_value)
 from ..models import is_scalable, load_model
@@ -80,9 +87,11 @@ class _FixState:
     count. ``scalable_file`` is the file that holds a ScalableGP's learner state (None
     while the model is an exact GP)."""
 
-    def __init__(self, model: Model, scalable_file: Path | None = None) -> None:
+    def __init__(self, model: Model, model_file: Path, scalable_file: Path | None = None) -> None:
         self.model = model
+        self.model_file = model_file
         self.scalable_file = scalable_file
+        self.files = self.file_signature()
         self.labeller: Any = None
         self.checks: LabelChecks | None = None
         self.calls = 0
@@ -92,6 +101,18 @@ class _FixState:
         # the labeller's energies of the structures this run added (the energy reference)
         self.reference_energies: list[float | None] = []
 
+    def file_signature(self) -> tuple[tuple[int, int, int] | None, ...]:
+        """Inode, size and modification time of the files the model was read from or last
+        written to: another signature means someone replaced them since."""
+        out = []
+        for path in (self.model_file, self.scalable_file):
+            try:
+                st = path.stat() if path is not None else None
+            except OSError:
+                st = None
+            out.append(None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(out)
+
 
 # By fix ID and model file. A fix lives as long as its LAMMPS instance, and the embedded
 # interpreter serves exactly those instances, so this is the fixes' own state, kept here
@@ -99,11 +120,22 @@ class _FixState:
 _fixes: dict[tuple[str, str], _FixState] = {}
 
 
+def _key(request: dict[str, Any]) -> tuple[str, str]:
+    return str(request["fix_id"]), str(request["model_file"])
+
+
 def _state(request: dict[str, Any]) -> _FixState:
-    key = (str(request["fix_id"]), str(request["model_file"]))
-    state = _fixes.get(key)
+    """The fix's state, read afresh from the model file(s) when there is none yet or when
+    the files were replaced since the fix last read or wrote them (a new model copied over
+    the pair's file between runs: learning on the old one would overwrite it)."""
+    state = _fixes.get(_key(request))
+    if state is not None and state.file_signature() != state.files:
+        log.info("fix %s: %s changed since the fix last read or wrote it; learning goes on from the file",
+                 request["fix_id"], request["model_file"])
+        state = None
     if state is None:
-        state = _fixes[key] = _FixState(*_starting_model(request))
+        model, scalable_file = _starting_model(request)
+        state = _fixes[_key(request)] = _FixState(model, Path(request["model_file"]), scalable_file)
     return state
 
 
@@ -190,6 +222,7 @@ def start(request: dict[str, Any]) -> tuple[float, float | None]:
     DFT-call thresholds for the current model: on the force std (eV/A) and on the
     epistemic local-energy std (eV, None: no such test)."""
     options = _options(request)
+    out = _usable_output_dir(Path(request["output_dir"]))
     state = _state(request)
     spec = str(request["labeller"])
     try:
@@ -197,9 +230,23 @@ def start(request: dict[str, Any]) -> tuple[float, float | None]:
     except Exception as exc:
         raise ValueError(f"labeller {spec}: {type(exc).__name__}: {exc}") from exc
     _require_usable_labeller(spec, state.labeller)
-    out = Path(request["output_dir"])
     state.checks = LabelChecks(options, spec, out, history=out / "dft", digits=9)
     return _thresholds(request, options, state.model)
+
+
+def _usable_output_dir(out: Path) -> Path:
+    """``out``, created if missing, or a ValueError naming ``output_dir`` when it cannot be
+    a folder the fix writes to: found at the start of the run, not after a DFT call whose
+    label could then not be saved."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output_dir {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"output_dir {out} cannot be created: {exc}") from exc
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"output_dir {out} is not writable")
+    return out
 
 
 def _require_usable_labeller(spec: str, labeller: Any) -> None:
@@ -241,11 +288,37 @@ def learn(request: dict[str, Any]) -> tuple[bytes, float, float | None]:
                   pbc=[bool(p) for p in request["pbc"]])
     # The model's prediction before it learns the frame: a held-out sample of its error.
     before = gp.predict(atoms, variance=options.uncertainty)
-    sigma_n = gp.hyperparameters["noise_force"]
     step = int(request["step"])
     atoms.arrays["gp_forces"] = np.asarray(before.forces)  # for the label checks' z-score test
     atoms.arrays["gp_force_stds"] = np.asarray(before.force_stds)
-    labelled = label(atoms, state.labeller, stress=options.add_stress, checks=state.checks, step=step)
+    try:
+        labelled = label(atoms, state.labeller, stress=options.add_stress, checks=state.checks, step=step)
+    except LabelRejected:
+        raise  # its message names the labeller, the step and the check
+    except LabellerError as exc:
+        raise LabellerError(f"labeller {request['labeller']} failed: {exc}", exc.program_output) from exc
+    out = Path(request["output_dir"])
+    # The label is saved before anything else can fail: a DFT call may have cost hours.
+    (out / "dft").mkdir(parents=True, exist_ok=True)
+    labelled.info["lammps_step"] = step
+    frame_file = out / "dft" / f"frame_{step:09d}.extxyz"
+    atomic_io.write_atoms(frame_file, labelled)
+    try:
+        return _learn_label(request, state, options, before, labelled, t0)
+    except Exception as exc:
+        _fixes.pop(_key(request), None)  # the model in memory may be half updated: the next run reads the file
+        raise RuntimeError(f"the label is saved in {frame_file}, but learning from it failed: "
+                           f"{type(exc).__name__}: {exc}") from exc
+
+
+def _learn_label(request: dict[str, Any], state: _FixState, options: LearningOptions, before: Any,
+                 labelled: Atoms, t0: float) -> tuple[bytes, float, float | None]:
+    """Train on the saved label of :func:`learn` (``before``: the model's prediction of the
+    frame before it learnt it), save the model and log the call."""
+    gp = state.model
+    step = int(request["step"])
+    out = Path(request["output_dir"])
+    sigma_n = gp.hyperparameters["noise_force"]
     pre_update = pre_update_record(before.forces, before.latent_force_stds, labelled, sigma_n,
                                    reported_stds=before.force_stds)
     chosen = choose_atoms(np.asarray(request["stds"]), add_threshold_value(options, gp),
@@ -259,7 +332,6 @@ def learn(request: dict[str, Any]) -> tuple[bytes, float, float | None]:
     retrain = add_and_retrain(gp, labelled, chosen, options, calls=state.calls, samples=state.samples,
                               reference_energies=state.reference_energies)
     warnings = list(retrain.warnings)
-    out = Path(request["output_dir"])
     switch = None
     if switch_due(gp, options):
         t = time.perf_counter()
@@ -273,9 +345,7 @@ def learn(request: dict[str, Any]) -> tuple[bytes, float, float | None]:
                  "%d coefficients, rank %d) in %.2f s", step, gp.n_training_environments, options.scalable_after,
                  gp.n_coefficients, gp.rank, switch["seconds"])
     payload = _save_model(state, Path(request["model_file"]), out / "models", step)
-    (out / "dft").mkdir(parents=True, exist_ok=True)
-    labelled.info["lammps_step"] = step
-    atomic_io.write_atoms(out / "dft" / f"frame_{step:09d}.extxyz", labelled)
+    state.files = state.file_signature()  # the fix's own writes are no outside change
     entry = {"step": step, "max_std_eV_per_A": float(request["max_std"]),
              "threshold_eV_per_A": threshold, "max_local_energy_std_eV": request.get("max_local_energy_std"),
              "local_energy_threshold_eV": le_threshold, "fired": request.get("fired"),
