@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk
+from ase.calculators.emt import EMT
 
 import otfgp
 from otfgp import KernelMatrixError
@@ -178,3 +179,31 @@ def test_numpy_bool_label_flags_are_flags():
     assert gp.n_labels == 3 and gp.training_structure(0)["energy"] is None
     gp.add_training_data(atoms, forces=np.False_, energy=np.True_)
     assert gp.training_structure(1)["energy"] == pytest.approx(atoms.get_potential_energy(), rel=1e-12)
+
+
+def test_a_threebody_cutoff_typo_is_named_not_an_out_of_memory():
+    """30 for 3.0: about 6800 neighbours per Al atom, 23 million triplets each, once ate all
+    the memory; the per-centre limit names the cutoff before anything is allocated, in the
+    structure path (training, prediction) and in the per-centre MD path."""
+    gp = otfgp.GaussianProcess(["Al"], {"twobody": 5.0, "threebody": 30.0})
+    atoms = displaced_al(np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"neighbours within the 3-body cutoff 30.0+ A .*is it a typo"):
+        gp.add_training_data(atoms, atom_indices=[0])
+    assert gp.n_labels == 0
+    dimer = Atoms("Al2", positions=[[0, 0, 0], [0, 0, 2.6]], cell=[40, 40, 40], pbc=False)
+    dimer.calc = EMT()
+    gp.add_training_data(dimer)  # one neighbour: trainable, then asked about the bulk
+    gp.train(optimize=False)
+    with pytest.raises(ValueError, match="is it a typo"):
+        gp.predict(atoms)
+    with pytest.raises(ValueError, match="is it a typo"):  # the per-centre path of LAMMPS
+        gp.core.predict_local(*gp._structure_arrays(atoms), True)
+
+
+def test_model_file_paths_that_are_directories(al_gp, tmp_path):
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(ValueError, match="adir is a directory, not a model file"):
+        otfgp.GaussianProcess.load(tmp_path / "adir")
+    with pytest.raises(ValueError, match="cannot move model file into place"):
+        al_gp.save(tmp_path / "adir")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir"]  # no .tmp left behind

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
+
+#include "errors.h"
 
 namespace otfgp {
 
@@ -40,6 +43,18 @@ void Cluster::edge_gradient(int m, int a, double out[3]) const {
   const int va = kEdgeVertices[m][0], vb = kEdgeVertices[m][1];
   const double sign = (atoms[vb] == a ? 1.0 : 0.0) - (atoms[va] == a ? 1.0 : 0.0);
   for (int t = 0; t < 3; ++t) out[t] = sign * edge[m][t] / d[m];
+}
+
+void check_triplet_count(const NeighborList& nl, int row, int key, double cutoff3) {
+  double near = 0;
+  for (int q = nl.offsets[row]; q < nl.offsets[row + 1]; ++q) near += nl.items[q].d < cutoff3 ? 1 : 0;
+  const double candidates = 0.5 * near * (near - 1.0);
+  if (candidates > kMaxTripletsPerCentre)
+    throw InputError("atom " + std::to_string(key) + " has " + std::to_string(static_cast<long long>(near)) +
+                     " neighbours within the 3-body cutoff " + std::to_string(cutoff3) + " A (" +
+                     std::to_string(static_cast<long long>(candidates)) + " candidate triplets, more than " +
+                     std::to_string(static_cast<long long>(kMaxTripletsPerCentre)) +
+                     "): 3-body cutoffs are a few Angstrom; is it a typo?");
 }
 
 ClusterSet build_clusters(const Structure& s, const NeighborList& nl, double cutoff2,
@@ -114,6 +129,7 @@ ClusterSet build_clusters(const std::vector<int>& centre_keys, const std::vector
   cs.triplet_offsets.assign(n + 1, 0);
   std::vector<int> near3;  // neighbours of i inside the 3-body cutoff
   for (int row = 0; row < n; ++row) {
+    if (cutoff3 > 0) check_triplet_count(nl, row, centre_keys[row], cutoff3);
     append_row_clusters(row, centre_keys[row], key_species, nl, cutoff2, cutoff3, n_species, cs.pairs,
                         cs.triplets, near3);
     cs.pair_offsets[row + 1] = static_cast<int>(cs.pairs.size());

@@ -67,6 +67,18 @@ void append_row_clusters(int row, int key, const std::vector<int>& key_species, 
                          double cutoff2, double cutoff3, int n_species, std::vector<Cluster>& pairs,
                          std::vector<Cluster>& triplets, std::vector<int>& near3);
 
+// Largest number of neighbour pairs one centre may have inside the 3-body cutoff (its
+// candidate triplets): 450 neighbours, an Al cutoff of about 12 A, where 3-body cutoffs are
+// 3-6 A. Beyond it a cutoff typo (30 for 3.0) would exhaust the memory (~200 bytes a
+// triplet) instead of being named.
+constexpr double kMaxTripletsPerCentre = 1e5;
+
+// InputError naming the centre of row `row` (identity key `key`) when it has more
+// candidate triplets than kMaxTripletsPerCentre, before anything is allocated. The
+// per-centre MD path calls it for every row before its OpenMP region, where an exception
+// could not propagate.
+void check_triplet_count(const NeighborList& nl, int row, int key, double cutoff3);
+
 // Smallest interatomic distance accepted anywhere (Angstrom).
 constexpr double kMinDistance = 0.5;
 

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -308,13 +309,20 @@ void save_model(const Model& m, const std::string& path) {
     if (!f) throw ModelFileError("cannot write model file " + tmp);
     f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
     f.flush();
-    if (!f) throw ModelFileError("error writing model file " + tmp);
+    if (!f) {
+      std::remove(tmp.c_str());  // a partial file left behind would look like a model
+      throw ModelFileError("error writing model file " + tmp);
+    }
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0)
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
     throw ModelFileError("cannot move model file into place: " + path);
+  }
 }
 
 Model load_model(const std::string& path) {
+  // a directory opens as a stream on Linux and reads as empty: say what it is
+  if (std::filesystem::is_directory(path)) throw ModelFileError(path + " is a directory, not a model file");
   std::ifstream f(path, std::ios::binary);
   if (!f) throw ModelFileError("cannot open model file " + path);
   std::ostringstream ss;

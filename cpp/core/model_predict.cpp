@@ -255,6 +255,8 @@ LocalPrediction Model::predict_local(const LocalEnvironments& env, bool mean, Va
   // Clusters are built centre by centre into per-thread buffers that keep their capacity:
   // materialising every atom's clusters at once cost a large allocation (and page faults)
   // per MD step.
+  if (cutoff3_ > 0)
+    for (int row = 0; row < n; ++row) check_triplet_count(env.neighbors, row, env.centre_keys[row], cutoff3_);
 #pragma omp parallel
   {
     ClusterSet cs;  // one centre at a time: row 0
