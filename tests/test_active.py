@@ -160,6 +160,7 @@ def test_label_keeps_the_forces_of_fixed_atoms():
     ({"max_iterations": -1}, "max_iterations"),
     ({"label_max_force": -1.0}, "label_max_force"),
     ({"bogus": 1}, "unknown active-learning options"),
+    ({"seed": -1}, "seed must be a non-negative integer"),  # numpy's generators refuse it after a label
 ])
 def test_bad_options_are_named(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -171,6 +172,7 @@ def test_bad_options_are_named(bad, match):
     ({"optimizer": "newton"}, "optimizer"),
     ({"steps": 0}, "steps"),
     ({"max_step": -0.1}, "max_step"),
+    ({"optimizer_options": {"maxstp": 0.1}}, "optimizer_options .* do not fit the bfgs optimizer"),
 ])
 def test_bad_relax_settings_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -217,6 +219,15 @@ def test_cli_relaxes_and_resumes_a_finished_run(tmp_path, capsys):
     assert main(["active", "--resume", str(run)]) == 0  # finished: nothing more to label
     assert json.loads((run / "result.json").read_text())["oracle_calls"] == result["oracle_calls"]
     assert main(["active", cfg]) == 2  # the directory holds a run
+    # run_config.json is the only place to give a finished run more iterations: a bad edit is
+    # a config error naming it, not a traceback
+    saved = json.loads((run / "run_config.json").read_text())
+    for key, value, match in (("max_iterations", "40", "max_iterations must be a non-negative integer"),
+                              ("bogus", 1, "unknown key active.bogus")):
+        edited = {**saved, "active": {**saved["active"], key: value}}
+        (run / "run_config.json").write_text(json.dumps(edited))
+        assert main(["active", "--resume", str(run)]) == 2
+        assert match in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("active, match", [
@@ -288,3 +299,52 @@ def test_a_batch_labelled_through_a_process_pool(tmp_path):
     assert result.oracle_calls == result.labels == 1 + 3 * result.iterations
     frames = sorted((tmp_path / "labels" / "iteration_0001").glob("frame_*/labelled.traj"))
     assert len(frames) == 3
+
+
+@pytest.mark.parametrize("break_it, match", [
+    (lambda a: a.positions.__setitem__((3, 0), np.nan), "position of atom 3 is not finite"),
+    (lambda a: a.set_constraint(FixAtoms(indices=range(len(a)))), "fix every atom"),
+])
+def test_starting_structures_that_would_cost_oracle_calls_first(break_it, match):
+    """A NaN position failed inside the labeller (retries included); a slab with every atom
+    fixed spent a call and reported convergence with nothing trained."""
+    atoms = adatom_slab()
+    break_it(atoms)
+    with pytest.raises(ValueError, match=match):
+        RelaxTask(atoms)
+
+
+def test_an_iteration_0_without_labels_is_redone_on_resume(tmp_path):
+    """With on_failure="skip" the only frame of iteration 0 failing left an untrained model
+    checkpointed as done: iteration 1 crashed inside the optimiser, and no resume recovered."""
+    broken = Counting(fail_on={1, 2})
+    with pytest.raises(BatchLabelError, match="injected failure"):
+        with ActiveLearner(model(), broken, RelaxTask(adatom_slab(), fmax=FMAX), tmp_path / "run",
+                           on_failure="skip", retries=1, **FAST) as learner:
+            learner.run()
+    fixed = Counting()
+    with ActiveLearner(model(), fixed, RelaxTask(adatom_slab(), fmax=FMAX), tmp_path / "run",
+                       on_failure="skip", resume=True, **FAST) as learner:
+        assert learner.iteration == -1  # iteration 0 is not done
+        result = learner.run()
+    assert result.converged and result.failed_attempts == 2 and fixed.calls == result.labels
+
+
+def test_reused_labels_join_the_energy_history_on_resume(tmp_path):
+    """A label stored by the interrupted run was left out of the label checks' energy
+    history of the resumed one, which then judged later labels against fewer."""
+    from otfgp.batch import label_batch
+    from otfgp.label_checks import LabelChecks
+    from otfgp.learning import LearningOptions
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    frames = [adatom_slab(seed) for seed in range(2)]
+    with ThreadPoolExecutor(1) as pool:
+        label_batch(frames, "emt", tmp_path / "batch", executor=pool)
+        checks = LabelChecks(LearningOptions(), "emt", tmp_path)
+        again = label_batch(frames, "emt", tmp_path / "batch", executor=pool, checks=checks)
+    assert sorted(again.reused) == [0, 1]
+    (key, seen), = checks.energy_ranges.items()
+    energies = [f.get_potential_energy() / len(f) for f in again.frames]
+    assert (seen.low, seen.high) == pytest.approx((min(energies), max(energies)), rel=1e-12)

@@ -205,3 +205,44 @@ def test_bad_task_arguments_are_named():
     with pytest.raises(ValueError, match="fmax must be a positive number, got None"):
         NEBTask(initial, final, fmax=None)  # required, unlike the optional skip_std
     assert NEBTask(initial, final, skip_std=None).skip_std is None
+    with pytest.raises(ValueError, match="climb must be true or false"):
+        NEBTask(initial, final, climb="false")  # bool("false") turned climbing on
+    with pytest.raises(ValueError, match="the same structure"):
+        NEBTask(initial, initial.copy())
+    with pytest.raises(ValueError, match="multiple of pool_every"):
+        MDTask(initial, steps=3, pool_every=5)  # it used to run no step at all
+
+
+@pytest.mark.parametrize("make_task", [
+    lambda: MDTask(adatom_endpoints()[0], steps=10, pool_every=2, seed=1),
+    lambda: NEBTask(*adatom_endpoints(), n_images=3, steps=20, relax_steps=20),
+])
+def test_resume_after_a_failed_label_simulates_the_same_pool(tmp_path, make_task):
+    """MD and NEB move their state in simulate(): a failure used to checkpoint the moved
+    state, so the resumed iteration simulated another pool, clashed with the labels stored
+    for it and could never go on."""
+    from otfgp.batch import BatchLabelError
+
+    options = dict(batch_size=2, query="random", max_iterations=1, retries=0, **FAST)
+
+    class Failing:
+        def __init__(self, fail_on):
+            self.calls, self.fail_on = 0, fail_on
+
+        def __call__(self, atoms):
+            self.calls += 1
+            if self.calls == self.fail_on:
+                raise RuntimeError("injected failure")
+            return EMT()
+
+    clean = Failing(0)
+    with ActiveLearner(model(), clean, make_task(), tmp_path / "clean", **options) as learner:
+        reference = learner.run()
+    broken = Failing(reference.labels)  # the last iteration's last label
+    with pytest.raises(BatchLabelError):
+        with ActiveLearner(model(), broken, make_task(), tmp_path / "run", **options) as learner:
+            learner.run()
+    again = Failing(0)
+    with ActiveLearner(model(), again, make_task(), tmp_path / "run", resume=True, **options) as learner:
+        result = learner.run()
+    assert result.labels == reference.labels and again.calls == 1  # only the failed label is redone

@@ -259,8 +259,8 @@ def label_batch(
             labeller gives it for a periodic cell, ``False`` not asked for).
         checks: label sanity checks (:class:`otfgp.label_checks.LabelChecks`). Each job
             checks against the energy history as it was before the batch (frames of one
-            batch are not compared with each other); the accepted frames then join the
-            history here. Rejected frames are quarantined with the batch index as step.
+            batch are not compared with each other); the accepted frames, and those
+            reused from an interrupted run, then join the history here. Rejected frames are quarantined with the batch index as step.
         max_workers: size of the default process pool.
 
     Returns:
@@ -306,8 +306,8 @@ def label_batch(
         finally:
             if own:
                 pool.shutdown(wait=True)
-    if checks is not None:
-        for i in sorted(set(result.indices) - set(result.reused)):
+    if checks is not None:  # reused ones too: the run that stored them kept its history in memory
+        for i in result.indices:
             checks.accept(result.frames[i])
     result.failures.sort(key=lambda f: f.index)
     for failure in result.failures:

@@ -466,9 +466,12 @@ def label(frame: Atoms, labeller: Labeller, stress: bool | None = False,
 
 def _check_labels(results: Mapping[str, Any], n_atoms: int, stress: bool | None) -> None:
     forces = np.asarray(results.get("forces"), dtype=float)
-    if forces.shape != (n_atoms, 3) or not np.all(np.isfinite(forces)):
-        raise LabellerError(f"labeller returned unusable labels: forces of shape {forces.shape} "
-                            f"(need ({n_atoms}, 3)) or with NaN/inf")
+    if forces.shape != (n_atoms, 3):
+        raise LabellerError(f"labeller returned unusable labels: forces of shape {forces.shape}, "
+                            f"need ({n_atoms}, 3)")
+    if not np.all(np.isfinite(forces)):
+        bad = int(np.argwhere(~np.isfinite(forces))[0][0])
+        raise LabellerError(f"labeller returned unusable labels: the force on atom {bad} is NaN or inf")
     if "energy" in results and not math.isfinite(float(results["energy"])):
         raise LabellerError("labeller returned unusable labels: energy is NaN or inf")
     if stress or (stress is None and "stress" in results):

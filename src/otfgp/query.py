@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 from ase import Atoms
 
-from .arguments import count
+from .arguments import count, positive_number
 from .gp import GaussianProcess
 from .learning import choose_atoms
 
@@ -96,6 +96,7 @@ def greedy_variance_batch(model: GaussianProcess, pool: Sequence[Atoms], k: int,
     """
     k = _check_k(pool, k)
     count("atoms_per_frame", atoms_per_frame, allow_none=True)
+    positive_number("min_std", min_std)
     if k == 0:
         return []
     fantasy = model.copy()

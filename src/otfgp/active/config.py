@@ -125,8 +125,17 @@ def run_active(cfg: Mapping[str, Any], run_dir: Path, atoms: "Atoms", resume: bo
     from .loop import ActiveLearner
 
     active = cfg["active"]
-    task = build_task(atoms, active)
-    options = {k: active[k] for k in OPTION_KEYS if k in active}
+    # a resumed run reads its run_config.json, which a user may have edited: its errors are
+    # config errors naming the file's section, found before any labeller call
+    try:
+        _check_keys(active, active_keys(), "active")
+        task = build_task(atoms, active)
+        options = {k: active[k] for k in OPTION_KEYS if k in active}
+        ActiveOptions.from_dict(options)
+    except KeyError as exc:
+        raise ConfigError(f"[active]: {exc.args[0]!r} missing") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[active]: {exc}") from None
     labeller = dict(cfg["labeller"])  # a specification: each job builds it in its own directory
     executor = _default_executor(active["workers"], active["workers"]) if active["workers"] > 1 else None
     try:

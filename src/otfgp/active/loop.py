@@ -35,6 +35,7 @@ kernel size (the exact GP's cost grows with the square of the training set).
 """
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -126,8 +127,7 @@ class ActiveOptions:
                           ("retries", 0), ("keep_checkpoints", 1)):
             count(name, getattr(self, name), low)
         count("optimize_until_calls", self.optimize_until_calls, 0, allow_none=True)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        count("seed", self.seed, 0)  # numpy's random generators take no negative seed
         choices = {"query": QUERIES, "train_atoms": ("free", "all"), "on_failure": ("raise", "skip")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -314,6 +314,10 @@ class ActiveLearner:
         t0 = time.perf_counter()
         timing: dict[str, float] = {}
         pool: list[Atoms] = []
+        # the task as the iteration finds it: a labelling failure checkpoints this, not the
+        # state its simulation moved on to (MD, NEB), so the resumed iteration simulates the
+        # same pool and reuses the labels stored for it
+        task_state = copy.deepcopy(self.task.state())
         if iteration == 0:
             special = list(self.task.initial_frames())
             check_species(self.model.species, special)
@@ -330,7 +334,7 @@ class ActiveLearner:
         frames = special + [pool[i] for i in queried]
         predictions = [self._predict(f) for f in frames]
         t = time.perf_counter()
-        batch = self._label(frames, predictions, iteration)
+        batch = self._label(frames, predictions, iteration, task_state)
         timing["labelling"] = time.perf_counter() - t
         labelled = batch.frames
         n_special = len(special)
@@ -339,6 +343,14 @@ class ActiveLearner:
         converged, metrics = self.task.converged(data)
         t = time.perf_counter()
         self._train(batch)
+        if not self.model.trained:
+            # nothing to simulate with: checkpointed as not done (its failed calls counted),
+            # so a resume redoes it
+            self._write_checkpoint(task_state)
+            if batch.failures:
+                raise BatchLabelError(batch)
+            raise RuntimeError(f"iteration {iteration} gave the model no training data: no labelled frame "
+                               f"has atoms to train on ({self.options.train_atoms} atoms)")
         timing["training"] = time.perf_counter() - t
         timing["total"] = time.perf_counter() - t0
         self.iteration = iteration
@@ -400,8 +412,11 @@ class ActiveLearner:
             return None
         return self.model.predict(_structure(frame), variance="exact")
 
-    def _label(self, frames: list[Atoms], predictions: list[Prediction | None], iteration: int) -> BatchResult:
-        """Label the batch (reusing what an interrupted run stored) and count the calls."""
+    def _label(self, frames: list[Atoms], predictions: list[Prediction | None], iteration: int,
+               task_state: Mapping[str, Any]) -> BatchResult:
+        """Label the batch (reusing what an interrupted run stored) and count the calls.
+        ``task_state``: the task's state before this iteration's simulation, which a failure
+        checkpoints."""
         jobs = []
         for frame, pred in zip(frames, predictions):
             job = frame.copy()
@@ -424,7 +439,7 @@ class ActiveLearner:
         if batch.failures and self.options.on_failure == "raise":
             # the labels of this batch are stored in their job directories and counted when
             # the resumed run reuses them; the failed calls are counted now
-            self._write_checkpoint()
+            self._write_checkpoint(task_state)
             raise BatchLabelError(batch)
         self.labels += len(batch.indices)
         for i in batch.indices:
@@ -452,7 +467,9 @@ class ActiveLearner:
             retrain(self.model, options, calls=self.labels, reference_energies=self.reference_energies)
 
     # ----------------------------------------------------------------- checkpoints
-    def _write_checkpoint(self) -> None:
+    def _write_checkpoint(self, task_state: Mapping[str, Any] | None = None) -> None:
+        """Checkpoint the run after the last completed iteration; ``task_state`` (default
+        the task's current state) is the task's part."""
         self._checkpoint_index += 1
         state = {
             "version": 1,
@@ -462,7 +479,7 @@ class ActiveLearner:
             "model": f"model_{self._checkpoint_index:05d}.otfgp",
             "checkpoint_index": self._checkpoint_index,
             "task_name": self.task.name,
-            "task": self.task.state(),
+            "task": self.task.state() if task_state is None else task_state,
             "labels": self.labels,
             "failed_attempts": self.failed_attempts,
             "converged": self.converged,

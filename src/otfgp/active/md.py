@@ -32,7 +32,7 @@ from ase.calculators.calculator import BaseCalculator
 
 from .. import _core
 from ..arguments import count, positive_number
-from .task import IterationData, bare_frame
+from .task import IterationData, bare_frame, check_task_atoms
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,10 @@ class MDTask:
     def __init__(self, atoms: Atoms, steps: int = 200, dynamics: DynamicsFactory | None = None,
                  temperature: float = 300.0, pool_every: int = 5, target_std: float | None = None,
                  target_error: float | None = None, stop_std: float | None = None, seed: int = 0) -> None:
-        if not isinstance(atoms, Atoms) or len(atoms) == 0:
-            raise ValueError("atoms must be a non-empty ase.Atoms")
+        check_task_atoms("atoms", atoms)
         self.steps, self.pool_every = count("steps", steps), count("pool_every", pool_every)
+        if self.steps % self.pool_every:  # the MD runs in pool_every chunks, one snapshot each
+            raise ValueError(f"steps ({steps}) must be a multiple of pool_every ({pool_every})")
         self.temperature = positive_number("temperature", temperature)
         self.target_std = positive_number("target_std", target_std)
         self.target_error = positive_number("target_error", target_error)

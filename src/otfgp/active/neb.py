@@ -48,8 +48,8 @@ from ase import Atoms
 from ase.calculators.calculator import BaseCalculator
 
 from .. import _core
-from ..arguments import count, positive_number
-from .task import IterationData, bare_frame, free_atoms
+from ..arguments import count, flag, positive_number
+from .task import IterationData, bare_frame, check_task_atoms, free_atoms, same_structure
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +86,13 @@ class NEBTask:
                  skip_std: float | None = None, max_skip_move: float = 0.01, climb: bool = True,
                  reuse_band: bool = True) -> None:
         for end, label in ((initial, "initial"), (final, "final")):
-            if not isinstance(end, Atoms) or len(end) == 0:
-                raise ValueError(f"{label} must be a non-empty ase.Atoms")
+            check_task_atoms(label, end)
         if len(initial) != len(final) or not np.array_equal(initial.numbers, final.numbers):
             raise ValueError("initial and final must hold the same atoms in the same order")
-        if not np.allclose(initial.cell.array, final.cell.array):
-            raise ValueError("initial and final must have the same cell")
+        if not np.allclose(initial.cell.array, final.cell.array) or not np.array_equal(initial.pbc, final.pbc):
+            raise ValueError("initial and final must have the same cell and periodicity")
+        if same_structure(initial, final):
+            raise ValueError("initial and final are the same structure: there is no path between them")
         self.n_images = count("n_images", n_images, 3)
         self.fmax = positive_number("fmax", fmax, allow_none=False)
         self.energy_tol = positive_number("energy_tol", energy_tol, allow_none=False)
@@ -102,8 +103,8 @@ class NEBTask:
         self.pool_every = count("pool_every", pool_every, 1)
         self.skip_std = positive_number("skip_std", skip_std)
         self.max_skip_move = positive_number("max_skip_move", max_skip_move, allow_none=False)
-        self.climb = bool(climb)
-        self.reuse_band = bool(reuse_band)
+        self.climb = flag("climb", climb)
+        self.reuse_band = flag("reuse_band", reuse_band)
         self.template = bare_frame(initial)
         # the band: n_images position arrays; the end points are where the next relaxation starts
         self.band = self._interpolate(np.array(initial.positions), np.array(final.positions))

@@ -24,7 +24,7 @@ from ase import Atoms
 from ase.calculators.calculator import BaseCalculator, Calculator, all_changes
 
 from ..arguments import count, flag, positive_number
-from .task import IterationData, bare_frame, max_force
+from .task import IterationData, bare_frame, check_task_atoms, max_force
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +105,13 @@ class RelaxTask:
         for key, value in (("fmax", fmax), ("model_fmax", model_fmax), ("max_step", max_step)):
             positive_number(key, value)
         count("steps", steps)
-        optimizer_class(optimizer)  # an unknown name fails here, not at the first iteration
-        if not isinstance(atoms, Atoms) or len(atoms) == 0:
-            raise ValueError("atoms must be a non-empty ase.Atoms")
+        check_task_atoms("atoms", atoms)
+        # an unknown name or option fails here, not after the first oracle call
+        try:
+            optimizer_class(optimizer)(bare_frame(atoms), logfile=None, **dict(optimizer_options or {}))
+        except TypeError as exc:
+            raise ValueError(f"optimizer_options {dict(optimizer_options or {})} do not fit the {optimizer} "
+                             f"optimizer: {exc}") from exc
         self.atoms = atoms
         self.fmax = float(fmax)
         self.optimizer = optimizer

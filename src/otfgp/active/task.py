@@ -95,6 +95,23 @@ class Task(Protocol):
 
 
 # ---------------------------------------------------------------------- constraint helpers
+def check_task_atoms(name: str, atoms: Any) -> None:
+    """ValueError naming ``name`` unless ``atoms`` is a structure a task can start from: a
+    non-empty ``ase.Atoms`` with finite positions and cell and at least one atom its
+    constraints leave free. Checked when the task is made: each would otherwise cost oracle
+    calls first (a NaN position fails inside the labeller, retries included; with every atom
+    fixed nothing is ever trained on)."""
+    if not isinstance(atoms, Atoms) or len(atoms) == 0:
+        raise ValueError(f"{name} must be a non-empty ase.Atoms")
+    if not np.isfinite(atoms.positions).all():
+        bad = int(np.argwhere(~np.isfinite(atoms.positions))[0][0])
+        raise ValueError(f"{name}: the position of atom {bad} is not finite (NaN or inf)")
+    if not np.isfinite(atoms.cell.array).all():
+        raise ValueError(f"{name}: the cell contains NaN or inf")
+    if free_atoms(atoms).size == 0:
+        raise ValueError(f"{name}: its constraints fix every atom, so nothing would move or be trained on")
+
+
 def free_atoms(atoms: Atoms) -> np.ndarray:
     """Indices of the atoms whose forces the constraints leave free (not every component
     zeroed: ``FixAtoms`` removes an atom, ``FixCartesian`` on one axis does not)."""
