@@ -200,3 +200,77 @@ def test_a_different_system_never_restarts(change):
         b.pbc = [True, True, False]
     assert max_displacement(a, b) is None
     assert should_restart(a, b, 10.0) == (False, None)
+
+
+needs_pw = pytest.mark.skipif(shutil.which("pw.x") is None, reason="needs Quantum ESPRESSO's pw.x")
+
+
+@needs_pw
+@pytest.mark.parametrize("settings, match", [
+    ({"kpts": [2.7, 1.5, 2]}, "kpts must be a positive integer"),  # ASE wrote 2 1 2 without a word
+    ({"kpts": 2}, "kpts must be three integers"),
+    ({"koffset": [2, 5, -1]}, "koffset must be three values 0 or 1"),
+    ({"ecutwfc": float("nan")}, "ecutwfc must be a positive number"),
+    ({"ecutwfc": "abc"}, "ecutwfc must be a positive number"),
+    ({"conv_thr": -1.0}, "conv_thr must be a positive number"),
+    ({"smearing": "gausian"}, "smearing must be one of"),
+    ({"input_data": {"sytem": {"nspin": 2}}}, "'sytem' is not a pw.x namelist"),  # pw.x ignored it
+    ({"input_data": "abc"}, "input_data must be a table"),
+])
+def test_espresso_settings_pw_x_would_misread_are_refused(tmp_path, settings, match):
+    with pytest.raises(ValueError, match=match):
+        make_labeller({"type": "espresso", **settings}, directory=tmp_path)
+
+
+@needs_pw
+def test_relative_paths_are_made_absolute_for_pw_x(tmp_path, monkeypatch):
+    """pw.x runs in the labeller's directory: a relative pseudo_dir was read from there, and
+    pw.x silently fell back to its own default pseudopotentials."""
+    (tmp_path / "pseudo").mkdir()
+    from otfgp.labellers.espresso import DEFAULT_PSEUDO_DIR
+
+    shutil.copy(Path(DEFAULT_PSEUDO_DIR) / "Al.pz-vbc.UPF", tmp_path / "pseudo")
+    monkeypatch.chdir(tmp_path)
+    calc = make_labeller({"type": "espresso", "pseudo_dir": "pseudo"}, directory=tmp_path / "run" / "pw")
+    assert calc.profile.pseudo_dir == str(tmp_path / "pseudo")
+
+
+def test_labeller_results_that_cannot_be_labels_are_named():
+    atoms = bulk("Al", "fcc", a=4.05, cubic=True)
+    forces = np.zeros((4, 3))
+    for result, match in (({"forces": forces, "energy": np.zeros(4)}, "energy .* of shape \\(4,\\)"),
+                          ({"forces": forces, "energy": "abc"}, "energy 'abc'"),
+                          ({"forces": forces, "energy": None}, "energy None"),
+                          ({"forces": "abc"}, "forces 'abc'"),
+                          ({"energy": 1.0}, "no forces")):
+        with pytest.raises(otfgp.LabellerError, match=match):
+            label(atoms, lambda a, r=result: r)
+
+
+def test_a_partial_labeller_is_named_by_its_function():
+    import functools
+
+    from otfgp.label_checks import labeller_name
+
+    assert labeller_name(functools.partial(make_labeller, "emt")) == "otfgp.labellers:make_labeller"
+
+
+def test_config_labellers_that_cannot_be_built_are_config_errors(tmp_path):
+    from otfgp.builders import build_labeller
+
+    for spec, match in (({"type": "nosuchmodule_xyz:func"}, "nosuchmodule_xyz"), ({"type": "os:nosuchfunc"},
+                                                                                   "nosuchfunc")):
+        with pytest.raises(ConfigError, match=match):
+            build_labeller(spec, tmp_path)
+
+
+def test_one_atom_with_a_temperature_is_refused_before_any_dft():
+    """Its only momentum zeroed, it has no degrees of freedom: the thermostat then divided
+    by zero and the run died on NaN positions after the first DFT call."""
+    from otfgp.builders import set_velocities
+
+    atoms = bulk("Al", "fcc", a=4.05)
+    with pytest.raises(ConfigError, match="0 degrees of freedom"):
+        set_velocities(atoms, {"temperature_K": 300.0, "seed": 0})
+    set_velocities(atoms, {"temperature_K": 300.0, "seed": 0, "zero_momentum": False})
+    assert atoms.get_kinetic_energy() > 0

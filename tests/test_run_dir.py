@@ -402,3 +402,73 @@ def test_python_resume_overrides_are_recorded(tmp_path):
     history = json.loads((out / "overrides.json").read_text())
     assert history == [{"time": history[0]["time"], "step": 3, "checkpoint": history[0]["checkpoint"],
                         "otf": {"relative_threshold": 2.0}}]
+
+
+# --------------------------------------------------------------------------- stored DFT frames on resume
+CALLS: list[str] = []
+
+
+def _emt_twice(atoms):
+    """Another labeller than _emt (twice EMT's forces), counting its calls."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    CALLS.append("twice")
+    probe = atoms.copy()
+    probe.calc = EMT()
+    return {"energy": 2 * probe.get_potential_energy(), "forces": 2 * probe.get_forces()}
+
+
+def _run_with_checkpoints(out: Path) -> tuple[list[int], int]:
+    with _otf(out, threshold=0.005) as otf:
+        otf.run(12)
+        calls = list(otf.dft_calls)
+    kept = sorted(int(p.stem.split("_")[1]) for p in (out / "checkpoint").glob("model_*.otfgp"))
+    return calls, kept[0]
+
+
+def test_a_labeller_changed_on_resume_relabels_the_stored_frames(tmp_path):
+    """Going back to a checkpoint with another labeller reused the first labeller's stored
+    frames of the later steps (their labels are the old labeller's); now they are labelled
+    again, and the old files stay beside the new ones."""
+    out = tmp_path / "run"
+    calls, oldest = _run_with_checkpoints(out)
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    CALLS.clear()
+    with otfgp.OTF.resume(out, _dynamics(), _emt_twice, checkpoint=oldest) as otf:
+        start = otf.step
+        otf.run(12 - start)
+    later = [s for s in calls if s > start]
+    assert later and state["step"] > start
+    # up to the first later DFT step the resumed run repeats the first one exactly, so it
+    # calls DFT there, finds the old labeller's frame and labels it again
+    from ase.io import read
+
+    assert CALLS
+    new = read(out / "dft" / f"frame_{later[0]:07d}.traj")
+    kept = list((out / "dft").glob(f"frame_{later[0]:07d}.traj.labeller_*"))
+    assert new.info["labeller_id"] == otf.labeller_id and len(kept) == 1
+    old = read(kept[0], format="traj")
+    assert old.info["labeller_id"] != otf.labeller_id
+    np.testing.assert_allclose(new.get_forces(), 2 * old.get_forces(), rtol=1e-8)
+
+
+def test_a_torn_stored_frame_is_not_a_crash(tmp_path):
+    out = tmp_path / "run"
+    calls, oldest = _run_with_checkpoints(out)
+    with otfgp.OTF.resume(out, _dynamics(), _emt, checkpoint=oldest) as otf:
+        later = [s for s in calls if s > otf.step]
+        torn = out / "dft" / f"frame_{later[0]:07d}.traj"
+        torn.write_bytes(torn.read_bytes()[:100])
+        otf.run(12 - otf.step)  # the extxyz copy is reused instead
+        assert otf.dft_calls == calls
+
+
+def test_a_labeller_change_that_fails_is_not_recorded(tmp_path):
+    config = _config(tmp_path, steps=4)
+    assert _run_cli(["otf", str(config)], tmp_path).returncode == 0
+    before = (tmp_path / "run" / "run_config.json").read_bytes()
+    bad = _run_cli(["otf", "--resume", "run", "--set", 'labeller.type="espresso"', "--set",
+                    'labeller.pseudo_dir="/nonexistent"'], tmp_path)
+    assert bad.returncode == 2 and "pseudo" in bad.stderr, bad.stderr[-2000:]
+    assert (tmp_path / "run" / "run_config.json").read_bytes() == before  # later resumes still work
+    assert _run_cli(["otf", "--resume", "run"], tmp_path).returncode == 0

@@ -71,6 +71,11 @@ def set_velocities(atoms: "Atoms", md: Mapping[str, Any]) -> None:
     from ase.md.velocitydistribution import Stationary
 
     if md.get("temperature_K"):
+        if len(atoms) == 1 and md.get("zero_momentum", True):
+            # 3N - 3 = 0 degrees of freedom: the thermostats divide by them (NaN positions)
+            raise ConfigError("md.temperature_K: one atom with its momentum zeroed has no thermal motion "
+                              "(0 degrees of freedom); repeat the cell (structure.repeat) or set "
+                              "md.zero_momentum = false")
         maxwell_boltzmann(atoms, md["temperature_K"], np.random.default_rng(md.get("seed", 0)))
         if md.get("zero_momentum", True):
             Stationary(atoms)
@@ -271,5 +276,5 @@ def build_labeller(spec: Mapping[str, Any], run_dir: str | os.PathLike) -> "Base
 
     try:
         return make_labeller(spec, directory=Path(run_dir) / "pw")
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, OSError, ImportError, AttributeError) as exc:  # a setting, a file, a module:function
         raise ConfigError(f"[labeller]: {exc}") from exc

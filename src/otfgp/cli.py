@@ -251,7 +251,8 @@ def _new_run(cfg: dict[str, Any], config_path: Path, run_dir: Path) -> int:
     atoms = build_structure(cfg["structure"])
     _check_structure_species(cfg, atoms)
     model = build_model(cfg["model"])
-    labeller = build_labeller(cfg["labeller"], run_dir)
+    build_labeller(cfg["labeller"], run_dir)  # its errors now, before the run directory is prepared
+    labeller = cfg["labeller"]  # the OTF builds it the same way and fingerprints the whole specification
     _prepare_run_dir(cfg, config_path, run_dir)
     write(run_dir / INITIAL_STRUCTURE, atoms, format="extxyz")
     set_velocities(atoms, cfg["md"])
@@ -288,15 +289,16 @@ def _resume(args: argparse.Namespace, run_dir: Path) -> int:
             summary["stages"] = read_stages_state(run_dir).get("dft_calls_per_stage", [])
         print(format_summary(summary))
         return 0
-    if changed:
-        write_json(run_dir / RUN_CONFIG, cfg, indent=2)  # later resumes keep the new settings
-        print(f"otfgp: changed settings on resume: {json.dumps(changed)} (recorded in {run_dir / RUN_CONFIG} "
-              f"and {run_dir / OVERRIDES_FILE})", file=sys.stderr)
     atoms = read(run_dir / INITIAL_STRUCTURE)
     atoms.calc = None
     set_velocities(atoms, cfg["md"])
     dyn = build_dynamics(atoms, cfg["md"])
-    labeller = build_labeller(cfg["labeller"], run_dir)
+    build_labeller(cfg["labeller"], run_dir)  # a changed labeller that fails is not recorded
+    labeller = cfg["labeller"]  # as for a new run (_new_run)
+    if changed:
+        write_json(run_dir / RUN_CONFIG, cfg, indent=2)  # later resumes keep the new settings
+        print(f"otfgp: changed settings on resume: {json.dumps(changed)} (recorded in {run_dir / RUN_CONFIG} "
+              f"and {run_dir / OVERRIDES_FILE})", file=sys.stderr)
     if state is not None:
         if "labeller" in changed:
             record_overrides(run_dir, {"step": state["step"], "checkpoint": state["checkpoint_index"],

@@ -29,6 +29,9 @@ The check functions (:func:`check_force_cap`, :func:`check_energy_cap`,
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import logging
 import math
 import os
@@ -193,7 +196,10 @@ class LabelRejected(LabellerError):
 
 def labeller_name(labeller: Any) -> str:
     """How messages name a labeller: its specification (``"module:function"``, ``"emt"``,
-    the ``type`` of a mapping), a function's ``module:qualname``, a calculator's class."""
+    the ``type`` of a mapping), a function's ``module:qualname`` (that of the function a
+    ``functools.partial`` wraps), a calculator's class."""
+    if isinstance(labeller, functools.partial):
+        return labeller_name(labeller.func)
     if isinstance(labeller, str):
         return labeller
     if isinstance(labeller, Mapping):
@@ -203,6 +209,18 @@ def labeller_name(labeller: Any) -> str:
     module = getattr(labeller, "__module__", None)
     name = getattr(labeller, "__qualname__", None) or type(labeller).__name__
     return f"{module}:{name}" if module else name
+
+
+def labeller_id(labeller: Any) -> str:
+    """A short fingerprint of a labeller as given: of its whole specification (a changed
+    k-point grid or cutoff is another labeller), else of its name (:func:`labeller_name`).
+    Stored with each DFT frame, so that a resumed run never reuses labels another labeller
+    made."""
+    if isinstance(labeller, (str, Mapping)):
+        text = json.dumps(labeller, sort_keys=True, default=str)
+    else:
+        text = labeller_name(labeller)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class LabelChecks:

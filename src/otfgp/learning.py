@@ -455,30 +455,47 @@ def label(frame: Atoms, labeller: Labeller, stress: bool | None = False,
                             "calculator or a dict with forces (and energy, stress)")
     except Exception as exc:  # any failure of the external program
         raise LabellerError(f"{type(exc).__name__}: {describe(exc)}", program_output(calc)) from exc
-    _check_labels(results, len(frame), stress)
     out = frame.copy()
-    out.calc = SinglePointCalculator(out, **{k: np.asarray(v, dtype=float) if k != "energy" else float(v)
-                                             for k, v in results.items()})
+    out.calc = SinglePointCalculator(out, **_checked_labels(results, len(frame), stress))
     if checks is not None:
         checks.check(out, step, frame.arrays.get("gp_forces"), frame.arrays.get("gp_force_stds"))
     return out
 
 
-def _check_labels(results: Mapping[str, Any], n_atoms: int, stress: bool | None) -> None:
-    forces = np.asarray(results.get("forces"), dtype=float)
+def _as_label(name: str, value: Any, scalar: bool = False) -> Any:
+    """A label as a float (``scalar``) or a float array, or a LabellerError naming it (a
+    per-atom energy array, a string or None would otherwise stop the run with a bare
+    conversion error)."""
+    try:
+        return float(value) if scalar else np.asarray(value, dtype=float)
+    except (TypeError, ValueError) as exc:
+        shape = getattr(value, "shape", None)
+        raise LabellerError(f"labeller returned unusable labels: {name} {value!r:.80}"
+                            + (f" of shape {shape}" if shape is not None else "") + f" ({exc})") from None
+
+
+def _checked_labels(results: Mapping[str, Any], n_atoms: int, stress: bool | None) -> dict[str, Any]:
+    """The labeller's results as floats, checked (LabellerError naming what is unusable)."""
+    out: dict[str, Any] = {k: _as_label(k, v, scalar=k == "energy") for k, v in results.items()}
+    forces = out.get("forces")
+    if forces is None:
+        raise LabellerError("labeller returned no forces")
     if forces.shape != (n_atoms, 3):
         raise LabellerError(f"labeller returned unusable labels: forces of shape {forces.shape}, "
                             f"need ({n_atoms}, 3)")
     if not np.all(np.isfinite(forces)):
         bad = int(np.argwhere(~np.isfinite(forces))[0][0])
         raise LabellerError(f"labeller returned unusable labels: the force on atom {bad} is NaN or inf")
-    if "energy" in results and not math.isfinite(float(results["energy"])):
+    if "energy" in out and not math.isfinite(out["energy"]):
         raise LabellerError("labeller returned unusable labels: energy is NaN or inf")
-    if stress or (stress is None and "stress" in results):
-        s = np.asarray(results.get("stress"), dtype=float)
+    if stress or (stress is None and "stress" in out):
+        s = out.get("stress")
+        if s is None:
+            raise LabellerError("labeller returned no stress, which was asked for")
         if s.shape not in ((6,), (3, 3)) or not np.all(np.isfinite(s)):
             raise LabellerError(f"labeller returned unusable labels: stress of shape {s.shape} "
                                 "(need 6 Voigt components) or with NaN/inf")
+    return out
 
 
 def program_output(calc: Any) -> str:

@@ -45,7 +45,7 @@ from .arguments import count, flag, positive_number
 from ._core import InputError
 from .calculator import GPCalculator
 from .gp import GaussianProcess
-from .label_checks import LabelChecks, LabelRejected, labeller_name
+from .label_checks import LabelChecks, LabelRejected, labeller_id, labeller_name
 from .labellers import make_labeller
 from .learning import (FORCE_DECISION_STDS, FrameUncertainty, LabellerError, Labeller, LearningOptions,
                        add_and_retrain, add_threshold_value, calibration_sample, check_species, choose_atoms,
@@ -246,6 +246,7 @@ class OTF:
         self.converged: bool | None = None
         self.model = model
         name = labeller_name(labeller)  # named as the user gave it, before a specification is built
+        self.labeller_id = labeller_id(labeller)  # stored with each DFT frame (_label)
         if isinstance(labeller, (str, Mapping)):
             labeller = make_labeller(labeller, directory=self.out / "pw")
         self.labeller = labeller
@@ -311,7 +312,22 @@ class OTF:
         for stored in (exact, path):  # the lossless copy first: extxyz keeps 8 decimals
             if not stored.exists():
                 continue
-            old = read(stored)
+            try:
+                old = read(stored)
+            except Exception as exc:  # a torn file of a killed run: the other copy, or a new label
+                log.warning("step %d: cannot read the stored DFT frame %s (%s: %s); not reusing it", self.step,
+                            stored, type(exc).__name__, exc)
+                continue
+            made_by = old.info.get("labeller_id")
+            if made_by is not None and made_by != self.labeller_id:
+                # the labeller changed on resume: its labels must come from it, and the old
+                # ones stay on disk beside the new
+                for old_file in (exact, path):
+                    if old_file.exists():
+                        old_file.replace(old_file.with_name(old_file.name + f".labeller_{made_by}"))
+                log.info("step %d: the stored DFT frame came from another labeller; labelling it again",
+                         self.step)
+                break
             if len(old) == len(frame) and np.allclose(old.positions, frame.positions, atol=1e-8):
                 log.info("step %d: reusing stored DFT labels from %s", self.step, stored)
                 # The labels from the stored copy, everything else from this step's frame as
@@ -320,6 +336,7 @@ class OTF:
                 reused = frame.copy()
                 reused.calc = SinglePointCalculator(reused, **old.calc.results)
                 reused.info["otf_step"] = self.step
+                reused.info["labeller_id"] = self.labeller_id
                 if not path.exists():
                     atomic_io.write_atoms(path, reused)
                 return reused
@@ -339,6 +356,7 @@ class OTF:
             finally:
                 self.timers.dft += time.perf_counter() - t
             out.info["otf_step"] = self.step
+            out.info["labeller_id"] = self.labeller_id
             # Lossless copy first (a resumed run then repeats the uninterrupted one exactly),
             # then the readable extxyz that users and dft_frames.extxyz read.
             atomic_io.write_atoms(exact, out, format="traj")

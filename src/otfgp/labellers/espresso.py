@@ -133,6 +133,50 @@ class RestartingEspresso(Espresso):
             f.write(json.dumps(call) + "\n")
 
 
+#: Smearing names pw.x knows (its input description, &SYSTEM smearing).
+SMEARINGS = ("gaussian", "gauss", "methfessel-paxton", "m-p", "mp", "marzari-vanderbilt", "cold", "m-v", "mv",
+             "fermi-dirac", "f-d", "fd")
+
+
+def _check_settings(kpts: Any, koffset: Any, ecutwfc: Any, ecutrho: Any, smearing: Any, degauss: Any,
+                    conv_thr: Any, mixing_beta: Any, electron_maxstep: Any, input_data: Any) -> None:
+    """ValueError naming the first pw.x setting that pw.x would misread or reject: ASE
+    truncates a k-point count of 2.7 to 2 without a word, pw.x ignores a misspelled namelist
+    and stops only at the first DFT call on the other mistakes."""
+    from ase.io.espresso_namelist.keys import ALL_KEYS
+
+    from ..arguments import count, positive_number
+
+    for name, grid in (("kpts", kpts), ("koffset", koffset)):
+        if isinstance(grid, (str, bytes)) or not hasattr(grid, "__len__") or len(grid) != 3:
+            raise ValueError(f"{name} must be three integers, got {grid!r}")
+    for k in kpts:
+        count("kpts", k)
+    if any(isinstance(k, bool) or k not in (0, 1) for k in koffset):
+        raise ValueError(f"koffset must be three values 0 or 1 (no shift or a half-step shift), got {koffset!r}")
+    for name, value, optional in (("ecutwfc", ecutwfc, False), ("ecutrho", ecutrho, True), ("degauss", degauss, False),
+                                  ("conv_thr", conv_thr, False), ("mixing_beta", mixing_beta, True)):
+        positive_number(name, value, allow_none=optional)
+    count("electron_maxstep", electron_maxstep, allow_none=True)
+    if smearing not in SMEARINGS:
+        raise ValueError(f"smearing must be one of {', '.join(SMEARINGS)}, got {smearing!r}")
+    if input_data is None:
+        return
+    if not isinstance(input_data, Mapping):
+        raise ValueError(f"input_data must be a table of namelists, got {input_data!r}")
+    for section, values in input_data.items():
+        if str(section).lower() not in ALL_KEYS["pw"]:
+            raise ValueError(f"input_data: {section!r} is not a pw.x namelist (pw.x would ignore it); use one of "
+                             f"{', '.join(ALL_KEYS['pw'])}")
+        if not isinstance(values, Mapping):
+            raise ValueError(f"input_data.{section} must be a table of settings, got {values!r}")
+        known = {k.lower() for k in ALL_KEYS["pw"][str(section).lower()]}
+        for key in values:
+            if str(key).split("(")[0].lower() not in known:
+                log.warning("input_data.%s.%s is not a pw.x setting ASE knows: pw.x stops at the first DFT call "
+                            "if it is misspelled", section, key)
+
+
 def espresso_calculator(
     directory: str | os.PathLike,
     pseudopotentials: Mapping[str, str] | None = None,
@@ -191,10 +235,8 @@ def espresso_calculator(
     pseudopotentials = dict(DEFAULT_PSEUDOPOTENTIALS if pseudopotentials is None else pseudopotentials)
     if not pseudopotentials:
         raise ValueError("pseudopotentials must name at least one element")
-    if len(tuple(kpts)) != 3 or any(int(k) < 1 for k in kpts):
-        raise ValueError(f"kpts must be three positive integers, got {kpts!r}")
-    if not ecutwfc or ecutwfc <= 0:
-        raise ValueError(f"ecutwfc must be positive, got {ecutwfc!r}")
+    _check_settings(kpts, koffset, ecutwfc, ecutrho, smearing, degauss, conv_thr, mixing_beta, electron_maxstep,
+                    input_data)
     restart_displacement = float(restart_displacement)
     if not restart_displacement >= 0:  # also NaN
         raise ValueError(f"restart_displacement must be >= 0 (A; 0: never restart), got {restart_displacement!r}")
@@ -202,14 +244,21 @@ def espresso_calculator(
     if pw is None:
         raise FileNotFoundError(f"Quantum ESPRESSO executable {pw_command!r} not found on PATH "
                                 "(Debian: apt-get install quantum-espresso quantum-espresso-data)")
+    # pw.x runs in `directory`: relative paths would be taken from there (a relative
+    # pseudo_dir then silently falls back to pw.x's own default pseudopotentials)
+    pw = os.path.abspath(pw)
+    pseudo_dir = Path(pseudo_dir).resolve()
     for symbol, fname in pseudopotentials.items():
         path = Path(pseudo_dir) / fname
         if not path.is_file():
             raise FileNotFoundError(f"pseudopotential for {symbol}: {path} not found "
                                     "(Debian: quantum-espresso-data)")
     argv = launch_command(pw, mpi_ranks, launcher=launcher, mpirun=mpirun, mpi_args=mpi_args)
-    if shutil.which(argv[0]) is None:
+    program = shutil.which(argv[0])
+    if program is None:
         raise FileNotFoundError(f"launcher program {argv[0]!r} (of {' '.join(argv)!r}) not found on PATH")
+    if os.sep in argv[0]:
+        argv[0] = os.path.abspath(program)
     command = shlex.join(argv)
     profile = CleanEnvEspressoProfile(command=command, pseudo_dir=str(pseudo_dir))
     # restarts need the density and wave functions on disk ('low': written once, at the end)
