@@ -410,7 +410,6 @@ CALLS: list[str] = []
 
 def _emt_twice(atoms):
     """Another labeller than _emt (twice EMT's forces), counting its calls."""
-
     CALLS.append("twice")
     probe = atoms.copy()
     probe.calc = EMT()
