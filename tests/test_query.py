@@ -105,18 +105,3 @@ def test_greedy_with_few_atoms_per_frame_and_bad_arguments(model):
         greedy_variance_batch(model, pool, 2, atoms_per_frame=0)
     with pytest.raises(ValueError, match="exceeds the pool"):
         max_uncertainty_batch(model, pool, 21)
-
-
-def test_only_the_atoms_that_would_be_trained_are_scored(model):
-    """A slab's fixed atoms get no labels, so their std never falls: scored, they decided
-    the ranking and the greedy query relabelled a frame already in the training set."""
-    from otfgp.query import per_atom_std
-
-    pool = pool_with_duplicates()
-    first = lambda frame: np.arange(4)  # noqa: E731 - the atoms a labelling would train on
-    expected = np.array([per_atom_std(model, f)[:4].max() for f in pool])
-    np.testing.assert_array_equal(frame_scores(model, pool, first), expected)
-    assert not np.array_equal(frame_scores(model, pool), expected)  # all atoms rank differently
-    assert max_uncertainty_batch(model, pool, 3, atoms=first) == list(np.argsort(-expected, kind="stable")[:3])
-    picks = greedy_variance_batch(model, pool, 3, atoms=first)
-    assert picks[0] == int(np.argmax(expected)) and len(set(picks)) == 3

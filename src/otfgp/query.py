@@ -25,7 +25,7 @@ score is the largest std of any of its force components.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 from ase import Atoms
@@ -55,24 +55,9 @@ def per_atom_std(model: GaussianProcess, frame: Atoms) -> np.ndarray:
     return np.asarray(stds, dtype=float).max(axis=1)
 
 
-AtomSelector = Callable[[Atoms], np.ndarray]
-"""The atoms of a frame that labelling would train on (e.g. :func:`otfgp.active.free_atoms`:
-a slab's fixed atoms get no labels, so their std never falls and, scored, would pick frames
-for atoms nothing learns from)."""
-
-
-def _selected(frame: Atoms, atoms: AtomSelector | None) -> np.ndarray:
-    return np.arange(len(frame)) if atoms is None else np.asarray(atoms(frame), dtype=int)
-
-
-def frame_scores(model: GaussianProcess, pool: Sequence[Atoms], atoms: AtomSelector | None = None) -> np.ndarray:
-    """Each frame's score: the largest epistemic force-component std (eV/A) over its atoms
-    that ``atoms`` selects (default all)."""
-    out = []
-    for f in pool:
-        idx = _selected(f, atoms)
-        out.append(per_atom_std(model, f)[idx].max() if idx.size else 0.0)
-    return np.array(out)
+def frame_scores(model: GaussianProcess, pool: Sequence[Atoms]) -> np.ndarray:
+    """Each frame's score: its largest epistemic force-component std (eV/A)."""
+    return np.array([per_atom_std(model, f).max() if len(f) else 0.0 for f in pool])
 
 
 def random_batch(pool: Sequence[Atoms], k: int, rng: np.random.Generator | int | None = None) -> list[int]:
@@ -82,18 +67,16 @@ def random_batch(pool: Sequence[Atoms], k: int, rng: np.random.Generator | int |
     return [int(i) for i in np.random.default_rng(rng).choice(len(pool), size=k, replace=False)]
 
 
-def max_uncertainty_batch(model: GaussianProcess, pool: Sequence[Atoms], k: int,
-                          atoms: AtomSelector | None = None) -> list[int]:
-    """The ``k`` frames with the largest score (:func:`frame_scores` over the ``atoms``
-    selected), most uncertain first (ties: the earlier frame)."""
+def max_uncertainty_batch(model: GaussianProcess, pool: Sequence[Atoms], k: int) -> list[int]:
+    """The ``k`` frames with the largest score (:func:`frame_scores`), most uncertain first
+    (ties: the earlier frame)."""
     k = _check_k(pool, k)
-    scores = frame_scores(model, pool, atoms)
+    scores = frame_scores(model, pool)
     return [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
 
 
 def greedy_variance_batch(model: GaussianProcess, pool: Sequence[Atoms], k: int,
-                          atoms_per_frame: int | None = None, min_std: float | None = None,
-                          atoms: AtomSelector | None = None) -> list[int]:
+                          atoms_per_frame: int | None = None, min_std: float | None = None) -> list[int]:
     """``k`` frames picked greedily, each pick updating the GP variance before the next.
 
     Round by round: score the remaining frames (:func:`frame_scores`), pick the highest,
@@ -109,8 +92,7 @@ def greedy_variance_batch(model: GaussianProcess, pool: Sequence[Atoms], k: int,
     frames remain (:func:`max_uncertainty_batch` picks them all). Once every remaining
     frame's std is down at the label-noise level the pool has nothing left to teach and
     the picks are near-ties; ``min_std`` (eV/A, e.g. the force noise sigma_n) stops the
-    batch there, so it may hold fewer than ``k`` frames. ``atoms`` selects the atoms that
-    are scored and conditioned on (default all), those that labelling would train on.
+    batch there, so it may hold fewer than ``k`` frames.
     """
     k = _check_k(pool, k)
     count("atoms_per_frame", atoms_per_frame, allow_none=True)
@@ -121,7 +103,7 @@ def greedy_variance_batch(model: GaussianProcess, pool: Sequence[Atoms], k: int,
     remaining = list(range(len(pool)))
     picked: list[int] = []
     while len(picked) < k:
-        scores = frame_scores(fantasy, [pool[i] for i in remaining], atoms)
+        scores = frame_scores(fantasy, [pool[i] for i in remaining])
         if min_std is not None and scores.max() < min_std:
             log.info("greedy batch: stopped after %d pick(s), every remaining frame's std is below %.4g eV/A",
                      len(picked), min_std)
@@ -133,11 +115,8 @@ def greedy_variance_batch(model: GaussianProcess, pool: Sequence[Atoms], k: int,
             break
         frame = pool[best]
         pred = fantasy.predict(frame, variance=VARIANCE)
-        idx = _selected(frame, atoms)
-        if idx.size == 0:  # nothing of it would be learnt
-            continue
-        stds = np.asarray(pred.epistemic_force_stds).max(axis=1)[idx]
-        chosen = idx[choose_atoms(stds, 0.0, atoms_per_frame if atoms_per_frame is not None else idx.size)]
+        stds = np.asarray(pred.epistemic_force_stds).max(axis=1)
+        chosen = choose_atoms(stds, 0.0, atoms_per_frame if atoms_per_frame is not None else len(frame))
         fantasy.add_training_data(frame, forces=np.asarray(pred.forces), atom_indices=chosen)
         fantasy.train(optimize=False)
     return picked

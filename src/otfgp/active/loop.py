@@ -372,14 +372,11 @@ class ActiveLearner:
     def query(self, pool: Sequence[Atoms], special: Sequence[Atoms], iteration: int) -> list[int]:
         """Indices into ``pool`` of the frames labelled besides ``special``: up to
         ``batch_size - len(special)`` by the ``query`` strategy, among the pool frames that
-        equal neither a special frame, nor a frame the previous iteration labelled (a
-        relaxation's pool starts at the last labelled minimum), nor an earlier pool frame.
-        Frames are scored by the atoms that would be trained on (``train_atoms``)."""
+        equal neither a special frame nor an earlier pool frame."""
         k = self.options.batch_size - len(special)
-        known = list(special) + self._labelled_in(iteration - 1)
         candidates: list[int] = []
         for i, frame in enumerate(pool):
-            if any(same_structure(frame, s) for s in known) or any(
+            if any(same_structure(frame, s) for s in special) or any(
                     same_structure(frame, pool[j]) for j in candidates):
                 continue
             candidates.append(i)
@@ -390,15 +387,10 @@ class ActiveLearner:
         if self.options.query == "random":
             picks = random_batch(sub, k, rng=np.random.default_rng([self.options.seed, iteration]))
         elif self.options.query == "uncertainty":
-            picks = max_uncertainty_batch(self.model, sub, k, atoms=self._train_atoms)
+            picks = max_uncertainty_batch(self.model, sub, k)
         else:
-            picks = greedy_variance_batch(self._conditioned_on(special), sub, k, atoms=self._train_atoms)
+            picks = greedy_variance_batch(self._conditioned_on(special), sub, k)
         return [candidates[j] for j in picks]
-
-    def _labelled_in(self, iteration: int) -> list[Atoms]:
-        """The frames labelled in ``iteration`` (read back from their files)."""
-        prefix = f"{LABELS_DIR}/iteration_{iteration:04d}/"
-        return [self._read_labelled(p) for p in self.labelled_files if Path(p).as_posix().startswith(prefix)]
 
     def _conditioned_on(self, frames: Sequence[Atoms]) -> GaussianProcess:
         """A copy of the model whose variance already knows ``frames`` (fantasy labels: the
