@@ -260,7 +260,8 @@ def label_batch(
         checks: label sanity checks (:class:`otfgp.label_checks.LabelChecks`). Each job
             checks against the energy history as it was before the batch (frames of one
             batch are not compared with each other); the accepted frames, and those
-            reused from an interrupted run, then join the history here. Rejected frames are quarantined with the batch index as step.
+            reused from an interrupted run, then join the history here. Rejected frames
+            are quarantined with the batch index as step.
         max_workers: size of the default process pool.
 
     Returns:

@@ -272,7 +272,7 @@ def evaluate(model: GaussianProcess, frames: Sequence[Atoms], groups: Sequence[s
         err.append(pred.forces[r] - f_ref[r])
         std.append(np.sqrt(np.maximum(pred.latent_force_variances[r], 0.0)))
         reported.append(pred.force_stds[r])
-        symbols += [atoms.get_chemical_symbols()[j] for j in r]
+        symbols += np.asarray(atoms.get_chemical_symbols())[r].tolist()
         frame_of_atom += [i] * r.size
         ev = pred.energy_variance
         exact = ev is not None and math.isfinite(ev)

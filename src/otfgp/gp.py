@@ -381,9 +381,7 @@ def model_cutoffs(cutoffs: Mapping[str, float]) -> tuple[float, float]:
     if unknown:
         raise ValueError(f"unknown cutoff keys {sorted(unknown)}; use 'twobody', 'threebody'")
     for key, value in cutoffs.items():
-        if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating))
-                or not math.isfinite(value) or value <= 0):
-            raise ValueError(f"cutoff {key!r} must be a positive number of Angstrom, got {value!r}")
+        positive_number(f"cutoff {key!r}", value, allow_none=False)  # in Angstrom
     if not cutoffs:
         raise ValueError("give at least one cutoff: {'twobody': r2, 'threebody': r3}")
     return float(cutoffs.get("twobody", 0.0)), float(cutoffs.get("threebody", 0.0))

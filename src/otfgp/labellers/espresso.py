@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 from ase import Atoms
 from ase.calculators.espresso import Espresso, EspressoProfile
 
+from ..arguments import count, positive_number
 from .launch import clean_mpi_environment, launch_command
 from .restart import should_restart
 
@@ -144,8 +145,6 @@ def _check_settings(kpts: Any, koffset: Any, ecutwfc: Any, ecutrho: Any, smearin
     truncates a k-point count of 2.7 to 2 without a word, pw.x ignores a misspelled namelist
     and stops only at the first DFT call on the other mistakes."""
     from ase.io.espresso_namelist.keys import ALL_KEYS
-
-    from ..arguments import count, positive_number
 
     for name, grid in (("kpts", kpts), ("koffset", koffset)):
         if isinstance(grid, (str, bytes)) or not hasattr(grid, "__len__") or len(grid) != 3:

@@ -64,9 +64,9 @@ from .. import atomic_io
 from ..gp import GaussianProcess
 from ..label_checks import LabelChecks, LabelRejected
 from ..labellers import make_labeller
-from ..learning import (LabellerError, LearningOptions, add_and_retrain, add_threshold_value, calibration_sample, choose_atoms,
-                        held_out_energy_stress, label, local_energy_threshold_value, pre_update_record, switch_due,
-                        switch_record, switch_to_scalable, threshold_value)
+from ..learning import (LabellerError, LearningOptions, add_and_retrain, add_threshold_value, calibration_sample,
+                        choose_atoms, held_out_energy_stress, label, local_energy_threshold_value, pre_update_record,
+                        switch_due, switch_record, switch_to_scalable, threshold_value)
 from ..models import is_scalable, load_model
 
 if TYPE_CHECKING:
