@@ -18,7 +18,7 @@ from ase.md.verlet import VelocityVerlet
 
 import otfgp
 from otfgp.label_checks import (EnergyRange, LabelChecks, LabelRejected, check_energy_cap, check_energy_jump,
-                                check_force_cap, check_z_score, labeller_name)
+                                check_force_cap, check_stress_cap, check_z_score, labeller_name)
 from otfgp.learning import LabellerError, LearningOptions, label
 from otf_helpers import CUTOFFS, jittered_al, thermalize
 
@@ -42,6 +42,40 @@ def test_energy_cap():
     assert v.option == "label_max_energy_per_atom" and v.details["energy_per_atom"] == pytest.approx(-1e9)
     assert check_energy_cap(None, 32, 1e6) is None  # no energy label: nothing to check
     assert check_energy_cap(1e30, 32, None) is None
+
+
+def test_stress_cap_in_gpa():
+    s = np.zeros(6)
+    s[4] = -999.0 * units.GPa  # xz
+    assert check_stress_cap(s, 1000.0) is None
+    s[1] = 1001.0 * units.GPa
+    v = check_stress_cap(s, 1000.0)
+    assert v.option == "label_max_stress" and v.details["component"] == "yy"
+    assert v.details["stress_GPa"] == pytest.approx(1001.0) and "1001 GPa" in v.found and "eV/A^3" in v.limit
+    full = np.zeros((3, 3))
+    full[0, 1] = full[1, 0] = -2000.0 * units.GPa  # a 3x3 stress: xy
+    assert check_stress_cap(full, 1000.0).details == {"component": "xy", "stress_GPa": pytest.approx(-2000.0),
+                                                      "cap_GPa": 1000.0}
+    assert check_stress_cap(None, 1000.0) is None  # no stress label: nothing to check
+    assert check_stress_cap(s, None) is None and check_stress_cap(s, math.inf) is None
+
+
+def test_stress_in_gpa_returned_as_ev_per_a3_is_rejected(tmp_path):
+    """A labeller that returns its stress in GPa (ASE wants eV/A^3): a 10 % compressed Al cell
+    (EMT: -14.7 GPa) then reads as -2360 GPa and is rejected; the honest stress passes."""
+    from ase.build import bulk
+
+    frame = bulk("Al", "fcc", a=4.05 * 0.9, cubic=True)
+    frame.calc = EMT()
+    honest = {"energy": frame.get_potential_energy(), "forces": frame.get_forces(), "stress": frame.get_stress()}
+    assert -30 < honest["stress"][0] / units.GPa < -10
+    frame.calc = None
+    checks = LabelChecks(LearningOptions(), "gpa_labeller", tmp_path)
+    assert np.allclose(label(frame, lambda atoms: honest, stress=None, checks=checks, step=1).get_stress(), honest["stress"])
+    in_gpa = {**honest, "stress": honest["stress"] / units.GPa}
+    with pytest.raises(LabelRejected, match="option label_max_stress") as err:
+        label(frame, lambda atoms: in_gpa, stress=None, checks=checks, step=2)
+    assert "stress xx = -" in str(err.value) and (tmp_path / "quarantine" / "frame_0000002.traj").exists()
 
 
 def test_energy_jump_against_the_running_range():
@@ -80,8 +114,8 @@ def test_z_score_needs_a_large_z_and_a_large_error():
     assert check_z_score(forces, predicted, zero, 50.0, 1.0).details["z"] == math.inf
 
 
-@pytest.mark.parametrize("name", ["label_max_force", "label_max_energy_per_atom", "label_energy_jump",
-                                  "label_max_z", "label_z_min_error"])
+@pytest.mark.parametrize("name", ["label_max_force", "label_max_energy_per_atom", "label_max_stress",
+                                  "label_energy_jump", "label_max_z", "label_z_min_error"])
 def test_options_are_checked(name):
     for bad in (-1.0, float("nan"), "50", True):
         with pytest.raises(ValueError, match=name):

@@ -296,16 +296,18 @@ def test_label_check_keywords_reach_the_learner(workdir):
     """The label_* keywords are the learner's options (none: off): with the force cap and
     the z-score test off, the absurd frame is learnt (what happened before the checks)."""
     fix = "5 threshold {threshold} labeller {labeller} output_dir learn_out"
-    (workdir / "in.learn").write_text(INPUT.replace(fix, fix + " label_max_force none label_max_z none")
+    (workdir / "in.learn").write_text(INPUT.replace(fix, fix + " label_max_force none label_max_z none "
+                                                    "label_max_stress none")
                                       .format(threshold=0.001, labeller="mylabels:absurd_from_third_call")
                                       .replace("run 60", "run 15"))
     out = run_lmp(["-in", "in.learn", "-log", "none"], workdir, timeout=120)
     assert "label_max_force" not in out.stdout + out.stderr
     assert len(list((workdir / "learn_out" / "dft").glob("frame_*.extxyz"))) >= 3
-    bad = INPUT.replace(fix, fix + " label_max_z -1").format(threshold=0.001, labeller="mylabels:emt")
-    (workdir / "in.bad").write_text(bad)
-    out = run_lmp(["-in", "in.bad", "-log", "none"], workdir, timeout=120)
-    assert out.returncode != 0 and "label_max_z must be a positive number" in out.stdout + out.stderr
+    for keyword in ("label_max_z", "label_max_stress"):
+        bad = INPUT.replace(fix, fix + f" {keyword} -1").format(threshold=0.001, labeller="mylabels:emt")
+        (workdir / "in.bad").write_text(bad)
+        out = run_lmp(["-in", "in.bad", "-log", "none"], workdir, timeout=120)
+        assert out.returncode != 0 and f"{keyword} must be a positive number" in out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("labeller,expected", [

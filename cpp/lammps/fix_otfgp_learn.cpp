@@ -78,6 +78,7 @@ void broadcast(otfgp_lammps::Thresholds &t, MPI_Comm world) {
 std::optional<double> *label_check(otfgp_lammps::LearnOptions &o, const std::string &key) {
   if (key == "label_max_force") return &o.label_max_force;
   if (key == "label_max_energy_per_atom") return &o.label_max_energy_per_atom;
+  if (key == "label_max_stress") return &o.label_max_stress;
   if (key == "label_energy_jump") return &o.label_energy_jump;
   if (key == "label_max_z") return &o.label_max_z;
   if (key == "label_z_min_error") return &o.label_z_min_error;

@@ -75,6 +75,7 @@ py::dict options_dict(const LearnOptions& o) {
   }
   put("label_max_force", o.label_max_force);
   put("label_max_energy_per_atom", o.label_max_energy_per_atom);
+  put("label_max_stress", o.label_max_stress);
   put("label_energy_jump", o.label_energy_jump);
   put("label_max_z", o.label_max_z);
   put("label_z_min_error", o.label_z_min_error);

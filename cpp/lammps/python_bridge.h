@@ -31,6 +31,7 @@ struct LearnOptions {
   // Label sanity checks (otfgp.label_checks); infinity (keyword value `none`) turns one off.
   std::optional<double> label_max_force;            // eV/A
   std::optional<double> label_max_energy_per_atom;  // eV/atom
+  std::optional<double> label_max_stress;           // GPa
   std::optional<double> label_energy_jump;          // eV/atom
   std::optional<double> label_max_z;                // reported stds
   std::optional<double> label_z_min_error;          // eV/A

@@ -9,6 +9,7 @@ the MD, long after the cause. Both drivers (the ASE learner :class:`otfgp.OTF` a
 
 - ``label_max_force``: largest |force component| (eV/A);
 - ``label_max_energy_per_atom``: largest |E/N| (eV/atom);
+- ``label_max_stress``: largest |stress component| (GPa), when the labeller returns a stress;
 - ``label_energy_jump``: E/N may leave the range of the earlier labels of the same
   composition (stoichiometry) by at most this (eV/atom); off for a composition's first label;
 - ``label_max_z`` and ``label_z_min_error``: a component whose DFT force lies more than
@@ -24,7 +25,7 @@ return the same), and a resume with another labeller or other ``label_*`` option
 the frame afresh; ``fix otfgp/learn`` turns it into a LAMMPS error.
 
 The check functions (:func:`check_force_cap`, :func:`check_energy_cap`,
-:func:`check_energy_jump`, :func:`check_z_score`) take plain numbers and return a
+:func:`check_stress_cap`, :func:`check_energy_jump`, :func:`check_z_score`) take plain numbers and return a
 :class:`Violation` or None.
 """
 from __future__ import annotations
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
-from ase import Atoms
+from ase import Atoms, units
 from ase.calculators.calculator import BaseCalculator
 
 from . import atomic_io
@@ -94,6 +95,31 @@ def check_energy_cap(energy: float | None, n_atoms: int, cap: float | None) -> V
         return None
     return Violation("label_max_energy_per_atom", f"E/N = {per_atom:.6g} eV/atom", f"cap |E/N| <= {cap:.3g} eV/atom",
                      {"energy_per_atom": per_atom, "cap": float(cap)})
+
+
+VOIGT = ("xx", "yy", "zz", "yz", "xz", "xy")
+
+
+def check_stress_cap(stress: np.ndarray | None, cap: float | None) -> Violation | None:
+    """The largest |stress component| (``stress`` in eV/A^3, ASE's unit: 6 Voigt components
+    or 3x3) against ``cap`` (GPa; None or inf: off; no stress: nothing to check)."""
+    if stress is None or _off(cap):
+        return None
+    s = np.asarray(stress, dtype=float)
+    if s.shape == (3, 3):
+        s = s[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+    if s.size == 0:
+        return None
+    k = int(np.argmax(np.abs(s)))
+    value = float(s[k]) / units.GPa
+    if abs(value) <= cap:
+        return None
+    # The usual cause is a unit slip in a user labeller: ASE wants eV/A^3, and a stress in
+    # GPa or kbar, or a virial (stress x volume, eV), read as eV/A^3 is 160x-1e5x too large.
+    return Violation("label_max_stress", f"stress {VOIGT[k]} = {value:.4g} GPa ({s[k]:.4g} eV/A^3)",
+                     f"cap {cap:.4g} GPa; labellers return stress in eV/A^3 (ASE's unit), not GPa, kbar "
+                     "or a virial",
+                     {"component": VOIGT[k], "stress_GPa": value, "cap_GPa": float(cap)})
 
 
 def check_energy_jump(energy_per_atom: float | None, seen: "EnergyRange | None",
@@ -174,6 +200,12 @@ def labelled_energy(atoms: Atoms) -> float | None:
     """The energy label of a frame, None if it has none."""
     results = atoms.calc.results if atoms.calc is not None else {}
     return float(results["energy"]) if "energy" in results else None
+
+
+def labelled_stress(atoms: Atoms) -> np.ndarray | None:
+    """The stress label of a frame (eV/A^3), None if it has none."""
+    results = atoms.calc.results if atoms.calc is not None else {}
+    return np.asarray(results["stress"], dtype=float) if results.get("stress") is not None else None
 
 
 # ---------------------------------------------------------------------- the rejection
@@ -282,6 +314,7 @@ class LabelChecks:
         n = len(labelled)
         found = [check_force_cap(forces, o.label_max_force),
                  check_energy_cap(energy, n, o.label_max_energy_per_atom),
+                 check_stress_cap(labelled_stress(labelled), o.label_max_stress),
                  check_energy_jump(None if energy is None or n == 0 else energy / n,
                                    self.energy_ranges.get(composition(labelled)), o.label_energy_jump),
                  check_z_score(forces, predicted_forces, predicted_stds, o.label_max_z, o.label_z_min_error)]

@@ -146,6 +146,7 @@ class LearningOptions:
     Every fresh label passes the sanity checks of :mod:`otfgp.label_checks` before it is
     trained on or saved (``None`` or ``inf`` switches a check off): ``label_max_force``
     (eV/A) caps |force component|; ``label_max_energy_per_atom`` (eV/atom) caps |E/N|;
+    ``label_max_stress`` (GPa) caps |stress component| when the labeller returns a stress;
     ``label_energy_jump`` (eV/atom) bounds how far E/N may leave the range of the earlier
     labels of the same composition; ``label_max_z`` with ``label_z_min_error`` (eV/A)
     rejects a frame with a force component more than ``label_max_z`` reported stds and more
@@ -188,6 +189,10 @@ class LearningOptions:
     #   below 1e6 eV/atom in magnitude up to Z ~ 100; pseudopotential codes are far smaller,
     #   so only garbage (1e30, J/mol read as eV) exceeds it;
     label_max_energy_per_atom: float | None = 1e6
+    # - Earth's centre is at 360 GPa and static compression reaches ~1 TPa (a study of
+    #   giant-planet interiors raises the cap); a unit slip (a stress in GPa or kbar, or a
+    #   virial, returned as eV/A^3) is caught whenever the number exceeds 6.24 (1000 GPa);
+    label_max_stress: float | None = 1000.0
     # - between labels of one composition E/N moves by ~k_B T (0.13 eV at 1500 K), melting
     #   or a heating stage by a few tenths; 1 eV/atom beyond the range seen is not MD;
     label_energy_jump: float | None = 1.0
@@ -213,8 +218,8 @@ class LearningOptions:
         for name in ("threshold", "relative_threshold", "add_threshold", "min_threshold",
                      "local_energy_threshold", "stress_threshold"):
             positive_number(name, getattr(self, name))
-        for name in ("label_max_force", "label_max_energy_per_atom", "label_energy_jump", "label_max_z",
-                     "label_z_min_error"):
+        for name in ("label_max_force", "label_max_energy_per_atom", "label_max_stress", "label_energy_jump",
+                     "label_max_z", "label_z_min_error"):
             v = getattr(self, name)  # inf allowed: the check is off
             if v is None and name != "label_z_min_error":
                 continue

@@ -97,8 +97,8 @@ class ActiveOptions:
             batch); ``"skip"``: the iteration goes on without it.
         keep_checkpoints: how many checkpoints to keep.
         seed: seed of the random query (iteration i draws from ``[seed, i]``).
-        label_max_force, label_max_energy_per_atom, label_energy_jump, label_max_z,
-        label_z_min_error: the label sanity checks, as in
+        label_max_force, label_max_energy_per_atom, label_max_stress, label_energy_jump,
+        label_max_z, label_z_min_error: the label sanity checks, as in
             :class:`otfgp.learning.LearningOptions` (same defaults).
     """
 
@@ -118,6 +118,7 @@ class ActiveOptions:
     seed: int = 0
     label_max_force: float | None = LearningOptions.label_max_force
     label_max_energy_per_atom: float | None = LearningOptions.label_max_energy_per_atom
+    label_max_stress: float | None = LearningOptions.label_max_stress
     label_energy_jump: float | None = LearningOptions.label_energy_jump
     label_max_z: float | None = LearningOptions.label_max_z
     label_z_min_error: float = LearningOptions.label_z_min_error
@@ -146,8 +147,8 @@ class ActiveOptions:
             optimize=self.optimize, optimize_until_calls=self.optimize_until_calls,
             max_iterations=self.hyperparameter_iterations, map=self.map,
             label_max_force=self.label_max_force, label_max_energy_per_atom=self.label_max_energy_per_atom,
-            label_energy_jump=self.label_energy_jump, label_max_z=self.label_max_z,
-            label_z_min_error=self.label_z_min_error)
+            label_max_stress=self.label_max_stress, label_energy_jump=self.label_energy_jump,
+            label_max_z=self.label_max_z, label_z_min_error=self.label_z_min_error)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ActiveOptions":
