@@ -274,3 +274,64 @@ def test_one_atom_with_a_temperature_is_refused_before_any_dft():
         set_velocities(atoms, {"temperature_K": 300.0, "seed": 0})
     set_velocities(atoms, {"temperature_K": 300.0, "seed": 0, "zero_momentum": False})
     assert atoms.get_kinetic_energy() > 0
+
+
+# --------------------------------------------------------------- a killed run leaves no pw.x
+FAKE_PW = """#!/bin/sh
+echo $$ > "{pidfile}"
+exec sleep 120
+"""
+
+LABEL_ONE_FRAME = """
+import sys
+from ase.build import bulk
+from otfgp.labellers.espresso import espresso_calculator
+
+calc = espresso_calculator(sys.argv[1], pseudo_dir=sys.argv[2], pw_command=sys.argv[3])
+atoms = bulk("Al", "fcc", a=4.05, cubic=True)
+atoms.calc = calc
+atoms.get_forces()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("setpriv") is None,
+                    reason="needs Linux's setpriv (util-linux)")
+def test_pw_dies_with_a_killed_parent(tmp_path):
+    """SIGKILL of the process running the espresso labeller also ends its pw.x (here a
+    stand-in that sleeps): an orphan would write into the resumed run's directory."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    pidfile = tmp_path / "pw.pid"
+    fake = tmp_path / "pw.x"
+    fake.write_text(FAKE_PW.format(pidfile=pidfile))
+    fake.chmod(0o755)
+    (tmp_path / "pseudo").mkdir()
+    (tmp_path / "pseudo" / "Al.pz-vbc.UPF").write_text("")
+    parent = subprocess.Popen([sys.executable, "-c", LABEL_ONE_FRAME, str(tmp_path / "pw"),
+                               str(tmp_path / "pseudo"), str(fake)])
+    try:
+        deadline = time.monotonic() + 60
+        while not (pidfile.exists() and pidfile.read_text().strip()) and time.monotonic() < deadline:
+            assert parent.poll() is None, "the labeller stopped before it started pw.x"
+            time.sleep(0.1)
+        child = int(pidfile.read_text())
+        os.kill(child, 0)  # running
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            if Path(f"/proc/{child}/stat").read_text().split(") ")[-1].startswith("Z"):
+                break  # a zombie waiting for its reaper: it has ended
+            time.sleep(0.1)
+        else:
+            os.kill(child, signal.SIGKILL)
+            pytest.fail("pw.x survived its killed parent")
+    finally:
+        parent.kill()

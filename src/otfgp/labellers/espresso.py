@@ -4,7 +4,9 @@
 on these machines (forces and stress always on); pw.x is started by a launcher template
 (:mod:`.launch`: default the bare pw.x on one rank, Debian's OpenMPI ``mpirun`` on more) in
 an environment cleaned of any parent MPI/PMI variables (a DFT child started from inside an
-MPICH job would otherwise try to join the parent's process manager). A frame close to the
+MPICH job would otherwise try to join the parent's process manager), and it dies with the
+process that started it (a killed run leaves no pw.x behind to write into the resumed
+run's directory). A frame close to the
 previous one starts its SCF from that frame's density and wave functions
 (:class:`RestartingEspresso`, rule in :mod:`.restart`). Registered as labeller type
 ``"espresso"`` (see :mod:`otfgp.labellers`).
@@ -29,7 +31,7 @@ from ase import Atoms
 from ase.calculators.espresso import Espresso, EspressoProfile
 
 from ..arguments import count, positive_number
-from .launch import clean_mpi_environment, launch_command
+from .launch import clean_mpi_environment, dies_with_parent, launch_command
 from .restart import should_restart
 
 log = logging.getLogger(__name__)
@@ -58,11 +60,12 @@ def scf_iterations(output: str) -> int | None:
 
 
 class CleanEnvEspressoProfile(EspressoProfile):
-    """EspressoProfile that starts pw.x with the MPI/PMI variables of the parent removed."""
+    """EspressoProfile that starts pw.x with the MPI/PMI variables of the parent removed,
+    and so that it dies with the process that started it (:func:`.launch.dies_with_parent`)."""
 
     def run(self, directory: Path, inputfile: str | None, outputfile: str,
             errorfile: str | None = None, append: bool = False) -> None:
-        argv = self.get_command(inputfile)
+        argv = dies_with_parent(self.get_command(inputfile))
         mode = "ab" if append else "wb"
         directory = Path(directory)
         with ExitStack() as stack:
@@ -224,7 +227,8 @@ def espresso_calculator(
             cell); 0: always from scratch and no files written.
         input_data: extra namelist entries, merged over the settings above.
 
-    pw.x is always started with the parent's MPI/PMI environment variables removed.
+    pw.x is always started with the parent's MPI/PMI environment variables removed, and it
+    gets SIGTERM when the process that started it dies (Linux; :func:`.launch.dies_with_parent`).
 
     Raises:
         FileNotFoundError: pw.x, the launcher or a pseudopotential is missing (checked

@@ -1,5 +1,5 @@
-"""How a DFT program is started: the launcher template, OpenMPI detection and a clean
-environment for the child.
+"""How a DFT program is started: the launcher template, OpenMPI detection, a clean
+environment for the child, and the child's death with its parent.
 
 A launcher is a template of the command line that runs the program, e.g.
 ``"srun -n {ranks}"``, ``"mpiexec -n {ranks} -ppn 8"`` or a site wrapper. ``{ranks}`` is
@@ -14,6 +14,7 @@ import shlex
 import shutil
 import string
 import subprocess
+import sys
 from typing import Mapping, Sequence
 
 from ..arguments import count
@@ -31,6 +32,27 @@ def clean_mpi_environment(env: Mapping[str, str] | None = None) -> dict[str, str
     """A copy of ``env`` (default ``os.environ``) without MPI/PMI process-manager variables."""
     env = os.environ if env is None else env
     return {k: v for k, v in env.items() if not k.startswith(MPI_ENV_PREFIXES)}
+
+
+SETPRIV = "setpriv"
+"""util-linux's setpriv (Linux; part of every Debian), whose ``--pdeathsig`` ties a child's
+life to its parent's."""
+
+
+def dies_with_parent(argv: Sequence[str]) -> list[str]:
+    """``argv`` started so that it gets SIGTERM when the thread that started it dies (Linux
+    ``PR_SET_PDEATHSIG`` through ``setpriv --pdeathsig TERM``; kept across the exec, and a
+    launcher such as ``mpirun`` or ``srun`` passes the signal on to its ranks). Without
+    setpriv (not Linux) ``argv`` as it is.
+
+    Why: a DFT program outlives a SIGKILLed otfgp (the OOM killer, ``kill -9``, a lost
+    session). Its orphan then runs beside the resumed run's program in the same directory
+    and may overwrite the output file that the new run reads back as its label. SIGTERM
+    (not SIGKILL) so that a launcher can stop its ranks."""
+    setpriv = shutil.which(SETPRIV)
+    if setpriv is None or not sys.platform.startswith("linux"):
+        return list(argv)
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv]
 
 
 def _is_openmpi(mpirun: str) -> bool:
