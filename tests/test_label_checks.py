@@ -71,7 +71,8 @@ def test_stress_in_gpa_returned_as_ev_per_a3_is_rejected(tmp_path):
     assert -30 < honest["stress"][0] / units.GPa < -10
     frame.calc = None
     checks = LabelChecks(LearningOptions(), "gpa_labeller", tmp_path)
-    assert np.allclose(label(frame, lambda atoms: honest, stress=None, checks=checks, step=1).get_stress(), honest["stress"])
+    accepted = label(frame, lambda atoms: honest, stress=None, checks=checks, step=1)
+    assert np.allclose(accepted.get_stress(), honest["stress"])
     in_gpa = {**honest, "stress": honest["stress"] / units.GPa}
     with pytest.raises(LabelRejected, match="option label_max_stress") as err:
         label(frame, lambda atoms: in_gpa, stress=None, checks=checks, step=2)
@@ -255,6 +256,32 @@ def test_absurd_labeller_stops_the_ase_learner_and_resume_goes_on(tmp_path, absu
     assert summary["steps"] == 30 and step in summary["dft_call_steps"]
     assert np.abs(read(out / "dft" / f"frame_{step:07d}.traj").get_forces()).max() < 10
     assert summary["failed_dft_steps"] == [step]
+
+
+def test_resume_checks_the_quarantined_labels_again_instead_of_calling_the_labeller(tmp_path, absurd_module):
+    """A resume with the same labeller does not pay for the rejected frame again: with the
+    same options its labels are rejected again without a call, with the checks loosened
+    they are learnt (the labeller would return the same)."""
+    out = tmp_path / "run"
+    options = dict(threshold=0.02, init_atoms=4, output_dir=str(out), progress=False, map=False,
+                   max_iterations=20)
+    otf = otfgp.OTF(_dynamics(), otfgp.GaussianProcess(["Al"], CUTOFFS), absurd_module, **options)
+    with pytest.raises(LabelRejected) as err:
+        otf.run(30)
+    step = err.value.step
+    labels = sys.modules["absurd_labels"]
+    assert labels.calls == 3
+    quarantined = read(out / "quarantine" / f"frame_{step:07d}.traj").get_forces()
+    otf.close()
+    with pytest.raises(LabelRejected, match=f"at step {step}"):
+        otfgp.OTF.resume(out, _dynamics(), absurd_module).run(30 - step)
+    assert labels.calls == 3  # rejected again, without a call
+    resumed = otfgp.OTF.resume(out, _dynamics(), absurd_module, label_max_force=None, label_max_z=None)
+    resumed.run(0)  # the rejected step only
+    assert labels.calls == 3 and resumed.dft_calls[-1] == step
+    assert np.array_equal(read(out / "dft" / f"frame_{step:07d}.traj").get_forces(), quarantined)
+    assert not (out / "quarantine" / f"frame_{step:07d}.traj").exists()
+    assert (out / "quarantine" / "released" / f"frame_{step:07d}.json").exists()
 
 
 def test_skip_mode_quarantines_absurd_frames_and_goes_on(tmp_path, absurd_module):

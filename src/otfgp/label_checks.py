@@ -21,8 +21,11 @@ A frame that fails is written to ``<output_dir>/quarantine/frame_<step>.traj`` w
 run, naming the labeller, the step, the check and its numbers. It is a
 :class:`~otfgp.learning.LabellerError`: the ASE learner checkpoints without the frame (its
 ``on_dft_failure = "skip"`` skips it and goes on), it is not retried (the labeller would
-return the same), and a resume with another labeller or other ``label_*`` options labels
-the frame afresh; ``fix otfgp/learn`` turns it into a LAMMPS error.
+return the same). A resume with another labeller labels the frame afresh; with the same one
+(same :func:`labeller_id`) the quarantined labels are checked again with the resumed run's
+``label_*`` options instead of calling it (:meth:`LabelChecks.quarantined`): with the
+options loosened they are learnt, else rejected again. ``fix otfgp/learn`` turns a
+rejection into a LAMMPS error.
 
 The check functions (:func:`check_force_cap`, :func:`check_energy_cap`,
 :func:`check_stress_cap`, :func:`check_energy_jump`, :func:`check_z_score`) take plain numbers and return a
@@ -267,12 +270,16 @@ class LabelChecks:
             ``frame_*.extxyz``, e.g. the run's ``dft/``) whose energies seed the ranges of the
             energy-jump check, so a resumed run checks against what came before.
         digits: width of the step in quarantined file names (as the driver's ``dft/`` files).
+        labeller_id: the labeller's fingerprint (:func:`labeller_id`), written with each
+            rejected frame, so that a resumed run knows which labeller made it
+            (:meth:`quarantined`).
     """
 
     def __init__(self, options: "LearningOptions", labeller: str, output_dir: str | os.PathLike,
-                 history: str | os.PathLike | None = None, digits: int = 7) -> None:
+                 history: str | os.PathLike | None = None, digits: int = 7, labeller_id: str | None = None) -> None:
         self.options = options
         self.labeller = labeller
+        self.labeller_id = labeller_id
         self.quarantine_dir = Path(output_dir) / "quarantine"
         self.digits = digits
         self.energy_ranges: dict[str, EnergyRange] = {}
@@ -346,15 +353,56 @@ class LabelChecks:
                     f"Fix the labeller (or change {first.option}) and resume.")
         raise LabelRejected(message, step, self.labeller, found, quarantined)
 
+    def quarantined(self, frame: Atoms, step: int) -> Atoms | None:
+        """The labels this labeller returned for ``frame`` at ``step`` in an earlier run,
+        which were quarantined: a copy of ``frame`` holding them, or None (no such file,
+        another or an unknown labeller, other positions, an unreadable file).
+
+        A resumed run checks these again (with its own, perhaps loosened, ``label_*``
+        options) instead of paying for a DFT call that returns the same labels. Once they
+        pass, :meth:`release` moves the files to ``quarantine/released/``."""
+        from ase.calculators.singlepoint import SinglePointCalculator
+        from ase.io import read
+
+        path = self._path(step)
+        if self.labeller_id is None or not path.exists():
+            return None
+        try:
+            reason = json.loads(path.with_suffix(".json").read_text())
+            old = read(path)
+        except Exception as exc:  # a torn file of a killed run: label the frame afresh
+            log.warning("step %s: cannot read the quarantined frame %s (%s); labelling the frame again",
+                        step, path, exc)
+            return None
+        if reason.get("labeller_id") != self.labeller_id or len(old) != len(frame) \
+                or not np.allclose(old.positions, frame.positions, atol=1e-8) or old.calc is None:
+            return None
+        out = frame.copy()
+        out.calc = SinglePointCalculator(out, **old.calc.results)
+        return out
+
+    def release(self, step: int) -> None:
+        """Move a quarantined frame whose labels were checked again and accepted (see
+        :meth:`quarantined`) to ``quarantine/released/``; the run's ``dft/`` now holds them."""
+        path = self._path(step)
+        released = self.quarantine_dir / "released"
+        released.mkdir(exist_ok=True)
+        for f in (path, path.with_suffix(".json")):
+            if f.exists():
+                f.replace(released / f.name)
+
+    def _path(self, step: int | None) -> Path:
+        stem = f"frame_{step:0{self.digits}d}" if step is not None else "frame"
+        return self.quarantine_dir / f"{stem}.traj"
+
     def _quarantine(self, labelled: Atoms, step: int | None, found: list[Violation]) -> Path | None:
         """Write the rejected frame and why; a failure to write is logged, never hides the rejection."""
-        stem = f"frame_{step:0{self.digits}d}" if step is not None else "frame"
-        path = self.quarantine_dir / f"{stem}.traj"
+        path = self._path(step)
         try:
             self.quarantine_dir.mkdir(parents=True, exist_ok=True)
             atomic_io.write_atoms(path, labelled, format="traj")
             atomic_io.write_json(path.with_suffix(".json"),
-                                 {"step": step, "labeller": self.labeller,
+                                 {"step": step, "labeller": self.labeller, "labeller_id": self.labeller_id,
                                   "violations": [asdict(v) for v in found]}, indent=2)
         except OSError as exc:
             log.error("cannot write the rejected frame to %s: %s", path, exc)

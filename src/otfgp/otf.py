@@ -13,7 +13,9 @@ directory is locked by the run, see :mod:`otfgp.run_dir`):
   ``gp_force_stds``: reported stds, and
   ``gp_latent_force_stds``: the GP's latent stds; info ``gp_energy``: its potential energy);
 - ``quarantine/frame_<step>.traj`` + ``.json``: a labelled frame that failed the label
-  sanity checks (:mod:`otfgp.label_checks`), never trained on, and why;
+  sanity checks (:mod:`otfgp.label_checks`), never trained on, and why. A resume with the
+  same labeller checks these labels again instead of calling it; once accepted they move to
+  ``quarantine/released/``;
 - ``checkpoint/state.json`` + ``checkpoint/model_<n>.otfgp``: model and MD state after
   every DFT call, every ``checkpoint_every`` steps or ``checkpoint_minutes`` minutes and at
   the end, from which :meth:`OTF.resume` continues; the last ``keep_checkpoints`` are
@@ -267,7 +269,8 @@ class OTF:
         (self.out / "dft").mkdir(parents=True, exist_ok=True)
         (self.out / "checkpoint").mkdir(parents=True, exist_ok=True)
         # label sanity checks; the energies of dft/ (a resumed run's earlier labels) seed them
-        self.label_checks = LabelChecks(self.options, name, self.out, history=self.out / "dft")
+        self.label_checks = LabelChecks(self.options, name, self.out, history=self.out / "dft",
+                                        labeller_id=self.labeller_id)
         self.calc = _TimedGPCalculator(model, self.timers)
         self.atoms.calc = self.calc
         self._rng = np.random.default_rng(self.options.seed)
@@ -306,7 +309,8 @@ class OTF:
 
     def _label(self, frame: Atoms) -> Atoms:
         """Reference labels of ``frame``; reuses a frame already labelled at this step
-        (a resumed run) so no DFT calculation is ever done twice."""
+        (a resumed run), or this labeller's quarantined labels of it (checked again), so no
+        DFT calculation is ever done twice."""
         path = self.out / "dft" / f"frame_{self.step:07d}.extxyz"
         exact = path.with_suffix(".traj")
         for stored in (exact, path):  # the lossless copy first: extxyz keeps 8 decimals
@@ -340,6 +344,15 @@ class OTF:
                 if not path.exists():
                     atomic_io.write_atoms(path, reused)
                 return reused
+        rejected = self.label_checks.quarantined(frame, self.step)
+        if rejected is not None:
+            # this labeller's labels of this frame, rejected before: the same labeller would
+            # return the same, so they are checked again (the options may have changed)
+            log.info("step %d: checking the quarantined labels of this frame again instead of calling the "
+                     "labeller", self.step)
+            self.label_checks.check(rejected, self.step, frame.arrays.get("gp_forces"),
+                                    frame.arrays.get("gp_force_stds"))
+            return self._stored_label(rejected, released=True)
         attempts = 1 + max(0, self.options.dft_retries)
         last: LabellerError | None = None
         for attempt in range(attempts):
@@ -355,19 +368,27 @@ class OTF:
                 continue
             finally:
                 self.timers.dft += time.perf_counter() - t
-            out.info["otf_step"] = self.step
-            out.info["labeller_id"] = self.labeller_id
-            # Lossless copy first (a resumed run then repeats the uninterrupted one exactly),
-            # then the readable extxyz that users and dft_frames.extxyz read.
-            atomic_io.write_atoms(exact, out, format="traj")
-            atomic_io.write_atoms(path, out)
-            return out
+            return self._stored_label(out)
         assert last is not None
         detail = last.program_output
         raise LabellerError(
             f"DFT labeller failed on the frame at step {self.step} ({len(frame)} atoms, "
             f"{frame.get_chemical_formula()}) after {attempts} attempt(s): {last}"
             + (f"; program output ends: {detail}" if detail else ""), detail)
+
+    def _stored_label(self, out: Atoms, released: bool = False) -> Atoms:
+        """Store a new label of this step in ``dft/`` (``released``: it came out of the
+        quarantine, whose files then move to ``quarantine/released/``)."""
+        path = self.out / "dft" / f"frame_{self.step:07d}.extxyz"
+        out.info["otf_step"] = self.step
+        out.info["labeller_id"] = self.labeller_id
+        # Lossless copy first (a resumed run then repeats the uninterrupted one exactly),
+        # then the readable extxyz that users and dft_frames.extxyz read.
+        atomic_io.write_atoms(path.with_suffix(".traj"), out, format="traj")
+        atomic_io.write_atoms(path, out)
+        if released:
+            self.label_checks.release(self.step)
+        return out
 
     def _uncertainty(self) -> np.ndarray:
         """The force-component stds the DFT decision compares at the current positions
