@@ -348,3 +348,29 @@ def test_reused_labels_join_the_energy_history_on_resume(tmp_path):
     (key, seen), = checks.energy_ranges.items()
     energies = [f.get_potential_energy() / len(f) for f in again.frames]
     assert (seen.low, seen.high) == pytest.approx((min(energies), max(energies)), rel=1e-12)
+
+
+def test_a_rejected_label_is_checked_again_on_resume_not_paid_for_twice(tmp_path):
+    """An honest label rejected by a z-score test too strict for the model (iteration 1) is,
+    after a resume with the test loosened, learnt from its quarantined copy: the resumed run
+    is the uninterrupted one, and the rejected call counts once, as a label."""
+    clean = Counting()
+    reference_task = RelaxTask(adatom_slab(), fmax=FMAX)
+    with ActiveLearner(model(), clean, reference_task, tmp_path / "clean", **FAST) as learner:
+        reference = learner.run()
+    strict = Counting()
+    with pytest.raises(BatchLabelError, match="label_max_z"):
+        with ActiveLearner(model(), strict, RelaxTask(adatom_slab(), fmax=FMAX), tmp_path / "run",
+                           label_max_z=1e-3, label_z_min_error=0.0, **FAST) as learner:
+            learner.run()
+    assert strict.calls == 2  # iteration 0's label, then iteration 1's, rejected
+    assert (tmp_path / "run" / "labels" / "iteration_0001" / "quarantine" / "frame_0000.traj").exists()
+    resumed_labeller = Counting()
+    task = RelaxTask(adatom_slab(), fmax=FMAX)
+    with ActiveLearner(model(), resumed_labeller, task, tmp_path / "run", resume=True, label_max_z=50.0,
+                       label_z_min_error=1.0, **FAST) as learner:
+        result = learner.run()
+    assert resumed_labeller.calls == reference.labels - 2  # iteration 1's label was not computed again
+    assert result.labels == reference.labels and result.failed_attempts == 0
+    assert result.oracle_calls == reference.oracle_calls == strict.calls + resumed_labeller.calls
+    np.testing.assert_allclose(task.atoms.positions, reference_task.atoms.positions, atol=1e-9)

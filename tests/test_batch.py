@@ -132,7 +132,36 @@ def test_sanity_check_rejection_is_reported_not_retried(tmp_path):
     result = label_batch(batch, Flaky("always"), tmp_path / "b", retries=2, checks=checks, max_workers=1)
     assert [f.index for f in result.failures] == [0, 1]
     assert all(f.rejected and f.attempts == 1 for f in result.failures)
-    assert (tmp_path / "quarantine" / "frame_0000001.traj").exists()
+    assert (tmp_path / "b" / "quarantine" / "frame_0001.traj").exists()
+
+
+def test_rejected_labels_are_kept_per_batch_and_checked_again_on_a_rerun(tmp_path):
+    """Each batch quarantines in its own directory (frame 0 of a second batch used to
+    overwrite the first batch's rejected frame 0). A rerun with the same labeller checks the
+    quarantined labels again instead of paying for them: rejected again without a call,
+    accepted with the checks loosened."""
+    strict = LearningOptions(label_max_force=1e-6)
+    checks = LabelChecks(strict, "flaky", tmp_path, labeller_id="flaky-1")
+    first, second = frames(1), frames(1, seed=3)
+    for name, batch in (("b1", first), ("b2", second)):
+        result = label_batch(batch, Flaky(), tmp_path / name, checks=checks, max_workers=1)
+        assert result.failures[0].rejected
+    q1, q2 = (read(tmp_path / name / "quarantine" / "frame_0000.traj") for name in ("b1", "b2"))
+    assert np.array_equal(q1.positions, first[0].positions) and np.array_equal(q2.positions, second[0].positions)
+    again = label_batch(first, Flaky(), tmp_path / "b1", checks=checks, max_workers=1)
+    assert again.failures[0].rejected and again.failures[0].attempts == 0 and again.attempts == {}
+    assert calls(tmp_path / "b1", 0) == 1
+    other = LabelChecks(strict, "flaky", tmp_path, labeller_id="flaky-2")  # another labeller: a call
+    label_batch(second, Flaky(), tmp_path / "b2", checks=other, max_workers=1)
+    assert calls(tmp_path / "b2", 0) == 2
+    assert (tmp_path / "b2" / "quarantine" / "superseded" / "frame_0000.json").exists()  # kept
+    loose = LabelChecks(LearningOptions(), "flaky", tmp_path, labeller_id="flaky-1")
+    accepted = label_batch(first, Flaky(), tmp_path / "b1", checks=loose, max_workers=1)
+    assert accepted.ok and accepted.reused == [0] and calls(tmp_path / "b1", 0) == 1
+    assert np.array_equal(accepted.frames[0].get_forces(), q1.get_forces())
+    assert (job_directory(tmp_path / "b1", 0) / LABELLED_FILE).exists()
+    assert (tmp_path / "b1" / "quarantine" / "released" / "frame_0000.traj").exists()
+    assert loose.energy_ranges["Cu"].count == 1  # the accepted label joined the history once
 
 
 def test_bad_arguments(tmp_path):

@@ -18,7 +18,9 @@ on a cluster (``dask.distributed.Client(...).get_executor()`` is such an executo
   gives the same labels).
 - **No DFT twice.** A labelled frame is written losslessly to ``frame_<iiii>/labelled.traj``
   by the worker as soon as it is done; a rerun over the same directory reuses every stored
-  label whose frame matches (species, positions, cell) and labels only the rest.
+  label whose frame matches (species, positions, cell) and labels only the rest. Labels a
+  sanity check rejected (``directory/quarantine/``) are checked again by a rerun with the
+  same labeller instead of being paid for twice.
 - Results come back in input order.
 
 Labellers cross a process boundary, and ASE calculators are often not picklable, so the
@@ -59,6 +61,9 @@ LabellerSpec = Union[str, Mapping[str, Any], Callable[..., Labeller]]
 
 LABELLED_FILE = "labelled.traj"
 """The lossless copy of a job's labelled frame inside its directory."""
+
+QUARANTINE_DIR = "quarantine"
+"""Where in the batch directory the frames that a sanity check rejected go."""
 
 
 def job_directory(directory: str | os.PathLike, index: int) -> Path:
@@ -102,6 +107,8 @@ class BatchResult:
             the frame failed.
         failures: the failed frames, by input index.
         reused: indices whose labels came from a previous run's stored files.
+        released: those of ``reused`` whose labels a sanity check had rejected in a
+            previous run and which pass the checks now (their call is that run's failed one).
         directory: the batch directory.
         attempts: how many times the labeller ran on each frame labelled in this call (by
             input index; reused frames are not in it), failed attempts included: the
@@ -111,6 +118,7 @@ class BatchResult:
     frames: list[Atoms | None]
     failures: list[FrameFailure] = field(default_factory=list)
     reused: list[int] = field(default_factory=list)
+    released: list[int] = field(default_factory=list)
     directory: Path = Path(".")
     attempts: dict[int, int] = field(default_factory=dict)
 
@@ -221,6 +229,34 @@ def _stored(frame: Atoms, job_dir: Path, index: int) -> Atoms | None:
     return reused
 
 
+def _recheck_quarantined(frame: Atoms, index: int, checks: LabelChecks, directory: Path,
+                         result: BatchResult) -> bool:
+    """Check again the labels the same labeller returned for ``frame`` in an earlier run of
+    this batch, which a sanity check rejected (:meth:`LabelChecks.quarantined`): the labeller
+    would return the same, and the checks may have been loosened since. Accepted, they are
+    stored like a fresh label and count as reused; rejected again, the frame fails without
+    a call. False: there are no such labels."""
+    candidate = checks.quarantined(frame, index)
+    if candidate is None:
+        return False
+    log.info("batch %s: checking the quarantined labels of frame %d again instead of labelling it",
+             directory, index)
+    try:
+        checks.check(candidate, index, frame.arrays.get("gp_forces"), frame.arrays.get("gp_force_stds"))
+    except LabelRejected as exc:
+        result.failures.append(FrameFailure(index=index, error=f"LabelRejected: {exc}", attempts=0,
+                                            directory=job_directory(directory, index), rejected=True))
+        return True
+    job_dir = job_directory(directory, index)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    atomic_io.write_atoms(job_dir / LABELLED_FILE, candidate, format="traj")
+    checks.release(index)
+    result.frames[index] = candidate
+    result.reused.append(index)
+    result.released.append(index)
+    return True
+
+
 # ---------------------------------------------------------------------- the batch
 def _default_executor(n_jobs: int, max_workers: int | None) -> ProcessPoolExecutor:
     # spawn, not fork: the parent may have started OpenMP threads (the GP core), which a
@@ -261,7 +297,9 @@ def label_batch(
             checks against the energy history as it was before the batch (frames of one
             batch are not compared with each other); the accepted frames, and those
             reused from an interrupted run, then join the history here. Rejected frames
-            are quarantined with the batch index as step.
+            are quarantined in ``directory/quarantine/frame_<iiii>.traj``; a rerun with
+            the same labeller (the checks' ``labeller_id``) checks their labels again
+            instead of labelling them (accepted: reused; rejected: failed, no call).
         max_workers: size of the default process pool.
 
     Returns:
@@ -288,14 +326,16 @@ def label_batch(
     directory.mkdir(parents=True, exist_ok=True)
 
     result = BatchResult(frames=[None] * len(frames), directory=directory)
+    # this batch's rejected frames go to its own quarantine/ (another batch's indices repeat)
+    job_checks = None if checks is None else checks.quarantining_in(directory / QUARANTINE_DIR, digits=4)
     todo: list[int] = []
     for i, frame in enumerate(frames):
         stored = _stored(frame, job_directory(directory, i), i)
-        if stored is None:
-            todo.append(i)
-        else:
+        if stored is not None:
             result.frames[i] = stored
             result.reused.append(i)
+        elif job_checks is None or not _recheck_quarantined(frame, i, job_checks, directory, result):
+            todo.append(i)
     if result.reused:
         log.info("batch %s: reusing the stored labels of %d frame(s)", directory, len(result.reused))
 
@@ -303,7 +343,7 @@ def label_batch(
         own = executor is None
         pool = _default_executor(len(todo), max_workers) if own else executor
         try:
-            _run(pool, frames, todo, labeller, directory, int(retries), stress, checks, result)
+            _run(pool, frames, todo, labeller, directory, int(retries), stress, job_checks, result)
         finally:
             if own:
                 pool.shutdown(wait=True)

@@ -33,6 +33,7 @@ The check functions (:func:`check_force_cap`, :func:`check_energy_cap`,
 """
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -353,6 +354,15 @@ class LabelChecks:
                     f"Fix the labeller (or change {first.option}) and resume.")
         raise LabelRejected(message, step, self.labeller, found, quarantined)
 
+    def quarantining_in(self, directory: str | os.PathLike, digits: int) -> "LabelChecks":
+        """These checks with rejected frames going to ``directory`` (steps ``digits`` wide),
+        and a copy of the energy history (a batch's jobs check against the history as it
+        was before the batch, see :func:`otfgp.batch.label_batch`)."""
+        other = copy.copy(self)
+        other.quarantine_dir, other.digits = Path(directory), digits
+        other.energy_ranges = copy.deepcopy(self.energy_ranges)
+        return other
+
     def quarantined(self, frame: Atoms, step: int) -> Atoms | None:
         """The labels this labeller returned for ``frame`` at ``step`` in an earlier run,
         which were quarantined: a copy of ``frame`` holding them, or None (no such file,
@@ -360,7 +370,8 @@ class LabelChecks:
 
         A resumed run checks these again (with its own, perhaps loosened, ``label_*``
         options) instead of paying for a DFT call that returns the same labels. Once they
-        pass, :meth:`release` moves the files to ``quarantine/released/``."""
+        pass, :meth:`release` moves the files to ``quarantine/released/``; files that are
+        not this labeller's labels of this frame move to ``quarantine/superseded/``."""
         from ase.calculators.singlepoint import SinglePointCalculator
         from ase.io import read
 
@@ -376,6 +387,7 @@ class LabelChecks:
             return None
         if reason.get("labeller_id") != self.labeller_id or len(old) != len(frame) \
                 or not np.allclose(old.positions, frame.positions, atol=1e-8) or old.calc is None:
+            self._move(step, "superseded")  # another labeller's or frame's: kept, not overwritten
             return None
         out = frame.copy()
         out.calc = SinglePointCalculator(out, **old.calc.results)
@@ -384,12 +396,24 @@ class LabelChecks:
     def release(self, step: int) -> None:
         """Move a quarantined frame whose labels were checked again and accepted (see
         :meth:`quarantined`) to ``quarantine/released/``; the run's ``dft/`` now holds them."""
+        self._move(step, "released")
+
+    def _move(self, step: int, where: str) -> None:
+        """Move the quarantined files of ``step`` to ``quarantine/<where>/`` (numbered
+        ``frame_<step>.<k>.traj`` after the first, so nothing there is overwritten)."""
         path = self._path(step)
-        released = self.quarantine_dir / "released"
-        released.mkdir(exist_ok=True)
+        target = self.quarantine_dir / where
+        target.mkdir(exist_ok=True)
+        k = 0
+        while any((target / self._moved_name(f, k)).exists() for f in (path, path.with_suffix(".json"))):
+            k += 1
         for f in (path, path.with_suffix(".json")):
             if f.exists():
-                f.replace(released / f.name)
+                f.replace(target / self._moved_name(f, k))
+
+    @staticmethod
+    def _moved_name(path: Path, k: int) -> str:
+        return path.name if k == 0 else f"{path.stem}.{k}{path.suffix}"
 
     def _path(self, step: int | None) -> Path:
         stem = f"frame_{step:0{self.digits}d}" if step is not None else "frame"

@@ -51,10 +51,10 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from .. import atomic_io, run_dir
 from ..arguments import count, flag
-from ..batch import BatchLabelError, BatchResult, label_batch
+from ..batch import BatchLabelError, BatchResult, job_directory, label_batch
 from ..calculator import GPCalculator
 from ..gp import GaussianProcess, Prediction
-from ..label_checks import LabelChecks, labeller_name
+from ..label_checks import LabelChecks, labeller_id, labeller_name
 from ..learning import Labeller, LearningOptions, add_labelled, check_species, retrain
 from ..query import greedy_variance_batch, max_uncertainty_batch, random_batch
 from .task import IterationData, Task, free_atoms, same_structure
@@ -243,6 +243,7 @@ class ActiveLearner:
         self.model = model
         self.executor = executor
         self.labeller_name = labeller_name(labeller)
+        self.labeller_id = labeller_id(labeller)
         if isinstance(labeller, (str, Mapping)) or executor is not None:
             self._labeller: Any = labeller
         else:
@@ -252,12 +253,14 @@ class ActiveLearner:
         self.failed_attempts = 0
         self.converged = False
         self.labelled_files: list[str] = []  # relative to the run directory, in training order
+        # job directories (relative) of labels a sanity check rejected, counted in failed_attempts
+        self.counted_rejections: list[str] = []
         self.reference_energies: list[float | None] = []
         self.last_metrics: dict[str, Any] = {}
         self._checkpoint_index = 0
         self._lock = run_dir.RunLock(self.directory).acquire()
         try:
-            self.checks = LabelChecks(self.options.learning_options(), self.labeller_name, self.directory)
+            self.checks = self._label_checks()
             if resume and (self.directory / run_dir.CHECKPOINT_DIR / run_dir.STATE_FILE).exists():
                 self._restore(given)
             elif run_dir.holds_run(self.directory) and not resume:
@@ -437,6 +440,16 @@ class ActiveLearner:
         fresh = set(batch.indices) - set(batch.reused)
         failed = sum(batch.attempts.values()) - len(fresh)
         self.failed_attempts += failed
+        # A rejected label's call was counted as failed; accepted on resume, it is a label
+        # now (counted below). Only rejections a checkpoint counted are taken back: after a
+        # kill before the checkpoint the resumed run never counted that call.
+        for i in batch.released:
+            key = str(job_directory(directory, i).relative_to(self.directory))
+            if key in self.counted_rejections:
+                self.counted_rejections.remove(key)
+                self.failed_attempts -= 1
+        self.counted_rejections += [str(f.directory.relative_to(self.directory)) for f in batch.failures
+                                    if f.rejected and f.attempts > 0]
         if batch.failures and self.options.on_failure == "raise":
             # the labels of this batch are stored in their job directories and counted when
             # the resumed run reuses them; the failed calls are counted now
@@ -468,6 +481,11 @@ class ActiveLearner:
             retrain(self.model, options, calls=self.labels, reference_energies=self.reference_energies)
 
     # ----------------------------------------------------------------- checkpoints
+    def _label_checks(self) -> LabelChecks:
+        """The label checks with the current options (quarantine: each batch's own)."""
+        return LabelChecks(self.options.learning_options(), self.labeller_name, self.directory,
+                           labeller_id=self.labeller_id)
+
     def _write_checkpoint(self, task_state: Mapping[str, Any] | None = None) -> None:
         """Checkpoint the run after the last completed iteration; ``task_state`` (default
         the task's current state) is the task's part."""
@@ -485,6 +503,7 @@ class ActiveLearner:
             "failed_attempts": self.failed_attempts,
             "converged": self.converged,
             "labelled_files": self.labelled_files,
+            "counted_rejections": self.counted_rejections,
             "reference_energies": self.reference_energies,
             "last_metrics": self.last_metrics,
             "options": asdict(self.options),
@@ -502,13 +521,14 @@ class ActiveLearner:
         model.priors, model.bounds = self.model.priors, dict(self.model.bounds)
         self.model = model
         self.options = ActiveOptions.from_dict({**state["options"], **given})
-        self.checks = LabelChecks(self.options.learning_options(), self.labeller_name, self.directory)
+        self.checks = self._label_checks()
         self.task.restore(state["task"])
         self.iteration = int(state["iteration"])
         self.labels = int(state["labels"])
         self.failed_attempts = int(state["failed_attempts"])
         self.converged = bool(state["converged"])
         self.labelled_files = list(state["labelled_files"])
+        self.counted_rejections = list(state.get("counted_rejections", []))  # older checkpoints: none
         self.reference_energies = list(state["reference_energies"])
         self.last_metrics = dict(state["last_metrics"])
         self._checkpoint_index = int(state["checkpoint_index"])
