@@ -140,23 +140,21 @@ def test_rejected_labels_are_kept_per_batch_and_checked_again_on_a_rerun(tmp_pat
     overwrite the first batch's rejected frame 0). A rerun with the same labeller checks the
     quarantined labels again instead of paying for them: rejected again without a call,
     accepted with the checks loosened."""
-    strict = LearningOptions(label_max_force=1e-6)
-    checks = LabelChecks(strict, "flaky", tmp_path, labeller_id="flaky-1")
+    checks = LabelChecks(LearningOptions(label_max_force=1e-6), "flaky", tmp_path)
     first, second = frames(1), frames(1, seed=3)
     for name, batch in (("b1", first), ("b2", second)):
-        result = label_batch(batch, Flaky(), tmp_path / name, checks=checks, max_workers=1)
+        result = label_batch(batch, Flaky(), tmp_path / name, checks=checks, max_workers=1, labeller_id="flaky-1")
         assert result.failures[0].rejected
     q1, q2 = (read(tmp_path / name / "quarantine" / "frame_0000.traj") for name in ("b1", "b2"))
     assert np.array_equal(q1.positions, first[0].positions) and np.array_equal(q2.positions, second[0].positions)
-    again = label_batch(first, Flaky(), tmp_path / "b1", checks=checks, max_workers=1)
+    again = label_batch(first, Flaky(), tmp_path / "b1", checks=checks, max_workers=1, labeller_id="flaky-1")
     assert again.failures[0].rejected and again.failures[0].attempts == 0 and again.attempts == {}
     assert calls(tmp_path / "b1", 0) == 1
-    other = LabelChecks(strict, "flaky", tmp_path, labeller_id="flaky-2")  # another labeller: a call
-    label_batch(second, Flaky(), tmp_path / "b2", checks=other, max_workers=1)
-    assert calls(tmp_path / "b2", 0) == 2
+    label_batch(second, Flaky(), tmp_path / "b2", checks=checks, max_workers=1, labeller_id="flaky-2")
+    assert calls(tmp_path / "b2", 0) == 2  # another labeller: a call
     assert (tmp_path / "b2" / "quarantine" / "superseded" / "frame_0000.json").exists()  # kept
-    loose = LabelChecks(LearningOptions(), "flaky", tmp_path, labeller_id="flaky-1")
-    accepted = label_batch(first, Flaky(), tmp_path / "b1", checks=loose, max_workers=1)
+    loose = LabelChecks(LearningOptions(), "flaky", tmp_path)
+    accepted = label_batch(first, Flaky(), tmp_path / "b1", checks=loose, max_workers=1, labeller_id="flaky-1")
     assert accepted.ok and accepted.reused == [0] and calls(tmp_path / "b1", 0) == 1
     assert np.array_equal(accepted.frames[0].get_forces(), q1.get_forces())
     assert (job_directory(tmp_path / "b1", 0) / LABELLED_FILE).exists()
@@ -188,3 +186,17 @@ def test_dask_local_cluster_with_injected_failure(tmp_path):
     assert [calls(tmp_path, i) for i in range(6)] == [1, 1, 1, 1, 2, 1]  # the retry really ran
     assert_emt_labels(result.labelled, [batch[i] for i in result.indices])
     assert len(hosts) == 2
+
+
+def test_stored_labels_of_another_labeller_are_not_reused(tmp_path):
+    """A rerun with another labeller (other DFT settings) labels the frames again; the old
+    labels are kept beside the new."""
+    batch = frames(1)
+    label_batch(batch, Flaky(), tmp_path, max_workers=1, labeller_id="a")
+    assert label_batch(batch, Flaky(), tmp_path, max_workers=1, labeller_id="a").reused == [0]
+    assert calls(tmp_path, 0) == 1
+    again = label_batch(batch, Flaky(), tmp_path, max_workers=1, labeller_id="b")
+    assert again.reused == [] and calls(tmp_path, 0) == 2
+    job = job_directory(tmp_path, 0)
+    assert read(job / LABELLED_FILE).info["labeller_id"] == "b"
+    assert read(job / f"{LABELLED_FILE}.labeller_a", format="traj").info["labeller_id"] == "a"

@@ -18,7 +18,8 @@ on a cluster (``dask.distributed.Client(...).get_executor()`` is such an executo
   gives the same labels).
 - **No DFT twice.** A labelled frame is written losslessly to ``frame_<iiii>/labelled.traj``
   by the worker as soon as it is done; a rerun over the same directory reuses every stored
-  label whose frame matches (species, positions, cell) and labels only the rest. Labels a
+  label whose frame matches (species, positions, cell) and whose labeller is the same
+  (``labeller_id``), and labels only the rest. Labels a
   sanity check rejected (``directory/quarantine/``) are checked again by a rerun with the
   same labeller instead of being paid for twice.
 - Results come back in input order.
@@ -51,6 +52,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from . import atomic_io
 from .arguments import count
 from .label_checks import LabelChecks, LabelRejected
+from .label_checks import labeller_id as make_labeller_id
 from .learning import Labeller, LabellerError, describe, label
 
 log = logging.getLogger(__name__)
@@ -175,10 +177,11 @@ def _build_labeller(spec: LabellerSpec, job_dir: Path) -> Labeller:
 
 def label_job(frame: Atoms, labeller: LabellerSpec, job_dir: str | os.PathLike,
               stress: bool | None = False, checks: LabelChecks | None = None,
-              index: int | None = None, attempt: int = 1) -> Atoms:
+              index: int | None = None, attempt: int = 1, labeller_id: str | None = None) -> Atoms:
     """Label one frame in ``job_dir`` (the function each worker runs): build the labeller
     from its specification, label through :func:`otfgp.learning.label` and store the
-    result losslessly in ``job_dir/labelled.traj`` before returning it.
+    result losslessly in ``job_dir/labelled.traj`` before returning it, with
+    ``labeller_id`` (the labeller's fingerprint) in its info.
 
     ``attempt`` (1, 2, ...) only makes each retry a distinct call: Dask's executor
     identifies a task by a hash of its function and arguments, and would answer a retry
@@ -201,6 +204,8 @@ def label_job(frame: Atoms, labeller: LabellerSpec, job_dir: str | os.PathLike,
     except LabellerError as exc:
         raise JobFailed(f"{type(exc).__name__}: {exc}", isinstance(exc, LabelRejected),
                         exc.program_output) from None
+    if labeller_id is not None:
+        out.info["labeller_id"] = labeller_id
     atomic_io.write_atoms(job_dir / LABELLED_FILE, out, format="traj")
     return out
 
@@ -212,8 +217,9 @@ def _same_frame(a: Atoms, b: Atoms) -> bool:
             and np.allclose(a.cell.array, b.cell.array, atol=1e-8) and np.array_equal(a.pbc, b.pbc))
 
 
-def _stored(frame: Atoms, job_dir: Path, index: int) -> Atoms | None:
-    """The stored labels of ``frame`` from a previous run, or None if there are none."""
+def _stored(frame: Atoms, job_dir: Path, index: int, labeller_id: str) -> Atoms | None:
+    """The stored labels of ``frame`` from a previous run, or None if there are none or
+    another labeller made them (its file is then kept as ``labelled.traj.labeller_<id>``)."""
     from ase.io import read
 
     path = job_dir / LABELLED_FILE
@@ -224,6 +230,11 @@ def _stored(frame: Atoms, job_dir: Path, index: int) -> Atoms | None:
         raise ValueError(f"{path} holds the labels of a different structure than frame {index} of this "
                          "batch; label a different batch in a fresh directory (the stored DFT labels "
                          "are not overwritten)")
+    made_by = old.info.get("labeller_id")
+    if made_by is not None and made_by != labeller_id:  # files from before the ids: reused
+        log.info("%s: labelled by another labeller; labelling frame %d again", path, index)
+        path.replace(path.with_name(f"{path.name}.labeller_{made_by}"))
+        return None
     reused = frame.copy()
     reused.calc = SinglePointCalculator(reused, **old.calc.results)
     return reused
@@ -249,6 +260,7 @@ def _recheck_quarantined(frame: Atoms, index: int, checks: LabelChecks, director
         return True
     job_dir = job_directory(directory, index)
     job_dir.mkdir(parents=True, exist_ok=True)
+    candidate.info["labeller_id"] = checks.labeller_id
     atomic_io.write_atoms(job_dir / LABELLED_FILE, candidate, format="traj")
     checks.release(index)
     result.frames[index] = candidate
@@ -276,6 +288,7 @@ def label_batch(
     stress: bool | None = False,
     checks: LabelChecks | None = None,
     max_workers: int | None = None,
+    labeller_id: str | None = None,
 ) -> BatchResult:
     """Label ``frames`` concurrently, each in its own job directory (see the module docstring).
 
@@ -301,6 +314,10 @@ def label_batch(
             the same labeller (the checks' ``labeller_id``) checks their labels again
             instead of labelling them (accepted: reused; rejected: failed, no call).
         max_workers: size of the default process pool.
+        labeller_id: the labeller's fingerprint, stored with each label
+            (default :func:`otfgp.label_checks.labeller_id` of ``labeller``): a stored
+            label or a quarantined one of another labeller is not reused, and the frame
+            is labelled again.
 
     Returns:
         A :class:`BatchResult` in input order.
@@ -324,13 +341,14 @@ def label_batch(
             raise ValueError(f"frame {i} is a {type(frame).__name__}, not an ase.Atoms")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    made_by = make_labeller_id(labeller) if labeller_id is None else labeller_id
 
     result = BatchResult(frames=[None] * len(frames), directory=directory)
     # this batch's rejected frames go to its own quarantine/ (another batch's indices repeat)
-    job_checks = None if checks is None else checks.quarantining_in(directory / QUARANTINE_DIR, digits=4)
+    job_checks = None if checks is None else checks.quarantining_in(directory / QUARANTINE_DIR, 4, made_by)
     todo: list[int] = []
     for i, frame in enumerate(frames):
-        stored = _stored(frame, job_directory(directory, i), i)
+        stored = _stored(frame, job_directory(directory, i), i, made_by)
         if stored is not None:
             result.frames[i] = stored
             result.reused.append(i)
@@ -343,7 +361,7 @@ def label_batch(
         own = executor is None
         pool = _default_executor(len(todo), max_workers) if own else executor
         try:
-            _run(pool, frames, todo, labeller, directory, int(retries), stress, job_checks, result)
+            _run(pool, frames, todo, labeller, directory, int(retries), stress, job_checks, result, made_by)
         finally:
             if own:
                 pool.shutdown(wait=True)
@@ -359,7 +377,8 @@ def label_batch(
 
 
 def _run(pool: Executor, frames: list[Atoms], todo: list[int], labeller: LabellerSpec, directory: Path,
-         retries: int, stress: bool | None, checks: LabelChecks | None, result: BatchResult) -> None:
+         retries: int, stress: bool | None, checks: LabelChecks | None, result: BatchResult,
+         labeller_id: str) -> None:
     """Submit the jobs, resubmit failures while attempts remain, collect into ``result``."""
     attempts = result.attempts
     attempts.update({i: 0 for i in todo})
@@ -367,7 +386,7 @@ def _run(pool: Executor, frames: list[Atoms], todo: list[int], labeller: Labelle
     def submit(i: int) -> Future:
         attempts[i] += 1
         return pool.submit(label_job, frames[i], labeller, str(job_directory(directory, i)), stress, checks, i,
-                           attempts[i])
+                           attempts[i], labeller_id)
 
     pending: dict[Future, int] = {submit(i): i for i in todo}
     while pending:

@@ -354,12 +354,13 @@ class LabelChecks:
                     f"Fix the labeller (or change {first.option}) and resume.")
         raise LabelRejected(message, step, self.labeller, found, quarantined)
 
-    def quarantining_in(self, directory: str | os.PathLike, digits: int) -> "LabelChecks":
-        """These checks with rejected frames going to ``directory`` (steps ``digits`` wide),
-        and a copy of the energy history (a batch's jobs check against the history as it
-        was before the batch, see :func:`otfgp.batch.label_batch`)."""
+    def quarantining_in(self, directory: str | os.PathLike, digits: int, labeller_id: str) -> "LabelChecks":
+        """These checks with rejected frames of the labeller ``labeller_id`` going to
+        ``directory`` (steps ``digits`` wide), and a copy of the energy history (a batch's
+        jobs check against the history as it was before the batch, see
+        :func:`otfgp.batch.label_batch`)."""
         other = copy.copy(self)
-        other.quarantine_dir, other.digits = Path(directory), digits
+        other.quarantine_dir, other.digits, other.labeller_id = Path(directory), digits, labeller_id
         other.energy_ranges = copy.deepcopy(self.energy_ranges)
         return other
 

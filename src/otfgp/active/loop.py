@@ -433,7 +433,7 @@ class ActiveLearner:
         executor = self.executor or ThreadPoolExecutor(max_workers=1)
         try:
             batch = label_batch(jobs, self._labeller, directory, executor=executor, retries=self.options.retries,
-                                on_failure="skip", checks=self.checks)
+                                on_failure="skip", checks=self.checks, labeller_id=self.labeller_id)
         finally:
             if self.executor is None:
                 executor.shutdown(wait=True)
@@ -483,8 +483,7 @@ class ActiveLearner:
     # ----------------------------------------------------------------- checkpoints
     def _label_checks(self) -> LabelChecks:
         """The label checks with the current options (quarantine: each batch's own)."""
-        return LabelChecks(self.options.learning_options(), self.labeller_name, self.directory,
-                           labeller_id=self.labeller_id)
+        return LabelChecks(self.options.learning_options(), self.labeller_name, self.directory)
 
     def _write_checkpoint(self, task_state: Mapping[str, Any] | None = None) -> None:
         """Checkpoint the run after the last completed iteration; ``task_state`` (default
