@@ -72,6 +72,36 @@ def test_reference_needs_a_force_only_trained_model_and_one_energy_per_structure
         untrained.set_energy_reference([0.0])
 
 
+@pytest.mark.parametrize("kind", [otfgp.GaussianProcess, otfgp.ScalableGP])
+def test_references_for_some_structures_keep_the_offsets_of_the_others(kind):
+    """A species in none of the structures given a reference keeps its offset: a starting
+    model's own structures enter on-the-fly learning without references (None), and a Cu
+    offset fitted before was reset to 0 there (a jump of 4 x 2 eV in a Cu4 cell)."""
+    from ase.build import bulk
+
+    rng = np.random.default_rng(1)
+    frames = []
+    for symbol, a in (("Al", 4.05), ("Al", 4.05), ("Cu", 3.61)):
+        atoms = bulk(symbol, "fcc", a=a, cubic=True)
+        atoms.positions += rng.uniform(-0.1, 0.1, atoms.positions.shape)
+        atoms.calc = EMT()
+        atoms.get_forces()
+        frames.append(atoms)
+    options = {"lower": 1.8} if kind is otfgp.ScalableGP else {}
+    gp = kind(["Al", "Cu"], {"twobody": 4.5}, hyperparameters={"sigma2": 1.0, "ell2": 1.0, "noise_force": 0.05},
+              **options)
+    for atoms in frames:
+        gp.add_training_data(atoms, atom_indices=[0, 1])
+    gp.train(optimize=False)
+    energies = [a.get_potential_energy() for a in frames]
+    both = gp.set_energy_reference(energies)
+    assert both["Cu"] != 0.0
+    assert gp.set_energy_reference(energies[:2] + [None]) == pytest.approx(both, abs=1e-9)
+    assert gp.set_energy_reference([None] * 3) == pytest.approx(both, abs=1e-9)
+    cu = frames[2]
+    assert gp.predict(cu, variance=False).energy == pytest.approx(cu.get_potential_energy(), abs=1e-6)
+
+
 def _otf_energies(tmp_path, energy_reference: bool) -> tuple[float, list[float]]:
     """Held-out liquid energy error (eV/atom) and the potential-energy change at each
     retrain step of a short on-the-fly melt (EMT labels, forces trained only)."""

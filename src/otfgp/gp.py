@@ -496,6 +496,18 @@ def hyperparameter_values(d: Mapping[str, Any]) -> dict[str, float]:
     check_hyperparameter_names(d)
     return {k: float(positive_number(f"hyperparameter {k}", v, allow_none=False)) for k, v in d.items()}
 
+def refit_offsets(current: np.ndarray, compositions: np.ndarray, residuals: np.ndarray) -> np.ndarray:
+    """Per-species energy offsets fitted by least squares to ``residuals`` (reference energy
+    minus the model's energy without offsets, one per structure) on the structures'
+    ``compositions`` (atoms per species); a species in none of them keeps its ``current``
+    offset, so that references for some structures never reset what others set."""
+    offsets = np.array(current, dtype=float)
+    present = compositions.sum(axis=0) > 0 if len(compositions) else np.zeros(len(offsets), dtype=bool)
+    if present.any():
+        offsets[present] = scipy.linalg.lstsq(compositions[:, present], residuals)[0]
+    return offsets
+
+
 class GaussianProcess:
     """Bayesian 2+3-body force field (FLARE model) with analytic mean and variance.
 
@@ -859,7 +871,9 @@ class GaussianProcess:
 
         Args:
             energies: one entry per training structure (:meth:`training_structure` order),
-                the labeller's energy in eV or ``None`` (not used).
+                the labeller's energy in eV or ``None`` (not used). A species in none of
+                the used structures keeps its offset (e.g. one a starting model learnt,
+                seen only in that model's own structures).
 
         Raises:
             ValueError: the model trains on energy labels (its offsets are fitted to them),
@@ -877,25 +891,21 @@ class GaussianProcess:
             if e is not None and not math.isfinite(float(e)):
                 raise ValueError(f"reference energy of training structure {i} is not finite: {e!r}")
         used = [i for i, e in enumerate(energies) if e is not None]
-        offsets = np.zeros(len(self.species))
-        if used:
-            A = self._compositions(used)
-            current = np.asarray(self._model.energy_offsets, dtype=float)
-            targets = []
-            for i, counts in zip(used, A):
-                # the GP's own energy: the prediction without the current offsets
-                gp_energy = self.predict(self.training_structure(i)["atoms"], variance=False).energy - counts @ current
-                targets.append(float(energies[i]) - float(gp_energy))
-            present = A.sum(axis=0) > 0  # species never seen keep a zero offset
-            offsets[present] = scipy.linalg.lstsq(A[:, present], np.array(targets))[0]
-        self._model.energy_offsets = list(offsets)
+        current = np.asarray(self._model.energy_offsets, dtype=float)
+        A = self._compositions(used)
+        targets = []
+        for i, counts in zip(used, A):
+            # the GP's own energy: the prediction without the current offsets
+            gp_energy = self.predict(self.training_structure(i)["atoms"], variance=False).energy - counts @ current
+            targets.append(float(energies[i]) - float(gp_energy))
+        self._model.energy_offsets = list(refit_offsets(current, A, np.array(targets)))
         return self.energy_offsets
 
     def _compositions(self, structures: Sequence[int] | np.ndarray) -> np.ndarray:
         """Atoms per species (columns) of the given training structures (rows)."""
         species = self._model.structure_species
         ns = len(self._model.atomic_numbers)
-        return np.array([np.bincount(species[s], minlength=ns) for s in structures], dtype=float)
+        return np.array([np.bincount(species[s], minlength=ns) for s in structures], dtype=float).reshape(-1, ns)
 
     def _fit_energy_offsets(self) -> np.ndarray:
         """Per-species energies from a least-squares fit of energy labels to composition."""

@@ -57,7 +57,8 @@ from .calibration import (ModelCalibration, SamplePool, epistemic_variances, mod
 from .gp import (AT_BOUND_FRACTION, DEFAULT_BOUNDS, DEFAULT_HYPERPARAMETERS, HYPERPARAMETER_NAMES,
                  MAXIMUM_LIKELIHOOD_BOUNDS, OptimizationReport, Prediction, _label_atom_indices,
                  check_hyperparameter_names, check_train_arguments, energy_stress_labels, exit_state,
-                 hyperparameter_values, label_flag, minimize_hyperparameters, model_cutoffs, model_species)
+                 hyperparameter_values, label_flag, minimize_hyperparameters, model_cutoffs, model_species,
+                 refit_offsets)
 from .priors import LogNormal, Priors, log_prior
 from .mapping import LOWER_MARGIN, _basis_points
 
@@ -853,7 +854,8 @@ class ScalableGP:
     def set_energy_reference(self, energies: Sequence[float | None]) -> dict[str, float]:
         """Fit the per-species energy offsets of a model trained without energy labels to
         reference energies of its training structures (one entry per structure, in the
-        order added; ``None``: not used), as :meth:`otfgp.GaussianProcess.set_energy_reference`:
+        order added; ``None``: not used; a species in none of the used ones keeps its
+        offset), as :meth:`otfgp.GaussianProcess.set_energy_reference`:
         least squares of ``energies[i] - E_GP(structure i)`` on the compositions, from the
         stored energy rows. Returns the offsets.
 
@@ -873,14 +875,10 @@ class ScalableGP:
             if e is not None and not math.isfinite(float(e)):
                 raise ValueError(f"reference energy of training structure {i} is not finite: {e!r}")
         used = [i for i, e in enumerate(energies) if e is not None]
-        offsets = np.zeros(len(self._numbers))
         if used:
-            A = np.array([self._structure_compositions[i] for i in used])
+            A = np.array([self._structure_compositions[i] for i in used], dtype=float)
             gp_energy = np.array([self._energy_rows[i] for i in used]) @ self._solution["m"]
-            targets = np.array([float(energies[i]) for i in used]) - gp_energy
-            present = A.sum(axis=0) > 0
-            offsets[present] = scipy.linalg.lstsq(A[:, present], targets)[0]
-        self._offsets = offsets
+            self._offsets = refit_offsets(self._offsets, A, np.array([float(energies[i]) for i in used]) - gp_energy)
         return self.energy_offsets
 
     # ----------------------------------------------------------------- persistence
