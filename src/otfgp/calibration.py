@@ -510,7 +510,7 @@ class SamplePool:
         for atoms in frames or ():
             pred = predict(atoms)
             nb = neighbourhood_scale_values(atoms, pred.forces, self.radius) if self.radius > 0 else None
-            self.add("force", "frames", np.asarray(atoms.get_forces(), dtype=float) - pred.forces,
+            self.add("force", "frames", np.asarray(atoms.get_forces(apply_constraint=False), dtype=float) - pred.forces,
                      pred.latent_force_variances, noise["force"], pred.forces, nb)
             results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
             if "energy" in results:

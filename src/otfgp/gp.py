@@ -715,9 +715,10 @@ class GaussianProcess:
         Args:
             atoms: the structure. With ``True`` flags the labels come from its attached
                 calculator (``get_forces``, ``get_potential_energy``, ``get_stress``).
-            forces: ``True`` (the calculator's forces), ``False`` (no force labels) or an
-                array of the forces on *all* atoms, shape (n_atoms, 3), row i the force on
-                atom i, as ``atoms.get_forces()`` returns it, whatever ``atom_indices`` is.
+            forces: ``True`` (the calculator's forces, without the constraints applied: a
+                fixed atom's label is its real force, not 0), ``False`` (no force labels) or
+                an array of the forces on *all* atoms, shape (n_atoms, 3), row i the force
+                on atom i, whatever ``atom_indices`` is.
                 A shorter array is an error: a (k, 3) array of the labelled atoms' rows is
                 ambiguous (for k = n_atoms a permutation would silently go to the wrong
                 atoms).
@@ -740,7 +741,8 @@ class GaussianProcess:
         force_atoms = np.zeros(0, dtype=np.int32)
         force_values = np.zeros((0, 3))
         if with_forces:
-            f = np.asarray(atoms.get_forces() if forces is True else forces, dtype=float)
+            # the labeller's forces on every atom: with constraints, get_forces() zeroes fixed atoms'
+            f = np.asarray(atoms.get_forces(apply_constraint=False) if forces is True else forces, dtype=float)
             if f.shape != (n, 3):
                 raise _core.InputError(
                     f"forces must have shape ({n}, 3), one row per atom of the structure (row i: "

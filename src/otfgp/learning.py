@@ -555,7 +555,8 @@ def pre_update_record(predicted_forces: np.ndarray, latent_stds: np.ndarray, lab
     """
     from .uq_metrics import coverage, mean_squared_z
 
-    errors = np.asarray(predicted_forces, dtype=float) - np.asarray(labelled.get_forces(), dtype=float)
+    labels = np.asarray(labelled.get_forces(apply_constraint=False), dtype=float)  # fixed atoms' too
+    errors = np.asarray(predicted_forces, dtype=float) - labels
     latent = np.asarray(latent_stds, dtype=float)
     total = np.sqrt(latent ** 2 + noise_force ** 2)
     reported = total if reported_stds is None else np.asarray(reported_stds, dtype=float)
@@ -589,7 +590,7 @@ def calibration_sample(predicted_forces: np.ndarray, latent_variances: np.ndarra
     from .calibration import neighbourhood_scale_values
 
     predicted = np.asarray(predicted_forces, dtype=float)
-    residuals = np.asarray(labelled.get_forces(), dtype=float) - predicted
+    residuals = np.asarray(labelled.get_forces(apply_constraint=False), dtype=float) - predicted
     out = {"residuals": residuals.ravel().tolist(),
            "latent_variances": np.asarray(latent_variances, dtype=float).ravel().tolist(),
            "forces": predicted.ravel().tolist(),

@@ -153,7 +153,7 @@ def predict_test_set(model: Any, frames: Sequence[Any]) -> tuple[np.ndarray, np.
     ref, pred, std = [], [], []
     for atoms in frames:
         try:
-            f_ref = atoms.get_forces()
+            f_ref = atoms.get_forces(apply_constraint=False)
         except Exception as exc:
             raise ValueError("test frames need reference forces (extxyz 'forces' array)") from exc
         p = model.predict(atoms, variance=True)
@@ -243,7 +243,7 @@ def pre_update_predictions(run_dir: str | os.PathLike) -> tuple[np.ndarray, np.n
     for path in sorted((Path(run_dir) / "dft").glob("frame_*.extxyz")):
         frame = read(path)
         if "gp_forces" in frame.arrays:
-            ref.append(frame.get_forces().ravel())
+            ref.append(frame.get_forces(apply_constraint=False).ravel())
             pred.append(frame.arrays["gp_forces"].ravel())
             # Runs before the calibration stored the latent std as gp_force_stds.
             key = "gp_latent_force_stds" if "gp_latent_force_stds" in frame.arrays else "gp_force_stds"

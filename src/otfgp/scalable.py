@@ -419,7 +419,7 @@ class ScalableGP:
         idx = _label_atom_indices(atom_indices, n) if with_forces else np.zeros(0, dtype=np.int64)
         y = []
         if with_forces:
-            f = np.asarray(atoms.get_forces() if forces is True else forces, dtype=float)
+            f = np.asarray(atoms.get_forces(apply_constraint=False) if forces is True else forces, dtype=float)
             if f.shape != (n, 3):
                 raise _core.InputError(f"forces must have shape ({n}, 3), got {f.shape}")
             y.append(f[idx].ravel())
