@@ -186,3 +186,37 @@ def test_cli_eval_refuses_outputs_before_the_work(model, frames, tmp_path, capsy
                  "--png", str(tmp_path / "plotfile")]) == 0
     assert str(tmp_path / "plotfile") in capsys.readouterr().out
     assert (tmp_path / "plotfile").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_reads_a_scalable_model(frames, tmp_path, capsys):
+    """``otfgp eval`` and ``otfgp plot --test`` read the scalable model file that ``otfgp
+    train --kind scalable`` (or an OTF run that switched) writes: they refused it as "not an
+    otfgp model file"; ``map`` and ``export`` say why they do not apply to it."""
+    import otfgp
+
+    scalable = otfgp.ScalableGP(["Al"], {"twobody": 4.5, "threebody": 3.2}, lower=1.8)
+    for f in frames[:2]:
+        scalable.add_training_data(f)
+    scalable.train(optimize=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    scalable.save(run / "model.otfgp")
+    log = [{"step": i, "time_fs": 5.0 * i, "temperature_K": 300.0, "dft": i == 0, "training_environments": 64,
+            "hyperparameters": scalable.hyperparameters, "threshold_eV_per_A": 0.05, "max_std_eV_per_A": 0.01}
+           for i in range(2)]  # what plot's run plots need of an OTF run's log
+    (run / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
+    test = tmp_path / "test.extxyz"
+    for f in frames:  # extxyz stores the calculator's results only once computed
+        f.get_forces(), f.get_potential_energy()
+    write(test, frames[2:])
+    out_json = tmp_path / "eval.json"
+    assert main(["-q", "eval", str(run / "model.otfgp"), str(test), "--json", str(out_json)]) == 0
+    assert json.loads(out_json.read_text())["forces"]["mae"] == pytest.approx(
+        evaluate(scalable, frames[2:]).forces["mae"], rel=1e-6)  # the JSON keeps 7 digits
+    assert main(["-q", "plot", str(run), "--test", str(test)]) == 0
+    assert (run / "parity.png").stat().st_size > 10_000
+    capsys.readouterr()
+    assert main(["-q", "map", str(run / "model.otfgp"), "-o", str(tmp_path / "m.otfgp")]) == 2
+    assert "mapped by construction" in capsys.readouterr().err
+    assert main(["-q", "export", str(run / "model.otfgp"), "-o", str(tmp_path / "x.extxyz")]) == 2
+    assert "keeps no training structures" in capsys.readouterr().err

@@ -86,6 +86,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .atomic_io import write_json
+from .models import is_scalable, load_model
 from .builders import (build_dynamics, build_labeller, build_model, build_structure, otf_model_options,
                        restore_hyperparameter_settings, set_velocities)
 from .config import (ConfigError, apply_overrides, check_output_path, load_config, parse_set, stage_bounds,
@@ -371,17 +372,24 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_map(args: argparse.Namespace) -> int:
-    """``otfgp map MODEL -o MAPPED``: spline-tabulate a trained model."""
-    from .gp import GaussianProcess
-
-    src = Path(args.model)
+def _load_model_file(src: Path) -> Any:
+    """A model file of either kind (:func:`otfgp.models.load_model`); a missing, corrupt,
+    truncated or foreign file is a ConfigError."""
     if not src.is_file():
         raise ConfigError(f"{src}: no such model file")
     try:
-        gp = GaussianProcess.load(src)
-    except ValueError as exc:  # corrupt, truncated or foreign file
+        return load_model(src)
+    except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    """``otfgp map MODEL -o MAPPED``: spline-tabulate a trained model."""
+    src = Path(args.model)
+    gp = _load_model_file(src)
+    if is_scalable(gp):
+        raise ConfigError(f"{src}: a scalable model is mapped by construction (its basis is the map); "
+                          "ScalableGP.save_mapped writes the pair style's file")
     if not gp.trained:
         raise ConfigError(f"{src}: the model is not trained")
     check_output_path("-o", args.output)  # the model file itself may be replaced by its mapped version
@@ -401,7 +409,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ase.io import read
 
     from .evaluate import evaluate, plot
-    from .gp import GaussianProcess
 
     src = Path(args.model)
     if not src.is_file():
@@ -414,10 +421,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_output_path("--json", args.json, inputs)
     if args.png:
         check_output_path("--png", args.png, inputs + ([("the --json output", args.json)] if args.json else []))
-    try:
-        gp = GaussianProcess.load(src)
-    except ValueError as exc:  # corrupt, truncated or foreign file
-        raise ConfigError(str(exc)) from exc
+    gp = _load_model_file(src)
     frames, groups = [], []
     for f in args.frames:
         try:
@@ -483,18 +487,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``otfgp export MODEL|RUN_DIR -o DATA.extxyz``: the training set with its trained labels."""
-    from .gp import GaussianProcess
-
     src = Path(args.model)
     if src.is_dir():
         src = src / "model.otfgp"
     if not src.is_file():
         raise ConfigError(f"{src}: no such model file (a run directory has model.otfgp once the run "
                           f"finished; give checkpoint/model_<n>.otfgp for an unfinished one)")
-    try:
-        gp = GaussianProcess.load(src)
-    except ValueError as exc:  # corrupt, truncated or foreign file
-        raise ConfigError(str(exc)) from exc
+    gp = _load_model_file(src)
+    if is_scalable(gp):
+        raise ConfigError(f"{src}: a scalable model keeps no training structures (its file holds sums over "
+                          "the labels), so there is nothing to export; export the labelled frames it was "
+                          "trained on instead")
     if gp.n_training_structures == 0:
         raise ConfigError(f"{src}: the model has no training data")
     check_output_path("-o", args.output, [("the model", src)])

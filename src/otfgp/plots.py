@@ -265,12 +265,12 @@ def plot_run(run_dir: str | os.PathLike, test: str | os.PathLike | None = None) 
     if test is not None:
         from ase.io import read
 
-        from .gp import GaussianProcess
+        from .models import load_model
 
         model_path = run_dir / "model.otfgp"
         if not model_path.is_file():
             raise FileNotFoundError(f"{model_path} not found (the run has not finished)")
-        model = GaussianProcess.load(model_path)
+        model = load_model(model_path)  # a run that switched to a ScalableGP ends with one
         frames = read(test, index=":")
         ref, pred, std = predict_test_set(model, frames)
         paths.append(plot_parity(ref, pred, run_dir / "parity.png"))
