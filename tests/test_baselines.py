@@ -176,6 +176,14 @@ def test_energy_and_force_vanish_continuously_at_cutoff():
     (baselines.Morse({"Al": (0.3, -2.9, 1.0)}, cutoff=5.0), "positive"),
     (baselines.Morse({"Cu": (0.3, 2.9, 1.0)}, cutoff=5.0), "no parameters for element 13"),
     (baselines.Morse({"Al": (0.3, 2.9, 1.0)}, cutoff=0.2), "cutoff"),
+    (baselines.Morse({"Al": (0.3, 2.9, 1.0)}, cutoff=True), "cutoff must be a positive number"),  # was 1 A
+    (baselines.Morse({"Al": (0.3, "2.9", 1.0)}, cutoff=5.0), "Morse parameters of 'Al': r_e must be a number"),
+    (baselines.Morse({"Al": 0.3}, cutoff=5.0), r"'Al': 3 values \(D_e, r_e, a\) expected"),
+    (baselines.Morse([("Al", (0.3, 2.9, 1.0))], cutoff=5.0), "params must map elements"),
+    (baselines.LennardJones({"Al": (0.3, 2.9)}, 5.0, pairs={"Al": (0.1, 2.0)}), "a pair is written 'A-B'"),
+    # the same pair twice: the core kept the last, so the energy depended on the keys' order
+    (baselines.Morse({"Al": (0.3, 2.9, 1.0)}, 5.0, pairs={("Al", "Al"): (0.3, 2.9, 1.0), "Al-Al": (0.2, 2.9, 1.0)}),
+     "pair Al-Al is given twice"),
 ])
 def test_bad_baselines_are_refused(bad, match):
     with pytest.raises(otfgp.InputError, match=match):
@@ -509,3 +517,23 @@ def test_fit_morse_refuses_bad_input():
     frames = baselines.scaled_frames(bulk("Cu", "fcc", a=3.6), [1.0, 1.05], EMT())
     with pytest.raises(ValueError, match="one finite energy per frame"):
         baselines.fit_morse(frames, cutoff=6.0, energies=[1.0])
+    # named before scipy sees them (it said "Initial guess is outside of provided bounds", a KeyError...)
+    with pytest.raises(otfgp.InputError, match="initial Morse parameters of 'Cu' must be positive"):
+        baselines.fit_morse(frames, cutoff=6.0, initial={"Cu": (-0.5, 2.5, 1.5)})
+    with pytest.raises(otfgp.InputError, match=r"'Cu': 3 values \(D_e, r_e, a\) expected, got 2"):
+        baselines.fit_morse(frames, cutoff=6.0, initial={"Cu": (0.5, 2.5)})
+    with pytest.raises(otfgp.InputError, match="reference energy of 'Cu' must be a finite number"):
+        baselines.fit_morse(frames, cutoff=6.0, reference_energies={"Cu": float("nan")})
+
+
+def test_unlike_pair_given_in_both_orders_is_refused():
+    """("Al", "Cu") and ("Cu", "Al") are one pair: both given, the energy depended on which
+    key came last (-16.6 against -7.5 eV for two orders of the same dict)."""
+    params = {"Al": (0.27, 3.25, 1.17), "Cu": (0.34, 2.63, 1.36)}
+    for pairs in ({("Al", "Cu"): (0.3, 2.8, 1.2), ("Cu", "Al"): (0.5, 2.8, 1.2)},
+                  {"Cu-Al": (0.5, 2.8, 1.2), (13, 29): (0.3, 2.8, 1.2)}):
+        with pytest.raises(otfgp.InputError, match="is given twice"):
+            otfgp.GaussianProcess(["Al", "Cu"], {"twobody": 4.0}, baseline=baselines.Morse(params, 5.0, pairs))
+    with pytest.raises(otfgp.InputError, match="Lennard-Jones pair Cu-Al is given twice"):
+        baselines.LennardJones({"Al": (0.1, 2.6), "Cu": (0.2, 2.3)}, 5.0,
+                               pairs={"Al-Cu": (0.1, 2.5), "Cu-Al": (0.1, 2.4)}).to_core()

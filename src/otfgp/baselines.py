@@ -48,12 +48,13 @@ Element = Union[str, int]
 
 
 def _z(element: Element) -> int:
-    """Atomic number of a chemical symbol or number, or a ValueError naming it."""
-    if isinstance(element, (int, np.integer)) and 1 <= int(element) < len(chemical_symbols):
+    """Atomic number of a chemical symbol or number, or an InputError naming it."""
+    if isinstance(element, (int, np.integer)) and not isinstance(element, bool) \
+            and 1 <= int(element) < len(chemical_symbols):
         return int(element)
     if isinstance(element, str) and element in _atomic_numbers:
         return _atomic_numbers[element]
-    raise ValueError(f"unknown element {element!r}")
+    raise _core.InputError(f"unknown element {element!r}")
 
 
 def _pair_key(pair: Any) -> tuple[int, int]:
@@ -61,27 +62,65 @@ def _pair_key(pair: Any) -> tuple[int, int]:
     if isinstance(pair, str):
         parts = pair.split("-")
         if len(parts) != 2:
-            raise ValueError(f"a pair is written 'A-B', got {pair!r}")
+            raise _core.InputError(f"a pair is written 'A-B', got {pair!r}")
         pair = parts
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise _core.InputError(f"a pair is two elements, ('A', 'B') or 'A-B', got {pair!r}")
     a, b = pair
     return _z(a), _z(b)
 
 
 def _check_cutoff(cutoff: float) -> float:
-    if not (isinstance(cutoff, (int, float, np.floating)) and math.isfinite(cutoff) and cutoff > 0):
-        raise ValueError(f"baseline cutoff must be a positive number of Angstrom, got {cutoff!r}")
+    if isinstance(cutoff, bool) or not (isinstance(cutoff, (int, float, np.integer, np.floating))
+                                        and math.isfinite(cutoff) and cutoff > 0):
+        raise _core.InputError(f"baseline cutoff must be a positive number of Angstrom, got {cutoff!r}")
     return float(cutoff)
 
 
-def _triples(params: Mapping[Element, Any], n: int, kind: str) -> tuple[list[int], list[list[float]]]:
+def _values(values: Any, names: tuple[str, ...], what: str) -> list[float]:
+    """The parameters ``names`` of ``what`` (an element or a pair) as floats, or an
+    InputError naming them (the positivity checks are the core's)."""
+    kind = f"{what}: {len(names)} values ({', '.join(names)})"
+    if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__len__"):
+        raise _core.InputError(f"{kind} expected, got {values!r}")
+    if len(values) != len(names):
+        raise _core.InputError(f"{kind} expected, got {len(values)}")
+    out = []
+    for name, v in zip(names, values):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise _core.InputError(f"{what}: {name} must be a number, got {v!r}")
+        out.append(float(v))
+    return out
+
+
+def _triples(params: Mapping[Element, Any], names: tuple[str, ...], kind: str) -> tuple[list[int], list[list[float]]]:
+    if not isinstance(params, Mapping):
+        raise _core.InputError(f"{kind} params must map elements to ({', '.join(names)}), "
+                               f"got a {type(params).__name__}")
     elements, triples = [], []
     for element, values in params.items():
-        values = [float(v) for v in values]
-        if len(values) != n:
-            raise ValueError(f"{kind} parameters of {element!r} need {n} values, got {len(values)}")
         elements.append(_z(element))
-        triples.append(values + [0.0] * (3 - n))
+        triples.append(_values(values, names, f"{kind} parameters of {element!r}") + [0.0] * (3 - len(names)))
     return elements, triples
+
+
+def _overrides(pairs: Mapping[Any, Any], names: tuple[str, ...], kind: str) -> list[tuple[int, int, list[float]]]:
+    """The per-pair overrides in the core's form; a pair given twice (also as ("A", "B") and
+    ("B", "A")) is an InputError: the core would keep one of them by the order of the keys."""
+    if not isinstance(pairs, Mapping):
+        raise _core.InputError(f"{kind} pairs must map pairs of elements to ({', '.join(names)}), "
+                               f"got a {type(pairs).__name__}")
+    out, seen = [], {}
+    for key, values in pairs.items():
+        z1, z2 = _pair_key(key)
+        pair = frozenset((z1, z2))
+        if pair in seen:
+            raise _core.InputError(f"{kind} pair {chemical_symbols[z1]}-{chemical_symbols[z2]} is given twice "
+                                   f"({seen[pair]!r} and {key!r}); a pair's parameters do not depend on the order")
+        seen[pair] = key
+        v = _values(values, names, f"{kind} pair parameters of {key!r}")
+        out.append((z1, z2, v + [0.0] * (3 - len(names))))
+    return out
 
 
 @dataclass(frozen=True)
@@ -104,13 +143,10 @@ class Morse:
 
     def to_core(self) -> dict[str, Any]:
         """The core's dict form (see :func:`from_core`)."""
-        elements, triples = _triples(self.params, 3, "Morse")
-        overrides = [(*_pair_key(k), [float(x) for x in v]) for k, v in self.pairs.items()]
-        for *_, v in overrides:
-            if len(v) != 3:
-                raise ValueError(f"Morse pair parameters need 3 values (D_e, r_e, a), got {len(v)}")
+        names = ("D_e", "r_e", "a")
+        elements, triples = _triples(self.params, names, "Morse")
         return {"kind": "morse", "cutoff": _check_cutoff(self.cutoff), "elements": elements,
-                "params": triples, "overrides": overrides}
+                "params": triples, "overrides": _overrides(self.pairs, names, "Morse")}
 
 
 @dataclass(frozen=True)
@@ -130,15 +166,10 @@ class LennardJones:
 
     def to_core(self) -> dict[str, Any]:
         """The core's dict form (see :func:`from_core`)."""
-        elements, triples = _triples(self.params, 2, "Lennard-Jones")
-        overrides = []
-        for k, v in self.pairs.items():
-            v = [float(x) for x in v]
-            if len(v) != 2:
-                raise ValueError(f"Lennard-Jones pair parameters need 2 values (epsilon, sigma), got {len(v)}")
-            overrides.append((*_pair_key(k), v + [0.0]))
+        names = ("epsilon", "sigma")
+        elements, triples = _triples(self.params, names, "Lennard-Jones")
         return {"kind": "lennard_jones", "cutoff": _check_cutoff(self.cutoff), "elements": elements,
-                "params": triples, "overrides": overrides}
+                "params": triples, "overrides": _overrides(self.pairs, names, "Lennard-Jones")}
 
 
 @dataclass(frozen=True)
@@ -432,9 +463,23 @@ def fit_morse(frames: Sequence[Atoms], cutoff: float, energies: Sequence[float] 
     if e.shape != (len(frames),) or not np.all(np.isfinite(e)):
         raise ValueError(f"need one finite energy per frame ({len(frames)}), got {e.shape}")
     symbols = sorted({s for f in frames for s in f.get_chemical_symbols()}, key=_z)
-    initial = {chemical_symbols[_z(k)]: tuple(map(float, v)) for k, v in (initial or {}).items()}
-    fixed = {chemical_symbols[_z(k)]: float(v) for k, v in (reference_energies or {}).items()}
+    _check_cutoff(cutoff)
+    names = ("D_e", "r_e", "a")
+    initial = {chemical_symbols[_z(k)]: _values(v, names, f"initial Morse parameters of {k!r}")
+               for k, v in (initial or {}).items()}
+    for k, v in initial.items():  # the fit works on their logarithms
+        if not all(math.isfinite(x) and x > 0 for x in v):
+            raise _core.InputError(f"initial Morse parameters of {k!r} must be positive and finite, got {v}")
+    fixed = {}
+    for k, v in (reference_energies or {}).items():
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
+            raise _core.InputError(f"reference energy of {k!r} must be a finite number (eV/atom), got {v!r}")
+        fixed[chemical_symbols[_z(k)]] = float(v)
     free_refs = [s for s in symbols if s not in fixed]
+    unknowns = 3 * len(symbols) + len(free_refs)
+    if len(frames) < unknowns:
+        log.warning("fit_morse: %d frame(s) for %d unknowns (%s): the fit is underdetermined, its parameters "
+                    "are one of many that fit the energies", len(frames), unknowns, ", ".join(symbols))
     counts = np.array([[f.get_chemical_symbols().count(s) for s in symbols] for f in frames], dtype=float)
     n_atoms = counts.sum(axis=1)
     x0 = [np.log(v) for s in symbols for v in initial.get(s, (0.5, 2.5, 1.5))]
