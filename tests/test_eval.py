@@ -220,3 +220,23 @@ def test_cli_reads_a_scalable_model(frames, tmp_path, capsys):
     assert "mapped by construction" in capsys.readouterr().err
     assert main(["-q", "export", str(run / "model.otfgp"), "-o", str(tmp_path / "x.extxyz")]) == 2
     assert "keeps no training structures" in capsys.readouterr().err
+
+
+def test_calibration_and_test_plots_name_unusable_reference_frames(model, frames):
+    """``calibrate(frames=...)`` and ``otfgp plot --test`` read reference forces like
+    ``evaluate``: a frame without them, or with a NaN one, is named (they gave ASE's "no
+    calculator", matplotlib's "Axis limits cannot be NaN", or dropped the NaN silently)."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from otfgp.plots import predict_test_set
+
+    bare = frames[0].copy()  # no calculator
+    nan = frames[1].copy()
+    forces = frames[1].get_forces().copy()
+    forces[3, 1] = np.nan
+    nan.calc = SinglePointCalculator(nan, forces=forces)
+    for frame, match in ((bare, "frame 1: no reference forces"), (nan, "frame 1: the reference force of atom 3")):
+        with pytest.raises(ValueError, match="calibration " + match):
+            model.copy().calibrate(frames=[frames[2], frame], loo=False)
+        with pytest.raises(ValueError, match="test " + match):
+            predict_test_set(model, [frames[2], frame])

@@ -507,11 +507,16 @@ class SamplePool:
         """Structures with reference labels (their calculator's forces, and energy and stress
         if it has them), predicted by ``predict(atoms)`` (a :class:`otfgp.gp.Prediction`
         with latent variances): reference minus prediction against the latent variance."""
-        for atoms in frames or ():
+        from .evaluate import checked_reference_forces
+
+        for i, atoms in enumerate(frames or ()):
+            # the labeller's forces on every atom (a fixed atom's too), checked: a NaN label
+            # would otherwise drop out of the fit without a word
+            reference, _ = checked_reference_forces(atoms, f"calibration frame {i}")
             pred = predict(atoms)
             nb = neighbourhood_scale_values(atoms, pred.forces, self.radius) if self.radius > 0 else None
-            self.add("force", "frames", np.asarray(atoms.get_forces(apply_constraint=False), dtype=float) - pred.forces,
-                     pred.latent_force_variances, noise["force"], pred.forces, nb)
+            self.add("force", "frames", reference - pred.forces, pred.latent_force_variances, noise["force"],
+                     pred.forces, nb)
             results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
             if "energy" in results:
                 self.add("energy", "frames", float(atoms.get_potential_energy()) - pred.energy,

@@ -173,6 +173,29 @@ def reference_forces(atoms: Atoms) -> np.ndarray:
     raise ValueError("no reference forces (no calculator with forces, no forces array)")
 
 
+def checked_reference_forces(atoms: Atoms, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """The reference forces of a frame (N x 3) and the atoms whose forces are labels (all,
+    or those an otfgp export marks ``force_trained``; its other rows are NaN), or a
+    ValueError starting with ``where`` (e.g. "frame 3") and naming the problem: no atoms, no
+    forces, forces of the wrong shape, a label that is NaN or inf, no label at all."""
+    if len(atoms) == 0:
+        raise ValueError(f"{where}: the frame has no atoms")
+    try:
+        f = reference_forces(atoms)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    if f.shape != (len(atoms), 3):
+        raise ValueError(f"{where}: reference forces of shape {f.shape} for {len(atoms)} atoms")
+    rows = labelled_force_atoms(atoms)
+    bad = rows[~np.isfinite(f[rows]).all(axis=1)]
+    if bad.size:
+        raise ValueError(f"{where}: the reference force of atom {int(bad[0])} is not finite (NaN or inf)"
+                         + (f", and {bad.size - 1} more" if bad.size > 1 else ""))
+    if rows.size == 0:
+        raise ValueError(f"{where}: no atom's force is a label (force_trained is false for every atom)")
+    return f, rows
+
+
 def reference_energy(atoms: Atoms) -> float | None:
     """The reference energy of a frame (its calculator's or ``info['energy']``), or None."""
     e = _calculator_result(atoms, lambda a: a.get_potential_energy())
@@ -241,22 +264,7 @@ def evaluate(model: GaussianProcess, frames: Sequence[Atoms], groups: Sequence[s
         raise ValueError(f"{len(groups)} group labels for {len(frames)} frames")
     refs, rows = [], []  # reference forces, and the atoms whose forces are labels
     for i, a in enumerate(frames):
-        where = f"frame {i}" + (f" (group {groups[i]})" if named else "")
-        if len(a) == 0:
-            raise ValueError(f"{where}: the frame has no atoms")
-        try:
-            f = reference_forces(a)
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
-        if f.shape != (len(a), 3):
-            raise ValueError(f"{where}: reference forces of shape {f.shape} for {len(a)} atoms")
-        r = labelled_force_atoms(a)  # an otfgp export marks them; its other rows are NaN
-        bad = r[~np.isfinite(f[r]).all(axis=1)]
-        if bad.size:
-            raise ValueError(f"{where}: the reference force of atom {int(bad[0])} is not finite (NaN or inf)"
-                             + (f", and {bad.size - 1} more" if bad.size > 1 else ""))
-        if r.size == 0:
-            raise ValueError(f"{where}: no atom's force is a label (force_trained is false for every atom)")
+        f, r = checked_reference_forces(a, f"frame {i}" + (f" (group {groups[i]})" if named else ""))
         refs.append(f)
         rows.append(r)
     ref_energies = [reference_energy(a) for a in frames]

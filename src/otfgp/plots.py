@@ -148,18 +148,18 @@ def plot_training(run_dir: str | os.PathLike, path: str | os.PathLike | None = N
 
 
 def predict_test_set(model: Any, frames: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reference forces, predicted forces and latent predicted stds (flattened components;
-    :func:`plot_uncertainty` adds sigma_n itself)."""
+    """Reference forces, predicted forces and latent predicted stds (flattened components
+    of the atoms whose forces are labels; :func:`plot_uncertainty` adds sigma_n itself).
+    A frame without usable reference forces is a ValueError naming it."""
+    from .evaluate import checked_reference_forces
+
     ref, pred, std = [], [], []
-    for atoms in frames:
-        try:
-            f_ref = atoms.get_forces(apply_constraint=False)
-        except Exception as exc:
-            raise ValueError("test frames need reference forces (extxyz 'forces' array)") from exc
+    for i, atoms in enumerate(frames):
+        f_ref, rows = checked_reference_forces(atoms, f"test frame {i}")
         p = model.predict(atoms, variance=True)
-        ref.append(np.asarray(f_ref).ravel())
-        pred.append(p.forces.ravel())
-        std.append(p.latent_force_stds.ravel())
+        ref.append(f_ref[rows].ravel())
+        pred.append(np.asarray(p.forces)[rows].ravel())
+        std.append(np.asarray(p.latent_force_stds)[rows].ravel())
     return np.concatenate(ref), np.concatenate(pred), np.concatenate(std)
 
 
