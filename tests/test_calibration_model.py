@@ -231,6 +231,28 @@ def test_calibrate_with_too_few_samples_is_the_identity(toy_model, caplog):
     np.testing.assert_allclose(p.force_variances, p.latent_force_variances + p.noise_force_variance, rtol=1e-15)
 
 
+def test_degenerate_samples_are_left_out_or_named(caplog):
+    """Samples the GP calls exact (zero latent and noise variance) are left out with a
+    warning: 10 of 100 drove the scale to 4e4. Negative noise, a noise array of the wrong
+    length, all-zero residuals and min_samples < 1 are errors naming them."""
+    rng = np.random.default_rng(0)
+    v = rng.uniform(1e-4, 1e-3, 100)
+    r = rng.normal(0.0, np.sqrt(2.0 * (v + 1e-4)))
+    clean = fit_calibration(r, v, 1e-4, form="scale").params["s"]
+    v0, n0 = v.copy(), np.full(100, 1e-4)
+    v0[:10] = n0[:10] = 0.0
+    with caplog.at_level(logging.WARNING, logger="otfgp.calibration"):
+        cal = fit_calibration(r, v0, n0, form="scale")
+    assert "10 of 100 samples have zero latent and noise variance" in caplog.text
+    assert cal.n_samples == 90 and cal.params["s"] == pytest.approx(clean, rel=0.1)
+    for kwargs, match in (({"noise_var": -5e-5}, "noise variances must be >= 0"),
+                          ({"noise_var": np.ones(3)}, r"noise variances of shape \(3,\) for 100 samples"),
+                          ({"residuals": np.zeros(100)}, "all 100 held-out residuals are zero"),
+                          ({"min_samples": 0}, "min_samples must be a positive integer")):
+        with pytest.raises(ValueError, match=match):
+            fit_calibration(**{"residuals": r, "latent_var": v, "noise_var": 1e-4, "form": "scale", **kwargs})
+
+
 @pytest.fixture(scope="module")
 def mapped_al():
     rng = np.random.default_rng(0)

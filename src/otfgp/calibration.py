@@ -83,6 +83,7 @@ import numpy as np
 import scipy.optimize
 
 from . import _core
+from .arguments import count
 
 log = logging.getLogger(__name__)
 
@@ -284,11 +285,18 @@ def fit_calibration(residuals: Any, latent_var: Any, noise_var: Any, form: str =
     """
     if form not in FORMS:
         raise ValueError(f"unknown calibration form {form!r}; fitted forms: {list(FORMS)}")
+    count("min_samples", min_samples)
     r = np.asarray(residuals, dtype=float).ravel()
     v = np.asarray(latent_var, dtype=float).ravel()
     if v.shape != r.shape:
         raise ValueError(f"residuals ({r.size}) and latent variances ({v.size}) differ in size")
-    n = np.broadcast_to(np.asarray(noise_var, dtype=float), np.shape(latent_var)).ravel()
+    try:
+        n = np.broadcast_to(np.asarray(noise_var, dtype=float), np.shape(latent_var)).ravel()
+    except ValueError:
+        raise ValueError(f"noise variances of shape {np.shape(noise_var)} for {v.size} samples: give one "
+                         "per sample or one for all") from None
+    if np.any(n < 0):  # (a latent variance a little below 0 is rounding: it is clipped below)
+        raise ValueError(f"noise variances must be >= 0, got {float(np.min(n))!r}")
     scaled = form in SCALED_FORMS
     if scaled and mean is None:
         raise ValueError(f"the {form} form needs the predicted values (mean=...)")
@@ -299,7 +307,17 @@ def fit_calibration(residuals: Any, latent_var: Any, noise_var: Any, form: str =
         raise ValueError(f"residuals ({r.size}) and means ({mu.size}) differ in size")
     ok = np.isfinite(r) & np.isfinite(v) & np.isfinite(n) & np.isfinite(mu)
     r, v, n, mu = r[ok], np.maximum(v[ok], 0.0), n[ok], mu[ok]
+    certain = v + n <= 0
+    if certain.any():
+        # a prediction the GP calls exact: no variance map scales 0 to its error, and with an
+        # error the likelihood drives the map's scale without bound (s = 4e4 from 10 of 100)
+        log.warning("calibration: %d of %d samples have zero latent and noise variance; left out of the fit",
+                    int(certain.sum()), r.size)
+        r, v, n, mu = r[~certain], v[~certain], n[~certain], mu[~certain]
     m = r.size
+    if form != "identity" and m >= min_samples and not np.any(r != 0):
+        raise ValueError(f"all {m} held-out residuals are zero: they measure no error (training data, or "
+                         "labels that are the model's own predictions?)")
     if form == "identity" or m < min_samples:
         if form != "identity":
             log.warning("calibration: %d samples (< %d), using the identity map (latent + noise variance)",
