@@ -273,3 +273,22 @@ def test_export_and_map_refuse_bad_outputs(tmp_path, capsys):
         assert main(["map", str(tmp_path / "m.otfgp"), "-o", str(tmp_path / "x.otfgp"), option, value]) == 2
         assert expected in capsys.readouterr().err
     assert not (tmp_path / "x.otfgp").exists()
+
+
+def test_repeated_frames_are_warned_about(tmp_path, caplog):
+    """A frame given twice counts its labels twice (the GP takes them for independent
+    measurements and grows overconfident): read_frames names the repeats."""
+    import logging
+
+    from otfgp.train import read_frames
+
+    frames = _frames(2)
+    write(tmp_path / "a.extxyz", frames)
+    write(tmp_path / "b.extxyz", frames[1:])
+    with caplog.at_level(logging.WARNING, logger="otfgp.train"):
+        read_frames({"files": [str(tmp_path / "a.extxyz")]})
+    assert "repeat" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="otfgp.train"):
+        read_frames({"files": [str(tmp_path / "a.extxyz"), str(tmp_path / "b.extxyz")]})
+    assert f"1 frame(s) repeat an earlier frame exactly ({tmp_path / 'b.extxyz'}:0 repeats " \
+           f"{tmp_path / 'a.extxyz'}:1)" in caplog.text
