@@ -228,13 +228,19 @@ def _dynamics():
     return VelocityVerlet(atoms, 5 * units.fs)
 
 
-def test_absurd_labeller_stops_the_ase_learner_and_resume_goes_on(tmp_path, absurd_module):
-    out = tmp_path / "run"
-    options = dict(threshold=0.02, init_atoms=4, output_dir=str(out), progress=False, map=False,
-                   max_iterations=20)
-    otf = otfgp.OTF(_dynamics(), otfgp.GaussianProcess(["Al"], CUTOFFS), absurd_module, **options)
+def _run_until_rejected(out, labeller):
+    """An OTF run in ``out`` with ``labeller`` until a label is rejected: the learner and the
+    pytest ExceptionInfo of the LabelRejected."""
+    otf = otfgp.OTF(_dynamics(), otfgp.GaussianProcess(["Al"], CUTOFFS), labeller, threshold=0.02, init_atoms=4,
+                    output_dir=str(out), progress=False, map=False, max_iterations=20)
     with pytest.raises(LabelRejected) as err:
         otf.run(30)
+    return otf, err
+
+
+def test_absurd_labeller_stops_the_ase_learner_and_resume_goes_on(tmp_path, absurd_module):
+    out = tmp_path / "run"
+    otf, err = _run_until_rejected(out, absurd_module)
     step = err.value.step
     assert otf.dft_calls == [0, otf.dft_calls[1]] and step > otf.dft_calls[1]  # the third call
     msg = str(err.value)
@@ -263,11 +269,7 @@ def test_resume_checks_the_quarantined_labels_again_instead_of_calling_the_label
     same options its labels are rejected again without a call, with the checks loosened
     they are learnt (the labeller would return the same)."""
     out = tmp_path / "run"
-    options = dict(threshold=0.02, init_atoms=4, output_dir=str(out), progress=False, map=False,
-                   max_iterations=20)
-    otf = otfgp.OTF(_dynamics(), otfgp.GaussianProcess(["Al"], CUTOFFS), absurd_module, **options)
-    with pytest.raises(LabelRejected) as err:
-        otf.run(30)
+    otf, err = _run_until_rejected(out, absurd_module)
     step = err.value.step
     labels = sys.modules["absurd_labels"]
     assert labels.calls == 3
