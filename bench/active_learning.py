@@ -407,12 +407,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"benchmark(s) {', '.join(missing)} not implemented yet")
     data = json.loads(args.output.read_text()) if args.output.is_file() else {}
     for name in chosen:
+        # the checkout as the section starts: a run takes up to hours, and commits made
+        # meanwhile are not the code it ran
+        commit, changes = git_commit(), modified_paths()
         t = time.perf_counter()
         section = BENCHMARKS[name](args)
         section["seconds"] = time.perf_counter() - t
         section["machine"] = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu": cpu_model(),
-                              "commit": git_commit(), "uncommitted_changes": modified_paths(),
-                              "otfgp": otfgp_version()}
+                              "commit": commit, "uncommitted_changes": changes, "otfgp": otfgp_version()}
         data[name] = section
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(data, indent=2) + "\n")  # after each section: a later failure keeps it
