@@ -525,7 +525,7 @@ class SamplePool:
         """Structures with reference labels (their calculator's forces, and energy and stress
         if it has them), predicted by ``predict(atoms)`` (a :class:`otfgp.gp.Prediction`
         with latent variances): reference minus prediction against the latent variance."""
-        from .evaluate import checked_reference_forces
+        from .reference_labels import checked_reference_forces
 
         for i, atoms in enumerate(frames or ()):
             # the labeller's forces on every atom (a fixed atom's too), checked: a NaN label

@@ -26,6 +26,7 @@ from .arguments import count, flag, positive_number
 from .calibration import (ModelCalibration, SamplePool, model_calibration,
                           neighbourhood_scale_values, scale_radius)
 from .map_report import MapReport
+from .reference_labels import FORCE_TRAINED
 from .priors import DEFAULT_PRIORS, LogNormal, Priors, log_prior
 
 
@@ -86,14 +87,6 @@ few hundredths of an Angstrom and a vanishing noise (docs/hyperparameters.md).""
 
 _ROW_FORCE, _ROW_ENERGY, _ROW_STRESS = 0, 1, 2
 
-FORCE_TRAINED = "force_trained"
-"""Per-atom boolean array of exported training frames: the atoms whose forces are labels."""
-
-
-def labelled_force_atoms(atoms: Atoms) -> np.ndarray:
-    """The indices of the atoms of a read frame whose forces are labels: those marked in
-    :data:`FORCE_TRAINED` (an export holds NaN forces for the others), else all."""
-    return np.flatnonzero(np.asarray(atoms.arrays.get(FORCE_TRAINED, np.ones(len(atoms), dtype=bool)), dtype=bool))
 
 
 class KernelMatrixError(RuntimeError):

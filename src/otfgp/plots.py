@@ -151,7 +151,7 @@ def predict_test_set(model: Any, frames: Sequence[Any]) -> tuple[np.ndarray, np.
     """Reference forces, predicted forces and latent predicted stds (flattened components
     of the atoms whose forces are labels; :func:`plot_uncertainty` adds sigma_n itself).
     A frame without usable reference forces is a ValueError naming it."""
-    from .evaluate import checked_reference_forces
+    from .reference_labels import checked_reference_forces
 
     ref, pred, std = [], [], []
     for i, atoms in enumerate(frames):

@@ -216,7 +216,7 @@ def frame_labels(atoms: "Atoms", labels: Sequence[str]) -> dict[str, Any]:
     """The labels of a read frame that ``labels`` asks for: ``forces`` (N x 3) with
     ``force_atoms`` (the atoms whose forces are labels: ``force_trained`` of an export,
     else all), ``energy``, ``stress`` (Voigt, periodic cells only); absent ones are None."""
-    from .gp import labelled_force_atoms
+    from .reference_labels import labelled_force_atoms
 
     results = atoms.calc.results if atoms.calc is not None else {}
     out: dict[str, Any] = {"forces": None, "force_atoms": np.zeros(0, dtype=int), "energy": None, "stress": None}
