@@ -166,3 +166,17 @@ def test_scalable_gp_applies_the_same_rule(model):
     p = sgp.predict(atoms)
     want = 3.0 * p.latent_force_variances + 0.03 * _reference_scales(atoms, p.forces, 3.5) ** 2
     np.testing.assert_allclose(p.force_variances, want, rtol=1e-12)
+
+
+def test_relative_samples_without_forces_are_named_not_dropped_silently(model, caplog):
+    atoms = _cell(np.random.default_rng(14))
+    p = model.predict(atoms)
+    sample = calibration_sample(p.forces, p.latent_force_variances, atoms, 3.5)
+    no_forces = {k: v for k, v in sample.items() if k != "forces"}  # a caller's sample without them
+    pool = SamplePool()
+    pool.add_samples([sample, no_forces], 1e-4)
+    noise = {"force": 1e-4, "energy": 1e-4, "stress": 1e-6}
+    with caplog.at_level(logging.WARNING, logger="otfgp.calibration"):
+        cal = model_calibration(pool.pooled, pool.counts, noise, "relative", 30)
+    assert cal.force.n_samples == len(sample["residuals"])
+    assert "have no predicted forces" in caplog.text and "relative" in caplog.text

@@ -414,12 +414,16 @@ def model_calibration(pooled: Mapping[str, Sequence[tuple[np.ndarray, ...]]], co
         # a total energy or stress has no "distortion" of its own to scale with
         f = form if q == "force" or form not in SCALED_FORMS else "scale_floor"
         m = (m_nb if f == "neighbourhood" else m_atom) if f in SCALED_FORMS else None
-        if f == "neighbourhood":
-            # samples recorded without neighbourhood scales (an older checkpoint) cannot enter
+        if m is not None:
+            # samples without the value the form scales with cannot enter: the neighbourhood
+            # scale of an older checkpoint, or predicted forces a caller's samples left out
+            # (fit_calibration would drop them without a word, and fall back to the identity)
             missing = ~np.isfinite(m)
             if missing.any():
-                log.warning("calibration: %d of %d force samples have no neighbourhood scale (recorded "
-                            "before it was kept); they are left out of the fit", int(missing.sum()), m.size)
+                what = ("neighbourhood scale (recorded before it was kept, or not given)" if f == "neighbourhood"
+                        else "predicted forces (forces=...)")
+                log.warning("calibration: %d of %d force samples have no %s for the %s form; they are left "
+                            "out of the fit", int(missing.sum()), m.size, what, f)
                 r, v, n, m = r[~missing], v[~missing], n[~missing], m[~missing]
         return fit_calibration(r, v, n, form=f, min_samples=min_samples, mean=m, radius=radius)
 
