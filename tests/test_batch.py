@@ -54,6 +54,14 @@ class Flaky:
         return functools.partial(_label, directory=directory, fail=self.fail, sleep=self.sleep)
 
 
+@dataclass(frozen=True)
+class Unbuildable:
+    """A labeller factory that fails before any labeller runs (a bad specification)."""
+
+    def __call__(self, directory: str):
+        raise FileNotFoundError("no pseudopotential Cu.pbe.UPF (injected)")
+
+
 def calls(directory: Path, i: int) -> int:
     path = job_directory(directory, i) / "calls"
     return len(path.read_text().split()) if path.exists() else 0
@@ -107,6 +115,18 @@ def test_failure_retried(tmp_path):
     fresh = tmp_path / "no_retry"
     result = label_batch(batch, Flaky("once"), fresh, retries=0, max_workers=2)
     assert [f.index for f in result.failures] == [1] and result.indices == [0, 2]
+
+
+def test_a_labeller_that_cannot_be_built_made_no_oracle_call(tmp_path):
+    batch = frames(3)
+    batch[1].info["poison"] = True
+    ran = label_batch(batch, Flaky("always"), tmp_path / "ran", retries=1, max_workers=2)
+    assert ran.attempts == {0: 1, 1: 2, 2: 1} and ran.calls == ran.attempts  # failed runs are calls
+    result = label_batch(batch, Unbuildable(), tmp_path / "unbuilt", retries=1, max_workers=2)
+    assert [f.index for f in result.failures] == [0, 1, 2]
+    assert all(f.attempts == 2 and "cannot build the labeller" in f.error and "pseudopotential" in f.error
+               for f in result.failures)
+    assert result.attempts == {0: 2, 1: 2, 2: 2} and result.calls == {0: 0, 1: 0, 2: 0}
 
 
 def test_failure_raised_after_the_rest_is_stored(tmp_path):

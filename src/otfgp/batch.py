@@ -114,7 +114,10 @@ class BatchResult:
         directory: the batch directory.
         attempts: how many times the labeller ran on each frame labelled in this call (by
             input index; reused frames are not in it), failed attempts included: the
-            oracle calls the batch cost.
+            tries of the batch.
+        calls: how many of those attempts ran the labeller (by input index): the oracle
+            calls the batch cost. An attempt whose labeller could not be built (a bad
+            specification, a missing pseudopotential) made no call.
     """
 
     frames: list[Atoms | None]
@@ -123,6 +126,7 @@ class BatchResult:
     released: list[int] = field(default_factory=list)
     directory: Path = Path(".")
     attempts: dict[int, int] = field(default_factory=dict)
+    calls: dict[int, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -154,16 +158,18 @@ class BatchLabelError(LabellerError):
 
 class JobFailed(Exception):
     """A job's failure as it crosses back from the worker: the error text, whether a sanity
-    check rejected the labels, and the labeller's program output. (otfgp's own exceptions
+    check rejected the labels, the labeller's program output and whether the labeller ran
+    (``ran=False``: it could not be built, no oracle call was made). (otfgp's own exceptions
     take extra constructor arguments and so do not survive pickling intact.)"""
 
-    def __init__(self, message: str, rejected: bool = False, program_output: str = "") -> None:
+    def __init__(self, message: str, rejected: bool = False, program_output: str = "", ran: bool = True) -> None:
         super().__init__(message)
         self.rejected = rejected
         self.program_output = program_output
+        self.ran = ran
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (str(self), self.rejected, self.program_output))
+        return (type(self), (str(self), self.rejected, self.program_output, self.ran))
 
 
 # ---------------------------------------------------------------------- the job (runs in a worker)
@@ -196,7 +202,7 @@ def label_job(frame: Atoms, labeller: LabellerSpec, job_dir: str | os.PathLike,
     try:
         built = _build_labeller(labeller, job_dir)
     except Exception as exc:
-        raise JobFailed(f"cannot build the labeller: {type(exc).__name__}: {describe(exc)}") from None
+        raise JobFailed(f"cannot build the labeller: {type(exc).__name__}: {describe(exc)}", ran=False) from None
     # No chdir into job_dir: jobs may share a process (threaded Dask workers), and the
     # working directory is per process; the labeller is given its directory instead.
     try:
@@ -380,8 +386,9 @@ def _run(pool: Executor, frames: list[Atoms], todo: list[int], labeller: Labelle
          retries: int, stress: bool | None, checks: LabelChecks | None, result: BatchResult,
          labeller_id: str) -> None:
     """Submit the jobs, resubmit failures while attempts remain, collect into ``result``."""
-    attempts = result.attempts
+    attempts, calls = result.attempts, result.calls
     attempts.update({i: 0 for i in todo})
+    calls.update({i: 0 for i in todo})
 
     def submit(i: int) -> Future:
         attempts[i] += 1
@@ -394,6 +401,8 @@ def _run(pool: Executor, frames: list[Atoms], todo: list[int], labeller: Labelle
         for future in done:
             i = pending.pop(future)
             exc = future.exception()
+            # an exception that is not the job's own (a worker lost mid-run) may have made the call
+            calls[i] += int(exc is None or getattr(exc, "ran", True))
             if exc is None:
                 result.frames[i] = future.result()
                 continue

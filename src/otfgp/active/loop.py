@@ -438,7 +438,7 @@ class ActiveLearner:
             if self.executor is None:
                 executor.shutdown(wait=True)
         fresh = set(batch.indices) - set(batch.reused)
-        failed = sum(batch.attempts.values()) - len(fresh)
+        failed = sum(batch.calls.values()) - len(fresh)  # a labeller never built made no call
         self.failed_attempts += failed
         # A rejected label's call was counted as failed; accepted on resume, it is a label
         # now (counted below). Only rejections a checkpoint counted are taken back: after a
