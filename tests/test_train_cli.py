@@ -88,6 +88,12 @@ def test_train_config_from_ase_db_forces_only(tmp_path, capsys):
     assert gp.hyperparameters["noise_force"] == 0.02 and not gp.mapped
     summary = json.loads((tmp_path / "out" / "m_summary.json").read_text())
     assert summary["energies"] == 0 and summary["optimization"] is None
+    # not trained on, the frames' energies still set the energy reference (as on-the-fly
+    # learning does): least squares on one species leaves no mean error on them
+    assert set(summary["energy_reference"]) == {"Al"} and summary["energy_reference"] == gp.energy_offsets
+    errors = [gp.predict(a, variance=False).energy - a.get_potential_energy() for a in _frames(3, seed=1)]
+    assert abs(np.mean(errors)) < 1e-9, errors
+    assert "energy reference (from frame energies not trained on): Al" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(shutil.which("pw.x") is None, reason="Quantum ESPRESSO pw.x not installed")

@@ -27,6 +27,7 @@ A train config has three sections (keys: docs/training.md; ``[model]`` is the on
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, fields
@@ -37,6 +38,7 @@ import numpy as np
 
 from .arguments import count, flag, positive_number
 from .config import ConfigError, _check_keys, _validate_model, check_output_path
+from .reference_labels import reference_energy
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -265,6 +267,9 @@ def fit(model: "GaussianProcess", frames: Sequence[tuple[str, int, "Atoms"]], op
     used = skipped_unlabelled = skipped_confident = 0
     counts = {"force_environments": 0, "energies": 0, "stresses": 0}
     optimized_once = False
+    # the labeller's energy of each training structure (None: none given): a model trained
+    # without energy labels gets its energy reference from them (as on-the-fly learning does)
+    reference_energies: list[float | None] = []
     for path, i, atoms in frames:
         lab = frame_labels(atoms, options.labels)
         where = f"{path} frame {i}"
@@ -289,6 +294,9 @@ def fit(model: "GaussianProcess", frames: Sequence[tuple[str, int, "Atoms"]], op
                                     atom_indices=chosen if chosen.size else None)
         except (_core.InputError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from exc
+        energy = reference_energy(atoms)
+        added = model.n_training_structures - len(reference_energies)
+        reference_energies += [energy if energy is not None and math.isfinite(energy) else None] * added
         used += 1
         log.debug("%s: %d force environments%s%s", where, chosen.size, ", energy" if lab["energy"] is not None else "",
                   ", stress" if lab["stress"] is not None else "")
@@ -316,6 +324,13 @@ def fit(model: "GaussianProcess", frames: Sequence[tuple[str, int, "Atoms"]], op
         t = time.perf_counter()
         report = model.map(tolerance=options.map_tolerance)
         times["mapping"] = time.perf_counter() - t
+    energy_reference = None
+    if not model.has_energy_labels and any(e is not None for e in reference_energies):
+        # after mapping: the reference is fitted to the energies the model will predict
+        energy_reference = model.set_energy_reference(reference_energies)
+        log.info("energy reference from %d frame energies (not trained on): %s",
+                 sum(e is not None for e in reference_energies),
+                 ", ".join(f"{k} {v:.6g} eV" for k, v in energy_reference.items()))
     opt = model.last_optimization if options.optimize else None
     return {
         "frames_read": len(frames),
@@ -331,6 +346,7 @@ def fit(model: "GaussianProcess", frames: Sequence[tuple[str, int, "Atoms"]], op
         "optimization": None if opt is None else {"converged": opt.converged, "iterations": opt.iterations,
                                                   "message": opt.message, "warnings": opt.warnings()},
         "calibrated": model.calibration is not None,
+        "energy_reference": energy_reference,
         "mapped": getattr(model, "mapped_by_construction", False) or model.mapped,
         "model_kind": type(model).__name__,
         "map": None if report is None else report.summary(),
@@ -392,6 +408,9 @@ def format_train_summary(summary: Mapping[str, Any]) -> str:
     opt = summary.get("optimization")
     if opt and opt["warnings"]:
         lines.append("WARNING: " + "; ".join(opt["warnings"]))
+    if summary.get("energy_reference"):
+        lines.append("energy reference (from frame energies not trained on): "
+                     + ", ".join(f"{k} {v:.6g} eV" for k, v in summary["energy_reference"].items()))
     if summary.get("map"):
         lines.append(f"map: {summary['map']}")
     lines.append(f"wall time: {w['total']:.1f} s (read {w['read']:.1f}, training {w['training']:.1f}, "
