@@ -194,6 +194,36 @@ def test_md_task_uncertainty_target(tmp_path):
     assert all(h["pool_max_std"] is not None for h in task.history)
 
 
+def test_md_audit_and_std_look_at_the_atoms_that_move():
+    """A fixed atom's force never enters the dynamics and, not trained by default, its
+    error and std stay whatever is labelled: they must not hold up the audit, target_std
+    or the stop_std guard."""
+    from types import SimpleNamespace
+
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from otfgp.active import free_atoms
+    from otfgp.active.task import IterationData
+
+    start, _ = adatom_endpoints()
+    fixed = np.setdiff1d(np.arange(len(start)), free_atoms(start))
+    assert fixed.size
+    labelled = start.copy()
+    forces = np.random.default_rng(0).normal(0.0, 0.3, (len(start), 3))
+    labelled.calc = SinglePointCalculator(labelled, forces=forces, energy=0.0)
+    predicted = forces.copy()
+    predicted[free_atoms(start)] += 0.01  # 0.01 eV/A on every component of the free atoms
+    predicted[fixed] += 5.0
+    task = MDTask(start, steps=10, pool_every=5, target_error=0.02)
+    task.last = {"snapshots": 2, "stopped_by": "steps", "pool_max_std": None}  # as simulate() leaves it
+    done, metrics = task.converged(IterationData(1, [], [], [labelled], [SimpleNamespace(forces=predicted)]))
+    assert metrics["audit_rmse"] == pytest.approx(0.01, rel=1e-12) and done
+    stds = np.full((len(start), 3), 0.05)
+    stds[fixed] = 3.0
+    stub = SimpleNamespace(predict=lambda atoms, variance: SimpleNamespace(epistemic_force_stds=stds))
+    assert task._max_std(stub, start) == pytest.approx(0.05)
+
+
 def test_bad_task_arguments_are_named():
     initial, final = adatom_endpoints()
     with pytest.raises(ValueError, match="n_images"):

@@ -105,3 +105,28 @@ def test_greedy_with_few_atoms_per_frame_and_bad_arguments(model):
         greedy_variance_batch(model, pool, 2, atoms_per_frame=0)
     with pytest.raises(ValueError, match="exceeds the pool"):
         max_uncertainty_batch(model, pool, 21)
+
+
+
+def test_fixed_atoms_that_are_never_trained_are_not_scored(model):
+    """With ``atoms`` (the active loop passes the atoms the constraints leave free) a slab
+    whose surfaces are fixed scores by its bulk-like free layers, below a jittered bulk
+    cell, where scoring every atom ranks it first by the surfaces no label will teach."""
+    from ase.build import fcc100
+    from ase.constraints import FixAtoms
+
+    from otfgp.active import free_atoms
+    from otfgp.query import per_atom_std
+
+    slab = fcc100("Al", (2, 2, 6), a=4.05, vacuum=6.0)
+    slab.set_constraint(FixAtoms(mask=np.isin(slab.get_tags(), (1, 6))))
+    cell = strained_al(np.random.default_rng(0), 4.05, 0.05)
+    pool = [slab, cell]
+    stds = [per_atom_std(model, f) for f in pool]
+    free = frame_scores(model, pool, atoms=free_atoms)
+    np.testing.assert_allclose(free, [stds[0][free_atoms(slab)].max(), stds[1].max()], rtol=1e-12)
+    assert free[0] < free[1] < frame_scores(model, pool)[0]
+    assert max_uncertainty_batch(model, pool, 1) == [0]
+    assert max_uncertainty_batch(model, pool, 1, atoms=free_atoms) == [1]
+    assert greedy_variance_batch(model, pool, 2, atoms=free_atoms) == [1, 0]
+    assert frame_scores(model, pool, atoms=lambda f: np.zeros(0, dtype=int)).tolist() == [0.0, 0.0]

@@ -20,12 +20,16 @@ them, so they carry no information about which frame to label; it is the quantit
 on-the-fly force decision compares with ``force_decision = "calibrated"``
 (:class:`otfgp.learning.FrameUncertainty`; the latent std by default, which ranks frames the
 same way for the calibration's a v). A frame's
-score is the largest std of any of its force components.
+score is the largest std of any of its force components, over the atoms that labelling
+would train (``atoms``: by default every atom; the active loop passes the atoms its
+constraints leave free, ``train_atoms = "free"``). A fixed atom that is never trained
+keeps its std whatever is labelled: scored, it would rank frames by an uncertainty no
+label removes (a slab's fixed bottom layer).
 """
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from ase import Atoms
@@ -49,15 +53,28 @@ def _check_k(pool: Sequence[Atoms], k: int) -> int:
     return k
 
 
+AtomSelection = Callable[[Atoms], np.ndarray]
+"""Which atoms of a frame count: ``atoms(frame)`` gives their indices (None: all)."""
+
+
+def _scored(frame: Atoms, atoms: AtomSelection | None) -> np.ndarray:
+    return np.arange(len(frame)) if atoms is None else np.asarray(atoms(frame), dtype=int).ravel()
+
+
 def per_atom_std(model: GaussianProcess, frame: Atoms) -> np.ndarray:
     """Per-atom epistemic force std of ``frame`` (largest of the three components, eV/A)."""
     stds = model.predict(frame, variance=VARIANCE).epistemic_force_stds
     return np.asarray(stds, dtype=float).max(axis=1)
 
 
-def frame_scores(model: GaussianProcess, pool: Sequence[Atoms]) -> np.ndarray:
-    """Each frame's score: its largest epistemic force-component std (eV/A)."""
-    return np.array([per_atom_std(model, f).max() if len(f) else 0.0 for f in pool])
+def frame_scores(model: GaussianProcess, pool: Sequence[Atoms], atoms: AtomSelection | None = None) -> np.ndarray:
+    """Each frame's score: its largest epistemic force-component std (eV/A) over the atoms
+    ``atoms(frame)`` selects (all by default; 0 for a frame with none)."""
+    scores = []
+    for frame in pool:
+        chosen = _scored(frame, atoms)
+        scores.append(per_atom_std(model, frame)[chosen].max() if chosen.size else 0.0)
+    return np.array(scores)
 
 
 def random_batch(pool: Sequence[Atoms], k: int, rng: np.random.Generator | int | None = None) -> list[int]:
@@ -67,16 +84,18 @@ def random_batch(pool: Sequence[Atoms], k: int, rng: np.random.Generator | int |
     return [int(i) for i in np.random.default_rng(rng).choice(len(pool), size=k, replace=False)]
 
 
-def max_uncertainty_batch(model: GaussianProcess, pool: Sequence[Atoms], k: int) -> list[int]:
-    """The ``k`` frames with the largest score (:func:`frame_scores`), most uncertain first
-    (ties: the earlier frame)."""
+def max_uncertainty_batch(model: GaussianProcess, pool: Sequence[Atoms], k: int,
+                          atoms: AtomSelection | None = None) -> list[int]:
+    """The ``k`` frames with the largest score (:func:`frame_scores` over ``atoms``), most
+    uncertain first (ties: the earlier frame)."""
     k = _check_k(pool, k)
-    scores = frame_scores(model, pool)
+    scores = frame_scores(model, pool, atoms)
     return [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
 
 
 def greedy_variance_batch(model: GaussianProcess, pool: Sequence[Atoms], k: int,
-                          atoms_per_frame: int | None = None, min_std: float | None = None) -> list[int]:
+                          atoms_per_frame: int | None = None, min_std: float | None = None,
+                          atoms: AtomSelection | None = None) -> list[int]:
     """``k`` frames picked greedily, each pick updating the GP variance before the next.
 
     Round by round: score the remaining frames (:func:`frame_scores`), pick the highest,
@@ -92,7 +111,8 @@ def greedy_variance_batch(model: GaussianProcess, pool: Sequence[Atoms], k: int,
     frames remain (:func:`max_uncertainty_batch` picks them all). Once every remaining
     frame's std is down at the label-noise level the pool has nothing left to teach and
     the picks are near-ties; ``min_std`` (eV/A, e.g. the force noise sigma_n) stops the
-    batch there, so it may hold fewer than ``k`` frames.
+    batch there, so it may hold fewer than ``k`` frames. ``atoms`` selects the atoms that
+    are scored and may be conditioned on (the ones labelling would train; all by default).
     """
     k = _check_k(pool, k)
     count("atoms_per_frame", atoms_per_frame, allow_none=True)
@@ -103,7 +123,7 @@ def greedy_variance_batch(model: GaussianProcess, pool: Sequence[Atoms], k: int,
     remaining = list(range(len(pool)))
     picked: list[int] = []
     while len(picked) < k:
-        scores = frame_scores(fantasy, [pool[i] for i in remaining])
+        scores = frame_scores(fantasy, [pool[i] for i in remaining], atoms)
         if min_std is not None and scores.max() < min_std:
             log.info("greedy batch: stopped after %d pick(s), every remaining frame's std is below %.4g eV/A",
                      len(picked), min_std)
@@ -114,9 +134,12 @@ def greedy_variance_batch(model: GaussianProcess, pool: Sequence[Atoms], k: int,
         if len(picked) == k:
             break
         frame = pool[best]
+        trainable = _scored(frame, atoms)
+        if trainable.size == 0:  # labelling it would train nothing: nothing to condition on
+            continue
         pred = fantasy.predict(frame, variance=VARIANCE)
-        stds = np.asarray(pred.epistemic_force_stds).max(axis=1)
-        chosen = choose_atoms(stds, 0.0, atoms_per_frame if atoms_per_frame is not None else len(frame))
+        stds = np.asarray(pred.epistemic_force_stds).max(axis=1)[trainable]
+        chosen = trainable[choose_atoms(stds, 0.0, atoms_per_frame if atoms_per_frame is not None else trainable.size)]
         fantasy.add_training_data(frame, forces=np.asarray(pred.forces), atom_indices=chosen)
         fantasy.train(optimize=False)
     return picked

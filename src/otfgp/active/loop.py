@@ -391,9 +391,11 @@ class ActiveLearner:
         if self.options.query == "random":
             picks = random_batch(sub, k, rng=np.random.default_rng([self.options.seed, iteration]))
         elif self.options.query == "uncertainty":
-            picks = max_uncertainty_batch(self.model, sub, k)
+            # scored over the atoms labelling would train: a never-trained fixed atom's std
+            # stays whatever is labelled
+            picks = max_uncertainty_batch(self.model, sub, k, atoms=self._train_atoms)
         else:
-            picks = greedy_variance_batch(self._conditioned_on(special), sub, k)
+            picks = greedy_variance_batch(self._conditioned_on(special), sub, k, atoms=self._train_atoms)
         return [candidates[j] for j in picks]
 
     def _conditioned_on(self, frames: Sequence[Atoms]) -> GaussianProcess:

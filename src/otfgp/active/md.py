@@ -9,11 +9,12 @@ Termination (each test that is set must pass; with none set only ``max_iteration
 the loop):
 
 - ``target_std``: the largest epistemic force std (eV/A; calibrated if the model is,
-  :attr:`otfgp.gp.Prediction.epistemic_force_stds`) over the pool, under the model the
+  :attr:`otfgp.gp.Prediction.epistemic_force_stds`) over the pool's free atoms (the
+  constraints' fixed atoms do not move; ``stop_std`` looks at the same), under the model the
   trajectory ran with, is below it;
 - ``target_error``: the *audit error*, the RMS force error (eV/A) of that model on the
-  labelled batch (the oracle's forces against its predictions made before training on
-  them), is below it.
+  free atoms of the labelled batch (the oracle's forces against its predictions made
+  before training on them), is below it.
 
 Guard: with ``stop_std`` the trajectory stops at the first snapshot whose largest epistemic
 force std exceeds it (that snapshot ends the pool, so it can be queried); a trajectory the
@@ -32,7 +33,7 @@ from ase.calculators.calculator import BaseCalculator
 
 from .. import _core
 from ..arguments import count, positive_number
-from .task import IterationData, bare_frame, check_task_atoms
+from .task import IterationData, bare_frame, check_task_atoms, free_atoms
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,12 @@ class MDTask:
         return frame
 
     def _max_std(self, model: Any, frame: Atoms) -> float:
+        # over the atoms that move: a fixed atom's force never enters the dynamics, and a
+        # never-trained fixed atom's std stays whatever is labelled (it would stop every
+        # trajectory, and block target_std, for good)
         bare = Atoms(frame.numbers, positions=frame.positions, cell=frame.cell, pbc=frame.pbc)
-        return float(np.max(model.predict(bare, variance="exact").epistemic_force_stds))
+        stds = np.asarray(model.predict(bare, variance="exact").epistemic_force_stds)
+        return float(np.max(stds[free_atoms(frame)]))
 
     def simulate(self, calc: BaseCalculator, workdir: Path) -> list[Atoms]:
         """``steps`` steps of the dynamics on ``calc`` from the last state; the pool is a
@@ -166,7 +171,10 @@ class MDTask:
         errors = []
         for frame, pred in zip(data.queried, data.queried_predictions):
             if frame is not None and pred is not None:
-                errors.append(np.asarray(pred.forces) - frame.get_forces(apply_constraint=False))
+                # the atoms that move: a fixed atom's error never enters the dynamics (and,
+                # not trained by default, would keep the audit up whatever is labelled)
+                moving = free_atoms(frame)
+                errors.append((np.asarray(pred.forces) - frame.get_forces(apply_constraint=False))[moving])
         audit = float(np.sqrt(np.mean(np.square(np.concatenate(errors))))) if errors else None
         metrics["audit_rmse"] = audit
         checks = []
