@@ -538,7 +538,8 @@ def describe(exc: BaseException | None) -> str:
 
 # ---------------------------------------------------------------------- held-out errors
 def pre_update_record(predicted_forces: np.ndarray, latent_stds: np.ndarray, labelled: Atoms,
-                      noise_force: float, reported_stds: np.ndarray | None = None) -> dict[str, float]:
+                      noise_force: float, reported_stds: np.ndarray | None = None,
+                      atoms: Sequence[int] | np.ndarray | None = None) -> dict[str, float]:
     """How the model's prediction of a frame compares with the frame's DFT labels, made
     *before* the frame is trained on: a free held-out sample of all its atoms' force
     components (biased towards uncertain frames, since those are the ones labelled).
@@ -546,7 +547,7 @@ def pre_update_record(predicted_forces: np.ndarray, latent_stds: np.ndarray, lab
     ``latent_stds`` are the GP's latent (noise-free) stds, the calibration's input;
     ``reported_stds`` the model's reported (calibrated) stds, the ones the DFT decision
     compares with the threshold (default: latent and sigma_n in quadrature, what an
-    uncalibrated model reports).
+    uncalibrated model reports). ``atoms``: only these atoms' components (default: all).
 
     Returns sums over the components, so that records of many frames add up: ``n``,
     ``sum_squared_error``, ``sum_latent_variance``, ``sum_reported_variance``, and for the
@@ -555,11 +556,12 @@ def pre_update_record(predicted_forces: np.ndarray, latent_stds: np.ndarray, lab
     """
     from .uq_metrics import coverage, mean_squared_z
 
+    chosen = slice(None) if atoms is None else np.asarray(atoms, dtype=int)
     labels = np.asarray(labelled.get_forces(apply_constraint=False), dtype=float)  # fixed atoms' too
-    errors = np.asarray(predicted_forces, dtype=float) - labels
-    latent = np.asarray(latent_stds, dtype=float)
+    errors = (np.asarray(predicted_forces, dtype=float) - labels)[chosen]
+    latent = np.asarray(latent_stds, dtype=float)[chosen]
     total = np.sqrt(latent ** 2 + noise_force ** 2)
-    reported = total if reported_stds is None else np.asarray(reported_stds, dtype=float)
+    reported = total if reported_stds is None else np.asarray(reported_stds, dtype=float)[chosen]
     n = errors.size
     return {"n": n, "sum_squared_error": float(np.sum(errors ** 2)),
             "sum_latent_variance": float(np.sum(latent ** 2)),
@@ -574,7 +576,8 @@ def pre_update_record(predicted_forces: np.ndarray, latent_stds: np.ndarray, lab
 
 def calibration_sample(predicted_forces: np.ndarray, latent_variances: np.ndarray,
                        labelled: Atoms, radius: float, energy: tuple[float, float] | None = None,
-                       stress: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, list[float]]:
+                       stress: tuple[np.ndarray, np.ndarray] | None = None,
+                       atoms: Sequence[int] | np.ndarray | None = None) -> dict[str, list[float]]:
     """The held-out sample a pre-update prediction gives the calibration fit
     (:meth:`otfgp.GaussianProcess.calibrate`): per force component the residual (label
     minus prediction), the latent variance, the predicted force and the neighbourhood scale
@@ -586,15 +589,19 @@ def calibration_sample(predicted_forces: np.ndarray, latent_variances: np.ndarra
     frame's energy and stress residuals against the label's (``energy_residuals``,
     ``energy_latent_variances``, ``stress_residuals``, ``stress_latent_variances``): the
     held-out samples the energy and stress maps are fitted on, instead of taking the force
-    map's scale. A non-finite latent variance (the mapped variance has none) adds nothing."""
+    map's scale. A non-finite latent variance (the mapped variance has none) adds nothing.
+    ``atoms``: the force samples of only these atoms (default: all; their neighbourhood
+    scales still see every atom's predicted force)."""
     from .calibration import neighbourhood_scale_values
 
+    chosen = slice(None) if atoms is None else np.asarray(atoms, dtype=int)
     predicted = np.asarray(predicted_forces, dtype=float)
     residuals = np.asarray(labelled.get_forces(apply_constraint=False), dtype=float) - predicted
-    out = {"residuals": residuals.ravel().tolist(),
-           "latent_variances": np.asarray(latent_variances, dtype=float).ravel().tolist(),
-           "forces": predicted.ravel().tolist(),
-           "neighbourhood_scales": neighbourhood_scale_values(labelled, predicted, radius).ravel().tolist()}
+    scales = neighbourhood_scale_values(labelled, predicted, radius)
+    out = {"residuals": residuals[chosen].ravel().tolist(),
+           "latent_variances": np.asarray(latent_variances, dtype=float)[chosen].ravel().tolist(),
+           "forces": predicted[chosen].ravel().tolist(),
+           "neighbourhood_scales": scales[chosen].ravel().tolist()}
     results = labelled.calc.results if labelled.calc is not None else {}
     for key, pred in (("energy", energy), ("stress", stress)):
         if pred is None or key not in results:

@@ -153,4 +153,9 @@ def format_active_summary(result: "ActiveResult") -> str:
              f"oracle calls: {result.oracle_calls} ({result.labels} labels, {result.failed_attempts} failed)"]
     for key, value in result.task.items():
         lines.append(f"{key}: {value}")
+    cal = result.pre_update_calibration
+    if cal is not None:  # the held-out check of the stds the run compared
+        lines.append(f"pre-update errors ({cal['frames']} frames): force RMSE {cal['rmse']:.4g} eV/A, RMS reported std "
+                     f"{cal['rms_reported_std']:.4g} eV/A, mean z^2 {cal['mean_squared_z_reported']:.3g}, "
+                     f"1-std coverage {cal['coverage_1std_reported']:.2f} (calibrated: 1 and 0.68)")
     return "\n".join(lines)

@@ -16,8 +16,11 @@ model on them. Each later iteration
    and the model's predictions made before training on them;
 5. adds every labelled frame to the model (forces of the atoms the constraints leave free,
    by default; energies as ``add_energy`` says) and retrains once
-   (:func:`otfgp.learning.add_labelled`, :func:`otfgp.learning.retrain`);
-6. appends a record to ``log.jsonl`` and checkpoints model and state (:mod:`otfgp.run_dir`:
+   (:func:`otfgp.learning.add_labelled`, :func:`otfgp.learning.retrain`; with ``calibration``
+   the calibration is refitted on the pre-update errors so far and the leave-one-out residuals);
+6. appends a record to ``log.jsonl`` (with ``pre_update``: how the labelled frames'
+   forces compare with the model's predictions and stds made before it learnt them) and
+   checkpoints model and state (:mod:`otfgp.run_dir`:
    atomic files, the last ``keep_checkpoints`` kept, the directory locked while it runs);
 
 until the task is solved or ``max_iterations`` iterations have run. Every oracle call is
@@ -39,6 +42,7 @@ import copy
 import functools
 import json
 import logging
+import math
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
@@ -55,7 +59,8 @@ from ..batch import BatchLabelError, BatchResult, job_directory, label_batch
 from ..calculator import GPCalculator
 from ..gp import GaussianProcess, Prediction
 from ..label_checks import LabelChecks, labeller_id, labeller_name
-from ..learning import Labeller, LearningOptions, add_labelled, check_species, retrain
+from ..learning import (Labeller, LearningOptions, add_labelled, calibration_sample, check_species,
+                        held_out_energy_stress, pre_update_record, retrain, running_calibration)
 from ..query import greedy_variance_batch, max_uncertainty_batch, random_batch
 from .task import IterationData, Task, free_atoms, same_structure
 
@@ -95,6 +100,15 @@ class ActiveOptions:
         on_failure: ``"raise"``: a frame that still fails stops the run after a checkpoint
             (:class:`otfgp.batch.BatchLabelError`; resume retries it, reusing the rest of the
             batch); ``"skip"``: the iteration goes on without it.
+        calibration: refit the model's uncertainty calibration at each retrain (a form of
+            :mod:`otfgp.calibration`, e.g. ``"neighbourhood"``, the on-the-fly learner's
+            default) from the leave-one-out residuals and the loop's *pre-update errors*:
+            each labelled frame's free-atom forces against the model's prediction made
+            before it learnt them. ``None`` (default): no refit; the stds the tasks and
+            queries compare (``target_std``, ``stop_std``, ``skip_std``) are then the model's
+            as given, for an uncalibrated model the latent GP std. Either way the run
+            reports how the pre-update errors compare with the stds (``log.jsonl``
+            ``pre_update``, :attr:`ActiveResult.pre_update_calibration`).
         keep_checkpoints: how many checkpoints to keep.
         seed: seed of the random query (iteration i draws from ``[seed, i]``).
         label_max_force, label_max_energy_per_atom, label_max_stress, label_energy_jump,
@@ -116,6 +130,7 @@ class ActiveOptions:
     on_failure: str = "raise"
     keep_checkpoints: int = 3
     seed: int = 0
+    calibration: str | None = None
     label_max_force: float | None = LearningOptions.label_max_force
     label_max_energy_per_atom: float | None = LearningOptions.label_max_energy_per_atom
     label_max_stress: float | None = LearningOptions.label_max_stress
@@ -140,10 +155,10 @@ class ActiveOptions:
 
     def learning_options(self) -> LearningOptions:
         """The :class:`otfgp.learning.LearningOptions` of the shared training and label-check code."""
-        # calibration=None: the loop refits no calibration (its stds and stop rules are the
-        # model's as given; a calibrated model stays calibrated as it was)
+        # calibration None (the default): no refit, a calibrated model stays calibrated as it was
         return LearningOptions(
-            add_energy=self.add_energy, add_stress=False, energy_reference=self.energy_reference, calibration=None,
+            add_energy=self.add_energy, add_stress=False, energy_reference=self.energy_reference,
+            calibration=self.calibration,
             optimize=self.optimize, optimize_until_calls=self.optimize_until_calls,
             max_iterations=self.hyperparameter_iterations, map=self.map,
             label_max_force=self.label_max_force, label_max_energy_per_atom=self.label_max_energy_per_atom,
@@ -173,6 +188,10 @@ class ActiveResult:
         task: the task's :meth:`Task.result`.
         metrics: the last iteration's metrics (:meth:`Task.converged`).
         directory: the run directory.
+        pre_update_calibration: the pre-update errors of every labelled frame after iteration
+            0 (free atoms' force components; :func:`otfgp.learning.running_calibration`: RMSE,
+            RMS latent and reported std, mean squared z-score, 1-std coverage) against the
+            stds the model gave them; ``None`` before any.
     """
 
     converged: bool
@@ -183,6 +202,7 @@ class ActiveResult:
     task: dict[str, Any]
     metrics: dict[str, Any]
     directory: str
+    pre_update_calibration: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -256,6 +276,10 @@ class ActiveLearner:
         # job directories (relative) of labels a sanity check rejected, counted in failed_attempts
         self.counted_rejections: list[str] = []
         self.reference_energies: list[float | None] = []
+        # per labelled frame after iteration 0: its pre-update errors, as a record of sums
+        # (learning.pre_update_record) and as the calibration fit's samples
+        self.pre_update_errors: list[dict[str, Any]] = []
+        self.calibration_samples: list[dict[str, Any]] = []
         self.last_metrics: dict[str, Any] = {}
         self._checkpoint_index = 0
         self._lock = run_dir.RunLock(self.directory).acquire()
@@ -312,7 +336,8 @@ class ActiveLearner:
         return ActiveResult(converged=self.converged, iterations=max(self.iteration, 0),
                             oracle_calls=self.oracle_calls, labels=self.labels,
                             failed_attempts=self.failed_attempts, task=self.task.result(),
-                            metrics=self.last_metrics, directory=str(self.directory))
+                            metrics=self.last_metrics, directory=str(self.directory),
+                            pre_update_calibration=running_calibration(self.pre_update_errors))
 
     def _iterate(self, iteration: int) -> None:
         t0 = time.perf_counter()
@@ -345,8 +370,9 @@ class ActiveLearner:
         data = IterationData(iteration, labelled[:n_special], predictions[:n_special],
                              labelled[n_special:], predictions[n_special:], pool)
         converged, metrics = self.task.converged(data)
+        held_out, samples = self._held_out(batch.frames, predictions, iteration)
         t = time.perf_counter()
-        self._train(batch)
+        self._train(batch, self.calibration_samples + samples)
         if not self.model.trained:
             # nothing to simulate with: checkpointed as not done (its failed calls counted),
             # so a resume redoes it
@@ -357,6 +383,8 @@ class ActiveLearner:
                                f"has atoms to train on ({self.options.train_atoms} atoms)")
         timing["training"] = time.perf_counter() - t
         timing["total"] = time.perf_counter() - t0
+        self.pre_update_errors += held_out
+        self.calibration_samples += samples
         self.iteration = iteration
         self.converged = bool(converged)
         self.last_metrics = metrics
@@ -365,6 +393,8 @@ class ActiveLearner:
                   "batch": len(frames), "special": n_special, "queried": [int(i) for i in queried],
                   "pool": len(pool), "skipped": [f.index for f in batch.failures],
                   "converged": self.converged, "metrics": metrics,
+                  "pre_update": running_calibration(held_out),
+                  "pre_update_calibration": running_calibration(self.pre_update_errors),
                   "training_environments": self.model.n_training_environments,
                   "hyperparameters": self.model.hyperparameters, "time_s": timing}
         atomic_io.append_text(self.directory / run_dir.LOG_FILE, json.dumps(record) + "\n")
@@ -463,13 +493,34 @@ class ActiveLearner:
             self.labelled_files.append(str(path.relative_to(self.directory)))
         return batch
 
+    def _held_out(self, labelled: Sequence[Atoms | None], predictions: Sequence[Prediction | None],
+                  iteration: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Each labelled frame's pre-update errors over the atoms the loop trains (a free
+        held-out sample: the model predicted it before learning it): the records of sums
+        (:func:`otfgp.learning.pre_update_record`) and the calibration fit's samples."""
+        records, samples = [], []
+        for frame, pred in zip(labelled, predictions):
+            if frame is None or pred is None:
+                continue
+            atoms = self._train_atoms(frame)
+            if len(atoms) == 0:
+                continue
+            sigma_n = math.sqrt(pred.noise_force_variance or 0.0)
+            records.append({"iteration": iteration, **pre_update_record(
+                pred.forces, pred.latent_force_stds, frame, sigma_n, reported_stds=pred.force_stds, atoms=atoms)})
+            energy, _ = held_out_energy_stress(self.model, pred.energy, pred.latent_energy_std, None, None)
+            samples.append(calibration_sample(pred.forces, pred.latent_force_variances, frame,
+                                              self.model.force_scale_radius, energy, atoms=atoms))
+        return records, samples
+
     def _train_atoms(self, frame: Atoms) -> np.ndarray:
         if self.options.train_atoms == "all":
             return np.arange(len(frame))
         return free_atoms(frame)
 
-    def _train(self, batch: BatchResult) -> None:
-        """Add every labelled frame of the batch, then retrain once."""
+    def _train(self, batch: BatchResult, samples: Sequence[Mapping[str, Any]]) -> None:
+        """Add every labelled frame of the batch, then retrain once (``samples``: the
+        held-out samples a calibration refit uses)."""
         options = self.options.learning_options()
         added = 0
         for frame in batch.labelled:
@@ -480,7 +531,8 @@ class ActiveLearner:
             add_labelled(self.model, _training_copy(frame), atoms, options, self.reference_energies)
             added += 1
         if added:
-            retrain(self.model, options, calls=self.labels, reference_energies=self.reference_energies)
+            retrain(self.model, options, calls=self.labels, samples=samples,
+                    reference_energies=self.reference_energies)
 
     # ----------------------------------------------------------------- checkpoints
     def _label_checks(self) -> LabelChecks:
@@ -506,6 +558,8 @@ class ActiveLearner:
             "labelled_files": self.labelled_files,
             "counted_rejections": self.counted_rejections,
             "reference_energies": self.reference_energies,
+            "pre_update_errors": self.pre_update_errors,
+            "calibration_samples": self.calibration_samples,
             "last_metrics": self.last_metrics,
             "options": asdict(self.options),
         }
@@ -531,6 +585,9 @@ class ActiveLearner:
         self.labelled_files = list(state["labelled_files"])
         self.counted_rejections = list(state.get("counted_rejections", []))  # older checkpoints: none
         self.reference_energies = list(state["reference_energies"])
+        # older checkpoints kept no pre-update errors: the run's report starts from the resume
+        self.pre_update_errors = list(state.get("pre_update_errors", []))
+        self.calibration_samples = list(state.get("calibration_samples", []))
         self.last_metrics = dict(state["last_metrics"])
         self._checkpoint_index = int(state["checkpoint_index"])
         for path in self.labelled_files:  # the energy history of the label checks
