@@ -343,19 +343,23 @@ def bench_md(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"oracle": oracle}
     morse, morse_params = md_morse() if "morse" in args.priors else (None, None)
     with tempfile.TemporaryDirectory(prefix="otfgp_active_md_") as tmp:
-        for label in args.priors:
+        for label, seed in [(label, seed) for label in args.priors for seed in args.md_seeds]:
             prior = morse if label == "morse" else None
             model = GaussianProcess(MD_MODEL["species"], MD_MODEL["cutoffs"], baseline=prior)
-            task = MDTask(systems.co_on_cu100(), dynamics=langevin(300.0, seed=0),
+            # seed: the loop's initial velocities and Langevin noise (the chaotic loop's
+            # outcome varies with it; the final model's MD comparison always runs seed 0)
+            task = MDTask(systems.co_on_cu100(), dynamics=langevin(300.0, seed=seed), seed=seed,
                           **{**MD_TASK, "stop_std": args.md_stop_std or None})
             counter = [0]
             t = time.perf_counter()
             try:
-                with ActiveLearner(model, systems.CountingEMT(counter), task, Path(tmp) / label,
-                                   MD_OPTIONS) as learner:
+                with ActiveLearner(model, systems.CountingEMT(counter), task, Path(tmp) / f"{label}_{seed}",
+                                   {**MD_OPTIONS, "calibration": args.md_calibration}) as learner:
                     result = learner.run()
                 r: dict[str, Any] = {"oracle_calls": result.oracle_calls, "converged": result.converged,
-                                     "iterations": result.iterations, **result.task, "history": task.history}
+                                     "iterations": result.iterations, **result.task, "history": task.history,
+                                     "seed": seed, "calibration": args.md_calibration,
+                                     "pre_update_calibration": result.pre_update_calibration}
                 r["learning_seconds"] = time.perf_counter() - t
                 t = time.perf_counter()
                 frames = systems.run_md(systems.co_on_cu100(), GPCalculator(learner.model, uncertainty=False),
@@ -366,8 +370,11 @@ def bench_md(args: argparse.Namespace) -> dict[str, Any]:
                 r["observables"] = systems.md_observables(frames[skip:])
             except Exception as exc:
                 r = {"error": f"{type(exc).__name__}: {exc}", "history": task.history}
-            out[f"active_{label}"] = r
-            print(f"md {label}: {r.get('oracle_calls')} calls, converged {r.get('converged')}, rdf {r.get('rdf')} "
+            # a calibrated run is its own row beside the uncalibrated one
+            key = (f"active_{label}" + (f"_seed{seed}" if seed else "")
+                   + (f"_calibrated_{args.md_calibration}" if args.md_calibration else ""))
+            out[key] = r
+            print(f"md {key}: {r.get('oracle_calls')} calls, converged {r.get('converged')}, rdf {r.get('rdf')} "
                   f"{r.get('error', '')}", flush=True)
     return {"system": "CO upright on a top site of a 3x3x3 Cu(100) slab (bottom two layers fixed), 300 K "
                       "Langevin (1 fs, friction 0.02/fs), EMT",
@@ -399,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="neb, md: the model variants (no prior, Morse prior)")
     ap.add_argument("--md-stop-std", type=float, default=MD_TASK["stop_std"],
                     help="md: the trajectory's uncertainty guard (eV/A; 0: none)")
+    ap.add_argument("--md-seeds", type=int, nargs="+", default=[0],
+                    help="md: seeds of the loop's initial velocities and Langevin noise (one run each)")
+    ap.add_argument("--md-calibration", default=None,
+                    help="md: ActiveOptions.calibration of the loop (a form of otfgp.calibration; default none)")
     ap.add_argument("--neb-fmax", type=float, nargs="+", default=list(NEB_FMAX))
     args = ap.parse_args(argv)
     chosen = args.only or [s for s in SECTIONS if s in BENCHMARKS]
@@ -415,6 +426,12 @@ def main(argv: list[str] | None = None) -> int:
         section["seconds"] = time.perf_counter() - t
         section["machine"] = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu": cpu_model(),
                               "commit": commit, "uncommitted_changes": changes, "otfgp": otfgp_version()}
+        # variant rows this run did not make (e.g. --priors none, or --md-calibration) stay,
+        # each with the stamp of the run that made it
+        earlier = data.get(name, {})
+        for key, row in earlier.items():
+            if key.startswith("active_") and key not in section and isinstance(row, dict):
+                section[key] = {**row, "machine": row.get("machine", earlier.get("machine"))}
         data[name] = section
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(data, indent=2) + "\n")  # after each section: a later failure keeps it
