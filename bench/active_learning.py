@@ -418,9 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"benchmark(s) {', '.join(missing)} not implemented yet")
     data = json.loads(args.output.read_text()) if args.output.is_file() else {}
     for name in chosen:
-        # the checkout as the section starts: a run takes up to hours, and commits made
-        # meanwhile are not the code it ran
-        commit, changes = git_commit(), modified_paths()
+        commit, changes = git_commit(), modified_paths()  # the checkout as the run started
         t = time.perf_counter()
         section = BENCHMARKS[name](args)
         section["seconds"] = time.perf_counter() - t

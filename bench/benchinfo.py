@@ -106,16 +106,30 @@ def git(*args: str) -> str | None:
         return None
 
 
-def git_commit() -> str | None:
-    """Short hash of the checked-out commit."""
-    return git("rev-parse", "--short", "HEAD")
-
-
-def modified_paths(paths: tuple[str, ...] = CODE_PATHS) -> list[str] | None:
-    """Files under `paths` that differ from the commit (git status), None without git."""
+def _modified_now(paths: tuple[str, ...]) -> list[str] | None:
     status = git("status", "--porcelain", "--", *paths)
     return None if status is None else [line[3:] for line in status.splitlines()
                                         if line.strip()]
+
+
+# The checkout as this benchmark process started: a run takes minutes to hours, and a
+# commit made meanwhile is not the code it ran (the results used to name the commit at the
+# end of the run).
+_START_COMMIT = git("rev-parse", "--short", "HEAD")
+_START_MODIFIED = _modified_now(CODE_PATHS)
+
+
+def git_commit() -> str | None:
+    """Short hash of the commit checked out when this process started."""
+    return _START_COMMIT
+
+
+def modified_paths(paths: tuple[str, ...] = CODE_PATHS) -> list[str] | None:
+    """Files under `paths` that differed from the commit (git status) when this process
+    started (other `paths` than the code's: now), None without git."""
+    if paths != CODE_PATHS:
+        return _modified_now(paths)
+    return None if _START_MODIFIED is None else list(_START_MODIFIED)
 
 
 def otfgp_version() -> str | None:
