@@ -276,3 +276,42 @@ def test_resume_after_a_failed_label_simulates_the_same_pool(tmp_path, make_task
     with ActiveLearner(model(), again, make_task(), tmp_path / "run", resume=True, **options) as learner:
         result = learner.run()
     assert result.labels == reference.labels and again.calls == 1  # only the failed label is redone
+
+
+class _BreaksDown(EMT):
+    """EMT until its ``after``-th evaluation, then the core's error for a structure the
+    model cannot evaluate (what an early model's collapsed trajectory gives)."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.after, self.evaluations, self.evaluated = after, 0, []
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=()):
+        from otfgp import _core
+
+        self.evaluations += 1
+        if self.evaluations > self.after:
+            raise _core.InputError("atoms 0 and 1 are 0.4 Angstrom apart (overlapping atoms)")
+        super().calculate(atoms, properties, system_changes)
+        self.evaluated.append(np.array(self.atoms.positions))
+
+
+@pytest.mark.parametrize("after, snapshots", [(3, 0), (13, 2)])
+def test_md_breakdown_puts_the_last_evaluated_structure_in_the_pool(tmp_path, after, snapshots):
+    """A window the model cannot finish ends its pool with the last structure the model
+    evaluated (where it is most wrong), and the next window starts from the last regular
+    snapshot: a breakdown before the first snapshot used to leave the start as the whole
+    pool, so every later window replayed the same collision and labelled the same frame."""
+    start, _ = adatom_endpoints()
+    task = MDTask(start, steps=20, pool_every=5, seed=1)
+    first = task.positions.copy()
+    calc = _BreaksDown(after)
+    pool = task.simulate(calc, tmp_path)
+    assert task.last["stopped_by"].startswith("model error")
+    assert len(pool) == snapshots + 1
+    np.testing.assert_array_equal(pool[-1].positions, calc.evaluated[-1])  # the step before the breakdown
+    assert not np.allclose(pool[-1].positions, first)
+    if snapshots:  # continues from the last regular snapshot, with its momenta
+        np.testing.assert_array_equal(task.positions, pool[snapshots - 1].positions)
+    else:  # none: from where the window started
+        np.testing.assert_array_equal(task.positions, first)
