@@ -163,7 +163,9 @@ class MDTask:
                         break
         except _core.InputError as exc:  # the model cannot evaluate the structure it made
             why = f"model error: {exc}"
-            log.warning("md: the trajectory stopped after %d snapshot(s): %s", len(pool), exc)
+            log.warning("md: the trajectory stopped after %d snapshot(s): %s; the pool ends with the last structure "
+                        "the model evaluated (a label of such a structure can be far from equilibrium and fail "
+                        "label_max_force)", len(pool), exc)
             continue_from = len(pool) - 1  # the last regular snapshot (-1: the start)
             edge = evaluated.get("positions", self.positions)
             if not pool or not np.array_equal(edge, pool[-1].positions):
