@@ -27,7 +27,7 @@ is most wrong, so the query can label it), and the next iteration continues from
 regular snapshot (or the window's start) with its momenta. Without that frame a window that
 broke down before its first snapshot left the start as the whole pool, and the next window
 replayed the same collision from the same state: measured on the CO/Cu(100) benchmark
-(seed 1), the last 9 of 31 iterations each labelled the same start and got no further.
+(seed 1), the 8 iterations up to the 31st each labelled the same start and got no further.
 """
 from __future__ import annotations
 
