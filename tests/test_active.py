@@ -374,3 +374,32 @@ def test_a_rejected_label_is_checked_again_on_resume_not_paid_for_twice(tmp_path
     assert result.labels == reference.labels and result.failed_attempts == 0
     assert result.oracle_calls == reference.oracle_calls == strict.calls + resumed_labeller.calls
     np.testing.assert_allclose(task.atoms.positions, reference_task.atoms.positions, atol=1e-9)
+
+
+def test_a_kill_after_a_skipped_failure_keeps_its_call_counted(tmp_path, monkeypatch):
+    """With on_failure = "skip" the failed calls of an iteration were checkpointed only with
+    the iteration: a kill while it trained forgot them, and the resumed run counted fewer
+    oracle calls than the labeller made."""
+    import otfgp.active.loop as loop
+
+    labeller = Counting(fail_on={2})  # iteration 1's first label fails (no retry) and is skipped
+    killed = RuntimeError("killed while training (simulated)")
+
+    def kill(*args, **kwargs):
+        raise killed
+
+    with ActiveLearner(model(), labeller, RelaxTask(adatom_slab(), fmax=FMAX), tmp_path / "run", retries=0,
+                       on_failure="skip", max_iterations=2, batch_size=2, query="random", **FAST) as learner:
+        learner._iterate(0)
+        monkeypatch.setattr(loop, "retrain", kill)
+        with pytest.raises(RuntimeError, match="simulated"):
+            learner._iterate(1)
+    monkeypatch.undo()
+    assert labeller.calls == 3  # the failed one and the other frame of the batch
+    resumed = Counting()
+    with ActiveLearner(model(), resumed, RelaxTask(adatom_slab(), fmax=FMAX), tmp_path / "run", resume=True,
+                       retries=0, on_failure="skip", max_iterations=2, batch_size=2, query="random",
+                       **FAST) as learner:
+        result = learner.run()
+    assert result.failed_attempts == 1
+    assert result.oracle_calls == labeller.calls + resumed.calls  # every call counted once

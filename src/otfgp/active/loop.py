@@ -482,11 +482,14 @@ class ActiveLearner:
                 self.failed_attempts -= 1
         self.counted_rejections += [str(f.directory.relative_to(self.directory)) for f in batch.failures
                                     if f.rejected and f.attempts > 0]
-        if batch.failures and self.options.on_failure == "raise":
-            # the labels of this batch are stored in their job directories and counted when
-            # the resumed run reuses them; the failed calls are counted now
+        if batch.failures:
+            # The failed calls are counted now and checkpointed at once (with the iteration
+            # not done): a kill before the iteration's own checkpoint forgot them when the run
+            # went on (on_failure = "skip"). The labels of this batch are stored in their job
+            # directories and counted when a resumed run reuses them.
             self._write_checkpoint(task_state)
-            raise BatchLabelError(batch)
+            if self.options.on_failure == "raise":
+                raise BatchLabelError(batch)
         self.labels += len(batch.indices)
         for i in batch.indices:
             path = directory / f"frame_{i:04d}" / "labelled.traj"
