@@ -631,6 +631,22 @@ def held_out_energy_stress(model: Any, energy: float | None, latent_energy_std: 
     return e, st
 
 
+def held_out_check(model: Any, before: Any, labelled: Atoms, noise_force: float,
+                   atoms: Sequence[int] | np.ndarray | None = None) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """What a labelled frame says about the model's stds, from ``before``, the model's
+    :class:`otfgp.gp.Prediction` of it made before learning it: the record of sums
+    (:func:`pre_update_record`, ``noise_force`` the sigma_n of that prediction) and the
+    calibration fit's sample (:func:`calibration_sample`, with the energy and stress that
+    :func:`held_out_energy_stress` admits), over ``atoms`` (default: all)."""
+    record = pre_update_record(before.forces, before.latent_force_stds, labelled, noise_force,
+                               reported_stds=before.force_stds, atoms=atoms)
+    held_out = held_out_energy_stress(model, before.energy, before.latent_energy_std, before.stress,
+                                      before.latent_stress_stds)
+    sample = calibration_sample(before.forces, before.latent_force_variances, labelled, model.force_scale_radius,
+                                *held_out, atoms=atoms)
+    return record, sample
+
+
 def running_calibration(records: Sequence[Mapping[str, float]]) -> dict[str, float] | None:
     """Pooled calibration of the pre-update predictions (:func:`pre_update_record`): RMSE,
     RMS latent std, mean squared z-score and 1-std coverage for the latent, the total and

@@ -59,8 +59,8 @@ from ..batch import BatchLabelError, BatchResult, job_directory, label_batch
 from ..calculator import GPCalculator
 from ..gp import GaussianProcess, Prediction
 from ..label_checks import LabelChecks, labeller_id, labeller_name
-from ..learning import (Labeller, LearningOptions, add_labelled, calibration_sample, check_species,
-                        held_out_energy_stress, pre_update_record, retrain, running_calibration)
+from ..learning import (Labeller, LearningOptions, add_labelled, check_species, held_out_check, retrain,
+                        running_calibration)
 from ..query import greedy_variance_batch, max_uncertainty_batch, random_batch
 from .task import IterationData, Task, free_atoms, same_structure
 
@@ -500,7 +500,7 @@ class ActiveLearner:
                   iteration: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Each labelled frame's pre-update errors over the atoms the loop trains (a free
         held-out sample: the model predicted it before learning it): the records of sums
-        (:func:`otfgp.learning.pre_update_record`) and the calibration fit's samples."""
+        and the calibration fit's samples (:func:`otfgp.learning.held_out_check`)."""
         records, samples = [], []
         for frame, pred in zip(labelled, predictions):
             if frame is None or pred is None:
@@ -508,12 +508,10 @@ class ActiveLearner:
             atoms = self._train_atoms(frame)
             if len(atoms) == 0:
                 continue
-            sigma_n = math.sqrt(pred.noise_force_variance or 0.0)
-            records.append({"iteration": iteration, **pre_update_record(
-                pred.forces, pred.latent_force_stds, frame, sigma_n, reported_stds=pred.force_stds, atoms=atoms)})
-            energy, _ = held_out_energy_stress(self.model, pred.energy, pred.latent_energy_std, None, None)
-            samples.append(calibration_sample(pred.forces, pred.latent_force_variances, frame,
-                                              self.model.force_scale_radius, energy, atoms=atoms))
+            record, sample = held_out_check(self.model, pred, frame, math.sqrt(pred.noise_force_variance or 0.0),
+                                            atoms=atoms)
+            records.append({"iteration": iteration, **record})
+            samples.append(sample)
         return records, samples
 
     def _train_atoms(self, frame: Atoms) -> np.ndarray:

@@ -150,7 +150,6 @@ class MDTask:
             evaluated["positions"] = np.array(atoms.positions)
 
         dyn.attach(remember, interval=1)
-        continue_from = None  # the pool frame the next window starts from (None: the last)
         try:
             for _ in range(self.steps // self.pool_every):
                 dyn.run(self.pool_every)
@@ -166,15 +165,14 @@ class MDTask:
             log.warning("md: the trajectory stopped after %d snapshot(s): %s; the pool ends with the last structure "
                         "the model evaluated (a label of such a structure can be far from equilibrium and fail "
                         "label_max_force)", len(pool), exc)
-            continue_from = len(pool) - 1  # the last regular snapshot (-1: the start)
             edge = evaluated.get("positions", self.positions)
             if not pool or not np.array_equal(edge, pool[-1].positions):
                 pool.append(self._frame(edge))  # the module docstring: queried where the model broke
-        if continue_from is None:
-            self.positions, self.momenta = np.array(pool[-1].positions), momenta[-1]
-        elif continue_from >= 0:
-            self.positions, self.momenta = np.array(pool[continue_from].positions), momenta[continue_from]
-        # else: no regular snapshot, the next window starts where this one did
+        # the regular snapshots are the first len(momenta) pool frames (the breakdown's frame
+        # has no momenta): the next window starts from the last of them; with none (a
+        # breakdown before the first snapshot) where this one did
+        if momenta:
+            self.positions, self.momenta = np.array(pool[len(momenta) - 1].positions), momenta[-1]
         self.last = {"snapshots": len(pool), "stopped_by": why,
                      "pool_max_std": max(stds) if stds else None}
         write(str(Path(workdir) / "md.traj"), pool)

@@ -64,9 +64,9 @@ from .. import atomic_io
 from ..gp import GaussianProcess
 from ..label_checks import LabelChecks, LabelRejected
 from ..labellers import make_labeller
-from ..learning import (LabellerError, LearningOptions, add_and_retrain, add_threshold_value, calibration_sample,
-                        choose_atoms, held_out_energy_stress, label, local_energy_threshold_value, pre_update_record,
-                        switch_due, switch_record, switch_to_scalable, threshold_value)
+from ..learning import (LabellerError, LearningOptions, add_and_retrain, add_threshold_value, choose_atoms,
+                        held_out_check, label, local_energy_threshold_value, switch_due, switch_record,
+                        switch_to_scalable, threshold_value)
 from ..models import is_scalable, load_model
 
 if TYPE_CHECKING:
@@ -319,16 +319,12 @@ def _learn_label(request: dict[str, Any], state: _FixState, options: LearningOpt
     step = int(request["step"])
     out = Path(request["output_dir"])
     sigma_n = gp.hyperparameters["noise_force"]
-    pre_update = pre_update_record(before.forces, before.latent_force_stds, labelled, sigma_n,
-                                   reported_stds=before.force_stds)
+    pre_update, sample = held_out_check(gp, before, labelled, sigma_n)
     chosen = choose_atoms(np.asarray(request["stds"]), add_threshold_value(options, gp),
                           options.max_atoms_added)
     threshold, le_threshold = _thresholds(request, options, gp)  # the ones this step was tested against
     state.calls += 1
-    state.samples.append(calibration_sample(before.forces, before.latent_force_variances, labelled,
-                                            gp.force_scale_radius, *held_out_energy_stress(
-                                                gp, before.energy, before.latent_energy_std, before.stress,
-                                                before.latent_stress_stds)))
+    state.samples.append(sample)
     retrain = add_and_retrain(gp, labelled, chosen, options, calls=state.calls, samples=state.samples,
                               reference_energies=state.reference_energies)
     warnings = list(retrain.warnings)
